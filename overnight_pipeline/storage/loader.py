@@ -1,0 +1,200 @@
+"""`overnight load`: an idempotent, set-based upsert of a validated load file."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Connection, and_, delete, func, select, tuple_
+
+from overnight_pipeline.core.load_file import FileError, LoadFile, LoadFileError
+from overnight_pipeline.core.scoring import Rule
+from overnight_pipeline.storage.bulk import upsert
+from overnight_pipeline.storage.models import (
+    Asset,
+    AssetClass,
+    CriteriaRule,
+    CriteriaVersion,
+    Holding,
+    User,
+)
+
+_CHUNK = 5000
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    assets: int
+    users: int
+    holdings: int
+    criteria_versions_created: int
+
+
+def _chunks(items: list[Any], size: int = _CHUNK) -> Iterable[list[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def asset_ids(conn: Connection, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], uuid.UUID]:
+    """Ids of assets by (market, symbol), one query per few thousand keys."""
+    found: dict[tuple[str, str], uuid.UUID] = {}
+    t = Asset.__table__
+    for chunk in _chunks(sorted(set(keys))):
+        rows = conn.execute(
+            select(t.c.market, t.c.symbol, t.c.id).where(tuple_(t.c.market, t.c.symbol).in_(chunk))
+        )
+        found.update({(m, s): i for m, s, i in rows})
+    return found
+
+
+def load(conn: Connection, doc: LoadFile) -> LoadReport:
+    """Upsert `doc`; the caller commits. Raises `LoadFileError` (nothing written) when a
+    holding names an asset that is neither in the file nor in the database."""
+    now = datetime.now(UTC)
+    existing = asset_ids(
+        conn, [(h.market, h.symbol) for u in doc.users for h in u.holdings]
+    )
+    in_file = {(a.market, a.symbol) for a in doc.assets}
+    missing = [
+        FileError(f"$.users[{i}].holdings[{j}]", "asset is neither in $.assets nor in the database",
+                  f"{h.market}:{h.symbol}")
+        for i, u in enumerate(doc.users)
+        for j, h in enumerate(u.holdings)
+        if (h.market, h.symbol) not in in_file and (h.market, h.symbol) not in existing
+    ]  # fmt: skip
+    if missing:
+        raise LoadFileError(missing)
+
+    upsert(conn, Asset.__table__,
+           [{"id": uuid.uuid4(), "market": a.market, "symbol": a.symbol, "currency": a.currency,
+             "name": a.name} for a in doc.assets],
+           key=["market", "symbol"], update=["currency", "name"])  # fmt: skip
+    ids = asset_ids(conn, [(h.market, h.symbol) for u in doc.users for h in u.holdings])
+
+    upsert(conn, User.__table__,
+           [{"id": u.id, "base_currency": u.base_currency,
+             "default_contribution": u.default_contribution, "active": u.active,
+             "created_at": now, "updated_at": now} for u in doc.users],
+           key=["id"], update=["base_currency", "default_contribution", "active"],
+           extra_set={"updated_at": now})  # fmt: skip
+
+    class_rows = [
+        {"id": uuid.uuid4(), "user_id": u.id, "name": c.name, "position": pos,
+         "target_min": c.target_min, "target_max": c.target_max, "max_assets": c.max_assets,
+         "min_allocation_value": c.min_allocation_value}
+        for u in doc.users for pos, c in enumerate(u.asset_classes)
+    ]  # fmt: skip
+    upsert(conn, AssetClass.__table__, class_rows, key=["user_id", "name"],
+           update=["position", "target_min", "target_max", "max_assets",
+                   "min_allocation_value"])  # fmt: skip
+    user_ids = [u.id for u in doc.users]
+    class_ids = _class_ids(conn, user_ids)
+
+    holding_rows = [
+        {"user_id": u.id, "asset_id": ids[(h.market, h.symbol)],
+         "asset_class_id": class_ids[(u.id, h.asset_class)], "quantity": h.quantity}
+        for u in doc.users for h in u.holdings
+    ]  # fmt: skip
+    _delete_absent(conn, holding_rows, user_ids)
+    upsert(conn, Holding.__table__, holding_rows, key=["user_id", "asset_id"],
+           update=["asset_class_id", "quantity"])  # fmt: skip
+    kept_classes = {(u.id, c.name) for u in doc.users for c in u.asset_classes}
+    stale = [cid for key, cid in class_ids.items() if key not in kept_classes]
+    for chunk in _chunks(stale):
+        conn.execute(delete(AssetClass.__table__).where(AssetClass.__table__.c.id.in_(chunk)))
+
+    created = write_criteria_versions(conn, {u.id: u.criteria for u in doc.users}, now=now)
+    return LoadReport(
+        assets=len(doc.assets),
+        users=len(doc.users),
+        holdings=len(holding_rows),
+        criteria_versions_created=created,
+    )
+
+
+def _class_ids(conn: Connection, user_ids: list[uuid.UUID]) -> dict[tuple[uuid.UUID, str], uuid.UUID]:
+    t = AssetClass.__table__
+    found: dict[tuple[uuid.UUID, str], uuid.UUID] = {}
+    for chunk in _chunks(user_ids):
+        rows = conn.execute(select(t.c.user_id, t.c.name, t.c.id).where(t.c.user_id.in_(chunk)))
+        found.update({(u, n): i for u, n, i in rows})
+    return found
+
+
+def _delete_absent(conn: Connection, holding_rows: list[dict[str, Any]], user_ids: list[uuid.UUID]) -> None:
+    """Holdings of loaded users that the file no longer lists are sold: delete them."""
+    t = Holding.__table__
+    wanted = {(r["user_id"], r["asset_id"]) for r in holding_rows}
+    for chunk in _chunks(user_ids):
+        present = conn.execute(select(t.c.user_id, t.c.asset_id).where(t.c.user_id.in_(chunk)))
+        gone = [key for key in present if tuple(key) not in wanted]
+        for g in _chunks(gone):
+            conn.execute(delete(t).where(tuple_(t.c.user_id, t.c.asset_id).in_(g)))
+
+
+def active_criteria(
+    conn: Connection, user_ids: list[uuid.UUID]
+) -> dict[uuid.UUID, tuple[int, list[Rule]]]:
+    """The newest criteria version and its rules for each user, in document order."""
+    v, r = CriteriaVersion.__table__, CriteriaRule.__table__
+    newest = (
+        select(v.c.user_id, func.max(v.c.version).label("version"))
+        .group_by(v.c.user_id)
+        .subquery()
+    )
+    result: dict[uuid.UUID, tuple[int, list[Rule]]] = {}
+    for chunk in _chunks(user_ids):
+        stmt = (
+            select(v.c.user_id, v.c.version, r.c.rule_id, r.c.asset_class, r.c.metric,
+                   r.c.operator, r.c.value, r.c.value2, r.c.points)
+            .join(newest, and_(newest.c.user_id == v.c.user_id, newest.c.version == v.c.version))
+            .outerjoin(r, r.c.criteria_version_id == v.c.id)
+            .where(v.c.user_id.in_(chunk))
+            .order_by(v.c.user_id, r.c.position)
+        )  # fmt: skip
+        for row in conn.execute(stmt):
+            version, rules = result.setdefault(row.user_id, (row.version, []))
+            if row.rule_id is not None:
+                rules.append(Rule(id=row.rule_id, asset_class=row.asset_class, metric=row.metric,
+                                  operator=row.operator, value=_plain(row.value),
+                                  value2=_plain(row.value2), points=row.points))  # fmt: skip
+    return result
+
+
+def _plain(value: Decimal | None) -> Decimal | None:
+    """NUMERIC(28,10) pads to ten places; give rules back as written (3.5, not 3.5000000000)."""
+    if value is None:
+        return None
+    normal = value.normalize()
+    return normal.quantize(Decimal(1)) if normal == normal.to_integral() else normal
+
+
+def write_criteria_versions(
+    conn: Connection, criteria: dict[uuid.UUID, list[Rule]], *, now: datetime
+) -> int:
+    """Create version n+1 for each user whose rules differ from the active version."""
+    current = active_criteria(conn, list(criteria))
+    versions, rules = [], []
+    for user_id, new_rules in criteria.items():
+        version, old_rules = current.get(user_id, (0, []))
+        # Rules compare numerically (3.10 == 3.1), so re-loading an edit-free file is a no-op.
+        if old_rules == new_rules:
+            continue
+        version_id = uuid.uuid4()
+        versions.append({"id": version_id, "user_id": user_id, "version": version + 1,
+                         "created_at": now})  # fmt: skip
+        rules.extend(
+            {"criteria_version_id": version_id, "position": pos, "rule_id": rule.id,
+             "asset_class": rule.asset_class, "metric": rule.metric, "operator": rule.operator,
+             "value": rule.value, "value2": rule.value2, "points": rule.points}
+            for pos, rule in enumerate(new_rules)
+        )  # fmt: skip
+    if versions:
+        conn.execute(CriteriaVersion.__table__.insert(), versions)
+    if rules:
+        conn.execute(CriteriaRule.__table__.insert(), rules)
+    return len(versions)

@@ -1,0 +1,331 @@
+"""SQLAlchemy 2 typed models. Table names are part of the contract (SPEC §1)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    CheckConstraint,
+    Date,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    UniqueConstraint,
+    Uuid,
+    func,
+    true,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from overnight_pipeline.core.vocabulary import (
+    EVENT_TYPES,
+    JOB_STATUSES,
+    METRICS,
+    OPERATORS,
+    POINTS_MAX,
+    POINTS_MIN,
+)
+from overnight_pipeline.storage.types import BigId, Document, ExactDecimal, UTCDateTime
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def _in(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+def num(column: str) -> str:
+    """A column as a number inside a CHECK: SQLite keeps our decimals as exact text."""
+    return f"CAST({column} AS NUMERIC)"
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {
+        Decimal: ExactDecimal(),
+        datetime: UTCDateTime(),
+        dict[str, Any]: Document,
+        uuid.UUID: Uuid(),
+    }
+
+
+class Asset(Base):
+    __tablename__ = "assets"
+    __table_args__ = (
+        UniqueConstraint("market", "symbol"),
+        CheckConstraint("length(currency) = 3", name="currency_iso"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    market: Mapped[str] = mapped_column(String(16))
+    symbol: Mapped[str] = mapped_column(String(32))
+    currency: Mapped[str] = mapped_column(String(3))
+    name: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class User(Base):
+    __tablename__ = "users"
+    __table_args__ = (
+        CheckConstraint("length(base_currency) = 3", name="base_currency_iso"),
+        CheckConstraint(
+            f"default_contribution IS NULL OR {num('default_contribution')} >= 0",
+            name="contribution_not_negative",
+        ),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    base_currency: Mapped[str] = mapped_column(String(3))
+    default_contribution: Mapped[Decimal | None] = mapped_column(ExactDecimal(20, 4))
+    active: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class AssetClass(Base):
+    __tablename__ = "asset_classes"
+    __table_args__ = (
+        UniqueConstraint("user_id", "name"),
+        UniqueConstraint("user_id", "id"),
+        CheckConstraint(
+            f"{num('target_min')} >= 0 AND {num('target_min')} <= {num('target_max')}"
+            f" AND {num('target_max')} <= 100",
+            name="band_within_0_100",
+        ),
+        CheckConstraint("max_assets IS NULL OR max_assets > 0", name="max_assets_positive"),
+        CheckConstraint(
+            f"min_allocation_value IS NULL OR {num('min_allocation_value')} >= 0",
+            name="min_allocation_not_negative",
+        ),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(100))
+    position: Mapped[int] = mapped_column(Integer, default=0)
+    target_min: Mapped[Decimal] = mapped_column(ExactDecimal(7, 4))
+    target_max: Mapped[Decimal] = mapped_column(ExactDecimal(7, 4))
+    max_assets: Mapped[int | None] = mapped_column(Integer)
+    min_allocation_value: Mapped[Decimal | None] = mapped_column(ExactDecimal(20, 4))
+
+
+class Holding(Base):
+    __tablename__ = "holdings"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["user_id", "asset_class_id"],
+            ["asset_classes.user_id", "asset_classes.id"],
+            ondelete="CASCADE",
+            name="fk_holdings_asset_class_of_same_user",
+        ),
+        CheckConstraint(f"{num('quantity')} > 0", name="quantity_positive"),
+        Index("ix_holdings_asset_id", "asset_id"),
+    )
+
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    asset_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("assets.id"), primary_key=True)
+    asset_class_id: Mapped[uuid.UUID] = mapped_column()
+    quantity: Mapped[Decimal] = mapped_column(ExactDecimal(28, 10))
+
+
+class CriteriaVersion(Base):
+    __tablename__ = "criteria_versions"
+    __table_args__ = (
+        UniqueConstraint("user_id", "version"),
+        CheckConstraint("version >= 1", name="version_positive"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    version: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class CriteriaRule(Base):
+    """One rule of an immutable criteria version, in document order."""
+
+    __tablename__ = "criteria_rules"
+    __table_args__ = (
+        UniqueConstraint("criteria_version_id", "rule_id"),
+        CheckConstraint(_in("metric", METRICS), name="known_metric"),
+        CheckConstraint(_in("operator", OPERATORS), name="known_operator"),
+        CheckConstraint(f"points BETWEEN {POINTS_MIN} AND {POINTS_MAX}", name="points_range"),
+        CheckConstraint("operator = 'exists' OR value IS NOT NULL", name="value_required"),
+        CheckConstraint(
+            f"operator <> 'between' OR (value2 IS NOT NULL AND {num('value')} <= {num('value2')})",
+            name="between_bounds",
+        ),
+    )
+
+    criteria_version_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("criteria_versions.id", ondelete="CASCADE"), primary_key=True
+    )
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    rule_id: Mapped[str] = mapped_column(String(64))
+    asset_class: Mapped[str] = mapped_column(String(100))
+    metric: Mapped[str] = mapped_column(String(32))
+    operator: Mapped[str] = mapped_column(String(8))
+    value: Mapped[Decimal | None] = mapped_column(ExactDecimal(28, 10))
+    value2: Mapped[Decimal | None] = mapped_column(ExactDecimal(28, 10))
+    points: Mapped[int] = mapped_column(Integer)
+
+
+class ExchangeRate(Base):
+    """USD-quoted rates: 1 `base` = `rate` `quote`, one snapshot per rate date."""
+
+    __tablename__ = "exchange_rates"
+    __table_args__ = (CheckConstraint(f"{num('rate')} > 0", name="rate_positive"),)
+
+    rate_date: Mapped[date] = mapped_column(Date, primary_key=True)
+    base: Mapped[str] = mapped_column(String(3), primary_key=True)
+    quote: Mapped[str] = mapped_column(String(3), primary_key=True)
+    rate: Mapped[Decimal] = mapped_column(ExactDecimal(28, 12))
+    source: Mapped[str] = mapped_column(String(64))
+    as_of: Mapped[datetime] = mapped_column()
+
+
+class AssetPrice(Base):
+    __tablename__ = "asset_prices"
+    __table_args__ = (CheckConstraint(f"{num('price')} > 0", name="price_positive"),)
+
+    asset_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("assets.id"), primary_key=True)
+    price_date: Mapped[date] = mapped_column(Date, primary_key=True)
+    price: Mapped[Decimal] = mapped_column(ExactDecimal(28, 10))
+    currency: Mapped[str] = mapped_column(String(3))
+    source: Mapped[str] = mapped_column(String(64))
+    as_of: Mapped[datetime] = mapped_column()
+
+
+class AssetFundamentals(Base):
+    """One row per asset and date; one nullable column per metric of SPEC §1."""
+
+    __tablename__ = "asset_fundamentals"
+
+    asset_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("assets.id"), primary_key=True)
+    fundamentals_date: Mapped[date] = mapped_column(Date, primary_key=True)
+    dividend_yield: Mapped[Decimal | None] = mapped_column(ExactDecimal(28, 10))
+    pe_ratio: Mapped[Decimal | None] = mapped_column(ExactDecimal(28, 10))
+    pb_ratio: Mapped[Decimal | None] = mapped_column(ExactDecimal(28, 10))
+    market_cap: Mapped[Decimal | None] = mapped_column(ExactDecimal(28, 10))
+    revenue: Mapped[Decimal | None] = mapped_column(ExactDecimal(28, 10))
+    earnings: Mapped[Decimal | None] = mapped_column(ExactDecimal(28, 10))
+    surplus_years: Mapped[Decimal | None] = mapped_column(ExactDecimal(28, 10))
+    roe: Mapped[Decimal | None] = mapped_column(ExactDecimal(28, 10))
+    roa: Mapped[Decimal | None] = mapped_column(ExactDecimal(28, 10))
+    debt_to_equity: Mapped[Decimal | None] = mapped_column(ExactDecimal(28, 10))
+    current_ratio: Mapped[Decimal | None] = mapped_column(ExactDecimal(28, 10))
+    gross_margin: Mapped[Decimal | None] = mapped_column(ExactDecimal(28, 10))
+    net_margin: Mapped[Decimal | None] = mapped_column(ExactDecimal(28, 10))
+    payout_ratio: Mapped[Decimal | None] = mapped_column(ExactDecimal(28, 10))
+    ev_ebitda: Mapped[Decimal | None] = mapped_column(ExactDecimal(28, 10))
+    source: Mapped[str] = mapped_column(String(64))
+    as_of: Mapped[datetime] = mapped_column()
+
+
+class AssetScore(Base):
+    __tablename__ = "asset_scores"
+
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    market_date: Mapped[date] = mapped_column(Date, primary_key=True)
+    asset_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("assets.id"), primary_key=True)
+    market: Mapped[str] = mapped_column(String(16))
+    score: Mapped[Decimal] = mapped_column(ExactDecimal(16, 4))
+    max_possible_score: Mapped[Decimal] = mapped_column(ExactDecimal(16, 4))
+    criteria_version: Mapped[int] = mapped_column(Integer)
+    breakdown: Mapped[dict[str, Any]] = mapped_column()
+    correlation_id: Mapped[uuid.UUID] = mapped_column()
+    computed_at: Mapped[datetime] = mapped_column()
+
+
+class Recommendation(Base):
+    """A user's recommendations for one market-date: the dashboard's fallback source."""
+
+    __tablename__ = "recommendations"
+    __table_args__ = (Index("ix_recommendations_user_newest", "user_id", "generated_at"),)
+
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    market_date: Mapped[date] = mapped_column(Date, primary_key=True)
+    market: Mapped[str] = mapped_column(String(16))
+    correlation_id: Mapped[uuid.UUID] = mapped_column()
+    generated_at: Mapped[datetime] = mapped_column()
+    base_currency: Mapped[str] = mapped_column(String(3))
+    total_investable: Mapped[Decimal] = mapped_column(ExactDecimal(20, 4))
+    criteria_version: Mapped[int | None] = mapped_column(Integer)
+    payload: Mapped[dict[str, Any]] = mapped_column()
+    portfolio: Mapped[dict[str, Any]] = mapped_column()
+
+
+class CalculationEvent(Base):
+    __tablename__ = "calculation_events"
+    __table_args__ = (
+        UniqueConstraint("correlation_id", "user_id", "event_type"),
+        CheckConstraint(_in("event_type", EVENT_TYPES), name="known_event_type"),
+        Index("ix_calculation_events_user_created", "user_id", "created_at"),
+        Index("ix_calculation_events_created_at", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    correlation_id: Mapped[uuid.UUID] = mapped_column()
+    user_id: Mapped[uuid.UUID] = mapped_column()
+    event_type: Mapped[str] = mapped_column(String(32))
+    payload: Mapped[dict[str, Any]] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class CalculationAsset(Base):
+    """Which calculation scored which asset: serves "all calculations for asset X" by index."""
+
+    __tablename__ = "calculation_assets"
+    __table_args__ = (Index("ix_calculation_assets_asset_newest", "asset_id", "created_at"),)
+
+    asset_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    correlation_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    user_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    score: Mapped[Decimal] = mapped_column(ExactDecimal(16, 4))
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class OvernightJobRun(Base):
+    __tablename__ = "overnight_job_runs"
+    __table_args__ = (
+        CheckConstraint(_in("status", JOB_STATUSES), name="known_status"),
+        CheckConstraint("users_processed >= 0 AND users_failed >= 0", name="counts_positive"),
+        Index("ix_overnight_job_runs_market_date", "market", "market_date"),
+        Index("ix_overnight_job_runs_started_at", "started_at"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    run_id: Mapped[str | None] = mapped_column(String(64), unique=True)
+    job_type: Mapped[str] = mapped_column(String(50))
+    status: Mapped[str] = mapped_column(String(20))
+    started_at: Mapped[datetime] = mapped_column()
+    completed_at: Mapped[datetime | None] = mapped_column()
+    users_processed: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    users_failed: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    correlation_id: Mapped[uuid.UUID] = mapped_column()
+    error_details: Mapped[dict[str, Any] | None] = mapped_column()
+    metrics: Mapped[dict[str, Any] | None] = mapped_column()
+    market: Mapped[str | None] = mapped_column(String(16))
+    market_date: Mapped[date | None] = mapped_column(Date)
+
+
+FUNDAMENTAL_COLUMNS = METRICS

@@ -1,0 +1,95 @@
+"""Shared fixtures: a throwaway PostgreSQL database migrated with Alembic, SQLite beside it.
+
+PostgreSQL is required: when it cannot be reached the tests error out, they never skip.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Connection, Engine, text
+from sqlalchemy.engine import make_url
+
+from overnight_pipeline.storage.db import make_engine, migrate
+
+PG_ADMIN_URL = os.environ.get(
+    "TEST_PG_ADMIN_URL", "postgresql+psycopg://root@127.0.0.1:5432/postgres"
+)
+
+
+def create_pg_database(prefix: str = "overnight_test") -> str:
+    """A new empty database on the test server; returns its URL."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin = make_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+
+
+def drop_pg_database(url: str) -> None:
+    name = make_url(url).database
+    admin = make_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    url = create_pg_database()
+    migrate(url)
+    yield url
+    drop_pg_database(url)
+
+
+@pytest.fixture(scope="session")
+def pg_engine(pg_url: str) -> Iterator[Engine]:
+    engine = make_engine(pg_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    url = f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'app.db'}"
+    migrate(url)
+    return url
+
+
+@pytest.fixture(scope="session")
+def sqlite_engine(sqlite_url: str) -> Iterator[Engine]:
+    engine = make_engine(sqlite_url)
+    yield engine
+    engine.dispose()
+
+
+def _rolled_back(engine: Engine) -> Iterator[Connection]:
+    with engine.connect() as conn:
+        trans = conn.begin()
+        try:
+            yield conn
+        finally:
+            trans.rollback()
+
+
+@pytest.fixture
+def pg_conn(pg_engine: Engine) -> Iterator[Connection]:
+    """A connection inside a transaction that is rolled back after the test."""
+    yield from _rolled_back(pg_engine)
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def db_conn(request: pytest.FixtureRequest) -> Iterator[Connection]:
+    """The same test on PostgreSQL and on the embedded SQLite, each rolled back."""
+    engine = request.getfixturevalue(f"{'pg' if request.param == 'postgresql' else 'sqlite'}_engine")
+    yield from _rolled_back(engine)
+
+
+@pytest.fixture
+def data_dir() -> Path:
+    return Path(__file__).parent / "data"
