@@ -53,14 +53,16 @@ def cmd_load(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_seed(args: argparse.Namespace, settings: Settings) -> int:
-    from overnight_pipeline.storage.seed import seed
+    from overnight_pipeline.seed import seed
 
     started = time.perf_counter()
 
     def progress(done: int, total: int) -> None:
         if total >= 10_000 or done == total:
             rate = done / max(time.perf_counter() - started, 1e-9)
-            print(f"\rseeded {done:,}/{total:,} users ({rate:,.0f} users/s)", end="", file=sys.stderr)
+            print(
+                f"\rseeded {done:,}/{total:,} users ({rate:,.0f} users/s)", end="", file=sys.stderr
+            )
             if done == total:
                 print(file=sys.stderr)
 

@@ -36,9 +36,7 @@ class Settings(BaseSettings):
         default=None,
         description="Dagster instance storage (postgresql+psycopg2://...); unset = local files.",
     )
-    market_data: str = Field(
-        default="synthetic", description="synthetic | files:<dir> | http"
-    )
+    market_data: str = Field(default="synthetic", description="synthetic | files:<dir> | http")
     rates_url: str | None = Field(default=None, description="Frankfurter-compatible rates API.")
     prices_url: str | None = Field(default=None, description="Prices/fundamentals JSON API.")
     cache_prefix: str = Field(default="", description="Namespace prepended to every Redis key.")

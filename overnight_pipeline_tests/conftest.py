@@ -86,7 +86,9 @@ def pg_conn(pg_engine: Engine) -> Iterator[Connection]:
 @pytest.fixture(params=["postgresql", "sqlite"])
 def db_conn(request: pytest.FixtureRequest) -> Iterator[Connection]:
     """The same test on PostgreSQL and on the embedded SQLite, each rolled back."""
-    engine = request.getfixturevalue(f"{'pg' if request.param == 'postgresql' else 'sqlite'}_engine")
+    engine = request.getfixturevalue(
+        f"{'pg' if request.param == 'postgresql' else 'sqlite'}_engine"
+    )
     yield from _rolled_back(engine)
 
 

@@ -40,9 +40,7 @@ class AssetClassIn(_Model):
     @model_validator(mode="after")
     def _band(self) -> AssetClassIn:
         if self.target_min > self.target_max:
-            raise ValueError(
-                f"targetMin {self.target_min} is above targetMax {self.target_max}"
-            )
+            raise ValueError(f"targetMin {self.target_min} is above targetMax {self.target_max}")
         return self
 
 

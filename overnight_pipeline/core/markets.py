@@ -81,7 +81,8 @@ def session_open_utc(market: Market, day: date) -> datetime:
     would have had (the calendar's standard open in local time)."""
     cal = _calendar(market.calendar)
     if is_session(market, day):
-        return cal.session_open(pd.Timestamp(day)).to_pydatetime()
+        opened: datetime = cal.session_open(pd.Timestamp(day)).to_pydatetime()
+        return opened
     local_open = cal.open_times[-1][1]
     return datetime.combine(day, local_open, tzinfo=market.tz).astimezone(ZoneInfo("UTC"))
 

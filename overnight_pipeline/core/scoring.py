@@ -95,7 +95,9 @@ class CriteriaError(ValueError):
         super().__init__("; ".join(f"{p}: {m} (got {v!r})" for p, m, v in errors))
 
 
-def validate_criteria(document: Sequence[Mapping[str, Any]], *, path: str = "criteria") -> list[Rule]:
+def validate_criteria(
+    document: Sequence[Mapping[str, Any]], *, path: str = "criteria"
+) -> list[Rule]:
     """Parse a criteria document, reporting every invalid rule and duplicate id at once."""
     errors: list[tuple[str, str, Any]] = []
     try:
@@ -213,7 +215,9 @@ def score_holdings(
     """Scores of `(asset_id, asset_class)` holdings; an asset without fundamentals has none."""
     grouped = rules_by_class(rules)
     return {
-        asset_id: score_asset(asset_id, grouped.get(asset_class, []), fundamentals.get(asset_id, {}))
+        asset_id: score_asset(
+            asset_id, grouped.get(asset_class, []), fundamentals.get(asset_id, {})
+        )
         for asset_id, asset_class in holdings
     }
 

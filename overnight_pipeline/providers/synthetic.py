@@ -48,7 +48,10 @@ _METRIC_SHAPE: dict[str, tuple[float, float, float, int]] = {
 def key_hash(keys: Sequence[str]) -> np.ndarray:
     """A stable 64-bit hash per key (blake2b), independent of the process and platform."""
     return np.fromiter(
-        (int.from_bytes(hashlib.blake2b(k.encode(), digest_size=8).digest(), "little") for k in keys),
+        (
+            int.from_bytes(hashlib.blake2b(k.encode(), digest_size=8).digest(), "little")
+            for k in keys
+        ),
         dtype=np.uint64,
         count=len(keys),
     )
@@ -94,7 +97,8 @@ def fundamentals_frame(markets: Sequence[str], symbols: Sequence[str], day: date
             values = np.where(u[:, 3 * i + 2] < 0.12, -values / 4, values)  # some loss-makers
         missing = (u[:, 3 * i + 2] * 7.3) % 1.0 < nulls
         values = np.where(missing, np.nan, values)
-        frame[metric] = _decimal_strings(values, places)
+        # object dtype keeps None as None (pandas 3 would make a str column with NaN).
+        frame[metric] = pd.Series(_decimal_strings(values, places), dtype=object)
     return frame
 
 
@@ -114,7 +118,12 @@ def prices_frame(
     price = np.maximum(price, np.where(places == 0, 1.0, 0.01))
     strings = [f"{p:.{n}f}" for p, n in zip(price, places, strict=True)]
     return pd.DataFrame(
-        {"market": list(markets), "symbol": list(symbols), "currency": list(currencies), "price": strings}
+        {
+            "market": list(markets),
+            "symbol": list(symbols),
+            "currency": list(currencies),
+            "price": strings,
+        }
     )
 
 
@@ -127,5 +136,6 @@ def usd_rates(currencies: Sequence[str], day: date) -> dict[str, Decimal]:
     seeds = key_hash([f"{c}:{day.isoformat()}" for c in wanted])
     u = _uniforms(seeds, 1)[:, 0] if wanted else np.array([])
     return {
-        c: Decimal(f"{USD_RATES[c] * (1 + 0.02 * (x - 0.5)):.6f}") for c, x in zip(wanted, u, strict=True)
+        c: Decimal(f"{USD_RATES[c] * (1 + 0.02 * (x - 0.5)):.6f}")
+        for c, x in zip(wanted, u, strict=True)
     }

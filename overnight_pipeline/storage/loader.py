@@ -15,12 +15,12 @@ from overnight_pipeline.core.load_file import FileError, LoadFile, LoadFileError
 from overnight_pipeline.core.scoring import Rule
 from overnight_pipeline.storage.bulk import upsert
 from overnight_pipeline.storage.models import (
-    Asset,
-    AssetClass,
-    CriteriaRule,
-    CriteriaVersion,
-    Holding,
-    User,
+    asset_classes_table,
+    assets_table,
+    criteria_rules_table,
+    criteria_versions_table,
+    holdings_table,
+    users_table,
 )
 
 _CHUNK = 5000
@@ -39,10 +39,12 @@ def _chunks(items: list[Any], size: int = _CHUNK) -> Iterable[list[Any]]:
         yield items[start : start + size]
 
 
-def asset_ids(conn: Connection, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], uuid.UUID]:
+def asset_ids(
+    conn: Connection, keys: Iterable[tuple[str, str]]
+) -> dict[tuple[str, str], uuid.UUID]:
     """Ids of assets by (market, symbol), one query per few thousand keys."""
     found: dict[tuple[str, str], uuid.UUID] = {}
-    t = Asset.__table__
+    t = assets_table
     for chunk in _chunks(sorted(set(keys))):
         rows = conn.execute(
             select(t.c.market, t.c.symbol, t.c.id).where(tuple_(t.c.market, t.c.symbol).in_(chunk))
@@ -55,9 +57,7 @@ def load(conn: Connection, doc: LoadFile) -> LoadReport:
     """Upsert `doc`; the caller commits. Raises `LoadFileError` (nothing written) when a
     holding names an asset that is neither in the file nor in the database."""
     now = datetime.now(UTC)
-    existing = asset_ids(
-        conn, [(h.market, h.symbol) for u in doc.users for h in u.holdings]
-    )
+    existing = asset_ids(conn, [(h.market, h.symbol) for u in doc.users for h in u.holdings])
     in_file = {(a.market, a.symbol) for a in doc.assets}
     missing = [
         FileError(f"$.users[{i}].holdings[{j}]", "asset is neither in $.assets nor in the database",
@@ -69,13 +69,13 @@ def load(conn: Connection, doc: LoadFile) -> LoadReport:
     if missing:
         raise LoadFileError(missing)
 
-    upsert(conn, Asset.__table__,
+    upsert(conn, assets_table,
            [{"id": uuid.uuid4(), "market": a.market, "symbol": a.symbol, "currency": a.currency,
              "name": a.name} for a in doc.assets],
            key=["market", "symbol"], update=["currency", "name"])  # fmt: skip
     ids = asset_ids(conn, [(h.market, h.symbol) for u in doc.users for h in u.holdings])
 
-    upsert(conn, User.__table__,
+    upsert(conn, users_table,
            [{"id": u.id, "base_currency": u.base_currency,
              "default_contribution": u.default_contribution, "active": u.active,
              "created_at": now, "updated_at": now} for u in doc.users],
@@ -88,7 +88,7 @@ def load(conn: Connection, doc: LoadFile) -> LoadReport:
          "min_allocation_value": c.min_allocation_value}
         for u in doc.users for pos, c in enumerate(u.asset_classes)
     ]  # fmt: skip
-    upsert(conn, AssetClass.__table__, class_rows, key=["user_id", "name"],
+    upsert(conn, asset_classes_table, class_rows, key=["user_id", "name"],
            update=["position", "target_min", "target_max", "max_assets",
                    "min_allocation_value"])  # fmt: skip
     user_ids = [u.id for u in doc.users]
@@ -100,12 +100,12 @@ def load(conn: Connection, doc: LoadFile) -> LoadReport:
         for u in doc.users for h in u.holdings
     ]  # fmt: skip
     _delete_absent(conn, holding_rows, user_ids)
-    upsert(conn, Holding.__table__, holding_rows, key=["user_id", "asset_id"],
+    upsert(conn, holdings_table, holding_rows, key=["user_id", "asset_id"],
            update=["asset_class_id", "quantity"])  # fmt: skip
     kept_classes = {(u.id, c.name) for u in doc.users for c in u.asset_classes}
     stale = [cid for key, cid in class_ids.items() if key not in kept_classes]
     for chunk in _chunks(stale):
-        conn.execute(delete(AssetClass.__table__).where(AssetClass.__table__.c.id.in_(chunk)))
+        conn.execute(delete(asset_classes_table).where(asset_classes_table.c.id.in_(chunk)))
 
     created = write_criteria_versions(conn, {u.id: u.criteria for u in doc.users}, now=now)
     return LoadReport(
@@ -116,8 +116,10 @@ def load(conn: Connection, doc: LoadFile) -> LoadReport:
     )
 
 
-def _class_ids(conn: Connection, user_ids: list[uuid.UUID]) -> dict[tuple[uuid.UUID, str], uuid.UUID]:
-    t = AssetClass.__table__
+def _class_ids(
+    conn: Connection, user_ids: list[uuid.UUID]
+) -> dict[tuple[uuid.UUID, str], uuid.UUID]:
+    t = asset_classes_table
     found: dict[tuple[uuid.UUID, str], uuid.UUID] = {}
     for chunk in _chunks(user_ids):
         rows = conn.execute(select(t.c.user_id, t.c.name, t.c.id).where(t.c.user_id.in_(chunk)))
@@ -125,9 +127,11 @@ def _class_ids(conn: Connection, user_ids: list[uuid.UUID]) -> dict[tuple[uuid.U
     return found
 
 
-def _delete_absent(conn: Connection, holding_rows: list[dict[str, Any]], user_ids: list[uuid.UUID]) -> None:
+def _delete_absent(
+    conn: Connection, holding_rows: list[dict[str, Any]], user_ids: list[uuid.UUID]
+) -> None:
     """Holdings of loaded users that the file no longer lists are sold: delete them."""
-    t = Holding.__table__
+    t = holdings_table
     wanted = {(r["user_id"], r["asset_id"]) for r in holding_rows}
     for chunk in _chunks(user_ids):
         present = conn.execute(select(t.c.user_id, t.c.asset_id).where(t.c.user_id.in_(chunk)))
@@ -140,11 +144,9 @@ def active_criteria(
     conn: Connection, user_ids: list[uuid.UUID]
 ) -> dict[uuid.UUID, tuple[int, list[Rule]]]:
     """The newest criteria version and its rules for each user, in document order."""
-    v, r = CriteriaVersion.__table__, CriteriaRule.__table__
+    v, r = criteria_versions_table, criteria_rules_table
     newest = (
-        select(v.c.user_id, func.max(v.c.version).label("version"))
-        .group_by(v.c.user_id)
-        .subquery()
+        select(v.c.user_id, func.max(v.c.version).label("version")).group_by(v.c.user_id).subquery()
     )
     result: dict[uuid.UUID, tuple[int, list[Rule]]] = {}
     for chunk in _chunks(user_ids):
@@ -157,7 +159,7 @@ def active_criteria(
             .order_by(v.c.user_id, r.c.position)
         )  # fmt: skip
         for row in conn.execute(stmt):
-            version, rules = result.setdefault(row.user_id, (row.version, []))
+            _, rules = result.setdefault(row.user_id, (row.version, []))
             if row.rule_id is not None:
                 rules.append(Rule(id=row.rule_id, asset_class=row.asset_class, metric=row.metric,
                                   operator=row.operator, value=_plain(row.value),
@@ -178,7 +180,8 @@ def write_criteria_versions(
 ) -> int:
     """Create version n+1 for each user whose rules differ from the active version."""
     current = active_criteria(conn, list(criteria))
-    versions, rules = [], []
+    versions: list[dict[str, Any]] = []
+    rules: list[dict[str, Any]] = []
     for user_id, new_rules in criteria.items():
         version, old_rules = current.get(user_id, (0, []))
         # Rules compare numerically (3.10 == 3.1), so re-loading an edit-free file is a no-op.
@@ -194,7 +197,7 @@ def write_criteria_versions(
             for pos, rule in enumerate(new_rules)
         )  # fmt: skip
     if versions:
-        conn.execute(CriteriaVersion.__table__.insert(), versions)
+        conn.execute(criteria_versions_table.insert(), versions)
     if rules:
-        conn.execute(CriteriaRule.__table__.insert(), rules)
+        conn.execute(criteria_rules_table.insert(), rules)
     return len(versions)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, ClassVar, cast
 
 from sqlalchemy import (
     Boolean,
@@ -17,6 +17,7 @@ from sqlalchemy import (
     Integer,
     MetaData,
     String,
+    Table,
     UniqueConstraint,
     Uuid,
     func,
@@ -54,7 +55,7 @@ def num(column: str) -> str:
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
-    type_annotation_map = {
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
         Decimal: ExactDecimal(),
         datetime: UTCDateTime(),
         dict[str, Any]: Document,
@@ -328,4 +329,18 @@ class OvernightJobRun(Base):
     market_date: Mapped[date | None] = mapped_column(Date)
 
 
-FUNDAMENTAL_COLUMNS = METRICS
+# Core Table objects, typed for mypy (Model.__table__ is a FromClause to the type checker).
+assets_table = cast(Table, Asset.__table__)
+users_table = cast(Table, User.__table__)
+asset_classes_table = cast(Table, AssetClass.__table__)
+holdings_table = cast(Table, Holding.__table__)
+criteria_versions_table = cast(Table, CriteriaVersion.__table__)
+criteria_rules_table = cast(Table, CriteriaRule.__table__)
+exchange_rates_table = cast(Table, ExchangeRate.__table__)
+asset_prices_table = cast(Table, AssetPrice.__table__)
+asset_fundamentals_table = cast(Table, AssetFundamentals.__table__)
+asset_scores_table = cast(Table, AssetScore.__table__)
+recommendations_table = cast(Table, Recommendation.__table__)
+calculation_events_table = cast(Table, CalculationEvent.__table__)
+calculation_assets_table = cast(Table, CalculationAsset.__table__)
+overnight_job_runs_table = cast(Table, OvernightJobRun.__table__)

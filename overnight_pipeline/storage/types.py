@@ -32,6 +32,8 @@ class ExactDecimal(TypeDecorator[Decimal]):
         if value is None:
             return None
         value = Decimal(value) if not isinstance(value, Decimal) else value
+        if not value.is_finite():
+            raise ValueError(f"{value} is not a finite decimal")
         if dialect.name == "sqlite":
             return format(value, "f")
         return value
@@ -58,7 +60,8 @@ class UTCDateTime(TypeDecorator[datetime]):
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        stamp: datetime = value
+        return stamp.replace(tzinfo=UTC) if stamp.tzinfo is None else stamp.astimezone(UTC)
 
 
 # JSONB (binary, indexable, lz4-compressible) on PostgreSQL, JSON text elsewhere.

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from alembic import op
+from sqlalchemy.dialects import postgresql
 
 import overnight_pipeline.storage.types
-from sqlalchemy.dialects import postgresql
 
 revision = "0001"
 down_revision = None
@@ -80,9 +80,7 @@ def upgrade() -> None:
         sa.Column("event_type", sa.String(length=32), nullable=False),
         sa.Column(
             "payload",
-            sa.JSON().with_variant(
-                postgresql.JSONB(astext_type=sa.Text()), "postgresql"
-            ),
+            sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
             nullable=False,
         ),
         sa.Column(
@@ -104,9 +102,7 @@ def upgrade() -> None:
         ),
     )
     with op.batch_alter_table("calculation_events", schema=None) as batch_op:
-        batch_op.create_index(
-            "ix_calculation_events_created_at", ["created_at"], unique=False
-        )
+        batch_op.create_index("ix_calculation_events_created_at", ["created_at"], unique=False)
         batch_op.create_index(
             "ix_calculation_events_user_created",
             ["user_id", "created_at"],
@@ -132,9 +128,7 @@ def upgrade() -> None:
         sa.CheckConstraint(
             "CAST(rate AS NUMERIC) > 0", name=op.f("ck_exchange_rates_rate_positive")
         ),
-        sa.PrimaryKeyConstraint(
-            "rate_date", "base", "quote", name=op.f("pk_exchange_rates")
-        ),
+        sa.PrimaryKeyConstraint("rate_date", "base", "quote", name=op.f("pk_exchange_rates")),
     )
     op.create_table(
         "overnight_job_runs",
@@ -157,16 +151,12 @@ def upgrade() -> None:
         sa.Column("correlation_id", sa.Uuid(), nullable=False),
         sa.Column(
             "error_details",
-            sa.JSON().with_variant(
-                postgresql.JSONB(astext_type=sa.Text()), "postgresql"
-            ),
+            sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
             nullable=True,
         ),
         sa.Column(
             "metrics",
-            sa.JSON().with_variant(
-                postgresql.JSONB(astext_type=sa.Text()), "postgresql"
-            ),
+            sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
             nullable=True,
         ),
         sa.Column("market", sa.String(length=16), nullable=True),
@@ -186,9 +176,7 @@ def upgrade() -> None:
         batch_op.create_index(
             "ix_overnight_job_runs_market_date", ["market", "market_date"], unique=False
         )
-        batch_op.create_index(
-            "ix_overnight_job_runs_started_at", ["started_at"], unique=False
-        )
+        batch_op.create_index("ix_overnight_job_runs_started_at", ["started_at"], unique=False)
 
     op.create_table(
         "users",
@@ -199,9 +187,7 @@ def upgrade() -> None:
             overnight_pipeline.storage.types.ExactDecimal(precision=20, scale=4),
             nullable=True,
         ),
-        sa.Column(
-            "active", sa.Boolean(), server_default=sa.text("true"), nullable=False
-        ),
+        sa.Column("active", sa.Boolean(), server_default=sa.text("true"), nullable=False),
         sa.Column(
             "created_at",
             overnight_pipeline.storage.types.UTCDateTime(timezone=True),
@@ -218,9 +204,7 @@ def upgrade() -> None:
             "default_contribution IS NULL OR CAST(default_contribution AS NUMERIC) >= 0",
             name=op.f("ck_users_contribution_not_negative"),
         ),
-        sa.CheckConstraint(
-            "length(base_currency) = 3", name=op.f("ck_users_base_currency_iso")
-        ),
+        sa.CheckConstraint("length(base_currency) = 3", name=op.f("ck_users_base_currency_iso")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_users")),
     )
     op.create_table(
@@ -265,9 +249,7 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_asset_classes")),
         sa.UniqueConstraint("user_id", "id", name=op.f("uq_asset_classes_user_id_id")),
-        sa.UniqueConstraint(
-            "user_id", "name", name=op.f("uq_asset_classes_user_id_name")
-        ),
+        sa.UniqueConstraint("user_id", "name", name=op.f("uq_asset_classes_user_id_name")),
     )
     op.create_table(
         "asset_fundamentals",
@@ -406,9 +388,7 @@ def upgrade() -> None:
         sa.Column("criteria_version", sa.Integer(), nullable=False),
         sa.Column(
             "breakdown",
-            sa.JSON().with_variant(
-                postgresql.JSONB(astext_type=sa.Text()), "postgresql"
-            ),
+            sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
             nullable=False,
         ),
         sa.Column("correlation_id", sa.Uuid(), nullable=False),
@@ -426,9 +406,7 @@ def upgrade() -> None:
             name=op.f("fk_asset_scores_user_id_users"),
             ondelete="CASCADE",
         ),
-        sa.PrimaryKeyConstraint(
-            "user_id", "market_date", "asset_id", name=op.f("pk_asset_scores")
-        ),
+        sa.PrimaryKeyConstraint("user_id", "market_date", "asset_id", name=op.f("pk_asset_scores")),
     )
     op.create_table(
         "criteria_versions",
@@ -441,9 +419,7 @@ def upgrade() -> None:
             server_default=sa.text("CURRENT_TIMESTAMP"),
             nullable=False,
         ),
-        sa.CheckConstraint(
-            "version >= 1", name=op.f("ck_criteria_versions_version_positive")
-        ),
+        sa.CheckConstraint("version >= 1", name=op.f("ck_criteria_versions_version_positive")),
         sa.ForeignKeyConstraint(
             ["user_id"],
             ["users.id"],
@@ -475,16 +451,12 @@ def upgrade() -> None:
         sa.Column("criteria_version", sa.Integer(), nullable=True),
         sa.Column(
             "payload",
-            sa.JSON().with_variant(
-                postgresql.JSONB(astext_type=sa.Text()), "postgresql"
-            ),
+            sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
             nullable=False,
         ),
         sa.Column(
             "portfolio",
-            sa.JSON().with_variant(
-                postgresql.JSONB(astext_type=sa.Text()), "postgresql"
-            ),
+            sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
             nullable=False,
         ),
         sa.ForeignKeyConstraint(
@@ -493,9 +465,7 @@ def upgrade() -> None:
             name=op.f("fk_recommendations_user_id_users"),
             ondelete="CASCADE",
         ),
-        sa.PrimaryKeyConstraint(
-            "user_id", "market_date", name=op.f("pk_recommendations")
-        ),
+        sa.PrimaryKeyConstraint("user_id", "market_date", name=op.f("pk_recommendations")),
     )
     with op.batch_alter_table("recommendations", schema=None) as batch_op:
         batch_op.create_index(
@@ -546,9 +516,7 @@ def upgrade() -> None:
             name=op.f("fk_criteria_rules_criteria_version_id_criteria_versions"),
             ondelete="CASCADE",
         ),
-        sa.PrimaryKeyConstraint(
-            "criteria_version_id", "position", name=op.f("pk_criteria_rules")
-        ),
+        sa.PrimaryKeyConstraint("criteria_version_id", "position", name=op.f("pk_criteria_rules")),
         sa.UniqueConstraint(
             "criteria_version_id",
             "rule_id",
@@ -589,9 +557,7 @@ def upgrade() -> None:
         batch_op.create_index("ix_holdings_asset_id", ["asset_id"], unique=False)
 
     bind = op.get_bind()
-    if bind.dialect.name == "postgresql" and (
-        bind.dialect.server_version_info or (0,)
-    ) >= (14,):
+    if bind.dialect.name == "postgresql" and (bind.dialect.server_version_info or (0,)) >= (14,):
         # lz4 TOAST compression: ~1.5x faster bulk writes of the audit payloads (SPEC §8).
         for table, column in _COMPRESSED:
             op.execute(f"ALTER TABLE {table} ALTER COLUMN {column} SET COMPRESSION lz4")

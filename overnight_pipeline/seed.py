@@ -8,9 +8,9 @@ PostgreSQL) in chunks of users, so memory is bounded by the chunk.
 from __future__ import annotations
 
 import string
-from contextlib import nullcontext
 import uuid
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
@@ -22,13 +22,13 @@ from overnight_pipeline.core.vocabulary import METRICS
 from overnight_pipeline.providers.synthetic import USD_RATES, fundamentals_frame
 from overnight_pipeline.storage.bulk import copy_rows, foreign_keys_deferred_to_end, upsert
 from overnight_pipeline.storage.models import (
-    Asset,
-    AssetClass,
-    AssetFundamentals,
-    CriteriaRule,
-    CriteriaVersion,
-    Holding,
-    User,
+    asset_classes_table,
+    asset_fundamentals_table,
+    assets_table,
+    criteria_rules_table,
+    criteria_versions_table,
+    holdings_table,
+    users_table,
 )
 
 UNIVERSE_SEED = 20_261_130
@@ -61,7 +61,9 @@ BULK_TABLES = ("asset_classes", "holdings", "criteria_versions", "criteria_rules
 POINTS = np.array([-20, -10, -5, 5, 10, 10, 15, 20, 20, 25, 30, 50])
 
 
-def universe(markets: tuple[Market, ...] = DEFAULT_MARKETS, per_market: int = 300) -> list[tuple[str, str, str, str]]:
+def universe(
+    markets: tuple[Market, ...] = DEFAULT_MARKETS, per_market: int = 300
+) -> list[tuple[str, str, str, str]]:
     """(market, symbol, currency, name) of the shared asset universe, ticker-shaped per market."""
     rng = np.random.default_rng(UNIVERSE_SEED)
     letters = np.array(list(string.ascii_uppercase))
@@ -109,28 +111,34 @@ def seed(
     as_of = as_of or datetime.now(UTC).date()
     now = datetime.now(UTC)
     assets = universe(markets, assets_per_market)
-    upsert(conn, Asset.__table__,
+    upsert(conn, assets_table,
            [{"id": uuid.uuid5(uuid.NAMESPACE_URL, f"asset:{m}:{s}"), "market": m, "symbol": s,
              "currency": c, "name": n} for m, s, c, n in assets],
            key=["market", "symbol"], update=[])  # fmt: skip
-    t = Asset.__table__
+    t = assets_table
     ids = {(m, s): i for m, s, i in conn.execute(select(t.c.market, t.c.symbol, t.c.id))}
     _seed_fundamentals(conn, assets, ids, as_of, now)
 
     by_market: dict[str, np.ndarray] = {}
     for m in markets:
-        by_market[m.code] = np.array([ids[(mm, s)] for mm, s, _, _ in assets if mm == m.code], dtype=object)
+        by_market[m.code] = np.array(
+            [ids[(mm, s)] for mm, s, _, _ in assets if mm == m.code], dtype=object
+        )
 
     report = SeedReport(0, 0, 0, 0, len(assets))
     rng = np.random.default_rng(seed)
     # Ids come from their own stream so that all are known before writing: re-seeding first
     # deletes those users (cascading to their rows) and never duplicates them.
     all_ids = _uuids(np.random.default_rng([seed, 1]), users)
-    u = User.__table__
+    u = users_table
     for start in range(0, users, chunk):
         conn.execute(delete(u).where(u.c.id.in_(all_ids[start : start + chunk])))
     done = 0
-    bulk = foreign_keys_deferred_to_end(conn, BULK_TABLES) if users >= BULK_THRESHOLD else nullcontext()
+    bulk = (
+        foreign_keys_deferred_to_end(conn, BULK_TABLES)
+        if users >= BULK_THRESHOLD
+        else nullcontext()
+    )
     with bulk:
         for start in range(0, users, chunk):
             size = min(chunk, users - start)
@@ -148,8 +156,10 @@ def seed(
 
 def _seed_fundamentals(conn: Connection, assets, ids, as_of: date, now: datetime) -> None:
     frame = fundamentals_frame([a[0] for a in assets], [a[1] for a in assets], as_of)
-    t = AssetFundamentals.__table__
-    conn.execute(delete(t).where(t.c.fundamentals_date == as_of, t.c.asset_id.in_(list(ids.values()))))
+    t = asset_fundamentals_table
+    conn.execute(
+        delete(t).where(t.c.fundamentals_date == as_of, t.c.asset_id.in_(list(ids.values())))
+    )
     columns = ["asset_id", "fundamentals_date", *METRICS, "source", "as_of"]
     rows = (
         (ids[(r[0], r[1])], as_of, *r[2:], "synthetic", now)
@@ -200,7 +210,7 @@ def _write_chunk(conn, rng, user_ids, markets, by_market, now) -> SeedReport:
                             str(los[j]), str(his[j]), max_assets, min_alloc))  # fmt: skip
 
         n = int(n_holdings[i])
-        n2 = int(round(n * rng.uniform(0.1, 0.4))) if has_second[i] else 0
+        n2 = round(n * rng.uniform(0.1, 0.4)) if has_second[i] else 0
         picks = list(rng.choice(by_market[home], n - n2, replace=False))
         if n2:
             picks += list(rng.choice(by_market[market_codes[second[i]]], n2, replace=False))
@@ -221,14 +231,14 @@ def _write_chunk(conn, rng, user_ids, markets, by_market, now) -> SeedReport:
             rules.append((version_ids[i], pos, f"r{pos + 1}", CLASS_NAMES[names[rng.integers(0, k)]],
                           metric, op, value or None, value2, points))  # fmt: skip
 
-    copy_rows(conn, User.__table__,
+    copy_rows(conn, users_table,
               ["id", "base_currency", "default_contribution", "active", "created_at", "updated_at"], users)  # fmt: skip
-    copy_rows(conn, AssetClass.__table__,
+    copy_rows(conn, asset_classes_table,
               ["id", "user_id", "name", "position", "target_min", "target_max", "max_assets",
                "min_allocation_value"], classes)  # fmt: skip
-    copy_rows(conn, Holding.__table__, ["user_id", "asset_id", "asset_class_id", "quantity"], holdings)
-    copy_rows(conn, CriteriaVersion.__table__, ["id", "user_id", "version", "created_at"], versions)
-    copy_rows(conn, CriteriaRule.__table__,
+    copy_rows(conn, holdings_table, ["user_id", "asset_id", "asset_class_id", "quantity"], holdings)
+    copy_rows(conn, criteria_versions_table, ["id", "user_id", "version", "created_at"], versions)
+    copy_rows(conn, criteria_rules_table,
               ["criteria_version_id", "position", "rule_id", "asset_class", "metric", "operator",
                "value", "value2", "points"], rules)  # fmt: skip
     return SeedReport(len(users), len(holdings), len(classes), len(rules), 0)
@@ -237,4 +247,4 @@ def _write_chunk(conn, rng, user_ids, markets, by_market, now) -> SeedReport:
 def _round_amount(amount: float, currency: str) -> str:
     """A round-looking contribution in `currency`: multiples of 10 (1,000 for JPY)."""
     step = 1000 if currency == "JPY" else 10
-    return str(max(step, int(round(amount / step)) * step))
+    return str(max(step, round(amount / step) * step))
