@@ -1,0 +1,324 @@
+"""Buy-only recommendations for one user's contribution (SPEC §3).
+
+Steps, as numbered in the spec: (1) value holdings in the base currency, (2) class targets
+after the contribution and allocation gaps, (3) eligible assets, (4) water-filling across
+classes toward the band mid then max, (5) score-proportional split with `min_allocation_value`,
+(6) largest-remainder rounding to the minor unit, (7) the output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import ROUND_DOWN, ROUND_HALF_EVEN, Decimal
+
+from overnight_pipeline.core.money import FxRates, quantum
+from overnight_pipeline.core.scoring import AssetScore
+
+ZERO = Decimal(0)
+HUNDRED = Decimal(100)
+PERCENT_PLACES = Decimal("0.01")
+
+NO_ELIGIBLE_ASSET = "no_eligible_asset"
+BELOW_MINIMUM = "below_minimum"
+
+
+@dataclass(frozen=True)
+class ClassSpec:
+    name: str
+    target_min: Decimal
+    target_max: Decimal
+    max_assets: int | None = None
+    min_allocation_value: Decimal | None = None
+
+    @property
+    def target_mid(self) -> Decimal:
+        return (self.target_min + self.target_max) / 2
+
+
+@dataclass(frozen=True)
+class HoldingInput:
+    asset_id: str
+    symbol: str
+    asset_class: str
+    quantity: Decimal
+    currency: str
+    price: Decimal | None
+    price_as_of: datetime | None = None
+
+
+@dataclass(frozen=True)
+class RecommendedAsset:
+    asset_id: str
+    symbol: str
+    asset_class: str
+    score: Decimal
+    amount: Decimal
+    currency: str
+    allocation_gap: Decimal
+    criteria_count: int
+    top_contributor: str | None
+
+
+@dataclass(frozen=True)
+class ClassResult:
+    name: str
+    current_value: Decimal
+    current_percent: Decimal
+    target_min: Decimal
+    target_max: Decimal
+    allocation_gap: Decimal
+    amount: Decimal
+    status: str | None  # None, NO_ELIGIBLE_ASSET or BELOW_MINIMUM
+
+
+@dataclass(frozen=True)
+class UserRecommendations:
+    base_currency: str
+    contribution: Decimal
+    total_value: Decimal
+    recommendations: tuple[RecommendedAsset, ...]
+    unallocated: Decimal
+    classes: tuple[ClassResult, ...]
+    prices_as_of: datetime | None
+    rates_as_of: datetime | None
+    criteria_version: int | None
+    missing_prices: tuple[str, ...] = field(default=())
+
+    @property
+    def allocated(self) -> Decimal:
+        return sum((r.amount for r in self.recommendations), ZERO)
+
+
+@dataclass(frozen=True)
+class _Eligible:
+    holding: HoldingInput
+    score: AssetScore
+
+
+def recommend(
+    *,
+    base_currency: str,
+    contribution: Decimal | None,
+    classes: Sequence[ClassSpec],
+    holdings: Sequence[HoldingInput],
+    scores: Mapping[str, AssetScore],
+    fx: FxRates,
+    criteria_version: int | None = None,
+) -> UserRecommendations:
+    """Recommendations for one user; a missing exchange rate raises `MissingRateError`."""
+    q = quantum(base_currency)
+    c_total = contribution if contribution is not None else ZERO
+
+    # 1. Values in the base currency; holdings without a price are left out and reported.
+    values: dict[str, Decimal] = {}
+    priced = [h for h in holdings if h.price is not None]
+    for h in priced:
+        assert h.price is not None
+        values[h.asset_id] = h.quantity * h.price * fx.rate(h.currency, base_currency)
+    class_value = {c.name: ZERO for c in classes}
+    for h in priced:
+        class_value[h.asset_class] = class_value.get(h.asset_class, ZERO) + values[h.asset_id]
+    total = sum(class_value.values(), ZERO)
+    after = total + c_total
+
+    # 2. Targets after the contribution, gaps before it.
+    mid = {c.name: c.target_mid / HUNDRED * after for c in classes}
+    hi = {c.name: c.target_max / HUNDRED * after for c in classes}
+    current_pct = {
+        c.name: (HUNDRED * class_value[c.name] / total) if total > 0 else ZERO for c in classes
+    }
+    gap = {c.name: c.target_mid - current_pct[c.name] for c in classes}
+
+    # 3. Eligible assets per class.
+    eligible: dict[str, list[_Eligible]] = {}
+    for c in classes:
+        picks = [
+            _Eligible(h, scores[h.asset_id])
+            for h in priced
+            if h.asset_class == c.name
+            and h.asset_id in scores
+            and scores[h.asset_id].score > 0
+        ]
+        picks.sort(key=lambda e: (-e.score.score, e.holding.symbol))
+        eligible[c.name] = picks[: c.max_assets] if c.max_assets else picks
+    status: dict[str, str | None] = {
+        c.name: None if eligible[c.name] else NO_ELIGIBLE_ASSET for c in classes
+    }
+
+    # 4-5. Water-fill, split, and redo without a class whose amount is below its minimum.
+    by_name = {c.name: c for c in classes}
+    active = [c.name for c in classes if status[c.name] is None]
+    while True:
+        amounts, leftover = water_fill(c_total, {k: class_value[k] for k in active},
+                                       {k: mid[k] for k in active}, {k: hi[k] for k in active})  # fmt: skip
+        short = [
+            k for k in active
+            if by_name[k].min_allocation_value and ZERO < amounts[k] < by_name[k].min_allocation_value  # type: ignore[operator]
+        ]  # fmt: skip
+        if not short:
+            break
+        dropped = min(short, key=lambda k: (amounts[k], active.index(k)))
+        status[dropped] = BELOW_MINIMUM
+        active.remove(dropped)
+    raw: dict[str, Decimal] = {}
+    for k in active:
+        for asset_id, amount in split_by_score(
+            amounts[k], eligible[k], by_name[k].min_allocation_value
+        ).items():
+            raw[asset_id] = amount
+
+    # 6. Largest remainder to the minor unit, never pushing a class past its max.
+    cap = {k: hi[k] - class_value[k] for k in active}
+    # What the classes absorb is known exactly (C − leftover); the split only approximates it.
+    to_spend = ((c_total - leftover) / q).to_integral_value(ROUND_DOWN) * q
+    rounded = round_largest_remainder(
+        raw, q, to_spend, {e.holding.asset_id: e for k in active for e in eligible[k]}, cap
+    )
+    allocated = sum(rounded.values(), ZERO)
+
+    # 7. Output.
+    recs = []
+    for k in active:
+        for e in eligible[k]:
+            amount = rounded.get(e.holding.asset_id, ZERO)
+            if amount > 0:
+                recs.append(RecommendedAsset(
+                    asset_id=e.holding.asset_id, symbol=e.holding.symbol, asset_class=k,
+                    score=e.score.score, amount=amount, currency=base_currency,
+                    allocation_gap=gap[k].quantize(PERCENT_PLACES, ROUND_HALF_EVEN),
+                    criteria_count=e.score.criteria_count, top_contributor=e.score.top_contributor,
+                ))  # fmt: skip
+    recs.sort(key=lambda r: (-r.amount, -r.score, r.symbol))
+    class_amount = {k: ZERO for k in class_value}
+    for r in recs:
+        class_amount[r.asset_class] += r.amount
+    prices_used = [h.price_as_of for h in priced if h.price_as_of is not None]
+    return UserRecommendations(
+        base_currency=base_currency,
+        contribution=c_total,
+        total_value=total,
+        recommendations=tuple(recs),
+        unallocated=c_total - allocated,
+        classes=tuple(
+            ClassResult(
+                name=c.name, current_value=class_value[c.name],
+                current_percent=current_pct[c.name], target_min=c.target_min,
+                target_max=c.target_max, allocation_gap=gap[c.name],
+                amount=class_amount[c.name], status=status[c.name],
+            )
+            for c in classes
+        ),  # fmt: skip
+        prices_as_of=min(prices_used) if prices_used else None,
+        rates_as_of=fx.as_of,
+        criteria_version=criteria_version,
+        missing_prices=tuple(h.symbol for h in holdings if h.price is None),
+    )
+
+
+def water_fill(
+    money: Decimal,
+    value: Mapping[str, Decimal],
+    mid: Mapping[str, Decimal],
+    hi: Mapping[str, Decimal],
+) -> tuple[dict[str, Decimal], Decimal]:
+    """Split `money` across classes: raise them toward `mid` with one common fill level,
+    then toward `hi` the same way; never above `hi`. Returns the (unrounded) amount per
+    class and, exactly, the money no class could absorb."""
+    amounts = {k: ZERO for k in value}
+    if money <= 0 or not value:
+        return amounts, max(money, ZERO)
+    level1, rest = _fill(money, value, mid)
+    for k, a in level1.items():
+        amounts[k] += a
+    if rest > 0:
+        lifted = {k: value[k] + level1[k] for k in value}
+        level2, rest = _fill(rest, lifted, hi)
+        for k, a in level2.items():
+            amounts[k] += a
+    return amounts, rest
+
+
+def _fill(
+    money: Decimal, value: Mapping[str, Decimal], target: Mapping[str, Decimal]
+) -> tuple[dict[str, Decimal], Decimal]:
+    """Amounts so that each class holds max(value, f × target) for the one f ≤ 1 that spends
+    `money` (or f = 1 when `money` is more than enough), and the money left over."""
+    need = {k: max(ZERO, target[k] - value[k]) for k in value}
+    needed = sum(need.values(), ZERO)
+    if needed <= money:
+        return need, money - needed
+    # S(f) = Σ max(0, f·t_k − v_k) is piecewise linear; walk its breakpoints f_k = v_k / t_k.
+    points = sorted(
+        ((value[k] / target[k] if value[k] > 0 else ZERO), k) for k in value if target[k] > 0
+    )
+    t_sum = v_sum = ZERO
+    f = ZERO
+    for i, (f_k, k) in enumerate(points):
+        t_sum += target[k]
+        v_sum += value[k]
+        f = (money + v_sum) / t_sum
+        next_break = points[i + 1][0] if i + 1 < len(points) else None
+        if next_break is None or f <= next_break:
+            break
+    f = min(f, Decimal(1))
+    amounts = {k: max(ZERO, f * target[k] - value[k]) if target[k] > 0 else ZERO for k in value}
+    return amounts, ZERO
+
+
+def split_by_score(
+    amount: Decimal, eligible: Sequence[_Eligible], minimum: Decimal | None
+) -> dict[str, Decimal]:
+    """Split a class's amount in proportion to score; while an asset gets less than the
+    class minimum, drop the lowest-scored such asset (ties: the later symbol) and re-split."""
+    picks = list(eligible)
+    while picks:
+        total_score = sum((e.score.score for e in picks), ZERO)
+        shares = {e.holding.asset_id: amount * e.score.score / total_score for e in picks}
+        if not minimum or amount <= 0:
+            return shares
+        low = [e for e in picks if shares[e.holding.asset_id] < minimum]
+        if not low:
+            return shares
+        worst = min(low, key=lambda e: (e.score.score, _desc(e.holding.symbol)))
+        picks.remove(worst)
+    return {}
+
+
+def _desc(symbol: str) -> tuple[int, ...]:
+    # Sorting key that puts later symbols first among equal scores.
+    return tuple(-ord(ch) for ch in symbol) + (0,)
+
+
+def round_largest_remainder(
+    raw: Mapping[str, Decimal],
+    q: Decimal,
+    total: Decimal,
+    eligible: Mapping[str, _Eligible],
+    cap: Mapping[str, Decimal],
+) -> dict[str, Decimal]:
+    """Round amounts down to `q`, then hand out the units left to reach `total` by largest
+    remainder (ties: higher score, then symbol), skipping a unit that would push a class
+    past its cap. Units nobody can take stay unallocated."""
+    floors = {k: (v / q).to_integral_value(ROUND_DOWN) * q for k, v in raw.items()}
+    units = int((total - sum(floors.values(), ZERO)) / q)
+    class_total: dict[str, Decimal] = {}
+    for k, v in floors.items():
+        cls = eligible[k].holding.asset_class
+        class_total[cls] = class_total.get(cls, ZERO) + v
+    order = sorted(
+        raw,
+        key=lambda k: (-(raw[k] - floors[k]), -eligible[k].score.score, eligible[k].holding.symbol),
+    )
+    result = dict(floors)
+    for k in order:
+        if units <= 0:
+            break
+        cls = eligible[k].holding.asset_class
+        if class_total[cls] + q > cap[cls]:
+            continue
+        result[k] += q
+        class_total[cls] += q
+        units -= 1
+    return result
