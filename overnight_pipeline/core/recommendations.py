@@ -172,7 +172,7 @@ def recommend(
     # 6. Largest remainder to the minor unit, never pushing a class past its max.
     cap = {k: hi[k] - class_value[k] for k in active}
     # What the classes absorb is known exactly (C − leftover); the split only approximates it.
-    to_spend = ((c_total - leftover) / q).to_integral_value(ROUND_DOWN) * q
+    to_spend = (c_total - leftover).quantize(q, ROUND_DOWN)
     rounded = round_largest_remainder(
         raw, q, to_spend, {e.holding.asset_id: e for k in active for e in eligible[k]}, cap
     )
@@ -301,7 +301,7 @@ def round_largest_remainder(
     """Round amounts down to `q`, then hand out the units left to reach `total` by largest
     remainder (ties: higher score, then symbol), skipping a unit that would push a class
     past its cap. Units nobody can take stay unallocated."""
-    floors = {k: (v / q).to_integral_value(ROUND_DOWN) * q for k, v in raw.items()}
+    floors = {k: v.quantize(q, ROUND_DOWN) for k, v in raw.items()}
     units = int((total - sum(floors.values(), ZERO)) / q)
     class_total: dict[str, Decimal] = {}
     for k, v in floors.items():
