@@ -137,9 +137,7 @@ def recommend(
         picks = [
             _Eligible(h, scores[h.asset_id])
             for h in priced
-            if h.asset_class == c.name
-            and h.asset_id in scores
-            and scores[h.asset_id].score > 0
+            if h.asset_class == c.name and h.asset_id in scores and scores[h.asset_id].score > 0
         ]
         picks.sort(key=lambda e: (-e.score.score, e.holding.symbol))
         eligible[c.name] = picks[: c.max_assets] if c.max_assets else picks
@@ -203,13 +201,17 @@ def recommend(
         unallocated=c_total - allocated,
         classes=tuple(
             ClassResult(
-                name=c.name, current_value=class_value[c.name],
-                current_percent=current_pct[c.name], target_min=c.target_min,
-                target_max=c.target_max, allocation_gap=gap[c.name],
-                amount=class_amount[c.name], status=status[c.name],
+                name=c.name,
+                current_value=class_value[c.name],
+                current_percent=current_pct[c.name],
+                target_min=c.target_min,
+                target_max=c.target_max,
+                allocation_gap=gap[c.name],
+                amount=class_amount[c.name],
+                status=status[c.name],
             )
             for c in classes
-        ),  # fmt: skip
+        ),
         prices_as_of=min(prices_used) if prices_used else None,
         rates_as_of=fx.as_of,
         criteria_version=criteria_version,
@@ -255,7 +257,7 @@ def _fill(
     )
     t_sum = v_sum = ZERO
     f = ZERO
-    for i, (f_k, k) in enumerate(points):
+    for i, (_f_k, k) in enumerate(points):
         t_sum += target[k]
         v_sum += value[k]
         f = (money + v_sum) / t_sum
@@ -288,7 +290,7 @@ def split_by_score(
 
 def _desc(symbol: str) -> tuple[int, ...]:
     # Sorting key that puts later symbols first among equal scores.
-    return tuple(-ord(ch) for ch in symbol) + (0,)
+    return (*tuple(-ord(ch) for ch in symbol), 0)
 
 
 def round_largest_remainder(

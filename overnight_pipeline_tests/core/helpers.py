@@ -17,7 +17,9 @@ def score(asset_id: str, value: int | str) -> AssetScore:
                       max_possible_score=D(100), top_contributor=None)  # fmt: skip
 
 
-def holding(symbol: str, cls: str, value: str | int, currency: str = "USD", price: str | None = "1") -> HoldingInput:
+def holding(
+    symbol: str, cls: str, value: str | int, currency: str = "USD", price: str | None = "1"
+) -> HoldingInput:
     """A holding worth `value` (quantity `value` at price 1 unless told)."""
     return HoldingInput(asset_id=symbol, symbol=symbol, asset_class=cls, quantity=D(value),
                         currency=currency, price=None if price is None else D(price))  # fmt: skip

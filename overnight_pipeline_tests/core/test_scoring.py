@@ -20,7 +20,15 @@ D = Decimal
 
 def rule(op: str, value: str | None = None, value2: str | None = None, points: int = 10,
          metric: str = "pe_ratio", rid: str = "r") -> Rule:  # fmt: skip
-    return Rule(id=rid, asset_class="A", metric=metric, operator=op, value=value, value2=value2, points=points)
+    return Rule(
+        id=rid,
+        asset_class="A",
+        metric=metric,
+        operator=op,
+        value=value,
+        value2=value2,
+        points=points,
+    )
 
 
 @pytest.mark.parametrize(
@@ -78,7 +86,11 @@ def test_top_contributor_is_null_when_nothing_matched() -> None:
 
 def test_an_asset_whose_class_has_no_rules_scores_zero() -> None:
     scores = score_holdings([("x", "Bonds")], [rule("gt", "1")], {"x": {"pe_ratio": D(5)}})
-    assert scores["x"].score == 0 and scores["x"].breakdown == () and scores["x"].max_possible_score == 0
+    assert (
+        scores["x"].score == 0
+        and scores["x"].breakdown == ()
+        and scores["x"].max_possible_score == 0
+    )
 
 
 def test_invalid_criteria_list_every_problem_by_rule() -> None:
@@ -90,12 +102,24 @@ def test_invalid_criteria_list_every_problem_by_rule() -> None:
     with pytest.raises(CriteriaError) as info:
         validate_criteria(doc)
     paths = [p for p, _, _ in info.value.errors]
-    assert paths == ["criteria.0", "criteria.1.metric", "criteria.2.value", "criteria.2.points", "criteria.2.id"]
+    assert paths == [
+        "criteria.0",
+        "criteria.1.metric",
+        "criteria.2.value",
+        "criteria.2.points",
+        "criteria.2.id",
+    ]
 
 
 def test_replay_reproduces_scores_from_captured_inputs() -> None:
-    rules = [rule("gt", "1", points=30, rid="a"), rule("between", "0.5", "2", points=-5, metric="roe", rid="b")]
-    fundamentals = {"x": {"pe_ratio": D("5.5"), "roe": None}, "y": {"pe_ratio": D("0.5"), "roe": D("1.25")}}
+    rules = [
+        rule("gt", "1", points=30, rid="a"),
+        rule("between", "0.5", "2", points=-5, metric="roe", rid="b"),
+    ]
+    fundamentals = {
+        "x": {"pe_ratio": D("5.5"), "roe": None},
+        "y": {"pe_ratio": D("0.5"), "roe": D("1.25")},
+    }
     scores = score_holdings([("x", "A"), ("y", "A")], rules, fundamentals)
     captured = {
         "criteria": {"version": 3, "rules": rules_document(rules)},

@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+from pydantic import ValidationError
+
+from overnight_pipeline.core.payloads import (
+    CachedPortfolioSummary,
+    CachedRecommendations,
+    cache_payloads,
+)
+from overnight_pipeline_tests.core.helpers import band, holding, run, score
+
+USER = uuid.UUID("6f1c0000-0000-4000-8000-000000000001")
+NOW = datetime(2026, 11, 30, 9, 30, tzinfo=UTC)
+
+
+def _payloads():
+    r = run([band("A", 40, 60), band("B", 40, 60)],
+            [holding("AAA", "A", 600), holding("BBB", "B", 400)],
+            [score("AAA", 10), score("BBB", 10)])  # fmt: skip
+    return cache_payloads(USER, r, generated_at=NOW, asset_count=2)
+
+
+def test_cache_payload_is_camel_case_with_decimal_strings() -> None:
+    recs, summary = _payloads()
+    doc = json.loads(recs.model_dump_json(by_alias=True))
+    assert set(doc) == {
+        "schemaVersion",
+        "userId",
+        "generatedAt",
+        "recommendations",
+        "portfolioSummary",
+        "dataFreshness",
+    }
+    first = doc["recommendations"][0]
+    assert set(first) == {
+        "assetId",
+        "symbol",
+        "score",
+        "amount",
+        "currency",
+        "allocationGap",
+        "breakdown",
+    }
+    assert (
+        first["amount"] == "600.00"
+        and first["score"] == "10.0000"
+        and first["allocationGap"] == "10.00"
+    )
+    assert set(first["breakdown"]) == {"criteriaCount", "topContributor"}
+    assert doc["portfolioSummary"] == {"totalValue": "1000.00", "baseCurrency": "USD",
+                                       "allocations": {"A": "60.00", "B": "40.00"}}  # fmt: skip
+    assert set(doc["dataFreshness"]) == {"pricesAsOf", "ratesAsOf", "criteriaVersion"}
+    sdoc = json.loads(summary.model_dump_json(by_alias=True))
+    assert sdoc["allocations"][0] == {
+        "className": "A",
+        "currentPercent": "60.00",
+        "targetMin": "40",
+        "targetMax": "60",
+    }
+    assert sdoc["assetCount"] == 2 and sdoc["schemaVersion"] == 1
+
+
+def test_payload_round_trips_and_rejects_unknown_fields() -> None:
+    recs, summary = _payloads()
+    text = recs.model_dump_json(by_alias=True)
+    assert CachedRecommendations.model_validate_json(text) == recs
+    assert (
+        CachedPortfolioSummary.model_validate_json(summary.model_dump_json(by_alias=True))
+        == summary
+    )
+    doc = json.loads(text)
+    doc["sneaky"] = 1
+    with pytest.raises(ValidationError, match="sneaky"):
+        CachedRecommendations.model_validate(doc)
+    doc.pop("sneaky")
+    doc["schemaVersion"] = 99
+    with pytest.raises(ValidationError, match="schemaVersion"):
+        CachedRecommendations.model_validate(doc)
+    doc["schemaVersion"] = 1
+    doc["recommendations"][0]["amount"] = 600.0
+    with pytest.raises(ValidationError, match="amount"):
+        CachedRecommendations.model_validate(doc)
