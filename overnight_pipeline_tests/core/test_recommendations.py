@@ -19,7 +19,7 @@ def test_water_filling_brings_both_classes_to_their_mid() -> None:
 
 
 def test_the_class_furthest_below_its_mid_fills_first() -> None:
-    # C = 100 is not enough: B (40 % of its mid) rises alone to f = 0.5 before A (60 %) starts.
+    # C = 100, T' = 1100, mids 550: A (600) is already above its mid; B (400) takes all 100.
     r = run([band("A", 40, 60), band("B", 40, 60)],
             [holding("AAA", "A", 600), holding("BBB", "B", 400)],
             [score("AAA", 10), score("BBB", 10)], contribution="100")  # fmt: skip
