@@ -212,7 +212,7 @@ def score_holdings(
     rules: Sequence[Rule],
     fundamentals: Mapping[str, Fundamentals],
 ) -> dict[str, AssetScore]:
-    """Scores of `(asset_id, asset_class)` holdings; an asset without fundamentals has none."""
+    """Scores of `(asset_id, asset_class)` holdings; missing fundamentals skip their rules."""
     grouped = rules_by_class(rules)
     return {
         asset_id: score_asset(

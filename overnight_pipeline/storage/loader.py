@@ -73,7 +73,7 @@ def load(conn: Connection, doc: LoadFile) -> LoadReport:
            [{"id": uuid.uuid4(), "market": a.market, "symbol": a.symbol, "currency": a.currency,
              "name": a.name} for a in doc.assets],
            key=["market", "symbol"], update=["currency", "name"])  # fmt: skip
-    ids = asset_ids(conn, [(h.market, h.symbol) for u in doc.users for h in u.holdings])
+    ids = existing | asset_ids(conn, in_file)
 
     upsert(conn, users_table,
            [{"id": u.id, "base_currency": u.base_currency,
