@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import ROUND_DOWN, ROUND_HALF_EVEN, Decimal
+from typing import NamedTuple
 
 from overnight_pipeline.core.money import FxRates, quantum
 from overnight_pipeline.core.scoring import AssetScore
@@ -24,8 +25,7 @@ NO_ELIGIBLE_ASSET = "no_eligible_asset"
 BELOW_MINIMUM = "below_minimum"
 
 
-@dataclass(frozen=True)
-class ClassSpec:
+class ClassSpec(NamedTuple):
     name: str
     target_min: Decimal
     target_max: Decimal
@@ -37,8 +37,7 @@ class ClassSpec:
         return (self.target_min + self.target_max) / 2
 
 
-@dataclass(frozen=True)
-class HoldingInput:
+class HoldingInput(NamedTuple):
     asset_id: str
     symbol: str
     asset_class: str
@@ -48,8 +47,7 @@ class HoldingInput:
     price_as_of: datetime | None = None
 
 
-@dataclass(frozen=True)
-class RecommendedAsset:
+class RecommendedAsset(NamedTuple):
     asset_id: str
     symbol: str
     asset_class: str
@@ -61,8 +59,7 @@ class RecommendedAsset:
     top_contributor: str | None
 
 
-@dataclass(frozen=True)
-class ClassResult:
+class ClassResult(NamedTuple):
     name: str
     current_value: Decimal
     current_percent: Decimal
@@ -91,10 +88,14 @@ class UserRecommendations:
         return sum((r.amount for r in self.recommendations), ZERO)
 
 
-@dataclass(frozen=True)
-class _Eligible:
-    holding: HoldingInput
-    score: AssetScore
+class Pick(NamedTuple):
+    """An eligible asset of a class, as the allocation needs it."""
+
+    asset_id: str
+    symbol: str
+    score: Decimal
+    criteria_count: int
+    top_contributor: str | None
 
 
 def recommend(
@@ -108,18 +109,54 @@ def recommend(
     criteria_version: int | None = None,
 ) -> UserRecommendations:
     """Recommendations for one user; a missing exchange rate raises `MissingRateError`."""
-    q = quantum(base_currency)
-    c_total = contribution if contribution is not None else ZERO
-
     # 1. Values in the base currency; holdings without a price are left out and reported.
-    values: dict[str, Decimal] = {}
+    class_value = {c.name: ZERO for c in classes}
     priced = [h for h in holdings if h.price is not None]
     for h in priced:
         assert h.price is not None
-        values[h.asset_id] = h.quantity * h.price * fx.rate(h.currency, base_currency)
-    class_value = {c.name: ZERO for c in classes}
-    for h in priced:
-        class_value[h.asset_class] = class_value.get(h.asset_class, ZERO) + values[h.asset_id]
+        value = h.quantity * h.price * fx.rate(h.currency, base_currency)
+        class_value[h.asset_class] = class_value.get(h.asset_class, ZERO) + value
+
+    # 3. Eligible assets per class: priced, score > 0, by score desc then symbol.
+    eligible: dict[str, list[Pick]] = {}
+    for c in classes:
+        picks = [
+            Pick(h.asset_id, h.symbol, s.score, s.criteria_count, s.top_contributor)
+            for h in priced
+            if h.asset_class == c.name and (s := scores.get(h.asset_id)) is not None and s.score > 0
+        ]
+        picks.sort(key=lambda p: (-p.score, p.symbol))
+        eligible[c.name] = picks[: c.max_assets] if c.max_assets else picks
+    prices_used = [h.price_as_of for h in priced if h.price_as_of is not None]
+    return allocate(
+        base_currency=base_currency,
+        contribution=contribution,
+        classes=classes,
+        class_value=class_value,
+        eligible=eligible,
+        prices_as_of=min(prices_used) if prices_used else None,
+        rates_as_of=fx.as_of,
+        criteria_version=criteria_version,
+        missing_prices=tuple(h.symbol for h in holdings if h.price is None),
+    )
+
+
+def allocate(
+    *,
+    base_currency: str,
+    contribution: Decimal | None,
+    classes: Sequence[ClassSpec],
+    class_value: dict[str, Decimal],
+    eligible: Mapping[str, Sequence[Pick]],
+    prices_as_of: datetime | None,
+    rates_as_of: datetime | None,
+    criteria_version: int | None,
+    missing_prices: tuple[str, ...] = (),
+) -> UserRecommendations:
+    """Steps 2 and 4-7 of SPEC §3 from the class values (step 1) and the eligible assets of
+    each class (step 3); shared by the one-user and the batch paths."""
+    q = quantum(base_currency)
+    c_total = contribution if contribution is not None else ZERO
     total = sum(class_value.values(), ZERO)
     after = total + c_total
 
@@ -130,19 +167,8 @@ def recommend(
         c.name: (HUNDRED * class_value[c.name] / total) if total > 0 else ZERO for c in classes
     }
     gap = {c.name: c.target_mid - current_pct[c.name] for c in classes}
-
-    # 3. Eligible assets per class.
-    eligible: dict[str, list[_Eligible]] = {}
-    for c in classes:
-        picks = [
-            _Eligible(h, scores[h.asset_id])
-            for h in priced
-            if h.asset_class == c.name and h.asset_id in scores and scores[h.asset_id].score > 0
-        ]
-        picks.sort(key=lambda e: (-e.score.score, e.holding.symbol))
-        eligible[c.name] = picks[: c.max_assets] if c.max_assets else picks
     status: dict[str, str | None] = {
-        c.name: None if eligible[c.name] else NO_ELIGIBLE_ASSET for c in classes
+        c.name: None if eligible.get(c.name) else NO_ELIGIBLE_ASSET for c in classes
     }
 
     # 4-5. Water-fill, split, and redo without a class whose amount is below its minimum.
@@ -161,38 +187,34 @@ def recommend(
         status[dropped] = BELOW_MINIMUM
         active.remove(dropped)
     raw: dict[str, Decimal] = {}
+    owner: dict[str, tuple[str, Pick]] = {}
     for k in active:
-        for asset_id, amount in split_by_score(
-            amounts[k], eligible[k], by_name[k].min_allocation_value
-        ).items():
-            raw[asset_id] = amount
+        picks = eligible[k]
+        for p in picks:
+            owner[p.asset_id] = (k, p)
+        raw.update(split_by_score(amounts[k], picks, by_name[k].min_allocation_value))
 
     # 6. Largest remainder to the minor unit, never pushing a class past its max.
     cap = {k: hi[k] - class_value[k] for k in active}
     # What the classes absorb is known exactly (C − leftover); the split only approximates it.
     to_spend = (c_total - leftover).quantize(q, ROUND_DOWN)
-    rounded = round_largest_remainder(
-        raw, q, to_spend, {e.holding.asset_id: e for k in active for e in eligible[k]}, cap
-    )
-    allocated = sum(rounded.values(), ZERO)
+    rounded = round_largest_remainder(raw, q, to_spend, owner, cap)
 
     # 7. Output.
     recs = []
-    for k in active:
-        for e in eligible[k]:
-            amount = rounded.get(e.holding.asset_id, ZERO)
-            if amount > 0:
-                recs.append(RecommendedAsset(
-                    asset_id=e.holding.asset_id, symbol=e.holding.symbol, asset_class=k,
-                    score=e.score.score, amount=amount, currency=base_currency,
-                    allocation_gap=gap[k].quantize(PERCENT_PLACES, ROUND_HALF_EVEN),
-                    criteria_count=e.score.criteria_count, top_contributor=e.score.top_contributor,
-                ))  # fmt: skip
-    recs.sort(key=lambda r: (-r.amount, -r.score, r.symbol))
+    allocated = ZERO
     class_amount = {k: ZERO for k in class_value}
-    for r in recs:
-        class_amount[r.asset_class] += r.amount
-    prices_used = [h.price_as_of for h in priced if h.price_as_of is not None]
+    for asset_id, amount in rounded.items():
+        if amount > 0:
+            k, p = owner[asset_id]
+            recs.append(RecommendedAsset(
+                p.asset_id, p.symbol, k, p.score, amount, base_currency,
+                gap[k].quantize(PERCENT_PLACES, ROUND_HALF_EVEN), p.criteria_count,
+                p.top_contributor,
+            ))  # fmt: skip
+            allocated += amount
+            class_amount[k] += amount
+    recs.sort(key=lambda r: (-r.amount, -r.score, r.symbol))
     return UserRecommendations(
         base_currency=base_currency,
         contribution=c_total,
@@ -201,21 +223,21 @@ def recommend(
         unallocated=c_total - allocated,
         classes=tuple(
             ClassResult(
-                name=c.name,
-                current_value=class_value[c.name],
-                current_percent=current_pct[c.name],
-                target_min=c.target_min,
-                target_max=c.target_max,
-                allocation_gap=gap[c.name],
-                amount=class_amount[c.name],
-                status=status[c.name],
+                c.name,
+                class_value[c.name],
+                current_pct[c.name],
+                c.target_min,
+                c.target_max,
+                gap[c.name],
+                class_amount[c.name],
+                status[c.name],
             )
             for c in classes
         ),
-        prices_as_of=min(prices_used) if prices_used else None,
-        rates_as_of=fx.as_of,
+        prices_as_of=prices_as_of,
+        rates_as_of=rates_as_of,
         criteria_version=criteria_version,
-        missing_prices=tuple(h.symbol for h in holdings if h.price is None),
+        missing_prices=missing_prices,
     )
 
 
@@ -270,20 +292,20 @@ def _fill(
 
 
 def split_by_score(
-    amount: Decimal, eligible: Sequence[_Eligible], minimum: Decimal | None
+    amount: Decimal, eligible: Sequence[Pick], minimum: Decimal | None
 ) -> dict[str, Decimal]:
     """Split a class's amount in proportion to score; while an asset gets less than the
     class minimum, drop the lowest-scored such asset (ties: the later symbol) and re-split."""
     picks = list(eligible)
     while picks:
-        total_score = sum((e.score.score for e in picks), ZERO)
-        shares = {e.holding.asset_id: amount * e.score.score / total_score for e in picks}
+        total_score = sum((p.score for p in picks), ZERO)
+        shares = {p.asset_id: amount * p.score / total_score for p in picks}
         if not minimum or amount <= 0:
             return shares
-        low = [e for e in picks if shares[e.holding.asset_id] < minimum]
+        low = [p for p in picks if shares[p.asset_id] < minimum]
         if not low:
             return shares
-        worst = min(low, key=lambda e: (e.score.score, _desc(e.holding.symbol)))
+        worst = min(low, key=lambda p: (p.score, _desc(p.symbol)))
         picks.remove(worst)
     return {}
 
@@ -297,27 +319,29 @@ def round_largest_remainder(
     raw: Mapping[str, Decimal],
     q: Decimal,
     total: Decimal,
-    eligible: Mapping[str, _Eligible],
+    owner: Mapping[str, tuple[str, Pick]],
     cap: Mapping[str, Decimal],
 ) -> dict[str, Decimal]:
     """Round amounts down to `q`, then hand out the units left to reach `total` by largest
     remainder (ties: higher score, then symbol), skipping a unit that would push a class
-    past its cap. Units nobody can take stay unallocated."""
+    past its cap. `owner` maps an asset to its class and pick. Units nobody can take stay
+    unallocated."""
     floors = {k: v.quantize(q, ROUND_DOWN) for k, v in raw.items()}
     units = int((total - sum(floors.values(), ZERO)) / q)
+    if units <= 0:
+        return floors
     class_total: dict[str, Decimal] = {}
     for k, v in floors.items():
-        cls = eligible[k].holding.asset_class
+        cls = owner[k][0]
         class_total[cls] = class_total.get(cls, ZERO) + v
     order = sorted(
-        raw,
-        key=lambda k: (-(raw[k] - floors[k]), -eligible[k].score.score, eligible[k].holding.symbol),
+        raw, key=lambda k: (-(raw[k] - floors[k]), -owner[k][1].score, owner[k][1].symbol)
     )
     result = dict(floors)
     for k in order:
         if units <= 0:
             break
-        cls = eligible[k].holding.asset_class
+        cls = owner[k][0]
         if class_total[cls] + q > cap[cls]:
             continue
         result[k] += q
