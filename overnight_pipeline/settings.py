@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -12,6 +13,22 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATA_DIR = Path(".data")
 _CRON_FIELD = re.compile(r"^[\d*/,\-A-Za-z?LW#]+$")
+
+
+def normalise_database_url(value: str) -> str:
+    """The SQLAlchemy URL for DATABASE_URL; raises ValueError for an unsupported scheme."""
+    if not value.startswith(("postgresql", "sqlite")):
+        raise ValueError("must be a postgresql:// or sqlite:// SQLAlchemy URL")
+    if value.startswith("postgresql://"):
+        # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3, which is what we ship.
+        value = "postgresql+psycopg://" + value.removeprefix("postgresql://")
+    return value
+
+
+def is_set(name: str) -> bool:
+    """Whether the environment sets `name` (Dagster resources then read it via EnvVar, so the
+    value never shows in the UI)."""
+    return bool(os.environ.get(name))
 
 
 class SettingsError(ValueError):
@@ -59,12 +76,7 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _database_url(cls, value: str) -> str:
-        if not value.startswith(("postgresql", "sqlite")):
-            raise ValueError("must be a postgresql:// or sqlite:// SQLAlchemy URL")
-        if value.startswith("postgresql://"):
-            # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3, which is what we ship.
-            value = "postgresql+psycopg://" + value.removeprefix("postgresql://")
-        return value
+        return normalise_database_url(value)
 
     @field_validator("redis_url")
     @classmethod

@@ -38,11 +38,17 @@ def upsert(
     )
 
 
+# COPY's text format gives these characters a meaning; data must escape them.
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
 def _copy_text(value: Any) -> str:
     if value is None:
         return r"\N"
     if isinstance(value, bool):
         return "t" if value else "f"
+    if isinstance(value, str):
+        return value.translate(_COPY_ESCAPES)
     return str(value)
 
 

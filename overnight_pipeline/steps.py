@@ -1,0 +1,417 @@
+"""The overnight steps of one market-date partition, free of Dagster.
+
+Each Dagster asset of `defs/` calls one of these and turns its `StepReport` into
+materialization metadata; the CLI, the tests and the benchmarks can call them directly.
+Users are processed in batches of `batch_size`; each batch is one transaction, and a step
+that is retried or re-executed under the same correlation id skips the users whose events
+are already there, so nothing is duplicated (SPEC §4, §7).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any
+
+import orjson
+import pandas as pd
+import redis
+from sqlalchemy import Engine
+
+from overnight_pipeline.core.batch import Batch, run_batch, score_batch
+from overnight_pipeline.core.captured import batch_from_captured, capture, score_documents
+from overnight_pipeline.core.markets import Market
+from overnight_pipeline.core.money import FxRates, MissingRateError
+from overnight_pipeline.core.payloads import cache_payloads
+from overnight_pipeline.providers.base import Instrument, MarketDataProvider
+from overnight_pipeline.storage import overnight as store
+from overnight_pipeline.storage.cache import CacheEntry, write_entries
+from overnight_pipeline.storage.market_data import (
+    store_fundamentals,
+    store_prices,
+    store_rates,
+)
+
+STARTED, CAPTURED, SCORED, COMPLETED = (
+    "CALC_STARTED", "INPUTS_CAPTURED", "SCORES_COMPUTED", "CALC_COMPLETED",
+)  # fmt: skip
+
+
+@dataclass
+class StepReport:
+    """What a step did, for the asset's metadata and the run's summary."""
+
+    metrics: dict[str, Any] = field(default_factory=dict)
+    failures: list[dict[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def markdown(self) -> str:
+        rows = "\n".join(f"| {k} | {v} |" for k, v in self.metrics.items())
+        text = f"| measure | value |\n| --- | --- |\n{rows}\n| seconds | {self.seconds:.2f} |"
+        if self.failures:
+            text += "\n\n| user | stage | error |\n| --- | --- | --- |\n" + "\n".join(
+                f"| {f['user']} | {f['stage']} | {f['error'][:200]} |" for f in self.failures[:20]
+            )
+        return text
+
+
+def _chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+# Market data -----------------------------------------------------------------------------
+
+
+def fetch_rates(
+    engine: Engine,
+    provider: MarketDataProvider,
+    *,
+    market: str,
+    day: date,
+    markets: Mapping[str, Market],
+) -> StepReport:
+    """One USD-quoted snapshot for every currency the partition's users need."""
+    started = time.perf_counter()
+    with engine.connect() as conn:
+        users = store.partition_users(conn, market=market, day=day, markets=markets)
+        currencies = store.partition_currencies(conn, users) | {markets[market].currency}
+    result = provider.fetch_rates(sorted(currencies - {"USD"}), day=day)
+    with engine.begin() as conn:
+        stored = store_rates(conn, result, day=day)
+    return StepReport(
+        metrics={
+            "users": len(users),
+            "currencies": len(currencies),
+            "stored": stored,
+            "source": result.source,
+            "stale": result.stale,
+            "stale_currencies": ", ".join(sorted(result.stale_currencies)) or "-",
+            "stale_age_hours": None
+            if result.age is None
+            else round(result.age.total_seconds() / 3600, 1),
+            "missing": ", ".join(result.missing) or "-",
+        },
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _instruments(
+    engine: Engine, *, market: str, day: date, markets: Mapping[str, Market]
+) -> tuple[int, dict[Instrument, uuid.UUID]]:
+    with engine.connect() as conn:
+        users = store.partition_users(conn, market=market, day=day, markets=markets)
+        found = store.partition_instruments(conn, users)
+    return len(users), {inst: asset_id for inst, (asset_id, _) in found.items()}
+
+
+def fetch_prices(
+    engine: Engine,
+    provider: MarketDataProvider,
+    *,
+    market: str,
+    day: date,
+    markets: Mapping[str, Market],
+) -> StepReport:
+    """A price for every distinct asset the partition's users hold (never per user)."""
+    started = time.perf_counter()
+    users, ids = _instruments(engine, market=market, day=day, markets=markets)
+    result = provider.fetch_prices(sorted(ids), day=day)
+    with engine.begin() as conn:
+        stored = store_prices(conn, result, day=day, asset_ids=ids)
+    return StepReport(
+        metrics={
+            "users": users,
+            "assets": len(ids),
+            "priced": len(result.quotes),
+            "stored": stored,
+            "stale": len(result.stale_instruments)
+            if result.stale_instruments
+            else (len(result.quotes) if result.stale else 0),
+            "missing": len(result.missing),
+            "source": result.source,
+        },
+        failures=[{"user": "-", "stage": "prices", "error": e} for e in result.errors[:20]],
+        seconds=time.perf_counter() - started,
+    )
+
+
+def fetch_fundamentals(
+    engine: Engine,
+    provider: MarketDataProvider,
+    *,
+    market: str,
+    day: date,
+    markets: Mapping[str, Market],
+) -> StepReport:
+    """Fundamentals for every distinct asset the partition's users hold."""
+    started = time.perf_counter()
+    users, ids = _instruments(engine, market=market, day=day, markets=markets)
+    result = provider.fetch_fundamentals(sorted(ids), day=day)
+    with engine.begin() as conn:
+        stored = store_fundamentals(conn, result, day=day, asset_ids=ids)
+    return StepReport(
+        metrics={
+            "users": users,
+            "assets": len(ids),
+            "fetched": len(result.values),
+            "stored": stored,
+            "stale": len(result.stale_instruments)
+            if result.stale_instruments
+            else (len(result.values) if result.stale else 0),
+            "missing": len(result.missing),
+            "source": result.source,
+        },
+        failures=[{"user": "-", "stage": "fundamentals", "error": e} for e in result.errors[:20]],
+        seconds=time.perf_counter() - started,
+    )
+
+
+# Scores ---------------------------------------------------------------------------------
+
+
+def _subset(batch: Batch, users: set[str]) -> Batch:
+    def keep(frame: pd.DataFrame) -> pd.DataFrame:
+        return frame[frame["user_id"].isin(users)].reset_index(drop=True)
+
+    return Batch(keep(batch.users), keep(batch.classes), keep(batch.holdings), keep(batch.rules),
+                 batch.fundamentals)  # fmt: skip
+
+
+def _rate_failures(batch: Batch, fx: FxRates) -> dict[str, str]:
+    """Users who cannot be valued: a priced holding or the base has no rate."""
+    base = dict(zip(batch.users["user_id"], batch.users["base_currency"], strict=True))
+    failed: dict[str, str] = {}
+    pairs: dict[tuple[str, str], str | None] = {}
+    h = batch.holdings
+    for uid, currency, price in zip(h["user_id"], h["currency"], h["price"], strict=True):
+        if price is None or uid in failed:
+            continue
+        pair = (currency, base[uid])
+        if pair not in pairs:
+            try:
+                fx.rate(*pair)
+                pairs[pair] = None
+            except MissingRateError as exc:
+                pairs[pair] = str(exc)
+        if pairs[pair]:
+            failed[uid] = pairs[pair] or ""
+    return failed
+
+
+def score(
+    engine: Engine,
+    *,
+    market: str,
+    day: date,
+    markets: Mapping[str, Market],
+    correlation_id: uuid.UUID,
+    run_id: str,
+    batch_size: int = 1000,
+) -> StepReport:
+    """Scores and the first three events of every partition user; a user whose inputs
+    cannot be valued gets CALC_STARTED and a failed CALC_COMPLETED instead."""
+    started = time.perf_counter()
+    with engine.connect() as conn:
+        users = store.partition_users(conn, market=market, day=day, markets=markets)
+        done = store.users_with_event(conn, correlation_id=correlation_id, event_type=SCORED)
+        done |= store.users_with_event(conn, correlation_id=correlation_id, event_type=COMPLETED)
+        fx = store.load_rates(conn, day=day)
+    todo = [u for u in users if u not in done]
+    report = StepReport(metrics={"users_total": len(users), "users_resumed": len(users) - len(todo),
+                                 "users_succeeded": 0, "users_failed": 0, "assets_scored": 0,
+                                 "rates_stale": fx.stale})  # fmt: skip
+    for chunk in _chunks(todo, batch_size):
+        with engine.begin() as conn:
+            _score_batch(conn, chunk, report, fx=fx, market=market, day=day,
+                         correlation_id=correlation_id, run_id=run_id)  # fmt: skip
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _score_batch(
+    conn: Any,
+    chunk: Sequence[uuid.UUID],
+    report: StepReport,
+    *,
+    fx: FxRates,
+    market: str,
+    day: date,
+    correlation_id: uuid.UUID,
+    run_id: str,
+) -> None:
+    now = datetime.now(UTC)
+    loaded = store.load_batch(conn, chunk, day=day)
+    failed = _rate_failures(loaded.batch, fx)
+    ok = {str(u) for u in chunk} - set(failed)
+    batch = _subset(loaded.batch, ok)
+    scored = score_batch(batch.holdings, batch.rules, batch.fundamentals)
+    docs = score_documents(scored)
+    holding_markets = [m for m, uid in zip(loaded.holding_markets,
+                                           loaded.batch.holdings["user_id"], strict=True)
+                       if uid in ok]  # fmt: skip
+    captured = capture(batch, fx, market=market, market_date=day,
+                       criteria_versions=loaded.criteria_versions,
+                       holding_markets=holding_markets)  # fmt: skip
+    by_user: dict[str, list[dict[str, Any]]] = {}
+    score_rows, asset_rows = [], []
+    for doc, uid, asset_market in zip(docs, scored.holdings["user_id"].tolist(), holding_markets,
+                                      strict=True):  # fmt: skip
+        by_user.setdefault(uid, []).append(doc)
+        score_rows.append((uid, day, doc["assetId"], asset_market, doc["score"],
+                           doc["maxPossibleScore"], loaded.criteria_versions.get(uid) or 0,
+                           orjson.dumps({k: doc[k] for k in ("criteriaCount", "topContributor",
+                                                             "breakdown")}).decode(),
+                           correlation_id, now))  # fmt: skip
+        asset_rows.append((doc["assetId"], correlation_id, uid, doc["score"], now))
+    events: list[tuple[uuid.UUID, Any, str, Any]] = []
+    for uid in sorted(ok):
+        version = loaded.criteria_versions.get(uid)
+        events.append((correlation_id, uid, STARTED, {
+            "market": market, "marketDate": day.isoformat(), "runId": run_id,
+            "criteriaVersion": version, "holdings": len(captured[uid]["holdings"])}))  # fmt: skip
+        events.append((correlation_id, uid, CAPTURED, captured[uid]))
+        events.append((correlation_id, uid, SCORED, {
+            "criteriaVersion": version, "scores": by_user.get(uid, [])}))  # fmt: skip
+    for uid, error in sorted(failed.items()):
+        events.append((correlation_id, uid, STARTED, {
+            "market": market, "marketDate": day.isoformat(), "runId": run_id,
+            "criteriaVersion": loaded.criteria_versions.get(uid)}))  # fmt: skip
+        events.append((correlation_id, uid, COMPLETED, {
+            "status": "failed", "stage": "inputs", "error": error, "market": market,
+            "marketDate": day.isoformat()}))  # fmt: skip
+        report.failures.append({"user": uid, "stage": "inputs", "error": error})
+    store.replace_scores(conn, score_rows, user_ids=[uuid.UUID(u) for u in ok], day=day)
+    store.add_calculation_assets(conn, asset_rows)
+    store.append_events(conn, events, at=now)
+    report.metrics["users_succeeded"] += len(ok)
+    report.metrics["users_failed"] += len(failed)
+    report.metrics["assets_scored"] += len(score_rows)
+
+
+# Recommendations -------------------------------------------------------------------------
+
+
+def recommend(
+    engine: Engine,
+    *,
+    market: str,
+    day: date,
+    correlation_id: uuid.UUID,
+    batch_size: int = 1000,
+) -> StepReport:
+    """Recommendations from each scored user's `INPUTS_CAPTURED`, persisted per user and
+    market-date, then `CALC_COMPLETED`; a user who fails here fails alone."""
+    started = time.perf_counter()
+    with engine.connect() as conn:
+        scored = store.users_with_event(conn, correlation_id=correlation_id, event_type=SCORED)
+        done = store.users_with_event(conn, correlation_id=correlation_id, event_type=COMPLETED)
+    todo = sorted(scored - done)
+    report = StepReport(metrics={"users_total": len(scored), "users_resumed": len(scored) - len(todo),
+                                 "users_succeeded": 0, "users_failed": 0,
+                                 "recommendations_generated": 0, "unallocated_users": 0})  # fmt: skip
+    for chunk in _chunks(todo, batch_size):
+        with engine.begin() as conn:
+            _recommend_batch(conn, chunk, report, market=market, day=day,
+                             correlation_id=correlation_id)  # fmt: skip
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _recommend_batch(
+    conn: Any,
+    chunk: Sequence[uuid.UUID],
+    report: StepReport,
+    *,
+    market: str,
+    day: date,
+    correlation_id: uuid.UUID,
+) -> None:
+    items = [(str(uid), payload) for uid, payload in
+             store.captured_inputs(conn, correlation_id=correlation_id, user_ids=chunk)]  # fmt: skip
+    batch, fx = batch_from_captured(items)
+    result = run_batch(batch, fx)
+    now = datetime.now(UTC)
+    holdings_count = batch.holdings.groupby("user_id").size().to_dict()
+    rows: list[dict[str, Any]] = []
+    events: list[tuple[uuid.UUID, Any, str, Any]] = []
+    for uid, _ in items:
+        rec = result.recommendations.get(uid)
+        if rec is None:
+            error = str(result.failures.get(uid, "no result"))
+            events.append((correlation_id, uid, COMPLETED, {
+                "status": "failed", "stage": "recommendations", "error": error,
+                "market": market, "marketDate": day.isoformat()}))  # fmt: skip
+            report.failures.append({"user": uid, "stage": "recommendations", "error": error})
+            continue
+        recs, portfolio = cache_payloads(uuid.UUID(uid), rec, generated_at=now,
+                                         asset_count=int(holdings_count.get(uid, 0)))  # fmt: skip
+        rows.append({
+            "user_id": uuid.UUID(uid), "market_date": day, "market": market,
+            "correlation_id": correlation_id, "generated_at": now,
+            "base_currency": rec.base_currency, "total_investable": rec.contribution,
+            "criteria_version": rec.criteria_version,
+            "payload": recs.model_dump(mode="json", by_alias=True),
+            "portfolio": portfolio.model_dump(mode="json", by_alias=True),
+        })  # fmt: skip
+        events.append((correlation_id, uid, COMPLETED, {
+            "status": "completed", "market": market, "marketDate": day.isoformat(),
+            "recommendations": len(rec.recommendations),
+            "allocated": format(rec.allocated, "f"), "unallocated": format(rec.unallocated, "f"),
+            "contribution": format(rec.contribution, "f"), "baseCurrency": rec.base_currency,
+            "missingPrices": list(rec.missing_prices),
+            "classes": {c.name: c.status for c in rec.classes if c.status}}))  # fmt: skip
+        report.metrics["recommendations_generated"] += len(rec.recommendations)
+        report.metrics["unallocated_users"] += rec.unallocated > 0
+    store.upsert_recommendations(conn, rows)
+    store.append_events(conn, events, at=now)
+    report.metrics["users_succeeded"] += len(rows)
+    report.metrics["users_failed"] += len(items) - len(rows)
+
+
+# Cache -----------------------------------------------------------------------------------
+
+
+def warm_cache(
+    engine: Engine,
+    client: redis.Redis,
+    *,
+    day: date,
+    correlation_id: uuid.UUID,
+    prefix: str = "",
+    ttl_seconds: int = 86_400,
+    batch_size: int = 1000,
+) -> StepReport:
+    """Write the run's persisted recommendations to Redis, pipelined; an entry newer than
+    the run's (a later market date) is kept. Redis errors propagate: the step fails."""
+    started = time.perf_counter()
+    with engine.connect() as conn:
+        users = sorted(
+            store.users_with_event(conn, correlation_id=correlation_id, event_type=COMPLETED)
+        )
+    written = kept = 0
+    for chunk in _chunks(users, batch_size):
+        with engine.connect() as conn:
+            rows = store.recommendations_for(conn, user_ids=chunk, day=day)
+        entries = [
+            CacheEntry(user_id=row.user_id, market_date=row.market_date,
+                       generated_at=row.generated_at, recs_json=orjson.dumps(row.payload),
+                       portfolio_json=orjson.dumps(row.portfolio),
+                       total_investable=Decimal(row.total_investable))
+            for row in rows if row.correlation_id == correlation_id
+        ]  # fmt: skip
+        outcome = write_entries(client, entries, prefix=prefix, ttl_seconds=ttl_seconds)
+        written += outcome.written
+        kept += outcome.kept_newer
+    return StepReport(
+        metrics={
+            "users": len(users),
+            "written": written,
+            "kept_newer": kept,
+            "ttl_hours": ttl_seconds / 3600,
+        },
+        seconds=time.perf_counter() - started,
+    )

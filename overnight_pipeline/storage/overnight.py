@@ -1,0 +1,380 @@
+"""What the overnight pipeline reads and writes per market-date partition.
+
+Reads are set-based per batch of users; writes use COPY on PostgreSQL. Every function takes
+a `Connection` and never commits: a batch is one transaction, so a retried or re-executed
+step resumes after the last committed batch without duplicating anything.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+import pandas as pd
+from sqlalchemy import Connection, and_, delete, func, select
+
+from overnight_pipeline.core.batch import Batch
+from overnight_pipeline.core.markets import Market, home_market
+from overnight_pipeline.core.money import FxRates
+from overnight_pipeline.core.vocabulary import METRICS
+from overnight_pipeline.storage.bulk import copy_rows, upsert
+from overnight_pipeline.storage.db import dumps_json
+from overnight_pipeline.storage.models import (
+    asset_classes_table,
+    asset_fundamentals_table,
+    asset_prices_table,
+    asset_scores_table,
+    assets_table,
+    calculation_assets_table,
+    calculation_events_table,
+    criteria_rules_table,
+    criteria_versions_table,
+    exchange_rates_table,
+    holdings_table,
+    recommendations_table,
+    users_table,
+)
+
+CHUNK = 1000
+
+
+def _chunks(items: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def correlation_id_for(root_run_id: str) -> uuid.UUID:
+    """The calculation's correlation id: stable for a run, its retries and re-executions."""
+    return uuid.uuid5(uuid.NAMESPACE_URL, f"overnight-run:{root_run_id}")
+
+
+def partition_users(
+    conn: Connection, *, market: str, day: date, markets: Mapping[str, Market]
+) -> list[uuid.UUID]:
+    """Active users whose home market on `day` is `market` (SPEC §1), sorted by id."""
+    h, a, u = holdings_table, assets_table, users_table
+    rows = conn.execute(
+        select(h.c.user_id, a.c.market)
+        .distinct()
+        .join(a, a.c.id == h.c.asset_id)
+        .join(u, u.c.id == h.c.user_id)
+        .where(u.c.active.is_(True))
+    )
+    configured: dict[uuid.UUID, set[str]] = {}
+    for user_id, code in rows:
+        if code in markets:
+            configured.setdefault(user_id, set()).add(code)
+    home: dict[frozenset[str], str] = {}
+    chosen = []
+    for user_id, codes in configured.items():
+        key = frozenset(codes)
+        if key not in home:
+            home[key] = home_market([markets[c] for c in codes], day).code
+        if home[key] == market:
+            chosen.append(user_id)
+    return sorted(chosen)
+
+
+def partition_instruments(
+    conn: Connection, user_ids: Sequence[uuid.UUID]
+) -> dict[tuple[str, str], tuple[uuid.UUID, str]]:
+    """Distinct assets held by `user_ids`: (market, symbol) → (asset id, currency)."""
+    h, a = holdings_table, assets_table
+    found: dict[tuple[str, str], tuple[uuid.UUID, str]] = {}
+    for chunk in _chunks(user_ids, 5000):
+        rows = conn.execute(
+            select(a.c.market, a.c.symbol, a.c.id, a.c.currency)
+            .distinct()
+            .join(h, h.c.asset_id == a.c.id)
+            .where(h.c.user_id.in_(chunk))
+        )
+        found.update({(m, s): (i, c) for m, s, i, c in rows})
+    return found
+
+
+def partition_currencies(conn: Connection, user_ids: Sequence[uuid.UUID]) -> set[str]:
+    """Base currencies of `user_ids` and currencies of the assets they hold."""
+    h, a, u = holdings_table, assets_table, users_table
+    found: set[str] = set()
+    for chunk in _chunks(user_ids, 5000):
+        found.update(conn.scalars(select(u.c.base_currency).distinct().where(u.c.id.in_(chunk))))
+        found.update(
+            conn.scalars(
+                select(a.c.currency)
+                .distinct()
+                .join(h, h.c.asset_id == a.c.id)
+                .where(h.c.user_id.in_(chunk))
+            )
+        )
+    return found
+
+
+def load_rates(conn: Connection, *, day: date) -> FxRates:
+    """The newest stored USD-quoted rate of each currency on or before `day`; stale when any
+    of them is from an earlier date (the rate provider fell back to stored values)."""
+    r = exchange_rates_table
+    newest = (
+        select(r.c.quote, func.max(r.c.rate_date).label("rate_date"))
+        .where(r.c.base == "USD", r.c.rate_date <= day)
+        .group_by(r.c.quote)
+        .subquery()
+    )
+    rows = conn.execute(
+        select(r.c.quote, r.c.rate, r.c.rate_date, r.c.as_of).join(
+            newest,
+            and_(
+                r.c.quote == newest.c.quote, r.c.rate_date == newest.c.rate_date, r.c.base == "USD"
+            ),
+        )
+    ).all()
+    usd_to = {q: _plain(rate) for q, rate, _, _ in rows if q != "USD"}
+    as_of = min((row.as_of for row in rows), default=None)
+    stale = any(row.rate_date < day for row in rows)
+    return FxRates(usd_to=usd_to, as_of=as_of, stale=stale)
+
+
+def _plain(value: Decimal) -> Decimal:
+    """NUMERIC(28, n) pads with zeros; give values back as written (3.5, not 3.5000000000)."""
+    normal = value.normalize()
+    return normal.quantize(Decimal(1)) if normal == normal.to_integral() else normal
+
+
+def _plain_or_none(value: Decimal | None) -> Decimal | None:
+    return None if value is None else _plain(value)
+
+
+@dataclass(frozen=True)
+class LoadedBatch:
+    batch: Batch
+    criteria_versions: dict[Any, int | None]
+    holding_markets: list[str]
+    asset_uuid: dict[str, uuid.UUID]
+
+
+def _frame(rows: list[tuple[Any, ...]], columns: list[str]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=columns, dtype=object)
+
+
+def load_batch(conn: Connection, user_ids: Sequence[uuid.UUID], *, day: date) -> LoadedBatch:
+    """The core's batch frames for `user_ids`: prices and fundamentals are the newest stored
+    on or before `day`; rules are each user's active criteria version. Ids are strings."""
+    u, c, h, a, p = (users_table, asset_classes_table, holdings_table, assets_table,
+                     asset_prices_table)  # fmt: skip
+    ids = list(user_ids)
+    users = conn.execute(
+        select(u.c.id, u.c.base_currency, u.c.default_contribution)
+        .where(u.c.id.in_(ids))
+        .order_by(u.c.id)
+    ).all()
+    classes = conn.execute(
+        select(c.c.user_id, c.c.name, c.c.target_min, c.c.target_max, c.c.max_assets,
+               c.c.min_allocation_value)
+        .where(c.c.user_id.in_(ids))
+        .order_by(c.c.user_id, c.c.position, c.c.name)
+    ).all()  # fmt: skip
+    p2 = asset_prices_table.alias("p2")
+    newest_price = (
+        select(func.max(p2.c.price_date))
+        .where(p2.c.asset_id == h.c.asset_id, p2.c.price_date <= day)
+        .scalar_subquery()
+    )
+    holdings = conn.execute(
+        select(h.c.user_id, h.c.asset_id, a.c.market, a.c.symbol, c.c.name, h.c.quantity,
+               a.c.currency, p.c.price, p.c.currency.label("price_currency"), p.c.as_of)
+        .join(a, a.c.id == h.c.asset_id)
+        .join(c, c.c.id == h.c.asset_class_id)
+        .outerjoin(p, and_(p.c.asset_id == h.c.asset_id, p.c.price_date == newest_price))
+        .where(h.c.user_id.in_(ids))
+        .order_by(h.c.user_id, a.c.market, a.c.symbol)
+    ).all()  # fmt: skip
+    versions, rules = _active_rules(conn, ids)
+    asset_uuid = {str(row.asset_id): row.asset_id for row in holdings}
+    fundamentals = _fundamentals(conn, list(asset_uuid.values()), day=day)
+
+    batch = Batch(
+        users=_frame([(str(r.id), r.base_currency, _plain_or_none(r.default_contribution),
+                       versions.get(str(r.id))) for r in users],
+                     ["user_id", "base_currency", "contribution", "criteria_version"]),
+        classes=_frame([(str(r.user_id), r.name, _plain(r.target_min), _plain(r.target_max),
+                         r.max_assets, _plain_or_none(r.min_allocation_value))
+                        for r in classes],
+                       ["user_id", "name", "target_min", "target_max", "max_assets",
+                        "min_allocation_value"]),
+        holdings=_frame([(str(r.user_id), str(r.asset_id), r.symbol, r.name,
+                          _plain(r.quantity), r.price_currency or r.currency,
+                          _plain_or_none(r.price), r.as_of) for r in holdings],
+                        ["user_id", "asset_id", "symbol", "asset_class", "quantity",
+                         "currency", "price", "price_as_of"]),
+        rules=_frame(rules, ["user_id", "id", "asset_class", "metric", "operator", "value",
+                             "value2", "points"]),
+        fundamentals=fundamentals,
+    )  # fmt: skip
+    return LoadedBatch(batch, versions, [r.market for r in holdings], asset_uuid)
+
+
+def _active_rules(
+    conn: Connection, user_ids: list[uuid.UUID]
+) -> tuple[dict[Any, int | None], list[tuple[Any, ...]]]:
+    v, r = criteria_versions_table, criteria_rules_table
+    newest = (
+        select(v.c.user_id, func.max(v.c.version).label("version"))
+        .where(v.c.user_id.in_(user_ids))
+        .group_by(v.c.user_id)
+        .subquery()
+    )
+    rows = conn.execute(
+        select(v.c.user_id, v.c.version, r.c.rule_id, r.c.asset_class, r.c.metric, r.c.operator,
+               r.c.value, r.c.value2, r.c.points)
+        .join(newest, and_(newest.c.user_id == v.c.user_id, newest.c.version == v.c.version))
+        .outerjoin(r, r.c.criteria_version_id == v.c.id)
+        .order_by(v.c.user_id, r.c.position)
+    ).all()  # fmt: skip
+    versions: dict[Any, int | None] = {}
+    rules = []
+    for row in rows:
+        uid = str(row.user_id)
+        versions[uid] = row.version
+        if row.rule_id is not None:
+            rules.append((uid, row.rule_id, row.asset_class, row.metric, row.operator,
+                          _plain_or_none(row.value), _plain_or_none(row.value2), row.points))  # fmt: skip
+    return versions, rules
+
+
+def _fundamentals(conn: Connection, asset_ids: list[uuid.UUID], *, day: date) -> pd.DataFrame:
+    f = asset_fundamentals_table
+    f2 = asset_fundamentals_table.alias("f2")
+    newest = (
+        select(func.max(f2.c.fundamentals_date))
+        .where(f2.c.asset_id == f.c.asset_id, f2.c.fundamentals_date <= day)
+        .scalar_subquery()
+    )
+    data: list[tuple[Any, ...]] = []
+    for chunk in _chunks(asset_ids, 5000):
+        rows = conn.execute(
+            select(f.c.asset_id, *(f.c[m] for m in METRICS)).where(
+                f.c.asset_id.in_(chunk), f.c.fundamentals_date == newest
+            )
+        )
+        data.extend((str(row[0]), *(_plain_or_none(x) for x in row[1:])) for row in rows)
+    return _frame(data, ["asset_id", *METRICS]).set_index("asset_id")
+
+
+# Events ---------------------------------------------------------------------------------
+
+
+def users_with_event(
+    conn: Connection, *, correlation_id: uuid.UUID, event_type: str
+) -> set[uuid.UUID]:
+    e = calculation_events_table
+    return set(
+        conn.scalars(
+            select(e.c.user_id).where(
+                e.c.correlation_id == correlation_id, e.c.event_type == event_type
+            )
+        )
+    )
+
+
+def captured_inputs(
+    conn: Connection, *, correlation_id: uuid.UUID, user_ids: Sequence[uuid.UUID]
+) -> list[tuple[uuid.UUID, dict[str, Any]]]:
+    e = calculation_events_table
+    out: list[tuple[uuid.UUID, dict[str, Any]]] = []
+    for chunk in _chunks(user_ids):
+        out.extend(
+            (row.user_id, row.payload)
+            for row in conn.execute(
+                select(e.c.user_id, e.c.payload)
+                .where(
+                    e.c.correlation_id == correlation_id,
+                    e.c.event_type == "INPUTS_CAPTURED",
+                    e.c.user_id.in_(chunk),
+                )
+                .order_by(e.c.user_id)
+            )
+        )
+    return out
+
+
+def _rows_for(conn: Connection, rows: list[tuple[Any, ...]], uuid_cols: Sequence[int]) -> Any:
+    # COPY takes ids as text; SQLite's executemany path needs real UUIDs.
+    if conn.dialect.name == "postgresql" or not uuid_cols:
+        return rows
+    return [
+        tuple(uuid.UUID(v) if i in uuid_cols and isinstance(v, str) else v
+              for i, v in enumerate(row))
+        for row in rows
+    ]  # fmt: skip
+
+
+def append_events(
+    conn: Connection, events: list[tuple[uuid.UUID, Any, str, Any]], *, at: datetime
+) -> None:
+    """(correlation id, user id, type, payload) rows; payload already JSON text or a dict."""
+    rows = [
+        (cid, str(uid), kind, payload if isinstance(payload, str) else dumps_json(payload), at)
+        for cid, uid, kind, payload in events
+    ]
+    if conn.dialect.name != "postgresql":
+        rows = [(c, uuid.UUID(u), k, _json_obj(p), t) for c, u, k, p, t in rows]
+    copy_rows(conn, calculation_events_table,
+              ["correlation_id", "user_id", "event_type", "payload", "created_at"], rows)  # fmt: skip
+
+
+def _json_obj(text: str) -> Any:
+    import orjson
+
+    return orjson.loads(text)
+
+
+def replace_scores(
+    conn: Connection,
+    rows: list[tuple[Any, ...]],
+    *,
+    user_ids: Sequence[uuid.UUID],
+    day: date,
+) -> None:
+    """Replace the `asset_scores` of `user_ids` on `day` with `rows` (user_id, market_date,
+    asset_id, market, score, max_possible_score, criteria_version, breakdown JSON,
+    correlation_id, computed_at)."""
+    s = asset_scores_table
+    for chunk in _chunks(user_ids):
+        conn.execute(delete(s).where(s.c.market_date == day, s.c.user_id.in_(chunk)))
+    if conn.dialect.name != "postgresql":
+        rows = [(uuid.UUID(r[0]), r[1], uuid.UUID(r[2]), *r[3:7], _json_obj(r[7]), *r[8:])
+                for r in rows]  # fmt: skip
+    copy_rows(conn, s, ["user_id", "market_date", "asset_id", "market", "score",
+                        "max_possible_score", "criteria_version", "breakdown", "correlation_id",
+                        "computed_at"], rows)  # fmt: skip
+
+
+def add_calculation_assets(conn: Connection, rows: list[tuple[Any, ...]]) -> None:
+    """(asset_id, correlation_id, user_id, score, created_at): the asset-X audit index."""
+    if conn.dialect.name != "postgresql":
+        rows = [(uuid.UUID(r[0]), r[1], uuid.UUID(r[2]), *r[3:]) for r in rows]
+    copy_rows(conn, calculation_assets_table,
+              ["asset_id", "correlation_id", "user_id", "score", "created_at"], rows)  # fmt: skip
+
+
+def upsert_recommendations(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    """One row per (user, market_date): a new calculation replaces the old one."""
+    upsert(conn, recommendations_table, rows, key=["user_id", "market_date"],
+           update=["market", "correlation_id", "generated_at", "base_currency",
+                   "total_investable", "criteria_version", "payload", "portfolio"])  # fmt: skip
+
+
+def recommendations_for(conn: Connection, *, user_ids: Sequence[uuid.UUID], day: date) -> list[Any]:
+    """The persisted rows of `user_ids` on `day` (by primary key)."""
+    r = recommendations_table
+    out: list[Any] = []
+    for chunk in _chunks(user_ids):
+        out.extend(conn.execute(
+            select(r.c.user_id, r.c.market_date, r.c.generated_at, r.c.total_investable,
+                   r.c.correlation_id, r.c.payload, r.c.portfolio)
+            .where(r.c.user_id.in_(chunk), r.c.market_date == day)
+        ))  # fmt: skip
+    return out
