@@ -136,7 +136,7 @@ class MarketDataProvider(Protocol):
 
 def distinct(instruments: Iterable[Instrument]) -> list[Instrument]:
     """Each instrument once, in first-seen order (a holding shared by many users is one fetch)."""
-    return list(dict.fromkeys((str(m), str(s)) for m, s in instruments))
+    return list(dict.fromkeys(map(tuple, instruments)))  # type: ignore[arg-type]
 
 
 def wanted_currencies(currencies: Iterable[str]) -> list[str]:

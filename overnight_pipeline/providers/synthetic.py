@@ -6,8 +6,10 @@ so any date can be replayed and 100k symbols take a fraction of a second.
 
 from __future__ import annotations
 
+import gc
 import hashlib
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import UTC, date, datetime, time
 from decimal import Decimal
 
@@ -132,7 +134,9 @@ def prices_frame(
     price = level * np.exp(0.02 * _normals(w[:, 0], w[:, 1]))
     places = np.array([0 if c == "JPY" else 2 for c in currencies])
     price = np.maximum(price, np.where(places == 0, 1.0, 0.01))
-    strings = [f"{p:.{n}f}" for p, n in zip(price, places, strict=True)]
+    # Python floats (tolist) format several times faster than numpy scalars; same digits.
+    specs = [".0f" if n == 0 else ".2f" for n in places.tolist()]
+    strings = [format(p, spec) for p, spec in zip(price.tolist(), specs, strict=True)]
     return pd.DataFrame(
         {
             "market": list(markets),
@@ -155,6 +159,19 @@ def usd_rates(currencies: Sequence[str], day: date) -> dict[str, Decimal]:
         c: Decimal(f"{USD_RATES[c] * (1 + 0.02 * (x - 0.5)):.6f}")
         for c, x in zip(wanted, u, strict=True)
     }
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic GC while building many small objects that hold no cycles: its
+    generation scans over the growing result cost more than the objects (≈ 2.5× here)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 class SyntheticProvider:
@@ -181,7 +198,7 @@ class SyntheticProvider:
 
     def _split(self, instruments: Sequence[Instrument]) -> tuple[list[Instrument], list[str]]:
         known, errors = [], []
-        for inst in distinct(instruments):
+        for inst in instruments:
             if inst[0] in self._currency:
                 known.append(inst)
             else:
@@ -195,12 +212,13 @@ class SyntheticProvider:
             [m for m, _ in known], [s for _, s in known], [self._currency[m] for m, _ in known], day
         )
         stamp = datetime.combine(day, time(0), UTC)
-        quotes = {
-            inst: Quote(Decimal(price), currency, stamp)
-            for inst, price, currency in zip(
-                known, frame["price"].tolist(), frame["currency"].tolist(), strict=True
-            )
-        }
+        with _gc_paused():
+            quotes = {
+                inst: Quote(Decimal(price), currency, stamp)
+                for inst, price, currency in zip(
+                    known, frame["price"].tolist(), frame["currency"].tolist(), strict=True
+                )
+            }
         return PricesResult(
             quotes=quotes,
             missing=[i for i in wanted if i not in quotes],
@@ -214,14 +232,15 @@ class SyntheticProvider:
         wanted = distinct(instruments)
         known, errors = self._split(wanted)
         frame = fundamentals_frame([m for m, _ in known], [s for _, s in known], day)
-        columns = [
-            [None if v is None else Decimal(v) for v in frame[metric].tolist()]
-            for metric in METRICS
-        ]
-        values = {
-            inst: dict(zip(METRICS, row, strict=True))
-            for inst, row in zip(known, zip(*columns, strict=True), strict=True)
-        } if known else {}  # fmt: skip
+        with _gc_paused():
+            columns = [
+                [None if v is None else Decimal(v) for v in frame[metric].tolist()]
+                for metric in METRICS
+            ]
+            values = {
+                inst: dict(zip(METRICS, row, strict=True))
+                for inst, row in zip(known, zip(*columns, strict=True), strict=True)
+            }
         return FundamentalsResult(
             values=values,
             missing=[i for i in wanted if i not in values],
