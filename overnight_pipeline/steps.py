@@ -220,14 +220,17 @@ def score(
         done = store.users_with_event(conn, correlation_id=correlation_id, event_type=SCORED)
         done |= store.users_with_event(conn, correlation_id=correlation_id, event_type=COMPLETED)
         fx = store.load_rates(conn, day=day)
+        held = store.partition_instruments(conn, users)
+        snapshot = store.load_market_snapshot(conn, [i for i, _ in held.values()], day=day)
     todo = [u for u in users if u not in done]
     report = StepReport(metrics={"users_total": len(users), "users_resumed": len(users) - len(todo),
                                  "users_succeeded": 0, "users_failed": 0, "assets_scored": 0,
-                                 "rates_stale": fx.stale})  # fmt: skip
+                                 "rates_stale": fx.stale,
+                                 "stale_prices": snapshot.stale_prices})  # fmt: skip
     for chunk in _chunks(todo, batch_size):
         with engine.begin() as conn:
-            _score_batch(conn, chunk, report, fx=fx, market=market, day=day,
-                         correlation_id=correlation_id, run_id=run_id)  # fmt: skip
+            _score_batch(conn, chunk, report, fx=fx, snapshot=snapshot, market=market,
+                         day=day, correlation_id=correlation_id, run_id=run_id)  # fmt: skip
     report.seconds = time.perf_counter() - started
     return report
 
@@ -238,13 +241,14 @@ def _score_batch(
     report: StepReport,
     *,
     fx: FxRates,
+    snapshot: store.MarketSnapshot,
     market: str,
     day: date,
     correlation_id: uuid.UUID,
     run_id: str,
 ) -> None:
     now = datetime.now(UTC)
-    loaded = store.load_batch(conn, chunk, day=day)
+    loaded = store.load_batch(conn, chunk, snapshot=snapshot)
     failed = _rate_failures(loaded.batch, fx)
     ok = {str(u) for u in chunk} - set(failed)
     batch = _subset(loaded.batch, ok)

@@ -13,7 +13,7 @@ from overnight_pipeline.settings import Settings
 OVERNIGHT_JOB = "overnight_job"
 
 
-def build_definitions(settings: Settings) -> Definitions:
+def build_definitions(settings: Settings, *, env_vars: bool = True) -> Definitions:
     """Everything Dagster loads, for the configured markets and settings."""
     markets = load_markets(settings.markets_file)
     partitions = market_date_partitions(markets)
@@ -21,14 +21,13 @@ def build_definitions(settings: Settings) -> Definitions:
     overnight_job = define_asset_job(
         OVERNIGHT_JOB,
         selection=AssetSelection.groups(GROUP),
-        partitions_def=partitions,
         description="The overnight pre-computation of one market-date: rates, prices, "
         "fundamentals, scores, recommendations and the Redis cache.",
     )
     return Definitions(
         assets=assets,
         jobs=[overnight_job],
-        resources=resources_from(settings),
+        resources=resources_from(settings, env_vars=env_vars),
         # The steps are a chain and each one is already batched: one process per run costs
         # ~2 s per step less than the multiprocess executor (DAGSTER_NOTES).
         executor=in_process_executor,

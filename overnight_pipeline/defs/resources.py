@@ -70,21 +70,23 @@ class MarketData(ConfigurableResource):  # type: ignore[type-arg]
         return provider_from_settings(settings, engine=engine)
 
 
-def _env_or(name: str, value: Any) -> Any:
-    return EnvVar(name) if is_set(name) else value
+def resources_from(settings: Settings, *, env_vars: bool = True) -> dict[str, Any]:
+    """Resources for `settings`; with `env_vars`, values set in the environment are passed
+    as `EnvVar`s (tests pass explicit settings and turn this off)."""
 
+    def env_or(name: str, value: Any) -> Any:
+        return EnvVar(name) if env_vars and is_set(name) else value
 
-def resources_from(settings: Settings) -> dict[str, Any]:
     return {
-        "database": AppDatabase(url=_env_or("DATABASE_URL", settings.database_url)),
+        "database": AppDatabase(url=env_or("DATABASE_URL", settings.database_url)),
         "cache": CacheRedis(
-            url=_env_or("REDIS_URL", settings.redis_url), prefix=settings.cache_prefix
-        ),  # fmt: skip
+            url=env_or("REDIS_URL", settings.redis_url), prefix=settings.cache_prefix
+        ),
         "market_data": MarketData(
             market_data=settings.market_data,
             rates_url=settings.rates_url,
             prices_url=settings.prices_url,
             batch_size=settings.provider_batch_size,
             rate_limit=settings.provider_rate_limit,
-        ),  # fmt: skip
+        ),
     }

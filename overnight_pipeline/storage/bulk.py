@@ -38,18 +38,21 @@ def upsert(
     )
 
 
-# COPY's text format gives these characters a meaning; data must escape them.
-_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
-
-
 def _copy_text(value: Any) -> str:
     if value is None:
         return r"\N"
     if isinstance(value, bool):
         return "t" if value else "f"
-    if isinstance(value, str):
-        return value.translate(_COPY_ESCAPES)
-    return str(value)
+    text = value if isinstance(value, str) else str(value)
+    # COPY's text format gives these characters a meaning: escape them.
+    if "\\" in text or "\t" in text or "\n" in text or "\r" in text:
+        text = (
+            text.replace("\\", "\\\\")
+            .replace("\t", "\\t")
+            .replace("\n", "\\n")
+            .replace("\r", "\\r")
+        )
+    return text
 
 
 def copy_rows(

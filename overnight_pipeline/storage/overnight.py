@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any
 
 import pandas as pd
@@ -137,6 +138,7 @@ def load_rates(conn: Connection, *, day: date) -> FxRates:
     return FxRates(usd_to=usd_to, as_of=as_of, stale=stale)
 
 
+@lru_cache(maxsize=65_536)
 def _plain(value: Decimal) -> Decimal:
     """NUMERIC(28, n) pads with zeros; give values back as written (3.5, not 3.5000000000)."""
     normal = value.normalize()
@@ -148,22 +150,57 @@ def _plain_or_none(value: Decimal | None) -> Decimal | None:
 
 
 @dataclass(frozen=True)
+class MarketSnapshot:
+    """Prices and fundamentals of a partition's assets: the newest stored on or before the
+    day, loaded once per step and shared by its batches."""
+
+    prices: dict[str, tuple[Decimal, str, datetime]]  # asset id → (price, currency, as_of)
+    fundamentals: pd.DataFrame  # indexed by asset id (str), one column per metric
+    stale_prices: int
+
+
+def load_market_snapshot(
+    conn: Connection, asset_ids: Sequence[uuid.UUID], *, day: date
+) -> MarketSnapshot:
+    p = asset_prices_table
+    newest = (
+        select(p.c.asset_id, func.max(p.c.price_date).label("price_date"))
+        .where(p.c.price_date <= day)
+        .group_by(p.c.asset_id)
+    )
+    prices: dict[str, tuple[Decimal, str, datetime]] = {}
+    stale = 0
+    for chunk in _chunks(list(asset_ids), 5000):
+        latest = newest.where(p.c.asset_id.in_(chunk)).subquery()
+        rows = conn.execute(
+            select(p.c.asset_id, p.c.price, p.c.currency, p.c.as_of, p.c.price_date).join(
+                latest,
+                and_(p.c.asset_id == latest.c.asset_id, p.c.price_date == latest.c.price_date),
+            )
+        )
+        for row in rows:
+            prices[str(row.asset_id)] = (_plain(row.price), row.currency, row.as_of)
+            stale += row.price_date < day
+    return MarketSnapshot(prices, _fundamentals(conn, list(asset_ids), day=day), stale)
+
+
+@dataclass(frozen=True)
 class LoadedBatch:
     batch: Batch
     criteria_versions: dict[Any, int | None]
     holding_markets: list[str]
-    asset_uuid: dict[str, uuid.UUID]
 
 
 def _frame(rows: list[tuple[Any, ...]], columns: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns, dtype=object)
 
 
-def load_batch(conn: Connection, user_ids: Sequence[uuid.UUID], *, day: date) -> LoadedBatch:
-    """The core's batch frames for `user_ids`: prices and fundamentals are the newest stored
-    on or before `day`; rules are each user's active criteria version. Ids are strings."""
-    u, c, h, a, p = (users_table, asset_classes_table, holdings_table, assets_table,
-                     asset_prices_table)  # fmt: skip
+def load_batch(
+    conn: Connection, user_ids: Sequence[uuid.UUID], *, snapshot: MarketSnapshot
+) -> LoadedBatch:
+    """The core's batch frames for `user_ids`, priced from `snapshot`; rules are each user's
+    active criteria version. Ids are strings."""
+    u, c, h, a = users_table, asset_classes_table, holdings_table, assets_table
     ids = list(user_ids)
     users = conn.execute(
         select(u.c.id, u.c.base_currency, u.c.default_contribution)
@@ -176,25 +213,25 @@ def load_batch(conn: Connection, user_ids: Sequence[uuid.UUID], *, day: date) ->
         .where(c.c.user_id.in_(ids))
         .order_by(c.c.user_id, c.c.position, c.c.name)
     ).all()  # fmt: skip
-    p2 = asset_prices_table.alias("p2")
-    newest_price = (
-        select(func.max(p2.c.price_date))
-        .where(p2.c.asset_id == h.c.asset_id, p2.c.price_date <= day)
-        .scalar_subquery()
-    )
     holdings = conn.execute(
         select(h.c.user_id, h.c.asset_id, a.c.market, a.c.symbol, c.c.name, h.c.quantity,
-               a.c.currency, p.c.price, p.c.currency.label("price_currency"), p.c.as_of)
+               a.c.currency)
         .join(a, a.c.id == h.c.asset_id)
         .join(c, c.c.id == h.c.asset_class_id)
-        .outerjoin(p, and_(p.c.asset_id == h.c.asset_id, p.c.price_date == newest_price))
         .where(h.c.user_id.in_(ids))
         .order_by(h.c.user_id, a.c.market, a.c.symbol)
     ).all()  # fmt: skip
     versions, rules = _active_rules(conn, ids)
-    asset_uuid = {str(row.asset_id): row.asset_id for row in holdings}
-    fundamentals = _fundamentals(conn, list(asset_uuid.values()), day=day)
-
+    prices = snapshot.prices
+    holding_rows = []
+    for r in holdings:
+        aid = str(r.asset_id)
+        quote = prices.get(aid)
+        holding_rows.append((
+            str(r.user_id), aid, r.symbol, r.name, _plain(r.quantity),
+            r.currency if quote is None else quote[1], None if quote is None else quote[0],
+            None if quote is None else quote[2],
+        ))  # fmt: skip
     batch = Batch(
         users=_frame([(str(r.id), r.base_currency, _plain_or_none(r.default_contribution),
                        versions.get(str(r.id))) for r in users],
@@ -204,16 +241,13 @@ def load_batch(conn: Connection, user_ids: Sequence[uuid.UUID], *, day: date) ->
                         for r in classes],
                        ["user_id", "name", "target_min", "target_max", "max_assets",
                         "min_allocation_value"]),
-        holdings=_frame([(str(r.user_id), str(r.asset_id), r.symbol, r.name,
-                          _plain(r.quantity), r.price_currency or r.currency,
-                          _plain_or_none(r.price), r.as_of) for r in holdings],
-                        ["user_id", "asset_id", "symbol", "asset_class", "quantity",
-                         "currency", "price", "price_as_of"]),
+        holdings=_frame(holding_rows, ["user_id", "asset_id", "symbol", "asset_class",
+                                       "quantity", "currency", "price", "price_as_of"]),
         rules=_frame(rules, ["user_id", "id", "asset_class", "metric", "operator", "value",
                              "value2", "points"]),
-        fundamentals=fundamentals,
+        fundamentals=snapshot.fundamentals,
     )  # fmt: skip
-    return LoadedBatch(batch, versions, [r.market for r in holdings], asset_uuid)
+    return LoadedBatch(batch, versions, [r.market for r in holdings])
 
 
 def _active_rules(
@@ -315,7 +349,7 @@ def append_events(
     conn: Connection, events: list[tuple[uuid.UUID, Any, str, Any]], *, at: datetime
 ) -> None:
     """(correlation id, user id, type, payload) rows; payload already JSON text or a dict."""
-    rows = [
+    rows: list[tuple[Any, ...]] = [
         (cid, str(uid), kind, payload if isinstance(payload, str) else dumps_json(payload), at)
         for cid, uid, kind, payload in events
     ]
