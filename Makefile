@@ -34,6 +34,7 @@ check: install ## Lint, format check, types, import contracts
 bench: install services ## Run the benchmarks (results go in docs/PERFORMANCE.md)
 	$(BIN)/python bench/seed_bench.py
 	$(BIN)/python bench/core_bench.py
+	$(BIN)/python bench/providers_bench.py
 
 seed: install ## Seed N synthetic users into DATABASE_URL (make seed N=1000)
 	$(BIN)/overnight migrate
