@@ -1,0 +1,184 @@
+"""Realistic pipeline output for the dashboard tests and benchmark.
+
+Until the pipeline writes them, tests insert `recommendations` and `calculation_assets` rows
+themselves; the documents come from the core (`recommend` + `cache_payloads`), dumped exactly
+as the pipeline's writer does, so the API reads what it will read in production.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import Decimal
+
+from sqlalchemy import Connection, insert
+
+from overnight_pipeline.core.money import FxRates
+from overnight_pipeline.core.payloads import (
+    CachedPortfolioSummary,
+    CachedRecommendations,
+    cache_payloads,
+)
+from overnight_pipeline.core.recommendations import ClassSpec, HoldingInput, recommend
+from overnight_pipeline.core.scoring import AssetScore
+from overnight_pipeline.storage.cache import CacheEntry
+from overnight_pipeline.storage.models import (
+    assets_table,
+    calculation_assets_table,
+    recommendations_table,
+    users_table,
+)
+
+D = Decimal
+FX = FxRates(usd_to={"BRL": D("5.0123"), "EUR": D("0.92"), "JPY": D("151.2")})
+CLASSES = (
+    ClassSpec("US Stocks", D("40"), D("60"), max_assets=12, min_allocation_value=D("10")),
+    ClassSpec("Brazil", D("10"), D("30"), max_assets=8),
+    ClassSpec("Bonds", D("20"), D("40")),
+)
+
+
+@dataclass(frozen=True)
+class Planner:
+    """One user's persisted result: the row's values and both documents."""
+
+    user_id: uuid.UUID
+    market_date: date
+    generated_at: datetime
+    contribution: Decimal
+    recs: CachedRecommendations
+    portfolio: CachedPortfolioSummary
+
+    @property
+    def recs_json(self) -> bytes:
+        return self.recs.model_dump_json(by_alias=True).encode()
+
+    @property
+    def portfolio_json(self) -> bytes:
+        return self.portfolio.model_dump_json(by_alias=True).encode()
+
+    def cache_entry(self) -> CacheEntry:
+        return CacheEntry(
+            user_id=self.user_id,
+            market_date=self.market_date,
+            generated_at=self.generated_at,
+            recs_json=self.recs_json,
+            portfolio_json=self.portfolio_json,
+            total_investable=self.contribution,
+        )
+
+
+def planner(
+    user_id: uuid.UUID,
+    *,
+    generated_at: datetime,
+    market_date: date | None = None,
+    contribution: str = "20000.00",
+    assets: int = 30,
+    seed: int = 0,
+) -> Planner:
+    """A user with `assets` holdings over three classes, scored and recommended by the core."""
+    holdings: list[HoldingInput] = []
+    scores: dict[str, AssetScore] = {}
+    for i in range(assets):
+        cls = CLASSES[i % len(CLASSES)]
+        asset_id = str(uuid.UUID(int=(seed * 1_000 + i + 1)))
+        currency = "BRL" if cls.name == "Brazil" else "USD"
+        holdings.append(
+            HoldingInput(
+                asset_id=asset_id,
+                symbol=f"S{seed % 97:02d}{i:03d}",
+                asset_class=cls.name,
+                quantity=D(10 + (i * 7 + seed) % 90),
+                currency=currency,
+                price=D(f"{20 + (i * 13 + seed) % 180}.25"),
+                price_as_of=generated_at,
+            )
+        )
+        scores[asset_id] = AssetScore(
+            asset_id=asset_id,
+            score=D(5 + (i * 11 + seed) % 40).quantize(D("0.0001")),
+            max_possible_score=D(60),
+            top_contributor="dividend_yield",
+        )
+    result = recommend(
+        base_currency="USD",
+        contribution=D(contribution),
+        classes=CLASSES,
+        holdings=holdings,
+        scores=scores,
+        fx=FX,
+        criteria_version=3,
+    )
+    recs, portfolio = cache_payloads(
+        user_id, result, generated_at=generated_at, asset_count=len(holdings)
+    )
+    return Planner(
+        user_id=user_id,
+        market_date=market_date or generated_at.date(),
+        generated_at=generated_at,
+        contribution=D(contribution),
+        recs=recs,
+        portfolio=portfolio,
+    )
+
+
+def insert_users(conn: Connection, user_ids: Sequence[uuid.UUID]) -> None:
+    conn.execute(
+        insert(users_table),
+        [{"id": u, "base_currency": "USD", "default_contribution": D("1000")} for u in user_ids],
+    )
+
+
+def persist(conn: Connection, planners: Sequence[Planner], *, market: str = "NYSE") -> None:
+    """The `recommendations` rows the pipeline writes (users must exist)."""
+    conn.execute(
+        insert(recommendations_table),
+        [
+            {
+                "user_id": p.user_id,
+                "market_date": p.market_date,
+                "market": market,
+                "correlation_id": uuid.uuid4(),
+                "generated_at": p.generated_at,
+                "base_currency": "USD",
+                "total_investable": p.contribution,
+                "criteria_version": 3,
+                "payload": p.recs.model_dump(mode="json", by_alias=True),
+                "portfolio": p.portfolio.model_dump(mode="json", by_alias=True),
+            }
+            for p in planners
+        ],
+    )
+
+
+def insert_asset(conn: Connection, market: str, symbol: str) -> uuid.UUID:
+    asset_id = uuid.uuid4()
+    conn.execute(
+        insert(assets_table).values(id=asset_id, market=market, symbol=symbol, currency="USD")
+    )
+    return asset_id
+
+
+def insert_calculation(
+    conn: Connection,
+    *,
+    asset_id: uuid.UUID,
+    user_id: uuid.UUID,
+    score: str,
+    created_at: datetime,
+    correlation_id: uuid.UUID | None = None,
+) -> uuid.UUID:
+    correlation_id = correlation_id or uuid.uuid4()
+    conn.execute(
+        insert(calculation_assets_table).values(
+            asset_id=asset_id,
+            correlation_id=correlation_id,
+            user_id=user_id,
+            score=D(score),
+            created_at=created_at,
+        )
+    )
+    return correlation_id

@@ -1,0 +1,165 @@
+"""Read-side queries on PostgreSQL (and, where portable, SQLite)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+
+import psycopg
+import pytest
+from sqlalchemy import Connection, Engine, insert, text
+
+from overnight_pipeline.storage.models import overnight_job_runs_table
+from overnight_pipeline.storage.queries import (
+    CalculationCursor,
+    asset_id_for,
+    calculations_for_asset,
+    calculations_statement,
+    newest_recommendation,
+    newest_recommendation_pg,
+    recent_job_runs,
+    user_profile,
+)
+from overnight_pipeline_tests.api.factories import (
+    insert_asset,
+    insert_calculation,
+    insert_users,
+    persist,
+    planner,
+)
+
+T0 = datetime(2026, 11, 30, 9, 30, tzinfo=UTC)
+
+
+def test_newest_recommendation_is_the_latest_market_date_not_the_latest_write(
+    db_conn: Connection,
+) -> None:
+    user = uuid.uuid4()
+    insert_users(db_conn, [user])
+    assert newest_recommendation(db_conn, user_id=user) is None
+    nov30 = planner(user, generated_at=T0, market_date=date(2026, 11, 30), seed=1)
+    # A backfill of an older date, generated later.
+    nov27 = planner(user, generated_at=T0 + timedelta(hours=6), market_date=date(2026, 11, 27))
+    persist(db_conn, [nov30, nov27])
+    row = newest_recommendation(db_conn, user_id=user)
+    assert row is not None
+    assert row.market_date == date(2026, 11, 30) and row.generated_at == T0
+    assert row.total_investable == Decimal("20000.00") and row.base_currency == "USD"
+    from overnight_pipeline.core.payloads import CachedPortfolioSummary, CachedRecommendations
+
+    assert CachedRecommendations.model_validate_json(row.payload_json) == nov30.recs
+    assert CachedPortfolioSummary.model_validate_json(row.portfolio_json) == nov30.portfolio
+    assert newest_recommendation(db_conn, user_id=uuid.uuid4()) is None
+
+
+def test_the_psycopg_fallback_query_returns_what_the_engine_returns(
+    pg_engine: Engine, pg_url: str
+) -> None:
+    user = uuid.uuid4()
+    with pg_engine.begin() as conn:
+        insert_users(conn, [user])
+        persist(conn, [planner(user, generated_at=T0, market_date=date(2026, 11, 30)),
+                       planner(user, generated_at=T0 + timedelta(hours=1),
+                               market_date=date(2026, 11, 26), seed=3)])  # fmt: skip
+    with pg_engine.connect() as conn:
+        expected = newest_recommendation(conn, user_id=user)
+
+    async def fetch(uid: uuid.UUID) -> object:
+        dsn = pg_url.replace("postgresql+psycopg://", "postgresql://")
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as aconn:
+            await aconn.execute("SET TIME ZONE 'America/Sao_Paulo'")
+            return await newest_recommendation_pg(aconn, user_id=uid)
+
+    got = asyncio.run(fetch(user))
+    assert got == expected
+    assert got is not None and got.generated_at.tzinfo == UTC
+    assert asyncio.run(fetch(uuid.uuid4())) is None
+
+
+def test_user_profile(db_conn: Connection) -> None:
+    user = uuid.uuid4()
+    insert_users(db_conn, [user])
+    profile = user_profile(db_conn, user_id=user)
+    assert profile is not None
+    assert (profile.base_currency, profile.default_contribution) == ("USD", Decimal("1000"))
+    assert user_profile(db_conn, user_id=uuid.uuid4()) is None
+
+
+def test_calculations_for_asset_newest_first_by_user_and_paginated(db_conn: Connection) -> None:
+    ko = insert_asset(db_conn, "NYSE", "KO")
+    pep = insert_asset(db_conn, "NYSE", "PEP")
+    me, other = uuid.uuid4(), uuid.uuid4()
+    mine = [
+        insert_calculation(db_conn, asset_id=ko, user_id=me, score=str(i),
+                           created_at=T0 + timedelta(days=i))
+        for i in range(5)
+    ]  # fmt: skip
+    # Same instant twice: the correlation id breaks the tie, so paging never skips a row.
+    tie = [
+        insert_calculation(db_conn, asset_id=ko, user_id=me, score="9", created_at=T0 + timedelta(days=9))
+        for _ in range(2)
+    ]  # fmt: skip
+    insert_calculation(
+        db_conn, asset_id=ko, user_id=other, score="7", created_at=T0 + timedelta(days=3)
+    )
+    insert_calculation(db_conn, asset_id=pep, user_id=me, score="1", created_at=T0)
+    assert asset_id_for(db_conn, market="NYSE", symbol="KO") == ko
+    assert asset_id_for(db_conn, market="NYSE", symbol="ko") is None
+
+    everything = calculations_for_asset(db_conn, asset_id=ko, limit=100)
+    assert len(everything) == 8
+    assert [c.created_at for c in everything] == sorted(
+        (c.created_at for c in everything), reverse=True
+    )
+
+    pages: list[uuid.UUID] = []
+    cursor: CalculationCursor | None = None
+    while True:
+        page = calculations_for_asset(db_conn, asset_id=ko, user_id=me, limit=3, before=cursor)
+        assert all(c.user_id == me and c.asset_id == ko for c in page)
+        pages.extend(c.correlation_id for c in page)
+        if len(page) < 3:
+            break
+        cursor = page[-1].cursor
+    assert pages[:2] == sorted(tie, reverse=True)
+    assert pages[2:] == mine[::-1]
+    with pytest.raises(ValueError, match="limit must be an integer from 1 to 1000, got 0"):
+        calculations_for_asset(db_conn, asset_id=ko, limit=0)
+
+
+def test_asset_query_is_served_by_the_index(pg_conn: Connection) -> None:
+    ko = insert_asset(pg_conn, "NYSE", "KO")
+    insert_calculation(pg_conn, asset_id=ko, user_id=uuid.uuid4(), score="1", created_at=T0)
+    # A tiny table is cheaper to scan; forbid that to see the plan a big one gets.
+    pg_conn.execute(text("SET LOCAL enable_seqscan = off"))
+    for user in (None, uuid.uuid4()):
+        before = CalculationCursor(T0, uuid.uuid4(), uuid.uuid4())
+        stmt = calculations_statement(asset_id=ko, user_id=user, limit=20, before=before)
+        sql = stmt.compile(dialect=pg_conn.dialect, compile_kwargs={"literal_binds": True})
+        plan = "\n".join(pg_conn.exec_driver_sql(f"EXPLAIN {sql}").scalars())
+        assert "ix_calculation_assets_asset_newest" in plan, plan
+        assert "LIKE" not in str(sql).upper()
+
+
+def test_recent_job_runs_filters_and_orders(db_conn: Connection) -> None:
+    def run(market: str, status: str, hours: int) -> dict[str, object]:
+        return {
+            "id": uuid.uuid4(), "job_type": "overnight", "status": status, "market": market,
+            "market_date": date(2026, 11, 30), "started_at": T0 + timedelta(hours=hours),
+            "correlation_id": uuid.uuid4(), "users_processed": hours, "users_failed": 0,
+        }  # fmt: skip
+
+    db_conn.execute(insert(overnight_job_runs_table), [
+        run("NYSE", "completed", 1), run("NYSE", "failed", 2), run("B3", "completed", 3),
+        run("TSE", "partial", 4),
+    ])  # fmt: skip
+    runs = recent_job_runs(db_conn, limit=10)
+    assert [r.users_processed for r in runs][:4] == [4, 3, 2, 1]
+    assert [r.market for r in recent_job_runs(db_conn, market="NYSE", limit=10)] == ["NYSE"] * 2
+    nyse_ok = recent_job_runs(db_conn, market="NYSE", status="completed", limit=10)
+    assert [(r.market, r.status) for r in nyse_ok] == [("NYSE", "completed")]
+    older = recent_job_runs(db_conn, limit=10, before=T0 + timedelta(hours=3))
+    assert [r.users_processed for r in older][:2] == [2, 1]
+    assert len(recent_job_runs(db_conn, limit=1)) == 1
