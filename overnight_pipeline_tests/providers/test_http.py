@@ -92,7 +92,7 @@ def test_429_waits_as_long_as_retry_after_says(
 
     assert result.usd_to == dataset.rates
     first, second = fake_server.requests("/v1")
-    assert second.at - first.at >= 0.95
+    assert second.at - first.at >= 0.9  # Retry-After: 1, not the 0 s backoff
 
 
 def test_retry_after_longer_than_we_wait_gives_up_at_once(fake_server: FakeMarketServer) -> None:
@@ -182,7 +182,9 @@ def test_the_rate_limit_holds_at_the_server(fake_server: FakeMarketServer) -> No
     arrivals = sorted(s.at for s in fake_server.requests("/market/prices"))
     assert len(arrivals) == 50 and len(result.missing) == 50
     busiest = max(sum(1 for t in arrivals if start <= t < start + 1.0) for start in arrivals)
-    assert busiest <= rate + 1
+    # Sent 1/rate apart, so rate + 1 per second; one more for arrival jitter on a busy box.
+    assert busiest <= rate + 2
+    assert (len(arrivals) - 1) / (arrivals[-1] - arrivals[0]) <= rate * 1.05
     assert elapsed >= (len(arrivals) - 1) / rate * 0.95
 
 
