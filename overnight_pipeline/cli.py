@@ -75,6 +75,83 @@ def cmd_seed(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _duration(text: str) -> int:
+    """Seconds from '3600', '90s', '30m', '24h' or '7d'."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = (text[:-1], text[-1]) if text[-1:] in units else (text, "s")
+    if not number.isdigit() or int(number) <= 0:
+        raise argparse.ArgumentTypeError(
+            f"must be a positive duration like 3600, 30m, 24h or 7d (got {text!r})"
+        )
+    return int(number) * units[unit]
+
+
+def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
+    import uuid
+    from datetime import timedelta
+
+    from dashboard_api.auth import issue_token
+
+    try:
+        user_id = uuid.UUID(args.user_id)
+    except ValueError:
+        print(f"error: USER_ID must be a UUID (got {args.user_id!r})", file=sys.stderr)
+        return 2
+    ttl = timedelta(seconds=args.ttl)
+    print(issue_token(settings.dashboard_secret, user_id, admin=args.admin, ttl=ttl))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    from dashboard_api.app import create_app
+
+    # uvloop + httptools: about 3x the requests/s of the pure-Python loop and parser here.
+    uvicorn.run(
+        create_app(settings),
+        host=args.host,
+        port=args.port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=args.access_log,
+        log_level="info",
+    )
+    return 0
+
+
+def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    from datetime import date
+
+    from overnight_pipeline.core.markets import load_markets
+    from overnight_pipeline.runner import redis_reachable, run_partition, table
+
+    markets = load_markets(settings.markets_file)
+    if args.market not in markets:
+        print(f"error: --market must be one of {', '.join(markets)} (got {args.market!r})",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    try:
+        day = date.fromisoformat(args.date)
+    except ValueError:
+        print(f"error: --date must be YYYY-MM-DD (got {args.date!r})", file=sys.stderr)
+        return 2
+    with_cache = not args.skip_cache
+    if with_cache and not redis_reachable(settings.redis_url):
+        print(f"warning: Redis at {settings.redis_url} is unreachable: the cache step will fail"
+              " (use --skip-cache to leave it out)", file=sys.stderr)  # fmt: skip
+    summary = run_partition(settings, args.market, day, with_cache=with_cache)
+    print(table([summary]))
+    return 0 if summary.success else 1
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from overnight_pipeline.runner import demo
+
+    return demo(settings, users=args.users)
+
+
 def _safe_url(url: str) -> str:
     from sqlalchemy.engine import make_url
 
@@ -97,6 +174,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--users", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_seed)
+
+    p = sub.add_parser("token", help="print a dashboard token (JWT) for USER_ID, alone on stdout")
+    p.add_argument("user_id", metavar="USER_ID")
+    p.add_argument("--admin", action="store_true", help="allow the job-runs endpoint")
+    p.add_argument("--ttl", type=_duration, default=86400, help="lifetime: 3600, 30m, 24h, 7d")
+    p.set_defaults(func=cmd_token)
+
+    p = sub.add_parser("serve", help="run the dashboard API and page (uvicorn)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--access-log", action="store_true", help="log every request")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("run", help="materialise one market-date partition in this process")
+    p.add_argument("--market", required=True)
+    p.add_argument("--date", required=True, help="YYYY-MM-DD")
+    p.add_argument("--skip-cache", action="store_true", help="leave out the Redis step")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("demo", help="seed demo users and run today's partition of each market")
+    p.add_argument("--users", type=int, default=1000)
+    p.set_defaults(func=cmd_demo)
     return parser
 
 
