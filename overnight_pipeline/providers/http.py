@@ -91,6 +91,7 @@ class _Session:
             headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
             transport=provider.transport,
             limits=httpx.Limits(max_connections=opts.concurrency),
+            follow_redirects=True,  # e.g. a Frankfurter host that moved its API
         )
         # One token at a time (no burst): requests are evenly spaced at 1/rate seconds, so
         # any one-second window sees at most rate + 1 requests. aiolimiter binds to a loop,
@@ -135,7 +136,7 @@ class _Session:
                 raise
             else:
                 status = response.status_code
-                if status < 400:
+                if status < 300:
                     service.breaker.record_success()
                     return response
                 if status == 429:
@@ -446,6 +447,7 @@ class HttpProvider:
             timeout=httpx.Timeout(self.options.timeout, connect=self.options.connect_timeout),
             headers={"User-Agent": USER_AGENT},
             transport=self.transport,
+            follow_redirects=True,
         ) as client:
             for service, path in checks:
                 try:

@@ -24,7 +24,7 @@ from typing import Any
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from overnight_pipeline.core.vocabulary import METRICS
@@ -99,6 +99,7 @@ class FakeMarketServer:
         self.reset()
         self.app = Starlette(
             routes=[
+                Route("/moved/{rest:path}", self._moved, methods=["GET"]),
                 Route("/v1/currencies", self._currencies, methods=["GET"]),
                 Route("/v1/{day}", self._rates, methods=["GET"]),
                 Route("/market/health", self._health, methods=["GET"]),
@@ -179,6 +180,14 @@ class FakeMarketServer:
             }
 
         return await self._answer(request, normal, ())
+
+    async def _moved(self, request: Request) -> Response:
+        """A service that moved: 308 to the same path and query under /v1."""
+        target = f"/v1/{request.path_params['rest']}"
+        if request.url.query:
+            target += f"?{request.url.query}"
+        self.seen.append(Seen(request.method, request.url.path, time.monotonic()))
+        return RedirectResponse(target, status_code=308)
 
     async def _currencies(self, request: Request) -> Response:
         return await self._answer(

@@ -225,6 +225,15 @@ def test_a_past_day_asks_frankfurter_for_that_date(fake_server: FakeMarketServer
     assert past.rate_date == DAY - timedelta(days=400) and today.rate_date == DAY
 
 
+def test_redirects_are_followed(fake_server: FakeMarketServer, dataset: Dataset) -> None:
+    moved = HttpProvider(f"{fake_server.base_url}/moved", fake_server.prices_url, options=FAST)
+
+    today = datetime.now(UTC).date()
+
+    assert moved.fetch_rates(CURRENCIES, day=today).usd_to == dataset.rates
+    assert [s.path for s in fake_server.requests()] == ["/moved/latest", "/v1/latest"]
+
+
 def test_a_call_from_inside_an_event_loop_still_works(
     fake_server: FakeMarketServer, dataset: Dataset
 ) -> None:
@@ -330,7 +339,7 @@ def test_a_body_that_is_not_json_names_the_provider_and_field(
     fake_server.plan(malformed())
 
     with pytest.raises(ProviderError) as raised:
-        http(fake_server).fetch_rates(CURRENCIES, day=DAY)
+        http(fake_server).fetch_rates(CURRENCIES, day=datetime.now(UTC).date())
 
     assert str(raised.value).startswith("http-rates: body: GET /latest: the body is not JSON")
     assert raised.value.provider == "http-rates" and raised.value.field == "body"
