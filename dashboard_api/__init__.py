@@ -1,0 +1,1 @@
+"""The dashboard API and page (Starlette). Imports core and storage, never Dagster."""

@@ -1,0 +1,84 @@
+"""`create_app(settings)`: the Starlette application (SPEC §6)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import orjson
+from opentelemetry.trace import TracerProvider
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from dashboard_api import api, views
+from dashboard_api.auth import AuthError
+from dashboard_api.openapi import build_openapi
+from dashboard_api.problems import (
+    Problem,
+    handle_auth_error,
+    handle_http_exception,
+    handle_problem,
+    handle_server_error,
+)
+from dashboard_api.services import ApiOptions, open_services
+from dashboard_api.telemetry import TelemetryMiddleware
+from overnight_pipeline.settings import Settings
+
+MAX_BODY_BYTES = 65_536
+
+
+def create_app(
+    settings: Settings,
+    *,
+    options: ApiOptions | None = None,
+    tracer_provider: TracerProvider | None = None,
+) -> Starlette:
+    """The dashboard app; its lifespan opens the engine, the PostgreSQL and Redis pools."""
+    options = options or ApiOptions()
+    openapi_body = orjson.dumps(build_openapi())
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+        services = await open_services(settings, options)
+        try:
+            yield {"services": services}
+        finally:
+            await services.aclose()
+
+    async def openapi(request: Request) -> Response:
+        return Response(openapi_body, media_type="application/json")
+
+    routes = [
+        # The hot route first: the router tries routes in order.
+        Route("/api/dashboard", api.dashboard, methods=["GET"], name="dashboard"),
+        Route(
+            "/api/audit/assets/{market}/{symbol}/calculations",
+            api.audit_calculations,
+            methods=["GET"],
+            name="audit_calculations",
+        ),
+        Route("/api/jobs", api.job_runs, methods=["GET"], name="job_runs"),
+        Route("/", views.page, methods=["GET"], name="page"),
+        Route("/login", views.login, methods=["GET", "POST"], name="login"),
+        Route("/logout", views.logout, methods=["POST"], name="logout"),
+        Route("/healthz", api.healthz, methods=["GET"], name="healthz"),
+        Route("/readyz", api.readyz, methods=["GET"], name="readyz"),
+        Route("/openapi.json", openapi, methods=["GET"], name="openapi"),
+    ]
+    return Starlette(
+        routes=routes,
+        middleware=[Middleware(TelemetryMiddleware, tracer_provider=tracer_provider)],
+        exception_handlers={
+            Problem: handle_problem,
+            AuthError: handle_auth_error,
+            HTTPException: handle_http_exception,
+            Exception: handle_server_error,
+        },
+        lifespan=lifespan,
+        max_body_size=MAX_BODY_BYTES,
+    )

@@ -1,0 +1,43 @@
+"""The SQLAlchemy engine, used from a bounded threadpool (audit, job runs, SQLite)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+import anyio
+import psycopg
+from psycopg_pool import PoolTimeout
+from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from dashboard_api.problems import Problem
+
+T = TypeVar("T")
+
+# TimeoutError (a pool checkout or `fail_after`) is an OSError.
+DB_ERRORS = (psycopg.Error, PoolTimeout, SQLAlchemyError, OSError)
+
+
+def unavailable() -> Problem:
+    return Problem(503, "the database is temporarily unavailable", headers={"Retry-After": "5"})
+
+
+class ThreadedDB:
+    def __init__(self, engine: Engine, *, limit: int, timeout: float) -> None:
+        self.engine = engine
+        self.limiter = anyio.CapacityLimiter(limit)
+        self.timeout = timeout
+
+    async def run(self, query: Callable[[Connection], T]) -> T:
+        """`query` on a pooled connection in a worker thread; 503 when the database fails."""
+
+        def work() -> T:
+            with self.engine.connect() as conn:
+                return query(conn)
+
+        try:
+            with anyio.fail_after(self.timeout * 2):
+                return await anyio.to_thread.run_sync(work, limiter=self.limiter)
+        except DB_ERRORS:
+            raise unavailable() from None

@@ -1,0 +1,213 @@
+"""`/openapi.json`: every JSON route with its parameters, responses and errors.
+
+Schemas come from the pydantic models that also serialise the responses, so the document
+cannot drift from what the server sends.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from dashboard_api.params import MARKET_PATTERN, SYMBOL_PATTERN
+from dashboard_api.problems import PROBLEM_JSON
+from dashboard_api.schemas import AuditResponse, Health, JobsResponse, ProblemDetails, Readiness
+from overnight_pipeline.core.payloads import DashboardResponse
+from overnight_pipeline.core.vocabulary import JOB_STATUSES
+
+_MODELS: tuple[type[BaseModel], ...] = (
+    DashboardResponse,
+    AuditResponse,
+    JobsResponse,
+    Health,
+    Readiness,
+    ProblemDetails,
+)
+
+
+def _ref(model: type[BaseModel]) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+
+def _json(model: type[BaseModel], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ref(model)}}}
+
+
+def _problem(description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "description": description,
+        "content": {PROBLEM_JSON: {"schema": _ref(ProblemDetails)}},
+    }
+    if headers:
+        out["headers"] = headers
+    return out
+
+
+_UNAUTHORIZED = _problem(
+    "Missing, malformed, wrongly signed or expired token, or a token without `sub`/`exp`.",
+    {"WWW-Authenticate": {"schema": {"type": "string"}}},
+)
+_UNAVAILABLE = _problem(
+    "The database is unreachable and the answer needs it.",
+    {"Retry-After": {"schema": {"type": "string"}}},
+)
+_BAD_PARAM = _problem("A parameter is invalid; `detail` and `invalidParams` name it and its value.")
+
+
+def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "schema": schema,
+        "description": description,
+    }
+
+
+def build_openapi() -> dict[str, Any]:
+    _, defs = models_json_schema(
+        [(m, "serialization") for m in _MODELS],
+        by_alias=True,
+        ref_template="#/components/schemas/{model}",
+    )
+    secured: list[dict[str, list[str]]] = [{"bearerAuth": []}]
+    paths: dict[str, Any] = {
+        "/api/dashboard": {
+            "get": {
+                "operationId": "getDashboard",
+                "summary": "The caller's recommendations: Redis first, PostgreSQL on a miss.",
+                "description": (
+                    "`fromCache` says where the answer came from. A user without computed "
+                    "recommendations gets an empty list and `dataFreshness: null` (with "
+                    "`baseCurrency` empty when the user is not loaded either)."
+                ),
+                "security": secured,
+                "responses": {
+                    "200": _json(DashboardResponse, "The dashboard data."),
+                    "401": _UNAUTHORIZED,
+                    "503": _UNAVAILABLE,
+                },
+            }
+        },
+        "/api/audit/assets/{market}/{symbol}/calculations": {
+            "get": {
+                "operationId": "getAssetCalculations",
+                "summary": "The caller's calculations that scored an asset, newest first.",
+                "security": secured,
+                "parameters": [
+                    {
+                        "name": "market",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "pattern": MARKET_PATTERN},
+                    },
+                    {
+                        "name": "symbol",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "pattern": SYMBOL_PATTERN},
+                    },
+                    _query(
+                        "limit",
+                        {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
+                        "Page size.",
+                    ),
+                    _query("cursor", {"type": "string"}, "`nextCursor` of the previous page."),
+                ],
+                "responses": {
+                    "200": _json(AuditResponse, "One page of calculations."),
+                    "400": _BAD_PARAM,
+                    "401": _UNAUTHORIZED,
+                    "404": _problem("No such asset, or a path that matches no route."),
+                    "503": _UNAVAILABLE,
+                },
+            }
+        },
+        "/api/jobs": {
+            "get": {
+                "operationId": "listJobRuns",
+                "summary": "Recent overnight job runs (admin tokens only).",
+                "security": secured,
+                "parameters": [
+                    _query(
+                        "market", {"type": "string", "pattern": MARKET_PATTERN}, "Only this market."
+                    ),
+                    _query(
+                        "status",
+                        {"type": "string", "enum": list(JOB_STATUSES)},
+                        "Only runs in this status.",
+                    ),
+                    _query(
+                        "limit",
+                        {"type": "integer", "minimum": 1, "maximum": 200, "default": 50},
+                        "Page size.",
+                    ),
+                    _query(
+                        "before",
+                        {"type": "string", "format": "date-time"},
+                        "Only runs started before this time (the last `startedAt` of a page).",
+                    ),
+                ],
+                "responses": {
+                    "200": _json(JobsResponse, "Job runs, newest start first."),
+                    "400": _BAD_PARAM,
+                    "401": _UNAUTHORIZED,
+                    "403": _problem("The token has no `admin` claim."),
+                    "503": _UNAVAILABLE,
+                },
+            }
+        },
+        "/healthz": {
+            "get": {
+                "operationId": "health",
+                "summary": "The process is up.",
+                "security": [],
+                "responses": {"200": _json(Health, "Up.")},
+            }
+        },
+        "/readyz": {
+            "get": {
+                "operationId": "readiness",
+                "summary": "PostgreSQL and Redis reachable; Redis down is `degraded`, still ready.",
+                "security": [],
+                "responses": {
+                    "200": _json(Readiness, "Ready or degraded."),
+                    "503": _json(Readiness, "PostgreSQL is unreachable."),
+                },
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "operationId": "openapi",
+                "summary": "This document.",
+                "security": [],
+                "responses": {
+                    "200": {
+                        "description": "OpenAPI 3.1 document.",
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    }
+                },
+            }
+        },
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Overnight dashboard API",
+            "version": "1",
+            "description": (
+                "Pre-computed buy recommendations (SPEC §6). Errors are RFC 9457 problem "
+                "details (`application/problem+json`). Authenticate with "
+                "`Authorization: Bearer <JWT>` (HS256; `sub` = user id; `exp` required)."
+            ),
+        },
+        "paths": paths,
+        "components": {
+            "schemas": defs["$defs"],
+            "securitySchemes": {
+                "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+            },
+        },
+    }

@@ -1,0 +1,91 @@
+"""Response models of the JSON routes besides the dashboard (whose models live in the core):
+they serialise the responses and describe them in `/openapi.json`."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import date, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from overnight_pipeline.core.money import DecimalString
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", alias_generator=to_camel, populate_by_name=True
+    )
+
+
+class InvalidParam(_Out):
+    name: str
+    reason: str
+    value: Any
+
+
+class ProblemDetails(_Out):
+    """RFC 9457 problem details."""
+
+    type: str
+    title: str
+    status: int = Field(ge=400, le=599)
+    detail: str
+    invalid_params: list[InvalidParam] | None = None
+
+
+class Health(_Out):
+    status: Literal["ok"]
+
+
+class Checks(_Out):
+    postgresql: Literal["ok", "unreachable"]
+    redis: Literal["ok", "unreachable"]
+
+
+class Readiness(_Out):
+    """`degraded`: Redis is down and the dashboard answers from PostgreSQL alone."""
+
+    status: Literal["ready", "degraded", "unavailable"]
+    checks: Checks
+
+
+class AuditAsset(_Out):
+    asset_id: uuid.UUID
+    market: str
+    symbol: str
+
+
+class AuditCalculation(_Out):
+    correlation_id: uuid.UUID
+    score: DecimalString
+    calculated_at: datetime
+
+
+class AuditResponse(_Out):
+    asset: AuditAsset
+    data: list[AuditCalculation]
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` for the next (older) page; null on the last page."
+    )
+
+
+class JobRunOut(_Out):
+    id: uuid.UUID
+    run_id: str | None
+    job_type: str
+    status: Literal["started", "completed", "failed", "partial"]
+    market: str | None
+    market_date: date | None
+    started_at: datetime
+    completed_at: datetime | None
+    users_processed: int
+    users_failed: int
+    correlation_id: uuid.UUID
+    error_details: dict[str, Any] | None
+    metrics: dict[str, Any] | None
+
+
+class JobsResponse(_Out):
+    data: list[JobRunOut]

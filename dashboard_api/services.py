@@ -1,0 +1,99 @@
+"""What the app holds while it runs: built by the lifespan, closed when it ends.
+
+PostgreSQL is reached two ways, chosen by measurement (docs/PERFORMANCE.md): the dashboard's
+fallback read goes through a psycopg async pool (no thread hop, a prepared statement), and
+everything else (audit, job runs, SQLite) through the SQLAlchemy engine in a bounded
+threadpool. Redis is an asyncio pool with short timeouts and no retries: a slow Redis must
+cost milliseconds, not seconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from psycopg_pool import AsyncConnectionPool
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from sqlalchemy.engine import make_url
+
+from dashboard_api.dashboard import Breaker, DashboardStore
+from dashboard_api.db import ThreadedDB
+from overnight_pipeline.settings import Settings
+from overnight_pipeline.storage.db import make_engine
+
+
+@dataclass(frozen=True)
+class ApiOptions:
+    """Knobs of the API process (not operator settings: defaults suit production)."""
+
+    redis_timeout: float = 0.25  # connect and read, seconds
+    redis_cooldown: float = 1.0  # skip Redis this long after an error
+    db_timeout: float = 2.0  # pool checkout and statement, seconds
+    db_pool_size: int = 8
+
+
+@dataclass
+class Services:
+    settings: Settings
+    options: ApiOptions
+    db: ThreadedDB
+    pg_pool: AsyncConnectionPool[Any] | None
+    redis: aioredis.Redis
+    dashboard: DashboardStore
+
+    async def aclose(self) -> None:
+        if self.pg_pool is not None:
+            await self.pg_pool.close()
+        await self.redis.aclose()
+        self.db.engine.dispose()
+
+
+def pg_conninfo(database_url: str) -> str:
+    """A libpq URI from the SQLAlchemy URL (`postgresql+psycopg://` → `postgresql://`)."""
+    return make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+async def open_services(settings: Settings, options: ApiOptions) -> Services:
+    engine = make_engine(
+        settings.database_url,
+        pool_size=options.db_pool_size,
+        max_overflow=0,
+        pool_timeout=options.db_timeout,
+    )
+    db = ThreadedDB(engine, limit=options.db_pool_size, timeout=options.db_timeout)
+    pg_pool: AsyncConnectionPool[Any] | None = None
+    if not settings.is_sqlite:
+        timeout_ms = int(options.db_timeout * 1000)
+        pg_pool = AsyncConnectionPool(
+            pg_conninfo(settings.database_url),
+            min_size=2,
+            max_size=options.db_pool_size,
+            timeout=options.db_timeout,
+            kwargs={
+                "autocommit": True,
+                "connect_timeout": max(1, int(options.db_timeout)),
+                "options": f"-c statement_timeout={timeout_ms}",
+            },
+            name="dashboard",
+            open=False,
+        )
+        # Do not wait: the app starts (and /readyz says why) even while PostgreSQL is down.
+        await pg_pool.open(wait=False)
+    redis = aioredis.Redis.from_url(
+        settings.redis_url,
+        socket_timeout=options.redis_timeout,
+        socket_connect_timeout=options.redis_timeout,
+        retry=Retry(NoBackoff(), 0),
+        health_check_interval=0,
+    )
+    store = DashboardStore(
+        redis=redis,
+        prefix=settings.cache_prefix,
+        breaker=Breaker(options.redis_cooldown),
+        db=db,
+        pg_pool=pg_pool,
+        db_timeout=options.db_timeout,
+    )
+    return Services(settings, options, db, pg_pool, redis, store)

@@ -1,0 +1,179 @@
+"""The server-rendered page (Jinja2, no JavaScript) and its small login form.
+
+The page authenticates with the same JWT as the API, kept in an HttpOnly cookie that the
+login form sets. It reads through the same cache-first path as `GET /api/dashboard`, but
+validates both documents in full (a page view is not the hot path).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from pydantic import ValidationError
+from starlette.background import BackgroundTask
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.templating import Jinja2Templates
+
+from dashboard_api.api import services
+from dashboard_api.auth import COOKIE_NAME, AuthError, Principal, decode_token
+from dashboard_api.dashboard import DashboardResult
+from dashboard_api.problems import Problem
+from overnight_pipeline.core.payloads import CachedPortfolioSummary, CachedRecommendations
+
+STALE_AFTER = timedelta(hours=24)
+MAX_FORM_BYTES = 16_384
+HTML_HEADERS = {
+    "Cache-Control": "no-store",
+    "Content-Security-Policy": (
+        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
+        "frame-ancestors 'none'; base-uri 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
+
+
+@dataclass(frozen=True)
+class Freshness:
+    state: str  # "fresh" | "stale" | "none"
+    label: str  # the badge text
+    generated_at: datetime | None
+
+
+def ago(delta: timedelta) -> str:
+    """'3 hours ago', in the reader's terms."""
+    seconds = int(delta.total_seconds())
+    if seconds < 60:
+        return "just now"
+    if seconds < 3_600:
+        n, unit = seconds // 60, "minute"
+    elif seconds < 2 * 86_400:
+        n, unit = seconds // 3_600, "hour"
+    else:
+        n, unit = seconds // 86_400, "day"
+    return f"{n} {unit}{'' if n == 1 else 's'} ago"
+
+
+def freshness(generated_at: str | None, now: datetime) -> Freshness:
+    if generated_at is None:
+        return Freshness("none", "No data yet", None)
+    stamp = datetime.fromisoformat(generated_at).astimezone(UTC)
+    age = now - stamp
+    if age >= STALE_AFTER:
+        return Freshness("stale", f"Stale · generated {ago(age)}", stamp)
+    return Freshness("fresh", f"Fresh · generated {ago(age)}", stamp)
+
+
+def _page_principal(request: Request) -> Principal | None:
+    token = request.cookies.get(COOKIE_NAME)
+    if not token:
+        return None
+    try:
+        return decode_token(token, services(request).settings.dashboard_secret)
+    except AuthError:
+        return None
+
+
+def _to_login(request: Request) -> Response:
+    response = RedirectResponse(request.url_for("login"), status_code=303)
+    if request.cookies.get(COOKIE_NAME):
+        response.delete_cookie(COOKIE_NAME, path="/")
+    return response
+
+
+async def page(request: Request) -> Response:
+    principal = _page_principal(request)
+    if principal is None:
+        return _to_login(request)
+    store = services(request).dashboard
+    result = await store.load(principal)
+    try:
+        recs, portfolio = _validated(result)
+    except ValidationError:
+        # Passed the API's cheap checks but not full validation: use the persisted row.
+        result = await store.from_database(principal)
+        recs, portfolio = _validated(result)
+    context = {
+        "user_id": principal.user_key,
+        "result": result,
+        "recs": recs,
+        "portfolio": portfolio,
+        "freshness": freshness(result.generated_at, datetime.now(UTC)),
+    }
+    refill = BackgroundTask(store.refill, result.refill) if result.refill is not None else None
+    response = templates.TemplateResponse(request, "dashboard.html", context, headers=HTML_HEADERS)
+    response.background = refill
+    return response
+
+
+def _validated(
+    result: DashboardResult,
+) -> tuple[CachedRecommendations | None, CachedPortfolioSummary | None]:
+    if result.recs is None or result.portfolio_json is None:
+        return None, None
+    return (
+        CachedRecommendations.model_validate(result.recs),
+        CachedPortfolioSummary.model_validate_json(result.portfolio_json),
+    )
+
+
+def _same_origin(request: Request) -> None:
+    """Refuse cross-site form posts (login CSRF): a browser always sends Origin on POST."""
+    origin = request.headers.get("origin")
+    if origin is None or origin == "null":
+        return
+    if urlsplit(origin).netloc != request.headers.get("host"):
+        raise Problem(403, f"cross-site form post from {origin!r} refused")
+
+
+async def login(request: Request) -> Response:
+    if request.method == "GET":
+        return _login_form(request)
+    _same_origin(request)
+    body = await request.body()
+    if len(body) > MAX_FORM_BYTES:
+        raise Problem(413, f"the form is larger than {MAX_FORM_BYTES} bytes")
+    fields: dict[str, Any] = parse_qs(body.decode("utf-8", "replace"))
+    token = (fields.get("token") or [""])[0].strip()
+    if not token:
+        return _login_form(request, error="Paste the token that `overnight token` printed.")
+    try:
+        principal = decode_token(token, services(request).settings.dashboard_secret)
+    except AuthError as exc:
+        return _login_form(request, error=f"That token does not work: {exc.detail}.")
+    response = RedirectResponse(request.url_for("page"), status_code=303)
+    lifetime = principal.expires_at - datetime.now(UTC)
+    response.set_cookie(
+        COOKIE_NAME,
+        token,
+        max_age=max(1, int(lifetime.total_seconds())),
+        path="/",
+        httponly=True,
+        samesite="lax",
+        secure=request.url.scheme == "https",
+    )
+    return response
+
+
+async def logout(request: Request) -> Response:
+    _same_origin(request)
+    response = RedirectResponse(request.url_for("login"), status_code=303)
+    response.delete_cookie(COOKIE_NAME, path="/")
+    return response
+
+
+def _login_form(request: Request, error: str | None = None) -> Response:
+    return templates.TemplateResponse(
+        request,
+        "login.html",
+        {"error": error},
+        status_code=401 if error else 200,
+        headers=HTML_HEADERS,
+    )

@@ -1,0 +1,128 @@
+"""The server-rendered page, its login form and the freshness badge."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from starlette.testclient import TestClient
+
+from dashboard_api.auth import COOKIE_NAME
+from dashboard_api.views import ago, freshness
+from overnight_pipeline_tests.api.conftest import token_for
+from overnight_pipeline_tests.api.factories import Planner
+
+NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+
+
+def badge(html: str) -> tuple[str, str]:
+    found = re.search(r'<span class="badge (\w+)" id="freshness"[^>]*>([^<]*)</span>', html)
+    assert found, html[:500]
+    return found.group(1), found.group(2)
+
+
+def login(client: TestClient, user: uuid.UUID) -> None:
+    response = client.post("/login", data={"token": token_for(user)}, follow_redirects=False)
+    assert response.status_code == 303 and response.headers["location"].endswith("/")
+    cookie = response.headers["set-cookie"]
+    assert cookie.startswith(f"{COOKIE_NAME}=")
+    assert "HttpOnly" in cookie and "SameSite=lax" in cookie and "Path=/" in cookie
+
+
+@pytest.mark.parametrize(
+    ("delta", "words"),
+    [
+        (timedelta(seconds=20), "just now"),
+        (timedelta(minutes=1, seconds=5), "1 minute ago"),
+        (timedelta(minutes=42), "42 minutes ago"),
+        (timedelta(hours=1), "1 hour ago"),
+        (timedelta(hours=3, minutes=59), "3 hours ago"),
+        (timedelta(hours=26), "26 hours ago"),
+        (timedelta(days=3, hours=2), "3 days ago"),
+        (timedelta(seconds=-30), "just now"),
+    ],
+)
+def test_ago_speaks_the_readers_language(delta: timedelta, words: str) -> None:
+    assert ago(delta) == words
+
+
+def test_freshness_is_fresh_below_24_hours_and_stale_from_24() -> None:
+    assert freshness(None, NOW).label == "No data yet"
+    fresh = freshness((NOW - timedelta(hours=3)).isoformat(), NOW)
+    assert (fresh.state, fresh.label) == ("fresh", "Fresh · generated 3 hours ago")
+    edge = freshness((NOW - timedelta(hours=24)).isoformat(), NOW)
+    assert (edge.state, edge.label) == ("stale", "Stale · generated 24 hours ago")
+    almost = freshness((NOW - timedelta(hours=23, minutes=59)).isoformat(), NOW)
+    assert almost.state == "fresh"
+
+
+def test_page_without_a_cookie_redirects_to_the_login_form(client: TestClient) -> None:
+    response = client.get("/", follow_redirects=False)
+    assert response.status_code == 303 and response.headers["location"].endswith("/login")
+    form = client.get("/login")
+    assert form.status_code == 200 and 'name="token"' in form.text
+    assert "default-src 'none'" in form.headers["content-security-policy"]
+    assert "<script" not in form.text
+
+
+def test_login_then_page_shows_table_bars_and_a_fresh_badge(
+    client: TestClient, new_user: Callable[..., Planner], cache: Callable[..., None]
+) -> None:
+    p = new_user(hours_ago=3)
+    cache(p)
+    login(client, p.user_id)
+    page = client.get("/")
+    assert page.status_code == 200
+    assert badge(page.text) == ("fresh", "Fresh · generated 3 hours ago")
+    rows = re.findall(r"<tr><td>(S\d+)</td>", page.text)
+    assert rows == [r.symbol for r in p.recs.recommendations]
+    bars = re.findall(r'<div class="alloc (\w+)" data-class="([^"]+)">', page.text)
+    assert [name for _, name in bars] == ["US Stocks", "Brazil", "Bonds"]
+    assert "20000.00 USD" in page.text and "served from cache" in page.text
+    assert "<script" not in page.text
+
+
+def test_stale_and_no_data_badges(client: TestClient, new_user: Callable[..., Planner]) -> None:
+    stale = new_user(hours_ago=30)
+    login(client, stale.user_id)
+    assert badge(client.get("/").text) == ("stale", "Stale · generated 30 hours ago")
+    login(client, uuid.uuid4())
+    page = client.get("/")
+    assert badge(page.text) == ("none", "No data yet") and 'id="no-data"' in page.text
+
+
+def test_login_with_a_bad_token_re_renders_the_form_with_401(client: TestClient) -> None:
+    response = client.post("/login", data={"token": "nope"}, follow_redirects=False)
+    assert response.status_code == 401 and "That token does not work" in response.text
+    assert "set-cookie" not in response.headers
+    empty = client.post("/login", data={"token": ""})
+    assert empty.status_code == 401
+
+
+def test_cross_site_form_posts_are_refused(client: TestClient) -> None:
+    response = client.post(
+        "/login",
+        data={"token": token_for(uuid.uuid4())},
+        headers={"Origin": "https://evil.example"},
+        follow_redirects=False,
+    )
+    assert response.status_code == 403
+    assert response.headers["content-type"] == "application/problem+json"
+    assert "set-cookie" not in response.headers
+
+
+def test_logout_clears_the_cookie(client: TestClient) -> None:
+    login(client, uuid.uuid4())
+    response = client.post("/logout", follow_redirects=False)
+    assert response.status_code == 303
+    assert f'{COOKIE_NAME}=""' in response.headers["set-cookie"]
+    assert client.get("/", follow_redirects=False).status_code == 303
+
+
+def test_an_expired_cookie_sends_you_back_to_login(client: TestClient) -> None:
+    client.cookies.set(COOKIE_NAME, "not-a-token")
+    response = client.get("/", follow_redirects=False)
+    assert response.status_code == 303 and response.headers["location"].endswith("/login")
