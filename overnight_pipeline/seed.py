@@ -173,8 +173,9 @@ def _write_chunk(conn, rng, user_ids, markets, by_market, now) -> SeedReport:
     market_codes = [m.code for m in markets]
     currency_of = {m.code: m.currency for m in markets}
     primary = rng.integers(0, len(markets), size)
-    has_second = rng.random(size) < 0.3
-    second = (primary + rng.integers(1, len(markets), size)) % len(markets)
+    # A second market needs two markets (the draws are the same as ever when there are).
+    has_second = (rng.random(size) < 0.3) & (len(markets) > 1)
+    second = (primary + rng.integers(1, max(len(markets), 2), size)) % len(markets)
     local_ccy = rng.random(size) < 0.8
     other_ccy = rng.integers(0, len(BASE_CURRENCIES), size)
     n_holdings = rng.integers(10, 51, size)

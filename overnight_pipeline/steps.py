@@ -267,8 +267,10 @@ def _score_batch(
         by_user.setdefault(uid, []).append(doc)
         score_rows.append((uid, day, doc["assetId"], asset_market, doc["score"],
                            doc["maxPossibleScore"], loaded.criteria_versions.get(uid) or 0,
-                           orjson.dumps({k: doc[k] for k in ("criteriaCount", "topContributor",
-                                                             "breakdown")}).decode(),
+                           # The per-rule breakdown is in SCORES_COMPUTED (the audit trail);
+                           # the table keeps the summary the dashboard and SQL users read.
+                           orjson.dumps({"criteriaCount": doc["criteriaCount"],
+                                         "topContributor": doc["topContributor"]}).decode(),
                            correlation_id, now))  # fmt: skip
         asset_rows.append((doc["assetId"], correlation_id, uid, doc["score"], now))
     events: list[tuple[uuid.UUID, Any, str, Any]] = []

@@ -92,9 +92,17 @@ def capture(
         metrics_of.setdefault(uid, set()).add(metric)
     h = batch.holdings
     markets = holding_markets if holding_markets is not None else [None] * len(h)
-    f_rows = {a: i for i, a in enumerate(fundamentals.index.tolist())}
-    f_values = fundamentals.reindex(columns=list(METRICS)).to_numpy(dtype=object)
-    metric_col = {m: i for i, m in enumerate(METRICS)}
+    # Each asset's metrics as strings, formatted once however many users hold it.
+    f_text: dict[Any, dict[str, str | None]] = {
+        aid: {m: None if _null(v) else _s(v) for m, v in zip(METRICS, row, strict=True)}
+        for aid, row in zip(
+            fundamentals.index.tolist(),
+            fundamentals.reindex(columns=list(METRICS)).to_numpy(dtype=object).tolist(),
+            strict=True,
+        )
+    }
+    no_values: dict[str, str | None] = dict.fromkeys(METRICS)
+    sorted_metrics = {uid: sorted(ms) for uid, ms in metrics_of.items()}
     needed: dict[Any, set[str]] = {}
     for uid, aid, sym, cls, qty, cur, price, as_of, mkt in zip(
         *(h[c].tolist() for c in ("user_id", "asset_id", "symbol", "asset_class", "quantity",
@@ -109,11 +117,8 @@ def capture(
             "priceAsOf": None if _null(as_of) else _iso(as_of),
         })  # fmt: skip
         needed.setdefault(uid, set()).update({cur, doc["baseCurrency"]})
-        row = f_rows.get(aid)
-        doc["fundamentals"][aid] = {
-            m: None if row is None or _null(v := f_values[row, metric_col[m]]) else _s(v)
-            for m in sorted(metrics_of.get(uid, ()))
-        }
+        values = f_text.get(aid, no_values)
+        doc["fundamentals"][aid] = {m: values[m] for m in sorted_metrics.get(uid, ())}
     for uid, doc in docs.items():
         currencies = needed.get(uid, {doc["baseCurrency"]})
         doc["rates"] = {
