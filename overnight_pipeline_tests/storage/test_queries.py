@@ -11,7 +11,7 @@ import psycopg
 import pytest
 from sqlalchemy import Connection, Engine, insert, text
 
-from overnight_pipeline.storage.models import overnight_job_runs_table
+from overnight_pipeline.storage.models import overnight_job_runs_table, users_table
 from overnight_pipeline.storage.queries import (
     CalculationCursor,
     asset_id_for,
@@ -72,10 +72,15 @@ def test_the_psycopg_fallback_query_returns_what_the_engine_returns(
             await aconn.execute("SET TIME ZONE 'America/Sao_Paulo'")
             return await newest_recommendation_pg(aconn, user_id=uid)
 
-    got = asyncio.run(fetch(user))
-    assert got == expected
-    assert got is not None and got.generated_at.tzinfo == UTC
-    assert asyncio.run(fetch(uuid.uuid4())) is None
+    try:
+        got = asyncio.run(fetch(user))
+        assert got == expected
+        assert got is not None and got.generated_at.tzinfo == UTC
+        assert asyncio.run(fetch(uuid.uuid4())) is None
+    finally:
+        # Committed rows would leak into the other tests of the session database.
+        with pg_engine.begin() as conn:
+            conn.execute(users_table.delete().where(users_table.c.id == user))
 
 
 def test_user_profile(db_conn: Connection) -> None:
