@@ -134,6 +134,8 @@ def test_batch_path_equals_one_user_path(b) -> None:
         else:
             assert u["user_id"] not in result.failures
             assert result.recommendations[u["user_id"]] == rec
+            # The same Decimals, not only equal ones: same digits and exponents.
+            assert repr(result.recommendations[u["user_id"]]) == repr(rec)
 
 
 def test_batch_scores_keep_exactness_where_floats_tie() -> None:
