@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from dashboard_api.params import MARKET_PATTERN, SYMBOL_PATTERN
+from dashboard_api.params import CURSOR_PATTERN, MARKET_PATTERN, SYMBOL_PATTERN
 from dashboard_api.problems import PROBLEM_JSON
 from dashboard_api.schemas import AuditResponse, Health, JobsResponse, ProblemDetails, Readiness
 from overnight_pipeline.core.payloads import DashboardResponse
@@ -114,7 +114,11 @@ def build_openapi() -> dict[str, Any]:
                         {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
                         "Page size.",
                     ),
-                    _query("cursor", {"type": "string"}, "`nextCursor` of the previous page."),
+                    _query(
+                        "cursor",
+                        {"type": "string", "pattern": CURSOR_PATTERN},
+                        "`nextCursor` of the previous page.",
+                    ),
                 ],
                 "responses": {
                     "200": _json(AuditResponse, "One page of calculations."),

@@ -2,6 +2,8 @@
 # Make PostgreSQL and Redis reachable for the tests and benchmarks:
 # start them when installed but stopped, install them from the OS packages when missing
 # (root only), otherwise fail with a clear message. Safe to run again and again.
+# `ensure-services.sh chromium` only makes sure Debian's headless `chromium` is installed
+# (the dashboard's browser test calls it when the binary is missing).
 set -euo pipefail
 
 PG_HOST=${PG_HOST:-127.0.0.1}
@@ -72,7 +74,19 @@ ensure_redis() {
   wait_port "$REDIS_HOST" "$REDIS_PORT" || die "Redis did not open $REDIS_HOST:$REDIS_PORT (see $log)"
 }
 
+ensure_chromium() {
+  if command -v chromium >/dev/null; then return 0; fi
+  apt_install chromium || die "chromium is not installed and I cannot install it (need root and apt-get); install Debian's 'chromium' package"
+  command -v chromium >/dev/null || die "installing chromium did not put 'chromium' on PATH"
+}
+
+if [ "${1:-}" = chromium ]; then
+  ensure_chromium
+  exit 0
+fi
+
 ensure_postgres
 ensure_pg_role
 ensure_redis
+ensure_chromium
 say "PostgreSQL $PG_HOST:$PG_PORT and Redis $REDIS_HOST:$REDIS_PORT are up"
