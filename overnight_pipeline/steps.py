@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -20,7 +21,7 @@ from typing import Any
 import orjson
 import pandas as pd
 import redis
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from overnight_pipeline.core.batch import Batch, run_batch, score_batch
 from overnight_pipeline.core.captured import batch_from_captured, capture, score_documents
@@ -61,6 +62,44 @@ class StepReport:
 
 def _chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+Write = Callable[[Connection], None]
+
+
+class _BatchWriter:
+    """Writes each batch in its own transaction on a background thread, so the database
+    ingests batch n while this process computes batch n + 1 (two cores, both busy). At most
+    one write is in flight: memory stays bounded by two batches. A failed write surfaces at
+    the next `submit` or at `close`, and the step fails (and is retried) as a whole."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch-writer")
+        self._pending: Future[None] | None = None
+
+    def _run(self, write: Write) -> None:
+        with self._engine.begin() as conn:
+            write(conn)
+
+    def submit(self, write: Write) -> None:
+        self.wait()
+        self._pending = self._pool.submit(self._run, write)
+
+    def wait(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+
+    def __enter__(self) -> _BatchWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if exc[0] is None:
+                self.wait()
+        finally:
+            self._pool.shutdown(wait=True)
 
 
 # Market data -----------------------------------------------------------------------------
@@ -227,10 +266,13 @@ def score(
                                  "users_succeeded": 0, "users_failed": 0, "assets_scored": 0,
                                  "rates_stale": fx.stale,
                                  "stale_prices": snapshot.stale_prices})  # fmt: skip
-    for chunk in _chunks(todo, batch_size):
-        with engine.begin() as conn:
-            _score_batch(conn, chunk, report, fx=fx, snapshot=snapshot, market=market,
-                         day=day, correlation_id=correlation_id, run_id=run_id)  # fmt: skip
+    with _BatchWriter(engine) as writer:
+        for chunk in _chunks(todo, batch_size):
+            with engine.connect() as conn:
+                write = _score_batch(conn, chunk, report, fx=fx, snapshot=snapshot,
+                                     market=market, day=day, correlation_id=correlation_id,
+                                     run_id=run_id)  # fmt: skip
+            writer.submit(write)
     report.seconds = time.perf_counter() - started
     return report
 
@@ -246,7 +288,8 @@ def _score_batch(
     day: date,
     correlation_id: uuid.UUID,
     run_id: str,
-) -> None:
+) -> Write:
+    """Compute one batch; returns the writes of its results (one transaction)."""
     now = datetime.now(UTC)
     loaded = store.load_batch(conn, chunk, snapshot=snapshot)
     failed = _rate_failures(loaded.batch, fx)
@@ -290,12 +333,18 @@ def _score_batch(
             "status": "failed", "stage": "inputs", "error": error, "market": market,
             "marketDate": day.isoformat()}))  # fmt: skip
         report.failures.append({"user": uid, "stage": "inputs", "error": error})
-    store.replace_scores(conn, score_rows, user_ids=[uuid.UUID(u) for u in ok], day=day)
-    store.add_calculation_assets(conn, asset_rows)
-    store.append_events(conn, events, at=now)
+    events = store.serialised(events)
     report.metrics["users_succeeded"] += len(ok)
     report.metrics["users_failed"] += len(failed)
     report.metrics["assets_scored"] += len(score_rows)
+    ok_ids = [uuid.UUID(u) for u in ok]
+
+    def write(conn: Connection) -> None:
+        store.replace_scores(conn, score_rows, user_ids=ok_ids, day=day)
+        store.add_calculation_assets(conn, asset_rows)
+        store.append_events(conn, events, at=now)
+
+    return write
 
 
 # Recommendations -------------------------------------------------------------------------
@@ -319,10 +368,12 @@ def recommend(
     report = StepReport(metrics={"users_total": len(scored), "users_resumed": len(scored) - len(todo),
                                  "users_succeeded": 0, "users_failed": 0,
                                  "recommendations_generated": 0, "unallocated_users": 0})  # fmt: skip
-    for chunk in _chunks(todo, batch_size):
-        with engine.begin() as conn:
-            _recommend_batch(conn, chunk, report, market=market, day=day,
-                             correlation_id=correlation_id)  # fmt: skip
+    with _BatchWriter(engine) as writer:
+        for chunk in _chunks(todo, batch_size):
+            with engine.connect() as conn:
+                write = _recommend_batch(conn, chunk, report, market=market, day=day,
+                                         correlation_id=correlation_id)  # fmt: skip
+            writer.submit(write)
     report.seconds = time.perf_counter() - started
     return report
 
@@ -335,7 +386,8 @@ def _recommend_batch(
     market: str,
     day: date,
     correlation_id: uuid.UUID,
-) -> None:
+) -> Write:
+    """Compute one batch; returns the writes of its results (one transaction)."""
     items = [(str(uid), payload) for uid, payload in
              store.captured_inputs(conn, correlation_id=correlation_id, user_ids=chunk)]  # fmt: skip
     batch, fx = batch_from_captured(items)
@@ -372,10 +424,15 @@ def _recommend_batch(
             "classes": {c.name: c.status for c in rec.classes if c.status}}))  # fmt: skip
         report.metrics["recommendations_generated"] += len(rec.recommendations)
         report.metrics["unallocated_users"] += rec.unallocated > 0
-    store.upsert_recommendations(conn, rows)
-    store.append_events(conn, events, at=now)
     report.metrics["users_succeeded"] += len(rows)
     report.metrics["users_failed"] += len(items) - len(rows)
+    events = store.serialised(events)
+
+    def write(conn: Connection) -> None:
+        store.upsert_recommendations(conn, rows)
+        store.append_events(conn, events, at=now)
+
+    return write
 
 
 # Cache -----------------------------------------------------------------------------------

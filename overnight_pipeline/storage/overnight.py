@@ -345,6 +345,16 @@ def _rows_for(conn: Connection, rows: list[tuple[Any, ...]], uuid_cols: Sequence
     ]  # fmt: skip
 
 
+def serialised(
+    events: list[tuple[uuid.UUID, Any, str, Any]],
+) -> list[tuple[uuid.UUID, Any, str, Any]]:
+    """Events with their payloads as JSON text (done before handing them to a writer)."""
+    return [
+        (cid, uid, kind, payload if isinstance(payload, str) else dumps_json(payload))
+        for cid, uid, kind, payload in events
+    ]
+
+
 def append_events(
     conn: Connection, events: list[tuple[uuid.UUID, Any, str, Any]], *, at: datetime
 ) -> None:
