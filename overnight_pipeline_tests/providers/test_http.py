@@ -275,14 +275,15 @@ def test_the_breaker_opens_then_half_opens_then_closes(
 
 
 def test_a_failed_probe_opens_the_breaker_again(fake_server: FakeMarketServer) -> None:
-    provider = http(fake_server, max_retries=0, breaker_threshold=2, breaker_cooldown=0.3)
+    # A cool-down long enough that a slow probe on a busy machine cannot outlast it.
+    provider = http(fake_server, max_retries=0, breaker_threshold=2, breaker_cooldown=1.5)
     fake_server.default = Fault(500)
     for _ in range(2):
         with pytest.raises(ProviderError):
             provider.fetch_rates(CURRENCIES, day=DAY)
     assert provider.rates.breaker.state is BreakerState.OPEN
 
-    time.sleep(0.35)
+    time.sleep(1.55)
     with pytest.raises(ProviderError, match="HTTP 500"):
         provider.fetch_rates(CURRENCIES, day=DAY)  # the probe goes out and fails
     assert provider.rates.breaker.state is BreakerState.OPEN
