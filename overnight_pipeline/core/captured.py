@@ -25,8 +25,20 @@ def _s(value: Decimal | None) -> str | None:
     return None if value is None else format(value, "f")
 
 
+_PARSED: dict[str, Decimal] = {}
+
+
 def _d(value: str | None, name: str) -> Decimal | None:
-    return None if value is None else parse_decimal(value, field_name=name)
+    # Captured documents repeat the same strings (an asset's fundamentals for each holder,
+    # round quantities): parse each distinct one once. Decimals are immutable.
+    if value is None:
+        return None
+    found = _PARSED.get(value)
+    if found is None:
+        found = parse_decimal(value, field_name=name)
+        if len(_PARSED) < 200_000:
+            _PARSED[value] = found
+    return found
 
 
 def _iso(value: datetime | None) -> str | None:
