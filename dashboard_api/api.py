@@ -10,7 +10,7 @@ from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response
 
-from dashboard_api.auth import Principal, bearer_token, decode_token
+from dashboard_api.auth import Principal, bearer_token
 from dashboard_api.dashboard import REDIS_ERRORS
 from dashboard_api.db import DB_ERRORS
 from dashboard_api.params import (
@@ -51,7 +51,7 @@ def services(request: Request) -> Services:
 def api_principal(request: Request) -> Principal:
     """The caller, from `Authorization: Bearer` only (the cookie is for the page)."""
     token = bearer_token(request.headers.getlist("authorization"))
-    return decode_token(token, services(request).settings.dashboard_secret)
+    return services(request).tokens.verify(token)
 
 
 async def dashboard(request: Request) -> Response:

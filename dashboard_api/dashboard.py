@@ -124,6 +124,7 @@ class DashboardStore:
         db: ThreadedDB,
         pg_pool: AsyncConnectionPool[Any] | None,
         db_timeout: float,
+        redis_timeout: float,
     ) -> None:
         self.redis = redis
         self.prefix = prefix
@@ -131,6 +132,7 @@ class DashboardStore:
         self.db = db
         self.pg_pool = pg_pool
         self.db_timeout = db_timeout
+        self.redis_timeout = redis_timeout
 
     async def load(self, principal: Principal) -> DashboardResult:
         cached = await self.from_cache(principal)
@@ -142,7 +144,8 @@ class DashboardStore:
         if not self.breaker.allow():
             return None
         try:
-            entry = await read_entry(self.redis, principal.user_key, prefix=self.prefix)
+            async with asyncio.timeout(self.redis_timeout):
+                entry = await read_entry(self.redis, principal.user_key, prefix=self.prefix)
         except REDIS_ERRORS as exc:
             self.breaker.failure(exc)
             return None
@@ -225,7 +228,8 @@ class DashboardStore:
         if not self.breaker.allow():
             return
         try:
-            await refill_entry(self.redis, entry, prefix=self.prefix)
+            async with asyncio.timeout(self.redis_timeout):
+                await refill_entry(self.redis, entry, prefix=self.prefix)
         except REDIS_ERRORS as exc:
             self.breaker.failure(exc)
         else:

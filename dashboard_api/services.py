@@ -18,6 +18,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from sqlalchemy.engine import make_url
 
+from dashboard_api.auth import TokenVerifier
 from dashboard_api.dashboard import Breaker, DashboardStore
 from dashboard_api.db import ThreadedDB
 from overnight_pipeline.settings import Settings
@@ -42,6 +43,7 @@ class Services:
     pg_pool: AsyncConnectionPool[Any] | None
     redis: aioredis.Redis
     dashboard: DashboardStore
+    tokens: TokenVerifier
 
     async def aclose(self) -> None:
         if self.pg_pool is not None:
@@ -81,9 +83,12 @@ async def open_services(settings: Settings, options: ApiOptions) -> Services:
         )
         # Do not wait: the app starts (and /readyz says why) even while PostgreSQL is down.
         await pg_pool.open(wait=False)
+    # The per-call deadline is an `asyncio.timeout` around each call (dashboard.py):
+    # redis-py's socket_timeout wraps every send in `wait_for`, a task per command on 3.11.
+    # Cancellation mid-command makes redis-py drop that connection, so none is reused dirty.
     redis = aioredis.Redis.from_url(
         settings.redis_url,
-        socket_timeout=options.redis_timeout,
+        socket_timeout=None,
         socket_connect_timeout=options.redis_timeout,
         retry=Retry(NoBackoff(), 0),
         health_check_interval=0,
@@ -95,5 +100,7 @@ async def open_services(settings: Settings, options: ApiOptions) -> Services:
         db=db,
         pg_pool=pg_pool,
         db_timeout=options.db_timeout,
+        redis_timeout=options.redis_timeout,
     )
-    return Services(settings, options, db, pg_pool, redis, store)
+    tokens = TokenVerifier(settings.dashboard_secret)
+    return Services(settings, options, db, pg_pool, redis, store, tokens)

@@ -20,7 +20,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.templating import Jinja2Templates
 
 from dashboard_api.api import services
-from dashboard_api.auth import COOKIE_NAME, AuthError, Principal, decode_token
+from dashboard_api.auth import COOKIE_NAME, AuthError, Principal
 from dashboard_api.dashboard import DashboardResult
 from dashboard_api.problems import Problem
 from overnight_pipeline.core.payloads import CachedPortfolioSummary, CachedRecommendations
@@ -76,7 +76,7 @@ def _page_principal(request: Request) -> Principal | None:
     if not token:
         return None
     try:
-        return decode_token(token, services(request).settings.dashboard_secret)
+        return services(request).tokens.verify(token)
     except AuthError:
         return None
 
@@ -145,7 +145,7 @@ async def login(request: Request) -> Response:
     if not token:
         return _login_form(request, error="Paste the token that `overnight token` printed.")
     try:
-        principal = decode_token(token, services(request).settings.dashboard_secret)
+        principal = services(request).tokens.verify(token)
     except AuthError as exc:
         return _login_form(request, error=f"That token does not work: {exc.detail}.")
     response = RedirectResponse(request.url_for("page"), status_code=303)

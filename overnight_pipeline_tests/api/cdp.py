@@ -10,7 +10,9 @@ import base64
 import contextlib
 import itertools
 import json
+import os
 import shutil
+import signal
 import subprocess
 import time
 import urllib.request
@@ -59,6 +61,9 @@ class Browser:
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            # Its own process group: /usr/bin/chromium is a wrapper script, and closing must
+            # reach the browser, its zygotes and renderers, never anything else.
+            start_new_session=True,
         )
         self.stack = contextlib.ExitStack()
         self.stack.callback(self._stop_process)
@@ -150,7 +155,10 @@ class Browser:
 
     def _stop_process(self) -> None:
         try:
-            self.proc.wait(timeout=10)
+            self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
+            pass
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)  # whatever of the group is left
+        if self.proc.poll() is None:
             self.proc.wait(timeout=10)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -13,7 +14,15 @@ import jwt
 import pytest
 from starlette.testclient import TestClient
 
-from dashboard_api.auth import COOKIE_NAME, AuthError, decode_token, issue_token
+from dashboard_api import auth as auth_module
+from dashboard_api.auth import (
+    COOKIE_NAME,
+    LEEWAY_SECONDS,
+    AuthError,
+    TokenVerifier,
+    decode_token,
+    issue_token,
+)
 from overnight_pipeline_tests.api.conftest import SECRET, bearer, token_for
 from overnight_pipeline_tests.api.factories import Planner
 
@@ -168,3 +177,26 @@ def test_admin_route_refuses_a_user_token(client: TestClient) -> None:
     assert smuggled.status_code == 403
     ok = client.get("/api/jobs", headers=bearer(token_for(uuid.uuid4(), admin=True)))
     assert ok.status_code == 200 and isinstance(ok.json()["data"], list)
+
+
+def test_remembered_tokens_still_expire_and_forged_ones_are_never_remembered(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    verifier = TokenVerifier(SECRET, max_entries=3)
+    user = uuid.uuid4()
+    token = issue_token(SECRET, user, ttl=timedelta(seconds=60))
+    assert verifier.verify(token).user_id == user
+    assert verifier.verify(token).user_id == user  # from the memo
+    forged = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
+    with pytest.raises(AuthError, match="signature"):
+        verifier.verify(forged)
+    assert forged not in verifier._seen
+    for _ in range(5):
+        verifier.verify(issue_token(SECRET, uuid.uuid4()))
+    assert len(verifier._seen) == 3
+    verifier.verify(token)
+    later = time.time() + 60 + LEEWAY_SECONDS + 1
+    monkeypatch.setattr(auth_module.time, "time", lambda: later)
+    with pytest.raises(AuthError, match="expired"):
+        verifier.verify(token)
+    assert token not in verifier._seen
