@@ -72,6 +72,39 @@ class Settings(BaseSettings):
     provider_batch_size: Annotated[int, Field(gt=0, le=10_000)] = 50
     provider_rate_limit: Annotated[float, Field(gt=0)] = 20.0
     max_failed_user_ratio: Annotated[float, Field(ge=0, le=1)] = 0.05
+    retry_delay_seconds: float = Field(
+        default=2.0,
+        ge=0,
+        le=3600,
+        description="First delay of a step's retries (exponential backoff, full jitter).",
+    )
+    sensor_interval_seconds: int = Field(
+        default=30,
+        ge=1,
+        le=3600,
+        description="How often the job-run sensors look for new run events.",
+    )
+    retention_batch_size: int = Field(
+        default=5000,
+        gt=0,
+        le=100_000,
+        description="Rows deleted per transaction by the audit retention job.",
+    )
+    otel_sdk_disabled: bool = Field(default=False, description="OTEL_SDK_DISABLED: no spans.")
+    otel_service_name: str = Field(
+        default="overnight-pipeline", description="OTEL_SERVICE_NAME of the pipeline's spans."
+    )
+    otel_traces_exporter: str | None = Field(
+        default=None,
+        description="OTEL_TRACES_EXPORTER: otlp, console or none (default: otlp when an OTLP "
+        "endpoint is set, otherwise none).",
+    )
+    otel_exporter_otlp_endpoint: str | None = Field(
+        default=None, description="OTEL_EXPORTER_OTLP_ENDPOINT (read by the OTLP exporter)."
+    )
+    otel_exporter_otlp_traces_endpoint: str | None = Field(
+        default=None, description="OTEL_EXPORTER_OTLP_TRACES_ENDPOINT (read by the exporter)."
+    )
 
     @field_validator("database_url")
     @classmethod

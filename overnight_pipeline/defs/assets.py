@@ -14,6 +14,7 @@ from typing import Any
 
 import redis
 from dagster import (
+    AssetCheckResult,
     AssetExecutionContext,
     AssetsDefinition,
     BackfillPolicy,
@@ -29,13 +30,30 @@ from dagster import (
 
 from overnight_pipeline import steps
 from overnight_pipeline.core.markets import Market
+from overnight_pipeline.defs import checks
 from overnight_pipeline.defs.partitions import split_key
 from overnight_pipeline.defs.resources import AppDatabase, CacheRedis, MarketData
+from overnight_pipeline.storage import job_runs
 from overnight_pipeline.storage.overnight import correlation_id_for
 
 GROUP = "overnight"
-IO_RETRY = RetryPolicy(max_retries=3, delay=2, backoff=Backoff.EXPONENTIAL, jitter=Jitter.FULL)
-DB_RETRY = RetryPolicy(max_retries=2, delay=2, backoff=Backoff.EXPONENTIAL, jitter=Jitter.FULL)
+RETRY_DELAY = 2.0  # seconds before the first retry; then doubling, with full jitter
+
+
+def io_retry(delay: float = RETRY_DELAY) -> RetryPolicy:
+    """Provider calls and Redis: three retries with exponential backoff and jitter."""
+    return RetryPolicy(max_retries=3, delay=delay, backoff=Backoff.EXPONENTIAL,
+                       jitter=Jitter.FULL)  # fmt: skip
+
+
+def db_retry(delay: float = RETRY_DELAY) -> RetryPolicy:
+    """PostgreSQL steps: two retries; each resumes after the last committed batch."""
+    return RetryPolicy(max_retries=2, delay=delay, backoff=Backoff.EXPONENTIAL,
+                       jitter=Jitter.FULL)  # fmt: skip
+
+
+IO_RETRY = io_retry()
+DB_RETRY = db_retry()
 
 
 def correlation_id(context: AssetExecutionContext, key: str) -> uuid.UUID:
@@ -45,8 +63,8 @@ def correlation_id(context: AssetExecutionContext, key: str) -> uuid.UUID:
     return correlation_id_for(f"{root}:{key}")
 
 
-def _metadata(reports: list[tuple[str, steps.StepReport]]) -> dict[str, Any]:
-    """Totals over the run's partitions, plus a markdown table per partition."""
+def _totals(reports: list[tuple[str, steps.StepReport]]) -> dict[str, Any]:
+    """Each metric summed (numbers), or-ed (flags) or first seen (text) over the partitions."""
     totals: dict[str, Any] = {}
     for _, report in reports:
         for name, value in report.metrics.items():
@@ -56,7 +74,12 @@ def _metadata(reports: list[tuple[str, steps.StepReport]]) -> dict[str, Any]:
                 totals[name] = totals.get(name, 0) + value
             else:
                 totals.setdefault(name, value)
-    meta: dict[str, Any] = {k: v for k, v in totals.items() if v is not None}
+    return totals
+
+
+def _metadata(reports: list[tuple[str, steps.StepReport]]) -> dict[str, Any]:
+    """Totals over the run's partitions, plus a markdown table per partition."""
+    meta: dict[str, Any] = {k: v for k, v in _totals(reports).items() if v is not None}
     meta["seconds"] = round(sum(r.seconds for _, r in reports), 3)
     meta["partitions"] = len(reports)
     failures = [f for _, r in reports for f in r.failures]
@@ -79,20 +102,36 @@ def _each_partition(
     return reports
 
 
+def _user_checks(
+    context: AssetExecutionContext, database: AppDatabase, max_ratio: float
+) -> list[AssetCheckResult]:
+    """The user checks over the calculations (one per partition) of this run."""
+    cids = [correlation_id(context, key) for key in context.partition_keys]
+    with database.engine.connect() as conn:
+        counts = job_runs.calculation_counts(conn, cids)
+        sample = job_runs.failed_users(conn, cids, limit=10) if counts.failed else []
+    return checks.user_checks(counts, max_ratio=max_ratio, sample=sample)
+
+
 def build_assets(
     partitions: MultiPartitionsDefinition,
     markets: Mapping[str, Market],
     *,
     batch_size: int,
+    retry_delay: float = RETRY_DELAY,
+    max_failed_user_ratio: float = 0.05,
 ) -> list[AssetsDefinition]:
-    """The six assets for `partitions` over the configured `markets`."""
+    """The six assets for `partitions` over the configured `markets`, with their checks;
+    `retry_delay` is the first retry's delay in seconds."""
     common: dict[str, Any] = {
         "partitions_def": partitions,
         "group_name": GROUP,
         "backfill_policy": BackfillPolicy.single_run(),
     }
+    io, db = io_retry(retry_delay), db_retry(retry_delay)
 
-    @asset(**common, retry_policy=IO_RETRY, kinds={"python"},
+    @asset(**common, retry_policy=io, kinds={"python"},
+           check_specs=[checks.rates_check_spec("exchange_rates")],
            description="One USD-quoted exchange-rate snapshot per market-date, shared by "
                        "every user of the partition; stale stored rates when the provider "
                        "is down.")  # fmt: skip
@@ -102,9 +141,11 @@ def build_assets(
         provider = market_data.provider(database.engine)
         reports = _each_partition(context, lambda m, d, _k: steps.fetch_rates(
             database.engine, provider, market=m, day=d, markets=markets))  # fmt: skip
-        return MaterializeResult(metadata=_metadata(reports))
+        return MaterializeResult(metadata=_metadata(reports),
+                                 check_results=[checks.rates_check(_totals(reports))])  # fmt: skip
 
-    @asset(**common, deps=[exchange_rates], retry_policy=IO_RETRY,
+    @asset(**common, deps=[exchange_rates], retry_policy=io,
+           check_specs=[checks.prices_check_spec("asset_prices")],
            description="A price for every distinct asset held by the partition's users, "
                        "fetched once per asset in rate-limited batches.")  # fmt: skip
     def asset_prices(
@@ -113,9 +154,10 @@ def build_assets(
         provider = market_data.provider(database.engine)
         reports = _each_partition(context, lambda m, d, _k: steps.fetch_prices(
             database.engine, provider, market=m, day=d, markets=markets))  # fmt: skip
-        return MaterializeResult(metadata=_metadata(reports))
+        return MaterializeResult(metadata=_metadata(reports),
+                                 check_results=[checks.prices_check(_totals(reports))])  # fmt: skip
 
-    @asset(**common, deps=[exchange_rates], retry_policy=IO_RETRY,
+    @asset(**common, deps=[exchange_rates], retry_policy=io,
            description="Fundamentals for every distinct asset held by the partition's "
                        "users.")  # fmt: skip
     def asset_fundamentals(
@@ -126,7 +168,8 @@ def build_assets(
             database.engine, provider, market=m, day=d, markets=markets))  # fmt: skip
         return MaterializeResult(metadata=_metadata(reports))
 
-    @asset(**common, deps=[asset_prices, asset_fundamentals], retry_policy=DB_RETRY,
+    @asset(**common, deps=[asset_prices, asset_fundamentals], retry_policy=db,
+           check_specs=checks.user_check_specs("asset_scores"),
            description="Scores of every holding of the partition's users against their "
                        "criteria, with CALC_STARTED, INPUTS_CAPTURED and SCORES_COMPUTED "
                        "per user.")  # fmt: skip
@@ -135,9 +178,13 @@ def build_assets(
             database.engine, market=m, day=d, markets=markets,
             correlation_id=correlation_id(context, k), run_id=context.run.run_id,
             batch_size=batch_size))  # fmt: skip
-        return MaterializeResult(metadata=_metadata(reports))
+        return MaterializeResult(
+            metadata=_metadata(reports),
+            check_results=_user_checks(context, database, max_failed_user_ratio),
+        )
 
-    @asset(**common, deps=[asset_scores], retry_policy=DB_RETRY,
+    @asset(**common, deps=[asset_scores], retry_policy=db,
+           check_specs=checks.user_check_specs("recommendations"),
            description="Buy recommendations for each user's monthly contribution, persisted "
                        "per user and market-date (the dashboard's fallback), with "
                        "CALC_COMPLETED.")  # fmt: skip
@@ -145,9 +192,13 @@ def build_assets(
         reports = _each_partition(context, lambda m, d, k: steps.recommend(
             database.engine, market=m, day=d, correlation_id=correlation_id(context, k),
             batch_size=batch_size))  # fmt: skip
-        return MaterializeResult(metadata=_metadata(reports))
+        return MaterializeResult(
+            metadata=_metadata(reports),
+            check_results=_user_checks(context, database, max_failed_user_ratio),
+        )
 
-    @asset(**common, deps=[recommendations], retry_policy=IO_RETRY, kinds={"redis"},
+    @asset(**common, deps=[recommendations], retry_policy=io, kinds={"redis"},
+           freshness_policy=checks.CACHE_FRESHNESS,
            description="recs:{userId} and portfolio:{userId} in Redis (24 h TTL); an older "
                        "market-date never replaces a newer entry.")  # fmt: skip
     def recommendation_cache(

@@ -1,0 +1,139 @@
+"""Asset checks of the overnight assets (SPEC §7).
+
+| check | on | severity | fails when |
+| --- | --- | --- | --- |
+| `rates_fresh` | exchange_rates | WARN | the rate provider was down: stored rates were used |
+| `prices_complete` | asset_prices | WARN | some held assets got no price (their users are dropped) |
+| `no_failed_users` | asset_scores, recommendations | WARN | any user of the calculation failed |
+| `failed_users_within_limit` | asset_scores, recommendations | ERROR, blocking | failed users / started users > `MAX_FAILED_USER_RATIO` |
+| `cache_fresh` | recommendation_cache | WARN | no cache write (any partition) for 24 h |
+
+User counts come from the event store (per correlation id), not from one attempt's
+metadata, so a retried or re-executed step judges the whole calculation.
+"""
+
+# No `from __future__ import annotations`: Dagster inspects the context annotations.
+
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckResult,
+    AssetChecksDefinition,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetsDefinition,
+    FreshnessPolicy,
+    MetadataValue,
+    asset_check,
+)
+
+from overnight_pipeline.storage.job_runs import CalculationCounts
+
+RATES_FRESH = "rates_fresh"
+PRICES_COMPLETE = "prices_complete"
+NO_FAILED_USERS = "no_failed_users"
+FAILED_USERS_WITHIN_LIMIT = "failed_users_within_limit"
+CACHE_FRESH = "cache_fresh"
+CACHE_FRESH_FOR = timedelta(hours=24)
+CACHE_FRESHNESS = FreshnessPolicy.time_window(fail_window=CACHE_FRESH_FOR)
+StepTotals = Mapping[str, Any]
+"""A step's metrics summed over the run's partitions."""
+
+
+def user_check_specs(asset: str) -> list[AssetCheckSpec]:
+    return [
+        AssetCheckSpec(NO_FAILED_USERS, asset=asset,
+                       description="WARN: some users of the calculation failed; the run is "
+                                   "`partial` and each failed user has a failed CALC_COMPLETED."),
+        AssetCheckSpec(FAILED_USERS_WITHIN_LIMIT, asset=asset, blocking=True,
+                       description="ERROR, blocking: more users failed than MAX_FAILED_USER_RATIO "
+                                   "allows; downstream steps do not run."),
+    ]  # fmt: skip
+
+
+def user_checks(
+    counts: CalculationCounts, *, max_ratio: float, sample: Sequence[dict[str, str]] = ()
+) -> list[AssetCheckResult]:
+    """The two user checks of a calculation from its event-store counts."""
+    meta: dict[str, Any] = {
+        "users_started": counts.started,
+        "users_failed": counts.failed,
+        "failed_ratio": round(counts.failed_ratio, 4),
+        "max_failed_user_ratio": max_ratio,
+    }
+    if sample:
+        meta["failed_sample"] = MetadataValue.md(
+            "| user | stage | error |\n| --- | --- | --- |\n"
+            + "\n".join(f"| {s['user']} | {s['stage']} | {s['error'][:200]} |" for s in sample)
+        )
+    return [
+        AssetCheckResult(check_name=NO_FAILED_USERS, passed=counts.failed == 0,
+                         severity=AssetCheckSeverity.WARN, metadata=meta,
+                         description=f"{counts.failed} of {counts.started} users failed"),
+        AssetCheckResult(check_name=FAILED_USERS_WITHIN_LIMIT,
+                         passed=counts.failed_ratio <= max_ratio,
+                         severity=AssetCheckSeverity.ERROR, metadata=meta,
+                         description=f"failed ratio {counts.failed_ratio:.2%} "
+                                     f"(limit {max_ratio:.2%})"),
+    ]  # fmt: skip
+
+
+def rates_check_spec(asset: str) -> AssetCheckSpec:
+    return AssetCheckSpec(RATES_FRESH, asset=asset,
+                          description="WARN: the rate provider could not answer and the newest "
+                                      "stored rates were used (marked stale).")  # fmt: skip
+
+
+def rates_check(totals: StepTotals) -> AssetCheckResult:
+    stale = bool(totals.get("stale", False))
+    return AssetCheckResult(
+        check_name=RATES_FRESH, passed=not stale, severity=AssetCheckSeverity.WARN,
+        metadata={k: totals[k] for k in ("source", "stale_currencies", "stale_age_hours")
+                  if totals.get(k) is not None},
+        description="stored rates used (stale)" if stale else "rates fetched for the date",
+    )  # fmt: skip
+
+
+def prices_check_spec(asset: str) -> AssetCheckSpec:
+    return AssetCheckSpec(PRICES_COMPLETE, asset=asset,
+                          description="WARN: some held assets have no price, neither fetched "
+                                      "nor stored; they are dropped for their users.")  # fmt: skip
+
+
+def prices_check(totals: StepTotals) -> AssetCheckResult:
+    missing = int(totals.get("missing", 0) or 0)
+    return AssetCheckResult(
+        check_name=PRICES_COMPLETE, passed=missing == 0, severity=AssetCheckSeverity.WARN,
+        metadata={"missing": missing, "assets": int(totals.get("assets", 0) or 0)},
+        description=f"{missing} held assets without a price",
+    )  # fmt: skip
+
+
+def cache_freshness_check(cache_asset: AssetsDefinition) -> AssetChecksDefinition:
+    """WARN when no partition of the cache was written for 24 h (the cache TTL): expected
+    over weekends and holidays of every market, a problem on a trading day. The asset also
+    carries `CACHE_FRESHNESS` for the UI's freshness state (evaluated by the daemon)."""
+
+    @asset_check(asset=cache_asset, name=CACHE_FRESH, blocking=False,
+                 description="WARN: no cache write (any market-date) in the last 24 h.")  # fmt: skip
+    def _cache_fresh(context: AssetCheckExecutionContext) -> AssetCheckResult:
+        event = context.instance.get_latest_materialization_event(cache_asset.key)
+        now = datetime.now(UTC)
+        if event is None:
+            return AssetCheckResult(passed=False, severity=AssetCheckSeverity.WARN,
+                                    description="the cache was never written")  # fmt: skip
+        written = datetime.fromtimestamp(event.timestamp, UTC)
+        age = now - written
+        return AssetCheckResult(
+            passed=age <= CACHE_FRESH_FOR, severity=AssetCheckSeverity.WARN,
+            metadata={"last_written": MetadataValue.timestamp(written),
+                      "age_hours": round(age.total_seconds() / 3600, 2),
+                      "partition": event.asset_materialization.partition
+                      if event.asset_materialization else None},
+            description=f"last written {age.total_seconds() / 3600:.1f} h ago",
+        )  # fmt: skip
+
+    return _cache_fresh

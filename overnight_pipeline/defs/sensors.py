@@ -1,0 +1,399 @@
+"""Run sensors that keep `overnight_job_runs` true for every run (SPEC §4, §9; AC-8.6.1-3),
+and emit the run's `overnight-scoring-job` span when it finishes (AC-8.2.7).
+
+One sensor per run status (started, success, failure, canceled), each a daemon tick that
+reads the run from the Dagster instance: its partition tags, the per-asset metadata of its
+materializations, its check evaluations, step timings and failures. User counts come from
+the event store by correlation id. Writes are upserts by run id: a tick evaluated twice, or
+a started tick processed after the finished one, leaves the same row, and the span is
+emitted only when the row first becomes finished.
+
+A re-execution is a new run of the same run group: its row combines what the group's
+earlier runs materialised for the partition (the steps it did not repeat) with what it did.
+"""
+
+# No `from __future__ import annotations`: Dagster inspects the context annotations.
+
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from dagster import (
+    DagsterEventType,
+    DagsterInstance,
+    DagsterRun,
+    DagsterRunStatus,
+    DefaultSensorStatus,
+    RunFailureSensorContext,
+    RunStatusSensorContext,
+    SensorDefinition,
+    run_failure_sensor,
+    run_status_sensor,
+)
+from opentelemetry.trace import TracerProvider
+from sqlalchemy import Engine, select
+
+from overnight_pipeline.defs.partitions import split_key
+from overnight_pipeline.defs.resources import AppDatabase
+from overnight_pipeline.storage import job_runs
+from overnight_pipeline.storage.models import overnight_job_runs_table
+from overnight_pipeline.storage.overnight import correlation_id_for
+from overnight_pipeline.telemetry import TRACER_NAME, StepSpan, emit_run_span
+
+STARTED_SENSOR = "overnight_job_run_started"
+SUCCEEDED_SENSOR = "overnight_job_run_succeeded"
+FAILED_SENSOR = "overnight_job_run_failed"
+CANCELED_SENSOR = "overnight_job_run_canceled"
+PARTITION_TAG = "dagster/partition"
+RANGE_START_TAG = "dagster/asset_partition_range_start"
+RANGE_END_TAG = "dagster/asset_partition_range_end"
+FINISHED_STATUSES = (DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED)
+
+
+@dataclass(frozen=True)
+class StepStat:
+    run_id: str
+    start: float | None
+    end: float | None
+    status: str | None
+    attempts: int
+
+    @property
+    def ms(self) -> int:
+        return (
+            0 if self.start is None or self.end is None else round((self.end - self.start) * 1000)
+        )
+
+
+@dataclass
+class RunFacts:
+    """What the instance knows about a run (and the runs it re-executes)."""
+
+    run: DagsterRun
+    started_at: datetime
+    ended_at: datetime | None
+    partition_keys: list[str]
+    assets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    checks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    steps: dict[str, StepStat] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def root_run_id(self) -> str:
+        return self.run.root_run_id or self.run.run_id
+
+    @property
+    def correlation_ids(self) -> list[uuid.UUID]:
+        keys = self.partition_keys or [""]
+        return [correlation_id_for(f"{self.root_run_id}:{key}") for key in keys]
+
+    def total(self, asset: str, name: str) -> Any:
+        return self.assets.get(asset, {}).get(name, 0)
+
+    def step_ms(self, *names: str) -> int:
+        return sum(self.steps[n].ms for n in names if n in self.steps)
+
+
+def _stamp(value: float | datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    return datetime.fromtimestamp(value, UTC)
+
+
+def partition_keys_of(run: DagsterRun) -> list[str]:
+    """The run's partition keys: its partition tag, or each date of a single-market range
+    (a single-run backfill)."""
+    tags = run.tags
+    if PARTITION_TAG in tags:
+        return [tags[PARTITION_TAG]]
+    start, end = tags.get(RANGE_START_TAG), tags.get(RANGE_END_TAG)
+    if not (start and end):
+        return []
+    (market, first), (last_market, last) = split_key(start), split_key(end)
+    if market != last_market:
+        return [start, end]
+    days = (last - first).days
+    return [f"{first + timedelta(days=i)}|{market}" for i in range(days + 1)]
+
+
+def _lineage(instance: DagsterInstance, run: DagsterRun) -> list[DagsterRun]:
+    """The run and the runs it re-executes, oldest first."""
+    chain = [run]
+    while chain[-1].parent_run_id and len(chain) < 50:
+        parent = instance.get_run_by_id(chain[-1].parent_run_id)
+        if parent is None:
+            break
+        chain.append(parent)
+    return chain[::-1]
+
+
+def _plain(value: Any) -> Any:
+    return value if isinstance(value, bool | int | float | str) else None
+
+
+def run_facts(instance: DagsterInstance, run: DagsterRun) -> RunFacts:
+    """Read `run` from the instance: timings, per-asset metadata totals, checks, failures."""
+    record = instance.get_run_record_by_id(run.run_id)
+    started = _stamp(record.start_time if record else None) or _stamp(
+        record.create_timestamp if record else None
+    )
+    facts = RunFacts(run=run, started_at=started or datetime.now(UTC),
+                     ended_at=_stamp(record.end_time) if record else None,
+                     partition_keys=partition_keys_of(run))  # fmt: skip
+    per_partition: dict[tuple[str, str | None], dict[str, Any]] = {}
+    kinds = {DagsterEventType.ASSET_MATERIALIZATION, DagsterEventType.ASSET_CHECK_EVALUATION,
+             DagsterEventType.STEP_FAILURE}  # fmt: skip
+    for ancestor in _lineage(instance, run):
+        for stat in instance.get_run_step_stats(ancestor.run_id):
+            if stat.start_time is not None:
+                facts.steps[stat.step_key] = StepStat(
+                    ancestor.run_id, stat.start_time, stat.end_time,
+                    stat.status.value if stat.status else None, stat.attempts or 1,
+                )  # fmt: skip
+        for entry in instance.all_logs(ancestor.run_id, of_type=kinds):
+            event = entry.dagster_event
+            if event is None:
+                continue
+            if event.event_type == DagsterEventType.ASSET_MATERIALIZATION:
+                mat = event.step_materialization_data.materialization
+                per_partition[(mat.asset_key.to_user_string(), mat.partition)] = {
+                    k: _plain(v.value) for k, v in mat.metadata.items() if k != "summary"
+                }
+            elif event.event_type == DagsterEventType.ASSET_CHECK_EVALUATION:
+                ev = event.asset_check_evaluation_data
+                facts.checks[f"{ev.asset_key.to_user_string()}:{ev.check_name}"] = {
+                    "passed": ev.passed, "severity": ev.severity.value,
+                }  # fmt: skip
+            elif ancestor.run_id == run.run_id and event.step_key:
+                error = event.step_failure_data.error
+                facts.failures[event.step_key] = (
+                    error.message.strip() if error else event.message or "step failed"
+                )[:2000]
+    for (asset, _), values in per_partition.items():
+        totals = facts.assets.setdefault(asset, {"partitions": 0})
+        totals["partitions"] += 1
+        for name, value in values.items():
+            if isinstance(value, bool):
+                totals[name] = bool(totals.get(name)) or value
+            elif isinstance(value, int | float):
+                totals[name] = totals.get(name, 0) + value
+            elif value is not None:
+                totals.setdefault(name, value)
+    return facts
+
+
+def _metrics(facts: RunFacts, counts: job_runs.CalculationCounts) -> dict[str, Any]:
+    """The `metrics` document of a job-run row; the span takes its attributes from it."""
+    end = facts.ended_at or datetime.now(UTC)
+    return {
+        "dagster_run_id": facts.run.run_id,
+        "root_run_id": facts.root_run_id,
+        "partitions": facts.partition_keys,
+        "duration_ms": round((end - facts.started_at).total_seconds() * 1000),
+        "fetch_rates_ms": facts.step_ms("exchange_rates"),
+        "fetch_market_data_ms": facts.step_ms("asset_prices", "asset_fundamentals"),
+        "process_users_ms": facts.step_ms("asset_scores", "recommendations"),
+        "cache_warm_ms": facts.step_ms("recommendation_cache"),
+        "users_total": counts.started,
+        "users_success": counts.completed,
+        "users_failed": counts.failed,
+        "users_unfinished": counts.unfinished,
+        "assets_scored": facts.total("asset_scores", "assets_scored"),
+        "recommendations_generated": facts.total("recommendations", "recommendations_generated"),
+        "rates_stale": bool(facts.total("exchange_rates", "stale")),
+        "prices_missing": facts.total("asset_prices", "missing"),
+        "cache_written": facts.total("recommendation_cache", "written"),
+        "cache_kept_newer": facts.total("recommendation_cache", "kept_newer"),
+        "steps": {name: {"ms": s.ms, "status": s.status, "attempts": s.attempts,
+                         "run_id": s.run_id} for name, s in facts.steps.items()},
+        "checks": facts.checks,
+        "assets": facts.assets,
+    }  # fmt: skip
+
+
+def _where(facts: RunFacts) -> tuple[str | None, date | None]:
+    """The row's market and market date: the run's (the newest date of a range)."""
+    parsed = [split_key(k) for k in facts.partition_keys]
+    markets = {m for m, _ in parsed}
+    return (markets.pop() if len(markets) == 1 else None,
+            max((d for _, d in parsed), default=None))  # fmt: skip
+
+
+def record_run_started(instance: DagsterInstance, run: DagsterRun, engine: Engine) -> bool:
+    """The `started` row of `run` (nothing when it is already recorded)."""
+    facts = run_facts(instance, run)
+    market, day = _where(facts)
+    row = job_runs.JobRun(
+        run_id=run.run_id, correlation_id=facts.correlation_ids[0],
+        started_at=facts.started_at, market=market, market_date=day,
+        metrics={"dagster_run_id": run.run_id, "root_run_id": facts.root_run_id,
+                 "partitions": facts.partition_keys},
+    )  # fmt: skip
+    with engine.begin() as conn:
+        return job_runs.record_started(conn, row)
+
+
+def record_run_finished(
+    instance: DagsterInstance,
+    run: DagsterRun,
+    engine: Engine,
+    *,
+    run_error: str | None = None,
+    tracer_provider: TracerProvider | None = None,
+) -> job_runs.JobRun:
+    """Upsert the finished row of `run`; emit its span the first time it is finished."""
+    facts = run_facts(instance, run)
+    with engine.connect() as conn:
+        counts = job_runs.calculation_counts(conn, facts.correlation_ids)
+        sample = job_runs.failed_users(conn, facts.correlation_ids) if counts.failed else []
+    metrics = _metrics(facts, counts)
+    succeeded = run.status == DagsterRunStatus.SUCCESS
+    status = job_runs.decide_status(
+        succeeded=succeeded, failed_steps=facts.failures, users_failed=counts.failed,
+        prices_missing=int(metrics["prices_missing"] or 0),
+    )  # fmt: skip
+    if run.status == DagsterRunStatus.CANCELED:
+        status = job_runs.FAILED
+    details: dict[str, Any] = {}
+    if facts.failures:
+        details["failed_steps"] = facts.failures
+    if not succeeded:
+        details["run_error"] = (run_error or f"run {run.status.value.lower()}")[:2000]
+    if counts.failed:
+        details["failed_users"] = counts.failed
+        details["failed_users_sample"] = sample
+    if metrics["prices_missing"]:
+        details["prices_missing"] = metrics["prices_missing"]
+    market, day = _where(facts)
+    row = job_runs.JobRun(
+        run_id=run.run_id, correlation_id=facts.correlation_ids[0], started_at=facts.started_at,
+        status=status, market=market, market_date=day,
+        completed_at=facts.ended_at or datetime.now(UTC), users_processed=counts.started,
+        users_failed=counts.failed, error_details=details or None, metrics=metrics,
+    )  # fmt: skip
+    with engine.begin() as conn:
+        first_time = job_runs.record_finished(conn, row)
+    if first_time and tracer_provider is not None:
+        _emit_span(tracer_provider, facts, row, details)
+    return row
+
+
+def _emit_span(
+    provider: TracerProvider, facts: RunFacts, row: job_runs.JobRun, details: dict[str, Any]
+) -> None:
+    m = row.metrics
+    attributes = {k: m[k] for k in ("fetch_rates_ms", "process_users_ms", "cache_warm_ms",
+                                    "users_total", "users_success", "users_failed",
+                                    "assets_scored", "recommendations_generated",
+                                    "fetch_market_data_ms", "rates_stale", "prices_missing")}  # fmt: skip
+    attributes.update({
+        "overnight.status": row.status, "overnight.market": row.market,
+        "overnight.market_date": row.market_date.isoformat() if row.market_date else None,
+        "overnight.correlation_id": str(row.correlation_id),
+        "overnight.partitions": ",".join(facts.partition_keys),
+        "dagster.run_id": facts.run.run_id, "dagster.root_run_id": facts.root_run_id,
+        "dagster.job": facts.run.job_name,
+    })  # fmt: skip
+    error = None
+    if row.status == job_runs.FAILED or facts.failures:
+        error = "; ".join(f"{k}: {v.splitlines()[0][:300]}" for k, v in facts.failures.items())
+        error = error or str(details.get("run_error", "run failed"))
+    steps = []
+    for name, stat in sorted(facts.steps.items(), key=lambda kv: kv[1].start or 0):
+        if stat.run_id != facts.run.run_id or stat.start is None:
+            continue  # steps of an earlier run of the group belong to that run's span
+        steps.append(StepSpan(
+            name=name, start=_stamp(stat.start) or facts.started_at,
+            end=_stamp(stat.end) or facts.ended_at or datetime.now(UTC),
+            ok=name not in facts.failures,
+            attributes={"dagster.step": name, "dagster.attempts": stat.attempts,
+                        **{f"overnight.{k}": v for k, v in facts.assets.get(name, {}).items()}},
+        ))  # fmt: skip
+    emit_run_span(
+        provider.get_tracer(TRACER_NAME), start=facts.started_at,
+        end=facts.ended_at or datetime.now(UTC), attributes=attributes, error=error, steps=steps,
+    )  # fmt: skip
+
+
+def reconcile_unfinished(
+    instance: DagsterInstance,
+    engine: Engine,
+    *,
+    limit: int = 20,
+    tracer_provider: TracerProvider | None = None,
+) -> int:
+    """Finish rows still `started` whose run has ended (a tick lost to an error: Dagster
+    moves the sensor's cursor on regardless). Returns how many were fixed."""
+    j = overnight_job_runs_table.c
+    with engine.connect() as conn:
+        run_ids = conn.scalars(
+            select(j.run_id).where(j.status == job_runs.STARTED, j.run_id.is_not(None))
+            .order_by(j.started_at).limit(limit)
+        ).all()  # fmt: skip
+    fixed = 0
+    for run_id in run_ids:
+        run = instance.get_run_by_id(run_id) if run_id else None
+        if run is not None and run.status in FINISHED_STATUSES:
+            record_run_finished(instance, run, engine, tracer_provider=tracer_provider)
+            fixed += 1
+    return fixed
+
+
+def build_job_run_sensors(
+    job_name: str,
+    *,
+    interval_seconds: int = 30,
+    tracer_provider: Callable[[], TracerProvider | None] = lambda: None,
+) -> list[SensorDefinition]:
+    """The four sensors for runs of `job_name`, wherever they were launched from (the UI,
+    a schedule, a backfill, or `overnight run` against the same instance)."""
+    common: dict[str, Any] = {
+        # In-process runs (`overnight run`) carry no code-location origin: watch every run
+        # of the instance and keep the overnight job's.
+        "monitor_all_code_locations": True,
+        "minimum_interval_seconds": interval_seconds,
+        "default_status": DefaultSensorStatus.RUNNING,
+    }
+
+    def finish(context: RunStatusSensorContext, database: AppDatabase, error: str | None) -> None:
+        if context.dagster_run.job_name != job_name:
+            return
+        record_run_finished(context.instance, context.dagster_run, database.engine,
+                            run_error=error, tracer_provider=tracer_provider())  # fmt: skip
+        reconcile_unfinished(context.instance, database.engine,
+                             tracer_provider=tracer_provider())  # fmt: skip
+
+    @run_status_sensor(run_status=DagsterRunStatus.STARTED, name=STARTED_SENSOR, **common,
+                       description="Records each overnight run as `started` in "
+                                   "overnight_job_runs.")  # fmt: skip
+    def overnight_job_run_started(context: RunStatusSensorContext, database: AppDatabase) -> None:
+        if context.dagster_run.job_name == job_name:
+            record_run_started(context.instance, context.dagster_run, database.engine)
+
+    @run_status_sensor(run_status=DagsterRunStatus.SUCCESS, name=SUCCEEDED_SENSOR, **common,
+                       description="Records a successful overnight run as `completed`, or "
+                                   "`partial` when users failed or prices were missing.")  # fmt: skip
+    def overnight_job_run_succeeded(context: RunStatusSensorContext, database: AppDatabase) -> None:
+        finish(context, database, None)
+
+    @run_failure_sensor(name=FAILED_SENSOR, **common,
+                        description="Records a failed overnight run as `failed`, or `partial` "
+                                    "when only the cache step failed.")  # fmt: skip
+    def overnight_job_run_failed(context: RunFailureSensorContext, database: AppDatabase) -> None:
+        finish(context, database, context.failure_event.message)
+
+    @run_status_sensor(run_status=DagsterRunStatus.CANCELED, name=CANCELED_SENSOR, **common,
+                       description="Records a canceled overnight run as `failed`.")  # fmt: skip
+    def overnight_job_run_canceled(context: RunStatusSensorContext, database: AppDatabase) -> None:
+        finish(context, database, "run canceled")
+
+    return [overnight_job_run_started, overnight_job_run_succeeded, overnight_job_run_failed,
+            overnight_job_run_canceled]  # fmt: skip
+
+
+def sensor_names() -> Iterable[str]:
+    return (STARTED_SENSOR, SUCCEEDED_SENSOR, FAILED_SENSOR, CANCELED_SENSOR)

@@ -1,0 +1,174 @@
+"""`overnight_job_runs`: one row per pipeline run, kept true by the run sensors (SPEC §4, §9).
+
+No Dagster here: `defs/sensors.py` turns a run's events into these calls. Writes are upserts
+by run id, so a sensor tick evaluated twice (or a started tick that arrives after the
+finished one) leaves the same row. Functions take a `Connection` and never commit.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any
+
+from sqlalchemy import Connection, case, func, select
+from sqlalchemy.dialects import postgresql, sqlite
+
+from overnight_pipeline.storage.models import calculation_events_table, overnight_job_runs_table
+
+JOB_TYPE = "overnight"
+STARTED, COMPLETED, PARTIAL, FAILED = "started", "completed", "partial", "failed"
+FINISHED = (COMPLETED, PARTIAL, FAILED)
+CACHE_STEP = "recommendation_cache"
+"""The one step whose failure leaves a run `partial`: everything the dashboard needs is
+already persisted in PostgreSQL before it (SPEC §7, Redis down)."""
+
+
+@dataclass(frozen=True)
+class CalculationCounts:
+    """Users of one or more calculations (correlation ids), from the event store."""
+
+    started: int = 0
+    completed: int = 0
+    failed: int = 0
+
+    @property
+    def unfinished(self) -> int:
+        return max(self.started - self.completed - self.failed, 0)
+
+    @property
+    def failed_ratio(self) -> float:
+        return self.failed / self.started if self.started else 0.0
+
+
+def calculation_counts(conn: Connection, correlation_ids: Sequence[uuid.UUID]) -> CalculationCounts:
+    """Users started, completed and failed under `correlation_ids`: the truth across retries
+    and re-executions, which resume a calculation instead of repeating it."""
+    if not correlation_ids:
+        return CalculationCounts()
+    e = calculation_events_table.c
+    status = e.payload["status"].as_string()
+    row = conn.execute(
+        select(
+            func.count().filter(e.event_type == "CALC_STARTED"),
+            func.count().filter(e.event_type == "CALC_COMPLETED", status == "completed"),
+            func.count().filter(e.event_type == "CALC_COMPLETED", status == "failed"),
+        ).where(e.correlation_id.in_(list(correlation_ids)))
+    ).one()
+    return CalculationCounts(started=row[0], completed=row[1], failed=row[2])
+
+
+def failed_users(
+    conn: Connection, correlation_ids: Sequence[uuid.UUID], *, limit: int = 20
+) -> list[dict[str, str]]:
+    """A sample of the users that failed under `correlation_ids`: user, stage and error."""
+    if not correlation_ids:
+        return []
+    e = calculation_events_table.c
+    rows = conn.execute(
+        select(e.user_id, e.payload)
+        .where(
+            e.correlation_id.in_(list(correlation_ids)),
+            e.event_type == "CALC_COMPLETED",
+            e.payload["status"].as_string() == "failed",
+        )
+        .order_by(e.user_id)
+        .limit(limit)
+    )
+    return [
+        {"user": str(user_id), "stage": str(payload.get("stage", "-")),
+         "error": str(payload.get("error", ""))[:500]}
+        for user_id, payload in rows
+    ]  # fmt: skip
+
+
+def decide_status(
+    *,
+    succeeded: bool,
+    failed_steps: Collection[str],
+    users_failed: int,
+    prices_missing: int = 0,
+    cache_step: str = CACHE_STEP,
+) -> str:
+    """The job-run status of a finished run.
+
+    `partial`: the run did its work for the partition but not all of it: some users failed
+    (events + counts), some held assets had no price (SPEC §7), or only the cache step
+    failed (the recommendations are persisted; the dashboard serves them from PostgreSQL).
+    `failed`: any other step failed, or the run was canceled.
+    """
+    if not succeeded:
+        only_cache = bool(failed_steps) and set(failed_steps) <= {cache_step}
+        return PARTIAL if only_cache else FAILED
+    return PARTIAL if users_failed or prices_missing else COMPLETED
+
+
+@dataclass(frozen=True)
+class JobRun:
+    """What the sensors know about a run; `status` decides which columns are final."""
+
+    run_id: str
+    correlation_id: uuid.UUID
+    started_at: datetime
+    status: str = STARTED
+    market: str | None = None
+    market_date: date | None = None
+    completed_at: datetime | None = None
+    users_processed: int = 0
+    users_failed: int = 0
+    error_details: Mapping[str, Any] | None = None
+    metrics: Mapping[str, Any] = field(default_factory=dict)
+    job_type: str = JOB_TYPE
+
+    def values(self) -> dict[str, Any]:
+        return {
+            "id": uuid.uuid5(uuid.NAMESPACE_URL, f"overnight-job-run:{self.run_id}"),
+            "run_id": self.run_id, "job_type": self.job_type, "status": self.status,
+            "started_at": self.started_at, "completed_at": self.completed_at,
+            "users_processed": self.users_processed, "users_failed": self.users_failed,
+            "correlation_id": self.correlation_id,
+            "error_details": None if self.error_details is None else dict(self.error_details),
+            "metrics": dict(self.metrics), "market": self.market, "market_date": self.market_date,
+        }  # fmt: skip
+
+
+def _insert(conn: Connection) -> Any:
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    return dialect.insert(overnight_job_runs_table)
+
+
+def record_started(conn: Connection, run: JobRun) -> bool:
+    """Insert the `started` row unless the run is already recorded (its finished row may
+    have been written first: the sensors tick independently). True when inserted."""
+    stmt = _insert(conn).values(run.values()).on_conflict_do_nothing(index_elements=["run_id"])
+    return bool(conn.execute(stmt).rowcount)
+
+
+def record_finished(conn: Connection, run: JobRun) -> bool:
+    """Upsert the finished row; True when the run was not recorded as finished before (the
+    caller emits its trace span once). Writing the same outcome twice changes nothing."""
+    if run.status not in FINISHED:
+        raise ValueError(f"{run.status!r} is not a finished status ({', '.join(FINISHED)})")
+    j = overnight_job_runs_table
+    previous = conn.scalar(
+        select(j.c.status).where(j.c.run_id == run.run_id).with_for_update()
+    )  # fmt: skip
+    values = run.values()
+    stmt = _insert(conn).values(values)
+    updated = {k: stmt.excluded[k] for k in values if k not in ("id", "run_id")}
+    # The started row may carry an earlier start time (the run's own): keep the earliest.
+    updated["started_at"] = case(
+        (j.c.started_at < stmt.excluded.started_at, j.c.started_at),
+        else_=stmt.excluded.started_at,
+    )
+    conn.execute(stmt.on_conflict_do_update(index_elements=["run_id"], set_=updated))
+    return previous not in FINISHED
+
+
+def job_run(conn: Connection, run_id: str) -> dict[str, Any] | None:
+    """The row of `run_id` as a dict, or None."""
+    j = overnight_job_runs_table
+    row = conn.execute(select(j).where(j.c.run_id == run_id)).mappings().first()
+    return None if row is None else dict(row)

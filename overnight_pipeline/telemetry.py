@@ -1,0 +1,130 @@
+"""The job-level OpenTelemetry span (SPEC §9, AC-8.2.7): `overnight-scoring-job`, one per run.
+
+The run sensors emit it when they record a finished run, with the run's real start and end
+times and one child span per asset step, so it works the same whatever executor or run
+launcher ran the steps. The exporter follows the standard variables: `OTEL_TRACES_EXPORTER`
+(`otlp`, `console`, `none`; default `otlp` when an OTLP endpoint is set, else `none`),
+`OTEL_EXPORTER_OTLP_*`, `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_BSP_*`,
+`OTEL_SDK_DISABLED`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from importlib.metadata import entry_points
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.trace import Status, StatusCode
+
+from overnight_pipeline.settings import Settings
+
+SPAN_NAME = "overnight-scoring-job"
+TRACER_NAME = "overnight_pipeline"
+SERVICE = "overnight-pipeline"
+JOB_ATTRIBUTES = (
+    "fetch_rates_ms", "process_users_ms", "cache_warm_ms", "users_total", "users_success",
+    "users_failed", "assets_scored", "recommendations_generated",
+)  # fmt: skip
+# `otlp` is registered by the opentelemetry-exporter-otlp meta package; the HTTP exporter we
+# ship registers `otlp_proto_http`.
+_ALIASES = {"otlp": ("otlp", "otlp_proto_http")}
+
+_lock = threading.Lock()
+_providers: dict[tuple[str, ...], trace.TracerProvider] = {}
+
+
+def exporter_names(settings: Settings) -> tuple[str, ...]:
+    """The exporters `settings` ask for, `()` for none."""
+    if settings.otel_sdk_disabled:
+        return ()
+    raw = settings.otel_traces_exporter
+    if raw is None:
+        endpoint = (
+            settings.otel_exporter_otlp_traces_endpoint or settings.otel_exporter_otlp_endpoint
+        )
+        raw = "otlp" if endpoint else "none"
+    names = [n.strip().lower() for n in raw.split(",") if n.strip()]
+    return tuple(n for n in names if n != "none")
+
+
+def _exporter(name: str) -> SpanExporter:
+    found = {ep.name: ep for ep in entry_points(group="opentelemetry_traces_exporter")}
+    for candidate in _ALIASES.get(name, (name,)):
+        if candidate in found:
+            exporter: SpanExporter = found[candidate].load()()
+            return exporter
+    raise ValueError(
+        f"OTEL_TRACES_EXPORTER: no installed span exporter named {name!r} "
+        f"(installed: {', '.join(sorted(found)) or 'none'})"
+    )
+
+
+def tracer_provider(settings: Settings) -> trace.TracerProvider:
+    """One provider per process and exporter choice; a no-op one when nothing exports."""
+    names = exporter_names(settings)
+    with _lock:
+        if names not in _providers:
+            if not names:
+                _providers[names] = trace.NoOpTracerProvider()
+            else:
+                provider = TracerProvider(
+                    resource=Resource.create({SERVICE_NAME: settings.otel_service_name})
+                )
+                for name in names:
+                    provider.add_span_processor(BatchSpanProcessor(_exporter(name)))
+                _providers[names] = provider
+        return _providers[names]
+
+
+@dataclass(frozen=True)
+class StepSpan:
+    """One asset step of the run, as executed."""
+
+    name: str
+    start: datetime
+    end: datetime
+    ok: bool
+    attributes: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _ns(moment: datetime) -> int:
+    return int(moment.timestamp() * 1_000_000_000)
+
+
+def _attributes(values: Mapping[str, Any]) -> dict[str, Any]:
+    """OpenTelemetry takes str, bool, int, float (or lists of them); None is left out."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, bool | int | float | str):
+            out[key] = value
+        elif value is not None:
+            out[key] = str(value)
+    return out
+
+
+def emit_run_span(
+    tracer: trace.Tracer,
+    *,
+    start: datetime,
+    end: datetime,
+    attributes: Mapping[str, Any],
+    error: str | None = None,
+    steps: Sequence[StepSpan] = (),
+) -> None:
+    """The `overnight-scoring-job` span with its child spans; status ERROR with `error`."""
+    span = tracer.start_span(SPAN_NAME, start_time=_ns(start), attributes=_attributes(attributes))
+    parent = trace.set_span_in_context(span)
+    for step in steps:
+        child = tracer.start_span(step.name, context=parent, start_time=_ns(step.start),
+                                  attributes=_attributes(step.attributes))  # fmt: skip
+        child.set_status(Status(StatusCode.OK if step.ok else StatusCode.ERROR))
+        child.end(end_time=_ns(step.end))
+    span.set_status(Status(StatusCode.ERROR, error) if error else Status(StatusCode.OK))
+    span.end(end_time=_ns(end))

@@ -1,0 +1,268 @@
+"""The run sensors keep `overnight_job_runs` true (SPEC §4, §9; AC-8.6.1-3): invoked with
+Dagster's sensor-context builders on real runs, and evaluated as daemon ticks."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from dagster import (
+    DagsterEvent,
+    DagsterEventType,
+    DagsterInstance,
+    DagsterRun,
+    Definitions,
+    ExecuteInProcessResult,
+    SensorDefinition,
+    build_run_status_sensor_context,
+    build_sensor_context,
+)
+from sqlalchemy import delete, func, select
+
+from overnight_pipeline.defs import OVERNIGHT_JOB, build_definitions
+from overnight_pipeline.defs.partitions import partition_key
+from overnight_pipeline.defs.resources import AppDatabase
+from overnight_pipeline.defs.sensors import (
+    CANCELED_SENSOR,
+    FAILED_SENSOR,
+    STARTED_SENSOR,
+    SUCCEEDED_SENSOR,
+)
+from overnight_pipeline.settings import load_settings
+from overnight_pipeline.storage.db import make_engine
+from overnight_pipeline.storage.job_runs import job_run
+from overnight_pipeline.storage.models import (
+    calculation_events_table,
+    overnight_job_runs_table,
+    recommendations_table,
+)
+from overnight_pipeline.storage.overnight import correlation_id_for
+from overnight_pipeline_tests.pipeline.conftest import BROKEN_USER, DAY, REDIS_URL, Pipeline
+
+
+def sensor(defs: Definitions, name: str) -> SensorDefinition:
+    return defs.resolve_sensor_def(name)
+
+
+def run_event(result: ExecuteInProcessResult, kind: DagsterEventType) -> DagsterEvent:
+    return next(e for e in result.all_events if e.event_type == kind)
+
+
+def invoke(
+    pipeline: Pipeline, name: str, run: DagsterRun, event: DagsterEvent, instance=None
+) -> None:
+    """One sensor evaluation for `run`, as the daemon would do it for `event`."""
+    with build_run_status_sensor_context(
+        sensor_name=name, dagster_event=event, dagster_instance=instance or pipeline.instance,
+        dagster_run=run, resources={"database": AppDatabase(url=pipeline.settings.database_url)},
+    ) as context:  # fmt: skip
+        sensor(pipeline.defs, name)(context)
+
+
+def row(pipeline: Pipeline, run_id: str) -> dict[str, Any]:
+    with pipeline.engine.connect() as conn:
+        found = job_run(conn, run_id)
+    assert found is not None, f"no overnight_job_runs row for {run_id}"
+    return found
+
+
+def test_a_run_is_recorded_started_then_completed(pipeline: Pipeline) -> None:
+    result = pipeline.run("B3", DAY)
+    assert result.success
+    run = result.dagster_run
+    invoke(pipeline, STARTED_SENSOR, run, run_event(result, DagsterEventType.RUN_START))
+    started = row(pipeline, run.run_id)
+    assert started["status"] == "started" and started["completed_at"] is None
+    assert (started["market"], started["market_date"]) == ("B3", DAY)
+    cid = correlation_id_for(f"{run.run_id}:{DAY.isoformat()}|B3")
+    assert started["correlation_id"] == cid
+
+    invoke(pipeline, SUCCEEDED_SENSOR, run, run_event(result, DagsterEventType.RUN_SUCCESS))
+    done = row(pipeline, run.run_id)
+    assert done["status"] == "completed"
+    assert done["correlation_id"] == cid  # the id of the run's calculation events
+    with pipeline.engine.connect() as conn:
+        users = conn.scalar(select(func.count()).where(
+            calculation_events_table.c.correlation_id == cid,
+            calculation_events_table.c.event_type == "CALC_COMPLETED"))  # fmt: skip
+    assert users and done["users_processed"] == users and done["users_failed"] == 0
+    assert done["error_details"] is None
+    assert done["started_at"] <= done["completed_at"]
+    m = done["metrics"]
+    assert m["users_success"] == users and m["partitions"] == [f"{DAY}|B3"]
+    assert m["assets_scored"] > 0 and m["recommendations_generated"] > 0
+    assert m["cache_written"] == users
+    for timing in ("fetch_rates_ms", "process_users_ms", "cache_warm_ms", "duration_ms"):
+        assert m[timing] > 0, timing
+    assert set(m["steps"]) == {"exchange_rates", "asset_prices", "asset_fundamentals",
+                               "asset_scores", "recommendations", "recommendation_cache"}  # fmt: skip
+    assert m["checks"]["asset_scores:no_failed_users"] == {"passed": True, "severity": "WARN"}
+    assert m["assets"]["asset_scores"]["users_total"] == users
+
+    # A late started tick, and the finished tick evaluated twice, change nothing.
+    invoke(pipeline, STARTED_SENSOR, run, run_event(result, DagsterEventType.RUN_START))
+    invoke(pipeline, SUCCEEDED_SENSOR, run, run_event(result, DagsterEventType.RUN_SUCCESS))
+    assert row(pipeline, run.run_id) == done
+    with pipeline.engine.connect() as conn:
+        j = overnight_job_runs_table.c
+        assert conn.scalar(select(func.count()).where(j.run_id == run.run_id)) == 1
+
+
+def test_a_finished_tick_before_the_started_tick_is_kept(pipeline: Pipeline) -> None:
+    result = pipeline.run("XETRA", DAY)
+    run = result.dagster_run
+    invoke(pipeline, SUCCEEDED_SENSOR, run, run_event(result, DagsterEventType.RUN_SUCCESS))
+    invoke(pipeline, STARTED_SENSOR, run, run_event(result, DagsterEventType.RUN_START))
+    assert row(pipeline, run.run_id)["status"] == "completed"
+
+
+def test_a_run_where_a_user_failed_is_partial_with_the_user_named(pipeline: Pipeline) -> None:
+    result = pipeline.run("NYSE", DAY)
+    assert result.success  # the broken user fails alone; the run is green
+    checks = {(e.asset_key.to_user_string(), e.check_name): e
+              for e in result.get_asset_check_evaluations()}  # fmt: skip
+    assert not checks[("asset_scores", "no_failed_users")].passed  # the WARN check is red
+    assert checks[("asset_scores", "failed_users_within_limit")].passed
+    invoke(pipeline, SUCCEEDED_SENSOR, result.dagster_run,
+           run_event(result, DagsterEventType.RUN_SUCCESS))  # fmt: skip
+    recorded = row(pipeline, result.dagster_run.run_id)
+    assert recorded["status"] == "partial"
+    assert recorded["users_failed"] == 1 and recorded["users_processed"] > 1
+    details = recorded["error_details"]
+    assert details["failed_users"] == 1
+    (failed,) = details["failed_users_sample"]
+    assert failed["user"] == str(BROKEN_USER) and failed["stage"] == "inputs"
+    assert "XTS" in failed["error"]
+
+
+def test_too_many_failed_users_block_the_run_and_record_it_failed(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    # Any failed user is too many: the blocking check on asset_scores stops the partition.
+    settings = pipeline.settings.model_copy(update={"max_failed_user_ratio": 0.0})
+    defs = build_definitions(settings, env_vars=False)
+    day = DAY - timedelta(days=3)  # Tuesday: a date no other test runs
+    result = defs.resolve_job_def(OVERNIGHT_JOB).execute_in_process(
+        instance=pipeline.instance, partition_key=partition_key("NYSE", day), raise_on_error=False
+    )
+    assert not result.success
+    failed_steps = {e.step_key for e in result.all_events if e.is_step_failure}
+    assert failed_steps == {"asset_scores"}
+    assert not any(e.step_key == "recommendations" for e in result.all_events
+                   if e.event_type == DagsterEventType.STEP_START)  # fmt: skip
+    with pipeline.engine.connect() as conn:
+        r = recommendations_table.c
+        cid = correlation_id_for(f"{result.run_id}:{day}|NYSE")
+        assert not conn.scalar(select(func.count()).where(r.correlation_id == cid))
+
+    pipeline = Pipeline(settings, pipeline.engine, pipeline.redis, defs, pipeline.instance)
+    invoke(pipeline, FAILED_SENSOR, result.dagster_run,
+           run_event(result, DagsterEventType.RUN_FAILURE))  # fmt: skip
+    recorded = row(pipeline, result.run_id)
+    assert recorded["status"] == "failed"
+    assert set(recorded["error_details"]["failed_steps"]) == {"asset_scores"}
+    assert "failed_users_within_limit" in recorded["error_details"]["failed_steps"]["asset_scores"]
+    checks = recorded["metrics"]["checks"]
+    assert checks["asset_scores:failed_users_within_limit"]["passed"] is False
+
+
+def test_a_canceled_run_is_recorded_failed(pipeline: Pipeline) -> None:
+    job = pipeline.defs.resolve_job_def(OVERNIGHT_JOB)
+    run = pipeline.instance.create_run_for_job(
+        job, tags={"dagster/partition": f"{DAY}|LSE", "dagster/partition/market": "LSE",
+                   "dagster/partition/date": DAY.isoformat()})  # fmt: skip
+    pipeline.instance.report_run_canceled(run)
+    run = pipeline.instance.get_run_by_id(run.run_id)
+    event = pipeline.instance.all_logs(run.run_id, of_type=DagsterEventType.RUN_CANCELED)[0]
+    invoke(pipeline, CANCELED_SENSOR, run, event.dagster_event)
+    recorded = row(pipeline, run.run_id)
+    assert recorded["status"] == "failed" and recorded["market"] == "LSE"
+    assert recorded["error_details"]["run_error"] == "run canceled"
+    assert recorded["users_processed"] == 0
+
+
+def test_other_jobs_are_not_recorded(pipeline: Pipeline) -> None:
+    job = pipeline.defs.resolve_job_def("audit_retention_job")
+    result = job.execute_in_process(instance=pipeline.instance)
+    invoke(pipeline, SUCCEEDED_SENSOR, result.dagster_run,
+           run_event(result, DagsterEventType.RUN_SUCCESS))  # fmt: skip
+    with pipeline.engine.connect() as conn:
+        assert job_run(conn, result.run_id) is None
+
+
+# As the daemon evaluates them: the sensor's own cursor over the instance's run events.
+
+
+@pytest.fixture
+def persistent(tmp_path: Path) -> Iterator[DagsterInstance]:
+    with DagsterInstance.local_temp(tempdir=str(tmp_path)) as instance:
+        yield instance
+
+
+def tick(defs: Definitions, instance: DagsterInstance, name: str, cursor: str | None, url: str):
+    with build_sensor_context(instance=instance, cursor=cursor,
+                              repository_def=defs.get_repository_def(),
+                              resources={"database": AppDatabase(url=url)}) as context:  # fmt: skip
+        return sensor(defs, name).evaluate_tick(context)
+
+
+def test_daemon_ticks_record_every_run_and_a_repeated_tick_changes_nothing(
+    pipeline_db: str, redis_prefix: str, persistent: DagsterInstance
+) -> None:
+    settings = load_settings(database_url=pipeline_db, redis_url=REDIS_URL,
+                             cache_prefix=redis_prefix, user_batch_size=40)  # fmt: skip
+    defs = build_definitions(settings, env_vars=False)
+    # First ticks only set each sensor's cursor (Dagster starts watching from "now").
+    cursors = {n: tick(defs, persistent, n, None, pipeline_db).cursor
+               for n in (STARTED_SENSOR, SUCCEEDED_SENSOR)}  # fmt: skip
+
+    job = defs.resolve_job_def(OVERNIGHT_JOB)
+    day = date(2026, 11, 20)
+    run_ids = {job.execute_in_process(instance=persistent, partition_key=partition_key(m, day)).run_id
+               for m in ("TSE", "XETRA")}  # fmt: skip
+    engine = make_engine(pipeline_db)
+
+    def rows() -> dict[str, dict[str, Any]]:
+        with engine.connect() as conn:
+            found = {r: job_run(conn, r) for r in run_ids}
+        return {r: v for r, v in found.items() if v is not None}
+
+    try:
+        started = tick(defs, persistent, STARTED_SENSOR, cursors[STARTED_SENSOR], pipeline_db)
+        assert {r["status"] for r in rows().values()} == {"started"} and len(rows()) == 2
+        finished = tick(defs, persistent, SUCCEEDED_SENSOR, cursors[SUCCEEDED_SENSOR], pipeline_db)
+        done = rows()
+        assert {r["status"] for r in done.values()} == {"completed"}
+        assert {(r["market"], r["market_date"]) for r in done.values()} == {
+            ("TSE", day), ("XETRA", day)}  # fmt: skip
+        # The same ticks again (a daemon that restarts before saving its cursor).
+        tick(defs, persistent, STARTED_SENSOR, cursors[STARTED_SENSOR], pipeline_db)
+        tick(defs, persistent, SUCCEEDED_SENSOR, cursors[SUCCEEDED_SENSOR], pipeline_db)
+        assert rows() == done
+        # The cursor moved past these runs: the next tick has nothing to do.
+        assert started.cursor and finished.cursor
+        again = tick(defs, persistent, SUCCEEDED_SENSOR, finished.cursor, pipeline_db)
+        assert again.cursor == finished.cursor
+    finally:
+        with engine.begin() as conn:
+            conn.execute(delete(overnight_job_runs_table).where(
+                overnight_job_runs_table.c.run_id.in_(run_ids)))  # fmt: skip
+        engine.dispose()
+
+
+def test_a_lost_finished_tick_is_reconciled_by_the_next_one(pipeline: Pipeline) -> None:
+    first = pipeline.run("NASDAQ", DAY)
+    invoke(pipeline, STARTED_SENSOR, first.dagster_run,
+           run_event(first, DagsterEventType.RUN_START))  # fmt: skip
+    # The finished tick of `first` is lost (an error in the tick moves the cursor on anyway);
+    # the next run's finished tick repairs it.
+    second = pipeline.run("NASDAQ", DAY - timedelta(days=1))
+    invoke(pipeline, SUCCEEDED_SENSOR, second.dagster_run,
+           run_event(second, DagsterEventType.RUN_SUCCESS))  # fmt: skip
+    assert row(pipeline, first.run_id)["status"] in ("completed", "partial")
+    assert row(pipeline, second.run_id)["status"] in ("completed", "partial")
+    assert uuid.UUID(str(row(pipeline, first.run_id)["correlation_id"]))
