@@ -47,6 +47,7 @@ bench: install services ## Run the benchmarks (results go in docs/PERFORMANCE.md
 	$(BIN)/python bench/core_bench.py
 	$(BIN)/python bench/providers_bench.py
 	$(BIN)/python bench/pipeline_bench.py
+	$(BIN)/python bench/dashboard_bench.py
 
 seed: install ## Seed N synthetic users into DATABASE_URL (make seed N=1000)
 	$(BIN)/overnight migrate

@@ -49,6 +49,10 @@ def create_app(
             yield {"services": services}
         finally:
             await services.aclose()
+            # Export what is still batched: uvicorn may end the process right after this.
+            flush = getattr(tracer_provider, "force_flush", None)
+            if flush is not None:
+                flush()
 
     async def openapi(request: Request) -> Response:
         return Response(openapi_body, media_type="application/json")

@@ -106,10 +106,13 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
     from dashboard_api.app import create_app
+    from overnight_pipeline.telemetry import tracer_provider
 
+    # Request spans go wherever OTEL_* says (no-op when nothing exports).
+    provider = tracer_provider(settings)
     # uvloop + httptools: about 3x the requests/s of the pure-Python loop and parser here.
     uvicorn.run(
-        create_app(settings),
+        create_app(settings, tracer_provider=provider),
         host=args.host,
         port=args.port,
         loop="uvloop",

@@ -127,7 +127,7 @@ def test_token_command_prints_the_jwt_alone() -> None:
 def test_serve_command_runs_the_app(pg_url: str, redis_prefix: str) -> None:
     port = closed_port()
     env = {"DATABASE_URL": pg_url, "CACHE_PREFIX": redis_prefix,
-           "REDIS_URL": "redis://127.0.0.1:6379/0"}  # fmt: skip
+           "REDIS_URL": "redis://127.0.0.1:6379/0", "OTEL_TRACES_EXPORTER": "console"}  # fmt: skip
     proc = subprocess.Popen(
         [str(ROOT / ".venv/bin/overnight"), "serve", "--port", str(port)],
         env={**os.environ, "DASHBOARD_SECRET": SECRET, **env},
@@ -155,6 +155,8 @@ def test_serve_command_runs_the_app(pg_url: str, redis_prefix: str) -> None:
     # uvicorn re-raises the SIGTERM after a clean shutdown; the lifespan closed the pools.
     assert proc.returncode in (0, -15), output
     assert "Application shutdown complete." in output
+    # OTEL_TRACES_EXPORTER=console: the request spans were exported on the way out.
+    assert '"name": "GET /api/dashboard"' in output and '"name": "GET /readyz"' in output
 
 
 def test_cli_parser_lists_token_and_serve() -> None:

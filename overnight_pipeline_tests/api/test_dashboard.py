@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -276,3 +276,20 @@ def test_breaker_lets_one_probe_through_after_the_cooldown() -> None:
     assert not breaker.allow()  # everyone else waits for it
     breaker.success()
     assert breaker.allow() and breaker.allow()
+
+
+def test_the_embedded_sqlite_database_serves_the_fallback_too(
+    make_client: Callable[..., TestClient], sqlite_url: str, sqlite_engine: Engine
+) -> None:
+    """`make demo` keeps the app database in SQLite: the same API runs on it."""
+    from overnight_pipeline_tests.api.factories import persist, planner
+
+    p = planner(uuid.uuid4(), generated_at=datetime.now(UTC) - timedelta(hours=1))
+    with sqlite_engine.begin() as conn:
+        insert_users(conn, [p.user_id])
+        persist(conn, [p])
+    client = make_client(database_url=sqlite_url)
+    first = get_dashboard(client, p.user_id)
+    assert first["fromCache"] is False and without_source(first) == expected(p)
+    assert get_dashboard(client, p.user_id)["fromCache"] is True
+    assert client.get("/readyz").json()["status"] == "ready"

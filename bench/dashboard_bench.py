@@ -1,0 +1,467 @@
+"""Benchmark: `GET /api/dashboard` under load, cache hits and cache misses (SPEC §8).
+
+    .venv/bin/python bench/dashboard_bench.py [--duration 8] [--connections 64]
+
+What it does, on a throwaway PostgreSQL database and a private Redis key prefix:
+1. writes realistic users (documents from the core's `recommend` + `cache_payloads`,
+   ≈ 4 KB each) to `recommendations`, and warms the cache for the hit pool;
+2. starts `overnight serve` (uvicorn, uvloop + httptools, one process) and, in a second
+   process, a bare Starlette endpoint that only does the Redis GET of a 4 KB value;
+3. drives each with `wrk` from its own process over loopback: 64 connections for
+   `--duration` seconds and 1 connection for p99, every request a different user's token;
+   cache misses each use a user never requested before (the refill turns it into a hit);
+4. prints requests/s, p50 and p99 per case, the ratio to the bare endpoint and the
+   SPEC §8 targets. Results go in docs/PERFORMANCE.md.
+
+`wrk` is Debian's package, installed when missing (root and apt-get needed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the test factories build the documents
+
+SECRET = "bench-secret-" + "0123456789abcdef" * 3
+LUA = """
+local tokens = {}
+for line in io.lines(os.getenv("BENCH_TOKENS")) do tokens[#tokens + 1] = line end
+local wrap = os.getenv("BENCH_WRAP") == "1"
+local i = 0
+request = function()
+  i = i + 1
+  if i > #tokens then
+    if not wrap then wrk.thread:stop() end
+    i = 1
+  end
+  return wrk.format("GET", os.getenv("BENCH_PATH"), {["Authorization"] = "Bearer " .. tokens[i]})
+end
+done = function(summary, latency, requests)
+  io.write(string.format("BENCH %d %d %.3f %.3f %.3f\\n", summary.requests,
+    summary.errors.status + summary.errors.connect + summary.errors.read
+      + summary.errors.write + summary.errors.timeout,
+    summary.requests / (summary.duration / 1e6),
+    latency:percentile(50) / 1000, latency:percentile(99) / 1000))
+end
+"""
+
+
+@dataclass(frozen=True)
+class Result:
+    name: str
+    connections: int
+    requests: int
+    errors: int
+    rps: float
+    p50_ms: float
+    p99_ms: float
+
+
+# ---------------------------------------------------------------------------------------
+# The bare endpoint: only the Redis GET, served the same way (run in its own process).
+
+
+def bare_app(prefix: str) -> object:
+    import redis.asyncio as aioredis
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    client = aioredis.Redis.from_url("redis://127.0.0.1:6379/0")
+    key = f"{prefix}bare"
+
+    async def get(request: Request) -> Response:
+        return Response(await client.get(key), media_type="application/json")
+
+    return Starlette(routes=[Route("/bare", get)])
+
+
+def serve_bare(port: int, prefix: str) -> None:
+    import uvicorn
+
+    uvicorn.run(
+        bare_app(prefix),
+        host="127.0.0.1",
+        port=port,
+        loop="uvloop",  # type: ignore[arg-type]
+        http="httptools",
+        access_log=False,
+        log_level="warning",
+    )
+
+
+# ---------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+def ensure_wrk() -> str:
+    found = shutil.which("wrk")
+    if found:
+        return found
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        sys.exit(
+            "wrk is missing and I cannot install it (need root and apt-get): apt-get install wrk"
+        )
+    print("installing wrk from the OS packages", file=sys.stderr)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        ["apt-get", "install", "-y", "-qq", "wrk"], check=True, env=env, stdout=subprocess.DEVNULL
+    )
+    return shutil.which("wrk") or sys.exit("installing wrk did not put it on PATH")
+
+
+def wait_http(port: int, path: str, proc: subprocess.Popen[bytes]) -> None:
+    import httpx
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            sys.exit(f"server on port {port} exited with {proc.returncode}")
+        try:
+            httpx.get(f"http://127.0.0.1:{port}{path}", timeout=1)
+            return
+        except httpx.TransportError:
+            time.sleep(0.1)
+    sys.exit(f"server on port {port} did not start")
+
+
+def run_wrk(
+    wrk: str,
+    name: str,
+    port: int,
+    path: str,
+    tokens: Path,
+    *,
+    connections: int,
+    duration: float,
+    wrap: bool,
+    lua: Path,
+) -> Result:
+    env = {
+        **os.environ,
+        "BENCH_TOKENS": str(tokens),
+        "BENCH_PATH": path,
+        "BENCH_WRAP": "1" if wrap else "0",
+    }
+    cmd = [
+        wrk,
+        "-t1",
+        f"-c{connections}",
+        f"-d{max(1, round(duration))}s",
+        "--timeout",
+        "5s",
+        "-s",
+        str(lua),
+        f"http://127.0.0.1:{port}",
+    ]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"wrk failed ({done.returncode}): {done.stderr or done.stdout}")
+    out = done.stdout
+    found = re.search(r"^BENCH (\d+) (\d+) ([\d.]+) ([\d.]+) ([\d.]+)$", out, re.M)
+    if not found:
+        sys.exit(f"could not read wrk's output:\n{out}")
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    requests, errors = int(found.group(1)), int(found.group(2))
+    errors += int(non2xx.group(1)) if non2xx else 0
+    return Result(
+        name,
+        connections,
+        requests,
+        errors,
+        float(found.group(3)),
+        float(found.group(4)),
+        float(found.group(5)),
+    )
+
+
+def build_data(
+    url: str, prefix: str, hit_users: int, miss_users: int
+) -> tuple[list[uuid.UUID], list[uuid.UUID]]:
+    """Persist hit + miss users and warm the cache for the hit pool."""
+    import orjson
+    import redis
+
+    from overnight_pipeline.storage.bulk import copy_rows
+    from overnight_pipeline.storage.cache import CacheEntry, write_entries
+    from overnight_pipeline.storage.db import make_engine
+    from overnight_pipeline.storage.models import recommendations_table, users_table
+    from overnight_pipeline_tests.api.factories import planner
+
+    generated = datetime.now(UTC) - timedelta(hours=2)
+    templates = [planner(uuid.UUID(int=i + 1), generated_at=generated, seed=i) for i in range(40)]
+    hits = [uuid.uuid4() for _ in range(hit_users)]
+    misses = [uuid.uuid4() for _ in range(miss_users)]
+    engine = make_engine(url)
+    docs: dict[uuid.UUID, tuple[str, str]] = {}
+    with engine.begin() as conn:
+        everyone = hits + misses
+        copy_rows(
+            conn,
+            users_table,
+            ["id", "base_currency", "default_contribution"],
+            ((u, "USD", "20000") for u in everyone),
+        )
+        rows = []
+        for n, user in enumerate(everyone):
+            t = templates[n % len(templates)]
+            recs = t.recs_json.decode().replace(str(t.user_id), str(user))
+            docs[user] = (recs, t.portfolio_json.decode())
+            rows.append(
+                (
+                    user,
+                    t.market_date,
+                    "NYSE",
+                    uuid.uuid4(),
+                    t.generated_at,
+                    "USD",
+                    "20000.00",
+                    3,
+                    recs,
+                    docs[user][1],
+                )
+            )
+        copy_rows(
+            conn,
+            recommendations_table,
+            [
+                "user_id",
+                "market_date",
+                "market",
+                "correlation_id",
+                "generated_at",
+                "base_currency",
+                "total_investable",
+                "criteria_version",
+                "payload",
+                "portfolio",
+            ],
+            rows,
+        )
+    engine.dispose()
+    client = redis.Redis.from_url("redis://127.0.0.1:6379/0")
+    t0 = templates[0]
+    write_entries(
+        client,
+        (
+            CacheEntry(
+                u,
+                t0.market_date,
+                t0.generated_at,
+                docs[u][0].encode(),
+                docs[u][1].encode(),
+                t0.contribution,
+            )
+            for u in hits
+        ),
+        prefix=prefix,
+    )
+    client.set(f"{prefix}bare", orjson.dumps(orjson.loads(docs[hits[0]][0])))
+    client.close()
+    return hits, misses
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--duration", type=float, default=8.0, help="seconds per 64-client run")
+    parser.add_argument("--p99-duration", type=float, default=5.0, help="seconds per 1-client run")
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--hit-users", type=int, default=2_000)
+    parser.add_argument("--miss-users", type=int, default=30_000)
+    parser.add_argument("--admin-url", default="postgresql+psycopg://root@127.0.0.1:5432/postgres")
+    parser.add_argument("--serve-bare", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--prefix", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve_bare:
+        serve_bare(args.serve_bare, args.prefix)
+        return
+
+    from sqlalchemy import text
+    from sqlalchemy.engine import make_url
+
+    from dashboard_api.auth import issue_token
+    from overnight_pipeline.storage.db import make_engine, migrate
+
+    wrk = ensure_wrk()
+    name = f"overnight_bench_{uuid.uuid4().hex[:8]}"
+    prefix = f"bench:dashboard:{uuid.uuid4().hex[:8]}:"
+    admin = make_engine(args.admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(args.admin_url).set(database=name).render_as_string(hide_password=False)
+    procs: list[subprocess.Popen[bytes]] = []
+    work = Path(tempfile.mkdtemp(prefix="dashboard-bench-"))
+    try:
+        migrate(url)
+        started = time.perf_counter()
+        hits, misses = build_data(url, prefix, args.hit_users, args.miss_users)
+        print(
+            f"data: {len(hits):,} cached users, {len(misses):,} uncached users "
+            f"({time.perf_counter() - started:.1f} s)"
+        )
+        expires = timedelta(hours=2)
+
+        def token_file(name: str, users: list[uuid.UUID]) -> Path:
+            path = work / f"{name}.txt"
+            path.write_text("\n".join(issue_token(SECRET, u, ttl=expires) for u in users) + "\n")
+            return path
+
+        # Miss pools: 64 clients first, then 1 client, each user requested once.
+        split = int(len(misses) * 0.75)
+        hit_tokens = token_file("hits", hits)
+        miss64 = token_file("miss64", misses[:split])
+        miss1 = token_file("miss1", misses[split:])
+        lua = work / "bench.lua"
+        lua.write_text(LUA)
+
+        env = {
+            **os.environ,
+            "DATABASE_URL": url,
+            "REDIS_URL": "redis://127.0.0.1:6379/0",
+            "CACHE_PREFIX": prefix,
+            "DASHBOARD_SECRET": SECRET,
+        }
+        api_port, bare_port = free_port(), free_port()
+        procs.append(
+            subprocess.Popen(
+                [str(ROOT / ".venv/bin/overnight"), "serve", "--port", str(api_port)],
+                env=env,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, __file__, "--serve-bare", str(bare_port), "--prefix", prefix],
+                stderr=subprocess.DEVNULL,
+            )
+        )
+        wait_http(api_port, "/healthz", procs[0])
+        wait_http(bare_port, "/bare", procs[1])
+
+        c, d, d1 = args.connections, args.duration, args.p99_duration
+        results: list[Result] = []
+
+        def measure(label: str, port: int, path: str, tokens: Path, *, wrap: bool) -> None:
+            for conns, dur in ((c, d), (1, d1)):
+                if wrap:  # warm up the same path first
+                    run_wrk(
+                        wrk,
+                        "warmup",
+                        port,
+                        path,
+                        tokens,
+                        connections=conns,
+                        duration=2,
+                        wrap=True,
+                        lua=lua,
+                    )
+                r = run_wrk(
+                    wrk,
+                    label,
+                    port,
+                    path,
+                    tokens,
+                    connections=conns,
+                    duration=dur,
+                    wrap=wrap,
+                    lua=lua,
+                )
+                results.append(r)
+                print(
+                    f"{label:<28} c={conns:<3} {r.rps:>9,.0f} req/s   p50 {r.p50_ms:6.2f} ms"
+                    f"   p99 {r.p99_ms:6.2f} ms   ({r.requests:,} requests, {r.errors} errors)"
+                )
+
+        measure("bare Redis GET endpoint", bare_port, "/bare", hit_tokens, wrap=True)
+        measure("dashboard, cache hit", api_port, "/api/dashboard", hit_tokens, wrap=True)
+        # Misses: each user once (wrk stops a connection when the pool runs out).
+        for conns, dur, tokens in ((c, d, miss64), (1, d1, miss1)):
+            r = run_wrk(
+                wrk,
+                "dashboard, cache miss",
+                api_port,
+                "/api/dashboard",
+                tokens,
+                connections=conns,
+                duration=dur,
+                wrap=False,
+                lua=lua,
+            )
+            results.append(r)
+            print(
+                f"{'dashboard, cache miss':<28} c={conns:<3} {r.rps:>9,.0f} req/s   p50 "
+                f"{r.p50_ms:6.2f} ms   p99 {r.p99_ms:6.2f} ms   ({r.requests:,} requests, "
+                f"{r.errors} errors)"
+            )
+
+        import redis
+
+        client = redis.Redis.from_url("redis://127.0.0.1:6379/0")
+        refilled = sum(1 for _ in client.scan_iter(match=f"{prefix}recs:*", count=5000))
+        client.close()
+        served = sum(r.requests for r in results if r.name == "dashboard, cache miss")
+        print(
+            f"misses served {served:,}; cache entries now {refilled:,} "
+            f"(= {len(hits):,} hits + each miss refilled once)"
+        )
+
+        by = {(r.name, r.connections): r for r in results}
+        bare, hit = by[("bare Redis GET endpoint", c)], by[("dashboard, cache hit", c)]
+        print(f"\ncache hit / bare Redis GET endpoint at {c} clients: {hit.rps / bare.rps:.2f}")
+        checks = [
+            ("cache hit p99 at 1 client < 5 ms", by[("dashboard, cache hit", 1)].p99_ms < 5),
+            (f"cache hit >= 4,000 req/s at {c} clients", hit.rps >= 4_000),
+            ("cache miss p99 at 1 client < 20 ms", by[("dashboard, cache miss", 1)].p99_ms < 20),
+            (
+                f"cache miss >= 1,000 req/s at {c} clients",
+                by[("dashboard, cache miss", c)].rps >= 1_000,
+            ),
+            ("no errors", all(r.errors == 0 for r in results)),
+        ]
+        for label, ok in checks:
+            print(f"  {'MET ' if ok else 'MISSED'} {label}")
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        shutil.rmtree(work, ignore_errors=True)
+        import redis
+
+        client = redis.Redis.from_url("redis://127.0.0.1:6379/0")
+        keys = list(client.scan_iter(match=f"{prefix}*", count=5000))
+        for i in range(0, len(keys), 5000):
+            client.delete(*keys[i : i + 5000])
+        client.close()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+if __name__ == "__main__":
+    main()
