@@ -32,6 +32,7 @@ from dagster import (
     run_failure_sensor,
     run_status_sensor,
 )
+from dagster._core.execution.plan.objects import StepFailureData
 from opentelemetry.trace import TracerProvider
 from sqlalchemy import Engine, select
 
@@ -135,6 +136,21 @@ def _plain(value: Any) -> Any:
     return value if isinstance(value, bool | int | float | str) else None
 
 
+def _failure_text(data: StepFailureData) -> str:
+    """The failure's own description, then each error of the chain ("Exceeded max_retries"
+    wraps the error that was retried)."""
+    parts: list[str] = []
+    if data.user_failure_data is not None and data.user_failure_data.description:
+        parts.append(data.user_failure_data.description)
+    error, seen = data.error, 0
+    while error is not None and seen < 5:
+        message = error.message.strip()
+        if message and not any(message in p for p in parts):
+            parts.append(message)
+        error, seen = error.cause or error.context, seen + 1
+    return " <- ".join(parts)[:2000] or "step failed"
+
+
 def run_facts(instance: DagsterInstance, run: DagsterRun) -> RunFacts:
     """Read `run` from the instance: timings, per-asset metadata totals, checks, failures."""
     record = instance.get_run_record_by_id(run.run_id)
@@ -169,10 +185,7 @@ def run_facts(instance: DagsterInstance, run: DagsterRun) -> RunFacts:
                     "passed": ev.passed, "severity": ev.severity.value,
                 }  # fmt: skip
             elif ancestor.run_id == run.run_id and event.step_key:
-                error = event.step_failure_data.error
-                facts.failures[event.step_key] = (
-                    error.message.strip() if error else event.message or "step failed"
-                )[:2000]
+                facts.failures[event.step_key] = _failure_text(event.step_failure_data)
     for (asset, _), values in per_partition.items():
         totals = facts.assets.setdefault(asset, {"partitions": 0})
         totals["partitions"] += 1
