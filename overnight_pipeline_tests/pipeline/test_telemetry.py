@@ -1,0 +1,138 @@
+"""The `overnight-scoring-job` span (SPEC §9, AC-8.2.7), captured with an in-memory exporter
+from real runs."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import pytest
+from dagster import DagsterEventType, ExecuteInProcessResult, build_run_status_sensor_context
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import NoOpTracerProvider, StatusCode
+
+from overnight_pipeline.defs import OVERNIGHT_JOB, build_definitions
+from overnight_pipeline.defs.partitions import partition_key
+from overnight_pipeline.defs.resources import AppDatabase
+from overnight_pipeline.defs.sensors import FAILED_SENSOR, SUCCEEDED_SENSOR, build_job_run_sensors
+from overnight_pipeline.settings import load_settings
+from overnight_pipeline.telemetry import JOB_ATTRIBUTES, SPAN_NAME, exporter_names, tracer_provider
+from overnight_pipeline_tests.api.netfaults import closed_port
+from overnight_pipeline_tests.pipeline.conftest import DAY, Pipeline
+
+STEPS = {"exchange_rates", "asset_prices", "asset_fundamentals", "asset_scores",
+         "recommendations", "recommendation_cache"}  # fmt: skip
+
+
+@pytest.fixture
+def exporter() -> InMemorySpanExporter:
+    return InMemorySpanExporter()
+
+
+def finish(pipeline: Pipeline, result: ExecuteInProcessResult, exporter: InMemorySpanExporter):
+    """Let the job-run sensor record the finished run with an in-memory span exporter."""
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    sensors = {s.name: s for s in build_job_run_sensors(OVERNIGHT_JOB,
+                                                        tracer_provider=lambda: provider)}  # fmt: skip
+    name = SUCCEEDED_SENSOR if result.success else FAILED_SENSOR
+    kind = DagsterEventType.RUN_SUCCESS if result.success else DagsterEventType.RUN_FAILURE
+    event = next(e for e in result.all_events if e.event_type == kind)
+    with build_run_status_sensor_context(
+        sensor_name=name, dagster_event=event, dagster_instance=pipeline.instance,
+        dagster_run=result.dagster_run,
+        resources={"database": AppDatabase(url=pipeline.settings.database_url)},
+    ) as context:  # fmt: skip
+        sensors[name](context)
+
+
+def job_span(exporter: InMemorySpanExporter) -> ReadableSpan:
+    (span,) = [s for s in exporter.get_finished_spans() if s.name == SPAN_NAME]
+    return span
+
+
+def test_a_run_emits_one_job_span_with_every_attribute_and_a_child_per_asset(
+    pipeline: Pipeline, exporter: InMemorySpanExporter
+) -> None:
+    result = pipeline.run("XETRA", DAY)
+    assert result.success
+    finish(pipeline, result, exporter)
+
+    span = job_span(exporter)
+    attrs = dict(span.attributes or {})
+    assert set(JOB_ATTRIBUTES) <= set(attrs)
+    meta = {e.asset_key.to_user_string(): {k: v.value for k, v in
+                                           e.materialization.metadata.items()}
+            for e in result.get_asset_materialization_events()}  # fmt: skip
+    users = meta["asset_scores"]["users_total"]
+    assert attrs["users_total"] == users and attrs["users_success"] == users
+    assert attrs["users_failed"] == 0
+    assert attrs["assets_scored"] == meta["asset_scores"]["assets_scored"] > 0
+    assert (
+        attrs["recommendations_generated"] == meta["recommendations"]["recommendations_generated"]
+    )
+    for timing in ("fetch_rates_ms", "process_users_ms", "cache_warm_ms"):
+        assert isinstance(attrs[timing], int) and attrs[timing] > 0, timing
+    assert attrs["overnight.market"] == "XETRA" and attrs["overnight.status"] == "completed"
+    assert attrs["dagster.run_id"] == result.run_id
+    assert span.status.status_code == StatusCode.OK
+
+    # The span covers the run; each asset step is a child span inside it.
+    record = pipeline.instance.get_run_record_by_id(result.run_id)
+    assert record is not None and record.start_time and record.end_time
+    assert span.start_time == pytest.approx(record.start_time * 1e9, abs=2e6)
+    assert span.end_time == pytest.approx(record.end_time * 1e9, abs=2e6)
+    children = [s for s in exporter.get_finished_spans() if s.parent is not None]
+    assert {c.name for c in children} == STEPS
+    for child in children:
+        assert child.parent is not None and child.parent.span_id == span.context.span_id
+        assert child.context.trace_id == span.context.trace_id
+        assert span.start_time <= child.start_time <= child.end_time <= span.end_time
+    scores = next(c for c in children if c.name == "asset_scores")
+    assert (scores.attributes or {})["overnight.users_total"] == users
+
+    # Recording the run again (a repeated tick) emits nothing more.
+    finish(pipeline, result, exporter)
+    assert len(exporter.get_finished_spans()) == 1 + len(STEPS)
+
+
+def test_a_failed_run_has_an_error_span_with_the_message(
+    pipeline: Pipeline, exporter: InMemorySpanExporter
+) -> None:
+    settings = pipeline.settings.model_copy(update={
+        "redis_url": f"redis://127.0.0.1:{closed_port()}/0", "retry_delay_seconds": 0.01})  # fmt: skip
+    defs = build_definitions(settings, env_vars=False)
+    result = defs.resolve_job_def(OVERNIGHT_JOB).execute_in_process(
+        instance=pipeline.instance, partition_key=partition_key("LSE", date(2026, 11, 26)),
+        raise_on_error=False,
+    )  # fmt: skip
+    assert not result.success
+    finish(pipeline, result, exporter)
+    span = job_span(exporter)
+    assert span.status.status_code == StatusCode.ERROR
+    assert span.status.description and "recommendation_cache" in span.status.description
+    assert "Redis" in span.status.description
+    assert set(JOB_ATTRIBUTES) <= set(span.attributes or {})
+    cache = next(s for s in exporter.get_finished_spans() if s.name == "recommendation_cache")
+    assert cache.status.status_code == StatusCode.ERROR
+
+
+def test_the_exporter_follows_the_otel_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("OTEL_TRACES_EXPORTER", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_SDK_DISABLED",
+                 "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):  # fmt: skip
+        monkeypatch.delenv(name, raising=False)
+    assert exporter_names(load_settings()) == ()
+    assert isinstance(tracer_provider(load_settings()), NoOpTracerProvider)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")
+    assert exporter_names(load_settings()) == ("otlp",)
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "console,otlp")
+    assert exporter_names(load_settings()) == ("console", "otlp")
+    provider = tracer_provider(load_settings())
+    assert isinstance(provider, TracerProvider)
+    assert tracer_provider(load_settings()) is provider  # one per process and choice
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "zipkin")
+    with pytest.raises(ValueError, match="no installed span exporter named 'zipkin'"):
+        tracer_provider(load_settings())
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
+    assert exporter_names(load_settings()) == ()
