@@ -1,19 +1,27 @@
 """Scoring and recommendations for a whole batch of users at once.
 
 The row-heavy work (every holding against every rule of its class, valuation, eligibility
-and ordering) is vectorised with numpy/pandas; what is final money goes through the same
-Decimal code as the one-user path (`recommendations.allocate`), so both give identical
-results. Rule comparisons run on floats and fall back to Decimal wherever the floats are
-equal, which keeps them exact: float(Decimal) is monotonic, so unequal floats order their
-Decimals the same way.
+and ordering) is vectorised with numpy/pandas. Rule comparisons run on floats and fall back
+to Decimal wherever the floats are equal, which keeps them exact: float(Decimal) is
+monotonic, so unequal floats order their Decimals the same way.
+
+Money is Decimal throughout. The allocation of SPEC §3 runs for all users at once on numpy
+object arrays of Decimal (`_allocate_many`): each Decimal operation of the one-user
+`recommendations.allocate` is applied elementwise, to the same operands in the same order,
+so every amount, percentage and gap is the very Decimal `allocate` gives (digits and
+exponent). Users whose allocation takes one of `allocate`'s rare iterative branches (a class
+below its minimum, a rounding unit refused by a cap, ...) are detected by exact conditions
+and go through `allocate` itself.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from decimal import ROUND_DOWN, ROUND_HALF_EVEN, Decimal
+from functools import cached_property
+from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -49,7 +57,13 @@ USER_COLUMNS = ("user_id", "base_currency", "contribution", "criteria_version")
 
 ONE = Decimal(1)
 _OPS = ("exists", "gt", "lt", "gte", "lte", "equals", "between")
+_OP_INDEX = {op: i for i, op in enumerate(_OPS)}
 _METRIC_INDEX = {m: i for i, m in enumerate(METRICS)}
+_METRIC_NAMES = np.array(METRICS, dtype=object)
+# matched[op, sign(actual - value) + 1] for the one-value operators (rows 0 and 6 unused).
+_MATCH = np.array([[False, False, False], [False, False, True], [True, False, False],
+                   [False, True, True], [True, True, False], [False, True, False],
+                   [False, False, False]])  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -74,6 +88,19 @@ class Batch:
 
 
 @dataclass(frozen=True)
+class _HoldingKeys:
+    """What scoring learnt about the holding rows of a frame, for the recommendations."""
+
+    holdings: pd.DataFrame  # the frame described (recognised by identity)
+    users: dict[Any, int]  # user_id -> code, in order of first appearance
+    user_code: np.ndarray
+    class_code: np.ndarray  # per holding, into class_names
+    class_names: list[Any]
+    asset_row: np.ndarray  # row of the fundamentals table; the same row is the same asset_id
+    unknown_row: int  # the row of assets without fundamentals
+
+
+@dataclass(frozen=True)
 class BatchScores:
     """Scores per holding row of the batch, and the breakdown per (holding, rule)."""
 
@@ -81,6 +108,7 @@ class BatchScores:
     # max_possible_score, criteria_count, top_contributor (aligned with Batch.holdings)
     breakdown: pd.DataFrame  # holding (row of `holdings`), criterion_id, metric, matched,
     # points_awarded, actual_value, skipped_reason; rows grouped by holding, rules in order
+    _keys: _HoldingKeys | None = field(default=None, repr=False, compare=False)
 
     def asset_scores(self) -> dict[Any, dict[str, AssetScore]]:
         """Full `AssetScore` objects per user (for tests, replays and small batches)."""
@@ -111,18 +139,15 @@ class BatchResult:
     failures: dict[Any, Exception]
 
 
-def run_batch(batch: Batch, fx: FxRates) -> BatchResult:
-    """Score every holding of the batch and recommend for every user."""
+def run_batch(batch: Batch, fx: FxRates, *, one_by_one: set[Any] | None = None) -> BatchResult:
+    """Score every holding of the batch and recommend for every user (`one_by_one`: see
+    `recommend_batch`)."""
     scores = score_batch(batch.holdings, batch.rules, batch.fundamentals)
-    recs, failures = recommend_batch(batch, scores, fx)
+    recs, failures = recommend_batch(batch, scores, fx, one_by_one=one_by_one)
     return BatchResult(scores, recs, failures)
 
 
-def _decimal_cache(values: np.ndarray) -> np.ndarray:
-    """Decimal(v) quantized to 4 places for integer points, computed once per distinct value."""
-    uniques, inverse = np.unique(values, return_inverse=True)
-    table = np.array([Decimal(int(v)).quantize(SCORE_PLACES) for v in uniques], dtype=object)
-    return table[inverse.reshape(-1)]
+# Scoring ----------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -140,6 +165,18 @@ class FundamentalsTable:
         exact = np.vstack([exact, np.full((1, len(METRICS)), None, dtype=object)])
         return cls(frame.index, exact, _to_float(exact))
 
+    @cached_property
+    def _row_of(self) -> dict[Any, int]:
+        if not self.index.is_unique:
+            raise ValueError("fundamentals: an asset_id appears twice")
+        return {asset_id: i for i, asset_id in enumerate(self.index.tolist())}
+
+    def rows(self, asset_ids: np.ndarray) -> np.ndarray:
+        """The row of each asset id (the all-null row when unknown)."""
+        listed = asset_ids.tolist()
+        found = map(self._row_of.get, listed, repeat(len(self.index)))
+        return np.fromiter(found, dtype=np.int64, count=len(listed))
+
 
 def score_batch(
     holdings: pd.DataFrame, rules: pd.DataFrame, fundamentals: pd.DataFrame | FundamentalsTable
@@ -147,14 +184,17 @@ def score_batch(
     """SPEC §2 for every holding row against its user's rules for the holding's class."""
     n = len(holdings)
     # One integer key per (user, class), shared by holdings and rules.
-    users_codes, _ = pd.factorize(
-        pd.concat([holdings["user_id"], rules["user_id"]], ignore_index=True)
-    )
+    users: dict[Any, int] = {}
+    h_user = _run_codes(holdings["user_id"].to_numpy(dtype=object), users, grow=True)
+    r_user = _run_codes(rules["user_id"].to_numpy(dtype=object), users, grow=False)
+    h_class = holdings["asset_class"].to_numpy(dtype=object)
     class_codes, class_uniques = pd.factorize(
-        pd.concat([holdings["asset_class"], rules["asset_class"]], ignore_index=True)
+        np.concatenate([h_class, rules["asset_class"].to_numpy(dtype=object)]),
+        use_na_sentinel=False,
     )
-    keys = users_codes.astype(np.int64) * max(len(class_uniques), 1) + class_codes
-    h_key, r_key = keys[:n], keys[n:]
+    n_classes = max(len(class_uniques), 1)
+    h_key = h_user * n_classes + class_codes[:n]
+    r_key = np.where(r_user >= 0, r_user * n_classes + class_codes[n:], -1)
 
     # Rules sorted by key; the stable sort keeps each user's document order.
     r_order = np.argsort(r_key, kind="stable")
@@ -171,30 +211,31 @@ def score_batch(
         if isinstance(fundamentals, FundamentalsTable)
         else (FundamentalsTable.of(fundamentals))
     )
-    f_obj, f_float = table.exact, table.approx
-    a_row = table.index.get_indexer(pd.Index(holdings["asset_id"]))
-    a_row = np.where(a_row < 0, len(table.index), a_row)
+    a_row = table.rows(holdings["asset_id"].to_numpy(dtype=object))
 
-    metric_code = rules["metric"].map(_METRIC_INDEX).to_numpy(dtype=np.int64)
-    op_code = rules["operator"].map({op: i for i, op in enumerate(_OPS)}).to_numpy(dtype=np.int8)
+    metric_code = _codes_of(rules["metric"].to_numpy(dtype=object), _METRIC_INDEX)
+    op_code = _codes_of(rules["operator"].to_numpy(dtype=object), _OP_INDEX)
     points = rules["points"].to_numpy(dtype=np.int64)
     v1_obj = rules["value"].to_numpy(dtype=object)
     v2_obj = rules["value2"].to_numpy(dtype=object)
 
-    rows_a = a_row[h_idx]
     rows_m = metric_code[r_idx]
-    actual = f_float[rows_a, rows_m]
+    cell = a_row[h_idx] * len(METRICS) + rows_m  # (asset, metric) in the flat tables
+    f_obj = table.exact.reshape(-1)
+    actual = table.approx.reshape(-1)[cell]
     null = np.isnan(actual)
     op = op_code[r_idx]
-    cmp1 = _compare(actual, null, _to_float(v1_obj)[r_idx], f_obj, rows_a, rows_m, v1_obj, r_idx)
-    cmp2 = _compare(actual, null, _to_float(v2_obj)[r_idx], f_obj, rows_a, rows_m, v2_obj, r_idx,
-                    only=op == _OPS.index("between"))  # fmt: skip
-    matched = np.select(
-        [op == 0, op == 1, op == 2, op == 3, op == 4, op == 5, op == 6],
-        [~null, cmp1 > 0, cmp1 < 0, cmp1 >= 0, cmp1 <= 0, cmp1 == 0, (cmp1 >= 0) & (cmp2 <= 0)],
-        default=False,
-    )
-    skipped = null & (op != 0)
+    cmp1 = _compare(actual, null, _floats(v1_obj)[r_idx], f_obj, cell, v1_obj, r_idx)
+    between = op == _OP_INDEX["between"]
+    matched = _MATCH[op, cmp1 + 1]
+    if between.any():
+        b = np.flatnonzero(between)
+        cmp2 = _compare(actual[b], null[b], _floats(v2_obj)[r_idx[b]], f_obj, cell[b], v2_obj,
+                        r_idx[b])  # fmt: skip
+        matched[b] = (cmp1[b] >= 0) & (cmp2 <= 0)
+    exists = op == _OP_INDEX["exists"]
+    matched[exists] = ~null[exists]
+    skipped = null & ~exists
     matched &= ~skipped
     rule_points = points[r_idx]
     awarded = np.where(matched, rule_points, 0)
@@ -211,33 +252,74 @@ def score_batch(
         at_best = m[rule_points[m] == np.repeat(best, sizes)]
         hb = h_idx[at_best]
         first = at_best[np.r_[True, hb[1:] != hb[:-1]]]
-        metrics = np.array(METRICS, dtype=object)
-        top[h_idx[first]] = metrics[metric_code[r_idx[first]]]
+        top[h_idx[first]] = _METRIC_NAMES[rows_m[first]]
 
     scored = pd.DataFrame({
-        "user_id": holdings["user_id"].to_numpy(),
-        "asset_id": holdings["asset_id"].to_numpy(),
-        "asset_class": holdings["asset_class"].to_numpy(),
-        "score": _decimal_cache(score_points),
+        "user_id": _objects(holdings["user_id"].to_numpy(dtype=object)),
+        "asset_id": _objects(holdings["asset_id"].to_numpy(dtype=object)),
+        "asset_class": _objects(h_class),
+        "score": _objects(_decimal_cache(score_points)),
         "score_points": score_points,
-        "max_possible_score": _decimal_cache(max_points.round().astype(np.int64)),
+        "max_possible_score": _objects(_decimal_cache(max_points.round().astype(np.int64))),
         "criteria_count": counts,
         "top_contributor": _objects(top),
-    })  # fmt: skip
-    actual_obj = f_obj[rows_a, rows_m]
+    }, copy=False)  # fmt: skip
+    actual_obj = f_obj[cell]
     actual_obj[skipped] = None
     reason = np.full(len(h_idx), None, dtype=object)
     reason[skipped] = MISSING_FUNDAMENTAL
     breakdown = pd.DataFrame({
         "holding": h_idx,
         "criterion_id": _objects(rules["id"].to_numpy(dtype=object)[r_idx]),
-        "metric": _objects(np.array(METRICS, dtype=object)[rows_m]),
+        "metric": _objects(_METRIC_NAMES[rows_m]),
         "matched": matched,
         "points_awarded": awarded,
         "actual_value": _objects(actual_obj),
         "skipped_reason": _objects(reason),
-    })  # fmt: skip
-    return BatchScores(scored, breakdown)
+    }, copy=False)  # fmt: skip
+    keys = _HoldingKeys(holdings, users, h_user, class_codes[:n], class_uniques.tolist(), a_row,
+                        len(table.index))  # fmt: skip
+    return BatchScores(scored, breakdown, keys)
+
+
+def _decimal_cache(values: np.ndarray) -> np.ndarray:
+    """Decimal(v) quantized to 4 places for integer points, computed once per distinct value."""
+    if not len(values):
+        return np.empty(0, dtype=object)
+    lo = int(values.min())
+    offset = values - lo
+    table = np.full(int(offset.max()) + 1, None, dtype=object)
+    present = np.flatnonzero(np.bincount(offset))
+    table[present] = [Decimal(int(v) + lo).quantize(SCORE_PLACES) for v in present.tolist()]
+    out: np.ndarray = table[offset]
+    return out
+
+
+def _run_codes(values: np.ndarray, codes: dict[Any, int], *, grow: bool) -> np.ndarray:
+    """A code per value from `codes` (new values get the next code when `grow`, else -1),
+    looked up once per run of equal neighbours (a user's rows come together)."""
+    n = len(values)
+    if n == 0:
+        return np.empty(0, dtype=np.int64)
+    starts = np.flatnonzero(np.r_[True, values[1:] != values[:-1]])
+    heads = values[starts].tolist()
+    if grow:
+        found = [codes.setdefault(v, len(codes)) for v in heads]
+    else:
+        found = [codes.get(v, -1) for v in heads]
+    return np.repeat(np.array(found, dtype=np.int64), np.diff(np.r_[starts, n]))
+
+
+def _codes_of(values: np.ndarray, index: Mapping[Any, int]) -> np.ndarray:
+    """index[v] for every v, looked up once per distinct value."""
+    codes, uniques = pd.factorize(values)
+    if (codes < 0).any():
+        raise ValueError("a rule without a metric or operator")
+    try:
+        table = np.array([index[v] for v in uniques.tolist()] + [-1], dtype=np.int64)
+    except KeyError as exc:
+        raise ValueError(f"unknown {exc.args[0]!r}") from None
+    return table[codes]
 
 
 def _objects(values: np.ndarray) -> pd.Series:
@@ -252,40 +334,65 @@ def _to_float(values: np.ndarray) -> np.ndarray:
     return out.reshape(values.shape)
 
 
+def _floats(values: np.ndarray) -> np.ndarray:
+    """`_to_float` of a column with few distinct values: float(Decimal) is slow, str() is
+    not, and equal strings are equal Decimals."""
+    seen: dict[str, float] = {}
+    out = [
+        np.nan if v is None else seen[k] if (k := str(v)) in seen else seen.setdefault(k, float(v))
+        for v in values.tolist()
+    ]
+    return np.array(out, dtype=np.float64)
+
+
 def _compare(
     actual: np.ndarray,
     null: np.ndarray,
     value: np.ndarray,
     f_obj: np.ndarray,
-    rows_a: np.ndarray,
-    rows_m: np.ndarray,
+    cell: np.ndarray,
     value_obj: np.ndarray,
     r_idx: np.ndarray,
-    only: np.ndarray | None = None,
 ) -> np.ndarray:
     """Exact sign of (actual − value) per row: floats first, Decimals where floats tie."""
     cmp = (actual > value).astype(np.int8) - (actual < value).astype(np.int8)
     tie = (actual == value) & ~null
-    if only is not None:
-        tie &= only
-    for i in np.flatnonzero(tie):
-        a: Decimal = f_obj[rows_a[i], rows_m[i]]
+    for i in np.flatnonzero(tie).tolist():
+        a: Decimal = f_obj[cell[i]]
         v: Decimal = value_obj[r_idx[i]]
         cmp[i] = (a > v) - (a < v)
     return cmp
 
 
+# Recommendations --------------------------------------------------------------------------
+
+
 def recommend_batch(
-    batch: Batch, scores: BatchScores, fx: FxRates, *, vectorised: bool = True
+    batch: Batch,
+    scores: BatchScores,
+    fx: FxRates,
+    *,
+    vectorised: bool = True,
+    one_by_one: set[Any] | None = None,
 ) -> tuple[dict[Any, UserRecommendations], dict[Any, Exception]]:
     """SPEC §3 for every user of the batch; a user whose data fails (e.g. a missing rate)
     is reported in the second dict and the others carry on.
 
     Users are allocated all at once on arrays (`_allocate_many`) with the same Decimal
-    operations as `allocate`; a user who needs one of its rare iterative branches (an asset
-    or a class below its minimum, a rounding unit refused by a cap, ...) goes through
-    `allocate` itself. `vectorised=False` sends every user through `allocate`.
+    operations as `allocate`; a user whose allocation takes one of its rare iterative
+    branches goes through `allocate` itself, and is added to `one_by_one` when given.
+    `vectorised=False` sends every user through `allocate`.
     """
+    return _recommend_batch(batch, scores, fx, vectorised, one_by_one)
+
+
+def _recommend_batch(
+    batch: Batch,
+    scores: BatchScores,
+    fx: FxRates,
+    vectorised: bool,
+    one_by_one: set[Any] | None,
+) -> tuple[dict[Any, UserRecommendations], dict[Any, Exception]]:
     users = batch.users
     h = batch.holdings
     n = len(h)
@@ -293,21 +400,29 @@ def recommend_batch(
     base_list = users["base_currency"].tolist()
     n_users = len(user_list)
     row_of = {uid: u for u, uid in enumerate(user_list)}  # the last row of a repeated id
+    keys = scores._keys if scores._keys is not None and scores._keys.holdings is h else None
     h_user_ids = h["user_id"].to_numpy(dtype=object)
-    h_user = _lookup(h_user_ids, row_of)
+    if keys is not None:
+        to_row = np.array([row_of.get(uid, -1) for uid in keys.users] + [-1], dtype=np.int64)
+        h_user = to_row[keys.user_code]
+    else:
+        h_user = _run_codes(h_user_ids, row_of, grow=False)
 
     # 1. Values in the base currency, one rate per distinct (currency, base) pair.
     price = h["price"].to_numpy(dtype=object)
-    priced = ~pd.isna(price)
+    priced = _present(price)
     cur_code, cur_uniques = pd.factorize(h["currency"].to_numpy(dtype=object),
                                          use_na_sentinel=False)  # fmt: skip
     base_code, base_uniques = pd.factorize(np.array(base_list, dtype=object),
                                            use_na_sentinel=False)  # fmt: skip
     n_b = len(base_uniques) + 1  # code 0: a holding of a user missing from `users`
-    row_base = np.zeros(n, dtype=np.int64)
     known = h_user >= 0
-    row_base[known] = base_code[h_user[known]] + 1
-    pairs, pair_of_row = np.unique(cur_code * n_b + row_base, return_inverse=True)
+    pair = cur_code.astype(np.int64) * n_b
+    pair[known] += base_code[h_user[known]] + 1
+    pairs = np.flatnonzero(np.bincount(pair)) if n else pair
+    pair_index = np.zeros(int(pairs.max()) + 1 if len(pairs) else 0, dtype=np.int64)
+    pair_index[pairs] = np.arange(len(pairs))
+    pair_of_row = pair_index[pair]
     base_values = [np.nan, *base_uniques.tolist()]
     cur_values = cur_uniques.tolist()
     rates = np.empty(len(pairs), dtype=object)
@@ -319,43 +434,53 @@ def recommend_batch(
         except MissingRateError as exc:
             rates[j], bad_pair[j] = exc, True
         else:
-            # x * Decimal(1) is x itself (same digits, same exponent): skip it.
+            # x * Decimal(1) is x itself (the same digits and exponent): skip it.
             rates[j], one_pair[j] = r, r.as_tuple() == (0, (1,), 0)
-    pair_of_row = pair_of_row.reshape(-1)
     bad = bad_pair[pair_of_row] & priced
     failures: dict[Any, Exception] = {}
     for i in np.flatnonzero(bad).tolist():
         failures.setdefault(h_user_ids[i], rates[pair_of_row[i]])
     ok = priced & ~bad
-    value = np.full(n, None, dtype=object)
-    ok_rows = np.flatnonzero(ok)
-    v = h["quantity"].to_numpy(dtype=object)[ok_rows] * price[ok_rows]
-    times = ~one_pair[pair_of_row[ok_rows]]
-    if times.any():
-        v[times] = v[times] * rates[pair_of_row[ok_rows[times]]]
-    value[ok_rows] = v
+    quantity = h["quantity"].to_numpy(dtype=object)
+    times = ~one_pair[pair_of_row]
 
-    score_points = scores.holdings["score_points"].to_numpy()
+    def values(rows: np.ndarray) -> np.ndarray:
+        """quantity × price × rate of the given (priced, rated) rows, in their order."""
+        v: np.ndarray = quantity[rows] * price[rows]
+        t = np.flatnonzero(times[rows])
+        if len(t):
+            v[t] = v[t] * rates[pair_of_row[rows[t]]]
+        return v
+
     failed = np.zeros(n_users, dtype=bool)
     failed[h_user[bad & known]] = True
     if len(row_of) != n_users:  # a repeated user id: every row through `allocate`, as ever
         vectorised = False
     fast: dict[int, UserRecommendations] = {}
-    scalar = ~failed
     if vectorised:
         try:
-            fast = _allocate_many(batch, scores, fx, row_of, h_user, value, ok, ~failed)
+            fast = _allocate_many(batch, scores, fx, keys, row_of, h_user, values, ok, ~failed)
         except (ArithmeticError, ValueError, KeyError):
             fast = {}  # the users' own errors are reported one by one below
-        scalar = ~failed
-        scalar[list(fast)] = False
-    slow = _allocate_each(batch, scores, fx, h_user, value, ok, score_points, scalar, failures)
+    scalar = ~failed
+    scalar[list(fast)] = False
+    slow = _allocate_each(batch, scores, fx, h_user, values, ok, scalar, failures)
+    if one_by_one is not None:
+        one_by_one.update(user_list[u] for u in np.flatnonzero(scalar).tolist())
     results: dict[Any, UserRecommendations] = {}
     for u, user_id in enumerate(user_list):
-        r = fast.get(u) or slow.get(u)
-        if r is not None and user_id not in failures:
-            results[user_id] = r
+        got = fast.get(u) or slow.get(u)
+        if got is not None and user_id not in failures:
+            results[user_id] = got
     return results, failures
+
+
+def _present(values: np.ndarray) -> np.ndarray:
+    """Not null, as pandas' notna says (None, NaN); fast for a column of Decimal and None."""
+    listed = values.tolist()
+    if set(map(type, listed)) <= {Decimal, type(None)}:
+        return np.fromiter((v is not None for v in listed), dtype=bool, count=len(listed))
+    return ~pd.isna(values)
 
 
 def _allocate_each(
@@ -363,9 +488,8 @@ def _allocate_each(
     scores: BatchScores,
     fx: FxRates,
     h_user: np.ndarray,
-    value: np.ndarray,
+    values: Callable[[np.ndarray], np.ndarray],
     ok: np.ndarray,
-    score_points: np.ndarray,
     selected: np.ndarray,
     failures: dict[Any, Exception],
 ) -> dict[int, UserRecommendations]:
@@ -376,28 +500,41 @@ def _allocate_each(
     chosen = np.flatnonzero(selected)
     if not len(chosen):
         return out
-    in_sel = np.zeros(len(h), dtype=bool)
-    in_sel[h_user >= 0] = selected[h_user[h_user >= 0]]
-    rows = np.flatnonzero(in_sel)
+    user_list = users["user_id"].tolist()
+    mine = np.zeros(len(h), dtype=bool)
+    mine[h_user >= 0] = selected[h_user[h_user >= 0]]
+    rows = np.flatnonzero(mine)
     rows = rows[np.argsort(h_user[rows], kind="stable")]
-    h_bounds = _groups(h_user[rows], len(users))
-    elig = rows[ok[rows] & (score_points[rows] > 0)]
+    points = scores.holdings["score_points"].to_numpy()
+    elig = rows[ok[rows] & (points[rows] > 0)]
     symbol_rank, _ = pd.factorize(h["symbol"].to_numpy(dtype=object)[elig], sort=True)
     class_code, _ = pd.factorize(h["asset_class"].to_numpy(dtype=object)[elig])
-    order = np.lexsort((symbol_rank, -score_points[elig], class_code, h_user[elig]))
-    elig = elig[order]
+    elig = elig[np.lexsort((symbol_rank, -points[elig], class_code, h_user[elig]))]
+    h_bounds = _groups(h_user[rows], len(users))
     e_bounds = _groups(h_user[elig], len(users))
-    asset_ids = h["asset_id"].tolist()
-    symbols = h["symbol"].tolist()
-    classes_of = h["asset_class"].tolist()
-    score_col = scores.holdings["score"].tolist()
-    count_col = scores.holdings["criteria_count"].tolist()
-    top_col = scores.holdings["top_contributor"].tolist()
-    value_l = value.tolist()
-    ok_l = ok.tolist()
-    price_as_of = h["price_as_of"].tolist() if "price_as_of" in h else [None] * len(h)
-    rows_l, elig_l = rows.tolist(), elig.tolist()
-    user_list = users["user_id"].tolist()
+    local = {i: j for j, i in enumerate(rows.tolist())}
+
+    def column(frame: pd.DataFrame, name: str) -> list[Any]:
+        listed: list[Any] = frame[name].to_numpy(dtype=object)[rows].tolist()
+        return listed
+
+    asset_ids, symbols, classes_of = (
+        column(h, "asset_id"),
+        column(h, "symbol"),
+        column(h, "asset_class"),
+    )
+    value_l: list[Any] = [None] * len(rows)
+    ok_l = ok[rows].tolist()
+    priced = np.flatnonzero(ok[rows])
+    for j, v in zip(priced.tolist(), values(rows[priced]).tolist(), strict=True):
+        value_l[j] = v
+    price_as_of: list[Any] = column(h, "price_as_of") if "price_as_of" in h else [None] * len(rows)
+    score_col, top_col = (
+        column(scores.holdings, "score"),
+        column(scores.holdings, "top_contributor"),
+    )
+    count_col = scores.holdings["criteria_count"].to_numpy()[rows].tolist()
+    elig_l = [local[i] for i in elig.tolist()]
     cl = batch.classes
     specs = _class_specs(cl[cl["user_id"].isin([user_list[u] for u in chosen.tolist()])])
     bases = users["base_currency"].tolist()
@@ -410,7 +547,7 @@ def _allocate_each(
         eligible: dict[str, list[Pick]] = {c.name: [] for c in user_classes}
         prices_used: list[datetime] = []
         missing: list[str] = []
-        for i in rows_l[slice(*h_bounds[u])]:
+        for i in range(*h_bounds[u]):
             if ok_l[i]:
                 cls = classes_of[i]
                 class_value[cls] = class_value.get(cls, ZERO) + value_l[i]
@@ -447,20 +584,20 @@ def _allocate_many(
     batch: Batch,
     scores: BatchScores,
     fx: FxRates,
-    row_of: Mapping[Any, int],
+    keys: _HoldingKeys | None,
+    row_of: dict[Any, int],
     h_user: np.ndarray,
-    value: np.ndarray,
+    values: Callable[[np.ndarray], np.ndarray],
     ok: np.ndarray,
     candidate: np.ndarray,
 ) -> dict[int, UserRecommendations]:
-    """`allocate` for many users at once, by row of `batch.users`, for the users whose
-    allocation takes no rare branch; the others are left out (for `allocate` itself).
+    """`allocate` for the candidate users (by row of `batch.users`) all at once; a user
+    whose allocation takes a rare branch of `allocate` is left out, for `allocate` itself.
 
     Every Decimal that reaches the output is made by the same operations, on the same
-    operands and in the same order, as `allocate` makes it, so it is the same Decimal (digits
-    and exponent). Decimals that only steer decisions are computed to the same value (the
-    result of a Decimal operation depends only on the values of its operands), sometimes
-    without a neutral `ZERO +`.
+    operands and in the same order, as in `allocate`: the same Decimal, digits and exponent.
+    Decimals that only steer decisions are computed to the same value (a Decimal operation's
+    result depends only on the values of its operands) where `allocate` adds a `ZERO +`.
     """
     users = batch.users
     h = batch.holdings
@@ -468,272 +605,358 @@ def _allocate_many(
     n_users = len(users)
     points = scores.holdings["score_points"].to_numpy()
 
-    # --- Which user takes which class rows; users the arrays cannot take. ------------------
-    c_user = _lookup(cl["user_id"].to_numpy(dtype=object), row_of)
+    # --- Class rows per user; users the arrays do not take. --------------------------------
     usable = candidate.copy()
+    c_user = _run_codes(cl["user_id"].to_numpy(dtype=object), row_of, grow=False)
     max_raw = cl["max_assets"].to_numpy(dtype=object)
     min_raw = cl["min_allocation_value"].to_numpy(dtype=object)
-    # Nulls must be exactly what `_is_null` calls null (None or a float NaN).
-    for raw in (max_raw, min_raw):
-        odd = pd.isna(raw) & ~np.fromiter((v is None or isinstance(v, float) for v in raw),
-                                          dtype=bool, count=len(raw))  # fmt: skip
-        usable[c_user[odd & (c_user >= 0)]] = False
+    max_null, min_null = _nulls(max_raw), _nulls(min_raw)
     has_class = np.zeros(n_users, dtype=bool)
     has_class[c_user[c_user >= 0]] = True
     usable &= has_class
     names_raw = cl["name"].to_numpy(dtype=object)
-    h_class_raw = h["asset_class"].to_numpy(dtype=object)
-    name_code, name_uniques = pd.factorize(np.concatenate([names_raw, h_class_raw]), sort=True,
-                                           use_na_sentinel=False)  # fmt: skip
-    c_name, h_name = name_code[: len(cl)], name_code[len(cl) :]
-    n_names = max(len(name_uniques), 1)
-    # Class rows by user, each user's order; a class name twice for one user: not here.
+    if keys is not None:
+        h_name = keys.class_code
+        c_name, name_rank, n_names = _name_codes(keys.class_names, names_raw)
+    else:
+        codes, uniques = pd.factorize(np.concatenate([names_raw, h["asset_class"].to_numpy(
+            dtype=object)]), use_na_sentinel=False)  # fmt: skip
+        c_name, h_name = codes[: len(cl)], codes[len(cl) :]
+        name_rank = _string_ranks(uniques.tolist())
+        n_names = max(len(uniques), 1)
+    # A class name twice for one user: not here.
     key = np.where(c_user >= 0, c_user * n_names + c_name, -1)
-    srt = np.argsort(key, kind="stable")
-    skey = key[srt]
+    by_key = np.argsort(key, kind="stable")
+    skey = key[by_key]
     dup = (skey[1:] == skey[:-1]) & (skey[1:] >= 0)
-    usable[c_user[srt[1:][dup]]] = False
-    # A priced holding of a class the user does not have: not here either.
-    pos = np.searchsorted(skey, h_user * n_names + h_name)
-    pos = np.minimum(pos, max(len(skey) - 1, 0))
-    found = (h_user >= 0) & (len(skey) > 0)
+    usable[c_user[by_key[1:][dup]]] = False
+    # The class row of each holding; a priced holding of a class the user lacks: not here.
+    h_crow = np.full(len(h), -1, dtype=np.int64)
+    known = h_user >= 0
     if len(skey):
-        found &= skey[pos] == h_user * n_names + h_name
-    h_crow = np.where(found, srt[pos] if len(skey) else -1, -1)  # row of `classes`, or -1
-    stray = ok & ~found & (h_user >= 0)
-    usable[h_user[stray]] = False
-    max_null = pd.isna(max_raw)
+        hk = h_user * n_names + h_name
+        pos = np.minimum(np.searchsorted(skey, hk), len(skey) - 1)
+        found = known & (skey[pos] == hk)
+        h_crow[found] = by_key[pos[found]]
+    usable[h_user[ok & known & (h_crow < 0)]] = False
     max_assets = np.zeros(len(cl), dtype=np.int64)
-    max_assets[~max_null] = np.fromiter(map(int, max_raw[~max_null]), dtype=np.int64,
-                                        count=int((~max_null).sum()))  # fmt: skip
-    neg = (max_assets < 0) & (c_user >= 0)
-    usable[c_user[neg]] = False
+    set_max = np.flatnonzero(~max_null)
+    max_assets[set_max] = np.fromiter(map(int, max_raw[set_max].tolist()), dtype=np.int64,
+                                      count=len(set_max))  # fmt: skip
+    usable[c_user[(max_assets < 0) & (c_user >= 0)]] = False
 
-    # --- Compact arrays: users U, class rows K (by user, in order), eligible picks E. ------
-    f_of_u = np.cumsum(usable) - 1
+    # --- Compact numbering: users f, class rows k (by user, in order). ----------------------
     users_f = np.flatnonzero(usable)
     n_f = len(users_f)
     if n_f == 0:
         return {}
+    f_of_u = np.cumsum(usable) - 1
     c_rows = np.flatnonzero((c_user >= 0) & usable[np.maximum(c_user, 0)])
     c_rows = c_rows[np.argsort(c_user[c_rows], kind="stable")]
     n_k = len(c_rows)
-    k_of_crow = np.full(len(cl) + 1, -1, dtype=np.int64)
+    k_of_crow = np.full(len(cl) + 1, -1, dtype=np.int64)  # [-1] is the sentinel
     k_of_crow[c_rows] = np.arange(n_k)
     k_user = f_of_u[c_user[c_rows]]
-    k_first = np.searchsorted(k_user, np.arange(n_f))
-    h_k = k_of_crow[h_crow]  # -1 for rows outside K (h_crow = -1 indexes the sentinel)
+    h_k = k_of_crow[h_crow]
     names = names_raw[c_rows]
-    name_rank = c_name[c_rows]
     t_min = cl["target_min"].to_numpy(dtype=object)[c_rows]
     t_max = cl["target_max"].to_numpy(dtype=object)[c_rows]
+    t_mid = (t_min + t_max) / 2  # ClassSpec.target_mid
     k_max = max_assets[c_rows]
+    k_rank = name_rank[c_name[c_rows]]
     min_val = min_raw[c_rows]
-    min_set = ~pd.isna(min_val)
-    min_set[min_set] = min_val[min_set] != 0
+    min_set = ~min_null[c_rows]
+    min_set[min_set] = min_val[min_set] != 0  # `if minimum:` in allocate
 
-    # Step 1 sums: each class's value, in holding order, from ZERO.
+    # Step 1: each class's value, in holding order, from ZERO; the total, from ZERO.
     v_rows = np.flatnonzero(ok & (h_k >= 0))
     v_rows = v_rows[np.argsort(h_k[v_rows], kind="stable")]
-    cv = _sums(value[v_rows], h_k[v_rows], n_k, ZERO)
+    cv = _sums(values(v_rows), h_k[v_rows], n_k, ZERO)
     total = _sums(cv, k_user, n_f, ZERO)
 
-    # Step 3: eligible picks by class, score desc, symbol, holding order; first max_assets.
+    # Step 3: eligible picks by class, score desc, symbol, holding order; max_assets first.
     e_rows = np.flatnonzero(ok & (h_k >= 0) & (points > 0))
     symbols_raw = h["symbol"].to_numpy(dtype=object)
     sym_rank, _ = pd.factorize(symbols_raw[e_rows], sort=True)
-    e_pts = points[e_rows]
-    order = np.lexsort((e_rows, sym_rank, -e_pts, h_k[e_rows]))
-    e_rows, sym_rank, e_pts = e_rows[order], sym_rank[order], e_pts[order]
-    e_k = h_k[e_rows]
-    e_first = np.searchsorted(e_k, np.arange(n_k))
-    e_pos = np.arange(len(e_rows)) - e_first[e_k]
+    order = _sort_keys(h_k[e_rows], -points[e_rows], sym_rank)
+    e_rows, sym_rank = e_rows[order], sym_rank[order]
+    e_pts, e_k = points[e_rows], h_k[e_rows]
+    e_pos = np.arange(len(e_rows)) - np.searchsorted(e_k, e_k)
     kept = (k_max[e_k] == 0) | (e_pos < k_max[e_k])
     e_rows, sym_rank, e_pts, e_k = e_rows[kept], sym_rank[kept], e_pts[kept], e_k[kept]
-    n_picks = np.bincount(e_k, minlength=n_k)
-    active = n_picks > 0
-    asset_raw = h["asset_id"].to_numpy(dtype=object)
+    active = np.bincount(e_k, minlength=n_k) > 0
+    drop = np.zeros(n_f, dtype=bool)  # users found to need `allocate` itself
     # The same asset twice among a user's picks would collide in `allocate`'s dicts.
     e_user = k_user[e_k]
-    e_hash = np.fromiter(map(hash, asset_raw[e_rows]), dtype=np.int64, count=len(e_rows))
-    hs = np.lexsort((e_hash, e_user))
-    same = (e_user[hs][1:] == e_user[hs][:-1]) & (e_hash[hs][1:] == e_hash[hs][:-1])
-    drop_f = np.zeros(n_f, dtype=bool)
-    drop_f[e_user[hs][1:][same]] = True
+    if keys is not None:
+        asset = keys.asset_row[e_rows]
+        drop[e_user[asset == keys.unknown_row]] = True  # scored without fundamentals
+        pair_key = np.sort(e_user * (keys.unknown_row + 1) + asset)
+        twice = pair_key[1:][pair_key[1:] == pair_key[:-1]] // (keys.unknown_row + 1)
+    else:
+        ids = h["asset_id"].to_numpy(dtype=object)[e_rows].tolist()
+        asset = np.fromiter(map(hash, ids), dtype=np.int64, count=len(ids))
+        by_asset = np.lexsort((asset, e_user))
+        eu, ea = e_user[by_asset], asset[by_asset]
+        twice = eu[1:][(eu[1:] == eu[:-1]) & (ea[1:] == ea[:-1])]
+    drop[twice] = True
 
     # --- Step 2: targets after the contribution, gaps before it. ---------------------------
-    contributions = users["contribution"].to_numpy(dtype=object)[users_f]
-    c_total = _objects_of([ZERO if _is_null(c) else c for c in contributions.tolist()])
+    contributions = users["contribution"].to_numpy(dtype=object)[users_f].tolist()
+    c_total = _objects_of([ZERO if _is_null(c) else c for c in contributions])
     after = total + c_total
-    t_mid = (t_min + t_max) / 2
     pct = np.full(n_k, ZERO, dtype=object)
-    share_of = (total > ZERO)[k_user]
-    pct[share_of] = HUNDRED * cv[share_of] / total[k_user[share_of]]
+    shares_of = np.flatnonzero((total > ZERO)[k_user])
+    pct[shares_of] = HUNDRED * cv[shares_of] / total[k_user[shares_of]]
     gap = t_mid - pct
 
     # --- Step 4: water-filling over the active classes of users with money. ----------------
-    money_f = c_total > ZERO
-    a_rows = np.flatnonzero(active & money_f[k_user])
-    a_user = k_user[a_rows]
+    money = c_total > ZERO
     amount = np.full(n_k, ZERO, dtype=object)
-    leftover = np.full(n_f, ZERO, dtype=object)  # max(C, 0) when nothing is filled
-    leftover[money_f] = c_total[money_f]
-    hi = np.full(n_k, ZERO, dtype=object)
+    leftover = np.where(money, c_total, _ZERO)  # max(C, 0) where nothing is filled
+    hi = np.full(n_k, None, dtype=object)  # computed where needed
+    a_rows = np.flatnonzero(active & money[k_user])
     if len(a_rows):
-        a_after = after[a_user]
-        mid_a = t_mid[a_rows] / HUNDRED * a_after
-        hi_a = t_max[a_rows] / HUNDRED * a_after
-        hi[a_rows] = hi_a
+        a_user = k_user[a_rows]
+        mid_a = t_mid[a_rows] / HUNDRED * after[a_user]
         fu, a_grp = np.unique(a_user, return_inverse=True)
         a_grp = a_grp.reshape(-1)
         cv_a = cv[a_rows]
-        got1, rest1 = _fill_many(c_total[fu], a_grp, cv_a, mid_a, name_rank[a_rows], len(fu))
-        got = got1
-        rest = rest1
-        more = rest1 > ZERO
+        got, rest = _fill_many(c_total[fu], a_grp, cv_a, mid_a, k_rank[a_rows], len(fu))
+        more = rest > ZERO
         if more.any():
             rows2 = np.flatnonzero(more[a_grp])
+            hi[a_rows[rows2]] = t_max[a_rows[rows2]] / HUNDRED * after[a_user[rows2]]
             g2, grp2 = np.unique(a_grp[rows2], return_inverse=True)
-            got2, rest2 = _fill_many(rest1[g2], grp2.reshape(-1), cv_a[rows2] + got1[rows2],
-                                     hi_a[rows2], name_rank[a_rows[rows2]], len(g2))  # fmt: skip
-            got = got1.copy()
-            got[rows2] = got1[rows2] + got2
-            rest = rest1.copy()
+            got2, rest2 = _fill_many(rest[g2], grp2.reshape(-1), cv_a[rows2] + got[rows2],
+                                     hi[a_rows[rows2]], k_rank[a_rows[rows2]], len(g2))  # fmt: skip
+            got[rows2] = got[rows2] + got2
             rest[g2] = rest2
         amount[a_rows] = got
         leftover[fu] = rest
         # A class whose amount is below its minimum is dropped and filling redone: not here.
-        short = min_set[a_rows] & (got > ZERO)
-        short[short] = got[short] < min_val[a_rows[short]]
-        drop_f[a_user[short]] = True
+        short = np.flatnonzero(min_set[a_rows] & (got > ZERO))
+        short = short[got[short] < min_val[a_rows[short]]]
+        drop[a_user[short]] = True
 
-    # --- Step 5: split by score in the classes that receive money. -------------------------
-    paid = amount > ZERO
-    p_sel = paid[e_k]
-    p_rows, p_k, p_pts, p_sym = e_rows[p_sel], e_k[p_sel], e_pts[p_sel], sym_rank[p_sel]
+    # --- Step 5: split by score in the classes that receive money; minimums re-split. ------
+    paid = np.flatnonzero((amount > ZERO)[e_k])
+    p_rows, p_k, p_pts, p_sym = e_rows[paid], e_k[paid], e_pts[paid], sym_rank[paid]
+    p_score = scores.holdings["score"].to_numpy(dtype=object)[p_rows]
+    share = amount[p_k] * p_score / _sums(p_score, p_k, n_k, None)[p_k]
+    alive = _resplit(share, p_k, p_pts, p_sym, p_score, amount, min_set, min_val, k_user, drop)
+    if alive is not None:
+        p_rows, p_k, p_pts, p_sym, p_score, share = (
+            x[alive] for x in (p_rows, p_k, p_pts, p_sym, p_score, share)
+        )
     p_user = k_user[p_k]
-    score_obj = scores.holdings["score"].to_numpy(dtype=object)
-    p_score = score_obj[p_rows]
-    score_sum = _sums(p_score, p_k, n_k, None)
-    share = amount[p_k] * p_score / score_sum[p_k]
-    low = min_set[p_k]
-    low[low] = share[low] < min_val[p_k[low]]
-    drop_f[p_user[low]] = True  # an asset below the class minimum: re-split, not here
 
     # --- Step 6: largest remainder to the minor unit. --------------------------------------
     bases_f = users["base_currency"].to_numpy(dtype=object)[users_f]
     quanta = {b: quantum(b) for b in set(bases_f.tolist())}
-    q_f = np.array([quanta[b] for b in bases_f.tolist()], dtype=object)
+    q_f = _objects_of([quanta[b] for b in bases_f.tolist()])
     floor = _QUANTIZE(share, q_f[p_user], ROUND_DOWN)
     rem = share - floor
     to_spend = _QUANTIZE(c_total - leftover, q_f, ROUND_DOWN)
-    floor_sum = _sums(floor, p_user, n_f, None)
-    units = np.fromiter(map(int, (to_spend - floor_sum) / q_f), dtype=np.int64, count=n_f)
+    spare = (to_spend - _sums(floor, p_user, n_f, None)) / q_f
+    units = np.fromiter(map(int, spare.tolist()), dtype=np.int64, count=n_f)
     has_rem = rem > ZERO
     n_rem = np.bincount(p_user[has_rem], minlength=n_f)
-    drop_f |= units > n_rem  # a unit would go to an asset with nothing to round up
+    drop |= units > n_rem  # a unit for an asset with nothing to round: not here
     plus = has_rem & (units[p_user] >= n_rem[p_user])
-    pick = has_rem & (units[p_user] > 0) & (units[p_user] < n_rem[p_user])
-    if pick.any():
-        idx = np.flatnonzero(pick)
-        rank = _ranks(p_user[idx], [(rem[idx], True), (p_pts[idx], True), (p_sym[idx], False)])
-        plus[idx] = rank < units[p_user[idx]]
-    # Never past a class's cap: refused units mean another order of events, not here.
+    pick = np.flatnonzero(has_rem & (units[p_user] > 0) & (units[p_user] < n_rem[p_user]))
+    if len(pick):
+        rank = _ranks(p_user[pick], [(rem[pick], True), (p_pts[pick], True), (p_sym[pick], False)])
+        plus[pick] = rank < units[p_user[pick]]
+    # Never past a class's cap: a refused unit changes who gets the next ones: not here.
     if plus.any():
-        k_plus = np.unique(p_k[plus])
-        n_plus = np.bincount(p_k[plus], minlength=n_k)[k_plus]
-        floor_k = _sums(floor, p_k, n_k, None)[k_plus]
-        final = floor_k + np.array([q_f[k_user[k]] * m for k, m in
-                                    zip(k_plus.tolist(), n_plus.tolist(), strict=True)],
-                                   dtype=object)  # fmt: skip
-        over = final > hi[k_plus] - cv[k_plus]
-        drop_f[k_user[k_plus[over]]] = True
+        k_plus, n_plus = np.unique(p_k[plus], return_counts=True)
+        rows_hi = k_plus[_is_none(hi[k_plus])]
+        hi[rows_hi] = t_max[rows_hi] / HUNDRED * after[k_user[rows_hi]]
+        extra = _objects_of([q * m for q, m in zip(q_f[k_user[k_plus]].tolist(), n_plus.tolist(), strict=True)])  # fmt: skip
+        over = _sums(floor, p_k, n_k, None)[k_plus] + extra > hi[k_plus] - cv[k_plus]
+        drop[k_user[k_plus[over]]] = True
     p_amount = floor.copy()
     p_amount[plus] = floor[plus] + q_f[p_user[plus]]
 
     # --- Step 7: output. -------------------------------------------------------------------
     r_sel = np.flatnonzero(p_amount > ZERO)
-    r_k, r_user = p_k[r_sel], p_user[r_sel]
-    r_amount = p_amount[r_sel]
+    r_k, r_user, r_amount = p_k[r_sel], p_user[r_sel], p_amount[r_sel]
     class_amount = _sums(r_amount, r_k, n_k, ZERO)
-    allocated = _sums(class_amount, k_user, n_f, ZERO)
-    unallocated = c_total - allocated
-    rec_rank = _ranks(r_user, [(r_amount, True), (p_pts[r_sel], True), (p_sym[r_sel], False)])
-    r_first = np.searchsorted(r_user, np.arange(n_f))
-    r_order = np.empty(len(r_sel), dtype=np.int64)
-    r_order[r_first[r_user] + rec_rank] = np.arange(len(r_sel))
-    r_sel, r_k, r_amount = r_sel[r_order], r_k[r_order], r_amount[r_order]
-    gap_k = np.unique(r_k)
+    unallocated = c_total - _sums(class_amount, k_user, n_f, ZERO)
+    rank = _ranks(r_user, [(r_amount, True), (p_pts[r_sel], True), (p_sym[r_sel], False)])
+    r_first = np.searchsorted(r_user, np.arange(n_f + 1))
+    by_rank = np.empty(len(r_sel), dtype=np.int64)
+    by_rank[r_first[r_user] + rank] = np.arange(len(r_sel))
+    r_sel, r_k, r_amount = r_sel[by_rank], r_k[by_rank], r_amount[by_rank]
     gap_q = np.full(n_k, None, dtype=object)
-    gap_q[gap_k] = _QUANTIZE(gap[gap_k], PERCENT_PLACES, ROUND_HALF_EVEN)
+    with_recs = np.unique(r_k)
+    gap_q[with_recs] = _QUANTIZE(gap[with_recs], PERCENT_PLACES, ROUND_HALF_EVEN)
     rr = p_rows[r_sel]
-    recs = list(map(RecommendedAsset._make, zip(
-        asset_raw[rr].tolist(), symbols_raw[rr].tolist(), names[r_k].tolist(),
-        score_obj[rr].tolist(), r_amount.tolist(), bases_f[k_user[r_k]].tolist(),
-        gap_q[r_k].tolist(), scores.holdings["criteria_count"].to_numpy()[rr].tolist(),
-        scores.holdings["top_contributor"].to_numpy(dtype=object)[rr].tolist(), strict=True,
-    )))  # fmt: skip
-    status = np.where(active, None, NO_ELIGIBLE_ASSET)
-    class_results = list(map(ClassResult._make, zip(
-        names.tolist(), cv.tolist(), pct.tolist(), t_min.tolist(), t_max.tolist(),
-        gap.tolist(), class_amount.tolist(), status.tolist(), strict=True,
-    )))  # fmt: skip
+    sh = scores.holdings
+    recs = _tuples(RecommendedAsset, h["asset_id"].to_numpy(dtype=object)[rr],
+                   symbols_raw[rr], names[r_k], p_score[r_sel], r_amount,
+                   bases_f[k_user[r_k]], gap_q[r_k], sh["criteria_count"].to_numpy()[rr],
+                   sh["top_contributor"].to_numpy(dtype=object)[rr])  # fmt: skip
+    status = np.full(n_k, NO_ELIGIBLE_ASSET, dtype=object)
+    status[active] = None
+    class_results = _tuples(ClassResult, names, cv, pct, t_min, t_max, gap, class_amount, status)
 
     # Freshness and missing prices per user.
-    in_f = (h_user >= 0) & usable[np.maximum(h_user, 0)]
-    missing: dict[int, list[str]] = {}
+    in_f = known & usable[np.maximum(h_user, 0)]
+    missing: dict[int, list[Any]] = {}
     for i in np.flatnonzero(in_f & ~ok).tolist():
         missing.setdefault(int(f_of_u[h_user[i]]), []).append(symbols_raw[i])
     as_of = np.full(n_f, None, dtype=object)
     if "price_as_of" in h:
-        pao = h["price_as_of"].to_numpy(dtype=object)
-        rows = np.flatnonzero(in_f & ok & np.not_equal(pao, None))
-        rows = rows[np.argsort(h_user[rows], kind="stable")]
-        if len(rows):
-            g = f_of_u[h_user[rows]]
+        rows = np.flatnonzero(in_f & ok)
+        stamps = h["price_as_of"].to_numpy(dtype=object)[rows]
+        listed = stamps.tolist()
+        used = np.not_equal(stamps, _NONE)  # `is not None` for datetimes and None
+        if not set(map(type, listed)) <= {datetime, type(None)}:
+            # min() and np.minimum agree (the first least) while values are ordered; NaT
+            # is not: leave such users to `allocate`.
+            used = np.array([v is not None for v in listed], dtype=bool)
+            drop[f_of_u[h_user[rows[used & pd.isna(stamps)]]]] = True
+        rows, stamps = rows[used], stamps[used]
+        g = f_of_u[h_user[rows]]
+        if len(g) and (np.diff(g) < 0).any():
+            order = np.argsort(g, kind="stable")
+            g, stamps = g[order], stamps[order]
+        if len(g):
             heads = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
-            as_of[g[heads]] = np.minimum.reduceat(pao[rows], heads)
+            as_of[g[heads]] = np.minimum.reduceat(stamps, heads)
     versions = users["criteria_version"].to_numpy(dtype=object)[users_f].tolist()
 
     out: dict[int, UserRecommendations] = {}
-    k_bounds = np.r_[k_first, n_k].tolist()
-    r_bounds = np.r_[r_first, len(r_sel)].tolist()
-    drop_l = drop_f.tolist()
-    for f, u in enumerate(users_f.tolist()):
-        if drop_l[f]:
-            continue
+    k_first = np.searchsorted(k_user, np.arange(n_f + 1)).tolist()
+    r_bounds = r_first.tolist()
+    users_l, bases_l, c_l = users_f.tolist(), bases_f.tolist(), c_total.tolist()
+    total_l, un_l, as_of_l = total.tolist(), unallocated.tolist(), as_of.tolist()
+    for f in np.flatnonzero(~drop).tolist():
         version = versions[f]
-        out[u] = UserRecommendations(
-            base_currency=bases_f[f],
-            contribution=c_total[f],
-            total_value=total[f],
-            recommendations=tuple(recs[r_bounds[f] : r_bounds[f + 1]]),
-            unallocated=unallocated[f],
-            classes=tuple(class_results[k_bounds[f] : k_bounds[f + 1]]),
-            prices_as_of=as_of[f],
-            rates_as_of=fx.as_of,
-            criteria_version=None if _is_null(version) else int(version),
-            missing_prices=tuple(missing.get(f, ())),
-        )
+        out[users_l[f]] = _user_recommendations(
+            bases_l[f], c_l[f], total_l[f], tuple(recs[r_bounds[f] : r_bounds[f + 1]]),
+            un_l[f], tuple(class_results[k_first[f] : k_first[f + 1]]), as_of_l[f],
+            fx.as_of, None if _is_null(version) else int(version), tuple(missing.get(f, ())),
+        )  # fmt: skip
     return out
 
 
-_QUANTIZE = np.frompyfunc(Decimal.quantize, 3, 1)
+def _resplit(
+    share: np.ndarray,
+    p_k: np.ndarray,
+    p_pts: np.ndarray,
+    p_sym: np.ndarray,
+    p_score: np.ndarray,
+    amount: np.ndarray,
+    min_set: np.ndarray,
+    min_val: np.ndarray,
+    k_user: np.ndarray,
+    drop: np.ndarray,
+) -> np.ndarray | None:
+    """`split_by_score`'s minimum rule on the picks of classes with a minimum: while a share
+    is below it, drop the lowest-scored such pick (ties: the later symbol, then the first)
+    and re-split. Updates `share` in place; returns which picks remain (None: all do)."""
+    rows = np.flatnonzero(min_set[p_k])
+    if not len(rows):
+        return None
+    alive = np.ones(len(p_k), dtype=bool)
+    while len(rows):
+        low = rows[share[rows] < min_val[p_k[rows]]]
+        if not len(low):
+            break
+        # Shares grow with the score, so the lowest score is low whenever any pick is; the
+        # pick to drop is the first of the last (score, symbol) run of the class.
+        rows = rows[np.isin(p_k[rows], p_k[low])]
+        k = p_k[rows]
+        last = rows[np.r_[k[1:] != k[:-1], True]]
+        last_of = np.repeat(last, np.diff(np.r_[0, np.flatnonzero(k[1:] != k[:-1]) + 1, len(k)]))
+        run = rows[(p_pts[rows] == p_pts[last_of]) & (p_sym[rows] == p_sym[last_of])]
+        rk = p_k[run]
+        worst = run[np.r_[True, rk[1:] != rk[:-1]]]
+        alive[worst] = False
+        rows = rows[alive[rows]]
+        drop[k_user[np.setdiff1d(p_k[worst], p_k[rows])]] = True  # no pick left: not here
+        share[rows] = amount[p_k[rows]] * p_score[rows] / _sums(p_score[rows], p_k[rows], len(amount), None)[p_k[rows]]  # fmt: skip
+    return None if alive.all() else alive
+
+
+def _sort_keys(*keys: np.ndarray) -> np.ndarray:
+    """The stable order by integer keys, most significant first (as np.lexsort)."""
+    combined = np.zeros(len(keys[0]), dtype=np.int64)
+    span = 1
+    for key in reversed(keys):
+        if not len(key):
+            break
+        lo = int(key.min())
+        width = int(key.max()) - lo + 1
+        if span * width >= 2**62:
+            return np.lexsort(keys[::-1])
+        combined += (key - lo) * span
+        span *= width
+    return np.argsort(combined, kind="stable")
+
+
+def _is_none(values: np.ndarray) -> np.ndarray:
+    return np.array([v is None for v in values.tolist()], dtype=bool)
+
+
+_QUANTIZE: Any = np.frompyfunc(Decimal.quantize, 3, 1)  # elementwise x.quantize(q, rounding)
+_ZERO, _ONE, _NONE = (np.array(v, dtype=object) for v in (ZERO, ONE, None))  # 0-d, for np.where
+_USER_FIELDS = tuple(f.name for f in fields(UserRecommendations))
+# The dataclass' generated __init__ only sets each field (no __post_init__, no slots);
+# setting them in one step is 5x cheaper and gives an equal object.
+_PLAIN_USER = not hasattr(UserRecommendations, "__post_init__") and hasattr(
+    UserRecommendations, "__dict__"
+)
+
+
+def _user_recommendations(*values: Any) -> UserRecommendations:
+    if not _PLAIN_USER:
+        return UserRecommendations(*values)
+    obj = object.__new__(UserRecommendations)
+    obj.__dict__.update(zip(_USER_FIELDS, values, strict=True))
+    return obj
+
+
+def _tuples(cls: Any, *columns: np.ndarray) -> list[Any]:
+    """NamedTuples of `cls` from columns (tuple.__new__ directly: no Python frame per row)."""
+    return list(map(tuple.__new__, repeat(cls), zip(*(c.tolist() for c in columns), strict=True)))
 
 
 def _objects_of(values: list[Any]) -> np.ndarray:
     return np.fromiter(values, dtype=object, count=len(values))
 
 
-def _lookup(values: np.ndarray, table: Mapping[Any, int]) -> np.ndarray:
-    """table[v] for every v (-1 when absent), one look-up per run of equal values."""
-    n = len(values)
-    if n == 0:
-        return np.empty(0, dtype=np.int64)
-    starts = np.flatnonzero(np.r_[True, values[1:] != values[:-1]])
-    codes = np.fromiter((table.get(v, -1) for v in values[starts].tolist()), dtype=np.int64,
-                        count=len(starts))  # fmt: skip
-    return np.repeat(codes, np.diff(np.r_[starts, n]))
+def _nulls(values: np.ndarray) -> np.ndarray:
+    """What `_is_null` says of each value (None or a float NaN)."""
+    listed = values.tolist()
+    if float not in set(map(type, listed)):
+        return np.fromiter((v is None for v in listed), dtype=bool, count=len(listed))
+    return np.fromiter(map(_is_null, listed), dtype=bool, count=len(listed))
+
+
+def _name_codes(known: list[Any], names: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """Codes of class names continuing the holdings' class codes, the rank of each code in
+    string order, and the number of codes."""
+    index = {name: i for i, name in enumerate(known)}
+    extra: dict[Any, int] = {}
+    codes = [
+        index[v] if v in index else extra.setdefault(v, len(known) + len(extra))
+        for v in names.tolist()
+    ]
+    every = known + list(extra)
+    return np.array(codes, dtype=np.int64), _string_ranks(every), max(len(every), 1)
+
+
+def _string_ranks(values: list[Any]) -> np.ndarray:
+    """The position of each value in sorted order (class names: strings)."""
+    if not all(isinstance(v, str) for v in values):
+        raise ValueError("class names must be strings")  # every user through `allocate`
+    ranks = np.empty(len(values), dtype=np.int64)
+    ranks[sorted(range(len(values)), key=values.__getitem__)] = np.arange(len(values))
+    return ranks
 
 
 def _sums(values: np.ndarray, groups: np.ndarray, n: int, start: Decimal | None) -> np.ndarray:
@@ -748,41 +971,47 @@ def _sums(values: np.ndarray, groups: np.ndarray, n: int, start: Decimal | None)
     if start is None:
         out[groups[heads]] = np.add.reduceat(values, heads)
         return out
-    shift = np.zeros(m, dtype=np.int64)
-    shift[heads] = 1
     slots = heads + np.arange(len(heads))
     chain = np.empty(m + len(heads), dtype=object)
-    chain[np.arange(m) + np.cumsum(shift)] = values
     chain[slots] = start
+    shift = np.zeros(m, dtype=np.int64)
+    shift[heads] = 1
+    chain[np.arange(m) + np.cumsum(shift)] = values
     out[groups[heads]] = np.add.reduceat(chain, slots)
     return out
+
+
+def _last_of(groups: np.ndarray, alive: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """For each wanted group, the last alive row of it (an array indexed by group)."""
+    rows = np.flatnonzero(alive & np.isin(groups, wanted))
+    last = np.full(int(groups.max()) + 1 if len(groups) else 0, -1, dtype=np.int64)
+    last[groups[rows]] = rows  # later rows overwrite earlier ones
+    return last
 
 
 def _ranks(groups: np.ndarray, keys: list[tuple[np.ndarray, bool]]) -> np.ndarray:
     """Position of each row within its group (`groups` ascending) when the group is sorted
     by `keys` (most significant first; each an array and whether descending), ties in row
-    order: what a stable sort gives. Compares pairs of rows, for small groups."""
+    order: what a stable sort gives. Compares each pair of rows once: for small groups."""
     m = len(groups)
     if m == 0:
         return np.empty(0, dtype=np.int64)
-    heads = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1]])
-    sizes = np.diff(np.r_[heads, m])
-    size_of = np.repeat(sizes, sizes)
-    head_of = np.repeat(heads, sizes)
-    i = np.repeat(np.arange(m), size_of)
-    offsets = np.arange(len(i)) - np.repeat(np.cumsum(size_of) - size_of, size_of)
-    j = head_of[i] + offsets
-    before = np.zeros(len(i), dtype=bool)
-    open_ = np.flatnonzero(i != j)
+    ends = np.r_[np.flatnonzero(groups[1:] != groups[:-1]) + 1, m]
+    after = np.repeat(ends, np.diff(np.r_[0, ends])) - np.arange(m) - 1  # later rows in group
+    i = np.repeat(np.arange(m), after)
+    j = i + 1 + np.arange(len(i)) - np.repeat(np.cumsum(after) - after, after)
+    j_first = np.zeros(len(i), dtype=bool)  # i < j: does j come before i?
+    undecided = np.arange(len(i))
     for arr, descending in keys:
-        if not len(open_):
+        if not len(undecided):
             break
-        a, b = arr[j[open_]], arr[i[open_]]
+        a, b = arr[j[undecided]], arr[i[undecided]]
         first = (a > b) if descending else (a < b)
-        before[open_[first]] = True
-        open_ = open_[~first & (a == b)]
-    before[open_[j[open_] < i[open_]]] = True
-    return np.bincount(i, weights=before, minlength=m).astype(np.int64)
+        j_first[undecided[first]] = True
+        undecided = undecided[~first & (a == b)]
+    return (
+        np.bincount(i, weights=j_first, minlength=m) + np.bincount(j, weights=~j_first, minlength=m)
+    ).astype(np.int64)
 
 
 def _fill_many(
@@ -797,12 +1026,12 @@ def _fill_many(
     in order; `name_rank` orders class names). The amounts per row and the money left per
     group have the values `_fill` gives."""
     diff = target - value
-    need = np.where(diff > ZERO, diff, ZERO)
+    need = np.where(diff > ZERO, diff, _ZERO)  # max(ZERO, diff)
     needed = _sums(need, groups, n, None)
     full = needed <= money
     rest = np.full(n, ZERO, dtype=object)
     rest[full] = money[full] - needed[full]
-    amounts = need.copy()
+    amounts = need
     part = ~full[groups]
     if not part.any():
         return amounts, rest
@@ -810,16 +1039,17 @@ def _fill_many(
     rows = np.flatnonzero(part & (target > ZERO))
     if not len(rows):
         return amounts, rest
+    # Breakpoints f_k = v_k / t_k (0 when v_k <= 0), walked in (f_k, name) order.
     g, v, t = groups[rows], value[rows], target[rows]
     brk = np.full(len(rows), ZERO, dtype=object)
-    pos = v > ZERO
+    pos = np.flatnonzero(v > ZERO)
     brk[pos] = v[pos] / t[pos]
     rank = _ranks(g, [(brk, False), (name_rank[rows], False)])
     heads = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
     sizes = np.diff(np.r_[heads, len(rows)])
     by_rank = np.empty(len(rows), dtype=np.int64)
     by_rank[np.repeat(heads, sizes) + rank] = np.arange(len(rows))
-    grp = g[heads]
+    grp_money = money[g[heads]]
     f = np.full(len(heads), ZERO, dtype=object)
     t_sum = np.full(len(heads), ZERO, dtype=object)
     v_sum = np.full(len(heads), ZERO, dtype=object)
@@ -829,16 +1059,15 @@ def _fill_many(
         r = by_rank[heads[walking] + step]
         t_sum[walking] = t_sum[walking] + t[r]
         v_sum[walking] = v_sum[walking] + v[r]
-        f_w = (money[grp[walking]] + v_sum[walking]) / t_sum[walking]
+        f_w = (grp_money[walking] + v_sum[walking]) / t_sum[walking]
         f[walking] = f_w
-        more = step + 1 < sizes[walking]
-        more[more] = ~(f_w[more] <= brk[by_rank[heads[walking[more]] + step + 1]])
+        more = np.flatnonzero(step + 1 < sizes[walking])
+        more = more[~(f_w[more] <= brk[by_rank[heads[walking[more]] + step + 1]])]
         walking = walking[more]
         step += 1
-    f = np.where(f > ONE, ONE, f)  # min(f, 1)
-    f_row = np.repeat(f, sizes)  # rows are grouped like heads
-    level = f_row * t - v
-    amounts[rows] = np.where(level > ZERO, level, ZERO)
+    f = np.where(f > ONE, _ONE, f)  # min(f, Decimal(1))
+    level = np.repeat(f, sizes) * t - v
+    amounts[rows] = np.where(level > ZERO, level, _ZERO)
     return amounts, rest
 
 
