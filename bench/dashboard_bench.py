@@ -327,6 +327,7 @@ def main() -> None:
     url = make_url(args.admin_url).set(database=name).render_as_string(hide_password=False)
     procs: list[subprocess.Popen[bytes]] = []
     work = Path(tempfile.mkdtemp(prefix="dashboard-bench-"))
+    serve_log = (work / "serve.log").open("wb")
     try:
         migrate(url)
         started = time.perf_counter()
@@ -363,7 +364,7 @@ def main() -> None:
         }
         api_port, bare_port = free_port(), free_port()
         serve = [str(ROOT / ".venv/bin/overnight"), "serve", "--port", str(api_port)]
-        procs.append(subprocess.Popen(serve, env=env, stderr=subprocess.DEVNULL))
+        procs.append(subprocess.Popen(serve, env=env, stderr=serve_log))
         bare = [sys.executable, __file__, "--serve-bare", str(bare_port), "--prefix", prefix]
         procs.append(subprocess.Popen(bare, stderr=subprocess.DEVNULL))
         wait_http(api_port, "/healthz", procs[0])
@@ -412,6 +413,12 @@ def main() -> None:
         client = redis.Redis.from_url("redis://127.0.0.1:6379/0")
         refilled = sum(1 for _ in client.scan_iter(match=f"{prefix}recs:*", count=5000))
         client.close()
+        log_text = (work / "serve.log").read_text(errors="replace")
+        trips = log_text.count("Redis unavailable")
+        print(
+            f"Redis breaker trips in the server log: {trips} (hits fall back to PostgreSQL "
+            f"while it is open)"
+        )
         served = sum(r.requests for r in results if r.name == "dashboard, cache miss")
         print(
             f"{served:,} misses served, {refilled - len(hits):,} refilled "
@@ -472,6 +479,7 @@ def main() -> None:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=10)
+        serve_log.close()
         shutil.rmtree(work, ignore_errors=True)
         import redis
 

@@ -67,31 +67,45 @@ class DashboardResult:
 
 
 class Breaker:
-    """Skip Redis for `cooldown` seconds after an error; then let one request probe it."""
+    """Skip Redis for `cooldown` seconds after `threshold` failures in a row; then let one
+    request probe it.
 
-    def __init__(self, cooldown: float, clock: Callable[[], float] = time.monotonic) -> None:
+    One failure is not enough: when this process is overloaded, its own event loop can make
+    a healthy Redis miss a deadline now and then, and sending everyone to PostgreSQL for a
+    second would only add load. A dead or silent Redis fails every call and trips it at once.
+    """
+
+    def __init__(
+        self, cooldown: float, *, threshold: int = 3, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.cooldown = cooldown
+        self.threshold = threshold
         self.clock = clock
-        self.tripped = False
-        self._closed_until = 0.0
+        self.failures = 0
+        self._skip_until = 0.0
+
+    @property
+    def tripped(self) -> bool:
+        return self.failures >= self.threshold
 
     def allow(self) -> bool:
         if not self.tripped:
             return True
         now = self.clock()
-        if now < self._closed_until:
+        if now < self._skip_until:
             return False
-        self._closed_until = now + self.cooldown  # half-open: this request is the probe
+        self._skip_until = now + self.cooldown  # half-open: this request is the probe
         return True
 
     def success(self) -> None:
-        self.tripped = False
+        self.failures = 0
 
     def failure(self, exc: BaseException) -> None:
-        if not self.tripped:
+        self.failures += 1
+        if self.failures == self.threshold:
             log.warning("Redis unavailable (%s); serving from PostgreSQL", type(exc).__name__)
-        self.tripped = True
-        self._closed_until = self.clock() + self.cooldown
+        if self.tripped:
+            self._skip_until = self.clock() + self.cooldown
 
 
 def usable(doc: Any, user_key: str) -> bool:

@@ -30,7 +30,8 @@ class ApiOptions:
     """Knobs of the API process (not operator settings: defaults suit production)."""
 
     redis_timeout: float = 0.25  # connect and read, seconds
-    redis_cooldown: float = 1.0  # skip Redis this long after an error
+    redis_cooldown: float = 1.0  # skip Redis this long after `redis_failures` errors in a row
+    redis_failures: int = 3
     db_timeout: float = 2.0  # pool checkout and statement, seconds
     db_pool_size: int = 8
 
@@ -96,7 +97,7 @@ async def open_services(settings: Settings, options: ApiOptions) -> Services:
     store = DashboardStore(
         redis=redis,
         prefix=settings.cache_prefix,
-        breaker=Breaker(options.redis_cooldown),
+        breaker=Breaker(options.redis_cooldown, threshold=options.redis_failures),
         db=db,
         pg_pool=pg_pool,
         db_timeout=options.db_timeout,

@@ -158,12 +158,14 @@ def test_redis_that_never_answers_costs_one_short_timeout(
         data = get_dashboard(client, p.user_id)
         first = time.perf_counter() - started
         assert data["fromCache"] is False and without_source(data) == expected(p)
-        assert first < 2.0  # one 0.2 s timeout (plus the refill's, skipped by the breaker)
+        assert first < 2.0  # the read's 0.2 s timeout and the refill's
+        # The third timeout in a row trips the breaker ...
+        assert get_dashboard(client, p.user_id)["fromCache"] is False
         started = time.perf_counter()
         for _ in range(5):
             assert get_dashboard(client, p.user_id)["fromCache"] is False
-        # The breaker skips Redis: five answers take far less than five timeouts.
-        assert time.perf_counter() - started < 5 * FAST.redis_timeout
+        # ... after which Redis is skipped: five answers take less than two timeouts.
+        assert time.perf_counter() - started < 2 * FAST.redis_timeout
 
 
 def test_redis_that_stops_responding_mid_flight_falls_back_then_recovers(
@@ -265,15 +267,26 @@ def test_a_persisted_row_in_an_unknown_format_is_a_503(
         )
 
 
-def test_breaker_lets_one_probe_through_after_the_cooldown() -> None:
+def test_breaker_trips_after_failures_in_a_row_and_lets_one_probe_through() -> None:
     now = [0.0]
-    breaker = Breaker(1.0, clock=lambda: now[0])
+    breaker = Breaker(1.0, threshold=3, clock=lambda: now[0])
+    assert breaker.allow()
+    breaker.failure(TimeoutError())
+    breaker.failure(TimeoutError())
+    breaker.success()  # a sporadic deadline miss between successes never trips it
+    breaker.failure(TimeoutError())
+    breaker.failure(TimeoutError())
     assert breaker.allow()
     breaker.failure(OSError("down"))
     assert not breaker.allow()
     now[0] = 1.5
     assert breaker.allow()  # the probe
     assert not breaker.allow()  # everyone else waits for it
+    breaker.failure(OSError("still down"))
+    now[0] = 2.0
+    assert not breaker.allow()
+    now[0] = 2.6
+    assert breaker.allow()
     breaker.success()
     assert breaker.allow() and breaker.allow()
 
