@@ -3,8 +3,8 @@
 PostgreSQL is reached two ways, chosen by measurement (docs/PERFORMANCE.md): the dashboard's
 fallback read goes through a psycopg async pool (no thread hop, a prepared statement), and
 everything else (audit, job runs, SQLite) through the SQLAlchemy engine in a bounded
-threadpool. Redis is an asyncio pool with short timeouts and no retries: a slow Redis must
-cost milliseconds, not seconds.
+threadpool. Redis is an asyncio pool with a short deadline per call and no retries, behind
+a circuit breaker: a slow or dead Redis must never make a request fail or hang.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from overnight_pipeline.storage.db import make_engine
 class ApiOptions:
     """Knobs of the API process (not operator settings: defaults suit production)."""
 
-    redis_timeout: float = 0.25  # connect and read, seconds
+    redis_timeout: float = 0.5  # per call (connect, send, reply), seconds
     redis_cooldown: float = 1.0  # skip Redis this long after `redis_failures` errors in a row
     redis_failures: int = 3
     db_timeout: float = 2.0  # pool checkout and statement, seconds
