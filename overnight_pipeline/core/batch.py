@@ -740,44 +740,56 @@ def _allocate_many(
         drop[a_user[short]] = True
 
     # --- Step 5: split by score in the classes that receive money; minimums re-split. ------
-    paid = np.flatnonzero((amount > ZERO)[e_k])
-    p_rows, p_k, p_pts, p_sym = e_rows[paid], e_k[paid], e_pts[paid], sym_rank[paid]
-    p_score = scores.holdings["score"].to_numpy(dtype=object)[p_rows]
+    # Picks are rows e; the paid ones (in classes with an amount) are p_e. A class without
+    # an amount splits zeros: its picks have no floor and no remainder.
+    p_e = np.flatnonzero((amount > ZERO)[e_k])
+    score_obj = scores.holdings["score"].to_numpy(dtype=object)
+    p_k, p_score = e_k[p_e], score_obj[e_rows[p_e]]
     share = amount[p_k] * p_score / _sums(p_score, p_k, n_k, None)[p_k]
-    alive = _resplit(share, p_k, p_pts, p_sym, p_score, amount, min_set, min_val, k_user, drop)
+    alive = _resplit(share, p_k, e_pts[p_e], sym_rank[p_e], p_score, amount, min_set, min_val,
+                     k_user, drop)  # fmt: skip
     if alive is not None:
-        p_rows, p_k, p_pts, p_sym, p_score, share = (
-            x[alive] for x in (p_rows, p_k, p_pts, p_sym, p_score, share)
-        )
+        p_e, share = p_e[alive], share[alive]
+    p_k = e_k[p_e]
     p_user = k_user[p_k]
 
-    # --- Step 6: largest remainder to the minor unit. --------------------------------------
+    # --- Step 6: largest remainder to the minor unit, never past a class's cap. ------------
     bases_f = users["base_currency"].to_numpy(dtype=object)[users_f]
     quanta = {b: quantum(b) for b in set(bases_f.tolist())}
     q_f = _objects_of([quanta[b] for b in bases_f.tolist()])
     floor = _QUANTIZE(share, q_f[p_user], ROUND_DOWN)
     rem = share - floor
     to_spend = _QUANTIZE(c_total - leftover, q_f, ROUND_DOWN)
-    spare = (to_spend - _sums(floor, p_user, n_f, None)) / q_f
+    floor_k = _sums(floor, p_k, n_k, None)
+    spare = (to_spend - _sums(floor_k, k_user, n_f, None)) / q_f
     units = np.fromiter(map(int, spare.tolist()), dtype=np.int64, count=n_f)
+    # Usually each unit goes to one of the `units` largest remainders: rank those.
     has_rem = rem > ZERO
     n_rem = np.bincount(p_user[has_rem], minlength=n_f)
-    drop |= units > n_rem  # a unit for an asset with nothing to round: not here
     plus = has_rem & (units[p_user] >= n_rem[p_user])
     pick = np.flatnonzero(has_rem & (units[p_user] > 0) & (units[p_user] < n_rem[p_user]))
     if len(pick):
-        rank = _ranks(p_user[pick], [(rem[pick], True), (p_pts[pick], True), (p_sym[pick], False)])
-        plus[pick] = rank < units[p_user[pick]]
-    # Never past a class's cap: a refused unit changes who gets the next ones: not here.
+        ranked = [(rem[pick], True), (e_pts[p_e[pick]], True), (sym_rank[p_e[pick]], False)]
+        plus[pick] = _ranks(p_user[pick], ranked) < units[p_user[pick]]
+    # Unless units outnumber the remainders, or a class would pass its cap (its max less
+    # its value): then walk every pick of the user in order, as `allocate` does.
+    walk = units > n_rem
     if plus.any():
         k_plus, n_plus = np.unique(p_k[plus], return_counts=True)
-        rows_hi = k_plus[_is_none(hi[k_plus])]
-        hi[rows_hi] = t_max[rows_hi] / HUNDRED * after[k_user[rows_hi]]
-        extra = _objects_of([q * m for q, m in zip(q_f[k_user[k_plus]].tolist(), n_plus.tolist(), strict=True)])  # fmt: skip
-        over = _sums(floor, p_k, n_k, None)[k_plus] + extra > hi[k_plus] - cv[k_plus]
-        drop[k_user[k_plus[over]]] = True
+        _fill_none(hi, k_plus, t_max, after, k_user)
+        more = _objects_of([q * m for q, m in zip(q_f[k_user[k_plus]].tolist(), n_plus.tolist(), strict=True)])  # fmt: skip
+        walk[k_user[k_plus[floor_k[k_plus] + more > hi[k_plus] - cv[k_plus]]]] = True
+    if walk.any():
+        p_e, floor, plus = _walk_units(
+            walk, units, p_e, floor, rem, plus, e_k, e_pts, sym_rank, active, k_user, q_f,
+            floor_k, hi, cv, t_max, after,
+        )  # fmt: skip
+        p_k = e_k[p_e]
+        p_user = k_user[p_k]
     p_amount = floor.copy()
     p_amount[plus] = floor[plus] + q_f[p_user[plus]]
+    p_rows, p_pts, p_sym = e_rows[p_e], e_pts[p_e], sym_rank[p_e]
+    p_score = score_obj[p_rows]
 
     # --- Step 7: output. -------------------------------------------------------------------
     r_sel = np.flatnonzero(p_amount > ZERO)
@@ -898,8 +910,77 @@ def _sort_keys(*keys: np.ndarray) -> np.ndarray:
     return np.argsort(combined, kind="stable")
 
 
-def _is_none(values: np.ndarray) -> np.ndarray:
-    return np.array([v is None for v in values.tolist()], dtype=bool)
+def _fill_none(
+    hi: np.ndarray, k: np.ndarray, t_max: np.ndarray, after: np.ndarray, k_user: np.ndarray
+) -> None:
+    """hi = max / HUNDRED × T' for the classes k where it is not known yet."""
+    k = k[np.array([v is None for v in hi[k].tolist()], dtype=bool)]
+    hi[k] = t_max[k] / HUNDRED * after[k_user[k]]
+
+
+def _walk_units(
+    walk: np.ndarray,
+    units: np.ndarray,
+    p_e: np.ndarray,
+    floor: np.ndarray,
+    rem: np.ndarray,
+    plus: np.ndarray,
+    e_k: np.ndarray,
+    e_pts: np.ndarray,
+    sym_rank: np.ndarray,
+    active: np.ndarray,
+    k_user: np.ndarray,
+    q_f: np.ndarray,
+    floor_k: np.ndarray,
+    hi: np.ndarray,
+    cv: np.ndarray,
+    t_max: np.ndarray,
+    after: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`round_largest_remainder` for the users in `walk`: every pick of the user (with a
+    share of zero too) in order of remainder desc, score desc, symbol, then pick order;
+    each takes a unit while units are left unless its class would pass its cap. The j-th
+    unit of class k is refused exactly when floors_k + j·q > cap_k, whoever it goes to, so
+    a pick takes one when it comes within the class's first units that fit and within the
+    user's first `units` such picks. Returns p_e, floor and plus with the zero-share picks
+    that took a unit added (in pick order)."""
+    e_user = k_user[e_k]
+    in_walk = np.flatnonzero(walk[e_user] & active[e_k])
+    paid_at = np.full(len(e_k), -1, dtype=np.int64)
+    paid_at[p_e] = np.arange(len(p_e))
+    # The picks of a paid class that a minimum dropped are out; zero-share picks are in.
+    in_walk = in_walk[(paid_at[in_walk] >= 0) | ~np.isin(e_k[in_walk], e_k[p_e])]
+    g_user, g_k, at = e_user[in_walk], e_k[in_walk], paid_at[in_walk]
+    g_rem = np.full(len(in_walk), ZERO, dtype=object)
+    g_rem[at >= 0] = rem[at[at >= 0]]
+    order = _ranks(g_user, [(g_rem, True), (e_pts[in_walk], True), (sym_rank[in_walk], False)])
+    # Each pick's place among its class's picks in that order: it would be unit j + 1.
+    by_class = _sort_keys(g_k, order)
+    nth = np.empty(len(in_walk), dtype=np.int64)
+    first_of_k = np.searchsorted(g_k[by_class], g_k[by_class])
+    nth[by_class] = np.arange(len(in_walk)) - first_of_k + 1
+    _fill_none(hi, np.unique(g_k), t_max, after, k_user)
+    fits = floor_k[g_k] + q_f[g_user] * _objects_of(nth.tolist()) <= hi[g_k] - cv[g_k]
+    # The user's first `units` picks that fit, in order.
+    by_user = np.argsort(g_user * (len(in_walk) + 1) + order, kind="stable")
+    fit_sorted = fits[by_user].astype(np.int64)
+    before = np.cumsum(fit_sorted) - fit_sorted
+    u_sorted = g_user[by_user]
+    before -= before[np.searchsorted(u_sorted, u_sorted)]
+    took = np.empty(len(in_walk), dtype=bool)
+    took[by_user] = fits[by_user] & (before < units[u_sorted])
+    plus = plus.copy()
+    plus[walk[k_user[e_k[p_e]]]] = False
+    plus[at[took & (at >= 0)]] = True
+    new = in_walk[took & (at < 0)]
+    if not len(new):
+        return p_e, floor, plus
+    zero = _QUANTIZE(np.full(len(new), ZERO, dtype=object), q_f[e_user[new]], ROUND_DOWN)
+    p_e = np.concatenate([p_e, new])
+    floor = np.concatenate([floor, zero])
+    plus = np.concatenate([plus, np.ones(len(new), dtype=bool)])
+    order = np.argsort(p_e, kind="stable")
+    return p_e[order], floor[order], plus[order]
 
 
 _QUANTIZE: Any = np.frompyfunc(Decimal.quantize, 3, 1)  # elementwise x.quantize(q, rounding)
