@@ -162,9 +162,10 @@ def main() -> None:
                   for a, row in zip(fundamentals.index, fundamentals.exact, strict=False)}  # fmt: skip
     batch_s = loop_s = 0.0
     looped = users = holdings = recs = failed = 0
+    one_by_one: set = set()  # users the batch path sent through `allocate` itself
     for batch, objects in batches(args.users, args.batch, args.holdings, data):
         started = time.perf_counter()
-        result = run_batch(batch, fx)
+        result = run_batch(batch, fx, one_by_one=one_by_one)
         batch_s += time.perf_counter() - started
         users += len(batch.users)
         holdings += len(batch.holdings)
@@ -179,7 +180,8 @@ def main() -> None:
     per_loop = loop_s / max(looped, 1) * 1e6
     print(f"batch path: {users:,} users, {holdings:,} holdings in batches of {args.batch:,}:"
           f" {batch_s:.1f} s ({users / batch_s:,.0f} users/s, {per_batch:.0f} us/user),"
-          f" {recs:,} recommendations, {failed} failed users")  # fmt: skip
+          f" {recs:,} recommendations, {failed} failed users; {len(one_by_one):,} users"
+          f" ({len(one_by_one) / max(users, 1):.2%}) through allocate() one by one")  # fmt: skip
     print(f"one-user loop: {looped:,} users: {loop_s:.1f} s ({per_loop:.0f} us/user;"
           f" {per_loop * users / 1e6:.0f} s extrapolated to {users:,})")  # fmt: skip
     print(f"speed-up: {per_loop / per_batch:.1f}x; peak RSS {peak_mb:,.0f} MB (one core)")
