@@ -29,7 +29,11 @@ from overnight_pipeline.storage.db import make_engine
 class ApiOptions:
     """Knobs of the API process (not operator settings: defaults suit production)."""
 
-    redis_timeout: float = 0.5  # per call (connect, send, reply), seconds
+    # A refused or unreachable Redis is known within the connect timeout. The per-call
+    # deadline is longer: an overloaded process can stall its own event loop for hundreds
+    # of milliseconds, and blaming a healthy Redis for that sends everyone to PostgreSQL.
+    redis_connect_timeout: float = 0.25
+    redis_timeout: float = 1.0  # per call (send and reply), seconds
     redis_cooldown: float = 1.0  # skip Redis this long after `redis_failures` errors in a row
     redis_failures: int = 3
     db_timeout: float = 2.0  # pool checkout and statement, seconds
@@ -90,7 +94,7 @@ async def open_services(settings: Settings, options: ApiOptions) -> Services:
     redis = aioredis.Redis.from_url(
         settings.redis_url,
         socket_timeout=None,
-        socket_connect_timeout=options.redis_timeout,
+        socket_connect_timeout=options.redis_connect_timeout,
         retry=Retry(NoBackoff(), 0),
         health_check_interval=0,
     )

@@ -27,7 +27,7 @@ from overnight_pipeline_tests.api.factories import Planner, insert_users, persis
 REDIS_URL = "redis://127.0.0.1:6379/0"
 SECRET = "test-secret-for-the-dashboard-" + "0123456789abcdef" * 3
 # Short timeouts keep the failure tests fast; production defaults are in ApiOptions.
-FAST = ApiOptions(redis_timeout=0.2, redis_cooldown=0.3, db_timeout=1.0)
+FAST = ApiOptions(redis_connect_timeout=0.2, redis_timeout=0.2, redis_cooldown=0.3, db_timeout=1.0)
 
 
 def bearer(token: str) -> dict[str, str]:
