@@ -123,3 +123,25 @@ def market_schedules(
     cron_override: str | None = None,
 ) -> list[ScheduleDefinition]:
     return [market_schedule(m, job, cron_override=cron_override) for m in markets.values()]
+
+
+def fire_times(markets: Mapping[str, Market], day: date) -> list[tuple[str, str, datetime, str]]:
+    """Per market on `day` (its local date): the local fire time, that instant in UTC, and
+    what the tick does ("runs" or the skip reason)."""
+    rows = []
+    for code, market in markets.items():
+        local = datetime.combine(day, fire_time(market), tzinfo=market.tz)
+        reason = closed_reason(market, day)
+        rows.append((code, f"{local:%H:%M} {market.timezone}", local.astimezone(UTC),
+                     "runs" if reason is None else f"skips: {reason}"))  # fmt: skip
+    return rows
+
+
+if __name__ == "__main__":  # python -m overnight_pipeline.defs.schedules [YYYY-MM-DD]
+    import sys
+
+    from overnight_pipeline.core.markets import load_markets
+
+    when = date.fromisoformat(sys.argv[1]) if len(sys.argv) > 1 else datetime.now(UTC).date()
+    for code, local, utc, what in fire_times(load_markets(), when):
+        print(f"{code:<8} {local:<28} {utc:%Y-%m-%d %H:%M} UTC  {what}")

@@ -160,7 +160,10 @@ def run_facts(instance: DagsterInstance, run: DagsterRun) -> RunFacts:
     facts = RunFacts(run=run, started_at=started or datetime.now(UTC),
                      ended_at=_stamp(record.end_time) if record else None,
                      partition_keys=partition_keys_of(run))  # fmt: skip
-    per_partition: dict[tuple[str, str | None], dict[str, Any]] = {}
+    # A step's materializations (one per partition of the run) carry the same totals over
+    # the run's partitions: keep the newest run's per asset, and count the partitions.
+    latest: dict[str, dict[str, Any]] = {}
+    partitions: dict[str, set[str | None]] = {}
     kinds = {DagsterEventType.ASSET_MATERIALIZATION, DagsterEventType.ASSET_CHECK_EVALUATION,
              DagsterEventType.STEP_FAILURE}  # fmt: skip
     for ancestor in _lineage(instance, run):
@@ -176,9 +179,10 @@ def run_facts(instance: DagsterInstance, run: DagsterRun) -> RunFacts:
                 continue
             if event.event_type == DagsterEventType.ASSET_MATERIALIZATION:
                 mat = event.step_materialization_data.materialization
-                per_partition[(mat.asset_key.to_user_string(), mat.partition)] = {
-                    k: _plain(v.value) for k, v in mat.metadata.items() if k != "summary"
-                }
+                asset = mat.asset_key.to_user_string()
+                latest[asset] = {k: _plain(v.value) for k, v in mat.metadata.items()
+                                 if k != "summary" and _plain(v.value) is not None}  # fmt: skip
+                partitions.setdefault(asset, set()).add(mat.partition)
             elif event.event_type == DagsterEventType.ASSET_CHECK_EVALUATION:
                 ev = event.asset_check_evaluation_data
                 facts.checks[f"{ev.asset_key.to_user_string()}:{ev.check_name}"] = {
@@ -186,16 +190,8 @@ def run_facts(instance: DagsterInstance, run: DagsterRun) -> RunFacts:
                 }  # fmt: skip
             elif ancestor.run_id == run.run_id and event.step_key:
                 facts.failures[event.step_key] = _failure_text(event.step_failure_data)
-    for (asset, _), values in per_partition.items():
-        totals = facts.assets.setdefault(asset, {"partitions": 0})
-        totals["partitions"] += 1
-        for name, value in values.items():
-            if isinstance(value, bool):
-                totals[name] = bool(totals.get(name)) or value
-            elif isinstance(value, int | float):
-                totals[name] = totals.get(name, 0) + value
-            elif value is not None:
-                totals.setdefault(name, value)
+    for asset, values in latest.items():
+        facts.assets[asset] = {**values, "partitions": len(partitions[asset])}
     return facts
 
 

@@ -13,6 +13,7 @@ from dagster._utils.schedules import cron_string_iterator  # the scheduler's own
 
 from overnight_pipeline.core.markets import load_markets
 from overnight_pipeline.defs import build_definitions
+from overnight_pipeline.defs.schedules import fire_times
 from overnight_pipeline.settings import load_settings
 
 MARKETS = load_markets()
@@ -178,3 +179,12 @@ def test_skip_reasons_are_dagster_skips(defs: Definitions, instance: DagsterInst
                                      scheduled_execution_time=utc("2026-11-26 12:30"),
                                      repository_def=defs.get_repository_def())  # fmt: skip
     assert isinstance(schedule(context), SkipReason)
+
+
+def test_the_operator_table_of_fire_times() -> None:
+    rows = {code: (local, utc, what) for code, local, utc, what in
+            fire_times(MARKETS, datetime(2026, 11, 30).date())}  # fmt: skip
+    assert rows["TSE"] == ("07:00 Asia/Tokyo", utc("2026-11-29 22:00"), "runs")
+    assert rows["NYSE"][1] == utc("2026-11-30 12:30")
+    sunday = fire_times(MARKETS, datetime(2026, 11, 29).date())
+    assert {what for *_, what in sunday} == {"skips: Sunday, weekend"}

@@ -266,3 +266,26 @@ def test_a_lost_finished_tick_is_reconciled_by_the_next_one(pipeline: Pipeline) 
     assert row(pipeline, first.run_id)["status"] in ("completed", "partial")
     assert row(pipeline, second.run_id)["status"] in ("completed", "partial")
     assert uuid.UUID(str(row(pipeline, first.run_id)["correlation_id"]))
+
+
+def test_a_single_run_backfill_range_is_one_row_listing_its_partitions(pipeline: Pipeline) -> None:
+    # What a UI backfill makes with the single-run policy: one run per market for a range.
+    job = pipeline.defs.resolve_job_def(OVERNIGHT_JOB)
+    result = job.execute_in_process(instance=pipeline.instance, tags={
+        "dagster/asset_partition_range_start": "2026-11-09|B3",
+        "dagster/asset_partition_range_end": "2026-11-11|B3"})  # fmt: skip
+    assert result.success
+    invoke(pipeline, SUCCEEDED_SENSOR, result.dagster_run,
+           run_event(result, DagsterEventType.RUN_SUCCESS))  # fmt: skip
+    recorded = row(pipeline, result.run_id)
+    keys = ["2026-11-09|B3", "2026-11-10|B3", "2026-11-11|B3"]
+    assert recorded["metrics"]["partitions"] == keys
+    assert (recorded["market"], recorded["market_date"]) == ("B3", date(2026, 11, 11))
+    assert recorded["correlation_id"] == correlation_id_for(f"{result.run_id}:{keys[0]}")
+    e = calculation_events_table.c
+    with pipeline.engine.connect() as conn:
+        started = conn.scalar(select(func.count()).where(
+            e.event_type == "CALC_STARTED",
+            e.correlation_id.in_([correlation_id_for(f"{result.run_id}:{k}") for k in keys])))  # fmt: skip
+    assert started and recorded["users_processed"] == started
+    assert recorded["metrics"]["assets"]["asset_scores"]["partitions"] == 3
