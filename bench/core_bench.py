@@ -100,9 +100,10 @@ def batches(
                 classes.append((uid, name, lo, hi, max_assets, min_alloc))
             second = market_codes[rng.integers(len(market_codes))]
             n2 = int(holdings * rng.uniform(0.1, 0.4)) if rng.random() < 0.3 else 0
-            picks = list(rng.choice(by_market[home], holdings - n2, replace=False))
+            # str(): asset ids are plain str as in the database, not numpy.str_.
+            picks = [str(a) for a in rng.choice(by_market[home], holdings - n2, replace=False)]
             pool = [a for a in by_market[second] if a not in set(picks)]
-            picks += list(rng.choice(pool, n2, replace=False)) if n2 else []
+            picks += [str(a) for a in rng.choice(pool, n2, replace=False)] if n2 else []
             hs = []
             for a in picks:
                 h = HoldingInput(a, symbol[a], names[rng.integers(k)],

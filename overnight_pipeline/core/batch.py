@@ -411,8 +411,8 @@ def _recommend_batch(
     # 1. Values in the base currency, one rate per distinct (currency, base) pair.
     price = h["price"].to_numpy(dtype=object)
     priced = _present(price)
-    cur_code, cur_uniques = pd.factorize(h["currency"].to_numpy(dtype=object),
-                                         use_na_sentinel=False)  # fmt: skip
+    currencies: dict[Any, int] = {}  # a user's holdings often share a currency: runs
+    cur_code = _run_codes(h["currency"].to_numpy(dtype=object), currencies, grow=True)
     base_code, base_uniques = pd.factorize(np.array(base_list, dtype=object),
                                            use_na_sentinel=False)  # fmt: skip
     n_b = len(base_uniques) + 1  # code 0: a holding of a user missing from `users`
@@ -424,7 +424,7 @@ def _recommend_batch(
     pair_index[pairs] = np.arange(len(pairs))
     pair_of_row = pair_index[pair]
     base_values = [np.nan, *base_uniques.tolist()]
-    cur_values = cur_uniques.tolist()
+    cur_values = list(currencies)
     rates = np.empty(len(pairs), dtype=object)
     bad_pair = np.zeros(len(pairs), dtype=bool)
     one_pair = np.zeros(len(pairs), dtype=bool)
@@ -704,6 +704,9 @@ def _allocate_many(
     # --- Step 2: targets after the contribution, gaps before it. ---------------------------
     contributions = users["contribution"].to_numpy(dtype=object)[users_f].tolist()
     c_total = _objects_of([ZERO if _is_null(c) else c for c in contributions])
+    # Amounts are summed here by class, then by user: the same value as `allocate`'s one
+    # running sum while no sum is rounded (28 digits), which holds below 10^20.
+    drop |= np.abs(c_total) >= _HUGE
     after = total + c_total
     pct = np.full(n_k, ZERO, dtype=object)
     shares_of = np.flatnonzero((total > ZERO)[k_user])
@@ -985,6 +988,7 @@ def _walk_units(
 
 _QUANTIZE: Any = np.frompyfunc(Decimal.quantize, 3, 1)  # elementwise x.quantize(q, rounding)
 _ZERO, _ONE, _NONE = (np.array(v, dtype=object) for v in (ZERO, ONE, None))  # 0-d, for np.where
+_HUGE = Decimal("1E+20")
 _USER_FIELDS = tuple(f.name for f in fields(UserRecommendations))
 # The dataclass' generated __init__ only sets each field (no __post_init__, no slots);
 # setting them in one step is 5x cheaper and gives an equal object.
