@@ -14,6 +14,7 @@ earlier runs materialised for the partition (the steps it did not repeat) with w
 
 # No `from __future__ import annotations`: Dagster inspects the context annotations.
 
+import logging
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -50,6 +51,7 @@ CANCELED_SENSOR = "overnight_job_run_canceled"
 PARTITION_TAG = "dagster/partition"
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
+_log = logging.getLogger(__name__)
 FINISHED_STATUSES = (DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED)
 
 
@@ -287,7 +289,10 @@ def record_run_finished(
     with engine.begin() as conn:
         first_time = job_runs.record_finished(conn, row)
     if first_time and tracer_provider is not None:
-        _emit_span(tracer_provider, facts, row, details)
+        try:
+            _emit_span(tracer_provider, facts, row, details)
+        except Exception:  # telemetry must never cost the job-run record
+            _log.exception("could not emit the overnight-scoring-job span of %s", run.run_id)
     return row
 
 
@@ -341,7 +346,7 @@ def reconcile_unfinished(
     with engine.connect() as conn:
         run_ids = conn.scalars(
             select(j.run_id).where(j.status == job_runs.STARTED, j.run_id.is_not(None))
-            .order_by(j.started_at).limit(limit)
+            .order_by(j.started_at.desc()).limit(limit)
         ).all()  # fmt: skip
     fixed = 0
     for run_id in run_ids:
@@ -371,10 +376,14 @@ def build_job_run_sensors(
     def finish(context: RunStatusSensorContext, database: AppDatabase, error: str | None) -> None:
         if context.dagster_run.job_name != job_name:
             return
+        try:
+            provider = tracer_provider()
+        except Exception as exc:  # a bad OTEL_* setting must not stop the record
+            context.log.warning(f"no overnight-scoring-job span: {exc}")
+            provider = None
         record_run_finished(context.instance, context.dagster_run, database.engine,
-                            run_error=error, tracer_provider=tracer_provider())  # fmt: skip
-        reconcile_unfinished(context.instance, database.engine,
-                             tracer_provider=tracer_provider())  # fmt: skip
+                            run_error=error, tracer_provider=provider)  # fmt: skip
+        reconcile_unfinished(context.instance, database.engine, tracer_provider=provider)
 
     @run_status_sensor(run_status=DagsterRunStatus.STARTED, name=STARTED_SENSOR, **common,
                        description="Records each overnight run as `started` in "

@@ -17,6 +17,7 @@ from overnight_pipeline.defs.partitions import partition_key
 from overnight_pipeline.defs.resources import AppDatabase
 from overnight_pipeline.defs.sensors import FAILED_SENSOR, SUCCEEDED_SENSOR, build_job_run_sensors
 from overnight_pipeline.settings import load_settings
+from overnight_pipeline.storage.job_runs import job_run
 from overnight_pipeline.telemetry import JOB_ATTRIBUTES, SPAN_NAME, exporter_names, tracer_provider
 from overnight_pipeline_tests.api.netfaults import closed_port
 from overnight_pipeline_tests.pipeline.conftest import DAY, Pipeline
@@ -136,3 +137,22 @@ def test_the_exporter_follows_the_otel_variables(monkeypatch: pytest.MonkeyPatch
         tracer_provider(load_settings())
     monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
     assert exporter_names(load_settings()) == ()
+
+
+def test_a_broken_exporter_setting_never_costs_the_job_run_row(pipeline: Pipeline) -> None:
+    def broken() -> TracerProvider:
+        raise ValueError("OTEL_TRACES_EXPORTER: no installed span exporter named 'zipkin'")
+
+    result = pipeline.run("NASDAQ", date(2026, 11, 25))
+    (succeeded,) = [s for s in build_job_run_sensors(OVERNIGHT_JOB, tracer_provider=broken)
+                    if s.name == SUCCEEDED_SENSOR]  # fmt: skip
+    event = next(e for e in result.all_events if e.event_type == DagsterEventType.RUN_SUCCESS)
+    with build_run_status_sensor_context(
+        sensor_name=SUCCEEDED_SENSOR, dagster_event=event, dagster_instance=pipeline.instance,
+        dagster_run=result.dagster_run,
+        resources={"database": AppDatabase(url=pipeline.settings.database_url)},
+    ) as context:  # fmt: skip
+        succeeded(context)
+    with pipeline.engine.connect() as conn:
+        recorded = job_run(conn, result.run_id)
+    assert recorded is not None and recorded["status"] in ("completed", "partial")
