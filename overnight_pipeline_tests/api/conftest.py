@@ -1,8 +1,10 @@
-"""Dashboard fixtures: the app on the session's throwaway PostgreSQL and the real Redis.
+"""Dashboard fixtures: the app on its own throwaway PostgreSQL (and SQLite) database and
+the real Redis.
 
-Rows are committed (the app reads through its own connections) under fresh random user
-ids, so tests never see each other's data; the database is dropped at the end of the
-session. Redis keys live under a per-test prefix, refused when not empty, deleted after.
+The app reads through its own connections, so these tests commit their rows: they get
+databases of their own instead of the session's shared ones, which other packages' tests
+expect to stay empty. Rows use fresh random user ids, so tests never see each other's data.
+Redis keys live under a per-test prefix, refused when not empty, deleted after.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ from dashboard_api.auth import issue_token
 from dashboard_api.services import ApiOptions
 from overnight_pipeline.settings import Settings, load_settings
 from overnight_pipeline.storage.cache import write_entries
+from overnight_pipeline.storage.db import make_engine, migrate
 from overnight_pipeline_tests.api.factories import Planner, insert_users, persist, planner
+from overnight_pipeline_tests.conftest import create_pg_database, drop_pg_database
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 SECRET = "test-secret-for-the-dashboard-" + "0123456789abcdef" * 3
@@ -36,6 +40,35 @@ def bearer(token: str) -> dict[str, str]:
 
 def token_for(user: uuid.UUID, *, admin: bool = False, secret: str = SECRET) -> str:
     return issue_token(secret, user, admin=admin)
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    url = create_pg_database("overnight_api_test")
+    migrate(url)
+    yield url
+    drop_pg_database(url)
+
+
+@pytest.fixture(scope="session")
+def pg_engine(pg_url: str) -> Iterator[Engine]:
+    engine = make_engine(pg_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    url = f"sqlite:///{tmp_path_factory.mktemp('api-sqlite') / 'app.db'}"
+    migrate(url)
+    return url
+
+
+@pytest.fixture(scope="session")
+def sqlite_engine(sqlite_url: str) -> Iterator[Engine]:
+    engine = make_engine(sqlite_url)
+    yield engine
+    engine.dispose()
 
 
 @pytest.fixture
