@@ -26,17 +26,20 @@ def _dump(conn: Connection) -> dict[str, list[tuple]]:
 
 
 def test_same_seed_gives_the_same_data(db_conn: Connection) -> None:
+    before = len(_dump(db_conn)["users"])
     seed(db_conn, users=40, seed=7, as_of=AS_OF)
     first = _dump(db_conn)
     seed(db_conn, users=40, seed=7, as_of=AS_OF)  # re-seeding replaces, never duplicates
     assert _dump(db_conn) == first
-    assert len(first["users"]) == 40
+    assert len(first["users"]) == before + 40
 
 
 def test_different_seeds_give_different_users(db_conn: Connection) -> None:
+    # Relative counts: rows other tests committed to the session database are not ours.
+    before = db_conn.execute(text("SELECT count(*) FROM users")).scalar()
     seed(db_conn, users=5, seed=1, as_of=AS_OF)
     seed(db_conn, users=5, seed=2, as_of=AS_OF)
-    assert db_conn.execute(text("SELECT count(*) FROM users")).scalar() == 10
+    assert db_conn.execute(text("SELECT count(*) FROM users")).scalar() == before + 10
 
 
 def test_seeded_users_are_shaped_like_real_planners(db_conn: Connection) -> None:

@@ -91,9 +91,10 @@ def test_every_bad_token_is_a_401_problem(client: TestClient, case: str, path: s
 
 def test_leeway_accepts_a_token_expired_seconds_ago() -> None:
     user = uuid.uuid4()
-    token = issue_token(SECRET, user, ttl=timedelta(seconds=10), now=NOW - timedelta(seconds=15))
+    now = datetime.now(UTC)  # not the module's NOW: the suite may reach this test minutes later
+    token = issue_token(SECRET, user, ttl=timedelta(seconds=10), now=now - timedelta(seconds=15))
     assert decode_token(token, SECRET).user_id == user
-    stale = issue_token(SECRET, user, ttl=timedelta(seconds=10), now=NOW - timedelta(minutes=2))
+    stale = issue_token(SECRET, user, ttl=timedelta(seconds=10), now=now - timedelta(minutes=2))
     with pytest.raises(AuthError, match="expired"):
         decode_token(stale, SECRET)
 

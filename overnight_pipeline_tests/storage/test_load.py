@@ -158,9 +158,10 @@ def test_unknown_asset_in_holdings_is_rejected_before_any_write(db_conn: Connect
     bad["users"][0]["holdings"].append(
         {"market": "NYSE", "symbol": "ZZZZ", "quantity": "1", "assetClass": "US Stocks"}
     )
+    before = db_conn.execute(text("SELECT count(*) FROM users")).scalar()
     with pytest.raises(LoadFileError, match="ZZZZ"):
         _load(db_conn, bad)
-    assert db_conn.execute(text("SELECT count(*) FROM users")).scalar() == 0
+    assert db_conn.execute(text("SELECT count(*) FROM users")).scalar() == before
 
 
 def test_cli_load_reports_errors_and_exit_code(tmp_path, capsys, monkeypatch, sqlite_url) -> None:
