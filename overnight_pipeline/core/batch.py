@@ -16,7 +16,9 @@ and go through `allocate` itself.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import gc
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from decimal import ROUND_DOWN, ROUND_HALF_EVEN, Decimal
@@ -142,9 +144,26 @@ class BatchResult:
 def run_batch(batch: Batch, fx: FxRates, *, one_by_one: set[Any] | None = None) -> BatchResult:
     """Score every holding of the batch and recommend for every user (`one_by_one`: see
     `recommend_batch`)."""
-    scores = score_batch(batch.holdings, batch.rules, batch.fundamentals)
-    recs, failures = recommend_batch(batch, scores, fx, one_by_one=one_by_one)
+    with _collector_paused():
+        scores = score_batch(batch.holdings, batch.rules, batch.fundamentals)
+        recs, failures = recommend_batch(batch, scores, fx, one_by_one=one_by_one)
     return BatchResult(scores, recs, failures)
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """The cyclic garbage collector off for the duration of a batch: its objects form no
+    cycles, but their number (~10 tuples per user) triggered ~150 young and ~15 middle
+    collections per 8,000 users plus now and then a full one over every live object of the
+    process (the benchmark measured 25-70 us/user of collection inside the batch, removed
+    by this, without more collections elsewhere)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 # Scoring ----------------------------------------------------------------------------------
@@ -383,7 +402,8 @@ def recommend_batch(
     branches goes through `allocate` itself, and is added to `one_by_one` when given.
     `vectorised=False` sends every user through `allocate`.
     """
-    return _recommend_batch(batch, scores, fx, vectorised, one_by_one)
+    with _collector_paused():
+        return _recommend_batch(batch, scores, fx, vectorised, one_by_one)
 
 
 def _recommend_batch(
