@@ -109,7 +109,7 @@ def _stamp(value: float | datetime | None) -> datetime | None:
 
 def partition_keys_of(run: DagsterRun) -> list[str]:
     """The run's partition keys: its partition tag, or each date of a single-market range
-    (a single-run backfill)."""
+    (a single-run backfill); empty when the tags cannot tell."""
     tags = run.tags
     if PARTITION_TAG in tags:
         return [tags[PARTITION_TAG]]
@@ -118,7 +118,7 @@ def partition_keys_of(run: DagsterRun) -> list[str]:
         return []
     (market, first), (last_market, last) = split_key(start), split_key(end)
     if market != last_market:
-        return [start, end]
+        return []
     days = (last - first).days
     return [f"{first + timedelta(days=i)}|{market}" for i in range(days + 1)]
 
@@ -194,6 +194,8 @@ def run_facts(instance: DagsterInstance, run: DagsterRun) -> RunFacts:
                 facts.failures[event.step_key] = _failure_text(event.step_failure_data)
     for asset, values in latest.items():
         facts.assets[asset] = {**values, "partitions": len(partitions[asset])}
+    if not facts.partition_keys:
+        facts.partition_keys = sorted({p for keys in partitions.values() for p in keys if p})
     return facts
 
 
@@ -213,8 +215,9 @@ def _metrics(facts: RunFacts, counts: job_runs.CalculationCounts) -> dict[str, A
         "users_success": counts.completed,
         "users_failed": counts.failed,
         "users_unfinished": counts.unfinished,
-        "assets_scored": facts.total("asset_scores", "assets_scored"),
-        "recommendations_generated": facts.total("recommendations", "recommendations_generated"),
+        # From the event store: exact when a step resumed (its metadata counts one attempt).
+        "assets_scored": counts.holdings_scored,
+        "recommendations_generated": counts.recommendations,
         "rates_stale": bool(facts.total("exchange_rates", "stale")),
         "prices_missing": facts.total("asset_prices", "missing"),
         "cache_written": facts.total("recommendation_cache", "written"),

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import Connection, case, func, select
+from sqlalchemy import Connection, and_, case, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from overnight_pipeline.storage.models import calculation_events_table, overnight_job_runs_table
@@ -33,6 +33,8 @@ class CalculationCounts:
     started: int = 0
     completed: int = 0
     failed: int = 0
+    holdings_scored: int = 0  # one score per holding of each scored user
+    recommendations: int = 0
 
     @property
     def unfinished(self) -> int:
@@ -44,20 +46,27 @@ class CalculationCounts:
 
 
 def calculation_counts(conn: Connection, correlation_ids: Sequence[uuid.UUID]) -> CalculationCounts:
-    """Users started, completed and failed under `correlation_ids`: the truth across retries
-    and re-executions, which resume a calculation instead of repeating it."""
+    """Users started, completed and failed under `correlation_ids`, the holdings scored
+    (`CALC_STARTED.holdings` of users with scores) and the recommendations generated
+    (`CALC_COMPLETED.recommendations`): the truth across retries and re-executions, which
+    resume a calculation instead of repeating it, so one attempt's metadata undercounts."""
     if not correlation_ids:
         return CalculationCounts()
     e = calculation_events_table.c
     status = e.payload["status"].as_string()
+    completed = and_(e.event_type == "CALC_COMPLETED", status == "completed")
     row = conn.execute(
         select(
             func.count().filter(e.event_type == "CALC_STARTED"),
-            func.count().filter(e.event_type == "CALC_COMPLETED", status == "completed"),
+            func.count().filter(completed),
             func.count().filter(e.event_type == "CALC_COMPLETED", status == "failed"),
+            func.coalesce(func.sum(e.payload["holdings"].as_integer()).filter(
+                e.event_type == "CALC_STARTED"), 0),
+            func.coalesce(func.sum(e.payload["recommendations"].as_integer()).filter(
+                completed), 0),
         ).where(e.correlation_id.in_(list(correlation_ids)))
-    ).one()
-    return CalculationCounts(started=row[0], completed=row[1], failed=row[2])
+    ).one()  # fmt: skip
+    return CalculationCounts(*(int(v or 0) for v in row))
 
 
 def failed_users(

@@ -266,6 +266,12 @@ def test_a_dropped_postgresql_connection_mid_step_is_retried_and_completes(
         per_user = Counter(conn.scalars(select(s.user_id).where(
             s.market_date == day, s.correlation_id == cid, s.user_id.in_(users))))  # fmt: skip
     assert set(per_user) == set(users)
+    # The job-run row counts the whole calculation, not just the attempt that succeeded.
+    recorded = record(settings, instance, result)
+    assert recorded["status"] == "completed" and recorded["users_processed"] == len(users)
+    assert recorded["metrics"]["assets_scored"] == sum(per_user.values())
+    assert recorded["metrics"]["assets_scored"] > scores_meta["assets_scored"].value
+    assert recorded["metrics"]["steps"]["asset_scores"]["attempts"] == 2
 
 
 # Re-execution from failure needs a job Dagster can rebuild by itself (`reconstructable`):
