@@ -151,8 +151,14 @@ def _insert(conn: Connection) -> Any:
 def record_started(conn: Connection, run: JobRun) -> bool:
     """Insert the `started` row unless the run is already recorded (its finished row may
     have been written first: the sensors tick independently). True when inserted."""
-    stmt = _insert(conn).values(run.values()).on_conflict_do_nothing(index_elements=["run_id"])
-    return bool(conn.execute(stmt).rowcount)
+    stmt = (
+        _insert(conn)
+        .values(run.values())
+        .on_conflict_do_nothing(index_elements=["run_id"])
+        .returning(overnight_job_runs_table.c.id)
+    )
+    # rowcount is -1 here with psycopg 3: ask for the inserted row instead.
+    return conn.execute(stmt).first() is not None
 
 
 def record_finished(conn: Connection, run: JobRun) -> bool:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from datetime import date, timedelta
+from dataclasses import replace
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from dagster import (
     build_run_status_sensor_context,
     build_sensor_context,
 )
-from sqlalchemy import delete, func, select
+from sqlalchemy import Connection, delete, func, insert, select
 
 from overnight_pipeline.defs import OVERNIGHT_JOB, build_definitions
 from overnight_pipeline.defs.partitions import partition_key
@@ -33,6 +34,7 @@ from overnight_pipeline.defs.sensors import (
     SUCCEEDED_SENSOR,
 )
 from overnight_pipeline.settings import load_settings
+from overnight_pipeline.storage import job_runs
 from overnight_pipeline.storage.db import make_engine
 from overnight_pipeline.storage.job_runs import job_run
 from overnight_pipeline.storage.models import (
@@ -289,3 +291,68 @@ def test_a_single_run_backfill_range_is_one_row_listing_its_partitions(pipeline:
             e.correlation_id.in_([correlation_id_for(f"{result.run_id}:{k}") for k in keys])))  # fmt: skip
     assert started and recorded["users_processed"] == started
     assert recorded["metrics"]["assets"]["asset_scores"]["partitions"] == 3
+
+
+# The storage side alone, on PostgreSQL and on the demo's SQLite.
+
+
+def test_job_run_upserts_and_counts_on_both_databases(db_conn: Connection) -> None:
+    cid = uuid.uuid4()
+    at = datetime(2026, 11, 27, 12, 30, tzinfo=UTC)
+    e = calculation_events_table
+    users = [uuid.uuid4() for _ in range(3)]
+    events = [{"correlation_id": cid, "user_id": u, "event_type": "CALC_STARTED",
+               "payload": {"holdings": 4}, "created_at": at} for u in users[:2]]  # fmt: skip
+    events += [
+        {"correlation_id": cid, "user_id": users[2], "event_type": "CALC_STARTED",
+         "payload": {}, "created_at": at},
+        {"correlation_id": cid, "user_id": users[0], "event_type": "CALC_COMPLETED",
+         "payload": {"status": "completed", "recommendations": 3}, "created_at": at},
+        {"correlation_id": cid, "user_id": users[2], "event_type": "CALC_COMPLETED",
+         "payload": {"status": "failed", "stage": "inputs", "error": "no rate"}, "created_at": at},
+    ]  # fmt: skip
+    db_conn.execute(insert(e), events)
+    counts = job_runs.calculation_counts(db_conn, [cid])
+    assert counts == job_runs.CalculationCounts(started=3, completed=1, failed=1,
+                                                holdings_scored=8, recommendations=3)  # fmt: skip
+    assert counts.unfinished == 1 and counts.failed_ratio == pytest.approx(1 / 3)
+    assert job_runs.failed_users(db_conn, [cid]) == [
+        {"user": str(users[2]), "stage": "inputs", "error": "no rate"}]  # fmt: skip
+
+    run_id = f"run-{uuid.uuid4()}"
+    started = job_runs.JobRun(run_id=run_id, correlation_id=cid, started_at=at, market="NYSE",
+                              market_date=date(2026, 11, 27))  # fmt: skip
+    assert job_runs.record_started(db_conn, started)
+    assert not job_runs.record_started(db_conn, started)  # a repeated started tick
+    finished = replace(started, status="partial", completed_at=at + timedelta(minutes=3),
+                       users_processed=3, users_failed=1, metrics={"users_total": 3},
+                       error_details={"failed_users": 1})  # fmt: skip
+    assert job_runs.record_finished(db_conn, finished)  # first time finished: emit the span
+    assert not job_runs.record_finished(db_conn, finished)  # a repeated finished tick
+    assert not job_runs.record_started(db_conn, replace(started, started_at=at + timedelta(1)))
+    recorded = job_runs.job_run(db_conn, run_id)
+    assert recorded is not None
+    assert (recorded["status"], recorded["users_failed"], recorded["started_at"]) == (
+        "partial", 1, at)  # fmt: skip
+    with pytest.raises(ValueError, match="not a finished status"):
+        job_runs.record_finished(db_conn, started)
+
+
+@pytest.mark.parametrize(
+    ("succeeded", "failed_steps", "users_failed", "prices_missing", "status"),
+    [
+        (True, [], 0, 0, "completed"),
+        (True, [], 2, 0, "partial"),
+        (True, [], 0, 5, "partial"),
+        (False, ["recommendation_cache"], 0, 0, "partial"),
+        (False, ["recommendations"], 0, 0, "failed"),
+        (False, ["recommendations", "recommendation_cache"], 0, 0, "failed"),
+        (False, [], 0, 0, "failed"),  # the run worker died before any step
+    ],
+)
+def test_the_status_of_a_finished_run(
+    succeeded: bool, failed_steps: list[str], users_failed: int, prices_missing: int, status: str
+) -> None:
+    assert job_runs.decide_status(succeeded=succeeded, failed_steps=failed_steps,
+                                  users_failed=users_failed,
+                                  prices_missing=prices_missing) == status  # fmt: skip
