@@ -147,6 +147,42 @@ def _instruments(
     return len(users), {inst: asset_id for inst, (asset_id, _) in found.items()}
 
 
+def _fetch_held(
+    engine: Engine,
+    *,
+    market: str,
+    day: date,
+    markets: Mapping[str, Market],
+    stage: str,
+    fetch: Callable[..., Any],
+    store_result: Callable[..., int],
+    found: str,
+) -> StepReport:
+    """Fetch something for every distinct asset the partition's users hold (never per
+    user) and store the fresh part of it under `day`."""
+    started = time.perf_counter()
+    users, ids = _instruments(engine, market=market, day=day, markets=markets)
+    result = fetch(sorted(ids), day=day)
+    with engine.begin() as conn:
+        stored = store_result(conn, result, day=day, asset_ids=ids)
+    items = result.quotes if stage == "prices" else result.values
+    stale = len(result.stale_instruments) if result.stale_instruments else (
+        len(items) if result.stale else 0)  # fmt: skip
+    return StepReport(
+        metrics={
+            "users": users,
+            "assets": len(ids),
+            found: len(items),
+            "stored": stored,
+            "stale": stale,
+            "missing": len(result.missing),
+            "source": result.source,
+        },
+        failures=[{"user": "-", "stage": stage, "error": e} for e in result.errors[:20]],
+        seconds=time.perf_counter() - started,
+    )
+
+
 def fetch_prices(
     engine: Engine,
     provider: MarketDataProvider,
@@ -155,27 +191,9 @@ def fetch_prices(
     day: date,
     markets: Mapping[str, Market],
 ) -> StepReport:
-    """A price for every distinct asset the partition's users hold (never per user)."""
-    started = time.perf_counter()
-    users, ids = _instruments(engine, market=market, day=day, markets=markets)
-    result = provider.fetch_prices(sorted(ids), day=day)
-    with engine.begin() as conn:
-        stored = store_prices(conn, result, day=day, asset_ids=ids)
-    return StepReport(
-        metrics={
-            "users": users,
-            "assets": len(ids),
-            "priced": len(result.quotes),
-            "stored": stored,
-            "stale": len(result.stale_instruments)
-            if result.stale_instruments
-            else (len(result.quotes) if result.stale else 0),
-            "missing": len(result.missing),
-            "source": result.source,
-        },
-        failures=[{"user": "-", "stage": "prices", "error": e} for e in result.errors[:20]],
-        seconds=time.perf_counter() - started,
-    )
+    """A price for every distinct asset the partition's users hold."""
+    return _fetch_held(engine, market=market, day=day, markets=markets, stage="prices",
+                       fetch=provider.fetch_prices, store_result=store_prices, found="priced")  # fmt: skip
 
 
 def fetch_fundamentals(
@@ -187,26 +205,9 @@ def fetch_fundamentals(
     markets: Mapping[str, Market],
 ) -> StepReport:
     """Fundamentals for every distinct asset the partition's users hold."""
-    started = time.perf_counter()
-    users, ids = _instruments(engine, market=market, day=day, markets=markets)
-    result = provider.fetch_fundamentals(sorted(ids), day=day)
-    with engine.begin() as conn:
-        stored = store_fundamentals(conn, result, day=day, asset_ids=ids)
-    return StepReport(
-        metrics={
-            "users": users,
-            "assets": len(ids),
-            "fetched": len(result.values),
-            "stored": stored,
-            "stale": len(result.stale_instruments)
-            if result.stale_instruments
-            else (len(result.values) if result.stale else 0),
-            "missing": len(result.missing),
-            "source": result.source,
-        },
-        failures=[{"user": "-", "stage": "fundamentals", "error": e} for e in result.errors[:20]],
-        seconds=time.perf_counter() - started,
-    )
+    return _fetch_held(engine, market=market, day=day, markets=markets, stage="fundamentals",
+                       fetch=provider.fetch_fundamentals, store_result=store_fundamentals,
+                       found="fetched")  # fmt: skip
 
 
 # Scores ---------------------------------------------------------------------------------
