@@ -105,7 +105,7 @@ def main() -> None:
               f" ({figures['processed'] / figures['wall']:,.0f} users/s); per asset (s): {steps}; peak RSS {figures['peak_rss_mb']:,.0f} MB")  # fmt: skip
     print("\n| users | wall s | users/s | " + " | ".join(ASSETS) + " | peak RSS MB |")
     print("| ---: " * (len(ASSETS) + 4) + "|")
-    for users, f in rows:
+    for _users, f in rows:
         print(f"| {f['processed']:,.0f} | {f['wall']:.1f} | {f['processed'] / f['wall']:,.0f} | "
               + " | ".join(f"{f[a]:.2f}" for a in ASSETS) + f" | {f['peak_rss_mb']:,.0f} |")  # fmt: skip
 
