@@ -84,8 +84,9 @@ def run_partition(
     if not with_cache:
         selection = [k for k in job.asset_layer.executable_asset_keys if k != CACHE_ASSET]
     started = time.perf_counter()
+    dagster = dagster or instance()
     result = job.execute_in_process(
-        instance=dagster or instance(),
+        instance=dagster,
         partition_key=partition_key(market, day),
         asset_selection=selection,
         raise_on_error=False,
@@ -118,9 +119,26 @@ def run_partition(
             )
             or "run failed"
         )
-    summary.seconds.setdefault("total", 0.0)
     summary.seconds["total"] = time.perf_counter() - started
+    _record_job_run(settings, dagster, result.run_id)
     return summary
+
+
+def _record_job_run(settings: Settings, dagster: DagsterInstance, run_id: str) -> None:
+    """Write the run's `overnight_job_runs` row (and span) now: no daemon watches an
+    in-process run. Idempotent with the sensors, which upsert by run id."""
+    from overnight_pipeline.defs.sensors import record_run_finished, record_run_started
+    from overnight_pipeline.telemetry import tracer_provider
+
+    run = dagster.get_run_by_id(run_id)
+    if run is None:
+        return
+    engine = make_engine(settings.database_url)
+    try:
+        record_run_started(dagster, run, engine)
+        record_run_finished(dagster, run, engine, tracer_provider=tracer_provider(settings))
+    finally:
+        engine.dispose()
 
 
 def table(summaries: Sequence[PartitionSummary]) -> str:

@@ -10,7 +10,11 @@ from sqlalchemy import func, select
 from overnight_pipeline.cli import main
 from overnight_pipeline.settings import get_settings
 from overnight_pipeline.storage.db import make_engine
-from overnight_pipeline.storage.models import calculation_events_table, recommendations_table
+from overnight_pipeline.storage.models import (
+    calculation_events_table,
+    overnight_job_runs_table,
+    recommendations_table,
+)
 from overnight_pipeline_tests.pipeline.conftest import DAY, REDIS_URL
 
 
@@ -40,8 +44,16 @@ def test_overnight_run_materialises_one_partition(
         persisted = conn.scalar(
             select(func.count()).where(r.c.market == "TSE", r.c.market_date == DAY)
         )
-    engine.dispose()
     assert persisted and f"{persisted} written" in out
+    with engine.connect() as conn:
+        job = conn.execute(
+            select(overnight_job_runs_table.c.status, overnight_job_runs_table.c.users_processed)
+            .where(overnight_job_runs_table.c.market == "TSE",
+                   overnight_job_runs_table.c.market_date == DAY)
+        ).all()  # fmt: skip
+    # No daemon watches an in-process run: the command records its job run itself.
+    engine.dispose()
+    assert [(status, n) for status, n in job][-1:] == [("completed", persisted)]
     # The run went to the local Dagster instance of the working directory.
     assert (Path(".data") / "dagster").is_dir()
 
