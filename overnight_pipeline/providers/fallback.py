@@ -8,11 +8,11 @@ whether it is stale; errors of every link are kept, prefixed with the provider's
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from overnight_pipeline.providers.base import (
     FundamentalsResult,
@@ -21,7 +21,6 @@ from overnight_pipeline.providers.base import (
     MarketDataProvider,
     PricesResult,
     ProviderError,
-    Quote,
     RatesResult,
     distinct,
     utcnow,
@@ -117,36 +116,49 @@ class FallbackProvider:
             sources={c: s for c, s in merged.sources.items() if s != source},
         )
 
-    def fetch_prices(self, instruments: Sequence[Instrument], *, day: date) -> PricesResult:
+    def _chain(
+        self,
+        instruments: Sequence[Instrument],
+        *,
+        day: date,
+        what: str,
+        fetch: Callable[[MarketDataProvider, list[Instrument], date], Any],
+        items: Callable[[Any], Mapping[Instrument, V]],
+    ) -> tuple[_Merged[Instrument, V], list[Instrument], list[Instrument], datetime]:
+        """Ask each link for what the links before it could not give; returns what was
+        found, what was wanted, what is still missing and when the first answer came."""
         wanted = distinct(instruments)
-        merged: _Merged[Instrument, Quote] = _Merged()
+        merged: _Merged[Instrument, V] = _Merged()
         fetched: datetime | None = None
         remaining = wanted
         for provider in self.providers:
             if not remaining:
                 break
             try:
-                result = provider.fetch_prices(remaining, day=day)
+                result = fetch(provider, remaining, day)
             except ProviderError as exc:
                 merged.errors.append(str(exc))
                 continue
             merged.answered += 1
             merged.errors.extend(result.errors)
             fetched = fetched or result.as_of
+            found = items(result)
             for inst in remaining:
-                if inst in result.quotes:
+                if inst in found:
                     stale = inst in result.stale_instruments or (
                         result.stale and not result.stale_instruments
                     )
-                    merged.add(
-                        inst,
-                        result.quotes[inst],
-                        result.source_of(inst),
-                        stale,
-                        result.ages.get(inst),
-                    )
+                    merged.add(inst, found[inst], result.source_of(inst), stale,
+                               result.ages.get(inst))  # fmt: skip
             remaining = [i for i in remaining if i not in merged.found]
-        self._fail_if_nobody_answered(merged, "prices")
+        self._fail_if_nobody_answered(merged, what)
+        return merged, wanted, remaining, fetched or utcnow()
+
+    def fetch_prices(self, instruments: Sequence[Instrument], *, day: date) -> PricesResult:
+        merged, wanted, remaining, fetched = self._chain(
+            instruments, day=day, what="prices",
+            fetch=lambda p, todo, d: p.fetch_prices(todo, day=d), items=lambda r: r.quotes,
+        )  # fmt: skip
         source = merged.source(self.name)
         return PricesResult(
             quotes={i: merged.found[i] for i in wanted if i in merged.found},
@@ -154,7 +166,7 @@ class FallbackProvider:
             errors=merged.errors,
             source=source,
             stale=bool(merged.stale),
-            as_of=fetched or utcnow(),
+            as_of=fetched,
             stale_instruments=frozenset(merged.stale),
             ages=merged.ages,
             sources={i: s for i, s in merged.sources.items() if s != source},
@@ -163,35 +175,10 @@ class FallbackProvider:
     def fetch_fundamentals(
         self, instruments: Sequence[Instrument], *, day: date
     ) -> FundamentalsResult:
-        wanted = distinct(instruments)
-        merged: _Merged[Instrument, dict[str, Decimal | None]] = _Merged()
-        fetched: datetime | None = None
-        remaining = wanted
-        for provider in self.providers:
-            if not remaining:
-                break
-            try:
-                result = provider.fetch_fundamentals(remaining, day=day)
-            except ProviderError as exc:
-                merged.errors.append(str(exc))
-                continue
-            merged.answered += 1
-            merged.errors.extend(result.errors)
-            fetched = fetched or result.as_of
-            for inst in remaining:
-                if inst in result.values:
-                    stale = inst in result.stale_instruments or (
-                        result.stale and not result.stale_instruments
-                    )
-                    merged.add(
-                        inst,
-                        result.values[inst],
-                        result.source_of(inst),
-                        stale,
-                        result.ages.get(inst),
-                    )
-            remaining = [i for i in remaining if i not in merged.found]
-        self._fail_if_nobody_answered(merged, "fundamentals")
+        merged, wanted, remaining, fetched = self._chain(
+            instruments, day=day, what="fundamentals",
+            fetch=lambda p, todo, d: p.fetch_fundamentals(todo, day=d), items=lambda r: r.values,
+        )  # fmt: skip
         source = merged.source(self.name)
         return FundamentalsResult(
             values={i: merged.found[i] for i in wanted if i in merged.found},
@@ -199,7 +186,7 @@ class FallbackProvider:
             errors=merged.errors,
             source=source,
             stale=bool(merged.stale),
-            as_of=fetched or utcnow(),
+            as_of=fetched,
             stale_instruments=frozenset(merged.stale),
             ages=merged.ages,
             sources={i: s for i, s in merged.sources.items() if s != source},
