@@ -296,7 +296,11 @@ class CalculationAsset(Base):
     """Which calculation scored which asset: serves "all calculations for asset X" by index."""
 
     __tablename__ = "calculation_assets"
-    __table_args__ = (Index("ix_calculation_assets_asset_newest", "asset_id", "created_at"),)
+    __table_args__ = (
+        Index("ix_calculation_assets_asset_newest", "asset_id", "created_at"),
+        Index("ix_calculation_assets_user_asset_newest", "user_id", "asset_id", "created_at"),
+        Index("ix_calculation_assets_created_at", "created_at"),
+    )
 
     asset_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
     correlation_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
