@@ -17,7 +17,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, Protocol, TypeVar
 
-from sqlalchemy import Connection, and_, func, select, tuple_
+from sqlalchemy import Connection, Select, Table, and_, func, select, tuple_
 
 from overnight_pipeline.core.money import QUOTE_BASE
 from overnight_pipeline.core.vocabulary import METRICS
@@ -242,37 +242,38 @@ def _instrument_chunks(instruments: Iterable[Instrument]) -> Iterator[list[Instr
         yield distinct[start : start + CHUNK]
 
 
+def _newest_rows(
+    table: Table, date_column: str, chunk: list[Instrument], on_or_before: date
+) -> Select[Any]:
+    """`table`'s newest row per asset of `chunk` dated on or before `on_or_before`, with
+    the asset's market and symbol in front."""
+    a = assets_table
+    dated = table.c[date_column]
+    newest = (
+        select(table.c.asset_id, func.max(dated).label("newest"))
+        .join(a, a.c.id == table.c.asset_id)
+        .where(tuple_(a.c.market, a.c.symbol).in_(chunk), dated <= on_or_before)
+        .group_by(table.c.asset_id)
+        .subquery()
+    )
+    return (
+        select(a.c.market, a.c.symbol, table)
+        .join(newest, and_(table.c.asset_id == newest.c.asset_id, dated == newest.c.newest))
+        .join(a, a.c.id == table.c.asset_id)
+    )
+
+
 def newest_prices(
     conn: Connection, instruments: Iterable[Instrument], *, on_or_before: date
 ) -> dict[Instrument, StoredPrice]:
     """Per (market, symbol), the newest stored price dated on or before `on_or_before`."""
-    a, p = assets_table, asset_prices_table
     found: dict[Instrument, StoredPrice] = {}
     for chunk in _instrument_chunks(instruments):
-        newest = (
-            select(p.c.asset_id, func.max(p.c.price_date).label("newest"))
-            .join(a, a.c.id == p.c.asset_id)
-            .where(tuple_(a.c.market, a.c.symbol).in_(chunk), p.c.price_date <= on_or_before)
-            .group_by(p.c.asset_id)
-            .subquery()
-        )
-        query = (
-            select(
-                a.c.market,
-                a.c.symbol,
-                p.c.price,
-                p.c.currency,
-                p.c.price_date,
-                p.c.source,
-                p.c.as_of,
+        query = _newest_rows(asset_prices_table, "price_date", chunk, on_or_before)
+        for row in conn.execute(query).mappings():
+            found[(row["market"], row["symbol"])] = StoredPrice(
+                row["price"], row["currency"], row["price_date"], row["source"], row["as_of"]
             )
-            .join(
-                newest, and_(p.c.asset_id == newest.c.asset_id, p.c.price_date == newest.c.newest)
-            )
-            .join(a, a.c.id == p.c.asset_id)
-        )
-        for market, symbol, price, currency, price_date, source, as_of in conn.execute(query):
-            found[(market, symbol)] = StoredPrice(price, currency, price_date, source, as_of)
     return found
 
 
@@ -280,24 +281,9 @@ def newest_fundamentals(
     conn: Connection, instruments: Iterable[Instrument], *, on_or_before: date
 ) -> dict[Instrument, StoredFundamentals]:
     """Per (market, symbol), the newest stored fundamentals row on or before `on_or_before`."""
-    a, f = assets_table, asset_fundamentals_table
     found: dict[Instrument, StoredFundamentals] = {}
     for chunk in _instrument_chunks(instruments):
-        newest = (
-            select(f.c.asset_id, func.max(f.c.fundamentals_date).label("newest"))
-            .join(a, a.c.id == f.c.asset_id)
-            .where(tuple_(a.c.market, a.c.symbol).in_(chunk), f.c.fundamentals_date <= on_or_before)
-            .group_by(f.c.asset_id)
-            .subquery()
-        )
-        query = (
-            select(a.c.market, a.c.symbol, f)
-            .join(
-                newest,
-                and_(f.c.asset_id == newest.c.asset_id, f.c.fundamentals_date == newest.c.newest),
-            )
-            .join(a, a.c.id == f.c.asset_id)
-        )
+        query = _newest_rows(asset_fundamentals_table, "fundamentals_date", chunk, on_or_before)
         for row in conn.execute(query).mappings():
             found[(row["market"], row["symbol"])] = StoredFundamentals(
                 values={metric: row[metric] for metric in METRICS},
