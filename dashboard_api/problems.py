@@ -55,6 +55,25 @@ def invalid_param(name: str, value: object, reason: str) -> Problem:
     )
 
 
+def problem_body(
+    status: int,
+    detail: str,
+    *,
+    title: str | None = None,
+    type_: str = "about:blank",
+    extra: Mapping[str, Any] | None = None,
+) -> bytes:
+    """The JSON of a problem (RFC 9457)."""
+    body = {
+        "type": type_,
+        "title": title or HTTPStatus(status).phrase,
+        "status": status,
+        "detail": detail,
+        **(extra or {}),
+    }
+    return orjson.dumps(body)
+
+
 def problem_response(
     status: int,
     detail: str,
@@ -64,15 +83,11 @@ def problem_response(
     headers: Mapping[str, str] | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> Response:
-    body = {
-        "type": type_,
-        "title": title or HTTPStatus(status).phrase,
-        "status": status,
-        "detail": detail,
-        **(extra or {}),
-    }
     return Response(
-        orjson.dumps(body), status_code=status, headers=headers, media_type=PROBLEM_JSON
+        problem_body(status, detail, title=title, type_=type_, extra=extra),
+        status_code=status,
+        headers=headers,
+        media_type=PROBLEM_JSON,
     )
 
 
