@@ -32,7 +32,7 @@ from dashboard_api.problems import Problem
 from overnight_pipeline.core.money import quantum
 from overnight_pipeline.core.payloads import SCHEMA_VERSION
 from overnight_pipeline.storage import queries
-from overnight_pipeline.storage.cache import CacheEntry, read_entry, refill_entry
+from overnight_pipeline.storage.cache import CacheEntry, MGetReader, read_entry, refill_entry
 
 log = logging.getLogger("dashboard_api")
 
@@ -133,6 +133,7 @@ class DashboardStore:
         self,
         *,
         redis: aioredis.Redis,
+        reader: MGetReader | None = None,
         prefix: str,
         breaker: Breaker,
         db: ThreadedDB,
@@ -141,6 +142,7 @@ class DashboardStore:
         redis_timeout: float,
     ) -> None:
         self.redis = redis
+        self.reader: MGetReader = reader or redis  # the hot read; refills use `redis`
         self.prefix = prefix
         self.breaker = breaker
         self.db = db
@@ -159,7 +161,7 @@ class DashboardStore:
             return None
         try:
             async with asyncio.timeout(self.redis_timeout):
-                entry = await read_entry(self.redis, principal.user_key, prefix=self.prefix)
+                entry = await read_entry(self.reader, principal.user_key, prefix=self.prefix)
         except REDIS_ERRORS as exc:
             self.breaker.failure(exc)
             return None

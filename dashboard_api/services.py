@@ -21,6 +21,7 @@ from sqlalchemy.engine import make_url
 from dashboard_api.auth import TokenVerifier
 from dashboard_api.dashboard import Breaker, DashboardStore
 from dashboard_api.db import ThreadedDB
+from dashboard_api.redis_mux import RedisMux, open_reader
 from overnight_pipeline.settings import Settings
 from overnight_pipeline.storage.db import make_engine
 
@@ -54,6 +55,8 @@ class Services:
         if self.pg_pool is not None:
             await self.pg_pool.close()
         await self.redis.aclose()
+        if isinstance(self.dashboard.reader, RedisMux):
+            await self.dashboard.reader.aclose()
         self.db.engine.dispose()
 
 
@@ -100,6 +103,7 @@ async def open_services(settings: Settings, options: ApiOptions) -> Services:
     )
     store = DashboardStore(
         redis=redis,
+        reader=open_reader(redis, connect_timeout=options.redis_connect_timeout),
         prefix=settings.cache_prefix,
         breaker=Breaker(options.redis_cooldown, threshold=options.redis_failures),
         db=db,

@@ -16,12 +16,12 @@ script needs a single Redis, not a cluster.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from itertools import islice
-from typing import Any
+from typing import Any, Protocol
 
 import redis
 import redis.asyncio as aioredis
@@ -171,6 +171,12 @@ def _run_chunk(
         return list(pipe.execute(raise_on_error=False))
 
 
+class MGetReader(Protocol):
+    """What `read_entry` needs: `redis.asyncio.Redis`, or the dashboard's pipelined reader."""
+
+    def mget(self, keys: Sequence[str]) -> Awaitable[list[Any]]: ...
+
+
 def get_entry(client: redis.Redis, user_id: uuid.UUID, *, prefix: str = "") -> CachedEntry | None:
     """The sync twin of `read_entry` (pipeline checks, tests, operators)."""
     values = client.mget(_keys(user_id, prefix))
@@ -178,7 +184,7 @@ def get_entry(client: redis.Redis, user_id: uuid.UUID, *, prefix: str = "") -> C
 
 
 async def read_entry(
-    client: aioredis.Redis, user_id: uuid.UUID | str, *, prefix: str = ""
+    client: MGetReader, user_id: uuid.UUID | str, *, prefix: str = ""
 ) -> CachedEntry | None:
     """Both documents and the sidecar in one round trip; None unless all three are there."""
     values = await client.mget(_keys(user_id, prefix))

@@ -17,14 +17,20 @@ from overnight_pipeline_tests.api.netfaults import closed_port
 
 
 @contextlib.contextmanager
-def live_server(settings: Settings, options: ApiOptions) -> Iterator[str]:
-    """Serve the app; yields its base URL and stops it (lifespan included) on exit."""
+def live_server(
+    settings: Settings, options: ApiOptions, *, production: bool = False
+) -> Iterator[str]:
+    """Serve the app; yields its base URL and stops it (lifespan included) on exit.
+
+    `production`: uvloop and httptools, as `overnight serve` runs it.
+    """
     port = closed_port()
     config = uvicorn.Config(
         create_app(settings, options=options),
         host="127.0.0.1",
         port=port,
-        loop="asyncio",
+        loop="uvloop" if production else "asyncio",
+        http="httptools" if production else "auto",
         lifespan="on",
         log_level="warning",
         access_log=False,

@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import httpx2
 import pytest
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
@@ -17,6 +18,7 @@ from dashboard_api.dashboard import DashboardStore
 from overnight_pipeline.settings import Settings, load_settings
 from overnight_pipeline_tests.api.conftest import FAST, bearer, token_for
 from overnight_pipeline_tests.api.factories import Planner
+from overnight_pipeline_tests.api.live import live_server
 from overnight_pipeline_tests.api.netfaults import closed_port
 
 FRESH_HEADERS = ("content-type", "content-length", "cache-control", "www-authenticate",
@@ -109,3 +111,19 @@ def test_other_methods_and_paths_still_go_through_starlette(client: TestClient) 
     assert head.status_code == 200 and head.content == b""
     assert client.post("/api/dashboard").status_code == 405
     assert client.get("/api/dashboard/", follow_redirects=False).status_code == 307
+
+
+def test_served_as_in_production_a_cached_user_comes_from_redis(
+    settings: Settings, new_user: Callable[..., Planner], cache: Callable[..., None]
+) -> None:
+    """uvloop + httptools, as `overnight serve`: the hit path really reads Redis there."""
+    hot, cold = new_user(seed=3), new_user(seed=4)
+    cache(hot)
+    with live_server(settings, FAST, production=True) as base:
+        for _ in range(3):
+            got = httpx2.get(f"{base}/api/dashboard", headers=bearer(token_for(hot.user_id)))
+            assert got.status_code == 200 and got.json()["data"]["fromCache"] is True
+        first = httpx2.get(f"{base}/api/dashboard", headers=bearer(token_for(cold.user_id)))
+        assert first.json()["data"]["fromCache"] is False
+        again = httpx2.get(f"{base}/api/dashboard", headers=bearer(token_for(cold.user_id)))
+        assert again.json()["data"]["fromCache"] is True
