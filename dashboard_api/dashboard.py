@@ -29,10 +29,18 @@ from redis.exceptions import RedisError
 from dashboard_api.auth import Principal
 from dashboard_api.db import DB_ERRORS, ThreadedDB, unavailable
 from dashboard_api.problems import Problem
+from dashboard_api.redis_mux import RedisMux
 from overnight_pipeline.core.money import quantum
 from overnight_pipeline.core.payloads import SCHEMA_VERSION
 from overnight_pipeline.storage import queries
-from overnight_pipeline.storage.cache import CacheEntry, MGetReader, read_entry, refill_entry
+from overnight_pipeline.storage.cache import (
+    WRITE_UNLESS_NEWER,
+    CacheEntry,
+    MGetReader,
+    read_entry,
+    refill_command,
+    refill_entry,
+)
 
 log = logging.getLogger("dashboard_api")
 
@@ -245,7 +253,12 @@ class DashboardStore:
             return
         try:
             async with asyncio.timeout(self.redis_timeout):
-                await refill_entry(self.redis, entry, prefix=self.prefix)
+                if isinstance(self.reader, RedisMux):
+                    found = refill_command(entry, prefix=self.prefix)
+                    if found is not None:
+                        await self.reader.eval_script(WRITE_UNLESS_NEWER, *found)
+                else:
+                    await refill_entry(self.redis, entry, prefix=self.prefix)
         except REDIS_ERRORS as exc:
             self.breaker.failure(exc)
         else:

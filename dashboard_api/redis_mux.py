@@ -1,4 +1,4 @@
-"""The cache hit's one Redis command, pipelined: every request's MGET shares one connection.
+"""The dashboard's Redis commands, pipelined: every request's MGET shares one connection.
 
 redis-py's asyncio client checks a connection out of its pool per command (a lock, a retry
 wrapper, a `send` system call each), ≈ 57 µs of CPU per MGET at 64 concurrent requests here;
@@ -7,7 +7,7 @@ parsing the replies, it is ≈ 20 µs (docs/PERFORMANCE.md). Redis answers a con
 commands in order, so replies are matched to requests first in, first out; a request whose
 deadline passed simply drops its reply when it comes.
 
-Only `MGET` is offered, for plain TCP URLs (AUTH and SELECT from the URL are sent on
+Only `MGET` and script calls (the refill) are offered, for plain TCP URLs (AUTH and SELECT from the URL are sent on
 connect). TLS and unix-socket URLs keep using redis-py (`open_reader`). A connection that
 received nothing while a request waited out its deadline is closed (every waiter on it
 fails), and the next request opens a new one; errors are redis-py's exception types, so the
@@ -17,6 +17,7 @@ dashboard's breaker treats them alike.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections import deque
 from collections.abc import Sequence
 from typing import Any, cast
@@ -35,6 +36,16 @@ def command(*args: bytes) -> bytes:
     for arg in args:
         parts.append(b"$%d\r\n%s\r\n" % (len(arg), arg))
     return b"".join(parts)
+
+
+def _arg(value: Any) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, int | float):
+        return repr(value).encode()
+    raise TypeError(f"cannot send {type(value).__name__} to Redis")
 
 
 class _Connection(asyncio.Protocol):
@@ -127,22 +138,41 @@ class RedisMux:
         self.connect_timeout = connect_timeout
         self._conn: _Connection | None = None
         self._opening: asyncio.Future[_Connection] | None = None
+        self._shas: dict[str, bytes] = {}
 
     async def mget(self, keys: Sequence[str]) -> list[Any]:
+        reply: list[Any] = await self.call(b"MGET", *(k.encode() for k in keys))
+        return reply
+
+    async def eval_script(self, script: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """EVALSHA of `script`; EVAL when Redis does not have it (its script cache is
+        empty after a restart or SCRIPT FLUSH), which also loads it."""
+        sha = self._shas.get(script)
+        if sha is None:
+            sha = self._shas[script] = hashlib.sha1(script.encode()).hexdigest().encode()
+        tail = [str(len(keys)).encode(), *(k.encode() for k in keys), *map(_arg, args)]
+        try:
+            return await self.call(b"EVALSHA", sha, *tail)
+        except ResponseError as exc:
+            if not str(exc).startswith("NOSCRIPT"):
+                raise
+        return await self.call(b"EVAL", script.encode(), *tail)
+
+    async def call(self, *args: bytes) -> Any:
+        """One command; its reply (an error reply raises `ResponseError`)."""
         conn = self._conn
         if conn is None or conn.closed:
             conn = await self._connection()
-        waiter = conn.send(command(b"MGET", *(k.encode() for k in keys)))
+        waiter = conn.send(command(*args))
         seen, sent_at = conn.received, conn.loop.time()
         try:
-            reply: list[Any] = await waiter
+            return await waiter
         except asyncio.CancelledError:
             if conn.received == seen and conn.loop.time() - sent_at >= self.stuck_after:
                 # Nothing at all came back while this request waited out its deadline: the
                 # connection (or Redis) is stuck; drop it so the next request starts afresh.
                 conn.abort(RedisConnectionError("Redis did not answer in time"))
             raise
-        return reply
 
     async def _connection(self) -> _Connection:
         if self._opening is None:

@@ -34,7 +34,8 @@ DEFAULT_CHUNK = 1_000
 VERSION_LENGTH = 38
 
 # KEYS: recs, portfolio, sidecar. ARGV: version, recs json, portfolio json, ttl, total.
-# Returns 1 when written, 0 when a newer entry was kept.
+# Returns 1 when written, 0 when a newer entry was kept. (`WRITE_UNLESS_NEWER`: the same
+# script for the dashboard's own refill connection.)
 _WRITE_UNLESS_NEWER = """
 local stored = redis.call('GET', KEYS[3])
 if stored and string.sub(stored, 1, string.len(ARGV[1])) > ARGV[1] then
@@ -45,6 +46,9 @@ redis.call('SET', KEYS[2], ARGV[3], 'EX', ARGV[4])
 redis.call('SET', KEYS[3], ARGV[1] .. '|' .. ARGV[5], 'EX', ARGV[4])
 return 1
 """
+
+
+WRITE_UNLESS_NEWER = _WRITE_UNLESS_NEWER
 
 
 @dataclass(frozen=True)
@@ -213,6 +217,21 @@ def remaining_ttl(
     return int(max_ttl - (now - generated_at).total_seconds())
 
 
+def refill_command(
+    entry: CacheEntry,
+    *,
+    prefix: str = "",
+    now: datetime | None = None,
+    max_ttl: int = DEFAULT_TTL_SECONDS,
+) -> tuple[list[str], list[Any]] | None:
+    """The keys and arguments of `WRITE_UNLESS_NEWER` that put `entry` back for what remains
+    of its 24 h; None when it is already older than that (it is then not cached at all)."""
+    ttl = remaining_ttl(entry.generated_at, now=now, max_ttl=max_ttl)
+    if ttl <= 0:
+        return None
+    return _keys(entry.user_id, prefix), _args(entry, ttl)
+
+
 async def refill_entry(
     client: aioredis.Redis,
     entry: CacheEntry,
@@ -227,9 +246,10 @@ async def refill_entry(
     older than that is not cached at all, so the cache never holds a day-old document.
     True when written; False when too old or a newer entry was kept.
     """
-    ttl = remaining_ttl(entry.generated_at, now=now, max_ttl=max_ttl)
-    if ttl <= 0:
+    found = refill_command(entry, prefix=prefix, now=now, max_ttl=max_ttl)
+    if found is None:
         return False
+    keys, args = found
     script = client.register_script(_WRITE_UNLESS_NEWER)
-    result = await script(keys=_keys(entry.user_id, prefix), args=_args(entry, ttl))
+    result = await script(keys=keys, args=args)
     return int(result) == 1

@@ -13,6 +13,7 @@ import redis
 import redis.asyncio as aioredis
 import uvloop
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 
 from dashboard_api.redis_mux import RedisMux, open_reader
 from overnight_pipeline_tests.api.conftest import REDIS_URL
@@ -122,3 +123,21 @@ def test_a_stuck_connection_is_dropped_and_the_next_one_works(
             await mux.aclose()
 
         run(main())
+
+
+def test_scripts_run_whether_or_not_redis_has_them_loaded(run: Run, redis_prefix: str) -> None:
+    # A script text Redis has never seen: the first EVALSHA is NOSCRIPT, then EVAL loads it.
+    script = f"-- {uuid.uuid4()}\nreturn {{KEYS[1], ARGV[1], ARGV[2]}}"
+    failing = f"-- {uuid.uuid4()}\nreturn redis.error_reply('ERR nope')"
+
+    async def main() -> None:
+        mux = RedisMux("127.0.0.1", 6379, connect_timeout=1)
+        for n in range(3):
+            got = await mux.eval_script(script, [f"{redis_prefix}k"], [b"raw", n])
+            assert got == [f"{redis_prefix}k".encode(), b"raw", str(n).encode()]
+        with pytest.raises(ResponseError, match="nope"):
+            await mux.eval_script(failing, [], [])
+        assert await mux.mget([f"{redis_prefix}nothing"]) == [None]  # still in step
+        await mux.aclose()
+
+    run(main())
