@@ -9,14 +9,16 @@ are already there, so nothing is duplicated (SPEC §4, §7).
 
 from __future__ import annotations
 
+import gc
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 import pandas as pd
@@ -24,7 +26,7 @@ import redis
 from sqlalchemy import Connection, Engine
 
 from overnight_pipeline.core.batch import Batch, run_batch, score_batch
-from overnight_pipeline.core.captured import batch_from_captured, capture, score_documents
+from overnight_pipeline.core.captured import batch_from_captured, capture_json, score_json
 from overnight_pipeline.core.markets import Market
 from overnight_pipeline.core.money import FxRates, MissingRateError
 from overnight_pipeline.core.payloads import cache_payloads
@@ -100,6 +102,40 @@ class _BatchWriter:
                 self.wait()
         finally:
             self._pool.shutdown(wait=True)
+
+
+L = TypeVar("L")
+
+
+def _prefetched(
+    chunks: Sequence[Sequence[uuid.UUID]], load: Callable[[Sequence[uuid.UUID]], L]
+) -> Iterator[tuple[Sequence[uuid.UUID], L]]:
+    """(chunk, load(chunk)) in order, loading the next chunk on a reader thread (its own
+    connection) while the caller computes this one: the database answers the next batch's
+    queries on its core while this process computes on the other."""
+    if not chunks:
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch-reader") as pool:
+        pending = pool.submit(load, chunks[0])
+        for i, chunk in enumerate(chunks):
+            loaded = pending.result()
+            if i + 1 < len(chunks):
+                pending = pool.submit(load, chunks[i + 1])
+            yield chunk, loaded
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """The cyclic garbage collector off while a batch is computed. Its work is hundreds of
+    thousands of small acyclic objects, and with Dagster loaded the process holds millions
+    of long-lived ones, which every full collection walks again."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 # Market data -----------------------------------------------------------------------------
@@ -267,83 +303,95 @@ def score(
                                  "users_succeeded": 0, "users_failed": 0, "assets_scored": 0,
                                  "rates_stale": fx.stale,
                                  "stale_prices": snapshot.stale_prices})  # fmt: skip
+
+    def load(chunk: Sequence[uuid.UUID]) -> store.LoadedBatch:
+        with engine.connect() as conn:
+            return store.load_batch(conn, chunk, snapshot=snapshot)
+
     with _BatchWriter(engine) as writer:
-        for chunk in _chunks(todo, batch_size):
-            with engine.connect() as conn:
-                write = _score_batch(conn, chunk, report, fx=fx, snapshot=snapshot,
-                                     market=market, day=day, correlation_id=correlation_id,
-                                     run_id=run_id)  # fmt: skip
+        for chunk, loaded in _prefetched(_chunks(todo, batch_size), load):
+            with _collector_paused():
+                write = _score_batch(loaded, chunk, report, dialect=engine.dialect.name, fx=fx,
+                                     market=market, day=day,
+                                     correlation_id=correlation_id, run_id=run_id)  # fmt: skip
             writer.submit(write)
     report.seconds = time.perf_counter() - started
     return report
 
 
 def _score_batch(
-    conn: Any,
+    loaded: store.LoadedBatch,
     chunk: Sequence[uuid.UUID],
     report: StepReport,
     *,
+    dialect: str,
     fx: FxRates,
-    snapshot: store.MarketSnapshot,
     market: str,
     day: date,
     correlation_id: uuid.UUID,
     run_id: str,
 ) -> Write:
-    """Compute one batch; returns the writes of its results (one transaction)."""
+    """Compute one loaded batch; returns the writes of its results (one transaction)."""
     now = datetime.now(UTC)
-    loaded = store.load_batch(conn, chunk, snapshot=snapshot)
     failed = _rate_failures(loaded.batch, fx)
     ok = {str(u) for u in chunk} - set(failed)
-    batch = _subset(loaded.batch, ok)
+    batch, holding_markets = loaded.batch, loaded.holding_markets
+    if failed:
+        batch = _subset(loaded.batch, ok)
+        holding_markets = [m for m, uid in zip(loaded.holding_markets,
+                                               loaded.batch.holdings["user_id"], strict=True)
+                           if uid in ok]  # fmt: skip
+    versions = loaded.criteria_versions
     scored = score_batch(batch.holdings, batch.rules, batch.fundamentals)
-    docs = score_documents(scored)
-    holding_markets = [m for m, uid in zip(loaded.holding_markets,
-                                           loaded.batch.holdings["user_id"], strict=True)
-                       if uid in ok]  # fmt: skip
-    captured = capture(batch, fx, market=market, market_date=day,
-                       criteria_versions=loaded.criteria_versions,
-                       holding_markets=holding_markets)  # fmt: skip
-    by_user: dict[str, list[dict[str, Any]]] = {}
-    score_rows, asset_rows = [], []
-    for doc, uid, asset_market in zip(docs, scored.holdings["user_id"].tolist(), holding_markets,
-                                      strict=True):  # fmt: skip
-        by_user.setdefault(uid, []).append(doc)
-        score_rows.append((uid, day, doc["assetId"], asset_market, doc["score"],
-                           doc["maxPossibleScore"], loaded.criteria_versions.get(uid) or 0,
-                           # The per-rule breakdown is in SCORES_COMPUTED (the audit trail);
-                           # the table keeps the summary the dashboard and SQL users read.
-                           orjson.dumps({"criteriaCount": doc["criteriaCount"],
-                                         "topContributor": doc["topContributor"]}).decode(),
-                           correlation_id, now))  # fmt: skip
-        asset_rows.append((doc["assetId"], correlation_id, uid, doc["score"], now))
+    texts = score_json(scored, versions)
+    captured = capture_json(batch, fx, market=market, market_date=day,
+                            criteria_versions=versions, holding_markets=holding_markets)  # fmt: skip
+    score_rows: list[store.ScoreRow] = []
+    asset_rows: list[tuple[str, str, str]] = []
+    for uid, aid, asset_market, value, top, summary in zip(
+        scored.holdings["user_id"].tolist(), scored.holdings["asset_id"].tolist(),
+        holding_markets, texts.score, texts.max_possible_score, texts.summary, strict=True,
+    ):  # fmt: skip
+        # The per-rule breakdown is in SCORES_COMPUTED (the audit trail); the table keeps
+        # the summary the dashboard and SQL users read.
+        score_rows.append((uid, aid, asset_market, value, top, versions.get(uid) or 0, summary))
+        asset_rows.append((aid, uid, value))
     events: list[tuple[uuid.UUID, Any, str, Any]] = []
+    day_text = day.isoformat()
     for uid in sorted(ok):
-        version = loaded.criteria_versions.get(uid)
+        version = versions.get(uid)
+        document, holdings = captured[uid]
         events.append((correlation_id, uid, STARTED, {
-            "market": market, "marketDate": day.isoformat(), "runId": run_id,
-            "criteriaVersion": version, "holdings": len(captured[uid]["holdings"])}))  # fmt: skip
-        events.append((correlation_id, uid, CAPTURED, captured[uid]))
-        events.append((correlation_id, uid, SCORED, {
-            "criteriaVersion": version, "scores": by_user.get(uid, [])}))  # fmt: skip
+            "market": market, "marketDate": day_text, "runId": run_id,
+            "criteriaVersion": version, "holdings": holdings}))  # fmt: skip
+        events.append((correlation_id, uid, CAPTURED, document))
+        events.append((correlation_id, uid, SCORED, texts.payloads.get(uid) or {
+            "criteriaVersion": version, "scores": []}))  # fmt: skip
     for uid, error in sorted(failed.items()):
         events.append((correlation_id, uid, STARTED, {
-            "market": market, "marketDate": day.isoformat(), "runId": run_id,
-            "criteriaVersion": loaded.criteria_versions.get(uid)}))  # fmt: skip
+            "market": market, "marketDate": day_text, "runId": run_id,
+            "criteriaVersion": versions.get(uid)}))  # fmt: skip
         events.append((correlation_id, uid, COMPLETED, {
             "status": "failed", "stage": "inputs", "error": error, "market": market,
-            "marketDate": day.isoformat()}))  # fmt: skip
+            "marketDate": day_text}))  # fmt: skip
         report.failures.append({"user": uid, "stage": "inputs", "error": error})
-    events = store.serialised(events)
     report.metrics["users_succeeded"] += len(ok)
     report.metrics["users_failed"] += len(failed)
     report.metrics["assets_scored"] += len(score_rows)
     ok_ids = [uuid.UUID(u) for u in ok]
+    # Formatted here, not on the writer thread: this thread would otherwise wait for it.
+    rows = [
+        store.score_rows(dialect, score_rows, day=day, correlation_id=correlation_id,
+                         computed_at=now),
+        store.calculation_asset_rows(dialect, asset_rows, correlation_id=correlation_id,
+                                     created_at=now),
+        store.event_rows(dialect, events, at=now),
+    ]  # fmt: skip
 
     def write(conn: Connection) -> None:
-        store.replace_scores(conn, score_rows, user_ids=ok_ids, day=day)
-        store.add_calculation_assets(conn, asset_rows)
-        store.append_events(conn, events, at=now)
+        store.delete_scores(conn, user_ids=ok_ids, day=day)
+        for prepared in rows:
+            store.write_rows(conn, prepared)
 
     return write
 
@@ -369,10 +417,16 @@ def recommend(
     report = StepReport(metrics={"users_total": len(scored), "users_resumed": len(scored) - len(todo),
                                  "users_succeeded": 0, "users_failed": 0,
                                  "recommendations_generated": 0, "unallocated_users": 0})  # fmt: skip
+
+    def load(chunk: Sequence[uuid.UUID]) -> list[tuple[str, dict[str, Any]]]:
+        with engine.connect() as conn:
+            return store.captured_inputs(conn, correlation_id=correlation_id, user_ids=chunk)
+
     with _BatchWriter(engine) as writer:
-        for chunk in _chunks(todo, batch_size):
-            with engine.connect() as conn:
-                write = _recommend_batch(conn, chunk, report, market=market, day=day,
+        for _chunk, items in _prefetched(_chunks(todo, batch_size), load):
+            with _collector_paused():
+                write = _recommend_batch(items, report, dialect=engine.dialect.name,
+                                         market=market, day=day,
                                          correlation_id=correlation_id)  # fmt: skip
             writer.submit(write)
     report.seconds = time.perf_counter() - started
@@ -380,17 +434,16 @@ def recommend(
 
 
 def _recommend_batch(
-    conn: Any,
-    chunk: Sequence[uuid.UUID],
+    items: list[tuple[str, dict[str, Any]]],
     report: StepReport,
     *,
+    dialect: str,
     market: str,
     day: date,
     correlation_id: uuid.UUID,
 ) -> Write:
-    """Compute one batch; returns the writes of its results (one transaction)."""
-    items = [(str(uid), payload) for uid, payload in
-             store.captured_inputs(conn, correlation_id=correlation_id, user_ids=chunk)]  # fmt: skip
+    """Compute one batch from its users' `INPUTS_CAPTURED`; returns the writes of its
+    results (one transaction)."""
     batch, fx = batch_from_captured(items)
     result = run_batch(batch, fx)
     now = datetime.now(UTC)
@@ -427,11 +480,11 @@ def _recommend_batch(
         report.metrics["unallocated_users"] += rec.unallocated > 0
     report.metrics["users_succeeded"] += len(rows)
     report.metrics["users_failed"] += len(items) - len(rows)
-    events = store.serialised(events)
+    completed = store.event_rows(dialect, events, at=now)
 
     def write(conn: Connection) -> None:
         store.upsert_recommendations(conn, rows)
-        store.append_events(conn, events, at=now)
+        store.write_rows(conn, completed)
 
     return write
 
