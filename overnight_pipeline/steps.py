@@ -12,6 +12,7 @@ from __future__ import annotations
 import gc
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -71,27 +72,35 @@ Write = Callable[[Connection], None]
 
 class _BatchWriter:
     """Writes each batch in its own transaction on a background thread, so the database
-    ingests batch n while this process computes batch n + 1 (two cores, both busy). At most
-    one write is in flight: memory stays bounded by two batches. A failed write surfaces at
-    the next `submit` or at `close`, and the step fails (and is retried) as a whole."""
+    ingests earlier batches while this process computes the next one. Up to `in_flight`
+    writes run at once, each on its own connection: PostgreSQL then spends the part of a
+    core this process leaves idle (one writer kept PostgreSQL's core busy while the
+    computing thread waited for it half of the time). Memory stays bounded by
+    `in_flight + 1` batches. A failed write surfaces at a later `submit` or at `close`,
+    and the step fails (and is retried) as a whole; batches may commit out of order, which
+    the per-user resume does not mind."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, in_flight: int = 2) -> None:
         self._engine = engine
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch-writer")
-        self._pending: Future[None] | None = None
+        self._in_flight = in_flight
+        self._pool = ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="batch-writer")
+        self._pending: deque[Future[None]] = deque()
 
     def _run(self, write: Write) -> None:
         with self._engine.begin() as conn:
             write(conn)
 
     def submit(self, write: Write) -> None:
-        self.wait()
-        self._pending = self._pool.submit(self._run, write)
+        for done in [f for f in self._pending if f.done()]:
+            self._pending.remove(done)
+            done.result()
+        while len(self._pending) >= self._in_flight:
+            self._pending.popleft().result()
+        self._pending.append(self._pool.submit(self._run, write))
 
     def wait(self) -> None:
-        if self._pending is not None:
-            pending, self._pending = self._pending, None
-            pending.result()
+        while self._pending:
+            self._pending.popleft().result()
 
     def __enter__(self) -> _BatchWriter:
         return self

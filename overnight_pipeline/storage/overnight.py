@@ -88,12 +88,30 @@ def partition_users(
     return sorted(chosen)
 
 
+# On PostgreSQL the partition's whole user list goes in one array, inline (see `_driver`):
+# 20 chunks of 5,000 ids as prepared IN lists took 2-5 s per step at 100,000 users.
+_PG_INSTRUMENTS = """SELECT a.market, a.symbol, a.id::text, a.currency FROM assets a
+WHERE a.id IN (SELECT h.asset_id FROM holdings h WHERE h.user_id = ANY(%(ids)s::uuid[]))"""
+_PG_CURRENCIES = """SELECT base_currency FROM users WHERE id = ANY(%(ids)s::uuid[])
+UNION SELECT a.currency FROM assets a
+WHERE a.id IN (SELECT h.asset_id FROM holdings h WHERE h.user_id = ANY(%(ids)s::uuid[]))"""
+
+
+def _pg_rows(conn: Connection, query: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+    with _driver(conn).cursor() as cur:
+        rows: list[tuple[Any, ...]] = cur.execute(query, params, prepare=False).fetchall()
+    return rows
+
+
 def partition_instruments(
     conn: Connection, user_ids: Sequence[uuid.UUID]
 ) -> dict[tuple[str, str], tuple[uuid.UUID, str]]:
     """Distinct assets held by `user_ids`: (market, symbol) → (asset id, currency)."""
     h, a = holdings_table, assets_table
     found: dict[tuple[str, str], tuple[uuid.UUID, str]] = {}
+    if conn.dialect.name == "postgresql":
+        held = _pg_rows(conn, _PG_INSTRUMENTS, {"ids": [str(u) for u in user_ids]})
+        return {(m, s): (uuid.UUID(i), c) for m, s, i, c in held}
     for chunk in _chunks(user_ids, 5000):
         rows = conn.execute(
             select(a.c.market, a.c.symbol, a.c.id, a.c.currency)
@@ -109,6 +127,8 @@ def partition_currencies(conn: Connection, user_ids: Sequence[uuid.UUID]) -> set
     """Base currencies of `user_ids` and currencies of the assets they hold."""
     h, a, u = holdings_table, assets_table, users_table
     found: set[str] = set()
+    if conn.dialect.name == "postgresql":
+        return {c for (c,) in _pg_rows(conn, _PG_CURRENCIES, {"ids": [str(u) for u in user_ids]})}
     for chunk in _chunks(user_ids, 5000):
         found.update(conn.scalars(select(u.c.base_currency).distinct().where(u.c.id.in_(chunk))))
         found.update(
