@@ -28,6 +28,7 @@ from redis.exceptions import RedisError
 
 from dashboard_api.auth import Principal
 from dashboard_api.db import DB_ERRORS, ThreadedDB, unavailable
+from dashboard_api.newest import NewestRows
 from dashboard_api.problems import Problem
 from dashboard_api.redis_mux import RedisMux
 from overnight_pipeline.core.money import quantum
@@ -155,6 +156,7 @@ class DashboardStore:
         self.breaker = breaker
         self.db = db
         self.pg_pool = pg_pool
+        self.newest = NewestRows(pg_pool, timeout=db_timeout) if pg_pool is not None else None
         self.db_timeout = db_timeout
         self.redis_timeout = redis_timeout
 
@@ -198,10 +200,9 @@ class DashboardStore:
 
     async def from_database(self, principal: Principal) -> DashboardResult:
         uid = principal.user_id
-        if self.pg_pool is not None:
+        if self.newest is not None:
             try:
-                async with self.pg_pool.connection(timeout=self.db_timeout) as conn:
-                    row = await queries.newest_recommendation_pg(conn, user_id=uid)
+                row = await self.newest.get(uid)
             except DB_ERRORS as exc:
                 log.error("PostgreSQL unavailable for the dashboard: %s", type(exc).__name__)
                 raise unavailable() from None

@@ -52,6 +52,8 @@ class Services:
     tokens: TokenVerifier
 
     async def aclose(self) -> None:
+        if self.dashboard.newest is not None:
+            await self.dashboard.newest.aclose()
         if self.pg_pool is not None:
             await self.pg_pool.close()
         await self.redis.aclose()

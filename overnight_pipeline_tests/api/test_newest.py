@@ -1,0 +1,100 @@
+"""The batched fallback read returns, per user, exactly the row of
+`storage.queries.newest_recommendation`, however the misses are grouped."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import pytest
+from psycopg import OperationalError
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from sqlalchemy import Engine
+
+from dashboard_api.newest import NewestRows
+from dashboard_api.services import pg_conninfo
+from overnight_pipeline.storage import queries
+from overnight_pipeline_tests.api.factories import insert_users, persist, planner
+from overnight_pipeline_tests.api.netfaults import closed_port
+
+
+def test_batched_reads_match_the_one_user_query(pg_url: str, pg_engine: Engine) -> None:
+    now = datetime.now(UTC)
+    users = [uuid.uuid4() for _ in range(40)]
+    rows = []
+    for n, user in enumerate(users[:30]):
+        rows.append(planner(user, generated_at=now - timedelta(hours=n % 5 + 1), seed=n))
+        if n % 3 == 0:  # a backfill: an older market date, generated later
+            rows.append(planner(user, generated_at=now, market_date=date.today()
+                                - timedelta(days=n % 4 + 1), seed=n + 100))  # fmt: skip
+    with pg_engine.begin() as conn:
+        insert_users(conn, users)
+        persist(conn, rows)
+    with pg_engine.connect() as conn:
+        expected = {u: queries.newest_recommendation(conn, user_id=u) for u in users}
+    assert sum(1 for row in expected.values() if row is None) == 10
+
+    async def main() -> dict[uuid.UUID, Any]:
+        pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+            pg_conninfo(pg_url), min_size=1, max_size=2, open=False, kwargs={"autocommit": True}
+        )
+        await pool.open()
+        newest = NewestRows(pool, timeout=5, concurrency=2, max_batch=7)
+        try:
+            asked = users * 2  # the same user twice in a batch gets the same row twice
+            got = await asyncio.gather(*(newest.get(u) for u in asked))
+            assert got[: len(users)] == got[len(users) :]
+            alone = await newest.get(users[0])  # an idle loader answers a lone miss
+            assert alone == got[0]
+            return dict(zip(users, got[: len(users)], strict=True))
+        finally:
+            await newest.aclose()
+            await pool.close()
+
+    assert asyncio.run(main()) == expected
+
+
+def test_a_database_failure_reaches_every_waiter() -> None:
+    async def main() -> None:
+        dead = f"postgresql://root@127.0.0.1:{closed_port()}/nowhere"
+        pool: AsyncConnectionPool[Any] = AsyncConnectionPool(dead, min_size=1, open=False)
+        await pool.open(wait=False)
+        newest = NewestRows(pool, timeout=0.3, concurrency=1)
+        try:
+            results = await asyncio.gather(
+                *(newest.get(uuid.uuid4()) for _ in range(5)), return_exceptions=True
+            )
+            assert all(isinstance(r, PoolTimeout | OperationalError) for r in results)
+        finally:
+            await newest.aclose()
+            await pool.close(timeout=0.1)
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("concurrency", [1, 3])
+def test_many_concurrent_misses_are_all_answered(
+    pg_url: str, pg_engine: Engine, concurrency: int
+) -> None:
+    users = [uuid.uuid4() for _ in range(300)]
+    now = datetime.now(UTC)
+    with pg_engine.begin() as conn:
+        insert_users(conn, users)
+        persist(conn, [planner(u, generated_at=now, seed=i % 40) for i, u in enumerate(users)])
+
+    async def main() -> None:
+        pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+            pg_conninfo(pg_url), min_size=1, max_size=3, open=False, kwargs={"autocommit": True}
+        )
+        await pool.open()
+        newest = NewestRows(pool, timeout=5, concurrency=concurrency, max_batch=64)
+        try:
+            got = await asyncio.gather(*(newest.get(u) for u in users))
+            assert [r.user_id if r else None for r in got] == users
+        finally:
+            await newest.aclose()
+            await pool.close()
+
+    asyncio.run(main())
