@@ -11,8 +11,11 @@ What it does, on a throwaway PostgreSQL database and a private Redis key prefix:
    `--duration` seconds and 1 connection for p99, every request a different user's token;
    cache misses each use a user never requested before (the refill turns it into a hit);
    `--rounds` rounds interleave the cases and the median is reported;
-4. prints requests/s, p50, p99 and the server's CPU per request per case, the ratio to the
-   bare endpoint and the SPEC §8 targets. Results go in docs/PERFORMANCE.md.
+4. prints requests/s, p50, p99, the server's and wrk's CPU per request and how many CPUs the
+   whole machine kept busy per case, the ratio to the bare endpoint, the SPEC §8 targets and
+   the load average before and after: a run whose "CPUs busy" exceeds what server + wrk +
+   PostgreSQL + Redis explain shared the machine with something else. Results go in
+   docs/PERFORMANCE.md.
 
 `wrk` is Debian's package, installed when missing (root and apt-get needed).
 """
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -71,6 +75,8 @@ class Result:
     p50_ms: float
     p99_ms: float
     cpu_us: float = 0.0  # server process CPU per request
+    wrk_us: float = 0.0  # the load generator's CPU per request
+    busy: float = 0.0  # CPUs busy machine-wide during the run (all processes), of os.cpu_count()
 
 
 # ---------------------------------------------------------------------------------------
@@ -285,6 +291,19 @@ def build_data(
     return hits, misses
 
 
+def machine_ticks() -> tuple[int, int]:
+    """(busy, total) CPU ticks of the whole machine so far (Linux /proc/stat; steal is busy)."""
+    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def children_cpu() -> float:
+    """User + system CPU of this process's finished children (the wrk runs)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU of a process so far (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -303,7 +322,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="runs per case (median reported)")
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--hit-users", type=int, default=2_000)
-    parser.add_argument("--miss-users", type=int, default=40_000)
+    parser.add_argument("--miss-users", type=int, default=100_000)
     parser.add_argument("--admin-url", default="postgresql+psycopg://root@127.0.0.1:5432/postgres")
     parser.add_argument("--serve-bare", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--prefix", help=argparse.SUPPRESS)
@@ -319,6 +338,7 @@ def main() -> None:
     from overnight_pipeline.storage.db import make_engine, migrate
 
     wrk = ensure_wrk()
+    load_before = os.getloadavg()
     name = f"overnight_bench_{uuid.uuid4().hex[:8]}"
     prefix = f"bench:dashboard:{uuid.uuid4().hex[:8]}:"
     admin = make_engine(args.admin_url, isolation_level="AUTOCOMMIT")
@@ -346,12 +366,18 @@ def main() -> None:
         hit_tokens = token_file("hits", hits)
         # Each miss run gets its own users, each requested once (then it would be a hit).
         c, rounds = args.connections, args.rounds
+        # A run that uses up its users stops early while wrk still divides by the whole
+        # duration, so a 64-client run gets twice a 1-client run's users per second (and a
+        # run that still runs out is flagged as a lower bound below).
         runs = [(conns, i) for i in range(rounds) for conns in (c, 1)]
-        share = len(misses) // len(runs)
-        miss_tokens = {
-            run: token_file(f"miss-{run[0]}-{run[1]}", misses[k * share : (k + 1) * share])
-            for k, run in enumerate(runs)
-        }
+        weights = [(args.duration * 2 if conns > 1 else args.p99_duration) for conns, _ in runs]
+        miss_tokens: dict[tuple[int, int], tuple[Path, int]] = {}
+        start = 0
+        for run_key, weight in zip(runs, weights, strict=True):
+            count = int(len(misses) * weight / sum(weights))
+            users = misses[start : start + count]
+            start += count
+            miss_tokens[run_key] = (token_file(f"miss-{run_key[0]}-{run_key[1]}", users), count)
         lua = work / "bench.lua"
         lua.write_text(LUA)
 
@@ -373,14 +399,19 @@ def main() -> None:
 
         def run(label: str, port: int, path: str, tokens: Path, conns: int, wrap: bool) -> Result:
             dur = args.duration if conns > 1 else args.p99_duration
-            before = cpu_seconds(server[port])
+            before, wrk_before, ticks = cpu_seconds(server[port]), children_cpu(), machine_ticks()
             r = run_wrk(
                 wrk, label, port, path, tokens, connections=conns, duration=dur, wrap=wrap, lua=lua
             )
-            cpu_us = (cpu_seconds(server[port]) - before) / max(r.requests, 1) * 1e6
+            n = max(r.requests, 1)
+            cpu_us = (cpu_seconds(server[port]) - before) / n * 1e6
+            wrk_us = (children_cpu() - wrk_before) / n * 1e6
+            busy_after, total_after = machine_ticks()
+            busy = (busy_after - ticks[0]) / max(total_after - ticks[1], 1) * (os.cpu_count() or 1)
             return Result(
-                r.name, r.connections, r.requests, r.errors, r.rps, r.p50_ms, r.p99_ms, cpu_us
-            )
+                r.name, r.connections, r.requests, r.errors, r.rps, r.p50_ms, r.p99_ms, cpu_us,
+                wrk_us, busy,
+            )  # fmt: skip
 
         cases = {
             "bare Redis GET endpoint": (bare_port, "/bare"),
@@ -391,22 +422,25 @@ def main() -> None:
                 wrk, "warmup", port, path, hit_tokens, connections=c, duration=2, wrap=True, lua=lua
             )
         results: list[Result] = []
+        exhausted: list[Result] = []
         # Rounds interleave the cases, so a burst of load from elsewhere on this shared
         # machine hits all of them alike; the median of the rounds is reported.
         for i in range(rounds):
             for conns in (c, 1):
                 for label, (port, path) in cases.items():
                     results.append(run(label, port, path, hit_tokens, conns, wrap=True))
-                results.append(
-                    run(
-                        "dashboard, cache miss",
-                        api_port,
-                        "/api/dashboard",
-                        miss_tokens[(conns, i)],
-                        conns,
-                        wrap=False,
-                    )
+                miss_file, available = miss_tokens[(conns, i)]
+                result = run(
+                    "dashboard, cache miss",
+                    api_port,
+                    "/api/dashboard",
+                    miss_file,
+                    conns,
+                    wrap=False,
                 )
+                if result.requests >= available:
+                    exhausted.append(result)
+                results.append(result)
 
         import redis
 
@@ -419,6 +453,12 @@ def main() -> None:
             f"Redis breaker trips in the server log: {trips} (hits fall back to PostgreSQL "
             f"while it is open)"
         )
+        for r in exhausted:
+            print(
+                f"WARNING: a cache-miss run at {r.connections} clients used up its "
+                f"{r.requests:,} users before the end: its {r.rps:,.0f} req/s is a lower bound "
+                f"(raise --miss-users)"
+            )
         served = sum(r.requests for r in results if r.name == "dashboard, cache miss")
         print(
             f"{served:,} misses served, {refilled - len(hits):,} refilled "
@@ -427,7 +467,8 @@ def main() -> None:
 
         print(
             f"\n{'case':<26}{'clients':>8}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}"
-            f"{'server CPU/req':>16}{'errors':>8}   (median of {rounds} runs)"
+            f"{'server CPU/req':>16}{'wrk CPU/req':>13}{'CPUs busy':>11}{'errors':>8}"
+            f"   (median of {rounds} runs)"
         )
         summary: dict[tuple[str, int], Result] = {}
         for label in (*cases, "dashboard, cache miss"):
@@ -442,11 +483,14 @@ def main() -> None:
                     median([r.p50_ms for r in rs]),
                     median([r.p99_ms for r in rs]),
                     median([r.cpu_us for r in rs]),
+                    median([r.wrk_us for r in rs]),
+                    median([r.busy for r in rs]),
                 )
                 summary[(label, conns)] = m
                 print(
                     f"{label:<26}{conns:>8}{m.rps:>9,.0f}{m.p50_ms:>9.2f}{m.p99_ms:>9.2f}"
-                    f"{m.cpu_us:>13,.0f} us{m.errors:>8}"
+                    f"{m.cpu_us:>13,.0f} us{m.wrk_us:>10,.0f} us{m.busy:>7.2f} of {os.cpu_count()}"
+                    f"{m.errors:>8}"
                 )
         bare_r, hit = summary[("bare Redis GET endpoint", c)], summary[("dashboard, cache hit", c)]
         miss = summary[("dashboard, cache miss", c)]
@@ -470,6 +514,12 @@ def main() -> None:
         ]
         for label, ok in checks:
             print(f"  {'MET   ' if ok else 'MISSED'} {label}")
+        load_after = os.getloadavg()
+        print(
+            f"load average (1/5/15 min) before: {' '.join(f'{x:.2f}' for x in load_before)}, "
+            f"after: {' '.join(f'{x:.2f}' for x in load_after)}; 'CPUs busy' counts every "
+            f"process on the machine (server, wrk, PostgreSQL, Redis and anything else running)"
+        )
     finally:
         for proc in procs:
             proc.send_signal(signal.SIGTERM)
