@@ -300,6 +300,8 @@ def score(
     """Scores and the first three events of every partition user; a user whose inputs
     cannot be valued gets CALC_STARTED and a failed CALC_COMPLETED instead."""
     started = time.perf_counter()
+    with engine.begin() as conn:
+        analyzed = store.ensure_statistics(conn)
     with engine.connect() as conn:
         users = store.partition_users(conn, market=market, day=day, markets=markets)
         done = store.users_with_event(conn, correlation_id=correlation_id, event_type=SCORED)
@@ -311,7 +313,8 @@ def score(
     report = StepReport(metrics={"users_total": len(users), "users_resumed": len(users) - len(todo),
                                  "users_succeeded": 0, "users_failed": 0, "assets_scored": 0,
                                  "rates_stale": fx.stale,
-                                 "stale_prices": snapshot.stale_prices})  # fmt: skip
+                                 "stale_prices": snapshot.stale_prices,
+                                 "tables_analyzed": ", ".join(analyzed) or "-"})  # fmt: skip
 
     def load(chunk: Sequence[uuid.UUID]) -> store.LoadedBatch:
         with engine.connect() as conn:

@@ -61,6 +61,38 @@ def correlation_id_for(root_run_id: str) -> uuid.UUID:
     return uuid.uuid5(uuid.NAMESPACE_URL, f"overnight-run:{root_run_id}")
 
 
+# What a partition's batches read and rewrite (`ensure_statistics`).
+BATCH_TABLES = ("users", "asset_classes", "holdings", "assets", "criteria_versions",
+                "criteria_rules", "asset_scores", "calculation_events")  # fmt: skip
+
+
+def ensure_statistics(conn: Connection, tables: Sequence[str] = BATCH_TABLES) -> list[str]:
+    """ANALYZE those of `tables` that PostgreSQL has never analyzed; returns their names.
+
+    Without statistics (a freshly bulk-loaded database where autovacuum has not run yet, or
+    is off, as on this project's CI server) the planner guesses that `user_id = ANY(1,000
+    ids)` matches every row and scans the whole table for each batch: 0.8 s a batch at
+    100,000 users instead of 0.15 s. ANALYZE samples each table once (≈ 0.7 s in all at
+    100,000 users) and blocks neither reads nor writes. No-op elsewhere and on tables that
+    have statistics (autovacuum keeps those fresh)."""
+    if conn.dialect.name != "postgresql":
+        return []
+    missing = [
+        name
+        for (name,) in _pg_rows(
+            conn,
+            "SELECT c.relname FROM pg_class c WHERE c.relname = ANY(%(names)s)"
+            " AND c.relkind = 'r' AND c.relnamespace = current_schema()::regnamespace"
+            " AND c.reltuples < 0",
+            {"names": list(tables)},
+        )
+    ]
+    with _driver(conn).cursor() as cur:
+        for name in missing:
+            cur.execute(f'ANALYZE "{name}"')
+    return missing
+
+
 def partition_users(
     conn: Connection, *, market: str, day: date, markets: Mapping[str, Market]
 ) -> list[uuid.UUID]:
@@ -238,22 +270,25 @@ def load_batch(
     return load_batch_portable(conn, user_ids, snapshot=snapshot)
 
 
-_PG_USERS = """SELECT id::text, base_currency, trim_scale(default_contribution)
-FROM users WHERE id = ANY(%(ids)s::uuid[]) ORDER BY id"""
-_PG_CLASSES = """SELECT user_id::text, name, trim_scale(target_min), trim_scale(target_max),
-       max_assets, trim_scale(min_allocation_value)
-FROM asset_classes WHERE user_id = ANY(%(ids)s::uuid[]) ORDER BY user_id, position, name"""
+# Every table is reached through its user_id index (the batch's ids inline, see `_driver`),
+# ordered by the uuid columns themselves (not their ::text output, a collation sort).
+_PG_USERS = """SELECT u.id::text, u.base_currency, trim_scale(u.default_contribution)
+FROM users u WHERE u.id = ANY(%(ids)s::uuid[]) ORDER BY u.id"""
+_PG_CLASSES = """SELECT c.user_id::text, c.name, trim_scale(c.target_min),
+       trim_scale(c.target_max), c.max_assets, trim_scale(c.min_allocation_value)
+FROM asset_classes c WHERE c.user_id = ANY(%(ids)s::uuid[])
+ORDER BY c.user_id, c.position, c.name"""
 _PG_HOLDINGS = """SELECT h.user_id::text, h.asset_id::text, a.market, a.symbol, c.name,
        trim_scale(h.quantity), a.currency
-FROM holdings h JOIN assets a ON a.id = h.asset_id JOIN asset_classes c ON c.id = h.asset_class_id
-WHERE h.user_id = ANY(%(ids)s::uuid[]) ORDER BY h.user_id, a.market, a.symbol"""
-_PG_RULES = """SELECT v.user_id::text, v.version, r.rule_id, r.asset_class, r.metric, r.operator,
-       trim_scale(r.value), trim_scale(r.value2), r.points
-FROM criteria_versions v
-JOIN (SELECT user_id, max(version) AS version FROM criteria_versions
-      WHERE user_id = ANY(%(ids)s::uuid[]) GROUP BY user_id) n
-  ON n.user_id = v.user_id AND n.version = v.version
-LEFT JOIN criteria_rules r ON r.criteria_version_id = v.id
+FROM holdings h JOIN assets a ON a.id = h.asset_id
+JOIN asset_classes c ON c.user_id = h.user_id AND c.id = h.asset_class_id
+WHERE h.user_id = ANY(%(ids)s::uuid[]) AND c.user_id = ANY(%(ids)s::uuid[])
+ORDER BY h.user_id, a.market, a.symbol"""
+_PG_RULES = """SELECT v.user_id::text, v.version, r.rule_id, r.asset_class, r.metric,
+       r.operator, trim_scale(r.value), trim_scale(r.value2), r.points
+FROM criteria_versions v LEFT JOIN criteria_rules r ON r.criteria_version_id = v.id
+WHERE v.user_id = ANY(%(ids)s::uuid[])
+  AND v.version = (SELECT max(n.version) FROM criteria_versions n WHERE n.user_id = v.user_id)
 ORDER BY v.user_id, r.position"""
 
 

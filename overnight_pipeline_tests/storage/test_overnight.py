@@ -108,3 +108,18 @@ def test_captured_inputs_come_back_by_user(db_conn: Connection) -> None:
                                   for i, u in enumerate(reversed(users))], at=now)  # fmt: skip
     got = store.captured_inputs(db_conn, correlation_id=cid, user_ids=users[:2])
     assert got == [(str(users[0]), {"n": 2, "t": "x\ty"}), (str(users[1]), {"n": 1, "t": "x\ty"})]
+
+
+def test_tables_without_planner_statistics_are_analyzed_once(db_conn: Connection) -> None:
+    if db_conn.dialect.name != "postgresql":
+        assert store.ensure_statistics(db_conn) == []
+        return
+    db_conn.exec_driver_sql("CREATE TABLE holdings_stats_probe (x int)")
+    db_conn.exec_driver_sql("INSERT INTO holdings_stats_probe SELECT generate_series(1, 500)")
+    assert store.ensure_statistics(db_conn, ["holdings_stats_probe"]) == ["holdings_stats_probe"]
+    assert store.ensure_statistics(db_conn, ["holdings_stats_probe"]) == []
+    assert db_conn.exec_driver_sql(
+        "SELECT reltuples FROM pg_class WHERE relname = 'holdings_stats_probe'"
+    ).scalar() == 500
+    store.ensure_statistics(db_conn)
+    assert store.ensure_statistics(db_conn) == []
