@@ -1,14 +1,15 @@
 """`GET /api/dashboard` data: Redis first, PostgreSQL when the cache cannot answer (SPEC §6).
 
-Hot path: one MGET of `recs:`, `portfolio:` and the version sidecar, then cheap checks on
-the cached document (it parses, its schema version is known, its `userId` is the token's
-subject) instead of field-by-field validation: only the pipeline's validated writer and the
-refill below put documents there, and full validation would halve the throughput.
+Hot path (`fastpath` calls it): one MGET of `recs:`, `portfolio:` and the version sidecar,
+pipelined with the other requests' (`redis_mux`), then cheap checks on the cached document
+(it parses, its schema version is known, its `userId` is the token's subject) instead of
+field-by-field validation: only the pipeline's validated writer and the refill below put
+documents there, and full validation would halve the throughput.
 
 A miss, a Redis error or a document failing the checks falls back to the newest persisted
-row, which is then put back with what remains of its 24 h. Redis errors open a short
-circuit breaker, so a dead or hanging Redis costs one short timeout per cooldown, not one
-per request.
+row (concurrent misses share one query, `newest`), which is then put back with what remains
+of its 24 h. Redis errors open a short circuit breaker, so a dead or hanging Redis costs one
+short timeout per cooldown, not one per request.
 """
 
 from __future__ import annotations

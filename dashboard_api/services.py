@@ -1,10 +1,12 @@
 """What the app holds while it runs: built by the lifespan, closed when it ends.
 
 PostgreSQL is reached two ways, chosen by measurement (docs/PERFORMANCE.md): the dashboard's
-fallback read goes through a psycopg async pool (no thread hop, a prepared statement), and
-everything else (audit, job runs, SQLite) through the SQLAlchemy engine in a bounded
-threadpool. Redis is an asyncio pool with a short deadline per call and no retries, behind
-a circuit breaker: a slow or dead Redis must never make a request fail or hang.
+fallback read goes through a psycopg async pool (no thread hop, a prepared statement shared
+by concurrent misses), and everything else (audit, job runs, SQLite) through the SQLAlchemy
+engine in a bounded threadpool. The dashboard reads and refills Redis over one pipelined
+connection (`redis_mux`), everything else through a redis-py asyncio pool; both with a short
+deadline per call and no retries, behind a circuit breaker: a slow or dead Redis must never
+make a request fail or hang.
 """
 
 from __future__ import annotations
