@@ -1,7 +1,7 @@
 """`GET /api/dashboard` data: Redis first, PostgreSQL when the cache cannot answer (SPEC §6).
 
-Hot path (`fastpath` calls it): one MGET of `recs:`, `portfolio:` and the version sidecar,
-pipelined with the other requests' (`redis_mux`), then cheap checks on the cached document
+Hot path (`fastpath` calls it): one MGET of `recs:`, `portfolio:` and the version sidecar
+(redis-py's asyncio pool, hiredis parser), then cheap checks on the cached document
 (it parses, its schema version is known, its `userId` is the token's subject) instead of
 field-by-field validation: only the pipeline's validated writer and the refill below put
 documents there, and full validation would halve the throughput.
@@ -31,18 +31,10 @@ from dashboard_api.auth import Principal
 from dashboard_api.db import DB_ERRORS, ThreadedDB, unavailable
 from dashboard_api.newest import NewestRows
 from dashboard_api.problems import Problem
-from dashboard_api.redis_mux import RedisMux
 from overnight_pipeline.core.money import quantum
 from overnight_pipeline.core.payloads import SCHEMA_VERSION
 from overnight_pipeline.storage import queries
-from overnight_pipeline.storage.cache import (
-    WRITE_UNLESS_NEWER,
-    CacheEntry,
-    MGetReader,
-    read_entry,
-    refill_command,
-    refill_entry,
-)
+from overnight_pipeline.storage.cache import CacheEntry, read_entry, refill_entry
 
 log = logging.getLogger("dashboard_api")
 
@@ -143,7 +135,6 @@ class DashboardStore:
         self,
         *,
         redis: aioredis.Redis,
-        reader: MGetReader | None = None,
         prefix: str,
         breaker: Breaker,
         db: ThreadedDB,
@@ -152,7 +143,6 @@ class DashboardStore:
         redis_timeout: float,
     ) -> None:
         self.redis = redis
-        self.reader: MGetReader = reader or redis  # the hot read; refills use `redis`
         self.prefix = prefix
         self.breaker = breaker
         self.db = db
@@ -172,7 +162,7 @@ class DashboardStore:
             return None
         try:
             async with asyncio.timeout(self.redis_timeout):
-                entry = await read_entry(self.reader, principal.user_key, prefix=self.prefix)
+                entry = await read_entry(self.redis, principal.user_key, prefix=self.prefix)
         except REDIS_ERRORS as exc:
             self.breaker.failure(exc)
             return None
@@ -255,12 +245,7 @@ class DashboardStore:
             return
         try:
             async with asyncio.timeout(self.redis_timeout):
-                if isinstance(self.reader, RedisMux):
-                    found = refill_command(entry, prefix=self.prefix)
-                    if found is not None:
-                        await self.reader.eval_script(WRITE_UNLESS_NEWER, *found)
-                else:
-                    await refill_entry(self.redis, entry, prefix=self.prefix)
+                await refill_entry(self.redis, entry, prefix=self.prefix)
         except REDIS_ERRORS as exc:
             self.breaker.failure(exc)
         else:

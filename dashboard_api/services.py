@@ -3,9 +3,8 @@
 PostgreSQL is reached two ways, chosen by measurement (docs/PERFORMANCE.md): the dashboard's
 fallback read goes through a psycopg async pool (no thread hop, a prepared statement shared
 by concurrent misses), and everything else (audit, job runs, SQLite) through the SQLAlchemy
-engine in a bounded threadpool. The dashboard reads and refills Redis over one pipelined
-connection (`redis_mux`), everything else through a redis-py asyncio pool; both with a short
-deadline per call and no retries, behind a circuit breaker: a slow or dead Redis must never
+engine in a bounded threadpool. Redis is one redis-py asyncio pool (hiredis
+parser), with a short deadline per call and no retries, behind a circuit breaker: a slow or dead Redis must never
 make a request fail or hang.
 """
 
@@ -23,7 +22,6 @@ from sqlalchemy.engine import make_url
 from dashboard_api.auth import TokenVerifier
 from dashboard_api.dashboard import Breaker, DashboardStore
 from dashboard_api.db import ThreadedDB
-from dashboard_api.redis_mux import RedisMux, open_reader
 from overnight_pipeline.settings import Settings
 from overnight_pipeline.storage.db import make_engine
 
@@ -59,8 +57,6 @@ class Services:
         if self.pg_pool is not None:
             await self.pg_pool.close()
         await self.redis.aclose()
-        if isinstance(self.dashboard.reader, RedisMux):
-            await self.dashboard.reader.aclose()
         self.db.engine.dispose()
 
 
@@ -107,7 +103,6 @@ async def open_services(settings: Settings, options: ApiOptions) -> Services:
     )
     store = DashboardStore(
         redis=redis,
-        reader=open_reader(redis, connect_timeout=options.redis_connect_timeout),
         prefix=settings.cache_prefix,
         breaker=Breaker(options.redis_cooldown, threshold=options.redis_failures),
         db=db,

@@ -16,12 +16,12 @@ script needs a single Redis, not a cluster.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from itertools import islice
-from typing import Any, Protocol
+from typing import Any
 
 import redis
 import redis.asyncio as aioredis
@@ -34,8 +34,7 @@ DEFAULT_CHUNK = 1_000
 VERSION_LENGTH = 38
 
 # KEYS: recs, portfolio, sidecar. ARGV: version, recs json, portfolio json, ttl, total.
-# Returns 1 when written, 0 when a newer entry was kept. (`WRITE_UNLESS_NEWER`: the same
-# script for the dashboard's own refill connection.)
+# Returns 1 when written, 0 when a newer entry was kept.
 _WRITE_UNLESS_NEWER = """
 local stored = redis.call('GET', KEYS[3])
 if stored and string.sub(stored, 1, string.len(ARGV[1])) > ARGV[1] then
@@ -46,9 +45,6 @@ redis.call('SET', KEYS[2], ARGV[3], 'EX', ARGV[4])
 redis.call('SET', KEYS[3], ARGV[1] .. '|' .. ARGV[5], 'EX', ARGV[4])
 return 1
 """
-
-
-WRITE_UNLESS_NEWER = _WRITE_UNLESS_NEWER
 
 
 @dataclass(frozen=True)
@@ -175,12 +171,6 @@ def _run_chunk(
         return list(pipe.execute(raise_on_error=False))
 
 
-class MGetReader(Protocol):
-    """What `read_entry` needs: `redis.asyncio.Redis`, or the dashboard's pipelined reader."""
-
-    def mget(self, keys: Sequence[str]) -> Awaitable[list[Any]]: ...
-
-
 def get_entry(client: redis.Redis, user_id: uuid.UUID, *, prefix: str = "") -> CachedEntry | None:
     """The sync twin of `read_entry` (pipeline checks, tests, operators)."""
     values = client.mget(_keys(user_id, prefix))
@@ -188,7 +178,7 @@ def get_entry(client: redis.Redis, user_id: uuid.UUID, *, prefix: str = "") -> C
 
 
 async def read_entry(
-    client: MGetReader, user_id: uuid.UUID | str, *, prefix: str = ""
+    client: aioredis.Redis, user_id: uuid.UUID | str, *, prefix: str = ""
 ) -> CachedEntry | None:
     """Both documents and the sidecar in one round trip; None unless all three are there."""
     values = await client.mget(_keys(user_id, prefix))
@@ -217,21 +207,6 @@ def remaining_ttl(
     return int(max_ttl - (now - generated_at).total_seconds())
 
 
-def refill_command(
-    entry: CacheEntry,
-    *,
-    prefix: str = "",
-    now: datetime | None = None,
-    max_ttl: int = DEFAULT_TTL_SECONDS,
-) -> tuple[list[str], list[Any]] | None:
-    """The keys and arguments of `WRITE_UNLESS_NEWER` that put `entry` back for what remains
-    of its 24 h; None when it is already older than that (it is then not cached at all)."""
-    ttl = remaining_ttl(entry.generated_at, now=now, max_ttl=max_ttl)
-    if ttl <= 0:
-        return None
-    return _keys(entry.user_id, prefix), _args(entry, ttl)
-
-
 async def refill_entry(
     client: aioredis.Redis,
     entry: CacheEntry,
@@ -246,10 +221,9 @@ async def refill_entry(
     older than that is not cached at all, so the cache never holds a day-old document.
     True when written; False when too old or a newer entry was kept.
     """
-    found = refill_command(entry, prefix=prefix, now=now, max_ttl=max_ttl)
-    if found is None:
+    ttl = remaining_ttl(entry.generated_at, now=now, max_ttl=max_ttl)
+    if ttl <= 0:
         return False
-    keys, args = found
     script = client.register_script(_WRITE_UNLESS_NEWER)
-    result = await script(keys=keys, args=args)
+    result = await script(keys=_keys(entry.user_id, prefix), args=_args(entry, ttl))
     return int(result) == 1
