@@ -118,8 +118,11 @@ def test_tables_without_planner_statistics_are_analyzed_once(db_conn: Connection
     db_conn.exec_driver_sql("INSERT INTO holdings_stats_probe SELECT generate_series(1, 500)")
     assert store.ensure_statistics(db_conn, ["holdings_stats_probe"]) == ["holdings_stats_probe"]
     assert store.ensure_statistics(db_conn, ["holdings_stats_probe"]) == []
-    assert db_conn.exec_driver_sql(
-        "SELECT reltuples FROM pg_class WHERE relname = 'holdings_stats_probe'"
-    ).scalar() == 500
+    assert (
+        db_conn.exec_driver_sql(
+            "SELECT reltuples FROM pg_class WHERE relname = 'holdings_stats_probe'"
+        ).scalar()
+        == 500
+    )
     store.ensure_statistics(db_conn)
     assert store.ensure_statistics(db_conn) == []
