@@ -164,7 +164,11 @@ def batch_from_captured(items: Iterable[tuple[Any, Mapping[str, Any]]]) -> tuple
     as_of: datetime | None = None
     stale = False
     versions: dict[Any, int | None] = {}
-    _d = _Decimals().get_decimal
+    decimals = _Decimals()
+    _d = decimals.get_decimal
+    stamps: dict[str, datetime] = {}
+    # What each asset's fundamentals were parsed from: holders of an asset repeat its text.
+    parsed_from: dict[str, dict[str, Any]] = {}
     for uid, doc in items:
         versions[uid] = doc["criteria"]["version"]
         users.append((uid, doc["baseCurrency"], _d(doc["contribution"], "contribution"),
@@ -174,18 +178,30 @@ def batch_from_captured(items: Iterable[tuple[Any, Mapping[str, Any]]]) -> tuple
                             _d(c["targetMax"], "targetMax"), c["maxAssets"],
                             _d(c["minAllocationValue"], "minAllocationValue")))  # fmt: skip
         for h in doc["holdings"]:
+            stamp = h["priceAsOf"]
+            if stamp is not None:
+                found = stamps.get(stamp)
+                if found is None:
+                    found = stamps[stamp] = datetime.fromisoformat(stamp)
+                stamp = found
             holdings.append((uid, h["assetId"], h["symbol"], h["assetClass"],
                              _d(h["quantity"], "quantity"), h["currency"],
-                             _d(h["price"], "price"),
-                             None if h["priceAsOf"] is None else
-                             datetime.fromisoformat(h["priceAsOf"])))  # fmt: skip
+                             _d(h["price"], "price"), stamp))  # fmt: skip
         for rule in doc["criteria"]["rules"]:
             rules.append((uid, rule["id"], rule["assetClass"], rule["metric"], rule["operator"],
                           _d(rule.get("value"), "value"), _d(rule.get("value2"), "value2"),
                           int(rule["points"])))  # fmt: skip
         for aid, values in doc["fundamentals"].items():
-            into = fundamentals.setdefault(aid, {})
+            into = fundamentals.get(aid)
+            if into is None:
+                into = fundamentals[aid] = {}
+                seen = parsed_from[aid] = {}
+            else:
+                seen = parsed_from[aid]
             for metric, v in values.items():
+                if metric in seen and seen[metric] == v:
+                    continue  # the same text: `into` holds its Decimal already
+                seen[metric] = v
                 into[metric] = _d(v, metric)
         rates = doc["rates"]
         for cur, v in rates.get("usdTo", {}).items():
