@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import UTC
-from decimal import Decimal
 from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
@@ -24,7 +22,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import psycopg as pg_psycopg
 
 from overnight_pipeline.storage.models import recommendations_table
-from overnight_pipeline.storage.queries import PersistedRecommendation
+from overnight_pipeline.storage.queries import PersistedRecommendation, persisted_from_row
 
 _rec = recommendations_table.c
 _QUERY = (
@@ -114,7 +112,7 @@ class NewestRows:
             if not isinstance(exc, Exception):
                 raise
             return
-        found = {row[0]: _persisted(row) for row in rows}
+        found = {row[0]: persisted_from_row(row) for row in rows}
         for user, waiters in batch.items():
             row = found.get(user)
             for waiter in waiters:
@@ -126,20 +124,3 @@ class NewestRows:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-
-
-def _persisted(row: tuple[Any, ...]) -> PersistedRecommendation:
-    (uid, market_date, market, generated_at, base_currency, total, criteria_version,
-     correlation_id, payload_json, portfolio_json) = row  # fmt: skip
-    return PersistedRecommendation(
-        user_id=uid,
-        market_date=market_date,
-        market=market,
-        generated_at=generated_at.astimezone(UTC),
-        base_currency=base_currency,
-        total_investable=Decimal(total),
-        criteria_version=criteria_version,
-        correlation_id=correlation_id,
-        payload_json=payload_json,
-        portfolio_json=portfolio_json,
-    )

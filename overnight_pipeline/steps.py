@@ -9,13 +9,11 @@ are already there, so nothing is duplicated (SPEC §4, §7).
 
 from __future__ import annotations
 
-import gc
 import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -26,7 +24,7 @@ import pandas as pd
 import redis
 from sqlalchemy import Connection, Engine
 
-from overnight_pipeline.core.batch import Batch, run_batch, score_batch
+from overnight_pipeline.core.batch import Batch, collector_paused, run_batch, score_batch
 from overnight_pipeline.core.captured import batch_from_captured, capture_json, score_json
 from overnight_pipeline.core.markets import Market
 from overnight_pipeline.core.money import FxRates, MissingRateError
@@ -131,20 +129,6 @@ def _prefetched(
             if i + 1 < len(chunks):
                 pending = pool.submit(load, chunks[i + 1])
             yield chunk, loaded
-
-
-@contextmanager
-def _collector_paused() -> Iterator[None]:
-    """The cyclic garbage collector off while a batch is computed: a batch allocates
-    hundreds of thousands of small acyclic containers, which trigger collections that walk
-    the process's long-lived objects (Dagster's included) again and again."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 # Market data -----------------------------------------------------------------------------
@@ -322,7 +306,7 @@ def score(
 
     with _BatchWriter(engine) as writer:
         for chunk, loaded in _prefetched(_chunks(todo, batch_size), load):
-            with _collector_paused():
+            with collector_paused():
                 write = _score_batch(loaded, chunk, report, dialect=engine.dialect.name, fx=fx,
                                      market=market, day=day,
                                      correlation_id=correlation_id, run_id=run_id)  # fmt: skip
@@ -436,7 +420,7 @@ def recommend(
 
     with _BatchWriter(engine) as writer:
         for _chunk, items in _prefetched(_chunks(todo, batch_size), load):
-            with _collector_paused():
+            with collector_paused():
                 write = _recommend_batch(items, report, dialect=engine.dialect.name,
                                          market=market, day=day,
                                          correlation_id=correlation_id)  # fmt: skip

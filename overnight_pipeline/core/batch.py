@@ -146,14 +146,14 @@ class BatchResult:
 def run_batch(batch: Batch, fx: FxRates, *, one_by_one: set[Any] | None = None) -> BatchResult:
     """Score every holding of the batch and recommend for every user (`one_by_one`: see
     `recommend_batch`)."""
-    with _collector_paused():
+    with collector_paused():
         scores = score_batch(batch.holdings, batch.rules, batch.fundamentals)
         recs, failures = recommend_batch(batch, scores, fx, one_by_one=one_by_one)
     return BatchResult(scores, recs, failures)
 
 
 @contextmanager
-def _collector_paused() -> Iterator[None]:
+def collector_paused() -> Iterator[None]:
     """The cyclic garbage collector off for the duration of a batch: its objects form no
     cycles, but their number (~10 tuples per user) triggered ~150 young and ~15 middle
     collections per 8,000 users plus now and then a full one over every live object of the
@@ -404,7 +404,7 @@ def recommend_batch(
     branches goes through `allocate` itself, and is added to `one_by_one` when given.
     `vectorised=False` sends every user through `allocate`.
     """
-    with _collector_paused():
+    with collector_paused():
         return _recommend_batch(batch, scores, fx, vectorised, one_by_one)
 
 

@@ -4,6 +4,7 @@ the caller owns the transaction."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -138,8 +139,11 @@ async def newest_recommendation_pg(
         _PG_NEWEST_SQL, {**_PG_NEWEST_PARAMS, "user_id": user_id}, prepare=True
     )
     row = await cur.fetchone()
-    if row is None:
-        return None
+    return None if row is None else persisted_from_row(row)
+
+
+def persisted_from_row(row: Sequence[Any]) -> PersistedRecommendation:
+    """A `PersistedRecommendation` from a raw psycopg row of the newest-row columns."""
     (uid, market_date, market, generated_at, base_currency, total, criteria_version,
      correlation_id, payload_json, portfolio_json) = row  # fmt: skip
     return PersistedRecommendation(
