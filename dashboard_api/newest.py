@@ -17,27 +17,20 @@ import uuid
 from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
-from sqlalchemy import Text, any_, bindparam, cast, select
+from sqlalchemy import any_, bindparam, select
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import psycopg as pg_psycopg
 
 from overnight_pipeline.storage.models import recommendations_table
-from overnight_pipeline.storage.queries import PersistedRecommendation, persisted_from_row
+from overnight_pipeline.storage.queries import (
+    NEWEST_COLUMNS,
+    PersistedRecommendation,
+    persisted_from_row,
+)
 
 _rec = recommendations_table.c
 _QUERY = (
-    select(
-        _rec.user_id,
-        _rec.market_date,
-        _rec.market,
-        _rec.generated_at,
-        _rec.base_currency,
-        _rec.total_investable,
-        _rec.criteria_version,
-        _rec.correlation_id,
-        cast(_rec.payload, Text).label("payload_json"),
-        cast(_rec.portfolio, Text).label("portfolio_json"),
-    )
+    select(*NEWEST_COLUMNS)
     .where(_rec.user_id == any_(bindparam("user_ids", type_=postgresql.ARRAY(_rec.user_id.type))))
     .ext(postgresql.distinct_on(_rec.user_id))
     .order_by(_rec.user_id, _rec.market_date.desc(), _rec.generated_at.desc())

@@ -10,9 +10,7 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
-import psycopg
 from sqlalchemy import Connection, Select, Text, bindparam, cast, select, tuple_
-from sqlalchemy.dialects.postgresql import psycopg as pg_psycopg
 
 from overnight_pipeline.storage.models import (
     assets_table,
@@ -88,20 +86,22 @@ def _limit(limit: int) -> int:
 
 _rec = recommendations_table.c
 # Built once: the fallback path runs it per request and the statement cache does the rest.
+# The columns of a `PersistedRecommendation`, in its field order (`persisted_from_row`).
+NEWEST_COLUMNS = (
+    _rec.user_id,
+    _rec.market_date,
+    _rec.market,
+    _rec.generated_at,
+    _rec.base_currency,
+    _rec.total_investable,
+    _rec.criteria_version,
+    _rec.correlation_id,
+    # Text, not parsed documents: the caller hands them on as they are.
+    cast(_rec.payload, Text).label("payload_json"),
+    cast(_rec.portfolio, Text).label("portfolio_json"),
+)
 _NEWEST_RECOMMENDATION = (
-    select(
-        _rec.user_id,
-        _rec.market_date,
-        _rec.market,
-        _rec.generated_at,
-        _rec.base_currency,
-        _rec.total_investable,
-        _rec.criteria_version,
-        _rec.correlation_id,
-        # Text, not parsed documents: the caller hands them on as they are.
-        cast(_rec.payload, Text).label("payload_json"),
-        cast(_rec.portfolio, Text).label("portfolio_json"),
-    )
+    select(*NEWEST_COLUMNS)
     .where(_rec.user_id == bindparam("user_id", type_=_rec.user_id.type))
     .order_by(_rec.market_date.desc(), _rec.generated_at.desc())
     .limit(1)
@@ -122,28 +122,8 @@ def newest_recommendation(
     return PersistedRecommendation(**row._asdict())
 
 
-_PG = _NEWEST_RECOMMENDATION.compile(dialect=pg_psycopg.dialect())  # type: ignore[no-untyped-call]
-_PG_NEWEST_SQL = str(_PG).encode()
-_PG_NEWEST_PARAMS = dict(_PG.params)
-
-
-async def newest_recommendation_pg(
-    conn: psycopg.AsyncConnection[Any], *, user_id: uuid.UUID
-) -> PersistedRecommendation | None:
-    """`newest_recommendation` on a bare psycopg async connection (same compiled statement).
-
-    The dashboard's fallback path: ≈1.7× the requests/s of the SQLAlchemy engine in a
-    threadpool on this machine (docs/PERFORMANCE.md). The statement is prepared server-side.
-    """
-    cur = await conn.execute(
-        _PG_NEWEST_SQL, {**_PG_NEWEST_PARAMS, "user_id": user_id}, prepare=True
-    )
-    row = await cur.fetchone()
-    return None if row is None else persisted_from_row(row)
-
-
 def persisted_from_row(row: Sequence[Any]) -> PersistedRecommendation:
-    """A `PersistedRecommendation` from a raw psycopg row of the newest-row columns."""
+    """A `PersistedRecommendation` from a raw psycopg row of `NEWEST_COLUMNS`."""
     (uid, market_date, market, generated_at, base_currency, total, criteria_version,
      correlation_id, payload_json, portfolio_json) = row  # fmt: skip
     return PersistedRecommendation(

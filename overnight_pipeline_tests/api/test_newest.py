@@ -38,8 +38,10 @@ def test_batched_reads_match_the_one_user_query(pg_url: str, pg_engine: Engine) 
 
     async def main() -> dict[uuid.UUID, Any]:
         pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-            pg_conninfo(pg_url), min_size=1, max_size=2, open=False, kwargs={"autocommit": True}
-        )
+            pg_conninfo(pg_url), min_size=1, max_size=2, open=False,
+            # A session time zone other than UTC: generated_at must still come back in UTC.
+            kwargs={"autocommit": True, "options": "-c TimeZone=America/Sao_Paulo"},
+        )  # fmt: skip
         await pool.open()
         newest = NewestRows(pool, timeout=5, concurrency=2, max_batch=7)
         try:
@@ -53,7 +55,9 @@ def test_batched_reads_match_the_one_user_query(pg_url: str, pg_engine: Engine) 
             await newest.aclose()
             await pool.close()
 
-    assert asyncio.run(main()) == expected
+    got = asyncio.run(main())
+    assert got == expected
+    assert all(row.generated_at.tzinfo == UTC for row in got.values() if row is not None)
 
 
 def test_a_database_failure_reaches_every_waiter() -> None:

@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
-import psycopg
 import pytest
-from sqlalchemy import Connection, Engine, insert, text
+from sqlalchemy import Connection, insert, text
 
-from overnight_pipeline.storage.models import overnight_job_runs_table, users_table
+from overnight_pipeline.storage.models import overnight_job_runs_table
 from overnight_pipeline.storage.queries import (
     CalculationCursor,
     asset_id_for,
     calculations_for_asset,
     calculations_statement,
     newest_recommendation,
-    newest_recommendation_pg,
     recent_job_runs,
     user_profile,
 )
@@ -52,35 +49,6 @@ def test_newest_recommendation_is_the_latest_market_date_not_the_latest_write(
     assert CachedRecommendations.model_validate_json(row.payload_json) == nov30.recs
     assert CachedPortfolioSummary.model_validate_json(row.portfolio_json) == nov30.portfolio
     assert newest_recommendation(db_conn, user_id=uuid.uuid4()) is None
-
-
-def test_the_psycopg_fallback_query_returns_what_the_engine_returns(
-    pg_engine: Engine, pg_url: str
-) -> None:
-    user = uuid.uuid4()
-    with pg_engine.begin() as conn:
-        insert_users(conn, [user])
-        persist(conn, [planner(user, generated_at=T0, market_date=date(2026, 11, 30)),
-                       planner(user, generated_at=T0 + timedelta(hours=1),
-                               market_date=date(2026, 11, 26), seed=3)])  # fmt: skip
-    with pg_engine.connect() as conn:
-        expected = newest_recommendation(conn, user_id=user)
-
-    async def fetch(uid: uuid.UUID) -> object:
-        dsn = pg_url.replace("postgresql+psycopg://", "postgresql://")
-        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as aconn:
-            await aconn.execute("SET TIME ZONE 'America/Sao_Paulo'")
-            return await newest_recommendation_pg(aconn, user_id=uid)
-
-    try:
-        got = asyncio.run(fetch(user))
-        assert got == expected
-        assert got is not None and got.generated_at.tzinfo == UTC
-        assert asyncio.run(fetch(uuid.uuid4())) is None
-    finally:
-        # Committed rows would leak into the other tests of the session database.
-        with pg_engine.begin() as conn:
-            conn.execute(users_table.delete().where(users_table.c.id == user))
 
 
 def test_user_profile(db_conn: Connection) -> None:
