@@ -52,7 +52,7 @@ class StepReport:
     seconds: float = 0.0
 
     def markdown(self) -> str:
-        rows = "\n".join(f"| {k} | {v} |" for k, v in self.metrics.items())
+        rows = "\n".join(f"| {k} | {v} |" for k, v in self.metrics.items() if v is not None)
         text = f"| measure | value |\n| --- | --- |\n{rows}\n| seconds | {self.seconds:.2f} |"
         if self.failures:
             text += "\n\n| user | stage | error |\n| --- | --- | --- |\n" + "\n".join(

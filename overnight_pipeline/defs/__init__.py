@@ -48,11 +48,9 @@ def build_definitions(settings: Settings, *, env_vars: bool = True) -> Definitio
         description="The overnight pre-computation of one market-date: rates, prices, "
         "fundamentals, scores, recommendations and the Redis cache.",
     )
-    retention_asset, retention_job, retention_schedule = build_retention(
-        batch_size=settings.retention_batch_size
-    )
+    retention_job, retention_schedule = build_retention(batch_size=settings.retention_batch_size)
     return Definitions(
-        assets=[*assets, retention_asset],
+        assets=assets,
         asset_checks=[freshness],
         jobs=[overnight_job, retention_job, freshness_job],
         schedules=[
@@ -63,12 +61,13 @@ def build_definitions(settings: Settings, *, env_vars: bool = True) -> Definitio
                 cron_schedule="15 * * * *",
                 execution_timezone="UTC",
                 job=freshness_job,
-                default_status=DefaultScheduleStatus.RUNNING,
+                default_status=DefaultScheduleStatus.STOPPED,
                 description="Evaluates the recommendation cache's freshness check every hour.",
             ),
         ],
         sensors=build_job_run_sensors(
             OVERNIGHT_JOB,
+            asset_keys=[a.key for a in assets],
             interval_seconds=settings.sensor_interval_seconds,
             tracer_provider=lambda: tracer_provider(settings),
         ),

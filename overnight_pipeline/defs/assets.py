@@ -1,8 +1,12 @@
 """The overnight assets (SPEC §9), all market × date partitioned, thin over `steps`.
 
 Each asset writes its own tables (or Redis) and returns `MaterializeResult` metadata that a
-person reads in the UI. With the single-run backfill policy a backfill run may carry several
-dates of one market: every asset then processes each of its partition keys in turn.
+person reads in the UI. There is no backfill policy: every backfill, from the job's page,
+the asset graph or the CLI, is one run per market-date, whose tags Dagster builds from the
+partition (a single-run policy made job backfills copy one partition's tags onto every run,
+so each run built that partition: DAGSTER_NOTES). Before any write, every step checks that
+its run's partition tags agree with each other and with the work Dagster gave it
+(`guard_partitions`), and refuses the run otherwise.
 """
 
 # No `from __future__ import annotations`: Dagster inspects the context annotation.
@@ -17,7 +21,6 @@ from dagster import (
     AssetCheckResult,
     AssetExecutionContext,
     AssetsDefinition,
-    BackfillPolicy,
     Backoff,
     Failure,
     Jitter,
@@ -31,7 +34,7 @@ from dagster import (
 from overnight_pipeline import steps
 from overnight_pipeline.core.markets import Market
 from overnight_pipeline.defs import checks
-from overnight_pipeline.defs.partitions import split_key
+from overnight_pipeline.defs.partitions import guard_partitions, split_key
 from overnight_pipeline.defs.resources import AppDatabase, CacheRedis, MarketData
 from overnight_pipeline.storage import job_runs
 from overnight_pipeline.storage.overnight import correlation_id_for
@@ -78,15 +81,18 @@ def _totals(reports: list[tuple[str, steps.StepReport]]) -> dict[str, Any]:
 
 
 def _metadata(reports: list[tuple[str, steps.StepReport]]) -> dict[str, Any]:
-    """Totals over the run's partitions, plus a markdown table per partition."""
+    """Totals over the run's partitions; the failed users (and, for a range, each partition's
+    figures) as a markdown table: what the fields above do not already say."""
     meta: dict[str, Any] = {k: v for k, v in _totals(reports).items() if v is not None}
     meta["seconds"] = round(sum(r.seconds for _, r in reports), 3)
-    meta["partitions"] = len(reports)
+    if len(reports) > 1:
+        meta["partitions"] = len(reports)
     failures = [f for _, r in reports for f in r.failures]
     meta["failures"] = len(failures)
-    meta["summary"] = MetadataValue.md(
-        "\n\n".join(f"**{key}**\n\n{report.markdown()}" for key, report in reports)
-    )
+    tables = [f"**{key}**\n\n{report.markdown()}" for key, report in reports
+              if len(reports) > 1 or report.failures]  # fmt: skip
+    if tables:
+        meta["summary"] = MetadataValue.md("\n\n".join(tables))
     return meta
 
 
@@ -94,7 +100,7 @@ def _each_partition(
     context: AssetExecutionContext, work: Callable[[str, date, str], steps.StepReport]
 ) -> list[tuple[str, steps.StepReport]]:
     reports = []
-    for key in context.partition_keys:
+    for key in guard_partitions(context):
         market, day = split_key(key)
         report = work(market, day, key)
         context.log.info(f"{context.asset_key.to_user_string()} {key}: {report.metrics}")
@@ -106,11 +112,12 @@ def _user_checks(
     context: AssetExecutionContext, database: AppDatabase, max_ratio: float
 ) -> list[AssetCheckResult]:
     """The user checks over the calculations (one per partition) of this run."""
-    cids = [correlation_id(context, key) for key in context.partition_keys]
+    keys = guard_partitions(context)
+    cids = [correlation_id(context, key) for key in keys]
     with database.engine.connect() as conn:
         counts = job_runs.calculation_counts(conn, cids)
         sample = job_runs.failed_users(conn, cids, limit=10) if counts.failed else []
-    return checks.user_checks(counts, max_ratio=max_ratio, sample=sample)
+    return checks.user_checks(counts, max_ratio=max_ratio, sample=sample, partitions=keys)
 
 
 def build_assets(
@@ -123,11 +130,7 @@ def build_assets(
 ) -> list[AssetsDefinition]:
     """The six assets for `partitions` over the configured `markets`, with their checks;
     `retry_delay` is the first retry's delay in seconds."""
-    common: dict[str, Any] = {
-        "partitions_def": partitions,
-        "group_name": GROUP,
-        "backfill_policy": BackfillPolicy.single_run(),
-    }
+    common: dict[str, Any] = {"partitions_def": partitions, "group_name": GROUP}
     io, db = io_retry(retry_delay), db_retry(retry_delay)
 
     @asset(**common, retry_policy=io, kinds={"python"},
@@ -142,7 +145,7 @@ def build_assets(
         reports = _each_partition(context, lambda m, d, _k: steps.fetch_rates(
             database.engine, provider, market=m, day=d, markets=markets))  # fmt: skip
         return MaterializeResult(metadata=_metadata(reports),
-                                 check_results=[checks.rates_check(_totals(reports))])  # fmt: skip
+                                 check_results=[checks.rates_check(_totals(reports), [k for k, _ in reports])])  # fmt: skip
 
     @asset(**common, deps=[exchange_rates], retry_policy=io,
            check_specs=[checks.prices_check_spec("asset_prices")],
@@ -155,7 +158,7 @@ def build_assets(
         reports = _each_partition(context, lambda m, d, _k: steps.fetch_prices(
             database.engine, provider, market=m, day=d, markets=markets))  # fmt: skip
         return MaterializeResult(metadata=_metadata(reports),
-                                 check_results=[checks.prices_check(_totals(reports))])  # fmt: skip
+                                 check_results=[checks.prices_check(_totals(reports), [k for k, _ in reports])])  # fmt: skip
 
     @asset(**common, deps=[exchange_rates], retry_policy=io,
            description="Fundamentals for every distinct asset held by the partition's "

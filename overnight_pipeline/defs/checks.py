@@ -5,11 +5,16 @@
 | `rates_fresh` | exchange_rates | WARN | the rate provider was down: stored rates were used |
 | `prices_complete` | asset_prices | WARN | some held assets got no price (their users are dropped) |
 | `no_failed_users` | asset_scores, recommendations | WARN | any user of the calculation failed |
-| `failed_users_within_limit` | asset_scores, recommendations | ERROR, blocking | failed users / started users > `MAX_FAILED_USER_RATIO` |
+| `failed_users_within_limit` | asset_scores, recommendations | ERROR, not blocking | failed users / started users > `MAX_FAILED_USER_RATIO` |
 | `cache_fresh` | recommendation_cache | WARN | no cache write (any partition) for 24 h |
 
 User counts come from the event store (per correlation id), not from one attempt's
-metadata, so a retried or re-executed step judges the whole calculation.
+metadata, so a retried or re-executed step judges the whole calculation. No check blocks:
+a failed user fails alone (SPEC §7), so even a partition of 4 users with 1 broken one gives
+the other 3 their recommendations and cache entries; the ERROR check is red in the UI and
+the job-run row is `partial`. The checks are not partitioned (partitioned check specs are a
+preview feature in Dagster 1.13, "not ready for production use"): each result names its
+market-date in its description and in a `partition` metadata entry instead.
 """
 
 # No `from __future__ import annotations`: Dagster inspects the context annotations.
@@ -48,17 +53,32 @@ def user_check_specs(asset: str) -> list[AssetCheckSpec]:
         AssetCheckSpec(NO_FAILED_USERS, asset=asset,
                        description="WARN: some users of the calculation failed; the run is "
                                    "`partial` and each failed user has a failed CALC_COMPLETED."),
-        AssetCheckSpec(FAILED_USERS_WITHIN_LIMIT, asset=asset, blocking=True,
-                       description="ERROR, blocking: more users failed than MAX_FAILED_USER_RATIO "
-                                   "allows; downstream steps do not run."),
+        AssetCheckSpec(FAILED_USERS_WITHIN_LIMIT, asset=asset,
+                       description="ERROR: more users failed than MAX_FAILED_USER_RATIO allows. "
+                                   "Not blocking: the healthy users still get their "
+                                   "recommendations and cache entries; the run is `partial`."),
     ]  # fmt: skip
 
 
+def _where(partitions: Sequence[str]) -> tuple[dict[str, Any], str]:
+    """The `partition` metadata entry and description prefix of a check result."""
+    if not partitions:
+        return {}, ""
+    text = ", ".join(partitions)
+    return {"partition": text}, f"{text}: "
+
+
 def user_checks(
-    counts: CalculationCounts, *, max_ratio: float, sample: Sequence[dict[str, str]] = ()
+    counts: CalculationCounts,
+    *,
+    max_ratio: float,
+    sample: Sequence[dict[str, str]] = (),
+    partitions: Sequence[str] = (),
 ) -> list[AssetCheckResult]:
     """The two user checks of a calculation from its event-store counts."""
+    where, prefix = _where(partitions)
     meta: dict[str, Any] = {
+        **where,
         "users_started": counts.started,
         "users_failed": counts.failed,
         "failed_ratio": round(counts.failed_ratio, 4),
@@ -72,11 +92,11 @@ def user_checks(
     return [
         AssetCheckResult(check_name=NO_FAILED_USERS, passed=counts.failed == 0,
                          severity=AssetCheckSeverity.WARN, metadata=meta,
-                         description=f"{counts.failed} of {counts.started} users failed"),
+                         description=f"{prefix}{counts.failed} of {counts.started} users failed"),
         AssetCheckResult(check_name=FAILED_USERS_WITHIN_LIMIT,
                          passed=counts.failed_ratio <= max_ratio,
                          severity=AssetCheckSeverity.ERROR, metadata=meta,
-                         description=f"failed ratio {counts.failed_ratio:.2%} "
+                         description=f"{prefix}failed ratio {counts.failed_ratio:.2%} "
                                      f"(limit {max_ratio:.2%})"),
     ]  # fmt: skip
 
@@ -87,13 +107,15 @@ def rates_check_spec(asset: str) -> AssetCheckSpec:
                                       "stored rates were used (marked stale).")  # fmt: skip
 
 
-def rates_check(totals: StepTotals) -> AssetCheckResult:
+def rates_check(totals: StepTotals, partitions: Sequence[str] = ()) -> AssetCheckResult:
     stale = bool(totals.get("stale", False))
+    where, prefix = _where(partitions)
     return AssetCheckResult(
         check_name=RATES_FRESH, passed=not stale, severity=AssetCheckSeverity.WARN,
-        metadata={k: totals[k] for k in ("source", "stale_currencies", "stale_age_hours")
-                  if totals.get(k) is not None},
-        description="stored rates used (stale)" if stale else "rates fetched for the date",
+        metadata={**where, **{k: totals[k] for k in ("source", "stale_currencies",
+                  "stale_age_hours") if totals.get(k) is not None}},
+        description=prefix + ("stored rates used (stale)" if stale
+                              else "rates fetched for the date"),
     )  # fmt: skip
 
 
@@ -103,12 +125,13 @@ def prices_check_spec(asset: str) -> AssetCheckSpec:
                                       "nor stored; they are dropped for their users.")  # fmt: skip
 
 
-def prices_check(totals: StepTotals) -> AssetCheckResult:
+def prices_check(totals: StepTotals, partitions: Sequence[str] = ()) -> AssetCheckResult:
     missing = int(totals.get("missing", 0) or 0)
+    where, prefix = _where(partitions)
     return AssetCheckResult(
         check_name=PRICES_COMPLETE, passed=missing == 0, severity=AssetCheckSeverity.WARN,
-        metadata={"missing": missing, "assets": int(totals.get("assets", 0) or 0)},
-        description=f"{missing} held assets without a price",
+        metadata={**where, "missing": missing, "assets": int(totals.get("assets", 0) or 0)},
+        description=f"{prefix}{missing} held assets without a price",
     )  # fmt: skip
 
 

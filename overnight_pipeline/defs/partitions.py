@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from dagster import (
+    AssetExecutionContext,
     DailyPartitionsDefinition,
+    Failure,
     MultiPartitionKey,
     MultiPartitionsDefinition,
     StaticPartitionsDefinition,
@@ -52,3 +54,91 @@ def split_key(key: str | MultiPartitionKey) -> tuple[str, date]:
         else dict(zip(("date", "market"), key.split("|"), strict=True))
     )
     return dims["market"], date.fromisoformat(dims["date"])
+
+
+PARTITION_TAG = "dagster/partition"
+DIMENSION_TAG_PREFIX = "dagster/partition/"
+RANGE_START_TAG = "dagster/asset_partition_range_start"
+RANGE_END_TAG = "dagster/asset_partition_range_end"
+BACKFILL_TAG = "dagster/backfill"
+
+
+class PartitionMismatch(Exception):
+    """A run whose tags disagree about which market-dates it builds."""
+
+
+def _is_partition_tag(key: str) -> bool:
+    return key == PARTITION_TAG or key.startswith(DIMENSION_TAG_PREFIX) or key in (
+        RANGE_START_TAG, RANGE_END_TAG)  # fmt: skip
+
+
+def check_run_partitions(
+    tags: Mapping[str, str], keys: Sequence[str], *, backfill_tags: Mapping[str, str] | None = None
+) -> list[str]:
+    """`keys` (the partitions Dagster gives the run's steps) when the run's tags all name the
+    same ones; raises `PartitionMismatch` naming both sides otherwise.
+
+    Dagster reads a multi-partition run's key from its `dagster/partition/<dimension>` tags
+    before `dagster/partition` and the range tags, so tags copied from another partition (a
+    job backfill under a single-run policy, or partition tags typed at launch) would make the
+    run silently build that other partition. `backfill_tags` are the tags given when the
+    run's backfill was launched: they override each run's own partition tags.
+    """
+    keys = [str(k) for k in keys]
+    overridden = sorted(k for k in (backfill_tags or {}) if _is_partition_tag(k))
+    if overridden:
+        raise PartitionMismatch(
+            f"the backfill was launched with partition tags ({', '.join(overridden)}), which "
+            "Dagster copies onto every run of it, so each run would build the same partition; "
+            "relaunch the backfill without them"
+        )
+    named: dict[str, list[str]] = {}
+    dims = {k.removeprefix(DIMENSION_TAG_PREFIX): v for k, v in tags.items()
+            if k.startswith(DIMENSION_TAG_PREFIX)}  # fmt: skip
+    if dims:
+        if set(dims) != {"date", "market"}:
+            raise PartitionMismatch(f"partition dimension tags {dims} are not date and market")
+        named["dagster/partition/date, dagster/partition/market"] = [
+            f"{dims['date']}|{dims['market']}"
+        ]
+    if PARTITION_TAG in tags:
+        named[PARTITION_TAG] = [tags[PARTITION_TAG]]
+    start, end = tags.get(RANGE_START_TAG), tags.get(RANGE_END_TAG)
+    if start or end:
+        if not (start and end):
+            raise PartitionMismatch(f"a partition range needs both {RANGE_START_TAG} and "
+                                    f"{RANGE_END_TAG} (got {start!r} .. {end!r})")  # fmt: skip
+        (first_market, first), (last_market, last) = split_key(start), split_key(end)
+        if first_market != last_market or last < first:
+            raise PartitionMismatch(
+                f"the range {start} .. {end} is not one market's dates in order; launch one "
+                "range per market"
+            )
+        named[f"{RANGE_START_TAG} .. {RANGE_END_TAG}"] = [
+            f"{first + timedelta(days=i)}|{first_market}" for i in range((last - first).days + 1)
+        ]
+    named["the steps' partition keys"] = sorted(keys)
+    distinct = {tuple(sorted(v)) for v in named.values()}
+    if len(distinct) > 1:
+        said = "; ".join(f"{source} = {', '.join(v)}" for source, v in named.items())
+        raise PartitionMismatch(f"the run's partition tags disagree: {said}")
+    return keys
+
+
+def guard_partitions(context: AssetExecutionContext) -> list[str]:
+    """The run's partition keys, checked by `check_run_partitions`; a mismatch fails the step
+    before any write, without retries, naming what disagrees."""
+    run = context.run
+    backfill_tags = None
+    backfill_id = run.tags.get(BACKFILL_TAG)
+    if backfill_id:
+        backfill = context.instance.get_backfill(backfill_id)
+        backfill_tags = backfill.tags if backfill is not None else None
+    try:
+        return check_run_partitions(run.tags, context.partition_keys,
+                                    backfill_tags=backfill_tags)  # fmt: skip
+    except PartitionMismatch as exc:
+        raise Failure(
+            description=f"refused run {run.run_id}: {exc}. Nothing was written.",
+            allow_retries=False,
+        ) from exc

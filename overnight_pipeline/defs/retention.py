@@ -1,21 +1,20 @@
 """The audit retention job (SPEC §4, AC-8.6.5): every day, delete calculation events, their
-asset index and job runs older than two years, in bounded batches."""
+asset index and job runs older than two years, in bounded batches.
+
+An op job, not an asset: it produces no data, and as an asset it sat on the global lineage
+page beside the overnight assets, so "Materialize all" there selected it too."""
 
 # No `from __future__ import annotations`: Dagster inspects the context annotations.
 
 from dagster import (
-    AssetExecutionContext,
-    AssetsDefinition,
-    AssetSelection,
     DefaultScheduleStatus,
-    MaterializeResult,
+    JobDefinition,
     MetadataValue,
+    OpExecutionContext,
+    Output,
     ScheduleDefinition,
-    asset,
-    define_asset_job,
-)
-from dagster._core.definitions.unresolved_asset_job_definition import (  # not public
-    UnresolvedAssetJobDefinition,
+    job,
+    op,
 )
 
 from overnight_pipeline.defs.resources import AppDatabase
@@ -26,20 +25,17 @@ RETENTION_JOB = "audit_retention_job"
 RETENTION_CRON = "0 3 * * *"
 
 
-def build_retention(
-    *, batch_size: int
-) -> tuple[AssetsDefinition, UnresolvedAssetJobDefinition, ScheduleDefinition]:
-    """The retention asset, its job and its daily schedule."""
+def build_retention(*, batch_size: int) -> tuple[JobDefinition, ScheduleDefinition]:
+    """The retention job and its daily schedule (stopped until an operator starts it)."""
 
-    @asset(group_name="maintenance", kinds={"postgres"},
-           description=f"Deletes calculation_events, calculation_assets and overnight_job_runs "
-                       f"older than {RETENTION_YEARS} years, {batch_size:,} rows per "
-                       "transaction.")  # fmt: skip
-    def audit_retention(context: AssetExecutionContext, database: AppDatabase) -> MaterializeResult:
+    @op(description=f"Deletes calculation_events, calculation_assets and overnight_job_runs "
+                    f"older than {RETENTION_YEARS} years, {batch_size:,} rows per "
+                    "transaction.")  # fmt: skip
+    def audit_retention(context: OpExecutionContext, database: AppDatabase) -> Output[None]:
         report = delete_expired(database.engine, batch_size=batch_size)
         context.log.info(f"retention before {report.cutoff.isoformat()}: {report.deleted}")
         table = "\n".join(f"| {name} | {count:,} |" for name, count in report.deleted.items())
-        return MaterializeResult(metadata={
+        return Output(None, metadata={
             "cutoff": MetadataValue.timestamp(report.cutoff),
             "deleted_total": report.total,
             **{f"deleted_{name}": count for name, count in report.deleted.items()},
@@ -49,17 +45,17 @@ def build_retention(
             "summary": MetadataValue.md(f"| table | rows deleted |\n| --- | --- |\n{table}"),
         })  # fmt: skip
 
-    job = define_asset_job(
-        RETENTION_JOB,
-        selection=AssetSelection.assets(audit_retention),
-        description="Audit retention: rows older than two years, in bounded batches.",
-    )
+    @job(name=RETENTION_JOB, tags={"overnight/kind": "maintenance"},
+         description="Audit retention: rows older than two years, in bounded batches.")  # fmt: skip
+    def audit_retention_job() -> None:
+        audit_retention()
+
     schedule = ScheduleDefinition(
         name="audit_retention_daily",
         cron_schedule=RETENTION_CRON,
         execution_timezone="UTC",
-        job=job,
-        default_status=DefaultScheduleStatus.RUNNING,
+        job=audit_retention_job,
+        default_status=DefaultScheduleStatus.STOPPED,
         description="Daily audit retention at 03:00 UTC.",
     )
-    return audit_retention, job, schedule
+    return audit_retention_job, schedule

@@ -95,7 +95,9 @@ def market_schedule(
         cron_schedule=cron,
         execution_timezone=market.timezone,
         job=job,
-        default_status=DefaultScheduleStatus.RUNNING,
+        # Stopped until an operator starts it (the UI's toggle, or `dagster schedule start
+        # --start-all`): a laptop running `make dev` must not fire tonight's runs unasked.
+        default_status=DefaultScheduleStatus.STOPPED,
         tags={"overnight/market": market.code},
         description=f"{market.code}: the overnight partition at {cron!r} {market.timezone} "
         f"(2 h before the regular open unless OVERNIGHT_JOB_CRON is set), on {market.calendar} "

@@ -1,5 +1,9 @@
-"""Run sensors that keep `overnight_job_runs` true for every run (SPEC §4, §9; AC-8.6.1-3),
-and emit the run's `overnight-scoring-job` span when it finishes (AC-8.2.7).
+"""Run sensors that keep `overnight_job_runs` true for every run that materialises an
+overnight asset, whatever launched it (SPEC §4, §9; AC-8.6.1-3): the schedules and job
+backfills (`overnight_job`), asset backfills and the UI's Materialize (`__ASSET_JOB` with an
+asset selection), `overnight run`. They also emit the run's `overnight-scoring-job` span
+when it finishes (AC-8.2.7), and a fifth sensor finds runs whose worker died (`kill -9`,
+OOM) and marks them failed (`defs/monitor.py`).
 
 One sensor per run status (started, success, failure, canceled), each a daemon tick that
 reads the run from the Dagster instance: its partition tags, the per-asset metadata of its
@@ -16,12 +20,13 @@ earlier runs materialised for the partition (the steps it did not repeat) with w
 
 import logging
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from dagster import (
+    AssetKey,
     DagsterEventType,
     DagsterInstance,
     DagsterRun,
@@ -30,14 +35,23 @@ from dagster import (
     RunFailureSensorContext,
     RunStatusSensorContext,
     SensorDefinition,
+    SensorEvaluationContext,
+    SkipReason,
     run_failure_sensor,
     run_status_sensor,
+    sensor,
 )
 from dagster._core.execution.plan.objects import StepFailureData
 from opentelemetry.trace import TracerProvider
 from sqlalchemy import Engine, select
 
-from overnight_pipeline.defs.partitions import split_key
+from overnight_pipeline.defs.monitor import fail_dead_runs
+from overnight_pipeline.defs.partitions import (
+    PARTITION_TAG,
+    RANGE_END_TAG,
+    RANGE_START_TAG,
+    split_key,
+)
 from overnight_pipeline.defs.resources import AppDatabase
 from overnight_pipeline.storage import job_runs
 from overnight_pipeline.storage.models import overnight_job_runs_table
@@ -48,9 +62,8 @@ STARTED_SENSOR = "overnight_job_run_started"
 SUCCEEDED_SENSOR = "overnight_job_run_succeeded"
 FAILED_SENSOR = "overnight_job_run_failed"
 CANCELED_SENSOR = "overnight_job_run_canceled"
-PARTITION_TAG = "dagster/partition"
-RANGE_START_TAG = "dagster/asset_partition_range_start"
-RANGE_END_TAG = "dagster/asset_partition_range_end"
+WORKER_SENSOR = "overnight_run_worker_monitor"
+ASSET_JOB = "__ASSET_JOB"
 _log = logging.getLogger(__name__)
 FINISHED_STATUSES = (DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED)
 
@@ -360,14 +373,32 @@ def reconcile_unfinished(
     return fixed
 
 
+def materialises_overnight_assets(
+    run: DagsterRun, job_name: str, asset_keys: Collection[AssetKey]
+) -> bool:
+    """Whether `run` materialises an overnight asset: a run of the overnight job, or any run
+    (an asset backfill, the UI's Materialize) whose asset selection names one."""
+    if run.job_name == job_name:
+        return True
+    if run.asset_selection is not None:
+        return bool(set(run.asset_selection) & set(asset_keys))
+    return run.job_name == ASSET_JOB and run.asset_check_selection is None
+
+
 def build_job_run_sensors(
     job_name: str,
     *,
+    asset_keys: Collection[AssetKey] = (),
     interval_seconds: int = 30,
     tracer_provider: Callable[[], TracerProvider | None] = lambda: None,
 ) -> list[SensorDefinition]:
-    """The four sensors for runs of `job_name`, wherever they were launched from (the UI,
-    a schedule, a backfill, or `overnight run` against the same instance)."""
+    """The four sensors for runs that materialise the overnight assets (`job_name`'s, or
+    any run selecting one of `asset_keys`), wherever they were launched from (the UI, a
+    schedule, a job or asset backfill, or `overnight run` against the same instance)."""
+
+    def ours(run: DagsterRun) -> bool:
+        return materialises_overnight_assets(run, job_name, asset_keys)
+
     common: dict[str, Any] = {
         # In-process runs (`overnight run`) carry no code-location origin: watch every run
         # of the instance and keep the overnight job's.
@@ -377,7 +408,7 @@ def build_job_run_sensors(
     }
 
     def finish(context: RunStatusSensorContext, database: AppDatabase, error: str | None) -> None:
-        if context.dagster_run.job_name != job_name:
+        if not ours(context.dagster_run):
             return
         try:
             provider = tracer_provider()
@@ -392,7 +423,7 @@ def build_job_run_sensors(
                        description="Records each overnight run as `started` in "
                                    "overnight_job_runs.")  # fmt: skip
     def overnight_job_run_started(context: RunStatusSensorContext, database: AppDatabase) -> None:
-        if context.dagster_run.job_name == job_name:
+        if ours(context.dagster_run):
             record_run_started(context.instance, context.dagster_run, database.engine)
 
     @run_status_sensor(run_status=DagsterRunStatus.SUCCESS, name=SUCCEEDED_SENSOR, **common,
@@ -412,9 +443,26 @@ def build_job_run_sensors(
     def overnight_job_run_canceled(context: RunStatusSensorContext, database: AppDatabase) -> None:
         finish(context, database, "run canceled")
 
+    @sensor(name=WORKER_SENSOR, minimum_interval_seconds=interval_seconds,
+            default_status=DefaultSensorStatus.RUNNING,
+            description="Marks failed every started run whose worker process died (kill -9, "
+                        "OOM): the default run launcher has no worker health check, so Dagster "
+                        "would wait for the 6 h maximum runtime.")  # fmt: skip
+    def overnight_run_worker_monitor(
+        context: SensorEvaluationContext, database: AppDatabase
+    ) -> SkipReason:
+        dead = fail_dead_runs(context.instance)
+        for run in dead:
+            context.log.warning(f"run {run.run_id}: worker gone, marked failed")
+            if ours(run):
+                record_run_finished(context.instance, run, database.engine,
+                                    run_error="run worker died")  # fmt: skip
+        return SkipReason(f"{len(dead)} dead run worker(s) marked failed" if dead
+                          else "every started run's worker is alive")  # fmt: skip
+
     return [overnight_job_run_started, overnight_job_run_succeeded, overnight_job_run_failed,
-            overnight_job_run_canceled]  # fmt: skip
+            overnight_job_run_canceled, overnight_run_worker_monitor]  # fmt: skip
 
 
 def sensor_names() -> Iterable[str]:
-    return (STARTED_SENSOR, SUCCEEDED_SENSOR, FAILED_SENSOR, CANCELED_SENSOR)
+    return (STARTED_SENSOR, SUCCEEDED_SENSOR, FAILED_SENSOR, CANCELED_SENSOR, WORKER_SENSOR)

@@ -127,8 +127,8 @@ def test_the_retention_job_reports_what_it_deleted(db_url: str, engine: Engine) 
     with DagsterInstance.ephemeral() as instance:
         result = defs.resolve_job_def(RETENTION_JOB).execute_in_process(instance=instance)
     assert result.success
-    (event,) = result.get_asset_materialization_events()
-    meta = {k: v.value for k, v in event.materialization.metadata.items()}
+    (event,) = [e for e in result.all_node_events if e.is_successful_output]
+    meta = {k: v.value for k, v in event.step_output_data.metadata.items()}
     assert meta["deleted_total"] == 6
     assert meta["deleted_calculation_events"] == 2 and meta["deleted_overnight_job_runs"] == 2
     assert meta["batch_size"] == 1 and meta["batches"] == 9  # 2 rows + 1 empty batch, x 3
