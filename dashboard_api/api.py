@@ -58,7 +58,7 @@ async def dashboard(request: Request) -> Response:
     principal = api_principal(request)
     store = services(request).dashboard
     result = await store.load(principal)
-    refill = BackgroundTask(store.refill, result.refill) if result.refill is not None else None
+    refill = BackgroundTask(store.refill, result.repair) if result.repair is not None else None
     return Response(result.body(), media_type=JSON, headers=PRIVATE, background=refill)
 
 

@@ -1,15 +1,17 @@
 """`GET /api/dashboard` data: Redis first, PostgreSQL when the cache cannot answer (SPEC §6).
 
 Hot path (`fastpath` calls it): one MGET of `recs:`, `portfolio:` and the version sidecar
-(redis-py's asyncio pool, hiredis parser), then cheap checks on the cached document
-(it parses, its schema version is known, its `userId` is the token's subject) instead of
-field-by-field validation: only the pipeline's validated writer and the refill below put
-documents there, and full validation would halve the throughput.
+(redis-py's asyncio pool, hiredis parser), then the whole entry checked against the contract
+(`storage.cache.validate_entry`: both documents field by field inside pydantic-core, owned by
+the token's subject, the sidecar a plausible version of this very document). Redis is not
+trusted: anyone who can write to it must not be able to make this server fail or show one
+user another's data.
 
-A miss, a Redis error or a document failing the checks falls back to the newest persisted
+A miss, a Redis error or an entry failing the checks falls back to the newest persisted
 row (concurrent misses share one query, `newest`), which is then put back with what remains
-of its 24 h. Redis errors open a short circuit breaker, so a dead or hanging Redis costs one
-short timeout per cooldown, not one per request.
+of its 24 h; a rejected entry is counted (`DashboardStore.rejected`), logged and overwritten
+whatever its version key says. Redis errors open a short circuit breaker, so a dead or
+hanging Redis costs one short timeout per cooldown, not one per request.
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -32,9 +36,23 @@ from dashboard_api.db import DB_ERRORS, ThreadedDB, unavailable
 from dashboard_api.newest import NewestRows
 from dashboard_api.problems import Problem
 from overnight_pipeline.core.money import quantum
-from overnight_pipeline.core.payloads import SCHEMA_VERSION
+from overnight_pipeline.core.payloads import (
+    SCHEMA_VERSION,
+    InvalidDocument,
+    WirePortfolio,
+    WireRecommendations,
+    check_documents,
+    check_objects,
+    upgrade_legacy,
+)
 from overnight_pipeline.storage import queries
-from overnight_pipeline.storage.cache import CacheEntry, read_entry, refill_entry
+from overnight_pipeline.storage.cache import (
+    CacheEntry,
+    evict_entry,
+    read_entry,
+    refill_entry,
+    validate_entry,
+)
 
 log = logging.getLogger("dashboard_api")
 
@@ -42,16 +60,26 @@ REDIS_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
 
 
 @dataclass(frozen=True)
-class DashboardResult:
-    """What the dashboard shows; `recs` is the parsed `CachedRecommendations` document."""
+class Repair:
+    """What to put right in Redis once the answer has gone out: `entry` (from PostgreSQL) to
+    refill, and `replacing`, the digest of the entry the reader rejected."""
 
-    recs: dict[str, Any] | None
-    portfolio_json: bytes | None
+    user_key: str
+    entry: CacheEntry | None
+    replacing: str | None = None
+
+
+@dataclass(frozen=True)
+class DashboardResult:
+    """What the dashboard shows: both documents as validated against the contract."""
+
+    recs: WireRecommendations | None
+    portfolio: WirePortfolio | None
     total_investable: str
     base_currency: str
     generated_at: str | None
     from_cache: bool
-    refill: CacheEntry | None = None
+    repair: Repair | None = None
 
     def body(self) -> bytes:
         """The `GET /api/dashboard` response (`DashboardResponse`)."""
@@ -110,17 +138,6 @@ class Breaker:
             self._skip_until = self.clock() + self.cooldown
 
 
-def usable(doc: Any, user_key: str) -> bool:
-    """The cheap checks: a document of a known schema version, for this user."""
-    return (
-        type(doc) is dict
-        and doc.get("schemaVersion") == SCHEMA_VERSION
-        and doc.get("userId") == user_key
-        and type(doc.get("recommendations")) is list
-        and type(doc.get("generatedAt")) is str
-    )
-
-
 def money(value: str | Decimal, currency: str) -> str:
     """A Decimal string at the currency's minor unit (the column keeps 4 places)."""
     amount = value if isinstance(value, Decimal) else Decimal(value)
@@ -150,46 +167,55 @@ class DashboardStore:
         self.newest = NewestRows(pg_pool, timeout=db_timeout) if pg_pool is not None else None
         self.db_timeout = db_timeout
         self.redis_timeout = redis_timeout
+        self.rejected: Counter[str] = Counter()
 
     async def load(self, principal: Principal) -> DashboardResult:
-        cached = await self.from_cache(principal)
+        cached, rejected = await self.from_cache(principal)
         if cached is not None:
             return cached
-        return await self.from_database(principal)
+        return await self.from_database(principal, replacing=rejected)
 
-    async def from_cache(self, principal: Principal) -> DashboardResult | None:
+    async def from_cache(self, principal: Principal) -> tuple[DashboardResult | None, str | None]:
+        """The cached answer, or (None, digest of the entry rejected, if one was)."""
         if not self.breaker.allow():
-            return None
+            return None, None
         try:
             async with asyncio.timeout(self.redis_timeout):
                 entry = await read_entry(self.redis, principal.user_key, prefix=self.prefix)
         except REDIS_ERRORS as exc:
             self.breaker.failure(exc)
-            return None
+            return None, None
         self.breaker.success()
-        if entry is None or entry.total_investable is None:
-            return None
+        if entry is None:
+            return None, None
         try:
-            doc = orjson.loads(entry.recs_json)
-            if not usable(doc, principal.user_key):
-                raise ValueError("failed the cheap checks")
-            base = doc["portfolioSummary"]["baseCurrency"]
-            total = money(entry.total_investable, base)
-        except (ValueError, KeyError, TypeError, InvalidOperation) as exc:
-            log.warning(
-                "cache entry of user %s unusable (%s); falling back", principal.user_key, exc
-            )
-            return None
-        return DashboardResult(
-            recs=doc,
-            portfolio_json=entry.portfolio_json,
-            total_investable=total,
+            valid = validate_entry(entry, principal.user_key, now=datetime.now(UTC))
+        except InvalidDocument as exc:
+            self.reject(principal.user_key, exc.reason)
+            return None, entry.digest
+        base = valid.recs["portfolioSummary"]["baseCurrency"]
+        result = DashboardResult(
+            recs=valid.recs,
+            portfolio=valid.portfolio,
+            total_investable=money(valid.total_investable, base),
             base_currency=base,
-            generated_at=doc["generatedAt"],
+            generated_at=valid.recs["generatedAt"],
             from_cache=True,
         )
+        return result, None
 
-    async def from_database(self, principal: Principal) -> DashboardResult:
+    def reject(self, user_key: str, reason: str) -> None:
+        """Count and log a cache entry that failed the contract (it is then a miss)."""
+        kind = reason.split(":", 1)[0]
+        self.rejected[kind] += 1
+        log.warning(
+            "cache entry rejected: user=%s reason=%r rejected_total=%d; serving from PostgreSQL",
+            user_key, reason, self.rejected.total(),
+        )  # fmt: skip
+
+    async def from_database(
+        self, principal: Principal, *, replacing: str | None = None
+    ) -> DashboardResult:
         uid = principal.user_id
         if self.newest is not None:
             try:
@@ -200,31 +226,34 @@ class DashboardStore:
         else:
             row = await self.db.run(lambda conn: queries.newest_recommendation(conn, user_id=uid))
         if row is None:
-            return await self._new_user(principal)
-        doc = orjson.loads(row.payload_json)
-        if not usable(doc, principal.user_key):
-            version = doc.get("schemaVersion") if type(doc) is dict else None
-            log.error("stored recommendations of %s are unreadable (schema version %r; this "
-                      "server reads %d)", principal.user_key, version, SCHEMA_VERSION)  # fmt: skip
-            raise Problem(503, "stored recommendations are in a format this server cannot read")
+            return await self._new_user(principal, replacing)
+        try:
+            recs, portfolio, recs_json, portfolio_json = _checked_row(row, principal.user_key)
+        except (InvalidDocument, orjson.JSONDecodeError) as exc:
+            log.error("stored recommendations of %s are unreadable (%s; this server reads "
+                      "schema version %d)", principal.user_key, exc, SCHEMA_VERSION)  # fmt: skip
+            raise Problem(
+                503, "stored recommendations are in a format this server cannot read"
+            ) from None
+        refill = CacheEntry(
+            user_id=row.user_id,
+            market_date=row.market_date,
+            generated_at=row.generated_at,
+            recs_json=recs_json,
+            portfolio_json=portfolio_json,
+            total_investable=row.total_investable,
+        )
         return DashboardResult(
-            recs=doc,
-            portfolio_json=row.portfolio_json.encode(),
+            recs=recs,
+            portfolio=portfolio,
             total_investable=money(row.total_investable, row.base_currency),
             base_currency=row.base_currency,
-            generated_at=doc["generatedAt"],
+            generated_at=recs["generatedAt"],
             from_cache=False,
-            refill=CacheEntry(
-                user_id=row.user_id,
-                market_date=row.market_date,
-                generated_at=row.generated_at,
-                recs_json=row.payload_json.encode(),
-                portfolio_json=row.portfolio_json.encode(),
-                total_investable=row.total_investable,
-            ),
+            repair=Repair(principal.user_key, refill, replacing),
         )
 
-    async def _new_user(self, principal: Principal) -> DashboardResult:
+    async def _new_user(self, principal: Principal, replacing: str | None) -> DashboardResult:
         """No recommendations yet: an empty list, with the user's currency and contribution."""
         uid = principal.user_id
         profile = await self.db.run(lambda conn: queries.user_profile(conn, user_id=uid))
@@ -232,21 +261,48 @@ class DashboardStore:
         contribution = (profile.default_contribution if profile else None) or Decimal(0)
         return DashboardResult(
             recs=None,
-            portfolio_json=None,
+            portfolio=None,
             total_investable=money(contribution, base) if base else format(contribution, "f"),
             base_currency=base,
             generated_at=None,
             from_cache=False,
+            # Nothing to cache, but an entry that was rejected goes.
+            repair=Repair(principal.user_key, None, replacing) if replacing else None,
         )
 
-    async def refill(self, entry: CacheEntry) -> None:
-        """Put a PostgreSQL result back in Redis (never over a newer entry); errors only log."""
+    async def refill(self, repair: Repair) -> None:
+        """Put a PostgreSQL result back in Redis (never over a newer valid entry, always over
+        the rejected one); errors only count against the breaker."""
         if not self.breaker.allow():
             return
         try:
             async with asyncio.timeout(self.redis_timeout):
-                await refill_entry(self.redis, entry, prefix=self.prefix)
+                if repair.entry is not None:
+                    await refill_entry(
+                        self.redis, repair.entry, prefix=self.prefix, replacing=repair.replacing
+                    )
+                elif repair.replacing is not None:
+                    await evict_entry(
+                        self.redis, repair.user_key, repair.replacing, prefix=self.prefix
+                    )
         except REDIS_ERRORS as exc:
             self.breaker.failure(exc)
         else:
             self.breaker.success()
+
+
+def _checked_row(
+    row: queries.PersistedRecommendation, user_key: str
+) -> tuple[WireRecommendations, WirePortfolio, bytes, bytes]:
+    """A persisted row's documents, validated as a cached entry is, and as the refill writes
+    them; rows of schema version 1 are upgraded (their portfolio document had no owner)."""
+    try:
+        recs, portfolio = check_documents(row.payload_json, row.portfolio_json, user_key)
+    except InvalidDocument as first:
+        old_recs, old_portfolio = orjson.loads(row.payload_json), orjson.loads(row.portfolio_json)
+        new_recs, new_portfolio = upgrade_legacy(old_recs, old_portfolio, row.user_id)
+        if new_recs is old_recs:
+            raise first from None
+        recs, portfolio = check_objects(new_recs, new_portfolio, user_key)
+        return recs, portfolio, orjson.dumps(new_recs), orjson.dumps(new_portfolio)
+    return recs, portfolio, row.payload_json.encode(), row.portfolio_json.encode()

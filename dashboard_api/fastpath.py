@@ -119,9 +119,9 @@ class DashboardEndpoint:
             await _send(send, 500, headers, problem_body(500, _SERVER_ERROR))
             raise
         await _send(send, 200, _JSON_HEADERS, body)
-        if result.refill is not None:
+        if result.repair is not None:
             # After the answer has gone out, as Starlette's BackgroundTask did.
-            await store.refill(result.refill)
+            await store.refill(result.repair)
         return 200
 
 

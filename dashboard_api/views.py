@@ -1,12 +1,13 @@
 """The server-rendered page (Jinja2, no JavaScript) and its small login form.
 
 The page authenticates with the same JWT as the API, kept in an HttpOnly cookie that the
-login form sets. It reads through the same cache-first path as `GET /api/dashboard`, but
-validates both documents in full (a page view is not the hot path).
+login form sets. It reads through the same cache-first path as `GET /api/dashboard` (whose
+gate has validated both documents) and builds the core's models from them for the template.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,6 +26,7 @@ from dashboard_api.dashboard import DashboardResult
 from dashboard_api.problems import Problem
 from overnight_pipeline.core.payloads import CachedPortfolioSummary, CachedRecommendations
 
+log = logging.getLogger("dashboard_api")
 STALE_AFTER = timedelta(hours=24)
 MAX_FORM_BYTES = 16_384
 HTML_HEADERS = {
@@ -96,10 +98,17 @@ async def page(request: Request) -> Response:
     result = await store.load(principal)
     try:
         recs, portfolio = _validated(result)
-    except ValidationError:
-        # Passed the API's cheap checks but not full validation: use the persisted row.
+    except ValidationError as exc:
+        # The gate let through what the models refuse: a bug, but never a 500 for the reader.
+        log.error("cached documents of %s passed the gate but not the models: %s",
+                  principal.user_key, exc.errors(include_url=False, include_input=False)[:1])  # fmt: skip
         result = await store.from_database(principal)
-        recs, portfolio = _validated(result)
+        try:
+            recs, portfolio = _validated(result)
+        except ValidationError:
+            raise Problem(
+                503, "stored recommendations are in a format this server cannot read"
+            ) from None
     context = {
         "user_id": principal.user_key,
         "result": result,
@@ -107,7 +116,7 @@ async def page(request: Request) -> Response:
         "portfolio": portfolio,
         "freshness": freshness(result.generated_at, datetime.now(UTC)),
     }
-    refill = BackgroundTask(store.refill, result.refill) if result.refill is not None else None
+    refill = BackgroundTask(store.refill, result.repair) if result.repair is not None else None
     response = templates.TemplateResponse(request, "dashboard.html", context, headers=HTML_HEADERS)
     response.background = refill
     return response
@@ -116,11 +125,11 @@ async def page(request: Request) -> Response:
 def _validated(
     result: DashboardResult,
 ) -> tuple[CachedRecommendations | None, CachedPortfolioSummary | None]:
-    if result.recs is None or result.portfolio_json is None:
+    if result.recs is None or result.portfolio is None:
         return None, None
     return (
         CachedRecommendations.model_validate(result.recs),
-        CachedPortfolioSummary.model_validate_json(result.portfolio_json),
+        CachedPortfolioSummary.model_validate(result.portfolio),
     )
 
 

@@ -15,10 +15,12 @@ script needs a single Redis, not a cluster.
 
 from __future__ import annotations
 
+import hashlib
+import re
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from itertools import islice
 from typing import Any
@@ -27,24 +29,68 @@ import redis
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
+from overnight_pipeline.core.payloads import (
+    NON_NEGATIVE_DECIMAL_RE,
+    InvalidDocument,
+    WirePortfolio,
+    WireRecommendations,
+    check_documents,
+    parse_time,
+)
+
 DEFAULT_TTL_SECONDS = 86_400
 DEFAULT_CHUNK = 1_000
 
 # market_date (10) + "|" + generated_at as YYYY-MM-DDTHH:MM:SS.ffffffZ (27).
 VERSION_LENGTH = 38
 
-# KEYS: recs, portfolio, sidecar. ARGV: version, recs json, portfolio json, ttl, total.
-# Returns 1 when written, 0 when a newer entry was kept.
+# KEYS: recs, portfolio, sidecar. ARGV: version, recs json, portfolio json, ttl, total,
+# not_after (the newest version an honest writer could hold now), replacing (the digest of an
+# entry the reader rejected, or ""). Returns 1 when written, 0 when a newer entry was kept.
+# Only a plausible entry protects itself: a sidecar that is not a version (garbage, another
+# type), is dated after `not_after`, lacks its documents, or is exactly the entry a reader
+# rejected (same digest: nothing was written since) is overwritten whatever it says.
 _WRITE_UNLESS_NEWER = """
-local stored = redis.call('GET', KEYS[3])
-if stored and string.sub(stored, 1, string.len(ARGV[1])) > ARGV[1] then
-  return 0
+local function read(key)
+  local value = redis.pcall('GET', key)
+  if type(value) ~= 'string' then return nil end
+  return value
+end
+local stored = read(KEYS[3])
+if stored
+  and string.match(stored, '^%d%d%d%d%-%d%d%-%d%d|%d%d%d%d%-%d%d%-%d%dT%d%d:%d%d:%d%d%.%d%d%d%d%d%dZ|')
+  and string.sub(stored, 1, 10) <= string.sub(ARGV[6], 1, 10)
+  and string.sub(stored, 12, 38) <= string.sub(ARGV[6], 12, 38)
+  and string.sub(stored, 1, 38) > ARGV[1] then
+  local recs, portfolio = read(KEYS[1]), read(KEYS[2])
+  if recs and portfolio and (ARGV[7] == ''
+      or redis.sha1hex(recs .. '\\n' .. portfolio .. '\\n' .. stored) ~= ARGV[7]) then
+    return 0
+  end
 end
 redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[4])
 redis.call('SET', KEYS[2], ARGV[3], 'EX', ARGV[4])
 redis.call('SET', KEYS[3], ARGV[1] .. '|' .. ARGV[5], 'EX', ARGV[4])
 return 1
 """
+
+# KEYS: recs, portfolio, sidecar. ARGV: replacing. Deletes the rejected entry unless it
+# changed since it was read (used when the fallback has nothing young enough to cache).
+_DELETE_IF_SAME = """
+local function read(key)
+  local value = redis.pcall('GET', key)
+  if type(value) ~= 'string' then return '' end
+  return value
+end
+if redis.sha1hex(read(KEYS[1]) .. '\\n' .. read(KEYS[2]) .. '\\n' .. read(KEYS[3])) ~= ARGV[1] then
+  return 0
+end
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+return 1
+"""
+
+# How far ahead of this machine's clock another honest writer's clock may be.
+CLOCK_SKEW = timedelta(minutes=10)
 
 
 @dataclass(frozen=True)
@@ -76,23 +122,86 @@ class WriteReport:
 
 @dataclass(frozen=True)
 class CachedEntry:
-    """What `read_entry` found: both documents plus the sidecar's version and total."""
+    """What `read_entry` found: both documents plus the sidecar's version and total, and the
+    sidecar as stored (`digest` names exactly these bytes)."""
 
     recs_json: bytes
     portfolio_json: bytes
     version: str
     total_investable: str | None
+    sidecar: bytes = b""
+
+    @property
+    def digest(self) -> str:
+        """What the refill passes as `replacing`: the scripts compute the same in Redis."""
+        content = self.recs_json + b"\n" + self.portfolio_json + b"\n" + self.sidecar
+        return hashlib.sha1(content, usedforsecurity=False).hexdigest()
+
+
+@dataclass(frozen=True)
+class ValidEntry:
+    """An entry that passed every check of the contract (`validate_entry`)."""
+
+    recs: WireRecommendations
+    portfolio: WirePortfolio
+    total_investable: str
+    generated_at: datetime
 
 
 def entry_version(market_date: date, generated_at: datetime) -> str:
     """`2026-11-30|2026-11-30T09:30:00.000000Z`: fixed width, so string order = time order."""
     if generated_at.tzinfo is None:
         raise ValueError(f"generated_at={generated_at!r} is naive: it must carry a timezone")
-    stamp = generated_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    stamp = _stamp(generated_at)
     version = f"{market_date.isoformat()}|{stamp}"
     if len(version) != VERSION_LENGTH:
         raise ValueError(f"market_date={market_date!r} does not give a fixed-width version")
     return version
+
+
+def not_after(now: datetime | None = None) -> str:
+    """The newest version an honest writer can have written by `now` (clocks `CLOCK_SKEW`
+    apart, a market date at most a day ahead of UTC): anything later is not believed."""
+    latest = (now or datetime.now(UTC)) + CLOCK_SKEW
+    return entry_version(latest.date() + timedelta(days=1), latest)
+
+
+_SIDECAR = re.compile(
+    rb"([0-9]{4}-[0-9]{2}-[0-9]{2})\|([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}"
+    rb"\.[0-9]{6}Z)\|(.*)",
+    re.DOTALL,
+)
+
+
+def validate_entry(entry: CachedEntry, user_key: str, *, now: datetime) -> ValidEntry:
+    """The whole entry against the contract (SPEC §5), or `InvalidDocument` naming why: both
+    documents in full and owned by `user_key`, the sidecar a plausible version of exactly this
+    `generatedAt`, its total a non-negative decimal string."""
+    match = _SIDECAR.fullmatch(entry.sidecar)
+    if match is None:
+        raise InvalidDocument("sidecar: not a version")
+    total = match[3].decode("ascii", "replace")
+    if not total:
+        raise InvalidDocument("sidecar: no totalInvestable")
+    if NON_NEGATIVE_DECIMAL_RE.fullmatch(total) is None:
+        raise InvalidDocument("sidecar: totalInvestable is not a non-negative decimal")
+    version = match[1].decode() + "|" + match[2].decode()
+    latest = not_after(now)
+    if version[:10] > latest[:10] or version[11:] > latest[11:]:
+        raise InvalidDocument("sidecar: version dated in the future")
+    try:
+        date.fromisoformat(version[:10])
+    except ValueError:
+        raise InvalidDocument("sidecar: market date is not a date") from None
+    recs, portfolio = check_documents(entry.recs_json, entry.portfolio_json, user_key)
+    generated_at = parse_time(recs["generatedAt"])
+    if _stamp(generated_at) != version[11:]:
+        raise InvalidDocument("sidecar: version is not the document's generatedAt")
+    return ValidEntry(recs, portfolio, total, generated_at)
+
+
+def _stamp(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def recs_key(user_id: uuid.UUID | str, prefix: str = "") -> str:
@@ -111,9 +220,14 @@ def _keys(user_id: uuid.UUID | str, prefix: str) -> list[str]:
     return [recs_key(user_id, prefix), portfolio_key(user_id, prefix), version_key(user_id, prefix)]
 
 
-def _args(entry: CacheEntry, ttl_seconds: int) -> list[Any]:
+def _args(
+    entry: CacheEntry, ttl_seconds: int, latest: str, replacing: str | None = None
+) -> list[Any]:
     total = "" if entry.total_investable is None else format(entry.total_investable, "f")
-    return [entry.version, entry.recs_json, entry.portfolio_json, ttl_seconds, total]
+    return [
+        entry.version, entry.recs_json, entry.portfolio_json, ttl_seconds, total, latest,
+        replacing or "",
+    ]  # fmt: skip
 
 
 def _chunks(entries: Iterable[CacheEntry], size: int) -> Iterator[list[CacheEntry]]:
@@ -148,11 +262,12 @@ def write_entries(
     client.script_load(_WRITE_UNLESS_NEWER)
     written = kept = 0
     for batch in _chunks(entries, chunk):
-        results = _run_chunk(client, script.sha, batch, prefix, ttl_seconds)
+        latest = not_after()
+        results = _run_chunk(client, script.sha, batch, prefix, ttl_seconds, latest)
         if any(isinstance(r, NoScriptError) for r in results):
             # The script cache was flushed mid-run; writing again is idempotent.
             client.script_load(_WRITE_UNLESS_NEWER)
-            results = _run_chunk(client, script.sha, batch, prefix, ttl_seconds)
+            results = _run_chunk(client, script.sha, batch, prefix, ttl_seconds, latest)
         for r in results:
             if isinstance(r, Exception):
                 raise r
@@ -163,11 +278,11 @@ def write_entries(
 
 
 def _run_chunk(
-    client: redis.Redis, sha: str, batch: Sequence[CacheEntry], prefix: str, ttl: int
+    client: redis.Redis, sha: str, batch: Sequence[CacheEntry], prefix: str, ttl: int, latest: str
 ) -> list[Any]:
     with client.pipeline(transaction=False) as pipe:
         for entry in batch:
-            pipe.evalsha(sha, 3, *_keys(entry.user_id, prefix), *_args(entry, ttl))
+            pipe.evalsha(sha, 3, *_keys(entry.user_id, prefix), *_args(entry, ttl, latest))
         return list(pipe.execute(raise_on_error=False))
 
 
@@ -189,13 +304,14 @@ def _entry(values: Sequence[Any]) -> CachedEntry | None:
     recs, portfolio, sidecar = values
     if recs is None or portfolio is None or sidecar is None:
         return None
-    meta = sidecar.decode() if isinstance(sidecar, bytes) else str(sidecar)
+    meta = sidecar.decode("utf-8", "replace") if isinstance(sidecar, bytes) else str(sidecar)
     version, total = meta[:VERSION_LENGTH], meta[VERSION_LENGTH + 1 :]
     return CachedEntry(
         recs_json=recs if isinstance(recs, bytes) else str(recs).encode(),
         portfolio_json=portfolio if isinstance(portfolio, bytes) else str(portfolio).encode(),
         version=version,
         total_investable=total or None,
+        sidecar=sidecar if isinstance(sidecar, bytes) else str(sidecar).encode(),
     )
 
 
@@ -214,16 +330,31 @@ async def refill_entry(
     prefix: str = "",
     now: datetime | None = None,
     max_ttl: int = DEFAULT_TTL_SECONDS,
+    replacing: str | None = None,
 ) -> bool:
     """Put back an entry read from PostgreSQL, through the same never-overwrite-newer script.
 
     It lives only for what remains of its 24 h (`max_ttl` minus its age); an entry already
     older than that is not cached at all, so the cache never holds a day-old document.
-    True when written; False when too old or a newer entry was kept.
+    `replacing` is the digest of the entry the reader rejected: that entry is overwritten
+    (or, when nothing is young enough to cache, deleted) whatever its version says, unless
+    it changed since. True when written; False when too old or a newer entry was kept.
     """
+    keys = _keys(entry.user_id, prefix)
     ttl = remaining_ttl(entry.generated_at, now=now, max_ttl=max_ttl)
     if ttl <= 0:
+        if replacing is not None:
+            await evict_entry(client, entry.user_id, replacing, prefix=prefix)
         return False
     script = client.register_script(_WRITE_UNLESS_NEWER)
-    result = await script(keys=_keys(entry.user_id, prefix), args=_args(entry, ttl))
+    result = await script(keys=keys, args=_args(entry, ttl, not_after(now), replacing))
+    return int(result) == 1
+
+
+async def evict_entry(
+    client: aioredis.Redis, user_id: uuid.UUID | str, replacing: str, *, prefix: str = ""
+) -> bool:
+    """Delete the entry a reader rejected (digest `replacing`) unless it changed since."""
+    script = client.register_script(_DELETE_IF_SAME)
+    result = await script(keys=_keys(user_id, prefix), args=[replacing])
     return int(result) == 1

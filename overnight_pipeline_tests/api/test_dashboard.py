@@ -188,7 +188,7 @@ def test_redis_that_stops_responding_mid_flight_falls_back_then_recovers(
 CORRUPTIONS: dict[str, Callable[[Planner], bytes]] = {
     "not json": lambda p: b'{"schemaVersion": 1, "userId": "' + p.recs_json[:40],
     "unknown schema version": lambda p: p.recs_json.replace(
-        b'"schemaVersion":1', b'"schemaVersion":99'
+        b'"schemaVersion":2', b'"schemaVersion":99'
     ),
     "someone else's document": lambda p: p.recs_json.replace(
         str(p.user_id).encode(), str(uuid.uuid4()).encode()

@@ -62,7 +62,8 @@ def test_cache_payload_is_camel_case_with_decimal_strings() -> None:
         "targetMin": "40",
         "targetMax": "60",
     }
-    assert sdoc["assetCount"] == 2 and sdoc["schemaVersion"] == 1
+    assert sdoc["assetCount"] == 2 and sdoc["schemaVersion"] == 2
+    assert doc["userId"] == sdoc["userId"] == str(USER)
 
 
 def test_payload_round_trips_and_rejects_unknown_fields() -> None:
@@ -81,7 +82,7 @@ def test_payload_round_trips_and_rejects_unknown_fields() -> None:
     doc["schemaVersion"] = 99
     with pytest.raises(ValidationError, match="schemaVersion"):
         CachedRecommendations.model_validate(doc)
-    doc["schemaVersion"] = 1
+    doc["schemaVersion"] = 2
     doc["recommendations"][0]["amount"] = 600.0
     with pytest.raises(ValidationError, match="amount"):
         CachedRecommendations.model_validate(doc)
