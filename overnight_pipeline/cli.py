@@ -149,6 +149,19 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if summary.success else 1
 
 
+def cmd_reexecute(args: argparse.Namespace, settings: Settings) -> int:
+    from overnight_pipeline.runner import ReexecuteError, reexecute, table
+
+    try:
+        summary = reexecute(settings, args.run_id)
+    except ReexecuteError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"re-executed {args.run_id} from failure as run {summary.run_id}")
+    print(table([summary]))
+    return 0 if summary.success else 1
+
+
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from overnight_pipeline.runner import demo
 
@@ -195,6 +208,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--date", required=True, help="YYYY-MM-DD")
     p.add_argument("--skip-cache", action="store_true", help="leave out the Redis step")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("reexecute", help="re-execute a failed run from failure, in this process "
+                       "(DAGSTER_HOME's instance)")  # fmt: skip
+    p.add_argument("run_id", metavar="RUN_ID")
+    p.set_defaults(func=cmd_reexecute)
 
     p = sub.add_parser("demo", help="seed demo users and run today's partition of each market")
     p.add_argument("--users", type=int, default=1000)
