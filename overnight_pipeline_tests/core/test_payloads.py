@@ -5,12 +5,18 @@ import uuid
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from overnight_pipeline.core.payloads import (
     CachedPortfolioSummary,
     CachedRecommendations,
+    InvalidDocument,
     cache_payloads,
+    check_documents,
+    check_objects,
+    upgrade_legacy,
 )
 from overnight_pipeline_tests.core.helpers import band, holding, run, score
 
@@ -86,3 +92,38 @@ def test_payload_round_trips_and_rejects_unknown_fields() -> None:
     doc["recommendations"][0]["amount"] = 600.0
     with pytest.raises(ValidationError, match="amount"):
         CachedRecommendations.model_validate(doc)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    values=st.lists(st.integers(0, 10**12), min_size=1, max_size=8),
+    contribution=st.decimals(0, 10**9, places=2),
+    base=st.sampled_from(["USD", "BRL", "JPY", "EUR"]),
+)
+def test_whatever_the_writer_builds_passes_the_readers_gate(
+    values: list[int], contribution, base: str
+) -> None:
+    holdings = [holding(f"A{i}", "AB"[i % 2], v, currency="USD") for i, v in enumerate(values)]
+    result = run([band("A", 40, 60), band("B", "0.5", "99.9999")], holdings,
+                 [score(f"A{i}", (i * 7) % 30 - 10) for i in range(len(values))],
+                 contribution=str(contribution), base=base)  # fmt: skip
+    recs, summary = cache_payloads(USER, result, generated_at=NOW, asset_count=len(values))
+    checked, portfolio = check_documents(
+        recs.model_dump_json(by_alias=True), summary.model_dump_json(by_alias=True), str(USER)
+    )
+    assert checked == json.loads(recs.model_dump_json(by_alias=True))
+    assert portfolio["userId"] == str(USER)
+
+
+def test_the_gate_refuses_another_owner_and_the_legacy_version() -> None:
+    recs, summary = _payloads()
+    text, stext = recs.model_dump_json(by_alias=True), summary.model_dump_json(by_alias=True)
+    with pytest.raises(InvalidDocument, match="another user"):
+        check_documents(text, stext, str(uuid.uuid4()))
+    old_recs = {**json.loads(text), "schemaVersion": 1}
+    old_summary = {k: v for k, v in json.loads(stext).items() if k != "userId"}
+    old_summary["schemaVersion"] = 1
+    with pytest.raises(InvalidDocument, match="schemaVersion"):
+        check_objects(old_recs, old_summary, str(USER))
+    upgraded = upgrade_legacy(old_recs, old_summary, USER)
+    assert check_objects(*upgraded, str(USER)) == (json.loads(text), json.loads(stext))

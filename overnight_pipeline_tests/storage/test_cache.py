@@ -274,3 +274,111 @@ def test_racing_writers_end_with_the_newest_entry(prefix: str) -> None:
     check = redis.Redis.from_url(REDIS_URL)
     assert {tag_of(check, u, prefix) for u in users} == {"new"}
     check.close()
+
+
+def _refill(e: CacheEntry, prefix: str, now: datetime, replacing: str | None = None) -> bool:
+    async def run() -> bool:
+        aclient = aioredis.Redis.from_url(REDIS_URL)
+        try:
+            return await refill_entry(aclient, e, prefix=prefix, now=now, replacing=replacing)
+        finally:
+            await aclient.aclose()
+
+    return asyncio.run(run())
+
+
+@pytest.mark.parametrize(
+    "sidecar",
+    [b"garbage", b"zzzz-zz-zz|zzzz", b"2099-01-01|2099-01-01T00:00:00.000000Z|1.00",
+     b"2026-11-30|2099-01-01T00:00:00.000000Z|1.00", b"2099-01-01|2026-11-30T09:30:00.000000Z|1",
+     b"\xff" * 50],
+)  # fmt: skip
+def test_a_garbage_or_future_dated_version_key_never_blocks_a_write(
+    client: redis.Redis, prefix: str, sidecar: bytes
+) -> None:
+    """The pipeline and the refill both write over a version no honest writer could hold."""
+    user, other = uuid.uuid4(), uuid.uuid4()
+    now = datetime.now(UTC)
+    for u in (user, other):
+        client.set(recs_key(u, prefix), b'{"tag":"planted"}')
+        client.set(portfolio_key(u, prefix), b'{"tag":"planted"}')
+        client.set(version_key(u, prefix), sidecar)
+    report = write_entries(client, [entry(user, now.date(), now, "pipeline")], prefix=prefix)
+    assert report.written == 1 and tag_of(client, user, prefix) == "pipeline"
+    assert _refill(entry(other, now.date(), now - timedelta(hours=1), "refill"), prefix, now)
+    assert tag_of(client, other, prefix) == "refill"
+
+
+def test_a_version_key_without_its_documents_or_of_another_type_never_blocks(
+    client: redis.Redis, prefix: str
+) -> None:
+    user, other = uuid.uuid4(), uuid.uuid4()
+    now = datetime.now(UTC)
+    client.set(version_key(user, prefix), entry_version(now.date(), now) + "|1.00")
+    client.hset(version_key(other, prefix), "x", "1")
+    older = now - timedelta(hours=2)
+    report = write_entries(
+        client, [entry(user, older.date(), older), entry(other, older.date(), older)],
+        prefix=prefix,
+    )  # fmt: skip
+    assert report.written == 2
+
+
+def test_the_refill_replaces_exactly_the_entry_the_reader_rejected(
+    client: redis.Redis, prefix: str
+) -> None:
+    """A rejected entry whose version looks newer goes; one written since it was read stays."""
+    user = uuid.uuid4()
+    now = datetime.now(UTC)
+    newer = now - timedelta(minutes=5)
+    write_entries(client, [entry(user, newer.date(), newer, "bad")], prefix=prefix)
+    seen = get_entry(client, user, prefix=prefix)
+    assert seen is not None
+    fallback = entry(user, newer.date() - timedelta(days=1), now - timedelta(hours=3), "pg")
+    # Without the digest, never over the (plausible, newer) version ...
+    assert not _refill(fallback, prefix, now)
+    assert tag_of(client, user, prefix) == "bad"
+    # ... with the digest of what the reader rejected, whatever the version says.
+    assert _refill(fallback, prefix, now, replacing=seen.digest)
+    assert tag_of(client, user, prefix) == "pg"
+
+
+def test_a_newer_valid_entry_written_after_the_read_is_never_replaced_by_the_refill(
+    client: redis.Redis, prefix: str
+) -> None:
+    user = uuid.uuid4()
+    now = datetime.now(UTC)
+    day = now - timedelta(hours=2)
+    write_entries(client, [entry(user, day.date(), day, "bad")], prefix=prefix)
+    seen = get_entry(client, user, prefix=prefix)
+    assert seen is not None
+    # The pipeline writes the next market date between the read and the refill.
+    fresh = now - timedelta(minutes=1)
+    write_entries(client, [entry(user, day.date() + timedelta(days=1), fresh, "pipeline")],
+                  prefix=prefix)  # fmt: skip
+    older = entry(user, day.date(), day, "pg")
+    assert not _refill(older, prefix, now, replacing=seen.digest)
+    assert tag_of(client, user, prefix) == "pipeline"
+    # And an older partition's write (a backfill) never replaces it either.
+    report = write_entries(client, [entry(user, day.date() - timedelta(days=3), now, "backfill")],
+                           prefix=prefix)  # fmt: skip
+    assert report.kept_newer == 1 and tag_of(client, user, prefix) == "pipeline"
+
+
+def test_a_rejected_entry_with_nothing_young_enough_to_cache_is_evicted_unless_changed(
+    client: redis.Redis, prefix: str
+) -> None:
+    user = uuid.uuid4()
+    now = datetime.now(UTC)
+    write_entries(client, [entry(user, now.date(), now, "bad")], prefix=prefix)
+    seen = get_entry(client, user, prefix=prefix)
+    assert seen is not None
+    day_old = entry(user, now.date() - timedelta(days=2), now - timedelta(days=2), "pg")
+    write_entries(client, [entry(user, now.date(), now, "rewritten")], prefix=prefix)
+    assert not _refill(day_old, prefix, now, replacing=seen.digest)
+    assert tag_of(client, user, prefix) == "rewritten"  # changed since the read: kept
+    seen = get_entry(client, user, prefix=prefix)
+    assert seen is not None
+    assert not _refill(day_old, prefix, now, replacing=seen.digest)
+    assert get_entry(client, user, prefix=prefix) is None
+    assert client.exists(recs_key(user, prefix), version_key(user, prefix)) == 0
