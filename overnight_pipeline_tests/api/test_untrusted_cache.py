@@ -258,7 +258,7 @@ FUZZ = settings(
         HealthCheck.function_scoped_fixture,
         HealthCheck.too_slow,
         HealthCheck.data_too_large,
-    ],  # fmt: skip
+    ],
     database=None,
 )
 
