@@ -1,15 +1,18 @@
-"""`overnight run` and `overnight demo`: materialise market-date partitions in-process.
+"""`overnight run`, `overnight demo` and `overnight reexecute`: materialise market-date
+partitions in-process.
 
 The same job and assets the schedules run, executed in this process against the Dagster
-instance of `DAGSTER_HOME` when it is set (so the runs show in the UI), otherwise a local
-instance under `.data/dagster`.
+instance of `DAGSTER_HOME` when it is set, otherwise the one under `.data/dagster-home`, the
+home `make dev` serves: the demo's runs show in the UI. Each run's `overnight_job_runs` row
+is written `started` before any work and finished after it (no daemon watches an in-process
+run), and the run carries its worker's pid and host, so that a killed `overnight run` is
+found and marked failed (`defs/monitor.py`) by the next command or by the daemon's sensor.
 """
 
 from __future__ import annotations
 
 import os
 import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -17,16 +20,29 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from dagster import AssetKey, BetaWarning, DagsterInstance
+import yaml
+from dagster import (
+    AssetKey,
+    DagsterEvent,
+    DagsterInstance,
+    DagsterRunStatus,
+    ReexecutionOptions,
+    execute_job,
+)
+from dagster._core.definitions.reconstruct import ReconstructableRepository
+from dagster._core.execution.execution_result import ExecutionResult
+from dagster._core.utils import make_new_run_id
 
 from overnight_pipeline.core.markets import load_markets
 from overnight_pipeline.defs import OVERNIGHT_JOB, build_definitions
+from overnight_pipeline.defs.monitor import fail_dead_runs, worker_tags
 from overnight_pipeline.defs.partitions import partition_key
 from overnight_pipeline.settings import Settings
 from overnight_pipeline.storage.db import make_engine, migrate
 from overnight_pipeline.storage.overnight import partition_users
 
-LOCAL_INSTANCE = Path(".data/dagster")
+LOCAL_HOME = Path(".data/dagster-home")
+TEMPLATE = Path("dagster.yaml")
 CACHE_ASSET = AssetKey("recommendation_cache")
 
 
@@ -41,17 +57,57 @@ class PartitionSummary:
     cache: str = "-"
     seconds: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+    run_id: str | None = None
 
     @property
     def total_seconds(self) -> float:
         return sum(self.seconds.values())
 
 
+def prepare_home(home: Path = LOCAL_HOME, template: Path = TEMPLATE) -> Path:
+    """Write `home`'s dagster.yaml from the repository's: its run queue and monitoring, with
+    the PostgreSQL storage only when DAGSTER_PG_URL is set (otherwise SQLite files inside
+    `home`, so the demo needs no server). `make demo` and `make dev` share this home."""
+    home.mkdir(parents=True, exist_ok=True)
+    config: dict[str, Any] = {}
+    if template.exists():
+        config = yaml.safe_load(template.read_text()) or {}
+    if not os.environ.get("DAGSTER_PG_URL"):
+        config.pop("storage", None)
+    (home / "dagster.yaml").write_text(
+        "# Written by `overnight` / `make dev` from the repository's dagster.yaml.\n"
+        + yaml.safe_dump(config, sort_keys=False)
+    )
+    return home.resolve()
+
+
 def instance() -> DagsterInstance:
     if os.environ.get("DAGSTER_HOME"):
         return DagsterInstance.get()
-    LOCAL_INSTANCE.mkdir(parents=True, exist_ok=True)
-    return DagsterInstance.local_temp(tempdir=str(LOCAL_INSTANCE.resolve()))
+    return DagsterInstance.from_config(str(prepare_home()))
+
+
+def _job_run_recorders():  # type: ignore[no-untyped-def]
+    # Imported late: the sensors module pulls in OpenTelemetry's SDK.
+    from overnight_pipeline.defs.sensors import record_run_finished, record_run_started
+
+    return record_run_started, record_run_finished
+
+
+def fail_dead_local_runs(settings: Settings, dagster: DagsterInstance) -> list[str]:
+    """Mark failed (run and job-run row) the runs of `dagster` whose worker on this host is
+    gone: a killed `overnight run` when no daemon watches the instance."""
+    dead = fail_dead_runs(dagster)
+    if not dead:
+        return []
+    _, finished = _job_run_recorders()
+    engine = make_engine(settings.database_url)
+    try:
+        for run in dead:
+            finished(dagster, run, engine, run_error="run worker died")
+    finally:
+        engine.dispose()
+    return [r.run_id for r in dead]
 
 
 def redis_reachable(url: str) -> bool:
@@ -75,24 +131,37 @@ def run_partition(
     log_level: str = "WARNING",
 ) -> PartitionSummary:
     """Materialise every overnight asset of `market|day` in this process."""
-    with warnings.catch_warnings():
-        # We opt into the beta single-run backfill policy on purpose (DAGSTER_NOTES).
-        warnings.simplefilter("ignore", BetaWarning)
-        defs = build_definitions(settings)
+    defs = build_definitions(settings)
     job = defs.resolve_job_def(OVERNIGHT_JOB)
     selection = None
     if not with_cache:
         selection = [k for k in job.asset_layer.executable_asset_keys if k != CACHE_ASSET]
     started = time.perf_counter()
     dagster = dagster or instance()
+    fail_dead_local_runs(settings, dagster)
+    key = partition_key(market, day)
+    run_id = make_new_run_id()
+    _record_started(settings, run_id, str(key))
     result = job.execute_in_process(
         instance=dagster,
-        partition_key=partition_key(market, day),
+        run_id=run_id,
+        partition_key=key,
         asset_selection=selection,
         raise_on_error=False,
-        tags={"overnight/trigger": "cli"},
+        tags={"overnight/trigger": "cli", **worker_tags()},
         run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
     )
+    summary = _summary(result, market, day, with_cache=with_cache)
+    summary.run_id = result.run_id
+    summary.seconds["total"] = time.perf_counter() - started
+    _record_job_run(settings, dagster, result.run_id)
+    return summary
+
+
+def _summary(
+    result: ExecutionResult, market: str, day: date, *, with_cache: bool = True
+) -> PartitionSummary:
+    """A partition's line of the summary table, from the run's events."""
     summary = PartitionSummary(market, day, result.success)
     meta: dict[str, dict[str, Any]] = {
         ev.asset_key.to_user_string(): {k: v.value for k, v in ev.materialization.metadata.items()}
@@ -112,23 +181,43 @@ def run_partition(
         summary.cache = f"{cache.get('written', 0)} written, {cache.get('kept_newer', 0)} kept"
     if not result.success:
         failures = [ev for ev in result.all_events if ev.is_step_failure]
-        summary.error = (
-            "; ".join(
-                f"{ev.step_key}: {ev.step_failure_data.error.message.strip() if ev.step_failure_data.error else 'failed'}"
-                for ev in failures
-            )
-            or "run failed"
-        )
-    summary.seconds["total"] = time.perf_counter() - started
-    _record_job_run(settings, dagster, result.run_id)
+        summary.error = "; ".join(f"{ev.step_key}: {_failure_text(ev)}" for ev in failures)
+        summary.error = summary.error or "run failed"
     return summary
+
+
+def _failure_text(event: DagsterEvent) -> str:
+    data = event.step_failure_data
+    if data.user_failure_data is not None and data.user_failure_data.description:
+        return data.user_failure_data.description.strip()
+    return data.error.message.strip() if data.error else "failed"
+
+
+def _record_started(settings: Settings, run_id: str, key: str) -> None:
+    """The `started` row of a run about to execute in this process, written before any work
+    so that a run killed mid-way is on record (the sensors upsert the same row by run id)."""
+    from overnight_pipeline.storage import job_runs
+    from overnight_pipeline.storage.overnight import correlation_id_for
+
+    market, day = key.split("|")[1], date.fromisoformat(key.split("|")[0])
+    engine = make_engine(settings.database_url)
+    try:
+        with engine.begin() as conn:
+            job_runs.record_started(conn, job_runs.JobRun(
+                run_id=run_id, correlation_id=correlation_id_for(f"{run_id}:{key}"),
+                started_at=datetime.now(UTC), market=market, market_date=day,
+                metrics={"dagster_run_id": run_id, "root_run_id": run_id, "partitions": [key]},
+            ))  # fmt: skip
+    finally:
+        engine.dispose()
 
 
 def _record_job_run(settings: Settings, dagster: DagsterInstance, run_id: str) -> None:
     """Write the run's `overnight_job_runs` row (and span) now: no daemon watches an
     in-process run. Idempotent with the sensors, which upsert by run id."""
-    from overnight_pipeline.defs.sensors import record_run_finished, record_run_started
     from overnight_pipeline.telemetry import tracer_provider
+
+    record_run_started, record_run_finished = _job_run_recorders()
 
     run = dagster.get_run_by_id(run_id)
     if run is None:
@@ -139,6 +228,51 @@ def _record_job_run(settings: Settings, dagster: DagsterInstance, run_id: str) -
         record_run_finished(dagster, run, engine, tracer_provider=tracer_provider(settings))
     finally:
         engine.dispose()
+
+
+class ReexecuteError(Exception):
+    """A run that cannot be re-executed from failure, with the reason."""
+
+
+DEFINITIONS_MODULE = "overnight_pipeline.definitions"
+REEXECUTABLE = (DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED)
+
+
+def reexecute(
+    settings: Settings, run_id: str, *, dagster: DagsterInstance | None = None
+) -> PartitionSummary:
+    """Re-execute `run_id` from failure in this process: the steps that did not succeed and
+    what follows them, with the parent's tags (its partition) and the same calculation (the
+    correlation id comes from the root run, so no event is written twice). A run whose worker
+    died is marked failed first."""
+    dagster = dagster or instance()
+    fail_dead_local_runs(settings, dagster)
+    parent = dagster.get_run_by_id(run_id)
+    if parent is None:
+        raise ReexecuteError(f"no run {run_id} in the Dagster instance"
+                             f" ({os.environ.get('DAGSTER_HOME') or LOCAL_HOME})")  # fmt: skip
+    if parent.status not in REEXECUTABLE:
+        hint = " (still running? its worker is alive)" if not parent.is_finished else ""
+        raise ReexecuteError(f"run {run_id} is {parent.status.value}{hint}: only a failed or "
+                             "canceled run is re-executed from failure")  # fmt: skip
+    keys = [parent.tags[k] for k in ("dagster/partition",) if k in parent.tags]
+    market, day = (keys[0].split("|")[1], date.fromisoformat(keys[0].split("|")[0])) if keys \
+        else ("?", date.min)  # fmt: skip
+    job = ReconstructableRepository.for_module(
+        DEFINITIONS_MODULE, "defs", working_directory=os.getcwd()
+    ).get_reconstructable_job(parent.job_name)
+    tags = {k: v for k, v in parent.tags.items() if not k.startswith("overnight/worker_")}
+    started = time.perf_counter()
+    with execute_job(
+        job, instance=dagster, raise_on_error=False, tags={**tags, **worker_tags()},
+        reexecution_options=ReexecutionOptions.from_failure(run_id, dagster),
+    ) as result:  # fmt: skip
+        summary = _summary(result, market, day)
+        new_run_id = result.run_id
+    summary.seconds["total"] = time.perf_counter() - started
+    _record_job_run(settings, dagster, new_run_id)
+    summary.run_id = new_run_id
+    return summary
 
 
 def table(summaries: Sequence[PartitionSummary]) -> str:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+from dagster import AssetKey, DagsterInstance
 from sqlalchemy import func, select
 
 from overnight_pipeline.cli import main
@@ -54,8 +56,13 @@ def test_overnight_run_materialises_one_partition(
     # No daemon watches an in-process run: the command records its job run itself.
     engine.dispose()
     assert [(status, n) for status, n in job][-1:] == [("completed", persisted)]
-    # The run went to the local Dagster instance of the working directory.
-    assert (Path(".data") / "dagster").is_dir()
+    # The run went to the Dagster home `make dev` serves, with its materialisations.
+    with DagsterInstance.from_config(str(Path(".data") / "dagster-home")) as instance:
+        (record,) = instance.get_run_records()
+        assert record.dagster_run.tags["dagster/partition"] == f"{DAY.isoformat()}|TSE"
+        assert record.dagster_run.tags["overnight/worker_pid"] == str(os.getpid())
+        assert f"{DAY.isoformat()}|TSE" in instance.get_materialized_partitions(
+            AssetKey("recommendation_cache"))  # fmt: skip
 
 
 def test_overnight_run_names_a_bad_market_or_date(env, capsys) -> None:

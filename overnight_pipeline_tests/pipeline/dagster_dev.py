@@ -1,0 +1,175 @@
+"""A real `dagster dev` (webserver + daemon + code server) on a PostgreSQL instance with the
+repository's dagster.yaml, and a GraphQL client that sends what the Dagster UI sends."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+from sqlalchemy.engine import make_url
+
+from overnight_pipeline_tests.conftest import create_pg_database, drop_pg_database
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+LOCATION = "overnight_pipeline.definitions"
+REPOSITORY = "__repository__"
+ASSETS = ("exchange_rates", "asset_prices", "asset_fundamentals", "asset_scores",
+          "recommendations", "recommendation_cache")  # fmt: skip
+T = TypeVar("T")
+
+LAUNCH_BACKFILL = """
+mutation LaunchPartitionBackfill($backfillParams: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $backfillParams) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on Error { message }
+  }
+}"""
+
+LAUNCH_RUN = """
+mutation LaunchPipelineExecution($executionParams: ExecutionParams!) {
+  launchPipelineExecution(executionParams: $executionParams) {
+    __typename
+    ... on LaunchRunSuccess { run { runId } }
+    ... on Error { message }
+  }
+}"""
+
+BACKFILL_STATUS = """
+query Backfill($id: String!) {
+  partitionBackfillOrError(backfillId: $id) {
+    __typename
+    ... on PartitionBackfill { id status }
+    ... on Error { message }
+  }
+}"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(what: str, probe: Callable[[], T | None], timeout: float, log: Path) -> T:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = probe()
+        if found:
+            return found
+        time.sleep(0.5)
+    tail = log.read_text(errors="replace")[-6000:] if log.exists() else ""
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{tail}")
+
+
+@dataclass
+class DagsterDev:
+    url: str
+    home: Path
+    log: Path
+    env: dict[str, str]
+    process: subprocess.Popen[bytes]
+
+    def graphql(self, query: str, **variables: Any) -> dict[str, Any]:
+        response = httpx.post(f"{self.url}/graphql", json={"query": query,
+                                                          "variables": variables}, timeout=60)  # fmt: skip
+        response.raise_for_status()
+        body = response.json()
+        assert "errors" not in body, body
+        return body["data"]
+
+    def launch_backfill(self, params: dict[str, Any]) -> str:
+        result = self.graphql(LAUNCH_BACKFILL, backfillParams=params)["launchPartitionBackfill"]
+        assert result["__typename"] == "LaunchBackfillSuccess", result
+        return str(result["backfillId"])
+
+    def launch_run(self, params: dict[str, Any]) -> str:
+        result = self.graphql(LAUNCH_RUN, executionParams=params)["launchPipelineExecution"]
+        assert result["__typename"] == "LaunchRunSuccess", result
+        return str(result["run"]["runId"])
+
+    def backfill_status(self, backfill_id: str) -> str:
+        found = self.graphql(BACKFILL_STATUS, id=backfill_id)["partitionBackfillOrError"]
+        return str(found["status"])
+
+
+def repository_selector() -> dict[str, str]:
+    return {"repositoryLocationName": LOCATION, "repositoryName": REPOSITORY}
+
+
+def asset_selection(names: tuple[str, ...] = ASSETS) -> list[dict[str, list[str]]]:
+    return [{"path": [name]} for name in names]
+
+
+UI_TAGS = [{"key": "dagster/from_ui", "value": "true"}]
+
+
+@dataclass
+class PgDagsterHome:
+    home: Path
+    pg_url: str  # postgresql+psycopg2://, for dagster-postgres
+
+
+def make_dagster_home(path: Path) -> tuple[PgDagsterHome, str]:
+    """A DAGSTER_HOME holding the repository's dagster.yaml on a fresh PostgreSQL database;
+    returns it and the database's URL (to drop it afterwards)."""
+    url = create_pg_database("overnight_dagster")
+    path.mkdir(parents=True, exist_ok=True)
+    shutil.copy(REPO / "dagster.yaml", path / "dagster.yaml")
+    pg = make_url(url).set(drivername="postgresql+psycopg2").render_as_string(hide_password=False)
+    return PgDagsterHome(path, pg), url
+
+
+@dataclass
+class DevServer:
+    home: PgDagsterHome
+    db_url: str
+
+
+def start_dagster_dev(home: PgDagsterHome, env: dict[str, str], log: Path) -> Iterator[DagsterDev]:
+    """`dagster dev` on `home` until the generator is closed; SIGINT stops it (DAGSTER_NOTES)."""
+    port = free_port()
+    env = {**env, "DAGSTER_HOME": str(home.home), "DAGSTER_PG_URL": home.pg_url}
+    out = log.open("wb")
+    process = subprocess.Popen(
+        [str(BIN / "dagster"), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
+        cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
+        preexec_fn=lambda: (signal.signal(signal.SIGINT, signal.SIG_DFL), os.setsid()),
+    )  # fmt: skip
+    dev = DagsterDev(f"http://127.0.0.1:{port}", home.home, log, env, process)
+
+    def ready() -> bool:
+        if process.poll() is not None:
+            raise AssertionError(f"dagster dev exited\n{log.read_text(errors='replace')[-4000:]}")
+        try:
+            data = dev.graphql("{ repositoriesOrError { __typename "
+                               "... on RepositoryConnection { nodes { name } } } }")  # fmt: skip
+        except (httpx.HTTPError, AssertionError):
+            return False
+        return bool(data["repositoriesOrError"].get("nodes"))
+
+    try:
+        wait_for("dagster dev to load the workspace", ready, 180, log)
+        yield dev
+    finally:
+        try:
+            os.killpg(process.pid, signal.SIGINT)
+            process.wait(timeout=60)
+        except (subprocess.TimeoutExpired, ProcessLookupError):
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            process.wait(timeout=10)
+        out.close()
