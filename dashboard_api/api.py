@@ -126,14 +126,14 @@ async def readyz(request: Request) -> Response:
     svc = services(request)
     pg_ok, redis_ok = await asyncio.gather(_postgres_ok(svc), _redis_ok(svc))
     status = "unavailable" if not pg_ok else "ready" if redis_ok else "degraded"
-    body = Readiness(
-        status=status,
-        checks=Checks(
-            postgresql="ok" if pg_ok else "unreachable", redis="ok" if redis_ok else "unreachable"
-        ),
-    )
+    database = "sqlite" if svc.settings.is_sqlite else "postgresql"
+    checks = {
+        database: "ok" if pg_ok else "unreachable",
+        "redis": "ok" if redis_ok else "unreachable",
+    }
+    body = Readiness(status=status, checks=Checks.model_validate(checks))
     return Response(
-        body.model_dump_json(by_alias=True),
+        body.model_dump_json(by_alias=True, exclude_none=True),
         status_code=200 if pg_ok else 503,
         media_type=JSON,
         headers={"Cache-Control": "no-store"},

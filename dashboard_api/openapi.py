@@ -174,11 +174,14 @@ def build_openapi() -> dict[str, Any]:
         "/readyz": {
             "get": {
                 "operationId": "readiness",
-                "summary": "PostgreSQL and Redis reachable; Redis down is `degraded`, still ready.",
+                "summary": (
+                    "The app database (`checks.postgresql`, or `checks.sqlite`) and Redis "
+                    "reachable; Redis down is `degraded`, still ready."
+                ),
                 "security": [],
                 "responses": {
                     "200": _json(Readiness, "Ready or degraded."),
-                    "503": _json(Readiness, "PostgreSQL is unreachable."),
+                    "503": _json(Readiness, "The app database is unreachable."),
                 },
             }
         },

@@ -40,7 +40,16 @@ class Health(_Out):
 
 
 class Checks(_Out):
-    postgresql: Literal["ok", "unreachable"]
+    """One key per service, named by what it really is: the app database's key is its
+    backend (`postgresql`, or `sqlite` for `make demo`), so a client never reads a PostgreSQL
+    status from a server that has none."""
+
+    postgresql: Literal["ok", "unreachable"] | None = Field(
+        default=None, description="Present when the app database is PostgreSQL."
+    )
+    sqlite: Literal["ok", "unreachable"] | None = Field(
+        default=None, description="Present when the app database is SQLite."
+    )
     redis: Literal["ok", "unreachable"]
 
 

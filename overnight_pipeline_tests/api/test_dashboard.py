@@ -305,4 +305,15 @@ def test_the_embedded_sqlite_database_serves_the_fallback_too(
     first = get_dashboard(client, p.user_id)
     assert first["fromCache"] is False and without_source(first) == expected(p)
     assert get_dashboard(client, p.user_id)["fromCache"] is True
-    assert client.get("/readyz").json()["status"] == "ready"
+    # Readiness names the database this server really uses: no "postgresql" key here.
+    assert client.get("/readyz").json() == {
+        "status": "ready",
+        "checks": {"sqlite": "ok", "redis": "ok"},
+    }
+
+
+def test_readiness_names_postgresql_when_the_database_is_postgresql(client: TestClient) -> None:
+    assert client.get("/readyz").json() == {
+        "status": "ready",
+        "checks": {"postgresql": "ok", "redis": "ok"},
+    }
