@@ -15,24 +15,63 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from dashboard_api import api, views
 from dashboard_api.auth import AuthError
-from dashboard_api.fastpath import DashboardEndpoint, handles
+from dashboard_api.fastpath import DashboardEndpoint, handles, send_response
 from dashboard_api.openapi import build_openapi
 from dashboard_api.problems import (
+    PROBLEM_JSON,
     Problem,
     handle_auth_error,
     handle_http_exception,
     handle_problem,
     handle_server_error,
+    problem_body,
 )
 from dashboard_api.services import ApiOptions, open_services
 from dashboard_api.telemetry import TelemetryMiddleware
 from overnight_pipeline.settings import Settings
 
 MAX_BODY_BYTES = 65_536
+# No request of this API needs more. uvicorn's httptools parser buffers headers of any size
+# (h11's limit does not apply to it), so the app refuses them itself (docs/OPERATIONS.md).
+MAX_HEADER_BYTES = 16_384
+MAX_URL_BYTES = 8_192
+
+
+def oversized(scope: Scope) -> Problem | None:
+    """431/414 for a request whose headers or URL exceed what this API accepts."""
+    size = 0
+    for name, value in scope["headers"]:
+        size += len(name) + len(value)
+    if size > MAX_HEADER_BYTES:
+        return Problem(431, f"the request headers are larger than {MAX_HEADER_BYTES} bytes")
+    url = len(scope.get("raw_path") or scope["path"]) + len(scope.get("query_string", b""))
+    if url > MAX_URL_BYTES:
+        return Problem(414, f"the URL is longer than {MAX_URL_BYTES} bytes")
+    for name, value in scope["headers"]:
+        if name == b"content-length" and (not value.isdigit() or int(value) > MAX_BODY_BYTES):
+            return Problem(413, f"the request body is larger than {MAX_BODY_BYTES} bytes")
+    return None
+
+
+def limited(receive: Receive) -> Receive:
+    """`receive` that refuses a body (chunked, without a length) past `MAX_BODY_BYTES`: the
+    route's exception handler answers the 413 problem (Starlette's own limit answers text)."""
+    total = 0
+
+    async def receive_limited() -> Message:
+        nonlocal total
+        message = await receive()
+        if message["type"] == "http.request":
+            total += len(message.get("body", b""))
+            if total > MAX_BODY_BYTES:
+                raise Problem(413, f"the request body is larger than {MAX_BODY_BYTES} bytes")
+        return message
+
+    return receive_limited
 
 
 class DashboardApp(Starlette):
@@ -47,11 +86,18 @@ class DashboardApp(Starlette):
         self.dashboard = dashboard
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and (problem := oversized(scope)) is not None:
+            body = problem_body(problem.status, problem.detail, title=problem.title)
+            headers = [(b"content-type", PROBLEM_JSON.encode()), (b"connection", b"close")]
+            await send_response(send, problem.status, headers, body)
+            return
         if handles(scope):
             scope["app"] = self
             await self.dashboard(scope, receive, send)
             return
-        await super().__call__(scope, receive, send)
+        await super().__call__(
+            scope, limited(receive) if scope["type"] == "http" else receive, send
+        )
 
 
 def create_app(
@@ -109,5 +155,4 @@ def create_app(
             Exception: handle_server_error,
         },
         lifespan=lifespan,
-        max_body_size=MAX_BODY_BYTES,
     )

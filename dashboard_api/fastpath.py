@@ -91,7 +91,7 @@ class DashboardEndpoint:
             result = await store.load(principal)
             body = result.body()
         except AuthError as exc:
-            await _send(
+            await send_response(
                 send,
                 401,
                 _UNAUTHORIZED_HEADERS,
@@ -103,7 +103,7 @@ class DashboardEndpoint:
             headers += [
                 (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in exc.headers.items()
             ]
-            await _send(
+            await send_response(
                 send,
                 exc.status,
                 headers,
@@ -116,16 +116,18 @@ class DashboardEndpoint:
             # As Starlette's catch-all: a fixed body out, the traceback to the log.
             log.error("unhandled error on GET %s", PATH, exc_info=exc)
             headers = [(b"content-type", PROBLEM_JSON.encode())]
-            await _send(send, 500, headers, problem_body(500, _SERVER_ERROR))
+            await send_response(send, 500, headers, problem_body(500, _SERVER_ERROR))
             raise
-        await _send(send, 200, _JSON_HEADERS, body)
+        await send_response(send, 200, _JSON_HEADERS, body)
         if result.repair is not None:
             # After the answer has gone out, as Starlette's BackgroundTask did.
             await store.refill(result.repair)
         return 200
 
 
-async def _send(send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+async def send_response(
+    send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes
+) -> None:
     start: dict[str, Any] = {
         "type": "http.response.start",
         "status": status,

@@ -29,6 +29,7 @@ from overnight_pipeline.core.payloads import CachedPortfolioSummary, CachedRecom
 log = logging.getLogger("dashboard_api")
 STALE_AFTER = timedelta(hours=24)
 MAX_FORM_BYTES = 16_384
+MAX_FORM_FIELDS = 8
 HTML_HEADERS = {
     "Cache-Control": "no-store",
     "Content-Security-Policy": (
@@ -135,11 +136,16 @@ def _validated(
 
 def _same_origin(request: Request) -> None:
     """Refuse cross-site form posts (login CSRF): a browser always sends Origin on POST."""
-    origin = request.headers.get("origin")
-    if origin is None or origin == "null":
+    origins = request.headers.getlist("origin")
+    if not origins or origins == ["null"]:
         return
-    if urlsplit(origin).netloc != request.headers.get("host"):
-        raise Problem(403, f"cross-site form post from {origin!r} refused")
+    try:
+        netloc = urlsplit(origins[0]).netloc if len(origins) == 1 else None
+    except ValueError:  # "http://[::1" and friends
+        netloc = None
+    if netloc is None or netloc != request.headers.get("host"):
+        shown = origins[0][:200]
+        raise Problem(403, f"cross-site form post from {shown!r} refused")
 
 
 async def login(request: Request) -> Response:
@@ -149,8 +155,16 @@ async def login(request: Request) -> Response:
     body = await request.body()
     if len(body) > MAX_FORM_BYTES:
         raise Problem(413, f"the form is larger than {MAX_FORM_BYTES} bytes")
-    fields: dict[str, Any] = parse_qs(body.decode("utf-8", "replace"))
-    token = (fields.get("token") or [""])[0].strip()
+    try:
+        fields: dict[str, Any] = parse_qs(body.decode("utf-8"), max_num_fields=MAX_FORM_FIELDS)
+    except UnicodeDecodeError:
+        return _login_form(request, error="The form was not sent as UTF-8.", status=400)
+    except ValueError:
+        return _login_form(request, error="The form has too many fields.", status=400)
+    tokens = fields.get("token") or [""]
+    if len(tokens) > 1:
+        return _login_form(request, error="Paste one token, not several.", status=400)
+    token = tokens[0].strip()
     if not token:
         return _login_form(request, error="Paste the token that `overnight token` printed.")
     try:
@@ -178,11 +192,11 @@ async def logout(request: Request) -> Response:
     return response
 
 
-def _login_form(request: Request, error: str | None = None) -> Response:
+def _login_form(request: Request, error: str | None = None, *, status: int = 401) -> Response:
     return templates.TemplateResponse(
         request,
         "login.html",
         {"error": error},
-        status_code=401 if error else 200,
+        status_code=status if error else 200,
         headers=HTML_HEADERS,
     )
