@@ -261,6 +261,11 @@ def reexecute(
     job = ReconstructableRepository.for_module(
         DEFINITIONS_MODULE, "defs", working_directory=os.getcwd()
     ).get_reconstructable_job(parent.job_name)
+    if parent.asset_selection is not None or parent.asset_check_selection is not None:
+        # The UI's Materialize selects assets and their checks (the hourly cache check too):
+        # the re-execution plans the same subset as its parent.
+        job = job.get_subset(asset_selection=parent.asset_selection,
+                             asset_check_selection=parent.asset_check_selection)  # fmt: skip
     tags = {k: v for k, v in parent.tags.items() if not k.startswith("overnight/worker_")}
     started = time.perf_counter()
     with execute_job(

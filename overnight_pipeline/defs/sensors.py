@@ -166,6 +166,23 @@ def _failure_text(data: StepFailureData) -> str:
     return " <- ".join(parts)[:2000] or "step failed"
 
 
+CRASH_PREFIXES = ("Run execution process for", "The run worker (pid")
+
+
+def _crash_explanation(instance: DagsterInstance, run: DagsterRun) -> str | None:
+    """Why a run failed from outside its execution: the code server's "Run execution process
+    for … was terminated by signal 9 (SIGKILL)", or our worker monitor's message."""
+    if run.status != DagsterRunStatus.FAILURE:
+        return None
+    kinds = {DagsterEventType.ENGINE_EVENT, DagsterEventType.RUN_FAILURE}
+    for entry in reversed(list(instance.all_logs(run.run_id, of_type=kinds))):
+        message = entry.dagster_event.message if entry.dagster_event else None
+        # The code server's engine events read "[DagsterApiServer] Run execution process …".
+        if message and any(prefix in message for prefix in CRASH_PREFIXES):
+            return message
+    return None
+
+
 def run_facts(instance: DagsterInstance, run: DagsterRun) -> RunFacts:
     """Read `run` from the instance: timings, per-asset metadata totals, checks, failures."""
     record = instance.get_run_record_by_id(run.run_id)
@@ -274,6 +291,7 @@ def record_run_finished(
 ) -> job_runs.JobRun:
     """Upsert the finished row of `run`; emit its span the first time it is finished."""
     facts = run_facts(instance, run)
+    run_error = _crash_explanation(instance, run) or run_error
     with engine.connect() as conn:
         counts = job_runs.calculation_counts(conn, facts.correlation_ids)
         sample = job_runs.failed_users(conn, facts.correlation_ids) if counts.failed else []

@@ -277,3 +277,137 @@ def test_an_asset_backfill_from_the_asset_graph_is_recorded_per_partition(
     for run_id in run_ids:
         assert listed[run_id]["status"] == "completed"
         assert f"{listed[run_id]['marketDate']}|{listed[run_id]['market']}" in keys
+
+
+def biggest_partition(engine: Engine, day: date) -> tuple[str, list[Any]]:
+    with engine.connect() as conn:
+        found = [(m, partition_users(conn, market=m, day=day, markets=MARKETS)) for m in MARKETS]
+    return max(found, key=lambda mu: len(mu[1]))
+
+
+def kill_mid_scores(engine: Engine, cid: uuid.UUID, users: int, pid_of: Any, log: Path) -> int:
+    """SIGKILL the run worker once some, not all, users have their first three events;
+    returns how many users were scored when it died."""
+    e = calculation_events_table.c
+
+    def scored() -> int:
+        with engine.connect() as conn:
+            return int(conn.scalar(select(func.count()).where(
+                e.correlation_id == cid, e.event_type == "SCORES_COMPUTED")) or 0)  # fmt: skip
+
+    pid = wait_for("the run worker's pid", pid_of, 120, log)
+    wait_for("asset_scores to commit a first batch", lambda: scored() > 0, 120, log)
+    os.kill(pid, signal.SIGKILL)
+    done = scored()
+    assert 0 < done < users, f"not killed mid-step: {done} of {users} users scored"
+    return done
+
+
+def assert_partition_complete(engine: Engine, cid: uuid.UUID, users: list[Any], market: str,
+                              day: date) -> None:  # fmt: skip
+    counts = events_of(engine, [cid])
+    kinds = {"CALC_STARTED", "INPUTS_CAPTURED", "SCORES_COMPUTED", "CALC_COMPLETED"}
+    assert set(counts.values()) == {1}, "an event was written twice"
+    per_user = Counter(u for u, _ in counts)
+    assert {str(u) for u in users} == set(per_user)
+    assert set(per_user.values()) == {4}
+    assert {t for _, t in counts} == kinds
+    r = recommendations_table.c
+    with engine.connect() as conn:
+        rows = conn.execute(select(r.user_id, func.count()).where(
+            r.market == market, r.market_date == day).group_by(r.user_id)).all()  # fmt: skip
+    assert len(rows) == len(users) and {n for _, n in rows} == {1}
+
+
+def test_a_run_worker_killed_mid_scores_is_failed_within_the_sensor_interval_and_reexecuted(
+    dev: DagsterDev, instance: DagsterInstance, engine: Engine
+) -> None:
+    # Materialize one partition from the UI, then `kill -9` its run worker mid asset_scores.
+    day = date(2026, 11, 23)
+    market, users = biggest_partition(engine, day)
+    key = f"{day}|{market}"
+    run_id = dev.launch_run({
+        "mode": "default", "runConfigData": "{}",
+        "selector": {**repository_selector(), "jobName": "overnight_job",
+                     "assetSelection": asset_selection()},
+        "executionMetadata": {"tags": [*UI_TAGS, {"key": "dagster/partition", "value": key},
+                                       {"key": "dagster/partition/date", "value": str(day)},
+                                       {"key": "dagster/partition/market", "value": market}]},
+    })  # fmt: skip
+    cid = correlation_id_for(f"{run_id}:{key}")
+
+    def pid_of() -> int | None:
+        run = instance.get_run_by_id(run_id)
+        worker = run_worker(instance, run) if run is not None else None
+        return worker.pid if worker is not None else None
+
+    kill_mid_scores(engine, cid, len(users), pid_of, dev.log)
+    killed_at = time.monotonic()
+
+    def failed() -> bool:
+        run = instance.get_run_by_id(run_id)
+        return run is not None and run.status == DagsterRunStatus.FAILURE
+
+    wait_for("the dead worker's run to be marked failed", failed, 60, dev.log)
+    detected = time.monotonic() - killed_at
+    assert detected <= 3 * SENSOR_SECONDS + 10, detected
+    row = wait_for("the failed job-run row", lambda: (
+        r if (r := job_rows(engine, {run_id}).get(run_id)) is not None and r.status == "failed"
+        else None), 30, dev.log)  # fmt: skip
+    # Why, as Dagster's code server saw it (or our worker monitor, whichever came first).
+    assert "SIGKILL" in row.error_details["run_error"] or "worker" in row.error_details["run_error"]
+
+    # The documented command completes the partition: 4 events per user, one row each.
+    done = subprocess.run([str(BIN / "overnight"), "reexecute", run_id], cwd=REPO, env=dev.env,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"re-executed {run_id} from failure" in done.stdout
+    assert_partition_complete(engine, cid, users, market, day)
+    children = [r.dagster_run for r in instance.get_run_records()
+                if r.dagster_run.parent_run_id == run_id]  # fmt: skip
+    assert len(children) == 1 and children[0].status == DagsterRunStatus.SUCCESS
+    assert children[0].tags["dagster/partition"] == key
+
+
+def test_a_killed_overnight_run_without_a_daemon_is_on_record_and_reexecuted(
+    app_db: str, engine: Engine, prefix: str, tmp_path: Path
+) -> None:
+    day = date(2026, 11, 24)
+    market, users = biggest_partition(engine, day)
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("OTEL_", "DAGSTER_"))}  # fmt: skip
+    env.update({"DATABASE_URL": app_db, "REDIS_URL": REDIS_URL, "CACHE_PREFIX": prefix,
+                "USER_BATCH_SIZE": "10"})  # fmt: skip
+    process = subprocess.Popen([str(BIN / "overnight"), "run", "--market", market,
+                                "--date", str(day)], cwd=tmp_path, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    home = tmp_path / ".data" / "dagster-home"
+    j = overnight_job_runs_table.c
+
+    def started_row() -> Any:
+        with engine.connect() as conn:
+            return conn.execute(select(j.run_id, j.status, j.correlation_id).where(
+                j.market == market, j.market_date == day)).first()  # fmt: skip
+
+    try:
+        row = wait_for("the started row", started_row, 60, tmp_path / "none.log")
+        assert row.status == "started"
+        kill_mid_scores(engine, row.correlation_id, len(users), lambda: process.pid,
+                        tmp_path / "none.log")  # fmt: skip
+    finally:
+        process.kill()
+        process.wait(timeout=30)
+    assert started_row().status == "started"  # nobody watches: still on record as started
+
+    done = subprocess.run([str(BIN / "overnight"), "reexecute", row.run_id], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    with DagsterInstance.from_config(str(home)) as local:
+        parent = local.get_run_by_id(row.run_id)
+        assert parent is not None and parent.status == DagsterRunStatus.FAILURE
+    with engine.connect() as conn:
+        statuses = dict(conn.execute(select(j.run_id, j.status).where(
+            j.market == market, j.market_date == day)).all())  # fmt: skip
+    assert statuses[row.run_id] == "failed"
+    assert sorted(statuses.values()) == ["completed", "failed"]
+    assert_partition_complete(engine, row.correlation_id, users, market, day)

@@ -29,7 +29,6 @@ from overnight_pipeline.defs.partitions import partition_key
 from overnight_pipeline.defs.resources import AppDatabase
 from overnight_pipeline.defs.sensors import (
     CANCELED_SENSOR,
-    FAILED_SENSOR,
     STARTED_SENSOR,
     SUCCEEDED_SENSOR,
 )
