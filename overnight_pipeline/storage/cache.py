@@ -145,7 +145,6 @@ class ValidEntry:
     recs: WireRecommendations
     portfolio: WirePortfolio
     total_investable: str
-    generated_at: datetime
 
 
 def entry_version(market_date: date, generated_at: datetime) -> str:
@@ -186,7 +185,7 @@ def validate_entry(entry: CachedEntry, user_key: str, *, now: datetime) -> Valid
     if NON_NEGATIVE_DECIMAL_RE.fullmatch(total) is None:
         raise InvalidDocument("sidecar: totalInvestable is not a non-negative decimal")
     version = match[1].decode() + "|" + match[2].decode()
-    latest = not_after(now)
+    latest = _latest(now)
     if version[:10] > latest[:10] or version[11:] > latest[11:]:
         raise InvalidDocument("sidecar: version dated in the future")
     try:
@@ -194,10 +193,23 @@ def validate_entry(entry: CachedEntry, user_key: str, *, now: datetime) -> Valid
     except ValueError:
         raise InvalidDocument("sidecar: market date is not a date") from None
     recs, portfolio = check_documents(entry.recs_json, entry.portfolio_json, user_key)
-    generated_at = parse_time(recs["generatedAt"])
-    if _stamp(generated_at) != version[11:]:
+    stamp = recs["generatedAt"]
+    # Usually the very same text (pydantic writes UTC as "Z"); else compare the instants.
+    if stamp != version[11:] and _stamp(parse_time(stamp)) != version[11:]:
         raise InvalidDocument("sidecar: version is not the document's generatedAt")
-    return ValidEntry(recs, portfolio, total, generated_at)
+    return ValidEntry(recs, portfolio, total)
+
+
+_latest_memo: tuple[int, str] = (0, "")
+
+
+def _latest(now: datetime) -> str:
+    """`not_after(now)`, computed once per second (the hot path asks on every hit)."""
+    global _latest_memo
+    second = int(now.timestamp())
+    if _latest_memo[0] != second:
+        _latest_memo = (second, not_after(now.replace(microsecond=0)))
+    return _latest_memo[1]
 
 
 def _stamp(moment: datetime) -> str:
