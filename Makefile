@@ -25,13 +25,16 @@ services: ## Make sure PostgreSQL and Redis are reachable (starts or installs th
 demo: install ## Seed ~1,000 demo users and run today's partition of every market (embedded defaults)
 	$(BIN)/overnight demo
 
+# The one Dagster home of this checkout: `make demo` writes its runs there, `make dev`
+# serves it. Instance storage is SQLite files inside it, or PostgreSQL when DAGSTER_PG_URL
+# is set (`make dev DAGSTER_PG_URL=postgresql+psycopg2://root@127.0.0.1:5432/dagster`).
 DAGSTER_HOME_DIR := $(CURDIR)/.data/dagster-home
-dev: install services ## Start the Dagster UI (dagster dev) on http://127.0.0.1:3000
-	@mkdir -p $(DAGSTER_HOME_DIR) && cp dagster.yaml $(DAGSTER_HOME_DIR)/dagster.yaml
-	@export DAGSTER_PG_URL=$${DAGSTER_PG_URL:-postgresql+psycopg2://root@127.0.0.1:5432/dagster}; \
-	  bash scripts/ensure-dagster-db.sh && \
-	  DAGSTER_HOME=$(DAGSTER_HOME_DIR) $(BIN)/overnight migrate && \
-	  DAGSTER_HOME=$(DAGSTER_HOME_DIR) exec $(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+PORT ?= 3000
+dev: install services ## Start the Dagster UI (dagster dev) on http://127.0.0.1:$(PORT) (make dev PORT=3001)
+	@if [ -n "$${DAGSTER_PG_URL:-}" ]; then bash scripts/ensure-dagster-db.sh; fi
+	@$(BIN)/python -m overnight_pipeline.runner >/dev/null
+	$(BIN)/overnight migrate
+	DAGSTER_HOME=$(DAGSTER_HOME_DIR) exec $(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p $(PORT)
 
 test: install services ## Run the test suite against real PostgreSQL and Redis
 	$(BIN)/pytest

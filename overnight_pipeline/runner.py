@@ -346,3 +346,7 @@ def _a_user(settings: Settings) -> str:
     finally:
         engine.dispose()
     return str(found) if found else "<user id>"
+
+
+if __name__ == "__main__":  # `python -m overnight_pipeline.runner`: what `make dev` runs
+    print(prepare_home())
