@@ -1,4 +1,5 @@
-"""`/openapi.json`: every JSON route with its parameters, responses and errors.
+"""`/openapi.json`: every route (the JSON API, the page and its sign-in form) with its
+parameters, responses and errors.
 
 Schemas come from the pydantic models that also serialise the responses, so the document
 cannot drift from what the server sends.
@@ -11,6 +12,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from dashboard_api.auth import COOKIE_NAME
 from dashboard_api.params import CURSOR_PATTERN, MARKET_PATTERN, SYMBOL_PATTERN
 from dashboard_api.problems import PROBLEM_JSON
 from dashboard_api.schemas import AuditResponse, Health, JobsResponse, ProblemDetails, Readiness
@@ -54,6 +56,78 @@ _UNAVAILABLE = _problem(
     {"Retry-After": {"schema": {"type": "string"}}},
 )
 _BAD_PARAM = _problem("A parameter is invalid; `detail` and `invalidParams` name it and its value.")
+
+
+_HTML = {"text/html": {"schema": {"type": "string"}}}
+_REDIRECT = {"description": "See Other.", "headers": {"Location": {"schema": {"type": "string"}}}}
+_CROSS_SITE = _problem("A form posted from another origin (login CSRF) is refused.")
+_TOO_LARGE = _problem("The form is larger than the server accepts.")
+_COOKIE = {
+    "name": COOKIE_NAME,
+    "in": "cookie",
+    "required": False,
+    "schema": {"type": "string", "maxLength": 4096},
+    "description": "The token the sign-in form set (HttpOnly).",
+}
+
+
+def _page_paths() -> dict[str, Any]:
+    """The server-rendered page: HTML answers, redirects, and problems for refused posts."""
+    form = {
+        "required": True,
+        "content": {
+            "application/x-www-form-urlencoded": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"token": {"type": "string", "maxLength": 4096}},
+                }
+            }
+        },
+    }
+    return {
+        "/": {
+            "get": {
+                "operationId": "page",
+                "summary": "The dashboard page; without a valid cookie, a redirect to sign in.",
+                "security": [],
+                "parameters": [_COOKIE],
+                "responses": {
+                    "200": {"description": "The page.", "content": _HTML},
+                    "303": _REDIRECT,
+                    "503": _UNAVAILABLE,
+                },
+            }
+        },
+        "/login": {
+            "get": {
+                "operationId": "loginForm",
+                "summary": "The sign-in form.",
+                "security": [],
+                "responses": {"200": {"description": "The form.", "content": _HTML}},
+            },
+            "post": {
+                "operationId": "login",
+                "summary": "Sign in with a token: sets the cookie and redirects to the page.",
+                "security": [],
+                "requestBody": form,
+                "responses": {
+                    "303": _REDIRECT,
+                    "400": {"description": "A malformed form, on the form.", "content": _HTML},
+                    "401": {"description": "A token that does not work.", "content": _HTML},
+                    "403": _CROSS_SITE,
+                    "413": _TOO_LARGE,
+                },
+            },
+        },
+        "/logout": {
+            "post": {
+                "operationId": "logout",
+                "summary": "Sign out: clears the cookie.",
+                "security": [],
+                "responses": {"303": _REDIRECT, "403": _CROSS_SITE},
+            }
+        },
+    }
 
 
 def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
@@ -199,6 +273,7 @@ def build_openapi() -> dict[str, Any]:
             }
         },
     }
+    paths.update(_page_paths())
     return {
         "openapi": "3.1.0",
         "info": {

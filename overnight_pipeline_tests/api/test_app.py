@@ -23,7 +23,6 @@ from overnight_pipeline_tests.api.conftest import FAST, SECRET, bearer, token_fo
 from overnight_pipeline_tests.api.netfaults import closed_port
 
 ROOT = Path(__file__).resolve().parents[2]
-PAGE_ROUTES = {"/", "/login", "/logout"}
 
 
 def test_unknown_routes_and_methods_are_problems(client: TestClient) -> None:
@@ -60,13 +59,16 @@ def test_openapi_describes_every_json_route_and_its_errors(client: TestClient) -
     doc = client.get("/openapi.json").json()
     assert doc["openapi"].startswith("3.1")
     app_paths = {r.path for r in client.app.routes if isinstance(r, Route)}  # type: ignore[attr-defined]
-    assert set(doc["paths"]) == app_paths - PAGE_ROUTES
+    assert set(doc["paths"]) == app_paths
     for path, item in doc["paths"].items():
-        op = item["get"]
-        if op["security"]:
-            assert "401" in op["responses"], path
-            assert "application/problem+json" in op["responses"]["401"]["content"]
-        assert "200" in op["responses"], path
+        for method, op in item.items():
+            if op["security"]:
+                assert "401" in op["responses"], path
+                assert "application/problem+json" in op["responses"]["401"]["content"]
+            assert "200" in op["responses"] or "303" in op["responses"], (method, path)
+    assert set(doc["paths"]["/login"]) == {"get", "post"} and set(doc["paths"]["/logout"]) == {
+        "post"
+    }
     assert "403" in doc["paths"]["/api/jobs"]["get"]["responses"]
     schemas = doc["components"]["schemas"]
     assert {"DashboardResponse", "AuditResponse", "JobsResponse", "ProblemDetails"} <= set(schemas)
