@@ -17,11 +17,10 @@ import subprocess
 import sys
 import time
 import uuid
-import warnings
 from datetime import date
 
 import redis
-from dagster import BetaWarning, DagsterInstance
+from dagster import DagsterInstance
 
 from overnight_pipeline.defs import OVERNIGHT_JOB, build_definitions
 from overnight_pipeline.defs.partitions import partition_key
@@ -57,9 +56,7 @@ def run(users: int) -> dict[str, float]:
         subprocess.run([sys.executable, "-c", SEED, url, str(users), DAY.isoformat()], check=True)
         print(f"  seeded {users:,} NYSE users in {time.perf_counter() - started:.1f} s")
         settings = load_settings(database_url=url, redis_url=REDIS_URL, cache_prefix=prefix)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", BetaWarning)
-            defs = build_definitions(settings, env_vars=False)
+        defs = build_definitions(settings, env_vars=False)
         job = defs.resolve_job_def(OVERNIGHT_JOB)
         with DagsterInstance.ephemeral() as instance:
             started = time.perf_counter()
