@@ -1,41 +1,149 @@
-"""The `overnight load` file (SPEC §10): validated whole, every error listed by JSON path."""
+"""The `overnight load` file (SPEC §10): validated whole, every error listed by JSON path.
+
+Every value is checked against what its column holds (length, digits before and after the
+point, integer range) before anything is written, so a file the validator accepts never
+fails in the database.
+"""
 
 from __future__ import annotations
 
+import re
 import uuid
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+import orjson
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
-from overnight_pipeline.core.money import DecimalString
+from overnight_pipeline.core.money import is_currency
 from overnight_pipeline.core.scoring import Rule
 
-CURRENCY = r"^[A-Z]{3}$"
+# orjson's own limit; the file's real structure is five levels deep.
+MAX_DEPTH = 1024
+# Characters of a value shown in an error: a 1 MB string is not echoed back whole.
+SHOWN = 60
+INT32_MAX = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class Numeric:
+    """A NUMERIC(precision, scale) column: what it can hold without rounding or overflow."""
+
+    precision: int
+    scale: int
+
+
+# The columns of storage.models (core cannot import storage; a storage test keeps them equal).
+AMOUNT = Numeric(20, 4)
+PERCENT = Numeric(7, 4)
+QUANTITY = Numeric(28, 10)
+RULE_VALUE = Numeric(28, 10)
+TEXT_LENGTHS = {"market": 16, "symbol": 32, "asset_name": 200, "class_name": 100, "rule_id": 64}
+
+_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
+# PostgreSQL text cannot hold NUL; other control characters and lone surrogates (a JSON
+# "\ud800" escape) are never meant in a name and break encoders further on.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def check_numeric(value: Decimal, column: Numeric) -> Decimal:
+    """`value` if `column` holds it exactly; ValueError saying why not."""
+    if not value.is_finite():
+        raise ValueError("must be a finite number")
+    _, digits, exponent = value.as_tuple()
+    assert isinstance(exponent, int)
+    text = "".join(map(str, digits)).rstrip("0")
+    if not text:
+        return value  # zero, however written
+    places = max(0, -(exponent + len("".join(map(str, digits))) - len(text)))
+    if places > column.scale:
+        raise ValueError(
+            f"has {places} digits after the decimal point; at most {column.scale} are kept"
+        )
+    if value.adjusted() >= column.precision - column.scale:
+        raise ValueError(
+            f"is too large: at most {column.precision - column.scale} digits before the "
+            "decimal point"
+        )
+    return value
+
+
+def _decimal(column: Numeric) -> Callable[[Any], Decimal]:
+    def parse(value: Any) -> Decimal:
+        if isinstance(value, bool) or not isinstance(value, str | int | Decimal):
+            kind = "a JSON number" if isinstance(value, float) else type(value).__name__
+            raise ValueError(
+                f"must be a decimal string such as '3.10', not {kind}"
+                + (" (binary floats cannot hold cents exactly)" if isinstance(value, float) else "")
+            )
+        if isinstance(value, str):
+            if not _NUMBER.fullmatch(value):
+                raise ValueError("must be a decimal string such as '3.10'")
+            value = Decimal(value)
+        return check_numeric(Decimal(value), column)
+
+    return parse
+
+
+def _printable(value: str) -> str:
+    found = _UNPRINTABLE.search(value)
+    if found:
+        raise ValueError(
+            f"contains the control character U+{ord(found.group()):04X} at position {found.start()}"
+        )
+    return value
+
+
+def _currency(value: str) -> str:
+    if not is_currency(value):
+        raise ValueError("is not an ISO 4217 currency code (three capital letters, e.g. USD)")
+    return value
+
+
+Amount = Annotated[Decimal, BeforeValidator(_decimal(AMOUNT))]
+Percent = Annotated[Decimal, BeforeValidator(_decimal(PERCENT))]
+Quantity = Annotated[Decimal, BeforeValidator(_decimal(QUANTITY))]
+RuleValue = Annotated[Decimal, BeforeValidator(_decimal(RULE_VALUE))]
+CurrencyCode = Annotated[str, AfterValidator(_currency)]
+_Printable = AfterValidator(_printable)
+MarketCode = Annotated[str, Field(min_length=1, max_length=TEXT_LENGTHS["market"]), _Printable]
+Symbol = Annotated[str, Field(min_length=1, max_length=TEXT_LENGTHS["symbol"]), _Printable]
+AssetName = Annotated[str, Field(max_length=TEXT_LENGTHS["asset_name"]), _Printable]
+ClassName = Annotated[str, Field(min_length=1, max_length=TEXT_LENGTHS["class_name"]), _Printable]
+RuleId = Annotated[str, Field(min_length=1, max_length=TEXT_LENGTHS["rule_id"]), _Printable]
 
 
 class _Model(BaseModel):
+    # Strict: "active": "yes" or "maxAssets": "5" are errors, not guesses.
     model_config = ConfigDict(
-        frozen=True, extra="forbid", alias_generator=to_camel, populate_by_name=True
+        frozen=True, extra="forbid", alias_generator=to_camel, populate_by_name=True, strict=True
     )
 
 
 class AssetIn(_Model):
-    market: str = Field(min_length=1, max_length=16)
-    symbol: str = Field(min_length=1, max_length=32)
-    currency: str = Field(pattern=CURRENCY)
-    name: str | None = Field(default=None, max_length=200)
+    market: MarketCode
+    symbol: Symbol
+    currency: CurrencyCode
+    name: AssetName | None = None
 
 
 class AssetClassIn(_Model):
-    name: str = Field(min_length=1, max_length=100)
-    target_min: DecimalString = Field(ge=0, le=100)
-    target_max: DecimalString = Field(ge=0, le=100)
-    max_assets: int | None = Field(default=None, strict=True, gt=0)
-    min_allocation_value: DecimalString | None = Field(default=None, ge=0)
+    name: ClassName
+    target_min: Percent = Field(ge=0, le=100)
+    target_max: Percent = Field(ge=0, le=100)
+    max_assets: int | None = Field(default=None, gt=0, le=INT32_MAX)
+    min_allocation_value: Amount | None = Field(default=None, ge=0)
 
     @model_validator(mode="after")
     def _band(self) -> AssetClassIn:
@@ -45,30 +153,99 @@ class AssetClassIn(_Model):
 
 
 class HoldingIn(_Model):
-    market: str = Field(min_length=1, max_length=16)
-    symbol: str = Field(min_length=1, max_length=32)
-    quantity: DecimalString = Field(gt=0)
-    asset_class: str = Field(min_length=1, max_length=100)
+    market: MarketCode
+    symbol: Symbol
+    quantity: Quantity = Field(gt=0)
+    asset_class: ClassName
+
+
+class RuleIn(Rule):
+    """A criterion as the file gives it: `Rule` with the column limits of its operands."""
+
+    model_config = ConfigDict(strict=True)
+
+    id: RuleId
+    asset_class: ClassName
+    value: RuleValue | None = None
+    value2: RuleValue | None = None
+
+    def to_rule(self) -> Rule:
+        return Rule.model_construct(self.model_fields_set, **dict(self))
 
 
 class UserIn(_Model):
-    id: uuid.UUID
-    base_currency: str = Field(pattern=CURRENCY)
-    default_contribution: DecimalString | None = Field(default=None, ge=0)
+    id: uuid.UUID = Field(strict=False)  # a JSON string
+    base_currency: CurrencyCode
+    default_contribution: Amount | None = Field(default=None, ge=0)
     active: bool = True
     asset_classes: list[AssetClassIn] = Field(default_factory=list)
     holdings: list[HoldingIn] = Field(default_factory=list)
-    criteria: list[Rule] = Field(default_factory=list)
+    criteria: list[RuleIn] = Field(default_factory=list)
+
+    def rules(self) -> list[Rule]:
+        """The criteria as the plain `Rule`s the store compares and writes."""
+        return [r.to_rule() for r in self.criteria]
+
+
+_NOTHING: Any = object()  # a file-level error has no value to show
+
+
+def preview(value: Any, limit: int = SHOWN) -> str:
+    """`value` as an error shows it: JSON-like, about `limit` characters at most (a long
+    string keeps its first `limit` characters and says how long it was)."""
+    text = _render(value, limit, depth=0)
+    if isinstance(value, str) or len(text) <= limit + 2:
+        return text
+    return text[:limit] + "…"
+
+
+def _render(value: Any, limit: int, depth: int) -> str:
+    if isinstance(value, str):
+        shown = repr(value[:limit])
+        return (
+            shown
+            if len(value) <= limit
+            else f"{shown[:-1]}…{shown[-1]} ({len(value):,} characters)"
+        )
+    if isinstance(value, bool) or value is None:
+        return repr(value)
+    if isinstance(value, int):
+        # str() of a huge int is slow, and refused past 4,300 digits.
+        return (
+            str(value) if value.bit_length() < 128 else f"an integer of {value.bit_length()} bits"
+        )
+    if isinstance(value, Decimal | float):
+        return str(value)  # exponent form for huge values: never a million digits
+    if isinstance(value, Mapping | list):
+        if depth >= 2 or not value:
+            return (
+                f"{{… {len(value)} keys}}"
+                if isinstance(value, Mapping)
+                else f"[… {len(value)} items]"
+            )
+        if isinstance(value, Mapping):
+            parts = [
+                f"{_render(k, 20, depth + 1)}: {_render(v, 20, depth + 1)}"
+                for k, v in list(value.items())[:4]
+            ]
+            more = ", …" if len(value) > 4 else ""
+            return "{" + ", ".join(parts) + more + "}"
+        parts = [_render(v, 20, depth + 1) for v in value[:4]]
+        return "[" + ", ".join(parts) + (", …" if len(value) > 4 else "") + "]"
+    return f"<{type(value).__name__}>"
 
 
 @dataclass(frozen=True)
 class FileError:
     path: str
     message: str
-    value: Any
+    value: Any = _NOTHING
 
     def __str__(self) -> str:
-        return f"{self.path}: {self.message} (got {self.value!r})"
+        message = self.message if len(self.message) <= 300 else self.message[:300] + "…"
+        if self.value is _NOTHING:
+            return f"{self.path}: {message}"
+        return f"{self.path}: {message} (got {preview(self.value)})"
 
 
 class LoadFileError(ValueError):
@@ -87,10 +264,58 @@ class LoadFile:
     users: list[UserIn]
 
 
+_UTF16_32 = (
+    (b"\x00\x00\xfe\xff", "UTF-32"), (b"\xff\xfe\x00\x00", "UTF-32"),
+    (b"\xfe\xff", "UTF-16"), (b"\xff\xfe", "UTF-16"),
+)  # fmt: skip
+
+
+def _whole_file(message: str) -> LoadFileError:
+    return LoadFileError([FileError("$", message)])
+
+
+def decode_load_file(data: bytes) -> Any:
+    """The JSON in a load file's bytes: UTF-8 only (a UTF-8 byte-order mark is skipped);
+    any other encoding, invalid JSON or nesting past `MAX_DEPTH` raises `LoadFileError`."""
+    for mark, encoding in _UTF16_32:
+        if data.startswith(mark):
+            raise _whole_file(f"the file is {encoding} (it starts with a {encoding} byte-order"
+                              " mark); save it as UTF-8")  # fmt: skip
+    if b"\x00" in data[:4096]:
+        # JSON text never holds a raw NUL byte; UTF-16 and UTF-32 text is full of them.
+        raise _whole_file("the file holds NUL bytes: it looks UTF-16 or UTF-32 encoded; save it"
+                          " as UTF-8")  # fmt: skip
+    data = data.removeprefix(b"\xef\xbb\xbf")
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise _whole_file(f"not UTF-8: byte 0x{data[exc.start]:02x} at line {line} column"
+                          f" {column} (byte {exc.start}); save the file as UTF-8") from None  # fmt: skip
+    if not data.strip():
+        raise _whole_file("the file is empty")
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        where = f"line {exc.lineno} column {exc.colno}"
+        if "depth limit" in exc.msg or "recursion" in exc.msg.lower():
+            raise _whole_file(f"nested deeper than {MAX_DEPTH} levels at {where}") from None
+        raise _whole_file(f"not valid JSON at {where}: {exc.msg}") from None
+
+
+_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+
+
 def _json_path(prefix: str, loc: tuple[int | str, ...]) -> str:
     path = prefix
     for part in loc:
-        path += f"[{part}]" if isinstance(part, int) else f".{part}"
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif _KEY.fullmatch(part):
+            path += f".{part}"
+        else:
+            path += f"[{preview(part, 30)}]"  # an odd or huge key stays readable and short
     return path
 
 
@@ -98,17 +323,8 @@ def _pydantic_errors(prefix: str, exc: ValidationError) -> list[FileError]:
     return [
         FileError(_json_path(prefix, tuple(e["loc"])), e["msg"].removeprefix("Value error, "),
                   e.get("input"))
-        for e in exc.errors()
+        for e in exc.errors(include_url=False)
     ]  # fmt: skip
-
-
-def _find(raw: Any, *keys: int | str) -> Any:
-    for key in keys:
-        try:
-            raw = raw[key]
-        except (KeyError, IndexError, TypeError):
-            return None
-    return raw
 
 
 def parse_load_file(raw: Any, *, markets: Collection[str]) -> LoadFile:
@@ -116,8 +332,8 @@ def parse_load_file(raw: Any, *, markets: Collection[str]) -> LoadFile:
     errors: list[FileError] = []
     if not isinstance(raw, Mapping):
         raise LoadFileError([FileError("$", "must be an object with 'assets' and 'users'", raw)])
-    for key in sorted(set(raw) - {"assets", "users"}):
-        errors.append(FileError(f"$.{key}", "unknown field", raw[key]))
+    for key in sorted(set(raw) - {"assets", "users"}, key=str):
+        errors.append(FileError(_json_path("$", (key,)), "unknown field", raw[key]))
 
     assets: list[AssetIn] = []
     for i, item in enumerate(_list(raw, "assets", errors)):

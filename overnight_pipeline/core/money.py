@@ -8,20 +8,24 @@ from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any
 
+from iso4217 import Currency
 from pydantic import BeforeValidator, PlainSerializer
 
-# ISO 4217 currencies whose minor unit is not 2; every other code has cents.
-_MINOR_UNITS: dict[str, int] = {
-    "BIF": 0, "CLP": 0, "DJF": 0, "GNF": 0, "ISK": 0, "JPY": 0, "KMF": 0, "KRW": 0,
-    "PYG": 0, "RWF": 0, "UGX": 0, "UYI": 0, "VND": 0, "VUV": 0, "XAF": 0, "XOF": 0,
-    "XPF": 0, "BHD": 3, "IQD": 3, "JOD": 3, "KWD": 3, "LYD": 3, "OMR": 3, "TND": 3,
-}  # fmt: skip
+# ISO 4217 from the maintained `iso4217` package (the SIX list), not a hand-typed table.
+_CODES: frozenset[str] = frozenset(c.code for c in Currency)
+# Codes without a minor unit (XAU, XDR, XTS, XXX) count in hundredths, like most currencies.
+_MINOR_UNITS: dict[str, int] = {c.code: c.exponent for c in Currency if c.exponent is not None}
 
 QUOTE_BASE = "USD"
 
 
+def is_currency(code: str) -> bool:
+    """Whether `code` is an ISO 4217 currency code (upper case)."""
+    return code in _CODES
+
+
 def minor_unit(currency: str) -> int:
-    """Digits after the decimal point for `currency` (ISO 4217; 2 unless listed)."""
+    """Digits after the decimal point for `currency` (ISO 4217; 2 for an unknown code)."""
     return _MINOR_UNITS.get(currency.upper(), 2)
 
 

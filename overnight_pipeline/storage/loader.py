@@ -107,7 +107,7 @@ def load(conn: Connection, doc: LoadFile) -> LoadReport:
     for chunk in _chunks(stale):
         conn.execute(delete(asset_classes_table).where(asset_classes_table.c.id.in_(chunk)))
 
-    created = write_criteria_versions(conn, {u.id: u.criteria for u in doc.users}, now=now)
+    created = write_criteria_versions(conn, {u.id: u.rules() for u in doc.users}, now=now)
     return LoadReport(
         assets=len(doc.assets),
         users=len(doc.users),

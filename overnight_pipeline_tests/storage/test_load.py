@@ -2,18 +2,39 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import subprocess
+import sys
 import uuid
+from collections.abc import Iterator
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, select, text
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import Connection, Engine, inspect, select, text
 
 from overnight_pipeline.cli import main
-from overnight_pipeline.core.load_file import LoadFileError, parse_load_file
+from overnight_pipeline.core.load_file import (
+    AMOUNT,
+    PERCENT,
+    QUANTITY,
+    RULE_VALUE,
+    TEXT_LENGTHS,
+    LoadFileError,
+    Numeric,
+    decode_load_file,
+    parse_load_file,
+)
 from overnight_pipeline.core.markets import load_markets
+from overnight_pipeline.storage.db import make_engine, migrate
 from overnight_pipeline.storage.loader import active_criteria, load
 from overnight_pipeline.storage.models import Base, CriteriaVersion, Holding
+from overnight_pipeline_tests.conftest import create_pg_database, drop_pg_database
+
+OVERNIGHT = str(Path(sys.executable).with_name("overnight"))
 
 MARKETS = load_markets()
 USER = "6f1c0000-0000-4000-8000-000000000001"
@@ -184,3 +205,332 @@ def test_cli_load_reports_errors_and_exit_code(tmp_path, capsys, monkeypatch, sq
         assert "line 1 column 2" in capsys.readouterr().err
     finally:
         get_settings.cache_clear()
+
+
+# -- bad input of every kind (issue 13 §1) ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("where", "value", "path", "message"),
+    [
+        (("users", 0, "holdings", 0, "quantity"), "1e30", "$.users[0].holdings[0].quantity",
+         "at most 18 digits before the decimal point"),
+        (("users", 0, "defaultContribution"), "1e25", "$.users[0].defaultContribution",
+         "at most 16 digits before the decimal point"),
+        (("users", 0, "criteria", 0, "value"), "1e40", "$.users[0].criteria[0].value",
+         "at most 18 digits before the decimal point"),
+        (("users", 0, "assetClasses", 0, "maxAssets"), 10**12,
+         "$.users[0].assetClasses[0].maxAssets", "less than or equal to 2147483647"),
+        (("users", 0, "holdings", 0, "quantity"), "0.00000000001",
+         "$.users[0].holdings[0].quantity", "11 digits after the decimal point; at most 10"),
+        (("users", 0, "defaultContribution"), "10.12345", "$.users[0].defaultContribution",
+         "at most 4 are kept"),
+        (("assets", 0, "name"), "Coca\x00Cola", "$.assets[0].name", "control character U+0000"),
+        (("assets", 0, "symbol"), "K\ud800", "$.assets[0].symbol", "valid string"),
+        (("users", 0, "baseCurrency"), "ZZZ", "$.users[0].baseCurrency", "ISO 4217"),
+        (("assets", 0, "currency"), "QQQ", "$.assets[0].currency", "ISO 4217"),
+        (("users", 0, "active"), "yes", "$.users[0].active", "valid boolean"),
+        (("users", 0, "active"), 1, "$.users[0].active", "valid boolean"),
+        (("users", 0, "assetClasses", 0, "maxAssets"), "5",
+         "$.users[0].assetClasses[0].maxAssets", "valid integer"),
+        (("users", 0, "assetClasses", 0, "maxAssets"), True,
+         "$.users[0].assetClasses[0].maxAssets", "valid integer"),
+        (("users", 0, "criteria", 0, "points"), 10.0, "$.users[0].criteria[0].points",
+         "valid integer"),
+        (("users", 0, "criteria", 0, "value"), "1_000", "$.users[0].criteria[0].value",
+         "decimal string"),
+        (("users", 0, "holdings", 0, "quantity"), "١٢", "$.users[0].holdings[0].quantity",
+         "decimal string"),
+    ],
+)  # fmt: skip
+def test_values_the_columns_cannot_hold_are_refused_by_path_and_value(
+    where: tuple[Any, ...], value: Any, path: str, message: str
+) -> None:
+    bad = sample()
+    target: Any = bad
+    for key in where[:-1]:
+        target = target[key]
+    target[where[-1]] = value
+    with pytest.raises(LoadFileError) as info:
+        parse_load_file(bad, markets=MARKETS)
+    (error,) = info.value.errors
+    assert error.path == path
+    assert message in error.message
+    assert error.value == value
+
+
+def test_a_huge_value_is_shown_shortened() -> None:
+    bad = sample()
+    bad["users"][0]["defaultContribution"] = "9" * 1_000_000
+    bad["users"][0]["holdings"][0]["symbol"] = "S" * 1_000_000
+    with pytest.raises(LoadFileError) as info:
+        parse_load_file(bad, markets=MARKETS)
+    text = str(info.value)
+    assert len(text) < 1000
+    assert "$.users[0].defaultContribution" in text and "(1,000,000 characters)" in text
+    assert "$.users[0].holdings[0].symbol" in text
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (json.dumps(sample()).encode("utf-16"), "the file is UTF-16"),
+        (json.dumps(sample()).encode("utf-16-le"), "looks UTF-16 or UTF-32"),
+        (json.dumps(sample()).encode("utf-32"), "the file is UTF-32"),
+        (
+            b'{"assets": [], "users": [{"id": "\xff"}]}',
+            "not UTF-8: byte 0xff at line 1 column 34 (byte 33)",
+        ),
+        ('{"assets": "é"}'.encode("latin-1"), "not UTF-8: byte 0xe9"),
+        (b"[" * 100_000 + b"]" * 100_000, "nested deeper than 1024 levels"),
+        (b'{"assets": ' + b"[" * 5000 + b"]" * 5000 + b"}", "nested deeper than 1024 levels"),
+        (b"", "the file is empty"),
+        (b"{not json", "not valid JSON at line 1 column 2"),
+        (b'{"users": [], "assets": NaN}', "not valid JSON"),
+        (b'{"users": [{"id": "\\ud800"}]}', "not valid JSON"),
+    ],
+)
+def test_encodings_and_nesting_are_refused_with_a_clear_message(data: bytes, message: str) -> None:
+    with pytest.raises(LoadFileError) as info:
+        decode_load_file(data)
+    (error,) = info.value.errors
+    assert error.path == "$" and message in error.message
+
+
+def test_a_utf8_byte_order_mark_is_skipped() -> None:
+    assert decode_load_file(b"\xef\xbb\xbf" + json.dumps(sample()).encode()) == sample()
+
+
+def test_the_declared_limits_are_the_columns() -> None:
+    """core cannot import storage: its column limits are checked against the models here."""
+
+    def numeric(table: str, column: str) -> Numeric:
+        col = Base.metadata.tables[table].c[column].type
+        return Numeric(col.precision, col.scale)  # type: ignore[attr-defined]
+
+    assert numeric("users", "default_contribution") == AMOUNT
+    assert numeric("asset_classes", "min_allocation_value") == AMOUNT
+    assert numeric("asset_classes", "target_min") == PERCENT
+    assert numeric("asset_classes", "target_max") == PERCENT
+    assert numeric("holdings", "quantity") == QUANTITY
+    assert numeric("criteria_rules", "value") == RULE_VALUE
+    assert numeric("criteria_rules", "value2") == RULE_VALUE
+    lengths = {
+        "market": ("assets", "market"), "symbol": ("assets", "symbol"),
+        "asset_name": ("assets", "name"), "class_name": ("asset_classes", "name"),
+        "rule_id": ("criteria_rules", "rule_id"),
+    }  # fmt: skip
+    for key, (table, column) in lengths.items():
+        assert Base.metadata.tables[table].c[column].type.length == TEXT_LENGTHS[key]  # type: ignore[attr-defined]
+    assert (
+        Base.metadata.tables["criteria_rules"].c["asset_class"].type.length
+        == TEXT_LENGTHS["class_name"]
+    )  # type: ignore[attr-defined]
+
+
+# Values that are wrong for the field they land in, whatever the field.
+_hostile = st.one_of(
+    st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=False), st.text(max_size=30), st.just("1e40"), st.just("1e-30"),
+    st.just("ZZZ"), st.just("a\x00b"), st.lists(st.integers(), max_size=3),
+    st.dictionaries(st.text(max_size=5), st.integers(), max_size=2),
+)  # fmt: skip
+_FIELDS = [
+    ("assets", 0, "market"), ("assets", 0, "symbol"), ("assets", 0, "currency"),
+    ("assets", 0, "name"), ("users", 0, "id"), ("users", 0, "baseCurrency"),
+    ("users", 0, "defaultContribution"), ("users", 0, "active"),
+    ("users", 0, "assetClasses", 0, "targetMin"), ("users", 0, "assetClasses", 0, "maxAssets"),
+    ("users", 0, "assetClasses", 0, "minAllocationValue"),
+    ("users", 0, "holdings", 0, "quantity"), ("users", 0, "criteria", 0, "value"),
+    ("users", 0, "criteria", 0, "points"), ("users", 0, "criteria", 0, "operator"),
+]  # fmt: skip
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(changes=st.lists(st.tuples(st.sampled_from(_FIELDS), _hostile), min_size=1, max_size=4))
+def test_any_malformed_document_is_refused_by_path_or_loads_cleanly(
+    pg_engine: Engine, changes: list[tuple[tuple[Any, ...], Any]]
+) -> None:
+    """Whatever garbage lands in whichever fields: either a LoadFileError naming only paths
+    that exist, or a load the database accepts (never a database error)."""
+    doc = sample()
+    for where, value in changes:
+        target: Any = doc
+        for key in where[:-1]:
+            target = target[key]
+        target[where[-1]] = value
+    try:
+        parsed = parse_load_file(doc, markets=MARKETS)
+    except LoadFileError as exc:
+        assert exc.errors
+        for error in exc.errors:
+            assert error.path.startswith("$") and len(str(error)) < 700
+        return
+    with pg_engine.connect() as conn:
+        trans = conn.begin()
+        try:
+            load(conn, parsed)
+        except LoadFileError:
+            pass  # a holding of an asset nobody has: refused before any write
+        finally:
+            trans.rollback()
+
+
+# -- the real `overnight load` command: exit code, message, database unchanged ----------------
+
+
+def _overnight(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    full = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "MARKET"))}
+    full.update(env)
+    return subprocess.run([OVERNIGHT, *args], env=full, capture_output=True, text=True,
+                          timeout=120, check=False)  # fmt: skip
+
+
+def dump(url: str) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of every table, to compare a database before and after."""
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            names = sorted(inspect(conn).get_table_names())
+            return {n: sorted(map(tuple, conn.execute(text(f'SELECT * FROM "{n}"'))), key=repr)
+                    for n in names}  # fmt: skip
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def loaded_pg() -> Iterator[str]:
+    """A migrated PostgreSQL database holding the sample file, committed."""
+    url = create_pg_database("overnight_load")
+    migrate(url)
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        _load(conn, sample())
+    engine.dispose()
+    yield url
+    drop_pg_database(url)
+
+
+def _bad_files() -> dict[str, tuple[bytes, str]]:
+    def edited(where: tuple[Any, ...], value: Any) -> bytes:
+        doc: Any = sample()
+        target = doc
+        for key in where[:-1]:
+            target = target[key]
+        target[where[-1]] = value
+        return json.dumps(doc).encode()
+
+    return {
+        "utf16": (json.dumps(sample()).encode("utf-16"), "$: the file is UTF-16"),
+        "latin1": ('{"users": [{"id": "é"}]}'.encode("latin-1"), "$: not UTF-8: byte 0xe9"),
+        "deep": (b"[" * 50_000 + b"]" * 50_000, "$: nested deeper than 1024 levels"),
+        "quantity": (edited(("users", 0, "holdings", 0, "quantity"), "1e30"),
+                     "$.users[0].holdings[0].quantity: is too large"),
+        "tiny": (edited(("users", 0, "holdings", 0, "quantity"), "1e-11"),
+                 "$.users[0].holdings[0].quantity: has 11 digits after the decimal point"),
+        "nul": (edited(("assets", 0, "name"), "Coca\x00Cola"),
+                "$.assets[0].name: contains the control character U+0000"),
+        "currency": (edited(("users", 0, "baseCurrency"), "ZZZ"),
+                     "$.users[0].baseCurrency: is not an ISO 4217 currency code"),
+        "active": (edited(("users", 0, "active"), "yes"),
+                   "$.users[0].active: Input should be a valid boolean (got 'yes')"),
+        "huge": (edited(("users", 0, "assets"), "x" * 1_000_000), "(1,000,000 characters)"),
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", list(_bad_files()))
+def test_overnight_load_refuses_bad_files_exit_2_database_unchanged(
+    kind: str, tmp_path: Path, loaded_pg: str
+) -> None:
+    data, message = _bad_files()[kind]
+    path = tmp_path / "bad.json"
+    path.write_bytes(data)
+    before = dump(loaded_pg)
+    done = _overnight("load", str(path), env={"DATABASE_URL": loaded_pg})
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr
+    assert "nothing was written" in done.stderr
+    assert "Traceback" not in done.stderr and len(done.stderr) < 2000
+    assert dump(loaded_pg) == before
+
+
+def test_overnight_load_missing_file_or_directory_exit_2(tmp_path: Path, sqlite_url: str) -> None:
+    done = _overnight("load", str(tmp_path / "nope.json"), env={"DATABASE_URL": sqlite_url})
+    assert (done.returncode, done.stderr.strip()) == (
+        2,
+        f"error: {tmp_path / 'nope.json'}: no such file",
+    )
+    done = _overnight("load", str(tmp_path), env={"DATABASE_URL": sqlite_url})
+    assert (
+        done.returncode == 2 and "cannot read it" in done.stderr and "Traceback" not in done.stderr
+    )
+
+
+def test_overnight_load_on_sqlite_refuses_and_keeps_the_database(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    data, message = _bad_files()["quantity"]
+    path = tmp_path / "bad.json"
+    path.write_bytes(data)
+    before = dump(sqlite_url)
+    done = _overnight("load", str(path), env={"DATABASE_URL": sqlite_url})
+    assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
+    assert dump(sqlite_url) == before
+
+
+def test_a_database_error_mid_load_rolls_back_exit_3(tmp_path: Path, loaded_pg: str) -> None:
+    """A real failure after the users were upserted (a trigger refusing holdings): the whole
+    load is rolled back and reported in one line."""
+    engine = make_engine(loaded_pg)
+    with engine.begin() as conn:
+        conn.execute(text(
+            "CREATE FUNCTION drill_refuse() RETURNS trigger LANGUAGE plpgsql AS"
+            " $$ BEGIN RAISE EXCEPTION 'drill: holdings are read-only'; END $$;"
+            " CREATE TRIGGER drill BEFORE INSERT OR UPDATE ON holdings"
+            " FOR EACH ROW EXECUTE FUNCTION drill_refuse()"))  # fmt: skip
+    try:
+        edited = sample()
+        edited["users"][0]["defaultContribution"] = "2000"
+        edited["users"][0]["holdings"][0]["quantity"] = "11"
+        path = tmp_path / "ok.json"
+        path.write_text(json.dumps(edited))
+        before = dump(loaded_pg)
+        done = _overnight("load", str(path), env={"DATABASE_URL": loaded_pg})
+        assert done.returncode == 3, done.stderr
+        assert (
+            "drill: holdings are read-only" in done.stderr and "nothing was written" in done.stderr
+        )
+        assert "Traceback" not in done.stderr
+        assert dump(loaded_pg) == before
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text("DROP TRIGGER drill ON holdings; DROP FUNCTION drill_refuse()"))
+        engine.dispose()
+
+
+def test_an_unmigrated_database_is_a_database_error_exit_3(tmp_path: Path) -> None:
+    url = create_pg_database("overnight_empty")
+    try:
+        path = tmp_path / "ok.json"
+        path.write_text(json.dumps(sample()))
+        done = _overnight("load", str(path), env={"DATABASE_URL": url})
+        assert done.returncode == 3 and 'relation "assets" does not exist' in done.stderr
+        assert "Traceback" not in done.stderr
+        assert dump(url) == {}
+    finally:
+        drop_pg_database(url)
+
+
+def test_overnight_load_good_file_exit_0(tmp_path: Path, loaded_pg: str) -> None:
+    path = tmp_path / "ok.json"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(sample()).encode())
+    before = dump(loaded_pg)
+    done = _overnight("load", str(path), env={"DATABASE_URL": loaded_pg})
+    assert done.returncode == 0, done.stderr
+    assert "0 new criteria version(s)" in done.stdout
+    after = dump(loaded_pg)
+    assert {k: v for k, v in after.items() if k != "users"} == {
+        k: v for k, v in before.items() if k != "users"
+    }  # loading again only touches users.updated_at
