@@ -1,60 +1,201 @@
-"""The `overnight` command (SPEC §10)."""
+"""The `overnight` command (SPEC §10).
+
+Exit codes: 0 done; 1 a run finished with failures (`partial` or `failed`); 2 invalid input
+(a setting, an argument or a load file; nothing was done); 3 a service cannot be used (the
+database unreachable or failing: the transaction was rolled back).
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-from overnight_pipeline.settings import Settings, SettingsError, get_settings
+from overnight_pipeline.settings import Settings, SettingsError, get_settings, mask_url
+
+OK, FAILED, INVALID, SERVICE = 0, 1, 2, 3
+# A refused or unroutable service is reported within this many seconds, not after libpq's
+# default of waiting forever.
+CONNECT_TIMEOUT = 5
 
 
-def _engine(settings: Settings):
+class ServiceError(Exception):
+    """A service cannot be used; the message names the variable (exit code 3)."""
+
+
+class InvalidSetting(Exception):
+    """A setting's value is well formed but unusable, e.g. MARKETS_FILE (exit code 2)."""
+
+
+def _engine(settings: Settings) -> Any:
     from overnight_pipeline.storage.db import make_engine
 
-    return make_engine(settings.database_url)
+    connect_args = {} if settings.is_sqlite else {"connect_timeout": CONNECT_TIMEOUT}
+    return make_engine(settings.database_url, connect_args=connect_args)
+
+
+def _reason(exc: BaseException) -> str:
+    """The driver's reason for a failure, in a few words, without a URL or password."""
+    text = str(getattr(exc, "orig", None) or exc)
+    lowered = text.lower()
+    for needle, reason in (
+        ("connection refused", "connection refused"),
+        ("timeout expired", "timed out"),
+        ("timed out", "timed out"),
+        ("could not translate host name", "unknown host"),
+        ("name or service not known", "unknown host"),
+        ("password authentication failed", "password authentication failed"),
+        ("unable to open database file", "cannot open the SQLite file"),
+        ("no route to host", "no route to host"),
+    ):
+        if needle in lowered:
+            return reason
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    # psycopg: 'connection failed: connection to server at "h" (ip), port 5432 failed: FATAL:  x'
+    first = first.rsplit("failed: ", 1)[-1].removeprefix("FATAL:").strip()
+    return first[:200]
+
+
+def database_unreachable(url: str) -> str:
+    """The one line saying why DATABASE_URL cannot be connected to."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return f"DATABASE_URL: cannot open {parsed.database or ':memory:'}"
+    return f"DATABASE_URL: cannot connect to {parsed.host or 'localhost'}:{parsed.port or 5432}"
+
+
+def check_database(settings: Settings) -> None:
+    """Connect once; `ServiceError` naming DATABASE_URL, host, port and reason if it fails."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import SQLAlchemyError
+
+    engine = _engine(settings)
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except (SQLAlchemyError, OSError) as exc:
+        raise ServiceError(
+            f"{database_unreachable(settings.database_url)} ({_reason(exc)})"
+        ) from None
+    finally:
+        engine.dispose()
+
+
+def redis_problem(url: str) -> str | None:
+    """None when Redis at `url` answers PING, else the line saying why not."""
+    import redis
+
+    try:
+        client = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
+        try:
+            client.ping()
+        finally:
+            client.close()
+    except (redis.RedisError, OSError, ValueError) as exc:
+        where = url if url.startswith("unix:") else mask_url(url).split("://", 1)[-1].split("/")[0]
+        return f"REDIS_URL: cannot connect to {where.rsplit('@', 1)[-1]} ({_reason(exc)})"
+    return None
+
+
+def check_markets(settings: Settings) -> dict[str, Any]:
+    """The configured markets; `InvalidSetting` naming MARKETS_FILE if the file is unusable."""
+    from overnight_pipeline.core.markets import MarketsFileError, load_markets
+
+    try:
+        return dict(load_markets(settings.markets_file))
+    except MarketsFileError as exc:
+        raise InvalidSetting(f"MARKETS_FILE: {exc}") from None
+
+
+def check_market_data(settings: Settings) -> None:
+    from overnight_pipeline.providers.factory import MarketDataError, check_files_dir
+
+    if settings.market_data.startswith("files:"):
+        try:
+            check_files_dir(settings.market_data)
+        except MarketDataError as exc:
+            raise InvalidSetting(str(exc)) from None
+
+
+def check_dagster_database(settings: Settings) -> None:
+    if settings.dagster_pg_url is None:
+        return
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import SQLAlchemyError
+
+    engine = create_engine(
+        settings.dagster_pg_url, connect_args={"connect_timeout": CONNECT_TIMEOUT}
+    )
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except (SQLAlchemyError, OSError) as exc:
+        url = make_url(settings.dagster_pg_url)
+        raise ServiceError(f"DAGSTER_PG_URL: cannot connect to {url.host or 'localhost'}:"
+                           f"{url.port or 5432} ({_reason(exc)})") from None  # fmt: skip
+    finally:
+        engine.dispose()
 
 
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     from overnight_pipeline.storage.db import migrate
 
+    check_database(settings)
     migrate(settings.database_url, args.revision)
     print(f"database at {_safe_url(settings.database_url)} is at revision {args.revision}")
     return 0
 
 
 def cmd_load(args: argparse.Namespace, settings: Settings) -> int:
-    from overnight_pipeline.core.load_file import LoadFileError, parse_load_file
-    from overnight_pipeline.core.markets import load_markets
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from overnight_pipeline.core.load_file import LoadFileError, decode_load_file, parse_load_file
     from overnight_pipeline.storage.loader import load
 
     path = Path(args.file)
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        data = path.read_bytes()
     except FileNotFoundError:
         print(f"error: {path}: no such file", file=sys.stderr)
-        return 2
-    except json.JSONDecodeError as exc:
-        print(f"error: {path}: not valid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}",
-              file=sys.stderr)  # fmt: skip
-        return 2
+        return INVALID
+    except OSError as exc:
+        print(f"error: {path}: cannot read it ({exc.strerror or exc})", file=sys.stderr)
+        return INVALID
+    markets = check_markets(settings)
     try:
-        doc = parse_load_file(raw, markets=load_markets(settings.markets_file))
-        with _engine(settings).begin() as conn:
+        doc = parse_load_file(decode_load_file(data), markets=markets)
+    except LoadFileError as exc:
+        print(f"error: {path} rejected: {exc}", file=sys.stderr)
+        return INVALID
+    check_database(settings)
+    engine = _engine(settings)
+    try:
+        # One transaction: any error below rolls back everything this file wrote.
+        with engine.begin() as conn:
             report = load(conn, doc)
     except LoadFileError as exc:
         print(f"error: {path} rejected: {exc}", file=sys.stderr)
-        return 2
+        return INVALID
+    except SQLAlchemyError as exc:
+        print(f"error: {path}: the database refused the load, nothing was written: "
+              f"{_reason(exc)}", file=sys.stderr)  # fmt: skip
+        return SERVICE
+    finally:
+        engine.dispose()
     print(f"loaded {path}: {report.assets} assets, {report.users} users, {report.holdings} holdings,"
           f" {report.criteria_versions_created} new criteria version(s)")  # fmt: skip
-    return 0
+    return OK
 
 
 def cmd_seed(args: argparse.Namespace, settings: Settings) -> int:
     from overnight_pipeline.seed import seed
 
+    check_database(settings)
     started = time.perf_counter()
 
     def progress(done: int, total: int) -> None:
@@ -108,6 +249,10 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from dashboard_api.app import create_app
     from overnight_pipeline.telemetry import tracer_provider
 
+    check_database(settings)
+    problem = redis_problem(settings.redis_url)
+    if problem:
+        print(f"warning: {problem}: the dashboard answers from PostgreSQL", file=sys.stderr)
     # Request spans go wherever OTEL_* says (no-op when nothing exports).
     provider = tracer_provider(settings)
     # uvloop + httptools: about 3x the requests/s of the pure-Python loop and parser here.
@@ -127,51 +272,58 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from datetime import date
 
-    from overnight_pipeline.core.markets import load_markets
-    from overnight_pipeline.runner import redis_reachable, run_partition, table
-
-    markets = load_markets(settings.markets_file)
+    markets = check_markets(settings)
     if args.market not in markets:
         print(f"error: --market must be one of {', '.join(markets)} (got {args.market!r})",
               file=sys.stderr)  # fmt: skip
-        return 2
+        return INVALID
     try:
         day = date.fromisoformat(args.date)
     except ValueError:
         print(f"error: --date must be YYYY-MM-DD (got {args.date!r})", file=sys.stderr)
-        return 2
+        return INVALID
+    check_market_data(settings)
+    check_database(settings)
+    check_dagster_database(settings)
+    from overnight_pipeline.runner import run_partition, table
+
     with_cache = not args.skip_cache
-    if with_cache and not redis_reachable(settings.redis_url):
-        print(f"warning: Redis at {settings.redis_url} is unreachable: the cache step will fail"
-              " (use --skip-cache to leave it out)", file=sys.stderr)  # fmt: skip
+    problem = redis_problem(settings.redis_url) if with_cache else None
+    if problem:
+        print(f"warning: {problem}: the cache step will fail (use --skip-cache to leave it out)",
+              file=sys.stderr)  # fmt: skip
     summary = run_partition(settings, args.market, day, with_cache=with_cache)
     print(table([summary]))
-    return 0 if summary.success else 1
+    return OK if summary.success else FAILED
 
 
 def cmd_reexecute(args: argparse.Namespace, settings: Settings) -> int:
     from overnight_pipeline.runner import ReexecuteError, reexecute, table
 
+    check_database(settings)
+    check_dagster_database(settings)
     try:
         summary = reexecute(settings, args.run_id)
     except ReexecuteError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return INVALID
     print(f"re-executed {args.run_id} from failure as run {summary.run_id}")
     print(table([summary]))
-    return 0 if summary.success else 1
+    return OK if summary.success else FAILED
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    check_markets(settings)
+    check_market_data(settings)
+    check_database(settings)
+    check_dagster_database(settings)
     from overnight_pipeline.runner import demo
 
     return demo(settings, users=args.users)
 
 
 def _safe_url(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).render_as_string(hide_password=True)
+    return mask_url(url)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -221,13 +373,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from sqlalchemy.exc import SQLAlchemyError
+
     args = build_parser().parse_args(argv)
     try:
         settings = get_settings()
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return int(args.func(args, settings))
+        return INVALID
+    try:
+        return int(args.func(args, settings))
+    except InvalidSetting as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return INVALID
+    except ServiceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return SERVICE
+    except SQLAlchemyError as exc:
+        # Connected at start, failed later (server restarted, schema missing, ...).
+        print(f"error: database error: {_reason(exc)}", file=sys.stderr)
+        return SERVICE
 
 
 if __name__ == "__main__":

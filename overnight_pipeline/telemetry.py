@@ -10,6 +10,7 @@ launcher ran the steps. The exporter follows the standard variables: `OTEL_TRACE
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.trace import Status, StatusCode
 
-from overnight_pipeline.settings import Settings
+from overnight_pipeline.settings import OTLP_ALIASES, Settings
 
 SPAN_NAME = "overnight-scoring-job"
 TRACER_NAME = "overnight_pipeline"
@@ -32,9 +33,7 @@ JOB_ATTRIBUTES = (
     "fetch_rates_ms", "process_users_ms", "cache_warm_ms", "users_total", "users_success",
     "users_failed", "assets_scored", "recommendations_generated",
 )  # fmt: skip
-# `otlp` is registered by the opentelemetry-exporter-otlp meta package; the HTTP exporter we
-# ship registers `otlp_proto_http`.
-_ALIASES = {"otlp": ("otlp", "otlp_proto_http")}
+_log = logging.getLogger(__name__)
 
 _lock = threading.Lock()
 _providers: dict[tuple[str, ...], trace.TracerProvider] = {}
@@ -56,7 +55,7 @@ def exporter_names(settings: Settings) -> tuple[str, ...]:
 
 def _exporter(name: str) -> SpanExporter:
     found = {ep.name: ep for ep in entry_points(group="opentelemetry_traces_exporter")}
-    for candidate in _ALIASES.get(name, (name,)):
+    for candidate in OTLP_ALIASES.get(name, (name,)):
         if candidate in found:
             exporter: SpanExporter = found[candidate].load()()
             return exporter
@@ -67,20 +66,28 @@ def _exporter(name: str) -> SpanExporter:
 
 
 def tracer_provider(settings: Settings) -> trace.TracerProvider:
-    """One provider per process and exporter choice; a no-op one when nothing exports."""
+    """One provider per process and exporter choice; a no-op one when nothing exports, or
+    when the exporters cannot be built (a warning says why: telemetry never fails a run)."""
     names = exporter_names(settings)
     with _lock:
         if names not in _providers:
-            if not names:
-                _providers[names] = trace.NoOpTracerProvider()
-            else:
-                provider = TracerProvider(
-                    resource=Resource.create({SERVICE_NAME: settings.otel_service_name})
-                )
-                for name in names:
-                    provider.add_span_processor(BatchSpanProcessor(_exporter(name)))
-                _providers[names] = provider
+            _providers[names] = _build(names, settings)
         return _providers[names]
+
+
+def _build(names: tuple[str, ...], settings: Settings) -> trace.TracerProvider:
+    if not names:
+        return trace.NoOpTracerProvider()
+    try:
+        provider = TracerProvider(
+            resource=Resource.create({SERVICE_NAME: settings.otel_service_name})
+        )
+        for name in names:
+            provider.add_span_processor(BatchSpanProcessor(_exporter(name)))
+    except Exception as exc:
+        _log.warning("OpenTelemetry is off for this process: %s", exc)
+        return trace.NoOpTracerProvider()
+    return provider
 
 
 @dataclass(frozen=True)
@@ -118,7 +125,23 @@ def emit_run_span(
     error: str | None = None,
     steps: Sequence[StepSpan] = (),
 ) -> None:
-    """The `overnight-scoring-job` span with its child spans; status ERROR with `error`."""
+    """The `overnight-scoring-job` span with its child spans; status ERROR with `error`.
+    Never raises: a failing tracer or exporter is logged as a warning."""
+    try:
+        _emit(tracer, start=start, end=end, attributes=attributes, error=error, steps=steps)
+    except Exception as exc:
+        _log.warning("could not emit the %s span: %s", SPAN_NAME, exc)
+
+
+def _emit(
+    tracer: trace.Tracer,
+    *,
+    start: datetime,
+    end: datetime,
+    attributes: Mapping[str, Any],
+    error: str | None,
+    steps: Sequence[StepSpan],
+) -> None:
     span = tracer.start_span(SPAN_NAME, start_time=_ns(start), attributes=_attributes(attributes))
     parent = trace.set_span_in_context(span)
     for step in steps:

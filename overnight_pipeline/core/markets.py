@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
-from zoneinfo import ZoneInfo
+from zoneinfo import ZoneInfo, available_timezones
 
 import exchange_calendars as xcals
 import pandas as pd
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
+from overnight_pipeline.core.money import is_currency
 
 RUN_LEAD = timedelta(hours=2)
 
@@ -43,21 +47,89 @@ class UnknownMarketError(KeyError):
         super().__init__(f"unknown market {code!r}; configured: {', '.join(known)}")
 
 
+class MarketsFileError(ValueError):
+    """MARKETS_FILE cannot be used; the message names the file and every problem in it."""
+
+
+_CODE = re.compile(r"[A-Z0-9]{1,16}")  # the `market` columns are VARCHAR(16)
+
+
+class _MarketIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    code: str
+    calendar: str
+    timezone: str
+    currency: str
+
+    @field_validator("code")
+    @classmethod
+    def _code(cls, value: str) -> str:
+        if not _CODE.fullmatch(value):
+            raise ValueError("must be 1-16 capital letters or digits, like NYSE")
+        return value
+
+    @field_validator("calendar")
+    @classmethod
+    def _known_calendar(cls, value: str) -> str:
+        if value not in _calendar_names():
+            raise ValueError("is not an exchange-calendars calendar (e.g. XNYS)")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        if value not in available_timezones():
+            raise ValueError("is not an IANA time zone (e.g. America/New_York)")
+        return value
+
+    @field_validator("currency")
+    @classmethod
+    def _currency(cls, value: str) -> str:
+        if not is_currency(value):
+            raise ValueError("is not an ISO 4217 currency code (e.g. USD)")
+        return value
+
+
+@lru_cache(maxsize=1)
+def _calendar_names() -> frozenset[str]:
+    return frozenset(xcals.get_calendar_names(include_aliases=True))
+
+
 def load_markets(path: Path | None = None) -> dict[str, Market]:
     """The configured markets: the six defaults, or the list in a JSON file
-    (`[{"code", "calendar", "timezone", "currency"}]`)."""
+    (`[{"code", "calendar", "timezone", "currency"}]`); `MarketsFileError` lists what is wrong."""
     if path is None:
         return {m.code: m for m in DEFAULT_MARKETS}
-    raw = json.loads(Path(path).read_text())
-    markets = {}
+    try:
+        raw = json.loads(Path(path).read_bytes())
+    except OSError as exc:
+        raise MarketsFileError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    except (ValueError, RecursionError) as exc:
+        # JSONDecodeError and UnicodeDecodeError are both ValueErrors.
+        raise MarketsFileError(f"{path}: not a UTF-8 JSON file ({str(exc)[:200]})") from None
+    if not isinstance(raw, list) or not raw:
+        raise MarketsFileError(f"{path}: must be a non-empty JSON list of markets")
+    problems: list[str] = []
+    markets: dict[str, Market] = {}
     for index, item in enumerate(raw):
         try:
-            market = Market(item["code"], item["calendar"], item["timezone"], item["currency"])
-            ZoneInfo(market.timezone)
-            _calendar(market.calendar)
-        except Exception as exc:
-            raise ValueError(f"{path}: markets[{index}] is invalid: {exc}") from None
-        markets[market.code] = market
+            market = _MarketIn.model_validate(item)
+        except ValidationError as exc:
+            for err in exc.errors(include_url=False):
+                where = "".join(f".{p}" for p in err["loc"])
+                got = err.get("input")
+                shown = "" if isinstance(got, dict | list) else f" (got {str(got)[:60]!r})"
+                problems.append(
+                    f"[{index}]{where}: {err['msg'].removeprefix('Value error, ')}{shown}"
+                )
+            continue
+        if market.code in markets:
+            problems.append(f"[{index}].code: duplicate market {market.code!r}")
+        markets[market.code] = Market(market.code, market.calendar, market.timezone,
+                                      market.currency)  # fmt: skip
+    if problems:
+        raise MarketsFileError(f"{path}: " + "; ".join(problems))
     return markets
 
 

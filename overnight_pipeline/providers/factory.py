@@ -9,12 +9,43 @@ from sqlalchemy import Engine
 from overnight_pipeline.core.markets import load_markets
 from overnight_pipeline.providers.base import MarketDataProvider
 from overnight_pipeline.providers.fallback import FallbackProvider
-from overnight_pipeline.providers.files import FilesProvider
+from overnight_pipeline.providers.files import (
+    FUNDAMENTALS_FILE,
+    PRICES_FILE,
+    RATES_FILE,
+    FilesProvider,
+)
 from overnight_pipeline.providers.http import HttpProvider
 from overnight_pipeline.providers.resilience import HttpOptions
 from overnight_pipeline.providers.stored import StoredProvider
 from overnight_pipeline.providers.synthetic import SyntheticProvider
 from overnight_pipeline.settings import Settings
+
+
+class MarketDataError(ValueError):
+    """MARKET_DATA names a source that cannot be used; the message starts with the variable."""
+
+
+def check_files_dir(spec: str) -> Path:
+    """The directory of a `files:<dir>` MARKET_DATA value, refused unless it holds the three
+    CSV files (a run without them would only end `partial` with every price missing)."""
+    directory = Path(spec.removeprefix("files:"))
+    if not directory.is_dir():
+        what = "is not a directory" if directory.exists() else "no such directory"
+        raise MarketDataError(f"MARKET_DATA: {spec!r}: {what}")
+    problems = []
+    for name in (PRICES_FILE, FUNDAMENTALS_FILE, RATES_FILE):
+        path = directory / name
+        try:
+            with path.open("rb"):
+                pass
+        except FileNotFoundError:
+            problems.append(f"{name} is missing")
+        except OSError as exc:
+            problems.append(f"{name} cannot be read ({exc.strerror})")
+    if problems:
+        raise MarketDataError(f"MARKET_DATA: {spec!r}: " + ", ".join(problems))
+    return directory
 
 
 def build_provider(
@@ -24,7 +55,7 @@ def build_provider(
     if spec == "synthetic":
         return SyntheticProvider(load_markets(settings.markets_file))
     if spec.startswith("files:") and len(spec) > len("files:"):
-        return FilesProvider(Path(spec.removeprefix("files:")))
+        return FilesProvider(check_files_dir(spec))
     if spec == "http":
         if not settings.rates_url or not settings.prices_url:
             raise ValueError("MARKET_DATA=http needs RATES_URL and PRICES_URL")
@@ -35,7 +66,7 @@ def build_provider(
             batch_size=settings.provider_batch_size,
             options=options,
         )
-    raise ValueError(f"MARKET_DATA must be 'synthetic', 'http' or 'files:<dir>', got {spec!r}")
+    raise MarketDataError(f"MARKET_DATA must be 'synthetic', 'http' or 'files:<dir>', got {spec!r}")
 
 
 def provider_from_settings(
