@@ -235,8 +235,9 @@ def build_data(
         rows = []
         for n, user in enumerate(everyone):
             t = templates[n % len(templates)]
+            # Both documents name their owner (cache contract v2).
             recs = t.recs_json.decode().replace(str(t.user_id), str(user))
-            docs[user] = (recs, t.portfolio_json.decode())
+            docs[user] = (recs, t.portfolio_json.decode().replace(str(t.user_id), str(user)))
             rows.append(
                 (
                     user,
