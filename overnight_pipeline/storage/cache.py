@@ -7,6 +7,12 @@ three keys atomically inside Redis: an entry is written unless the stored versio
 A backfill of an older market date, even one generated later, therefore leaves a fresher
 entry alone, however the writers interleave.
 
+Redis is not trusted (SPEC §5). Readers check the whole entry (`validate_entry`) and treat a
+failure as a miss. Only a plausible stored version protects an entry from being overwritten:
+one that is not a version at all, is dated after what an honest clock allows, has lost its
+documents, or is exactly the entry a reader rejected (the refill passes its digest) is
+overwritten whatever it says; a valid newer entry written since the read still wins.
+
 The pipeline writes with the sync client (`write_entries`, pipelined: one round trip per
 chunk); the dashboard reads and refills with `redis.asyncio` (`read_entry`,
 `refill_entry`). Keys of one user are not hash-tagged (the names are a contract), so the
