@@ -30,6 +30,7 @@ from overnight_pipeline.settings import load_settings
 from overnight_pipeline.storage.db import make_engine, migrate
 from overnight_pipeline.storage.models import (
     calculation_events_table,
+    exchange_rates_table,
     overnight_job_runs_table,
     recommendations_table,
 )
@@ -109,6 +110,38 @@ def instance(dev: DagsterDev) -> Iterator[DagsterInstance]:
         yield instance
 
 
+JOB_KEYS = [f"{d}|{m}" for d in ("2026-11-16", "2026-11-17") for m in ("B3", "TSE")]
+REFUSED_KEYS = ["2026-11-18|B3", "2026-11-18|TSE"]
+ASSET_KEYS = ["2026-11-19|XETRA", "2026-11-20|XETRA"]
+
+
+@pytest.fixture(scope="module")
+def backfills(dev: DagsterDev) -> dict[str, str]:
+    """The three backfills of the tests below, launched together: the daemon's backfill loop
+    ticks every 30 s, so one after the other would cost minutes of waiting."""
+    job_target = {"selector": {"partitionSetName": "overnight_job_partition_set",
+                               "repositorySelector": repository_selector()}}  # fmt: skip
+    return {
+        # Jobs → overnight_job → Materialize → B3 and TSE × two dates → Launch backfill: the
+        # mutation LaunchAssetChoosePartitionsDialog sends for a job target.
+        "job": dev.launch_backfill({
+            **job_target, "assetSelection": asset_selection(), "partitionNames": JOB_KEYS,
+            "fromFailure": False, "tags": UI_TAGS}),
+        # The same with the launchpad's selected partition copied into the backfill's tags.
+        "refused": dev.launch_backfill({
+            **job_target, "assetSelection": asset_selection(), "partitionNames": REFUSED_KEYS,
+            "fromFailure": False,
+            "tags": [*UI_TAGS, {"key": "dagster/partition", "value": REFUSED_KEYS[0]},
+                     {"key": "dagster/partition/date", "value": "2026-11-18"},
+                     {"key": "dagster/partition/market", "value": "B3"}]}),
+        # Assets → the six → Materialize → two dates of XETRA → Launch backfill: an asset
+        # backfill, whose runs are `__ASSET_JOB` runs, not `overnight_job` runs.
+        "asset": dev.launch_backfill({
+            "assetSelection": asset_selection(), "partitionNames": ASSET_KEYS,
+            "fromFailure": False, "tags": UI_TAGS}),
+    }  # fmt: skip
+
+
 def runs_of_backfill(instance: DagsterInstance, backfill_id: str) -> list[Any]:
     return list(instance.get_run_records(RunsFilter(tags={"dagster/backfill": backfill_id})))
 
@@ -168,17 +201,9 @@ def events_of(engine: Engine, cids: list[uuid.UUID]) -> Counter[tuple[str, str]]
 
 
 def test_a_job_backfill_from_the_jobs_page_builds_exactly_the_requested_partitions(
-    dev: DagsterDev, instance: DagsterInstance, engine: Engine, app_db: str
+    dev: DagsterDev, instance: DagsterInstance, engine: Engine, backfills: dict[str, str]
 ) -> None:
-    # Jobs → overnight_job → Materialize → B3 and TSE × two dates → Launch backfill: the
-    # mutation LaunchAssetChoosePartitionsDialog sends for a job target.
-    keys = [f"{d}|{m}" for d in ("2026-11-16", "2026-11-17") for m in ("B3", "TSE")]
-    backfill_id = dev.launch_backfill({
-        "selector": {"partitionSetName": "overnight_job_partition_set",
-                     "repositorySelector": repository_selector()},
-        "assetSelection": asset_selection(), "partitionNames": keys, "fromFailure": False,
-        "tags": UI_TAGS,
-    })  # fmt: skip
+    keys, backfill_id = JOB_KEYS, backfills["job"]
     records = wait_finished(dev, instance, backfill_id, runs=4)
     assert dev.backfill_status(backfill_id) == "COMPLETED_SUCCESS"
     by_key = {r.dagster_run.tags["dagster/partition"]: r for r in records}
@@ -216,22 +241,11 @@ def test_a_job_backfill_from_the_jobs_page_builds_exactly_the_requested_partitio
 
 
 def test_partition_tags_added_at_a_backfills_launch_are_refused_before_any_write(
-    dev: DagsterDev, instance: DagsterInstance, engine: Engine
+    dev: DagsterDev, instance: DagsterInstance, engine: Engine, backfills: dict[str, str]
 ) -> None:
-    # The launchpad's selected partition copied into the backfill's tags: Dagster puts it
-    # on every run (it overrides each run's own partition). Every run must refuse, loudly.
-    keys = ["2026-11-18|B3", "2026-11-18|TSE"]
-    e = calculation_events_table.c
-    with engine.connect() as conn:
-        events_before = conn.scalar(select(func.count()).select_from(calculation_events_table))
-    backfill_id = dev.launch_backfill({
-        "selector": {"partitionSetName": "overnight_job_partition_set",
-                     "repositorySelector": repository_selector()},
-        "assetSelection": asset_selection(), "partitionNames": keys, "fromFailure": False,
-        "tags": [*UI_TAGS, {"key": "dagster/partition", "value": keys[0]},
-                 {"key": "dagster/partition/date", "value": "2026-11-18"},
-                 {"key": "dagster/partition/market", "value": "B3"}],
-    })  # fmt: skip
+    # Dagster puts a backfill's launch tags on every run (they override each run's own
+    # partition): every run must refuse, loudly, before writing anything.
+    backfill_id = backfills["refused"]
     records = wait_finished(dev, instance, backfill_id, runs=2)
     assert {r.dagster_run.status for r in records} == {DagsterRunStatus.FAILURE}
     assert dev.backfill_status(backfill_id) != "COMPLETED_SUCCESS"
@@ -242,22 +256,24 @@ def test_partition_tags_added_at_a_backfills_launch_are_refused_before_any_write
         assert [f.step_key for f in failures] == ["exchange_rates"]
         text = failures[0].step_failure_data.user_failure_data.description
         assert "launched with partition tags" in text and "dagster/partition/market" in text
+    cids = [
+        correlation_id_for(f"{r.dagster_run.run_id}:{k}") for r in records for k in REFUSED_KEYS
+    ]
+    assert not events_of(engine, cids)
+    x, rec = exchange_rates_table.c, recommendations_table.c
     with engine.connect() as conn:
-        assert conn.scalar(select(func.count()).select_from(calculation_events_table)) == (
-            events_before)  # fmt: skip
-        assert not conn.scalar(select(func.count()).where(e.created_at.is_(None)))
+        assert not conn.scalar(select(func.count()).where(x.rate_date == date(2026, 11, 18)))
+        assert not conn.scalar(select(func.count()).where(rec.market_date == date(2026, 11, 18)))
 
 
 def test_an_asset_backfill_from_the_asset_graph_is_recorded_per_partition(
-    dev: DagsterDev, instance: DagsterInstance, engine: Engine, app_db: str
+    dev: DagsterDev,
+    instance: DagsterInstance,
+    engine: Engine,
+    app_db: str,
+    backfills: dict[str, str],
 ) -> None:
-    # Assets → select the six → Materialize → two dates of XETRA → Launch backfill: an asset
-    # backfill, whose runs are `__ASSET_JOB` runs, not `overnight_job` runs.
-    keys = ["2026-11-19|XETRA", "2026-11-20|XETRA"]
-    backfill_id = dev.launch_backfill({
-        "assetSelection": asset_selection(), "partitionNames": keys, "fromFailure": False,
-        "tags": UI_TAGS,
-    })  # fmt: skip
+    keys, backfill_id = ASSET_KEYS, backfills["asset"]
     records = wait_finished(dev, instance, backfill_id, runs=2)
     assert {r.dagster_run.status for r in records} == {DagsterRunStatus.SUCCESS}
     by_key = {r.dagster_run.tags["dagster/partition"]: r for r in records}
