@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import redis
 import yaml
@@ -27,11 +28,9 @@ from dagster import (
     DagsterInstance,
     DagsterRunStatus,
     ReexecutionOptions,
+    build_reconstructable_job,
     execute_job,
 )
-from dagster._core.definitions.reconstruct import ReconstructableRepository
-from dagster._core.execution.execution_result import ExecutionResult
-from dagster._core.utils import make_new_run_id
 
 from overnight_pipeline.core.markets import load_markets
 from overnight_pipeline.defs import OVERNIGHT_JOB, build_definitions
@@ -140,7 +139,7 @@ def run_partition(
     dagster = dagster or instance()
     fail_dead_local_runs(settings, dagster)
     key = partition_key(market, day)
-    run_id = make_new_run_id()
+    run_id = str(uuid.uuid4())  # Dagster's run ids are uuid4 strings
     _record_started(settings, run_id, str(key))
     result = job.execute_in_process(
         instance=dagster,
@@ -158,8 +157,18 @@ def run_partition(
     return summary
 
 
+class _Result(Protocol):
+    """What `execute_in_process` and `execute_job` both return."""
+
+    @property
+    def success(self) -> bool: ...
+    @property
+    def all_events(self) -> Sequence[DagsterEvent]: ...
+    def get_asset_materialization_events(self) -> Sequence[DagsterEvent]: ...
+
+
 def _summary(
-    result: ExecutionResult, market: str, day: date, *, with_cache: bool = True
+    result: _Result, market: str, day: date, *, with_cache: bool = True
 ) -> PartitionSummary:
     """A partition's line of the summary table, from the run's events."""
     summary = PartitionSummary(market, day, result.success)
@@ -258,9 +267,8 @@ def reexecute(
     keys = [parent.tags[k] for k in ("dagster/partition",) if k in parent.tags]
     market, day = (keys[0].split("|")[1], date.fromisoformat(keys[0].split("|")[0])) if keys \
         else ("?", date.min)  # fmt: skip
-    job = ReconstructableRepository.for_module(
-        DEFINITIONS_MODULE, "defs", working_directory=os.getcwd()
-    ).get_reconstructable_job(parent.job_name)
+    job = build_reconstructable_job(DEFINITIONS_MODULE, "job_named", (parent.job_name,),
+                                    reconstructor_working_directory=os.getcwd())  # fmt: skip
     if parent.asset_selection is not None or parent.asset_check_selection is not None:
         # The UI's Materialize selects assets and their checks (the hourly cache check too):
         # the re-execution plans the same subset as its parent.
