@@ -72,16 +72,20 @@ def pipeline_db() -> Iterator[str]:
     drop_pg_database(url)
 
 
-@pytest.fixture
-def redis_prefix() -> Iterator[str]:
-    """A key prefix nobody else uses, refused if not empty, cleaned after the test."""
+def redis_namespace(tag: str = "test") -> Iterator[str]:
+    """A key prefix nobody else uses, refused if not empty, cleaned afterwards."""
     client = redis.Redis.from_url(REDIS_URL)
-    prefix = f"test-{uuid.uuid4().hex[:10]}:"
+    prefix = f"{tag}-{uuid.uuid4().hex[:10]}:"
     assert not list(client.scan_iter(f"{prefix}*", count=1000)), "namespace not empty"
     yield prefix
     for key in client.scan_iter(f"{prefix}*", count=1000):
         client.delete(key)
     client.close()
+
+
+@pytest.fixture
+def redis_prefix() -> Iterator[str]:
+    yield from redis_namespace()
 
 
 @pytest.fixture

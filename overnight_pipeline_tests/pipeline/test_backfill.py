@@ -10,11 +10,10 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from dagster import AssetKey, DagsterInstance, DagsterRunStatus, RunsFilter
@@ -29,6 +28,7 @@ from overnight_pipeline.storage.db import make_engine
 from overnight_pipeline.storage.models import overnight_job_runs_table
 from overnight_pipeline_tests.conftest import create_pg_database, drop_pg_database
 from overnight_pipeline_tests.pipeline.conftest import REDIS_URL
+from overnight_pipeline_tests.pipeline.dagster_dev import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -37,18 +37,6 @@ MARKETS = ("B3", "XETRA")
 KEYS = [f"{d.isoformat()}|{m}" for d in DAYS for m in MARKETS]
 ASSETS = ("exchange_rates", "asset_prices", "asset_fundamentals", "asset_scores",
           "recommendations", "recommendation_cache")  # fmt: skip
-T = TypeVar("T")
-
-
-def wait_for(what: str, probe: Callable[[], T | None], timeout: float, log: Path) -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = probe()
-        if found:
-            return found
-        time.sleep(1.0)
-    tail = log.read_text(errors="replace")[-4000:] if log.exists() else ""
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{tail}")
 
 
 @pytest.fixture

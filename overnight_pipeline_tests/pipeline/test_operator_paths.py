@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 from dagster import AssetKey, DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
 from sqlalchemy import Engine, func, select
 from starlette.testclient import TestClient
@@ -37,7 +36,7 @@ from overnight_pipeline.storage.models import (
 from overnight_pipeline.storage.overnight import correlation_id_for, partition_users
 from overnight_pipeline_tests.api.conftest import SECRET, bearer, token_for
 from overnight_pipeline_tests.conftest import create_pg_database, drop_pg_database
-from overnight_pipeline_tests.pipeline.conftest import REDIS_URL
+from overnight_pipeline_tests.pipeline.conftest import REDIS_URL, redis_namespace
 from overnight_pipeline_tests.pipeline.dagster_dev import (
     ASSETS,
     BIN,
@@ -78,13 +77,7 @@ def engine(app_db: str) -> Iterator[Engine]:
 
 @pytest.fixture(scope="module")
 def prefix() -> Iterator[str]:
-    client = redis.Redis.from_url(REDIS_URL)
-    prefix = f"test-ops-{uuid.uuid4().hex[:10]}:"
-    assert not list(client.scan_iter(f"{prefix}*", count=1000)), "namespace not empty"
-    yield prefix
-    for key in client.scan_iter(f"{prefix}*", count=1000):
-        client.delete(key)
-    client.close()
+    yield from redis_namespace("test-ops")
 
 
 @pytest.fixture(scope="module")
