@@ -17,6 +17,7 @@ import pytest
 from opentelemetry.trace import NoOpTracerProvider
 from sqlalchemy import text
 
+from overnight_pipeline import telemetry
 from overnight_pipeline.settings import load_settings
 from overnight_pipeline.storage.db import make_engine
 from overnight_pipeline.telemetry import emit_run_span, tracer_provider
@@ -175,6 +176,7 @@ def test_telemetry_that_cannot_export_never_changes_the_run(tmp_path: Path) -> N
 
 
 def test_tracer_provider_never_raises(monkeypatch: pytest.MonkeyPatch, caplog: Any) -> None:
+    monkeypatch.setattr(telemetry, "_providers", {})  # built here, not taken from another test
     monkeypatch.setenv("OTEL_TRACES_EXPORTER", "console")
     settings = load_settings(otel_service_name="tracer-never-raises")
     # Changed after the settings were read: the SDK itself refuses this combination.

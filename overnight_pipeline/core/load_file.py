@@ -52,9 +52,9 @@ RULE_VALUE = Numeric(28, 10)
 TEXT_LENGTHS = {"market": 16, "symbol": 32, "asset_name": 200, "class_name": 100, "rule_id": 64}
 
 _NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
-# PostgreSQL text cannot hold NUL; other control characters and lone surrogates (a JSON
-# "\ud800" escape) are never meant in a name and break encoders further on.
-_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+# PostgreSQL text cannot hold NUL; the other control characters (tab, newline and carriage
+# return aside, which COPY escapes) are never meant in a name and garble logs and terminals.
+_UNPRINTABLE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 
 def check_numeric(value: Decimal, column: Numeric) -> Decimal:

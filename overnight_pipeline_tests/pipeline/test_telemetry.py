@@ -137,6 +137,7 @@ def test_the_exporter_follows_the_otel_variables(monkeypatch: pytest.MonkeyPatch
         SettingsError, match="OTEL_TRACES_EXPORTER: names no installed span exporter 'zipkin'"
     ):
         load_settings()
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "console")
     monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
     assert exporter_names(load_settings()) == ()
 
