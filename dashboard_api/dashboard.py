@@ -48,6 +48,7 @@ from overnight_pipeline.core.payloads import (
 from overnight_pipeline.storage import queries
 from overnight_pipeline.storage.cache import (
     CacheEntry,
+    ValidatedEntries,
     evict_entry,
     read_entry,
     refill_entry,
@@ -168,6 +169,8 @@ class DashboardStore:
         self.db_timeout = db_timeout
         self.redis_timeout = redis_timeout
         self.rejected: Counter[str] = Counter()
+        # Entries this process validated in full, by their exact bytes (storage.cache).
+        self.validated = ValidatedEntries()
 
     async def load(self, principal: Principal) -> DashboardResult:
         cached, rejected = await self.from_cache(principal)
@@ -189,7 +192,9 @@ class DashboardStore:
         if entry is None:
             return None, None
         try:
-            valid = validate_entry(entry, principal.user_key, now=datetime.now(UTC))
+            valid = validate_entry(
+                entry, principal.user_key, now=datetime.now(UTC), memo=self.validated
+            )
         except InvalidDocument as exc:
             self.reject(principal.user_key, exc.reason)
             return None, entry.digest

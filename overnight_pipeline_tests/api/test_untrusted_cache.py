@@ -24,7 +24,9 @@ from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
 from dashboard_api.auth import COOKIE_NAME
+from overnight_pipeline.core.payloads import InvalidDocument
 from overnight_pipeline.storage.cache import (
+    ValidatedEntries,
     entry_version,
     get_entry,
     portfolio_key,
@@ -361,3 +363,103 @@ def test_a_user_without_results_gets_the_bad_entry_evicted(
     assert response.status_code == 200
     assert response.json()["data"]["recommendations"] == []
     assert get_entry(sync_redis, nobody.user_id, prefix=redis_prefix) is None
+
+
+# The memo of validated entries (storage.cache.ValidatedEntries) -------------------------
+
+
+def memo_of(client: TestClient) -> ValidatedEntries:
+    memo: ValidatedEntries = client.app_state["services"].dashboard.validated
+    return memo
+
+
+@pytest.mark.parametrize(
+    ("original", "tampered"),
+    [
+        (b'"baseCurrency":"USD"', b'"baseCurrency":"USX"'),  # not ISO 4217
+        (b'"schemaVersion":2', b'"schemaVersion":3'),
+        (b'"amount":"', b'"amount":"-'),  # a negative amount
+        (b'"recommendations":[{', b'"recommendations":[['),  # not JSON any more
+    ],
+)
+def test_an_entry_tampered_by_one_character_after_it_was_validated_is_rejected_and_healed(
+    original: bytes,
+    tampered: bytes,
+    client: TestClient,
+    victim: Planner,
+    cache: Callable[..., None],
+    sync_redis: redis.Redis,
+    redis_prefix: str,
+) -> None:
+    cache(victim)
+    headers = bearer(token_for(victim.user_id))
+    for _ in range(2):  # validated in full, then served from the memo
+        assert client.get("/api/dashboard", headers=headers).json()["data"]["fromCache"] is True
+    assert len(memo_of(client)) == 1
+    key = recs_key(victim.user_id, redis_prefix)
+    stored = sync_redis.get(key)
+    assert isinstance(stored, bytes) and stored.count(original) >= 1
+    changed = stored.replace(original, tampered, 1)
+    assert len(changed) - len(stored) == len(tampered) - len(original) <= 1
+    sync_redis.set(key, changed, keepttl=True)
+    rejected_before = client.app_state["services"].dashboard.rejected.total()
+
+    response = client.get("/api/dashboard", headers=headers)
+    assert response.status_code == 200 and response.json()["data"]["fromCache"] is False
+    assert client.app_state["services"].dashboard.rejected.total() == rejected_before + 1
+    assert_healed(sync_redis, redis_prefix, victim)
+    healed = client.get("/api/dashboard", headers=headers)
+    assert healed.json()["data"]["fromCache"] is True
+    assert healed.json()["data"]["recommendations"] == response.json()["data"]["recommendations"]
+
+
+def test_the_memo_never_serves_one_users_validated_entry_to_another(
+    client: TestClient,
+    new_user: Callable[..., Planner],
+    cache: Callable[..., None],
+    sync_redis: redis.Redis,
+    redis_prefix: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    alice, bob = new_user(seed=1), new_user(seed=2)
+    cache(alice)
+    as_alice, as_bob = bearer(token_for(alice.user_id)), bearer(token_for(bob.user_id))
+    first = client.get("/api/dashboard", headers=as_alice).json()["data"]
+    assert first["fromCache"] is True
+    assert len(memo_of(client)) == 1
+    # Alice's exact bytes, already validated by this process, under Bob's keys.
+    theirs = [sync_redis.get(k(alice.user_id, redis_prefix))
+              for k in (recs_key, portfolio_key, version_key)]  # fmt: skip
+    plant(sync_redis, redis_prefix, bob.user_id, tuple(v for v in theirs if isinstance(v, bytes)))
+
+    with caplog.at_level(logging.WARNING, logger="dashboard_api"):
+        served = client.get("/api/dashboard", headers=as_bob).json()["data"]
+    assert served["fromCache"] is False
+    bob_recs = orjson.loads(bob.recs_json)
+    assert served["recommendations"] == bob_recs["recommendations"]
+    assert served["recommendations"] != first["recommendations"]
+    assert any("userId is another user's" in r.getMessage() for r in caplog.records)
+    assert_healed(sync_redis, redis_prefix, bob)
+    # Alice still gets hers from the cache, and Bob now his own.
+    assert client.get("/api/dashboard", headers=as_alice).json()["data"] == first
+    again = client.get("/api/dashboard", headers=as_bob).json()["data"]
+    assert again["fromCache"] is True and again["recommendations"] == bob_recs["recommendations"]
+
+
+def test_a_remembered_entry_is_still_refused_when_its_version_is_in_the_future(
+    client: TestClient, victim: Planner, cache: Callable[..., None], sync_redis: redis.Redis,
+    redis_prefix: str,
+) -> None:  # fmt: skip
+    cache(victim)
+    headers = bearer(token_for(victim.user_id))
+    assert client.get("/api/dashboard", headers=headers).json()["data"]["fromCache"] is True
+    found = get_entry(sync_redis, victim.user_id, prefix=redis_prefix)
+    assert found is not None
+    memo = memo_of(client)
+    assert memo.get(found) is not None
+    # The clock is checked on every use: the same bytes seen from a day earlier are refused.
+    earlier = victim.generated_at - timedelta(days=1)
+    with pytest.raises(InvalidDocument, match="future"):
+        validate_entry(found, str(victim.user_id), now=earlier, memo=memo)
+    valid = validate_entry(found, str(victim.user_id), now=datetime.now(UTC), memo=memo)
+    assert valid.recs["userId"] == str(victim.user_id)

@@ -7,7 +7,9 @@ not empty, and deletes its keys afterwards; nothing here flushes the shared serv
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
+import tracemalloc
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
@@ -21,9 +23,14 @@ import redis.asyncio as aioredis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from overnight_pipeline.core.payloads import InvalidDocument
 from overnight_pipeline.storage.cache import (
+    MEMO_BYTES_PER_RAW_BYTE,
+    MEMO_ENTRY_OVERHEAD,
     VERSION_LENGTH,
+    CachedEntry,
     CacheEntry,
+    ValidatedEntries,
     entry_version,
     get_entry,
     portfolio_key,
@@ -31,9 +38,11 @@ from overnight_pipeline.storage.cache import (
     recs_key,
     refill_entry,
     remaining_ttl,
+    validate_entry,
     version_key,
     write_entries,
 )
+from overnight_pipeline_tests.api.factories import planner
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 T0 = datetime(2026, 11, 30, 9, 30, tzinfo=UTC)
@@ -382,3 +391,78 @@ def test_a_rejected_entry_with_nothing_young_enough_to_cache_is_evicted_unless_c
     assert not _refill(day_old, prefix, now, replacing=seen.digest)
     assert get_entry(client, user, prefix=prefix) is None
     assert client.exists(recs_key(user, prefix), version_key(user, prefix)) == 0
+
+
+# The memo of validated entries -----------------------------------------------------------
+
+
+def _validated_entries(count: int) -> list[tuple[str, CachedEntry]]:
+    now = datetime.now(UTC)
+    out = []
+    for seed in range(count):
+        p = planner(uuid.uuid4(), generated_at=now - timedelta(hours=1), seed=seed)
+        version = entry_version(p.market_date, p.generated_at)
+        sidecar = f"{version}|20000.0000".encode()
+        out.append((str(p.user_id), CachedEntry(p.recs_json, p.portfolio_json, version,
+                                                "20000.0000", sidecar)))  # fmt: skip
+    return out
+
+
+def _cost(entry: CachedEntry) -> int:
+    raw = len(entry.recs_json) + len(entry.portfolio_json) + len(entry.sidecar)
+    return raw * MEMO_BYTES_PER_RAW_BYTE + MEMO_ENTRY_OVERHEAD
+
+
+def test_the_memo_of_validated_entries_stays_within_its_bound_and_keeps_the_recent_ones() -> None:
+    entries = _validated_entries(40)
+    bound = 10 * _cost(entries[0][1])
+    memo = ValidatedEntries(bound)
+    now = datetime.now(UTC)
+    for user, e in entries:
+        validate_entry(e, user, now=now, memo=memo)
+        assert memo.size <= bound
+    assert 8 <= len(memo) <= 10
+    assert all(memo.get(e) is None for _, e in entries[:30])
+    assert all(memo.get(e) is not None for _, e in entries[-8:])
+    # Too large for one entry: validated on every read, never held.
+    small = ValidatedEntries(bound, max_entry_bytes=1_000)
+    validate_entry(entries[0][1], entries[0][0], now=now, memo=small)
+    assert len(small) == 0 and small.size == 0
+
+
+def test_the_memo_holds_only_what_passed_and_only_these_exact_bytes() -> None:
+    (user, good), (other, _) = _validated_entries(2)
+    memo = ValidatedEntries()
+    now = datetime.now(UTC)
+    bad = CachedEntry(good.recs_json.replace(b'"USD"', b'"USX"', 1), good.portfolio_json,
+                      good.version, "20000.0000", good.sidecar)  # fmt: skip
+    with pytest.raises(InvalidDocument):
+        validate_entry(bad, user, now=now, memo=memo)
+    assert len(memo) == 0
+    validate_entry(good, user, now=now, memo=memo)
+    assert memo.get(good) is not None and memo.get(bad) is None
+    # Another user asking with the same bytes fails the owner check, memo or not.
+    with pytest.raises(InvalidDocument, match="another user's"):
+        validate_entry(good, other, now=now, memo=memo)
+
+
+def test_the_memos_estimate_covers_what_its_entries_really_take() -> None:
+    entries = _validated_entries(200)
+    memo = ValidatedEntries()
+    now = datetime.now(UTC)
+    copies = [(u, CachedEntry(bytes(bytearray(e.recs_json)), bytes(bytearray(e.portfolio_json)),
+                              e.version, e.total_investable, bytes(bytearray(e.sidecar))))
+              for u, e in entries]  # fmt: skip
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for u, e in copies:
+            validate_entry(e, u, now=now, memo=memo)
+        del copies, e
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(memo) == 200
+    assert held <= memo.size, f"{held:,} B really held against {memo.size:,} B estimated"
