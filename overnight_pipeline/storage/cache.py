@@ -34,6 +34,7 @@ script needs a single Redis, not a cluster.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import uuid
@@ -464,8 +465,8 @@ async def refill_entry(
         if replacing is not None:
             await evict_entry(client, entry.user_id, replacing, prefix=prefix)
         return False
-    script = client.register_script(_WRITE_UNLESS_NEWER)
-    result = await script(keys=keys, args=_args(entry, ttl, not_after(now), replacing))
+    latest = _latest(now or datetime.now(UTC))
+    result = await _evalsha(client, _WRITE_UNLESS_NEWER, keys, _args(entry, ttl, latest, replacing))
     return int(result) == 1
 
 
@@ -473,6 +474,20 @@ async def evict_entry(
     client: aioredis.Redis, user_id: uuid.UUID | str, replacing: str, *, prefix: str = ""
 ) -> bool:
     """Delete the entry a reader rejected (digest `replacing`) unless it changed since."""
-    script = client.register_script(_DELETE_IF_SAME)
-    result = await script(keys=_keys(user_id, prefix), args=[replacing])
+    result = await _evalsha(client, _DELETE_IF_SAME, _keys(user_id, prefix), [replacing])
     return int(result) == 1
+
+
+@functools.cache
+def _sha(script: str) -> str:
+    return hashlib.sha1(script.encode(), usedforsecurity=False).hexdigest()
+
+
+async def _evalsha(client: aioredis.Redis, script: str, keys: list[str], args: list[Any]) -> Any:
+    """What redis-py's `register_script(...)(...)` does, without building the script object
+    and its SHA-1 on every call (with `not_after`, ≈ 5 µs of a ≈ 650 µs cache miss)."""
+    try:
+        return await client.evalsha(_sha(script), len(keys), *keys, *args)
+    except NoScriptError:
+        await client.script_load(script)
+        return await client.evalsha(_sha(script), len(keys), *keys, *args)

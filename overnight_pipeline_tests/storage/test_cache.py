@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import hashlib
 import threading
 import tracemalloc
 import uuid
@@ -31,6 +32,7 @@ from overnight_pipeline.storage.cache import (
     CachedEntry,
     CacheEntry,
     ValidatedEntries,
+    _evalsha,
     entry_version,
     get_entry,
     portfolio_key,
@@ -466,3 +468,20 @@ def test_the_memos_estimate_covers_what_its_entries_really_take() -> None:
         tracemalloc.stop()
     assert len(memo) == 200
     assert held <= memo.size, f"{held:,} B really held against {memo.size:,} B estimated"
+
+
+def test_a_script_missing_from_redis_is_loaded_and_run(client: redis.Redis) -> None:
+    # A script no Redis has seen, as after SCRIPT FLUSH or a restart (nothing is flushed here).
+    script = f"-- {uuid.uuid4()}\nreturn ARGV[1] .. KEYS[1]"
+    sha = hashlib.sha1(script.encode(), usedforsecurity=False).hexdigest()
+    assert client.script_exists(sha) == [False]
+
+    async def run() -> Any:
+        aclient = aioredis.Redis.from_url(REDIS_URL)
+        try:
+            return await _evalsha(aclient, script, ["k"], ["v"])
+        finally:
+            await aclient.aclose()
+
+    assert asyncio.run(run()) == b"vk"
+    assert client.script_exists(sha) == [True]
