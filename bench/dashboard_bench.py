@@ -292,6 +292,13 @@ def build_data(
     return hits, misses
 
 
+def steal_ticks() -> tuple[int, int]:
+    """(steal, total) CPU ticks of the whole machine so far: time the hypervisor gave this
+    machine's vCPUs to someone else (a slower machine with no busier processes shows here)."""
+    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return fields[7], sum(fields)
+
+
 def machine_ticks() -> tuple[int, int]:
     """(busy, total) CPU ticks of the whole machine so far (Linux /proc/stat; steal is busy)."""
     fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
@@ -413,7 +420,7 @@ def main() -> None:
     from overnight_pipeline.storage.db import make_engine, migrate
 
     wrk = ensure_wrk()
-    load_before = os.getloadavg()
+    load_before, steal_before = os.getloadavg(), steal_ticks()
     name = f"overnight_bench_{uuid.uuid4().hex[:8]}"
     prefix = f"bench:dashboard:{uuid.uuid4().hex[:8]}:"
     admin = make_engine(args.admin_url, isolation_level="AUTOCOMMIT")
@@ -589,7 +596,9 @@ def main() -> None:
         ]
         for label, ok in checks:
             print(f"  {'MET   ' if ok else 'MISSED'} {label}")
-        load_after = os.getloadavg()
+        load_after, steal_after = os.getloadavg(), steal_ticks()
+        stolen = (steal_after[0] - steal_before[0]) / max(steal_after[1] - steal_before[1], 1)
+        print(f"CPU steal during the bench: {stolen:.1%} of the machine's CPU time")
         print(
             f"load average (1/5/15 min) before: {' '.join(f'{x:.2f}' for x in load_before)}, "
             f"after: {' '.join(f'{x:.2f}' for x in load_after)}; 'CPUs busy' counts every "
