@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -27,8 +27,10 @@ def test_batched_reads_match_the_one_user_query(pg_url: str, pg_engine: Engine) 
     for n, user in enumerate(users[:30]):
         rows.append(planner(user, generated_at=now - timedelta(hours=n % 5 + 1), seed=n))
         if n % 3 == 0:  # a backfill: an older market date, generated later
-            rows.append(planner(user, generated_at=now, market_date=date.today()
-                                - timedelta(days=n % 4 + 1), seed=n + 100))  # fmt: skip
+            # Older than every row above, whose dates are up to 5 h back (yesterday's after
+            # midnight UTC).
+            rows.append(planner(user, generated_at=now, market_date=now.date()
+                                - timedelta(days=n % 4 + 2), seed=n + 100))  # fmt: skip
     with pg_engine.begin() as conn:
         insert_users(conn, users)
         persist(conn, rows)
