@@ -131,12 +131,6 @@ def make_dagster_home(path: Path) -> tuple[PgDagsterHome, str]:
     return PgDagsterHome(path, pg), url
 
 
-@dataclass
-class DevServer:
-    home: PgDagsterHome
-    db_url: str
-
-
 def start_dagster_dev(home: PgDagsterHome, env: dict[str, str], log: Path) -> Iterator[DagsterDev]:
     """`dagster dev` on `home` until the generator is closed; SIGINT stops it (DAGSTER_NOTES)."""
     port = free_port()
