@@ -117,44 +117,100 @@ def batches(
             picks += [str(a) for a in rng.choice(pool, n2, replace=False)] if n2 else []
             hs = []
             for a in picks:
-                h = HoldingInput(a, symbol[a], names[rng.integers(k)],
-                                 quantities[rng.integers(len(quantities))], currency[a],
-                                 price[a] if rng.random() > 0.01 else None, as_of)  # fmt: skip
+                h = HoldingInput(
+                    a,
+                    symbol[a],
+                    names[rng.integers(k)],
+                    quantities[rng.integers(len(quantities))],
+                    currency[a],
+                    price[a] if rng.random() > 0.01 else None,
+                    as_of,
+                )
                 hs.append(h)
                 rows.append((uid, *h))
             rs = []
             for pos in range(int(rng.integers(5, 16))):
                 metric = METRICS[rng.integers(len(METRICS))]
                 op, v, v2 = THRESHOLDS[metric][rng.integers(len(THRESHOLDS[metric]))]
-                r = Rule(id=f"r{pos + 1}", asset_class=names[rng.integers(k)], metric=metric,
-                         operator=op, value=v or None, value2=v2,
-                         points=int(POINTS[rng.integers(len(POINTS))]))  # fmt: skip
+                r = Rule(
+                    id=f"r{pos + 1}",
+                    asset_class=names[rng.integers(k)],
+                    metric=metric,
+                    operator=op,
+                    value=v or None,
+                    value2=v2,
+                    points=int(POINTS[rng.integers(len(POINTS))]),
+                )
                 rs.append(r)
-                rules.append((uid, r.id, r.asset_class, r.metric, r.operator, r.value,
-                              r.value2, r.points))  # fmt: skip
+                rules.append(
+                    (uid, r.id, r.asset_class, r.metric, r.operator, r.value, r.value2, r.points)
+                )
             objects.append((uid, base, contribution, specs, hs, rs))
 
         def frame(data, columns):
             return pd.DataFrame(data, columns=columns, dtype=object)
 
-        yield Batch(
-            users=frame(users, ["user_id", "base_currency", "contribution", "criteria_version"]),
-            classes=frame(classes, ["user_id", "name", "target_min", "target_max",
-                                    "max_assets", "min_allocation_value"]),
-            holdings=frame(rows, ["user_id", "asset_id", "symbol", "asset_class", "quantity",
-                                  "currency", "price", "price_as_of"]),
-            rules=frame(rules, ["user_id", "id", "asset_class", "metric", "operator", "value",
-                                "value2", "points"]),
-            fundamentals=fundamentals,
-        ), objects  # fmt: skip
+        yield (
+            Batch(
+                users=frame(
+                    users, ["user_id", "base_currency", "contribution", "criteria_version"]
+                ),
+                classes=frame(
+                    classes,
+                    [
+                        "user_id",
+                        "name",
+                        "target_min",
+                        "target_max",
+                        "max_assets",
+                        "min_allocation_value",
+                    ],
+                ),
+                holdings=frame(
+                    rows,
+                    [
+                        "user_id",
+                        "asset_id",
+                        "symbol",
+                        "asset_class",
+                        "quantity",
+                        "currency",
+                        "price",
+                        "price_as_of",
+                    ],
+                ),
+                rules=frame(
+                    rules,
+                    [
+                        "user_id",
+                        "id",
+                        "asset_class",
+                        "metric",
+                        "operator",
+                        "value",
+                        "value2",
+                        "points",
+                    ],
+                ),
+                fundamentals=fundamentals,
+            ),
+            objects,
+        )
 
 
 def loop_one_user(objects, fundamentals: dict, fx: FxRates) -> int:
     done = 0
     for _uid, base, contribution, specs, hs, rs in objects:
         scores = score_holdings([(h.asset_id, h.asset_class) for h in hs], rs, fundamentals)
-        recommend(base_currency=base, contribution=contribution, classes=specs, holdings=hs,
-                  scores=scores, fx=fx, criteria_version=1)  # fmt: skip
+        recommend(
+            base_currency=base,
+            contribution=contribution,
+            classes=specs,
+            holdings=hs,
+            scores=scores,
+            fx=fx,
+            criteria_version=1,
+        )
         done += 1
     return done
 
@@ -179,9 +235,13 @@ def floor_pass(batch: Batch, results: dict, fx: FxRates) -> np.ndarray:
     rows = np.flatnonzero(np.array([p is not None for p in price]))
     uid = h["user_id"].to_numpy(dtype=object)[rows]
     cls = h["asset_class"].to_numpy(dtype=object)[rows]
-    rate = np.array([fx.rate(c, base[u]) for c, u in
-                     zip(h["currency"].to_numpy(dtype=object)[rows], uid, strict=True)],
-                    dtype=object)  # fmt: skip
+    rate = np.array(
+        [
+            fx.rate(c, base[u])
+            for c, u in zip(h["currency"].to_numpy(dtype=object)[rows], uid, strict=True)
+        ],
+        dtype=object,
+    )
     times = np.flatnonzero([r != 1 for r in rate])
     group, keys = pd.factorize(pd.Series([f"{u}\x1f{c}" for u, c in zip(uid, cls, strict=True)]))
     order = np.argsort(group, kind="stable")
@@ -189,9 +249,13 @@ def floor_pass(batch: Batch, results: dict, fx: FxRates) -> np.ndarray:
     g_user = [k.split("\x1f")[0] for k in keys]
     u_codes, u_keys = pd.factorize(pd.Series(g_user))
     u_heads = np.flatnonzero(np.r_[True, u_codes[1:] != u_codes[:-1]])
-    spec = {(u, n): (lo, hi) for u, n, lo, hi in
-            zip(*(batch.classes[c] for c in ("user_id", "name", "target_min", "target_max")),
-                strict=True)}  # fmt: skip
+    spec = {
+        (u, n): (lo, hi)
+        for u, n, lo, hi in zip(
+            *(batch.classes[c] for c in ("user_id", "name", "target_min", "target_max")),
+            strict=True,
+        )
+    }
     lo_hi = [spec.get(tuple(k.split("\x1f")), (Decimal(0), Decimal(100))) for k in keys]
     t_mid = np.array([(lo + hi) / 2 for lo, hi in lo_hi], dtype=object)
     t_max = np.array([hi for _, hi in lo_hi], dtype=object)
@@ -215,11 +279,17 @@ def floor_pass(batch: Batch, results: dict, fx: FxRates) -> np.ndarray:
     classed = time.perf_counter()
     for out in outputs:
         _user_recommendations(
-            out.base_currency, out.contribution, out.total_value,
+            out.base_currency,
+            out.contribution,
+            out.total_value,
             tuple([tuple.__new__(RecommendedAsset, r) for r in out.recommendations]),
-            out.unallocated, tuple([tuple.__new__(ClassResult, c) for c in out.classes]),
-            out.prices_as_of, out.rates_as_of, out.criteria_version, out.missing_prices,
-        )  # fmt: skip
+            out.unallocated,
+            tuple([tuple.__new__(ClassResult, c) for c in out.classes]),
+            out.prices_as_of,
+            out.rates_as_of,
+            out.criteria_version,
+            out.missing_prices,
+        )
     ended = time.perf_counter()
     assert len(mid) == len(hi) == len(gap) == len(keys)
     return np.array([valued - started, classed - valued, ended - classed])
@@ -237,8 +307,10 @@ def main() -> None:
 
     data = market_data()
     fundamentals, fx = data[0], data[5]
-    fund_dicts = {a: dict(zip(METRICS, row, strict=True))
-                  for a, row in zip(fundamentals.index, fundamentals.exact, strict=False)}  # fmt: skip
+    fund_dicts = {
+        a: dict(zip(METRICS, row, strict=True))
+        for a, row in zip(fundamentals.index, fundamentals.exact, strict=False)
+    }
     batch_s = loop_s = 0.0
     floor_s = np.zeros(3)
     looped = users = holdings = recs = failed = 0
@@ -260,21 +332,27 @@ def main() -> None:
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     per_batch = batch_s / users * 1e6
     per_loop = loop_s / max(looped, 1) * 1e6
-    print(f"batch path: {users:,} users, {holdings:,} holdings in batches of {args.batch:,}:"
-          f" {batch_s:.1f} s ({users / batch_s:,.0f} users/s, {per_batch:.0f} us/user),"
-          f" {recs:,} recommendations, {failed} failed users; {len(one_by_one):,} users"
-          f" ({len(one_by_one) / max(users, 1):.2%}) through allocate() one by one")  # fmt: skip
-    print(f"one-user loop: {looped:,} users: {loop_s:.1f} s ({per_loop:.0f} us/user;"
-          f" {per_loop * users / 1e6:.0f} s extrapolated to {users:,})")  # fmt: skip
+    print(
+        f"batch path: {users:,} users, {holdings:,} holdings in batches of {args.batch:,}:"
+        f" {batch_s:.1f} s ({users / batch_s:,.0f} users/s, {per_batch:.0f} us/user),"
+        f" {recs:,} recommendations, {failed} failed users; {len(one_by_one):,} users"
+        f" ({len(one_by_one) / max(users, 1):.2%}) through allocate() one by one"
+    )
+    print(
+        f"one-user loop: {looped:,} users: {loop_s:.1f} s ({per_loop:.0f} us/user;"
+        f" {per_loop * users / 1e6:.0f} s extrapolated to {users:,})"
+    )
     print(f"speed-up: {per_loop / per_batch:.1f}x; peak RSS {peak_mb:,.0f} MB (one core)")
     if args.floor:
         parts = floor_s / users * 1e6
         per_floor = parts.sum()
-        print(f"exact-work floor: {per_floor:.1f} us/user = values and sums {parts[0]:.1f}"
-              f" + class arithmetic {parts[1]:.1f} + output objects {parts[2]:.1f}"
-              f" ({per_floor / per_batch:.0%} of the"
-              f" batch path); no exact batch path can beat {per_loop / per_floor:.1f}x the"
-              f" one-user loop here (20x needs {per_loop / 20:.1f} us/user)")  # fmt: skip
+        print(
+            f"exact-work floor: {per_floor:.1f} us/user = values and sums {parts[0]:.1f}"
+            f" + class arithmetic {parts[1]:.1f} + output objects {parts[2]:.1f}"
+            f" ({per_floor / per_batch:.0%} of the"
+            f" batch path); no exact batch path can beat {per_loop / per_floor:.1f}x the"
+            f" one-user loop here (20x needs {per_loop / 20:.1f} us/user)"
+        )
 
 
 if __name__ == "__main__":

@@ -338,8 +338,18 @@ def validation_cost(n: int = 20_000) -> dict[str, float]:
     for seed in range(200):
         p = planner(uuid.uuid4(), generated_at=now - timedelta(hours=1), seed=seed)
         version = entry_version(p.market_date, p.generated_at)
-        pool.append((str(p.user_id), CachedEntry(p.recs_json, p.portfolio_json, version,
-                                                 "20000.0000", f"{version}|20000.0000".encode())))  # fmt: skip
+        pool.append(
+            (
+                str(p.user_id),
+                CachedEntry(
+                    p.recs_json,
+                    p.portfolio_json,
+                    version,
+                    "20000.0000",
+                    f"{version}|20000.0000".encode(),
+                ),
+            )
+        )
     user, entry = pool[0]
     validate_entry(entry, user, now=now)
 
@@ -357,9 +367,19 @@ def validation_cost(n: int = 20_000) -> dict[str, float]:
         best = float("inf")
         for _ in range(5):
             reads = [pool[i % len(pool)] for i in range(n // 5)]
-            reads = [(u, CachedEntry(bytes(bytearray(e.recs_json)), bytes(bytearray(
-                e.portfolio_json)), e.version, e.total_investable, bytes(bytearray(e.sidecar))))
-                for u, e in reads]  # fmt: skip
+            reads = [
+                (
+                    u,
+                    CachedEntry(
+                        bytes(bytearray(e.recs_json)),
+                        bytes(bytearray(e.portfolio_json)),
+                        e.version,
+                        e.total_investable,
+                        bytes(bytearray(e.sidecar)),
+                    ),
+                )
+                for u, e in reads
+            ]
             t = time.perf_counter()
             for u, e in reads:
                 validate_entry(e, u, now=datetime.now(UTC), memo=memo)
@@ -393,9 +413,10 @@ def main() -> None:
     parser.add_argument("--miss-users", type=int, default=100_000)
     parser.add_argument("--admin-url", default="postgresql+psycopg://root@127.0.0.1:5432/postgres")
     parser.add_argument(
-        "--validation-only", action="store_true",
+        "--validation-only",
+        action="store_true",
         help="only time the reader's gate per cache hit (no servers, no database)",
-    )  # fmt: skip
+    )
     parser.add_argument("--serve-bare", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--prefix", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -491,9 +512,17 @@ def main() -> None:
             busy_after, total_after = machine_ticks()
             busy = (busy_after - ticks[0]) / max(total_after - ticks[1], 1) * (os.cpu_count() or 1)
             return Result(
-                r.name, r.connections, r.requests, r.errors, r.rps, r.p50_ms, r.p99_ms, cpu_us,
-                wrk_us, busy,
-            )  # fmt: skip
+                r.name,
+                r.connections,
+                r.requests,
+                r.errors,
+                r.rps,
+                r.p50_ms,
+                r.p99_ms,
+                cpu_us,
+                wrk_us,
+                busy,
+            )
 
         cases = {
             "bare Redis GET endpoint": (bare_port, "/bare"),

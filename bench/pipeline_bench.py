@@ -30,8 +30,14 @@ from overnight_pipeline_tests.conftest import create_pg_database, drop_pg_databa
 
 DAY = date(2026, 11, 27)
 REDIS_URL = "redis://127.0.0.1:6379/0"
-ASSETS = ("exchange_rates", "asset_prices", "asset_fundamentals", "asset_scores",
-          "recommendations", "recommendation_cache")  # fmt: skip
+ASSETS = (
+    "exchange_rates",
+    "asset_prices",
+    "asset_fundamentals",
+    "asset_scores",
+    "recommendations",
+    "recommendation_cache",
+)
 
 SEED = """
 import sys
@@ -61,9 +67,10 @@ def run(users: int) -> dict[str, float]:
         with DagsterInstance.ephemeral() as instance:
             started = time.perf_counter()
             result = job.execute_in_process(
-                instance=instance, partition_key=partition_key("NYSE", DAY),
+                instance=instance,
+                partition_key=partition_key("NYSE", DAY),
                 run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
-            )  # fmt: skip
+            )
             wall = time.perf_counter() - started
         assert result.success, "the benchmark run failed"
         meta = {
@@ -98,13 +105,18 @@ def main() -> None:
         figures = run(users)
         rows.append((users, figures))
         steps = ", ".join(f"{name} {figures[name]:.2f}" for name in ASSETS)
-        print(f"  through Dagster: {figures['processed']:,.0f} active users in {figures['wall']:.1f} s"
-              f" ({figures['processed'] / figures['wall']:,.0f} users/s); per asset (s): {steps}; peak RSS {figures['peak_rss_mb']:,.0f} MB")  # fmt: skip
+        print(
+            f"  through Dagster: {figures['processed']:,.0f} active users in {figures['wall']:.1f} s"
+            f" ({figures['processed'] / figures['wall']:,.0f} users/s); per asset (s): {steps}; peak RSS {figures['peak_rss_mb']:,.0f} MB"
+        )
     print("\n| users | wall s | users/s | " + " | ".join(ASSETS) + " | peak RSS MB |")
     print("| ---: " * (len(ASSETS) + 4) + "|")
     for _users, f in rows:
-        print(f"| {f['processed']:,.0f} | {f['wall']:.1f} | {f['processed'] / f['wall']:,.0f} | "
-              + " | ".join(f"{f[a]:.2f}" for a in ASSETS) + f" | {f['peak_rss_mb']:,.0f} |")  # fmt: skip
+        print(
+            f"| {f['processed']:,.0f} | {f['wall']:.1f} | {f['processed'] / f['wall']:,.0f} | "
+            + " | ".join(f"{f[a]:.2f}" for a in ASSETS)
+            + f" | {f['peak_rss_mb']:,.0f} |"
+        )
 
 
 if __name__ == "__main__":

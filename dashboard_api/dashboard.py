@@ -218,8 +218,10 @@ class DashboardStore:
         self.rejected[kind] += 1
         log.warning(
             "cache entry rejected: user=%s reason=%r rejected_total=%d; serving from PostgreSQL",
-            user_key, reason, self.rejected.total(),
-        )  # fmt: skip
+            user_key,
+            reason,
+            self.rejected.total(),
+        )
 
     async def from_database(
         self, principal: Principal, *, replacing: str | None = None
@@ -238,8 +240,13 @@ class DashboardStore:
         try:
             recs, portfolio, recs_json, portfolio_json = _checked_row(row, principal.user_key)
         except (InvalidDocument, orjson.JSONDecodeError) as exc:
-            log.error("stored recommendations of %s are unreadable (%s; this server reads "
-                      "schema version %d)", principal.user_key, exc, SCHEMA_VERSION)  # fmt: skip
+            log.error(
+                "stored recommendations of %s are unreadable (%s; this server reads "
+                "schema version %d)",
+                principal.user_key,
+                exc,
+                SCHEMA_VERSION,
+            )
             raise Problem(
                 503, "stored recommendations are in a format this server cannot read"
             ) from None

@@ -100,8 +100,11 @@ async def page(request: Request) -> Response:
         recs, portfolio = _validated(result)
     except ValidationError as exc:
         # The gate let through what the models refuse: a bug, but never a 500 for the reader.
-        log.error("cached documents of %s passed the gate but not the models: %s",
-                  principal.user_key, exc.errors(include_url=False, include_input=False)[:1])  # fmt: skip
+        log.error(
+            "cached documents of %s passed the gate but not the models: %s",
+            principal.user_key,
+            exc.errors(include_url=False, include_input=False)[:1],
+        )
         result = await store.from_database(principal)
         try:
             recs, portfolio = _validated(result)

@@ -136,8 +136,10 @@ def check_dagster_database(settings: Settings) -> None:
             conn.execute(text("SELECT 1"))
     except (SQLAlchemyError, OSError) as exc:
         url = make_url(settings.dagster_pg_url)
-        raise ServiceError(f"DAGSTER_PG_URL: cannot connect to {url.host or 'localhost'}:"
-                           f"{url.port or 5432} ({_reason(exc)})") from None  # fmt: skip
+        raise ServiceError(
+            f"DAGSTER_PG_URL: cannot connect to {url.host or 'localhost'}:"
+            f"{url.port or 5432} ({_reason(exc)})"
+        ) from None
     finally:
         engine.dispose()
 
@@ -182,13 +184,17 @@ def cmd_load(args: argparse.Namespace, settings: Settings) -> int:
         print(f"error: {path} rejected: {exc}", file=sys.stderr)
         return INVALID
     except SQLAlchemyError as exc:
-        print(f"error: {path}: the database refused the load, nothing was written: "
-              f"{_reason(exc)}", file=sys.stderr)  # fmt: skip
+        print(
+            f"error: {path}: the database refused the load, nothing was written: {_reason(exc)}",
+            file=sys.stderr,
+        )
         return SERVICE
     finally:
         engine.dispose()
-    print(f"loaded {path}: {report.assets} assets, {report.users} users, {report.holdings} holdings,"
-          f" {report.criteria_versions_created} new criteria version(s)")  # fmt: skip
+    print(
+        f"loaded {path}: {report.assets} assets, {report.users} users, {report.holdings} holdings,"
+        f" {report.criteria_versions_created} new criteria version(s)"
+    )
     return OK
 
 
@@ -210,9 +216,11 @@ def cmd_seed(args: argparse.Namespace, settings: Settings) -> int:
     with _engine(settings).begin() as conn:
         report = seed(conn, users=args.users, seed=args.seed, progress=progress)
     elapsed = time.perf_counter() - started
-    print(f"seeded {report.users:,} users, {report.holdings:,} holdings, {report.asset_classes:,}"
-          f" asset classes, {report.criteria_rules:,} criteria rules over {report.assets:,} assets"
-          f" in {elapsed:.1f} s")  # fmt: skip
+    print(
+        f"seeded {report.users:,} users, {report.holdings:,} holdings, {report.asset_classes:,}"
+        f" asset classes, {report.criteria_rules:,} criteria rules over {report.assets:,} assets"
+        f" in {elapsed:.1f} s"
+    )
     return 0
 
 
@@ -274,8 +282,10 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
     markets = check_markets(settings)
     if args.market not in markets:
-        print(f"error: --market must be one of {', '.join(markets)} (got {args.market!r})",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"error: --market must be one of {', '.join(markets)} (got {args.market!r})",
+            file=sys.stderr,
+        )
         return INVALID
     try:
         day = date.fromisoformat(args.date)
@@ -290,8 +300,10 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     with_cache = not args.skip_cache
     problem = redis_problem(settings.redis_url) if with_cache else None
     if problem:
-        print(f"warning: {problem}: the cache step will fail (use --skip-cache to leave it out)",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"warning: {problem}: the cache step will fail (use --skip-cache to leave it out)",
+            file=sys.stderr,
+        )
     summary = run_partition(settings, args.market, day, with_cache=with_cache)
     print(table([summary]))
     return OK if summary.success else FAILED
@@ -361,8 +373,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-cache", action="store_true", help="leave out the Redis step")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("reexecute", help="re-execute a failed run from failure, in this process "
-                       "(DAGSTER_HOME's instance)")  # fmt: skip
+    p = sub.add_parser(
+        "reexecute",
+        help="re-execute a failed run from failure, in this process (DAGSTER_HOME's instance)",
+    )
     p.add_argument("run_id", metavar="RUN_ID")
     p.set_defaults(func=cmd_reexecute)
 

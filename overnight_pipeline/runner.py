@@ -212,11 +212,17 @@ def _record_started(settings: Settings, run_id: str, key: str) -> None:
     engine = make_engine(settings.database_url)
     try:
         with engine.begin() as conn:
-            job_runs.record_started(conn, job_runs.JobRun(
-                run_id=run_id, correlation_id=correlation_id_for(f"{run_id}:{key}"),
-                started_at=datetime.now(UTC), market=market, market_date=day,
-                metrics={"dagster_run_id": run_id, "root_run_id": run_id, "partitions": [key]},
-            ))  # fmt: skip
+            job_runs.record_started(
+                conn,
+                job_runs.JobRun(
+                    run_id=run_id,
+                    correlation_id=correlation_id_for(f"{run_id}:{key}"),
+                    started_at=datetime.now(UTC),
+                    market=market,
+                    market_date=day,
+                    metrics={"dagster_run_id": run_id, "root_run_id": run_id, "partitions": [key]},
+                ),
+            )
     finally:
         engine.dispose()
 
@@ -258,28 +264,44 @@ def reexecute(
     fail_dead_local_runs(settings, dagster)
     parent = dagster.get_run_by_id(run_id)
     if parent is None:
-        raise ReexecuteError(f"no run {run_id} in the Dagster instance"
-                             f" ({os.environ.get('DAGSTER_HOME') or LOCAL_HOME})")  # fmt: skip
+        raise ReexecuteError(
+            f"no run {run_id} in the Dagster instance"
+            f" ({os.environ.get('DAGSTER_HOME') or LOCAL_HOME})"
+        )
     if parent.status not in REEXECUTABLE:
         hint = " (still running? its worker is alive)" if not parent.is_finished else ""
-        raise ReexecuteError(f"run {run_id} is {parent.status.value}{hint}: only a failed or "
-                             "canceled run is re-executed from failure")  # fmt: skip
+        raise ReexecuteError(
+            f"run {run_id} is {parent.status.value}{hint}: only a failed or "
+            "canceled run is re-executed from failure"
+        )
     keys = [parent.tags[k] for k in ("dagster/partition",) if k in parent.tags]
-    market, day = (keys[0].split("|")[1], date.fromisoformat(keys[0].split("|")[0])) if keys \
-        else ("?", date.min)  # fmt: skip
-    job = build_reconstructable_job(DEFINITIONS_MODULE, "job_named", (parent.job_name,),
-                                    reconstructor_working_directory=os.getcwd())  # fmt: skip
+    market, day = (
+        (keys[0].split("|")[1], date.fromisoformat(keys[0].split("|")[0]))
+        if keys
+        else ("?", date.min)
+    )
+    job = build_reconstructable_job(
+        DEFINITIONS_MODULE,
+        "job_named",
+        (parent.job_name,),
+        reconstructor_working_directory=os.getcwd(),
+    )
     if parent.asset_selection is not None or parent.asset_check_selection is not None:
         # The UI's Materialize selects assets and their checks (the hourly cache check too):
         # the re-execution plans the same subset as its parent.
-        job = job.get_subset(asset_selection=parent.asset_selection,
-                             asset_check_selection=parent.asset_check_selection)  # fmt: skip
+        job = job.get_subset(
+            asset_selection=parent.asset_selection,
+            asset_check_selection=parent.asset_check_selection,
+        )
     tags = {k: v for k, v in parent.tags.items() if not k.startswith("overnight/worker_")}
     started = time.perf_counter()
     with execute_job(
-        job, instance=dagster, raise_on_error=False, tags={**tags, **worker_tags()},
+        job,
+        instance=dagster,
+        raise_on_error=False,
+        tags={**tags, **worker_tags()},
         reexecution_options=ReexecutionOptions.from_failure(run_id, dagster),
-    ) as result:  # fmt: skip
+    ) as result:
         summary = _summary(result, market, day)
         new_run_id = result.run_id
     summary.seconds["total"] = time.perf_counter() - started
@@ -289,8 +311,10 @@ def reexecute(
 
 
 def table(summaries: Sequence[PartitionSummary]) -> str:
-    head = (f"{'partition':<18} {'users':>6} {'ok':>6} {'failed':>6} {'recs':>7} "
-            f"{'scores s':>9} {'recs s':>7} {'total s':>8}  cache")  # fmt: skip
+    head = (
+        f"{'partition':<18} {'users':>6} {'ok':>6} {'failed':>6} {'recs':>7} "
+        f"{'scores s':>9} {'recs s':>7} {'total s':>8}  cache"
+    )
     lines = [head, "-" * len(head)]
     for s in summaries:
         ok = s.users - s.failed
@@ -314,12 +338,15 @@ def demo(settings: Settings, *, users: int = 1000, seed_value: int = 42) -> int:
     markets = load_markets(settings.markets_file)
     now = datetime.now(UTC)
     with engine.begin() as conn:
-        report = seed(conn, users=users, seed=seed_value, as_of=now.date(), markets=tuple(
-            markets.values()))  # fmt: skip
+        report = seed(
+            conn, users=users, seed=seed_value, as_of=now.date(), markets=tuple(markets.values())
+        )
     print(f"seeded {report.users:,} demo users ({report.holdings:,} holdings)")
     with_cache = redis_reachable(settings.redis_url)
-    print(f"redis at {settings.redis_url}: "
-          f"{'reachable' if with_cache else 'unreachable, the cache step is skipped'}")  # fmt: skip
+    print(
+        f"redis at {settings.redis_url}: "
+        f"{'reachable' if with_cache else 'unreachable, the cache step is skipped'}"
+    )
     dagster = instance()
     summaries = []
     for code, market in markets.items():
@@ -328,8 +355,7 @@ def demo(settings: Settings, *, users: int = 1000, seed_value: int = 42) -> int:
             if not partition_users(conn, market=code, day=day, markets=markets):
                 continue
         print(f"running {code} {day} ...", flush=True)
-        summaries.append(run_partition(settings, code, day, dagster=dagster,
-                                       with_cache=with_cache))  # fmt: skip
+        summaries.append(run_partition(settings, code, day, dagster=dagster, with_cache=with_cache))
     engine.dispose()
     print()
     print(table(summaries))

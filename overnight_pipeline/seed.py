@@ -33,9 +33,17 @@ from overnight_pipeline.storage.models import (
 
 UNIVERSE_SEED = 20_261_130
 CLASS_NAMES = (
-    "Domestic Stocks", "International Stocks", "Dividend Payers", "REITs", "Small Caps",
-    "Growth", "Value", "Bonds ETFs", "Emerging Markets", "Tech",
-)  # fmt: skip
+    "Domestic Stocks",
+    "International Stocks",
+    "Dividend Payers",
+    "REITs",
+    "Small Caps",
+    "Growth",
+    "Value",
+    "Bonds ETFs",
+    "Emerging Markets",
+    "Tech",
+)
 BASE_CURRENCIES = ("USD", "EUR", "GBP", "BRL", "JPY")
 # (operator, value, value2) choices per metric, in the metric's usual unit.
 THRESHOLDS: dict[str, tuple[tuple[str, str, str | None], ...]] = {
@@ -52,9 +60,16 @@ THRESHOLDS: dict[str, tuple[tuple[str, str, str | None], ...]] = {
     "current_ratio": (("gt", "1", None), ("gte", "1.5", None)),
     "gross_margin": (("gt", "30", None), ("gte", "40", None)),
     "net_margin": (("gt", "10", None), ("lt", "0", None)),
-    "payout_ratio": (("between", "30", "80", ), ("lt", "90", None)),
+    "payout_ratio": (
+        (
+            "between",
+            "30",
+            "80",
+        ),
+        ("lt", "90", None),
+    ),
     "ev_ebitda": (("lt", "10", None), ("lte", "12", None)),
-}  # fmt: skip
+}
 # Above this many users the per-row foreign-key triggers dominate: check them once at the end.
 BULK_THRESHOLD = 20_000
 BULK_TABLES = ("asset_classes", "holdings", "criteria_versions", "criteria_rules")
@@ -111,10 +126,22 @@ def seed(
     as_of = as_of or datetime.now(UTC).date()
     now = datetime.now(UTC)
     assets = universe(markets, assets_per_market)
-    upsert(conn, assets_table,
-           [{"id": uuid.uuid5(uuid.NAMESPACE_URL, f"asset:{m}:{s}"), "market": m, "symbol": s,
-             "currency": c, "name": n} for m, s, c, n in assets],
-           key=["market", "symbol"], update=[])  # fmt: skip
+    upsert(
+        conn,
+        assets_table,
+        [
+            {
+                "id": uuid.uuid5(uuid.NAMESPACE_URL, f"asset:{m}:{s}"),
+                "market": m,
+                "symbol": s,
+                "currency": c,
+                "name": n,
+            }
+            for m, s, c, n in assets
+        ],
+        key=["market", "symbol"],
+        update=[],
+    )
     t = assets_table
     ids = {(m, s): i for m, s, i in conn.execute(select(t.c.market, t.c.symbol, t.c.id))}
     _seed_fundamentals(conn, assets, ids, as_of, now)
@@ -144,10 +171,12 @@ def seed(
             size = min(chunk, users - start)
             part = _write_chunk(conn, rng, all_ids[start : start + size], markets, by_market, now)
             report = SeedReport(
-                report.users + part.users, report.holdings + part.holdings,
+                report.users + part.users,
+                report.holdings + part.holdings,
                 report.asset_classes + part.asset_classes,
-                report.criteria_rules + part.criteria_rules, report.assets,
-            )  # fmt: skip
+                report.criteria_rules + part.criteria_rules,
+                report.assets,
+            )
             done += size
             if progress:
                 progress(done, users)
@@ -205,10 +234,23 @@ def _write_chunk(conn, rng, user_ids, markets, by_market, now) -> SeedReport:
         user_class_ids = [uuid.uuid5(user_id, f"class:{j}") for j in range(k)]
         for j in range(k):
             max_assets = int(rng.integers(3, 11)) if rng.random() < 0.3 else None
-            min_alloc = (_round_amount(float(rng.integers(1, 11)) * 10 * USD_RATES.get(base, 1.0), base)
-                         if rng.random() < 0.3 else None)  # fmt: skip
-            classes.append((user_class_ids[j], user_id, CLASS_NAMES[names[j]], j,
-                            str(los[j]), str(his[j]), max_assets, min_alloc))  # fmt: skip
+            min_alloc = (
+                _round_amount(float(rng.integers(1, 11)) * 10 * USD_RATES.get(base, 1.0), base)
+                if rng.random() < 0.3
+                else None
+            )
+            classes.append(
+                (
+                    user_class_ids[j],
+                    user_id,
+                    CLASS_NAMES[names[j]],
+                    j,
+                    str(los[j]),
+                    str(his[j]),
+                    max_assets,
+                    min_alloc,
+                )
+            )
 
         n = int(n_holdings[i])
         n2 = round(n * rng.uniform(0.1, 0.4)) if has_second[i] else 0
@@ -229,19 +271,59 @@ def _write_chunk(conn, rng, user_ids, markets, by_market, now) -> SeedReport:
             options = THRESHOLDS[metric]
             op, value, value2 = options[int(rng.integers(0, len(options)))]
             points = int(POINTS[rng.integers(0, len(POINTS))])
-            rules.append((version_ids[i], pos, f"r{pos + 1}", CLASS_NAMES[names[rng.integers(0, k)]],
-                          metric, op, value or None, value2, points))  # fmt: skip
+            rules.append(
+                (
+                    version_ids[i],
+                    pos,
+                    f"r{pos + 1}",
+                    CLASS_NAMES[names[rng.integers(0, k)]],
+                    metric,
+                    op,
+                    value or None,
+                    value2,
+                    points,
+                )
+            )
 
-    copy_rows(conn, users_table,
-              ["id", "base_currency", "default_contribution", "active", "created_at", "updated_at"], users)  # fmt: skip
-    copy_rows(conn, asset_classes_table,
-              ["id", "user_id", "name", "position", "target_min", "target_max", "max_assets",
-               "min_allocation_value"], classes)  # fmt: skip
+    copy_rows(
+        conn,
+        users_table,
+        ["id", "base_currency", "default_contribution", "active", "created_at", "updated_at"],
+        users,
+    )
+    copy_rows(
+        conn,
+        asset_classes_table,
+        [
+            "id",
+            "user_id",
+            "name",
+            "position",
+            "target_min",
+            "target_max",
+            "max_assets",
+            "min_allocation_value",
+        ],
+        classes,
+    )
     copy_rows(conn, holdings_table, ["user_id", "asset_id", "asset_class_id", "quantity"], holdings)
     copy_rows(conn, criteria_versions_table, ["id", "user_id", "version", "created_at"], versions)
-    copy_rows(conn, criteria_rules_table,
-              ["criteria_version_id", "position", "rule_id", "asset_class", "metric", "operator",
-               "value", "value2", "points"], rules)  # fmt: skip
+    copy_rows(
+        conn,
+        criteria_rules_table,
+        [
+            "criteria_version_id",
+            "position",
+            "rule_id",
+            "asset_class",
+            "metric",
+            "operator",
+            "value",
+            "value2",
+            "points",
+        ],
+        rules,
+    )
     return SeedReport(len(users), len(holdings), len(classes), len(rules), 0)
 
 

@@ -245,8 +245,12 @@ class Settings(BaseSettings):
         _check_sqlalchemy_url(value, ("psycopg2",))
         return value
 
-    @field_validator("rates_url", "prices_url", "otel_exporter_otlp_endpoint",
-                     "otel_exporter_otlp_traces_endpoint")  # fmt: skip
+    @field_validator(
+        "rates_url",
+        "prices_url",
+        "otel_exporter_otlp_endpoint",
+        "otel_exporter_otlp_traces_endpoint",
+    )
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
         if value is not None:
@@ -302,8 +306,11 @@ class Settings(BaseSettings):
             raise ValueError("must be http/protobuf (the installed OTLP exporter)")
         return value
 
-    @field_validator("otel_exporter_otlp_headers", "otel_exporter_otlp_traces_headers",
-                     "otel_resource_attributes")  # fmt: skip
+    @field_validator(
+        "otel_exporter_otlp_headers",
+        "otel_exporter_otlp_traces_headers",
+        "otel_resource_attributes",
+    )
     @classmethod
     def _otel_pairs(cls, value: str | None) -> str | None:
         if value is None:
@@ -340,8 +347,15 @@ class Settings(BaseSettings):
 
 
 _SECRETS = {"dashboard_secret"}
-_URLS = {"database_url", "redis_url", "dagster_pg_url", "rates_url", "prices_url",
-         "otel_exporter_otlp_endpoint", "otel_exporter_otlp_traces_endpoint"}  # fmt: skip
+_URLS = {
+    "database_url",
+    "redis_url",
+    "dagster_pg_url",
+    "rates_url",
+    "prices_url",
+    "otel_exporter_otlp_endpoint",
+    "otel_exporter_otlp_traces_endpoint",
+}
 _HEADERS = {"otel_exporter_otlp_headers", "otel_exporter_otlp_traces_headers"}
 
 

@@ -39,8 +39,11 @@ from overnight_pipeline.storage.market_data import (
 )
 
 STARTED, CAPTURED, SCORED, COMPLETED = (
-    "CALC_STARTED", "INPUTS_CAPTURED", "SCORES_COMPUTED", "CALC_COMPLETED",
-)  # fmt: skip
+    "CALC_STARTED",
+    "INPUTS_CAPTURED",
+    "SCORES_COMPUTED",
+    "CALC_COMPLETED",
+)
 
 
 @dataclass
@@ -195,8 +198,11 @@ def _fetch_held(
     with engine.begin() as conn:
         stored = store_result(conn, result, day=day, asset_ids=ids)
     items = result.quotes if stage == "prices" else result.values
-    stale = len(result.stale_instruments) if result.stale_instruments else (
-        len(items) if result.stale else 0)  # fmt: skip
+    stale = (
+        len(result.stale_instruments)
+        if result.stale_instruments
+        else (len(items) if result.stale else 0)
+    )
     return StepReport(
         metrics={
             "users": users,
@@ -221,8 +227,16 @@ def fetch_prices(
     markets: Mapping[str, Market],
 ) -> StepReport:
     """A price for every distinct asset the partition's users hold."""
-    return _fetch_held(engine, market=market, day=day, markets=markets, stage="prices",
-                       fetch=provider.fetch_prices, store_result=store_prices, found="priced")  # fmt: skip
+    return _fetch_held(
+        engine,
+        market=market,
+        day=day,
+        markets=markets,
+        stage="prices",
+        fetch=provider.fetch_prices,
+        store_result=store_prices,
+        found="priced",
+    )
 
 
 def fetch_fundamentals(
@@ -234,9 +248,16 @@ def fetch_fundamentals(
     markets: Mapping[str, Market],
 ) -> StepReport:
     """Fundamentals for every distinct asset the partition's users hold."""
-    return _fetch_held(engine, market=market, day=day, markets=markets, stage="fundamentals",
-                       fetch=provider.fetch_fundamentals, store_result=store_fundamentals,
-                       found="fetched")  # fmt: skip
+    return _fetch_held(
+        engine,
+        market=market,
+        day=day,
+        markets=markets,
+        stage="fundamentals",
+        fetch=provider.fetch_fundamentals,
+        store_result=store_fundamentals,
+        found="fetched",
+    )
 
 
 # Scores ---------------------------------------------------------------------------------
@@ -246,8 +267,13 @@ def _subset(batch: Batch, users: set[str]) -> Batch:
     def keep(frame: pd.DataFrame) -> pd.DataFrame:
         return frame[frame["user_id"].isin(users)].reset_index(drop=True)
 
-    return Batch(keep(batch.users), keep(batch.classes), keep(batch.holdings), keep(batch.rules),
-                 batch.fundamentals)  # fmt: skip
+    return Batch(
+        keep(batch.users),
+        keep(batch.classes),
+        keep(batch.holdings),
+        keep(batch.rules),
+        batch.fundamentals,
+    )
 
 
 def _rate_failures(batch: Batch, fx: FxRates) -> dict[str, str]:
@@ -294,11 +320,18 @@ def score(
         held = store.partition_instruments(conn, users)
         snapshot = store.load_market_snapshot(conn, [i for i, _ in held.values()], day=day)
     todo = [u for u in users if u not in done]
-    report = StepReport(metrics={"users_total": len(users), "users_resumed": len(users) - len(todo),
-                                 "users_succeeded": 0, "users_failed": 0, "assets_scored": 0,
-                                 "rates_stale": fx.stale,
-                                 "stale_prices": snapshot.stale_prices,
-                                 "tables_analyzed": ", ".join(analyzed) or "-"})  # fmt: skip
+    report = StepReport(
+        metrics={
+            "users_total": len(users),
+            "users_resumed": len(users) - len(todo),
+            "users_succeeded": 0,
+            "users_failed": 0,
+            "assets_scored": 0,
+            "rates_stale": fx.stale,
+            "stale_prices": snapshot.stale_prices,
+            "tables_analyzed": ", ".join(analyzed) or "-",
+        }
+    )
 
     def load(chunk: Sequence[uuid.UUID]) -> store.LoadedBatch:
         with engine.connect() as conn:
@@ -307,9 +340,17 @@ def score(
     with _BatchWriter(engine) as writer:
         for chunk, loaded in _prefetched(_chunks(todo, batch_size), load):
             with collector_paused():
-                write = _score_batch(loaded, chunk, report, dialect=engine.dialect.name, fx=fx,
-                                     market=market, day=day,
-                                     correlation_id=correlation_id, run_id=run_id)  # fmt: skip
+                write = _score_batch(
+                    loaded,
+                    chunk,
+                    report,
+                    dialect=engine.dialect.name,
+                    fx=fx,
+                    market=market,
+                    day=day,
+                    correlation_id=correlation_id,
+                    run_id=run_id,
+                )
             writer.submit(write)
     report.seconds = time.perf_counter() - started
     return report
@@ -334,20 +375,33 @@ def _score_batch(
     batch, holding_markets = loaded.batch, loaded.holding_markets
     if failed:
         batch = _subset(loaded.batch, ok)
-        holding_markets = [m for m, uid in zip(loaded.holding_markets,
-                                               loaded.batch.holdings["user_id"], strict=True)
-                           if uid in ok]  # fmt: skip
+        holding_markets = [
+            m
+            for m, uid in zip(loaded.holding_markets, loaded.batch.holdings["user_id"], strict=True)
+            if uid in ok
+        ]
     versions = loaded.criteria_versions
     scored = score_batch(batch.holdings, batch.rules, batch.fundamentals)
     texts = score_json(scored, versions)
-    captured = capture_json(batch, fx, market=market, market_date=day,
-                            criteria_versions=versions, holding_markets=holding_markets)  # fmt: skip
+    captured = capture_json(
+        batch,
+        fx,
+        market=market,
+        market_date=day,
+        criteria_versions=versions,
+        holding_markets=holding_markets,
+    )
     score_rows: list[store.ScoreRow] = []
     asset_rows: list[tuple[str, str, str]] = []
     for uid, aid, asset_market, value, top, summary in zip(
-        scored.holdings["user_id"].tolist(), scored.holdings["asset_id"].tolist(),
-        holding_markets, texts.score, texts.max_possible_score, texts.summary, strict=True,
-    ):  # fmt: skip
+        scored.holdings["user_id"].tolist(),
+        scored.holdings["asset_id"].tolist(),
+        holding_markets,
+        texts.score,
+        texts.max_possible_score,
+        texts.summary,
+        strict=True,
+    ):
         # The per-rule breakdown is in SCORES_COMPUTED (the audit trail); the table keeps
         # the summary the dashboard and SQL users read.
         score_rows.append((uid, aid, asset_market, value, top, versions.get(uid) or 0, summary))
@@ -357,19 +411,57 @@ def _score_batch(
     for uid in sorted(ok):
         version = versions.get(uid)
         document, holdings = captured[uid]
-        events.append((correlation_id, uid, STARTED, {
-            "market": market, "marketDate": day_text, "runId": run_id,
-            "criteriaVersion": version, "holdings": holdings}))  # fmt: skip
+        events.append(
+            (
+                correlation_id,
+                uid,
+                STARTED,
+                {
+                    "market": market,
+                    "marketDate": day_text,
+                    "runId": run_id,
+                    "criteriaVersion": version,
+                    "holdings": holdings,
+                },
+            )
+        )
         events.append((correlation_id, uid, CAPTURED, document))
-        events.append((correlation_id, uid, SCORED, texts.payloads.get(uid) or {
-            "criteriaVersion": version, "scores": []}))  # fmt: skip
+        events.append(
+            (
+                correlation_id,
+                uid,
+                SCORED,
+                texts.payloads.get(uid) or {"criteriaVersion": version, "scores": []},
+            )
+        )
     for uid, error in sorted(failed.items()):
-        events.append((correlation_id, uid, STARTED, {
-            "market": market, "marketDate": day_text, "runId": run_id,
-            "criteriaVersion": versions.get(uid)}))  # fmt: skip
-        events.append((correlation_id, uid, COMPLETED, {
-            "status": "failed", "stage": "inputs", "error": error, "market": market,
-            "marketDate": day_text}))  # fmt: skip
+        events.append(
+            (
+                correlation_id,
+                uid,
+                STARTED,
+                {
+                    "market": market,
+                    "marketDate": day_text,
+                    "runId": run_id,
+                    "criteriaVersion": versions.get(uid),
+                },
+            )
+        )
+        events.append(
+            (
+                correlation_id,
+                uid,
+                COMPLETED,
+                {
+                    "status": "failed",
+                    "stage": "inputs",
+                    "error": error,
+                    "market": market,
+                    "marketDate": day_text,
+                },
+            )
+        )
         report.failures.append({"user": uid, "stage": "inputs", "error": error})
     report.metrics["users_succeeded"] += len(ok)
     report.metrics["users_failed"] += len(failed)
@@ -377,12 +469,14 @@ def _score_batch(
     ok_ids = [uuid.UUID(u) for u in ok]
     # Formatted here, not on the writer thread: this thread would otherwise wait for it.
     rows = [
-        store.score_rows(dialect, score_rows, day=day, correlation_id=correlation_id,
-                         computed_at=now),
-        store.calculation_asset_rows(dialect, asset_rows, correlation_id=correlation_id,
-                                     created_at=now),
+        store.score_rows(
+            dialect, score_rows, day=day, correlation_id=correlation_id, computed_at=now
+        ),
+        store.calculation_asset_rows(
+            dialect, asset_rows, correlation_id=correlation_id, created_at=now
+        ),
         store.event_rows(dialect, events, at=now),
-    ]  # fmt: skip
+    ]
 
     def write(conn: Connection) -> None:
         store.delete_scores(conn, user_ids=ok_ids, day=day)
@@ -410,9 +504,16 @@ def recommend(
         scored = store.users_with_event(conn, correlation_id=correlation_id, event_type=SCORED)
         done = store.users_with_event(conn, correlation_id=correlation_id, event_type=COMPLETED)
     todo = sorted(scored - done)
-    report = StepReport(metrics={"users_total": len(scored), "users_resumed": len(scored) - len(todo),
-                                 "users_succeeded": 0, "users_failed": 0,
-                                 "recommendations_generated": 0, "unallocated_users": 0})  # fmt: skip
+    report = StepReport(
+        metrics={
+            "users_total": len(scored),
+            "users_resumed": len(scored) - len(todo),
+            "users_succeeded": 0,
+            "users_failed": 0,
+            "recommendations_generated": 0,
+            "unallocated_users": 0,
+        }
+    )
 
     def load(chunk: Sequence[uuid.UUID]) -> list[tuple[str, dict[str, Any]]]:
         with engine.connect() as conn:
@@ -421,9 +522,14 @@ def recommend(
     with _BatchWriter(engine) as writer:
         for _chunk, items in _prefetched(_chunks(todo, batch_size), load):
             with collector_paused():
-                write = _recommend_batch(items, report, dialect=engine.dialect.name,
-                                         market=market, day=day,
-                                         correlation_id=correlation_id)  # fmt: skip
+                write = _recommend_batch(
+                    items,
+                    report,
+                    dialect=engine.dialect.name,
+                    market=market,
+                    day=day,
+                    correlation_id=correlation_id,
+                )
             writer.submit(write)
     report.seconds = time.perf_counter() - started
     return report
@@ -450,28 +556,58 @@ def _recommend_batch(
         rec = result.recommendations.get(uid)
         if rec is None:
             error = str(result.failures.get(uid, "no result"))
-            events.append((correlation_id, uid, COMPLETED, {
-                "status": "failed", "stage": "recommendations", "error": error,
-                "market": market, "marketDate": day.isoformat()}))  # fmt: skip
+            events.append(
+                (
+                    correlation_id,
+                    uid,
+                    COMPLETED,
+                    {
+                        "status": "failed",
+                        "stage": "recommendations",
+                        "error": error,
+                        "market": market,
+                        "marketDate": day.isoformat(),
+                    },
+                )
+            )
             report.failures.append({"user": uid, "stage": "recommendations", "error": error})
             continue
-        recs, portfolio = cache_payloads(uuid.UUID(uid), rec, generated_at=now,
-                                         asset_count=int(holdings_count.get(uid, 0)))  # fmt: skip
-        rows.append({
-            "user_id": uuid.UUID(uid), "market_date": day, "market": market,
-            "correlation_id": correlation_id, "generated_at": now,
-            "base_currency": rec.base_currency, "total_investable": rec.contribution,
-            "criteria_version": rec.criteria_version,
-            "payload": recs.model_dump(mode="json", by_alias=True),
-            "portfolio": portfolio.model_dump(mode="json", by_alias=True),
-        })  # fmt: skip
-        events.append((correlation_id, uid, COMPLETED, {
-            "status": "completed", "market": market, "marketDate": day.isoformat(),
-            "recommendations": len(rec.recommendations),
-            "allocated": format(rec.allocated, "f"), "unallocated": format(rec.unallocated, "f"),
-            "contribution": format(rec.contribution, "f"), "baseCurrency": rec.base_currency,
-            "missingPrices": list(rec.missing_prices),
-            "classes": {c.name: c.status for c in rec.classes if c.status}}))  # fmt: skip
+        recs, portfolio = cache_payloads(
+            uuid.UUID(uid), rec, generated_at=now, asset_count=int(holdings_count.get(uid, 0))
+        )
+        rows.append(
+            {
+                "user_id": uuid.UUID(uid),
+                "market_date": day,
+                "market": market,
+                "correlation_id": correlation_id,
+                "generated_at": now,
+                "base_currency": rec.base_currency,
+                "total_investable": rec.contribution,
+                "criteria_version": rec.criteria_version,
+                "payload": recs.model_dump(mode="json", by_alias=True),
+                "portfolio": portfolio.model_dump(mode="json", by_alias=True),
+            }
+        )
+        events.append(
+            (
+                correlation_id,
+                uid,
+                COMPLETED,
+                {
+                    "status": "completed",
+                    "market": market,
+                    "marketDate": day.isoformat(),
+                    "recommendations": len(rec.recommendations),
+                    "allocated": format(rec.allocated, "f"),
+                    "unallocated": format(rec.unallocated, "f"),
+                    "contribution": format(rec.contribution, "f"),
+                    "baseCurrency": rec.base_currency,
+                    "missingPrices": list(rec.missing_prices),
+                    "classes": {c.name: c.status for c in rec.classes if c.status},
+                },
+            )
+        )
         report.metrics["recommendations_generated"] += len(rec.recommendations)
         report.metrics["unallocated_users"] += rec.unallocated > 0
     report.metrics["users_succeeded"] += len(rows)
@@ -510,12 +646,17 @@ def warm_cache(
         with engine.connect() as conn:
             rows = store.recommendations_for(conn, user_ids=chunk, day=day)
         entries = [
-            CacheEntry(user_id=row.user_id, market_date=row.market_date,
-                       generated_at=row.generated_at, recs_json=orjson.dumps(row.payload),
-                       portfolio_json=orjson.dumps(row.portfolio),
-                       total_investable=Decimal(row.total_investable))
-            for row in rows if row.correlation_id == correlation_id
-        ]  # fmt: skip
+            CacheEntry(
+                user_id=row.user_id,
+                market_date=row.market_date,
+                generated_at=row.generated_at,
+                recs_json=orjson.dumps(row.payload),
+                portfolio_json=orjson.dumps(row.portfolio),
+                total_investable=Decimal(row.total_investable),
+            )
+            for row in rows
+            if row.correlation_id == correlation_id
+        ]
         outcome = write_entries(client, entries, prefix=prefix, ttl_seconds=ttl_seconds)
         written += outcome.written
         kept += outcome.kept_newer

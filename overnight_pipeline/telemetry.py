@@ -30,9 +30,15 @@ SPAN_NAME = "overnight-scoring-job"
 TRACER_NAME = "overnight_pipeline"
 SERVICE = "overnight-pipeline"
 JOB_ATTRIBUTES = (
-    "fetch_rates_ms", "process_users_ms", "cache_warm_ms", "users_total", "users_success",
-    "users_failed", "assets_scored", "recommendations_generated",
-)  # fmt: skip
+    "fetch_rates_ms",
+    "process_users_ms",
+    "cache_warm_ms",
+    "users_total",
+    "users_success",
+    "users_failed",
+    "assets_scored",
+    "recommendations_generated",
+)
 _log = logging.getLogger(__name__)
 
 _lock = threading.Lock()
@@ -145,8 +151,12 @@ def _emit(
     span = tracer.start_span(SPAN_NAME, start_time=_ns(start), attributes=_attributes(attributes))
     parent = trace.set_span_in_context(span)
     for step in steps:
-        child = tracer.start_span(step.name, context=parent, start_time=_ns(step.start),
-                                  attributes=_attributes(step.attributes))  # fmt: skip
+        child = tracer.start_span(
+            step.name,
+            context=parent,
+            start_time=_ns(step.start),
+            attributes=_attributes(step.attributes),
+        )
         child.set_status(Status(StatusCode.OK if step.ok else StatusCode.ERROR))
         child.end(end_time=_ns(step.end))
     span.set_status(Status(StatusCode.ERROR, error) if error else Status(StatusCode.OK))

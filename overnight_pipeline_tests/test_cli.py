@@ -24,8 +24,9 @@ from overnight_pipeline.telemetry import emit_run_span, tracer_provider
 
 OVERNIGHT = str(Path(sys.executable).with_name("overnight"))
 USER = "6f1c0000-0000-4000-8000-000000000001"
-GOOD_MARKETS = [{"code": "NYSE", "calendar": "XNYS", "timezone": "America/New_York",
-                 "currency": "USD"}]  # fmt: skip
+GOOD_MARKETS = [
+    {"code": "NYSE", "calendar": "XNYS", "timezone": "America/New_York", "currency": "USD"}
+]
 
 
 def closed_port() -> int:
@@ -35,11 +36,21 @@ def closed_port() -> int:
 
 
 def overnight(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    full = {k: v for k, v in os.environ.items()
-            if not k.startswith(("OTEL_", "MARKET", "DAGSTER", "DATABASE_URL", "REDIS_URL"))}  # fmt: skip
+    full = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("OTEL_", "MARKET", "DAGSTER", "DATABASE_URL", "REDIS_URL"))
+    }
     full.update(env)
-    return subprocess.run([OVERNIGHT, *args], env=full, cwd=cwd, capture_output=True, text=True,
-                          timeout=300, check=False)  # fmt: skip
+    return subprocess.run(
+        [OVERNIGHT, *args],
+        env=full,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
 
 
 def refused(done: subprocess.CompletedProcess[str], code: int, line: str) -> None:
@@ -48,16 +59,25 @@ def refused(done: subprocess.CompletedProcess[str], code: int, line: str) -> Non
     assert "Traceback" not in done.stderr
 
 
-@pytest.mark.parametrize("command", [["migrate"], ["seed", "--users", "1"], ["serve"],
-                                     ["run", "--market", "NYSE", "--date", "2026-11-30"],
-                                     ["demo", "--users", "1"], ["load", "FILE"]])  # fmt: skip
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["migrate"],
+        ["seed", "--users", "1"],
+        ["serve"],
+        ["run", "--market", "NYSE", "--date", "2026-11-30"],
+        ["demo", "--users", "1"],
+        ["load", "FILE"],
+    ],
+)
 def test_an_unreachable_database_is_named_for_every_command(
     command: list[str], tmp_path: Path
 ) -> None:
     port = closed_port()
     (tmp_path / "FILE").write_text(json.dumps({"assets": [], "users": []}))
-    done = overnight(*command, cwd=tmp_path,
-                     DATABASE_URL=f"postgresql://root:pw@127.0.0.1:{port}/app")  # fmt: skip
+    done = overnight(
+        *command, cwd=tmp_path, DATABASE_URL=f"postgresql://root:pw@127.0.0.1:{port}/app"
+    )
     refused(
         done, 3, f"error: DATABASE_URL: cannot connect to 127.0.0.1:{port} (connection refused)"
     )
@@ -65,31 +85,50 @@ def test_an_unreachable_database_is_named_for_every_command(
 
 
 def test_a_missing_database_is_named(tmp_path: Path) -> None:
-    done = overnight("migrate", cwd=tmp_path,
-                     DATABASE_URL="postgresql://root@127.0.0.1:5432/overnight_no_such_db")  # fmt: skip
-    refused(done, 3, 'DATABASE_URL: cannot connect to 127.0.0.1:5432 (database '
-            '"overnight_no_such_db" does not exist)')  # fmt: skip
+    done = overnight(
+        "migrate",
+        cwd=tmp_path,
+        DATABASE_URL="postgresql://root@127.0.0.1:5432/overnight_no_such_db",
+    )
+    refused(
+        done,
+        3,
+        "DATABASE_URL: cannot connect to 127.0.0.1:5432 (database "
+        '"overnight_no_such_db" does not exist)',
+    )
 
 
 @pytest.mark.parametrize(
     ("name", "value", "line"),
     [
-        ("DATABASE_URL", "postgresql+nodriver://root:pw@127.0.0.1/x",
-         "DATABASE_URL: has driver 'nodriver'; use psycopg (got 'postgresql+nodriver://root:***@127.0.0.1/x')"),
+        (
+            "DATABASE_URL",
+            "postgresql+nodriver://root:pw@127.0.0.1/x",
+            "DATABASE_URL: has driver 'nodriver'; use psycopg (got 'postgresql+nodriver://root:***@127.0.0.1/x')",
+        ),
         ("DATABASE_URL", "postgresql://root@127.0.0.1:70000/x", "DATABASE_URL: has port 70000"),
         ("REDIS_URL", "redis://127.0.0.1:notaport/0", "REDIS_URL: has a port that is not a number"),
         ("REDIS_URL", "redis://127.0.0.1:6379/abc", "REDIS_URL: has database 'abc'"),
         ("OVERNIGHT_JOB_CRON", "0 4 * * 1-5L", "OVERNIGHT_JOB_CRON: is not a five-field cron"),
-        ("OTEL_TRACES_EXPORTER", "zipkin", "OTEL_TRACES_EXPORTER: names no installed span exporter 'zipkin'"),
-        ("DASHBOARD_SECRET", "too-short", "DASHBOARD_SECRET: String should have at least 32 characters (got <9 characters, not shown>)"),
+        (
+            "OTEL_TRACES_EXPORTER",
+            "zipkin",
+            "OTEL_TRACES_EXPORTER: names no installed span exporter 'zipkin'",
+        ),
+        (
+            "DASHBOARD_SECRET",
+            "too-short",
+            "DASHBOARD_SECRET: String should have at least 32 characters (got <9 characters, not shown>)",
+        ),
         ("MARKET_DATA", "bloomberg", "MARKET_DATA: must be 'synthetic', 'http' or 'files:<dir>'"),
     ],
-)  # fmt: skip
+)
 def test_a_malformed_setting_exits_2_before_any_work(
     name: str, value: str, line: str, tmp_path: Path
 ) -> None:
-    done = overnight("run", "--market", "NYSE", "--date", "2026-11-30", cwd=tmp_path,
-                     **{name: value})  # fmt: skip
+    done = overnight(
+        "run", "--market", "NYSE", "--date", "2026-11-30", cwd=tmp_path, **{name: value}
+    )
     refused(done, 2, line)
     assert not (tmp_path / ".data").exists()  # nothing was created, nothing ran
 
@@ -100,14 +139,18 @@ def test_a_malformed_setting_exits_2_before_any_work(
         (None, "MARKETS_FILE: {path}: cannot read it (No such file or directory)"),
         ("{not json", "MARKETS_FILE: {path}: not a UTF-8 JSON file"),
         (json.dumps({"NYSE": {}}), "MARKETS_FILE: {path}: must be a non-empty JSON list"),
-        (json.dumps([{"code": "NYSE", "calendar": "XNYS", "timezone": "America/New_York"}]),
-         "MARKETS_FILE: {path}: [0].currency: Field required"),
-        (json.dumps([{**GOOD_MARKETS[0], "calendar": "XNOPE", "currency": "QQQ"}]),
-         "[0].calendar: is not an exchange-calendars calendar (e.g. XNYS) (got 'XNOPE'); "
-         "[0].currency: is not an ISO 4217 currency code (e.g. USD) (got 'QQQ')"),
+        (
+            json.dumps([{"code": "NYSE", "calendar": "XNYS", "timezone": "America/New_York"}]),
+            "MARKETS_FILE: {path}: [0].currency: Field required",
+        ),
+        (
+            json.dumps([{**GOOD_MARKETS[0], "calendar": "XNOPE", "currency": "QQQ"}]),
+            "[0].calendar: is not an exchange-calendars calendar (e.g. XNYS) (got 'XNOPE'); "
+            "[0].currency: is not an ISO 4217 currency code (e.g. USD) (got 'QQQ')",
+        ),
         (json.dumps(GOOD_MARKETS * 2), "[1].code: duplicate market 'NYSE'"),
     ],
-)  # fmt: skip
+)
 def test_a_bad_markets_file_exits_2_naming_it(
     content: str | None, line: str, tmp_path: Path
 ) -> None:
@@ -128,8 +171,16 @@ def test_market_data_files_must_hold_the_three_csvs(missing: str | None, tmp_pat
         for name in ("prices.csv", "fundamentals.csv", "rates.csv"):
             if name != missing:
                 (directory / name).write_text("x\n")
-    done = overnight("run", "--market", "NYSE", "--date", "2026-11-30", cwd=tmp_path,
-                     MARKET_DATA=f"files:{directory}", DATABASE_URL=f"sqlite:///{tmp_path}/a.db")  # fmt: skip
+    done = overnight(
+        "run",
+        "--market",
+        "NYSE",
+        "--date",
+        "2026-11-30",
+        cwd=tmp_path,
+        MARKET_DATA=f"files:{directory}",
+        DATABASE_URL=f"sqlite:///{tmp_path}/a.db",
+    )
     if missing is None:
         # Past the check (here: to the run itself); only the files were in question.
         assert "MARKET_DATA" not in done.stderr
@@ -142,16 +193,25 @@ def test_unreachable_redis_is_reported_and_the_cache_step_fails_visibly(
     tmp_path: Path, pg_url: str
 ) -> None:
     port = closed_port()
-    done = overnight("run", "--market", "NYSE", "--date", "2026-11-30", cwd=tmp_path,
-                     DATABASE_URL=pg_url, REDIS_URL=f"redis://:pw@127.0.0.1:{port}/0")  # fmt: skip
+    done = overnight(
+        "run",
+        "--market",
+        "NYSE",
+        "--date",
+        "2026-11-30",
+        cwd=tmp_path,
+        DATABASE_URL=pg_url,
+        REDIS_URL=f"redis://:pw@127.0.0.1:{port}/0",
+    )
     assert f"warning: REDIS_URL: cannot connect to 127.0.0.1:{port} (" in done.stderr
     assert "pw@" not in done.stderr and "Traceback" not in done.stderr
     assert done.returncode in (0, 1)
 
 
 def test_demo_runs_on_its_embedded_defaults_with_redis_unreachable(tmp_path: Path) -> None:
-    done = overnight("demo", "--users", "3", cwd=tmp_path,
-                     REDIS_URL=f"redis://127.0.0.1:{closed_port()}/0")  # fmt: skip
+    done = overnight(
+        "demo", "--users", "3", cwd=tmp_path, REDIS_URL=f"redis://127.0.0.1:{closed_port()}/0"
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "unreachable, the cache step is skipped" in done.stdout
     assert "Traceback" not in done.stderr
@@ -163,10 +223,20 @@ def test_telemetry_that_cannot_export_never_changes_the_run(tmp_path: Path) -> N
     assert overnight("migrate", cwd=tmp_path, DATABASE_URL=db).returncode == 0
     seeded = overnight("seed", "--users", "3", cwd=tmp_path, DATABASE_URL=db)
     assert seeded.returncode == 0, seeded.stderr
-    done = overnight("run", "--market", "NYSE", "--date", "2026-11-30", "--skip-cache",
-                     cwd=tmp_path, DATABASE_URL=db, OTEL_TRACES_EXPORTER="otlp",
-                     OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{closed_port()}",
-                     OTEL_EXPORTER_OTLP_TIMEOUT="1", OTEL_BSP_SCHEDULE_DELAY="100")  # fmt: skip
+    done = overnight(
+        "run",
+        "--market",
+        "NYSE",
+        "--date",
+        "2026-11-30",
+        "--skip-cache",
+        cwd=tmp_path,
+        DATABASE_URL=db,
+        OTEL_TRACES_EXPORTER="otlp",
+        OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{closed_port()}",
+        OTEL_EXPORTER_OTLP_TIMEOUT="1",
+        OTEL_BSP_SCHEDULE_DELAY="100",
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     engine = make_engine(db)
     with engine.connect() as conn:
@@ -202,8 +272,13 @@ def test_a_failing_tracer_never_raises_into_the_caller(caplog: Any) -> None:
 
 
 def test_bsp_sizes_that_the_sdk_refuses_are_refused_at_start(tmp_path: Path) -> None:
-    done = overnight("token", USER, cwd=tmp_path, OTEL_BSP_MAX_QUEUE_SIZE="1",
-                     OTEL_BSP_MAX_EXPORT_BATCH_SIZE="10")  # fmt: skip
+    done = overnight(
+        "token",
+        USER,
+        cwd=tmp_path,
+        OTEL_BSP_MAX_QUEUE_SIZE="1",
+        OTEL_BSP_MAX_EXPORT_BATCH_SIZE="10",
+    )
     refused(done, 2, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE must not exceed OTEL_BSP_MAX_QUEUE_SIZE")
 
 

@@ -18,8 +18,11 @@ USER_TABLES = ("users", "asset_classes", "holdings", "criteria_versions", "crite
 def _dump(conn: Connection) -> dict[str, list[tuple]]:
     out = {}
     for table in USER_TABLES:
-        cols = [c for c in conn.execute(text(f"SELECT * FROM {table} LIMIT 0")).keys()
-                if c not in ("created_at", "updated_at")]  # fmt: skip
+        cols = [
+            c
+            for c in conn.execute(text(f"SELECT * FROM {table} LIMIT 0")).keys()
+            if c not in ("created_at", "updated_at")
+        ]
         rows = conn.execute(text(f"SELECT {', '.join(cols)} FROM {table}")).all()
         out[table] = sorted(tuple(str(v) for v in r) for r in rows)
     return out
@@ -49,20 +52,34 @@ def test_seeded_users_are_shaped_like_real_planners(db_conn: Connection) -> None
         db_conn.execute(text("SELECT user_id, count(*) FROM holdings GROUP BY user_id")).all()
     )
     assert len(per_user) == 300 and all(10 <= n <= 50 for n in per_user.values())
-    classes = db_conn.execute(text(
-        "SELECT user_id, count(*), sum(CAST(target_min AS NUMERIC)), sum(CAST(target_max AS NUMERIC))"
-        " FROM asset_classes GROUP BY user_id")).all()  # fmt: skip
+    classes = db_conn.execute(
+        text(
+            "SELECT user_id, count(*), sum(CAST(target_min AS NUMERIC)), sum(CAST(target_max AS NUMERIC))"
+            " FROM asset_classes GROUP BY user_id"
+        )
+    ).all()
     assert all(3 <= n <= 6 and Decimal(lo) <= 100 <= Decimal(hi) for _, n, lo, hi in classes)
-    rules = dict(db_conn.execute(text(
-        "SELECT v.user_id, count(*) FROM criteria_rules r JOIN criteria_versions v"
-        " ON v.id = r.criteria_version_id GROUP BY v.user_id")).all())  # fmt: skip
+    rules = dict(
+        db_conn.execute(
+            text(
+                "SELECT v.user_id, count(*) FROM criteria_rules r JOIN criteria_versions v"
+                " ON v.id = r.criteria_version_id GROUP BY v.user_id"
+            )
+        ).all()
+    )
     assert all(5 <= n <= 15 for n in rules.values())
-    markets = Counter(db_conn.execute(text(
-        "SELECT a.market FROM holdings h JOIN assets a ON a.id = h.asset_id")).scalars())  # fmt: skip
+    markets = Counter(
+        db_conn.execute(
+            text("SELECT a.market FROM holdings h JOIN assets a ON a.id = h.asset_id")
+        ).scalars()
+    )
     assert set(markets) == {"NYSE", "NASDAQ", "B3", "LSE", "TSE", "XETRA"}
-    two_markets = db_conn.execute(text(
-        "SELECT count(*) FROM (SELECT h.user_id FROM holdings h JOIN assets a ON a.id = h.asset_id"
-        " GROUP BY h.user_id HAVING count(DISTINCT a.market) > 1) t")).scalar()  # fmt: skip
+    two_markets = db_conn.execute(
+        text(
+            "SELECT count(*) FROM (SELECT h.user_id FROM holdings h JOIN assets a ON a.id = h.asset_id"
+            " GROUP BY h.user_id HAVING count(DISTINCT a.market) > 1) t"
+        )
+    ).scalar()
     assert 0.15 * 300 < two_markets < 0.45 * 300
     bases = Counter(db_conn.execute(text("SELECT base_currency FROM users")).scalars())
     assert len(bases) >= 4
@@ -80,5 +97,10 @@ def test_seeded_criteria_are_valid_documents(db_conn: Connection) -> None:
     assert len(criteria) == 20
     for version, rules in criteria.values():
         assert version == 1
-        UserIn.model_validate({"id": ids[0], "baseCurrency": "USD", "criteria": [
-            r.model_dump(by_alias=True, mode="json") for r in rules]})  # fmt: skip
+        UserIn.model_validate(
+            {
+                "id": ids[0],
+                "baseCurrency": "USD",
+                "criteria": [r.model_dump(by_alias=True, mode="json") for r in rules],
+            }
+        )

@@ -52,11 +52,25 @@ from overnight_pipeline.core.scoring import (
 )
 from overnight_pipeline.core.vocabulary import METRICS
 
-HOLDING_COLUMNS = ("user_id", "asset_id", "symbol", "asset_class", "quantity", "currency",
-                   "price", "price_as_of")  # fmt: skip
+HOLDING_COLUMNS = (
+    "user_id",
+    "asset_id",
+    "symbol",
+    "asset_class",
+    "quantity",
+    "currency",
+    "price",
+    "price_as_of",
+)
 RULE_COLUMNS = ("user_id", "id", "asset_class", "metric", "operator", "value", "value2", "points")
-CLASS_COLUMNS = ("user_id", "name", "target_min", "target_max", "max_assets",
-                 "min_allocation_value")  # fmt: skip
+CLASS_COLUMNS = (
+    "user_id",
+    "name",
+    "target_min",
+    "target_max",
+    "max_assets",
+    "min_allocation_value",
+)
 USER_COLUMNS = ("user_id", "base_currency", "contribution", "criteria_version")
 
 ONE = Decimal(1)
@@ -65,9 +79,17 @@ _OP_INDEX = {op: i for i, op in enumerate(_OPS)}
 _METRIC_INDEX = {m: i for i, m in enumerate(METRICS)}
 _METRIC_NAMES = np.array(METRICS, dtype=object)
 # matched[op, sign(actual - value) + 1] for the one-value operators (rows 0 and 6 unused).
-_MATCH = np.array([[False, False, False], [False, False, True], [True, False, False],
-                   [False, True, True], [True, True, False], [False, True, False],
-                   [False, False, False]])  # fmt: skip
+_MATCH = np.array(
+    [
+        [False, False, False],
+        [False, False, True],
+        [True, False, False],
+        [False, True, True],
+        [True, True, False],
+        [False, True, False],
+        [False, False, False],
+    ]
+)
 
 
 @dataclass(frozen=True)
@@ -119,17 +141,28 @@ class BatchScores:
         b = self.breakdown
         outcomes: list[list[RuleOutcome]] = [[] for _ in range(len(self.holdings))]
         for h, cid, metric, matched, points, actual, skipped in zip(
-            b["holding"].tolist(), b["criterion_id"].tolist(), b["metric"].tolist(),
-            b["matched"].tolist(), b["points_awarded"].tolist(), b["actual_value"].tolist(),
-            b["skipped_reason"].tolist(), strict=True,
-        ):  # fmt: skip
+            b["holding"].tolist(),
+            b["criterion_id"].tolist(),
+            b["metric"].tolist(),
+            b["matched"].tolist(),
+            b["points_awarded"].tolist(),
+            b["actual_value"].tolist(),
+            b["skipped_reason"].tolist(),
+            strict=True,
+        ):
             outcomes[h].append(RuleOutcome(cid, metric, matched, points, actual, skipped))
         result: dict[Any, dict[str, AssetScore]] = {}
         s = self.holdings
-        for i, (user_id, asset_id, score, max_score, top) in enumerate(zip(
-            s["user_id"].tolist(), s["asset_id"].tolist(), s["score"].tolist(),
-            s["max_possible_score"].tolist(), s["top_contributor"].tolist(), strict=True,
-        )):  # fmt: skip
+        for i, (user_id, asset_id, score, max_score, top) in enumerate(
+            zip(
+                s["user_id"].tolist(),
+                s["asset_id"].tolist(),
+                s["score"].tolist(),
+                s["max_possible_score"].tolist(),
+                s["top_contributor"].tolist(),
+                strict=True,
+            )
+        ):
             result.setdefault(user_id, {})[asset_id] = AssetScore(
                 asset_id, score, max_score, top, tuple(outcomes[i])
             )
@@ -251,8 +284,9 @@ def score_batch(
     matched = _MATCH[op, cmp1 + 1]
     if between.any():
         b = np.flatnonzero(between)
-        cmp2 = _compare(actual[b], null[b], _floats(v2_obj)[r_idx[b]], f_obj, cell[b], v2_obj,
-                        r_idx[b])  # fmt: skip
+        cmp2 = _compare(
+            actual[b], null[b], _floats(v2_obj)[r_idx[b]], f_obj, cell[b], v2_obj, r_idx[b]
+        )
         matched[b] = (cmp1[b] >= 0) & (cmp2 <= 0)
     exists = op == _OP_INDEX["exists"]
     matched[exists] = ~null[exists]
@@ -275,31 +309,38 @@ def score_batch(
         first = at_best[np.r_[True, hb[1:] != hb[:-1]]]
         top[h_idx[first]] = _METRIC_NAMES[rows_m[first]]
 
-    scored = pd.DataFrame({
-        "user_id": _objects(holdings["user_id"].to_numpy(dtype=object)),
-        "asset_id": _objects(holdings["asset_id"].to_numpy(dtype=object)),
-        "asset_class": _objects(h_class),
-        "score": _objects(_decimal_cache(score_points)),
-        "score_points": score_points,
-        "max_possible_score": _objects(_decimal_cache(max_points.round().astype(np.int64))),
-        "criteria_count": counts,
-        "top_contributor": _objects(top),
-    }, copy=False)  # fmt: skip
+    scored = pd.DataFrame(
+        {
+            "user_id": _objects(holdings["user_id"].to_numpy(dtype=object)),
+            "asset_id": _objects(holdings["asset_id"].to_numpy(dtype=object)),
+            "asset_class": _objects(h_class),
+            "score": _objects(_decimal_cache(score_points)),
+            "score_points": score_points,
+            "max_possible_score": _objects(_decimal_cache(max_points.round().astype(np.int64))),
+            "criteria_count": counts,
+            "top_contributor": _objects(top),
+        },
+        copy=False,
+    )
     actual_obj = f_obj[cell]
     actual_obj[skipped] = None
     reason = np.full(len(h_idx), None, dtype=object)
     reason[skipped] = MISSING_FUNDAMENTAL
-    breakdown = pd.DataFrame({
-        "holding": h_idx,
-        "criterion_id": _objects(rules["id"].to_numpy(dtype=object)[r_idx]),
-        "metric": _objects(_METRIC_NAMES[rows_m]),
-        "matched": matched,
-        "points_awarded": awarded,
-        "actual_value": _objects(actual_obj),
-        "skipped_reason": _objects(reason),
-    }, copy=False)  # fmt: skip
-    keys = _HoldingKeys(holdings, users, h_user, class_codes[:n], class_uniques.tolist(), a_row,
-                        len(table.index))  # fmt: skip
+    breakdown = pd.DataFrame(
+        {
+            "holding": h_idx,
+            "criterion_id": _objects(rules["id"].to_numpy(dtype=object)[r_idx]),
+            "metric": _objects(_METRIC_NAMES[rows_m]),
+            "matched": matched,
+            "points_awarded": awarded,
+            "actual_value": _objects(actual_obj),
+            "skipped_reason": _objects(reason),
+        },
+        copy=False,
+    )
+    keys = _HoldingKeys(
+        holdings, users, h_user, class_codes[:n], class_uniques.tolist(), a_row, len(table.index)
+    )
     return BatchScores(scored, breakdown, keys)
 
 
@@ -435,8 +476,7 @@ def _recommend_batch(
     priced = _present(price)
     currencies: dict[Any, int] = {}  # a user's holdings often share a currency: runs
     cur_code = _run_codes(h["currency"].to_numpy(dtype=object), currencies, grow=True)
-    base_code, base_uniques = pd.factorize(np.array(base_list, dtype=object),
-                                           use_na_sentinel=False)  # fmt: skip
+    base_code, base_uniques = pd.factorize(np.array(base_list, dtype=object), use_na_sentinel=False)
     n_b = len(base_uniques) + 1  # code 0: a holding of a user missing from `users`
     known = h_user >= 0
     pair = cur_code.astype(np.int64) * n_b
@@ -641,8 +681,10 @@ def _allocate_many(
         h_name = keys.class_code
         c_name, name_rank, n_names = _name_codes(keys.class_names, names_raw)
     else:
-        codes, uniques = pd.factorize(np.concatenate([names_raw, h["asset_class"].to_numpy(
-            dtype=object)]), use_na_sentinel=False)  # fmt: skip
+        codes, uniques = pd.factorize(
+            np.concatenate([names_raw, h["asset_class"].to_numpy(dtype=object)]),
+            use_na_sentinel=False,
+        )
         c_name, h_name = codes[: len(cl)], codes[len(cl) :]
         name_rank = _string_ranks(uniques.tolist())
         n_names = max(len(uniques), 1)
@@ -663,8 +705,9 @@ def _allocate_many(
     usable[h_user[ok & known & (h_crow < 0)]] = False
     max_assets = np.zeros(len(cl), dtype=np.int64)
     set_max = np.flatnonzero(~max_null)
-    max_assets[set_max] = np.fromiter(map(int, max_raw[set_max].tolist()), dtype=np.int64,
-                                      count=len(set_max))  # fmt: skip
+    max_assets[set_max] = np.fromiter(
+        map(int, max_raw[set_max].tolist()), dtype=np.int64, count=len(set_max)
+    )
     usable[c_user[(max_assets < 0) & (c_user >= 0)]] = False
 
     # --- Compact numbering: users f, class rows k (by user, in order). ----------------------
@@ -753,8 +796,14 @@ def _allocate_many(
             rows2 = np.flatnonzero(more[a_grp])
             hi[a_rows[rows2]] = t_max[a_rows[rows2]] / HUNDRED * after[a_user[rows2]]
             g2, grp2 = np.unique(a_grp[rows2], return_inverse=True)
-            got2, rest2 = _fill_many(rest[g2], grp2.reshape(-1), cv_a[rows2] + got[rows2],
-                                     hi[a_rows[rows2]], k_rank[a_rows[rows2]], len(g2))  # fmt: skip
+            got2, rest2 = _fill_many(
+                rest[g2],
+                grp2.reshape(-1),
+                cv_a[rows2] + got[rows2],
+                hi[a_rows[rows2]],
+                k_rank[a_rows[rows2]],
+                len(g2),
+            )
             got[rows2] = got[rows2] + got2
             rest[g2] = rest2
         amount[a_rows] = got
@@ -771,8 +820,9 @@ def _allocate_many(
     score_obj = scores.holdings["score"].to_numpy(dtype=object)
     p_k, p_score = e_k[p_e], score_obj[e_rows[p_e]]
     share = amount[p_k] * p_score / _sums(p_score, p_k, n_k, None)[p_k]
-    alive = _resplit(share, p_k, e_pts[p_e], sym_rank[p_e], p_score, amount, min_set, min_val,
-                     k_user, drop)  # fmt: skip
+    alive = _resplit(
+        share, p_k, e_pts[p_e], sym_rank[p_e], p_score, amount, min_set, min_val, k_user, drop
+    )
     if alive is not None:
         p_e, share = p_e[alive], share[alive]
     p_k = e_k[p_e]
@@ -802,13 +852,30 @@ def _allocate_many(
     if plus.any():
         k_plus, n_plus = np.unique(p_k[plus], return_counts=True)
         _fill_none(hi, k_plus, t_max, after, k_user)
-        more = _objects_of([q * m for q, m in zip(q_f[k_user[k_plus]].tolist(), n_plus.tolist(), strict=True)])  # fmt: skip
+        more = _objects_of(
+            [q * m for q, m in zip(q_f[k_user[k_plus]].tolist(), n_plus.tolist(), strict=True)]
+        )
         walk[k_user[k_plus[floor_k[k_plus] + more > hi[k_plus] - cv[k_plus]]]] = True
     if walk.any():
         p_e, floor, plus = _walk_units(
-            walk, units, p_e, floor, rem, plus, e_k, e_pts, sym_rank, active, k_user, q_f,
-            floor_k, hi, cv, t_max, after,
-        )  # fmt: skip
+            walk,
+            units,
+            p_e,
+            floor,
+            rem,
+            plus,
+            e_k,
+            e_pts,
+            sym_rank,
+            active,
+            k_user,
+            q_f,
+            floor_k,
+            hi,
+            cv,
+            t_max,
+            after,
+        )
         p_k = e_k[p_e]
         p_user = k_user[p_k]
     p_amount = floor.copy()
@@ -831,10 +898,18 @@ def _allocate_many(
     gap_q[with_recs] = _QUANTIZE(gap[with_recs], PERCENT_PLACES, ROUND_HALF_EVEN)
     rr = p_rows[r_sel]
     sh = scores.holdings
-    recs = _tuples(RecommendedAsset, h["asset_id"].to_numpy(dtype=object)[rr],
-                   symbols_raw[rr], names[r_k], p_score[r_sel], r_amount,
-                   bases_f[k_user[r_k]], gap_q[r_k], sh["criteria_count"].to_numpy()[rr],
-                   sh["top_contributor"].to_numpy(dtype=object)[rr])  # fmt: skip
+    recs = _tuples(
+        RecommendedAsset,
+        h["asset_id"].to_numpy(dtype=object)[rr],
+        symbols_raw[rr],
+        names[r_k],
+        p_score[r_sel],
+        r_amount,
+        bases_f[k_user[r_k]],
+        gap_q[r_k],
+        sh["criteria_count"].to_numpy()[rr],
+        sh["top_contributor"].to_numpy(dtype=object)[rr],
+    )
     status = np.full(n_k, NO_ELIGIBLE_ASSET, dtype=object)
     status[active] = None
     class_results = _tuples(ClassResult, names, cv, pct, t_min, t_max, gap, class_amount, status)
@@ -873,10 +948,17 @@ def _allocate_many(
     for f in np.flatnonzero(~drop).tolist():
         version = versions[f]
         out[users_l[f]] = _user_recommendations(
-            bases_l[f], c_l[f], total_l[f], tuple(recs[r_bounds[f] : r_bounds[f + 1]]),
-            un_l[f], tuple(class_results[k_first[f] : k_first[f + 1]]), as_of_l[f],
-            fx.as_of, None if _is_null(version) else int(version), tuple(missing.get(f, ())),
-        )  # fmt: skip
+            bases_l[f],
+            c_l[f],
+            total_l[f],
+            tuple(recs[r_bounds[f] : r_bounds[f + 1]]),
+            un_l[f],
+            tuple(class_results[k_first[f] : k_first[f + 1]]),
+            as_of_l[f],
+            fx.as_of,
+            None if _is_null(version) else int(version),
+            tuple(missing.get(f, ())),
+        )
     return out
 
 
@@ -915,7 +997,11 @@ def _resplit(
         alive[worst] = False
         rows = rows[alive[rows]]
         drop[k_user[np.setdiff1d(p_k[worst], p_k[rows])]] = True  # no pick left: not here
-        share[rows] = amount[p_k[rows]] * p_score[rows] / _sums(p_score[rows], p_k[rows], len(amount), None)[p_k[rows]]  # fmt: skip
+        share[rows] = (
+            amount[p_k[rows]]
+            * p_score[rows]
+            / _sums(p_score[rows], p_k[rows], len(amount), None)[p_k[rows]]
+        )
     return None if alive.all() else alive
 
 
@@ -1195,8 +1281,15 @@ def _class_specs(classes: pd.DataFrame) -> dict[Any, list[ClassSpec]]:
     for user_id, name, lo, hi, max_assets, min_value in zip(
         *(classes[c].tolist() for c in CLASS_COLUMNS), strict=True
     ):
-        specs.setdefault(user_id, []).append(ClassSpec._make((
-            name, lo, hi, None if _is_null(max_assets) else int(max_assets),
-            None if _is_null(min_value) else min_value,
-        )))  # fmt: skip
+        specs.setdefault(user_id, []).append(
+            ClassSpec._make(
+                (
+                    name,
+                    lo,
+                    hi,
+                    None if _is_null(max_assets) else int(max_assets),
+                    None if _is_null(min_value) else min_value,
+                )
+            )
+        )
     return specs

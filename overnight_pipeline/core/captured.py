@@ -78,9 +78,11 @@ def capture(
     assert isinstance(fundamentals, pd.DataFrame), "capture needs the fundamentals frame"
     docs: dict[Any, dict[str, Any]] = {}
     for uid, base, contribution in zip(
-        batch.users["user_id"].tolist(), batch.users["base_currency"].tolist(),
-        batch.users["contribution"].tolist(), strict=True,
-    ):  # fmt: skip
+        batch.users["user_id"].tolist(),
+        batch.users["base_currency"].tolist(),
+        batch.users["contribution"].tolist(),
+        strict=True,
+    ):
         docs[uid] = {
             "market": market,
             "marketDate": market_date.isoformat(),
@@ -93,24 +95,53 @@ def capture(
             "fundamentals": {},
         }
     for uid, name, lo, hi, max_assets, min_value in zip(
-        *(batch.classes[c].tolist() for c in ("user_id", "name", "target_min", "target_max",
-                                              "max_assets", "min_allocation_value")),
+        *(
+            batch.classes[c].tolist()
+            for c in (
+                "user_id",
+                "name",
+                "target_min",
+                "target_max",
+                "max_assets",
+                "min_allocation_value",
+            )
+        ),
         strict=True,
-    ):  # fmt: skip
-        docs[uid]["assetClasses"].append({
-            "name": name, "targetMin": _s(lo), "targetMax": _s(hi),
-            "maxAssets": None if _null(max_assets) else int(max_assets),
-            "minAllocationValue": None if _null(min_value) else _s(min_value),
-        })  # fmt: skip
+    ):
+        docs[uid]["assetClasses"].append(
+            {
+                "name": name,
+                "targetMin": _s(lo),
+                "targetMax": _s(hi),
+                "maxAssets": None if _null(max_assets) else int(max_assets),
+                "minAllocationValue": None if _null(min_value) else _s(min_value),
+            }
+        )
     metrics_of: dict[Any, set[str]] = {}
     r = batch.rules
     for uid, rid, cls, metric, op, v, v2, points in zip(
-        *(r[c].tolist() for c in ("user_id", "id", "asset_class", "metric", "operator", "value",
-                                  "value2", "points")),
+        *(
+            r[c].tolist()
+            for c in (
+                "user_id",
+                "id",
+                "asset_class",
+                "metric",
+                "operator",
+                "value",
+                "value2",
+                "points",
+            )
+        ),
         strict=True,
-    ):  # fmt: skip
-        rule: dict[str, Any] = {"id": rid, "assetClass": cls, "metric": metric, "operator": op,
-                                "points": int(points)}  # fmt: skip
+    ):
+        rule: dict[str, Any] = {
+            "id": rid,
+            "assetClass": cls,
+            "metric": metric,
+            "operator": op,
+            "points": int(points),
+        }
         if not _null(v):
             rule["value"] = _s(v)
         if not _null(v2):
@@ -132,17 +163,35 @@ def capture(
     sorted_metrics = {uid: sorted(ms) for uid, ms in metrics_of.items()}
     needed: dict[Any, set[str]] = {}
     for uid, aid, sym, cls, qty, cur, price, as_of, mkt in zip(
-        *(h[c].tolist() for c in ("user_id", "asset_id", "symbol", "asset_class", "quantity",
-                                  "currency", "price", "price_as_of")),
-        markets, strict=True,
-    ):  # fmt: skip
+        *(
+            h[c].tolist()
+            for c in (
+                "user_id",
+                "asset_id",
+                "symbol",
+                "asset_class",
+                "quantity",
+                "currency",
+                "price",
+                "price_as_of",
+            )
+        ),
+        markets,
+        strict=True,
+    ):
         doc = docs[uid]
-        doc["holdings"].append({
-            "assetId": aid, "symbol": sym, "market": mkt, "assetClass": cls,
-            "quantity": _s(qty), "currency": cur,
-            "price": None if _null(price) else _s(price),
-            "priceAsOf": None if _null(as_of) else _iso(as_of),
-        })  # fmt: skip
+        doc["holdings"].append(
+            {
+                "assetId": aid,
+                "symbol": sym,
+                "market": mkt,
+                "assetClass": cls,
+                "quantity": _s(qty),
+                "currency": cur,
+                "price": None if _null(price) else _s(price),
+                "priceAsOf": None if _null(as_of) else _iso(as_of),
+            }
+        )
         needed.setdefault(uid, set()).update({cur, doc["baseCurrency"]})
         values = f_text.get(aid, no_values)
         doc["fundamentals"][aid] = {m: values[m] for m in sorted_metrics.get(uid, ())}
@@ -171,12 +220,25 @@ def batch_from_captured(items: Iterable[tuple[Any, Mapping[str, Any]]]) -> tuple
     parsed_from: dict[str, dict[str, Any]] = {}
     for uid, doc in items:
         versions[uid] = doc["criteria"]["version"]
-        users.append((uid, doc["baseCurrency"], _d(doc["contribution"], "contribution"),
-                      doc["criteria"]["version"]))  # fmt: skip
+        users.append(
+            (
+                uid,
+                doc["baseCurrency"],
+                _d(doc["contribution"], "contribution"),
+                doc["criteria"]["version"],
+            )
+        )
         for c in doc["assetClasses"]:
-            classes.append((uid, c["name"], _d(c["targetMin"], "targetMin"),
-                            _d(c["targetMax"], "targetMax"), c["maxAssets"],
-                            _d(c["minAllocationValue"], "minAllocationValue")))  # fmt: skip
+            classes.append(
+                (
+                    uid,
+                    c["name"],
+                    _d(c["targetMin"], "targetMin"),
+                    _d(c["targetMax"], "targetMax"),
+                    c["maxAssets"],
+                    _d(c["minAllocationValue"], "minAllocationValue"),
+                )
+            )
         for h in doc["holdings"]:
             stamp = h["priceAsOf"]
             if stamp is not None:
@@ -184,13 +246,31 @@ def batch_from_captured(items: Iterable[tuple[Any, Mapping[str, Any]]]) -> tuple
                 if found is None:
                     found = stamps[stamp] = datetime.fromisoformat(stamp)
                 stamp = found
-            holdings.append((uid, h["assetId"], h["symbol"], h["assetClass"],
-                             _d(h["quantity"], "quantity"), h["currency"],
-                             _d(h["price"], "price"), stamp))  # fmt: skip
+            holdings.append(
+                (
+                    uid,
+                    h["assetId"],
+                    h["symbol"],
+                    h["assetClass"],
+                    _d(h["quantity"], "quantity"),
+                    h["currency"],
+                    _d(h["price"], "price"),
+                    stamp,
+                )
+            )
         for rule in doc["criteria"]["rules"]:
-            rules.append((uid, rule["id"], rule["assetClass"], rule["metric"], rule["operator"],
-                          _d(rule.get("value"), "value"), _d(rule.get("value2"), "value2"),
-                          int(rule["points"])))  # fmt: skip
+            rules.append(
+                (
+                    uid,
+                    rule["id"],
+                    rule["assetClass"],
+                    rule["metric"],
+                    rule["operator"],
+                    _d(rule.get("value"), "value"),
+                    _d(rule.get("value2"), "value2"),
+                    int(rule["points"]),
+                )
+            )
         for aid, values in doc["fundamentals"].items():
             into = fundamentals.get(aid)
             if into is None:
@@ -213,18 +293,34 @@ def batch_from_captured(items: Iterable[tuple[Any, Mapping[str, Any]]]) -> tuple
     def frame(rows: list[tuple[Any, ...]], columns: list[str]) -> pd.DataFrame:
         return pd.DataFrame(rows, columns=columns, dtype=object)
 
-    fund = frame([(a, *[v.get(m) for m in METRICS]) for a, v in fundamentals.items()],
-                 ["asset_id", *METRICS]).set_index("asset_id")  # fmt: skip
+    fund = frame(
+        [(a, *[v.get(m) for m in METRICS]) for a, v in fundamentals.items()], ["asset_id", *METRICS]
+    ).set_index("asset_id")
     batch = Batch(
         users=frame(users, ["user_id", "base_currency", "contribution", "criteria_version"]),
-        classes=frame(classes, ["user_id", "name", "target_min", "target_max", "max_assets",
-                                "min_allocation_value"]),
-        holdings=frame(holdings, ["user_id", "asset_id", "symbol", "asset_class", "quantity",
-                                  "currency", "price", "price_as_of"]),
-        rules=frame(rules, ["user_id", "id", "asset_class", "metric", "operator", "value",
-                            "value2", "points"]),
+        classes=frame(
+            classes,
+            ["user_id", "name", "target_min", "target_max", "max_assets", "min_allocation_value"],
+        ),
+        holdings=frame(
+            holdings,
+            [
+                "user_id",
+                "asset_id",
+                "symbol",
+                "asset_class",
+                "quantity",
+                "currency",
+                "price",
+                "price_as_of",
+            ],
+        ),
+        rules=frame(
+            rules,
+            ["user_id", "id", "asset_class", "metric", "operator", "value", "value2", "points"],
+        ),
         fundamentals=fund,
-    )  # fmt: skip
+    )
     usd_to.pop("USD", None)
     return batch, FxRates(usd_to=usd_to, as_of=as_of, stale=stale)
 
@@ -234,22 +330,44 @@ def score_documents(scores: BatchScores) -> list[dict[str, Any]]:
     b = scores.breakdown
     rules: list[list[dict[str, Any]]] = [[] for _ in range(len(scores.holdings))]
     for h, cid, matched, points, actual, skipped in zip(
-        b["holding"].tolist(), b["criterion_id"].tolist(), b["matched"].tolist(),
-        b["points_awarded"].tolist(), b["actual_value"].tolist(), b["skipped_reason"].tolist(),
+        b["holding"].tolist(),
+        b["criterion_id"].tolist(),
+        b["matched"].tolist(),
+        b["points_awarded"].tolist(),
+        b["actual_value"].tolist(),
+        b["skipped_reason"].tolist(),
         strict=True,
-    ):  # fmt: skip
-        rules[h].append({"criterionId": cid, "matched": matched, "pointsAwarded": points,
-                         "actualValue": None if actual is None else format(actual, "f"),
-                         "skippedReason": skipped})  # fmt: skip
+    ):
+        rules[h].append(
+            {
+                "criterionId": cid,
+                "matched": matched,
+                "pointsAwarded": points,
+                "actualValue": None if actual is None else format(actual, "f"),
+                "skippedReason": skipped,
+            }
+        )
     s = scores.holdings
     return [
-        {"assetId": aid, "score": format(score, "f"), "maxPossibleScore": format(top_score, "f"),
-         "criteriaCount": count, "topContributor": top, "breakdown": rules[i]}
-        for i, (aid, score, top_score, count, top) in enumerate(zip(
-            s["asset_id"].tolist(), s["score"].tolist(), s["max_possible_score"].tolist(),
-            s["criteria_count"].tolist(), s["top_contributor"].tolist(), strict=True,
-        ))
-    ]  # fmt: skip
+        {
+            "assetId": aid,
+            "score": format(score, "f"),
+            "maxPossibleScore": format(top_score, "f"),
+            "criteriaCount": count,
+            "topContributor": top,
+            "breakdown": rules[i],
+        }
+        for i, (aid, score, top_score, count, top) in enumerate(
+            zip(
+                s["asset_id"].tolist(),
+                s["score"].tolist(),
+                s["max_possible_score"].tolist(),
+                s["criteria_count"].tolist(),
+                s["top_contributor"].tolist(),
+                strict=True,
+            )
+        )
+    ]
 
 
 # JSON text, built directly ------------------------------------------------------------------
@@ -296,10 +414,19 @@ def capture_json(
 
     classes: dict[Any, list[str]] = {}
     for uid, name, lo, hi, max_assets, min_value in zip(
-        *(batch.classes[c].tolist() for c in ("user_id", "name", "target_min", "target_max",
-                                              "max_assets", "min_allocation_value")),
+        *(
+            batch.classes[c].tolist()
+            for c in (
+                "user_id",
+                "name",
+                "target_min",
+                "target_max",
+                "max_assets",
+                "min_allocation_value",
+            )
+        ),
         strict=True,
-    ):  # fmt: skip
+    ):
         classes.setdefault(uid, []).append(
             f'{{"name":{js[name]},"targetMin":{_q(lo)},"targetMax":{_q(hi)},'
             f'"maxAssets":{"null" if _null(max_assets) else int(max_assets)},'
@@ -310,12 +437,25 @@ def capture_json(
     metrics_of: dict[Any, set[str]] = {}
     r = batch.rules
     for uid, rid, cls, metric, op, v, v2, points in zip(
-        *(r[c].tolist() for c in ("user_id", "id", "asset_class", "metric", "operator", "value",
-                                  "value2", "points")),
+        *(
+            r[c].tolist()
+            for c in (
+                "user_id",
+                "id",
+                "asset_class",
+                "metric",
+                "operator",
+                "value",
+                "value2",
+                "points",
+            )
+        ),
         strict=True,
-    ):  # fmt: skip
-        text = (f'{{"id":{js[rid]},"assetClass":{js[cls]},"metric":{js[metric]},'
-                f'"operator":{js[op]},"points":{int(points)}')  # fmt: skip
+    ):
+        text = (
+            f'{{"id":{js[rid]},"assetClass":{js[cls]},"metric":{js[metric]},'
+            f'"operator":{js[op]},"points":{int(points)}'
+        )
         if not _null(v):
             text += f',"value":{_q(v)}'
         if not _null(v2):
@@ -325,14 +465,13 @@ def capture_json(
 
     # Each asset's `"metric":value` pairs, made once however many users hold it.
     f_pairs: dict[Any, dict[str, str]] = {
-        aid: {m: f"{js[m]}:{_q(v)}"
-              for m, v in zip(METRICS, row, strict=True)}
+        aid: {m: f"{js[m]}:{_q(v)}" for m, v in zip(METRICS, row, strict=True)}
         for aid, row in zip(
             fundamentals.index.tolist(),
             fundamentals.reindex(columns=list(METRICS)).to_numpy(dtype=object).tolist(),
             strict=True,
         )
-    }  # fmt: skip
+    }
     no_pairs = {m: f"{js[m]}:null" for m in METRICS}
     pick: dict[Any, Callable[[dict[str, str]], str]] = {}
     for uid, ms in metrics_of.items():
@@ -348,10 +487,22 @@ def capture_json(
     needed: dict[Any, set[str]] = {}
     none_pick = _picker([])
     for uid, aid, sym, cls, qty, cur, price, as_of, mkt in zip(
-        *(h[c].tolist() for c in ("user_id", "asset_id", "symbol", "asset_class", "quantity",
-                                  "currency", "price", "price_as_of")),
-        markets, strict=True,
-    ):  # fmt: skip
+        *(
+            h[c].tolist()
+            for c in (
+                "user_id",
+                "asset_id",
+                "symbol",
+                "asset_class",
+                "quantity",
+                "currency",
+                "price",
+                "price_as_of",
+            )
+        ),
+        markets,
+        strict=True,
+    ):
         key = (aid, sym, mkt, cur, id(price), id(as_of))
         found = parts.get(key)
         if found is None:
@@ -359,7 +510,7 @@ def capture_json(
                 f'{{"assetId":{js[aid]},"symbol":{js[sym]},"market":{js[mkt]},"assetClass":',
                 f',"currency":{js[cur]},"price":{_q(price)},'
                 f'"priceAsOf":{"null" if _null(as_of) else js[_iso(as_of)]}}}',
-            )  # fmt: skip
+            )
         holdings.setdefault(uid, []).append(f'{found[0]}{js[cls]},"quantity":{_q(qty)}{found[1]}')
         seen = needed.get(uid)
         if seen is None:
@@ -381,9 +532,13 @@ def capture_json(
         currencies = frozenset(needed.get(uid, (base,)))
         rates = rates_of.get(currencies)
         if rates is None:
-            rates = rates_of[currencies] = rates_head + ",".join(
-                f"{js[c]}:{_q(fx.usd_to[c])}" for c in sorted(currencies) if c in fx.usd_to
-            ) + "}}"  # fmt: skip
+            rates = rates_of[currencies] = (
+                rates_head
+                + ",".join(
+                    f"{js[c]}:{_q(fx.usd_to[c])}" for c in sorted(currencies) if c in fx.usd_to
+                )
+                + "}}"
+            )
         contribution = contributions[uid]
         version = criteria_versions.get(uid)
         held = holdings.get(uid, [])
@@ -395,7 +550,7 @@ def capture_json(
             f'"holdings":[{",".join(held)}],"rates":{rates},'
             f'"fundamentals":{{{",".join(f"{js[a]}:{t}" for a, t in funds.get(uid, {}).items())}}}}}',
             len(held),
-        )  # fmt: skip
+        )
     return out
 
 
@@ -441,10 +596,14 @@ def score_json(scores: BatchScores, criteria_versions: Mapping[Any, int | None])
         f'{{"criterionId":{js[cid]},"matched":{"true" if matched else "false"},'
         f'"pointsAwarded":{points},"actualValue":{dec(actual)},"skippedReason":{js[skipped]}}}'
         for cid, matched, points, actual, skipped in zip(
-            b["criterion_id"].tolist(), b["matched"].tolist(), b["points_awarded"].tolist(),
-            b["actual_value"].tolist(), b["skipped_reason"].tolist(), strict=True,
+            b["criterion_id"].tolist(),
+            b["matched"].tolist(),
+            b["points_awarded"].tolist(),
+            b["actual_value"].tolist(),
+            b["skipped_reason"].tolist(),
+            strict=True,
         )
-    ]  # fmt: skip
+    ]
     s = scores.holdings
     n = len(s)
     bounds = np.searchsorted(holding, np.arange(n + 1)).tolist() if n else [0]
@@ -453,11 +612,17 @@ def score_json(scores: BatchScores, criteria_versions: Mapping[Any, int | None])
     max_text: list[str] = []
     summaries: list[str] = []
     summary_of: dict[tuple[int, Any], str] = {}
-    for i, (uid, aid, score, top_score, count, top) in enumerate(zip(
-        s["user_id"].tolist(), s["asset_id"].tolist(), s["score"].tolist(),
-        s["max_possible_score"].tolist(), s["criteria_count"].tolist(),
-        s["top_contributor"].tolist(), strict=True,
-    )):  # fmt: skip
+    for i, (uid, aid, score, top_score, count, top) in enumerate(
+        zip(
+            s["user_id"].tolist(),
+            s["asset_id"].tolist(),
+            s["score"].tolist(),
+            s["max_possible_score"].tolist(),
+            s["criteria_count"].tolist(),
+            s["top_contributor"].tolist(),
+            strict=True,
+        )
+    ):
         st, mt = dec(score), dec(top_score)
         summary = summary_of.get((count, top))
         if summary is None:

@@ -265,9 +265,11 @@ class LoadFile:
 
 
 _UTF16_32 = (
-    (b"\x00\x00\xfe\xff", "UTF-32"), (b"\xff\xfe\x00\x00", "UTF-32"),
-    (b"\xfe\xff", "UTF-16"), (b"\xff\xfe", "UTF-16"),
-)  # fmt: skip
+    (b"\x00\x00\xfe\xff", "UTF-32"),
+    (b"\xff\xfe\x00\x00", "UTF-32"),
+    (b"\xfe\xff", "UTF-16"),
+    (b"\xff\xfe", "UTF-16"),
+)
 
 
 def _whole_file(message: str) -> LoadFileError:
@@ -279,20 +281,25 @@ def decode_load_file(data: bytes) -> Any:
     any other encoding, invalid JSON or nesting past `MAX_DEPTH` raises `LoadFileError`."""
     for mark, encoding in _UTF16_32:
         if data.startswith(mark):
-            raise _whole_file(f"the file is {encoding} (it starts with a {encoding} byte-order"
-                              " mark); save it as UTF-8")  # fmt: skip
+            raise _whole_file(
+                f"the file is {encoding} (it starts with a {encoding} byte-order"
+                " mark); save it as UTF-8"
+            )
     if b"\x00" in data[:4096]:
         # JSON text never holds a raw NUL byte; UTF-16 and UTF-32 text is full of them.
-        raise _whole_file("the file holds NUL bytes: it looks UTF-16 or UTF-32 encoded; save it"
-                          " as UTF-8")  # fmt: skip
+        raise _whole_file(
+            "the file holds NUL bytes: it looks UTF-16 or UTF-32 encoded; save it as UTF-8"
+        )
     data = data.removeprefix(b"\xef\xbb\xbf")
     try:
         data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
         column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
-        raise _whole_file(f"not UTF-8: byte 0x{data[exc.start]:02x} at line {line} column"
-                          f" {column} (byte {exc.start}); save the file as UTF-8") from None  # fmt: skip
+        raise _whole_file(
+            f"not UTF-8: byte 0x{data[exc.start]:02x} at line {line} column"
+            f" {column} (byte {exc.start}); save the file as UTF-8"
+        ) from None
     if not data.strip():
         raise _whole_file("the file is empty")
     try:
@@ -321,10 +328,13 @@ def _json_path(prefix: str, loc: tuple[int | str, ...]) -> str:
 
 def _pydantic_errors(prefix: str, exc: ValidationError) -> list[FileError]:
     return [
-        FileError(_json_path(prefix, tuple(e["loc"])), e["msg"].removeprefix("Value error, "),
-                  e.get("input"))
+        FileError(
+            _json_path(prefix, tuple(e["loc"])),
+            e["msg"].removeprefix("Value error, "),
+            e.get("input"),
+        )
         for e in exc.errors(include_url=False)
-    ]  # fmt: skip
+    ]
 
 
 def parse_load_file(raw: Any, *, markets: Collection[str]) -> LoadFile:
@@ -349,8 +359,13 @@ def parse_load_file(raw: Any, *, markets: Collection[str]) -> LoadFile:
     for i, asset in enumerate(assets):
         key = (asset.market, asset.symbol)
         if key in seen_assets:
-            errors.append(FileError(f"$.assets[{i}]", f"duplicate of $.assets[{seen_assets[key]}]",
-                                    f"{asset.market}:{asset.symbol}"))  # fmt: skip
+            errors.append(
+                FileError(
+                    f"$.assets[{i}]",
+                    f"duplicate of $.assets[{seen_assets[key]}]",
+                    f"{asset.market}:{asset.symbol}",
+                )
+            )
         seen_assets.setdefault(key, i)
 
     users: list[UserIn] = []
@@ -362,8 +377,11 @@ def parse_load_file(raw: Any, *, markets: Collection[str]) -> LoadFile:
             errors.extend(_pydantic_errors(f"$.users[{i}]", exc))
             continue
         if user.id in seen_users:
-            errors.append(FileError(f"$.users[{i}].id", f"duplicate of $.users[{seen_users[user.id]}]",
-                                    str(user.id)))  # fmt: skip
+            errors.append(
+                FileError(
+                    f"$.users[{i}].id", f"duplicate of $.users[{seen_users[user.id]}]", str(user.id)
+                )
+            )
         seen_users.setdefault(user.id, i)
         errors.extend(_user_references(f"$.users[{i}]", user, markets))
         users.append(user)
@@ -386,31 +404,50 @@ def _user_references(prefix: str, user: UserIn, markets: Collection[str]) -> lis
     classes: dict[str, int] = {}
     for j, cls in enumerate(user.asset_classes):
         if cls.name in classes:
-            errors.append(FileError(f"{prefix}.assetClasses[{j}].name", "duplicate class name",
-                                    cls.name))  # fmt: skip
+            errors.append(
+                FileError(f"{prefix}.assetClasses[{j}].name", "duplicate class name", cls.name)
+            )
         classes.setdefault(cls.name, j)
     total_min = sum((c.target_min for c in user.asset_classes), Decimal(0))
     if total_min > 100:
-        errors.append(FileError(f"{prefix}.assetClasses", "targetMin values add up to more than 100",
-                                format(total_min, "f")))  # fmt: skip
+        errors.append(
+            FileError(
+                f"{prefix}.assetClasses",
+                "targetMin values add up to more than 100",
+                format(total_min, "f"),
+            )
+        )
     held: dict[tuple[str, str], int] = {}
     for j, holding in enumerate(user.holdings):
         path = f"{prefix}.holdings[{j}]"
         if holding.market not in markets:
             errors.append(FileError(f"{path}.market", "unknown market", holding.market))
         if holding.asset_class not in classes:
-            errors.append(FileError(f"{path}.assetClass", "not one of the user's assetClasses",
-                                    holding.asset_class))  # fmt: skip
+            errors.append(
+                FileError(
+                    f"{path}.assetClass", "not one of the user's assetClasses", holding.asset_class
+                )
+            )
         key = (holding.market, holding.symbol)
         if key in held:
-            errors.append(FileError(path, f"duplicate holding of {prefix}.holdings[{held[key]}]",
-                                    f"{holding.market}:{holding.symbol}"))  # fmt: skip
+            errors.append(
+                FileError(
+                    path,
+                    f"duplicate holding of {prefix}.holdings[{held[key]}]",
+                    f"{holding.market}:{holding.symbol}",
+                )
+            )
         held.setdefault(key, j)
     rule_ids: dict[str, int] = {}
     for j, rule in enumerate(user.criteria):
         if rule.asset_class not in classes:
-            errors.append(FileError(f"{prefix}.criteria[{j}].assetClass",
-                                    "not one of the user's assetClasses", rule.asset_class))  # fmt: skip
+            errors.append(
+                FileError(
+                    f"{prefix}.criteria[{j}].assetClass",
+                    "not one of the user's assetClasses",
+                    rule.asset_class,
+                )
+            )
         if rule.id in rule_ids:
             errors.append(FileError(f"{prefix}.criteria[{j}].id", "duplicate rule id", rule.id))
         rule_ids.setdefault(rule.id, j)

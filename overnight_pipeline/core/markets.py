@@ -126,8 +126,9 @@ def load_markets(path: Path | None = None) -> dict[str, Market]:
             continue
         if market.code in markets:
             problems.append(f"[{index}].code: duplicate market {market.code!r}")
-        markets[market.code] = Market(market.code, market.calendar, market.timezone,
-                                      market.currency)  # fmt: skip
+        markets[market.code] = Market(
+            market.code, market.calendar, market.timezone, market.currency
+        )
     if problems:
         raise MarketsFileError(f"{path}: " + "; ".join(problems))
     return markets

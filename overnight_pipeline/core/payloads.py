@@ -319,8 +319,11 @@ def upgrade_legacy(recs: Any, portfolio: Any, user_id: uuid.UUID) -> tuple[Any, 
         and "userId" not in portfolio
     ):
         recs = {**recs, "schemaVersion": SCHEMA_VERSION}
-        portfolio = {"schemaVersion": SCHEMA_VERSION, "userId": str(user_id),
-                     **{k: v for k, v in portfolio.items() if k != "schemaVersion"}}  # fmt: skip
+        portfolio = {
+            "schemaVersion": SCHEMA_VERSION,
+            "userId": str(user_id),
+            **{k: v for k, v in portfolio.items() if k != "schemaVersion"},
+        }
     return recs, portfolio
 
 

@@ -175,12 +175,18 @@ def allocate(
     by_name = {c.name: c for c in classes}
     active = [c.name for c in classes if status[c.name] is None]
     while True:
-        amounts, leftover = water_fill(c_total, {k: class_value[k] for k in active},
-                                       {k: mid[k] for k in active}, {k: hi[k] for k in active})  # fmt: skip
+        amounts, leftover = water_fill(
+            c_total,
+            {k: class_value[k] for k in active},
+            {k: mid[k] for k in active},
+            {k: hi[k] for k in active},
+        )
         short = [
-            k for k in active
-            if by_name[k].min_allocation_value and ZERO < amounts[k] < by_name[k].min_allocation_value  # type: ignore[operator]
-        ]  # fmt: skip
+            k
+            for k in active
+            if by_name[k].min_allocation_value
+            and ZERO < amounts[k] < by_name[k].min_allocation_value  # type: ignore[operator]
+        ]
         if not short:
             break
         dropped = min(short, key=lambda k: (amounts[k], active.index(k)))
@@ -207,11 +213,19 @@ def allocate(
     for asset_id, amount in rounded.items():
         if amount > 0:
             k, p = owner[asset_id]
-            recs.append(RecommendedAsset(
-                p.asset_id, p.symbol, k, p.score, amount, base_currency,
-                gap[k].quantize(PERCENT_PLACES, ROUND_HALF_EVEN), p.criteria_count,
-                p.top_contributor,
-            ))  # fmt: skip
+            recs.append(
+                RecommendedAsset(
+                    p.asset_id,
+                    p.symbol,
+                    k,
+                    p.score,
+                    amount,
+                    base_currency,
+                    gap[k].quantize(PERCENT_PLACES, ROUND_HALF_EVEN),
+                    p.criteria_count,
+                    p.top_contributor,
+                )
+            )
             allocated += amount
             class_amount[k] += amount
     recs.sort(key=lambda r: (-r.amount, -r.score, r.symbol))

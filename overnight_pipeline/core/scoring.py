@@ -24,10 +24,22 @@ SCORE_PLACES = Decimal("0.0001")
 MISSING_FUNDAMENTAL = "missing_fundamental"
 
 Metric = Literal[
-    "dividend_yield", "pe_ratio", "pb_ratio", "market_cap", "revenue", "earnings",
-    "surplus_years", "roe", "roa", "debt_to_equity", "current_ratio", "gross_margin",
-    "net_margin", "payout_ratio", "ev_ebitda",
-]  # fmt: skip
+    "dividend_yield",
+    "pe_ratio",
+    "pb_ratio",
+    "market_cap",
+    "revenue",
+    "earnings",
+    "surplus_years",
+    "roe",
+    "roa",
+    "debt_to_equity",
+    "current_ratio",
+    "gross_margin",
+    "net_margin",
+    "payout_ratio",
+    "ev_ebitda",
+]
 assert set(Metric.__args__) == set(METRICS)  # type: ignore[attr-defined]
 
 

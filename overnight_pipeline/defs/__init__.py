@@ -31,9 +31,13 @@ def build_definitions(settings: Settings, *, env_vars: bool = True) -> Definitio
     """Everything Dagster loads, for the configured markets and settings."""
     markets = load_markets(settings.markets_file)
     partitions = market_date_partitions(markets)
-    assets = build_assets(partitions, markets, batch_size=settings.user_batch_size,
-                          retry_delay=settings.retry_delay_seconds,
-                          max_failed_user_ratio=settings.max_failed_user_ratio)  # fmt: skip
+    assets = build_assets(
+        partitions,
+        markets,
+        batch_size=settings.user_batch_size,
+        retry_delay=settings.retry_delay_seconds,
+        max_failed_user_ratio=settings.max_failed_user_ratio,
+    )
     cache_asset = next(a for a in assets if a.key.to_user_string() == "recommendation_cache")
     freshness = cache_freshness_check(cache_asset)
     freshness_job = define_asset_job(

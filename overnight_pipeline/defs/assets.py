@@ -45,14 +45,12 @@ RETRY_DELAY = 2.0  # seconds before the first retry; then doubling, with full ji
 
 def io_retry(delay: float = RETRY_DELAY) -> RetryPolicy:
     """Provider calls and Redis: three retries with exponential backoff and jitter."""
-    return RetryPolicy(max_retries=3, delay=delay, backoff=Backoff.EXPONENTIAL,
-                       jitter=Jitter.FULL)  # fmt: skip
+    return RetryPolicy(max_retries=3, delay=delay, backoff=Backoff.EXPONENTIAL, jitter=Jitter.FULL)
 
 
 def db_retry(delay: float = RETRY_DELAY) -> RetryPolicy:
     """PostgreSQL steps: two retries; each resumes after the last committed batch."""
-    return RetryPolicy(max_retries=2, delay=delay, backoff=Backoff.EXPONENTIAL,
-                       jitter=Jitter.FULL)  # fmt: skip
+    return RetryPolicy(max_retries=2, delay=delay, backoff=Backoff.EXPONENTIAL, jitter=Jitter.FULL)
 
 
 IO_RETRY = io_retry()
@@ -89,8 +87,11 @@ def _metadata(reports: list[tuple[str, steps.StepReport]]) -> dict[str, Any]:
         meta["partitions"] = len(reports)
     failures = [f for _, r in reports for f in r.failures]
     meta["failures"] = len(failures)
-    tables = [f"**{key}**\n\n{report.markdown()}" for key, report in reports
-              if len(reports) > 1 or report.failures]  # fmt: skip
+    tables = [
+        f"**{key}**\n\n{report.markdown()}"
+        for key, report in reports
+        if len(reports) > 1 or report.failures
+    ]
     if tables:
         meta["summary"] = MetadataValue.md("\n\n".join(tables))
     return meta
@@ -133,85 +134,148 @@ def build_assets(
     common: dict[str, Any] = {"partitions_def": partitions, "group_name": GROUP}
     io, db = io_retry(retry_delay), db_retry(retry_delay)
 
-    @asset(**common, retry_policy=io, kinds={"python"},
-           check_specs=[checks.rates_check_spec("exchange_rates")],
-           description="One USD-quoted exchange-rate snapshot per market-date, shared by "
-                       "every user of the partition; stale stored rates when the provider "
-                       "is down.")  # fmt: skip
+    @asset(
+        **common,
+        retry_policy=io,
+        kinds={"python"},
+        check_specs=[checks.rates_check_spec("exchange_rates")],
+        description="One USD-quoted exchange-rate snapshot per market-date, shared by "
+        "every user of the partition; stale stored rates when the provider "
+        "is down.",
+    )
     def exchange_rates(
         context: AssetExecutionContext, database: AppDatabase, market_data: MarketData
     ) -> MaterializeResult:
         provider = market_data.provider(database.engine)
-        reports = _each_partition(context, lambda m, d, _k: steps.fetch_rates(
-            database.engine, provider, market=m, day=d, markets=markets))  # fmt: skip
-        return MaterializeResult(metadata=_metadata(reports),
-                                 check_results=[checks.rates_check(_totals(reports), [k for k, _ in reports])])  # fmt: skip
+        reports = _each_partition(
+            context,
+            lambda m, d, _k: steps.fetch_rates(
+                database.engine, provider, market=m, day=d, markets=markets
+            ),
+        )
+        return MaterializeResult(
+            metadata=_metadata(reports),
+            check_results=[checks.rates_check(_totals(reports), [k for k, _ in reports])],
+        )
 
-    @asset(**common, deps=[exchange_rates], retry_policy=io,
-           check_specs=[checks.prices_check_spec("asset_prices")],
-           description="A price for every distinct asset held by the partition's users, "
-                       "fetched once per asset in rate-limited batches.")  # fmt: skip
+    @asset(
+        **common,
+        deps=[exchange_rates],
+        retry_policy=io,
+        check_specs=[checks.prices_check_spec("asset_prices")],
+        description="A price for every distinct asset held by the partition's users, "
+        "fetched once per asset in rate-limited batches.",
+    )
     def asset_prices(
         context: AssetExecutionContext, database: AppDatabase, market_data: MarketData
     ) -> MaterializeResult:
         provider = market_data.provider(database.engine)
-        reports = _each_partition(context, lambda m, d, _k: steps.fetch_prices(
-            database.engine, provider, market=m, day=d, markets=markets))  # fmt: skip
-        return MaterializeResult(metadata=_metadata(reports),
-                                 check_results=[checks.prices_check(_totals(reports), [k for k, _ in reports])])  # fmt: skip
+        reports = _each_partition(
+            context,
+            lambda m, d, _k: steps.fetch_prices(
+                database.engine, provider, market=m, day=d, markets=markets
+            ),
+        )
+        return MaterializeResult(
+            metadata=_metadata(reports),
+            check_results=[checks.prices_check(_totals(reports), [k for k, _ in reports])],
+        )
 
-    @asset(**common, deps=[exchange_rates], retry_policy=io,
-           description="Fundamentals for every distinct asset held by the partition's "
-                       "users.")  # fmt: skip
+    @asset(
+        **common,
+        deps=[exchange_rates],
+        retry_policy=io,
+        description="Fundamentals for every distinct asset held by the partition's users.",
+    )
     def asset_fundamentals(
         context: AssetExecutionContext, database: AppDatabase, market_data: MarketData
     ) -> MaterializeResult:
         provider = market_data.provider(database.engine)
-        reports = _each_partition(context, lambda m, d, _k: steps.fetch_fundamentals(
-            database.engine, provider, market=m, day=d, markets=markets))  # fmt: skip
+        reports = _each_partition(
+            context,
+            lambda m, d, _k: steps.fetch_fundamentals(
+                database.engine, provider, market=m, day=d, markets=markets
+            ),
+        )
         return MaterializeResult(metadata=_metadata(reports))
 
-    @asset(**common, deps=[asset_prices, asset_fundamentals], retry_policy=db,
-           check_specs=checks.user_check_specs("asset_scores"),
-           description="Scores of every holding of the partition's users against their "
-                       "criteria, with CALC_STARTED, INPUTS_CAPTURED and SCORES_COMPUTED "
-                       "per user.")  # fmt: skip
+    @asset(
+        **common,
+        deps=[asset_prices, asset_fundamentals],
+        retry_policy=db,
+        check_specs=checks.user_check_specs("asset_scores"),
+        description="Scores of every holding of the partition's users against their "
+        "criteria, with CALC_STARTED, INPUTS_CAPTURED and SCORES_COMPUTED "
+        "per user.",
+    )
     def asset_scores(context: AssetExecutionContext, database: AppDatabase) -> MaterializeResult:
-        reports = _each_partition(context, lambda m, d, k: steps.score(
-            database.engine, market=m, day=d, markets=markets,
-            correlation_id=correlation_id(context, k), run_id=context.run.run_id,
-            batch_size=batch_size))  # fmt: skip
+        reports = _each_partition(
+            context,
+            lambda m, d, k: steps.score(
+                database.engine,
+                market=m,
+                day=d,
+                markets=markets,
+                correlation_id=correlation_id(context, k),
+                run_id=context.run.run_id,
+                batch_size=batch_size,
+            ),
+        )
         return MaterializeResult(
             metadata=_metadata(reports),
             check_results=_user_checks(context, database, max_failed_user_ratio),
         )
 
-    @asset(**common, deps=[asset_scores], retry_policy=db,
-           check_specs=checks.user_check_specs("recommendations"),
-           description="Buy recommendations for each user's monthly contribution, persisted "
-                       "per user and market-date (the dashboard's fallback), with "
-                       "CALC_COMPLETED.")  # fmt: skip
+    @asset(
+        **common,
+        deps=[asset_scores],
+        retry_policy=db,
+        check_specs=checks.user_check_specs("recommendations"),
+        description="Buy recommendations for each user's monthly contribution, persisted "
+        "per user and market-date (the dashboard's fallback), with "
+        "CALC_COMPLETED.",
+    )
     def recommendations(context: AssetExecutionContext, database: AppDatabase) -> MaterializeResult:
-        reports = _each_partition(context, lambda m, d, k: steps.recommend(
-            database.engine, market=m, day=d, correlation_id=correlation_id(context, k),
-            batch_size=batch_size))  # fmt: skip
+        reports = _each_partition(
+            context,
+            lambda m, d, k: steps.recommend(
+                database.engine,
+                market=m,
+                day=d,
+                correlation_id=correlation_id(context, k),
+                batch_size=batch_size,
+            ),
+        )
         return MaterializeResult(
             metadata=_metadata(reports),
             check_results=_user_checks(context, database, max_failed_user_ratio),
         )
 
-    @asset(**common, deps=[recommendations], retry_policy=io, kinds={"redis"},
-           freshness_policy=checks.CACHE_FRESHNESS,
-           description="recs:{userId} and portfolio:{userId} in Redis (24 h TTL); an older "
-                       "market-date never replaces a newer entry.")  # fmt: skip
+    @asset(
+        **common,
+        deps=[recommendations],
+        retry_policy=io,
+        kinds={"redis"},
+        freshness_policy=checks.CACHE_FRESHNESS,
+        description="recs:{userId} and portfolio:{userId} in Redis (24 h TTL); an older "
+        "market-date never replaces a newer entry.",
+    )
     def recommendation_cache(
         context: AssetExecutionContext, database: AppDatabase, cache: CacheRedis
     ) -> MaterializeResult:
         client = cache.client()
         try:
-            reports = _each_partition(context, lambda _m, d, k: steps.warm_cache(
-                database.engine, client, day=d, correlation_id=correlation_id(context, k),
-                prefix=cache.prefix, batch_size=batch_size))  # fmt: skip
+            reports = _each_partition(
+                context,
+                lambda _m, d, k: steps.warm_cache(
+                    database.engine,
+                    client,
+                    day=d,
+                    correlation_id=correlation_id(context, k),
+                    prefix=cache.prefix,
+                    batch_size=batch_size,
+                ),
+            )
         except redis.RedisError as exc:
             raise Failure(
                 description=f"Redis unreachable or failing ({type(exc).__name__}: {exc}); the "
@@ -223,5 +287,11 @@ def build_assets(
             client.close()
         return MaterializeResult(metadata=_metadata(reports))
 
-    return [exchange_rates, asset_prices, asset_fundamentals, asset_scores, recommendations,
-            recommendation_cache]  # fmt: skip
+    return [
+        exchange_rates,
+        asset_prices,
+        asset_fundamentals,
+        asset_scores,
+        recommendations,
+        recommendation_cache,
+    ]

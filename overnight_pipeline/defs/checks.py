@@ -50,14 +50,20 @@ StepTotals = Mapping[str, Any]
 
 def user_check_specs(asset: str) -> list[AssetCheckSpec]:
     return [
-        AssetCheckSpec(NO_FAILED_USERS, asset=asset,
-                       description="WARN: some users of the calculation failed; the run is "
-                                   "`partial` and each failed user has a failed CALC_COMPLETED."),
-        AssetCheckSpec(FAILED_USERS_WITHIN_LIMIT, asset=asset,
-                       description="ERROR: more users failed than MAX_FAILED_USER_RATIO allows. "
-                                   "Not blocking: the healthy users still get their "
-                                   "recommendations and cache entries; the run is `partial`."),
-    ]  # fmt: skip
+        AssetCheckSpec(
+            NO_FAILED_USERS,
+            asset=asset,
+            description="WARN: some users of the calculation failed; the run is "
+            "`partial` and each failed user has a failed CALC_COMPLETED.",
+        ),
+        AssetCheckSpec(
+            FAILED_USERS_WITHIN_LIMIT,
+            asset=asset,
+            description="ERROR: more users failed than MAX_FAILED_USER_RATIO allows. "
+            "Not blocking: the healthy users still get their "
+            "recommendations and cache entries; the run is `partial`.",
+        ),
+    ]
 
 
 def _where(partitions: Sequence[str]) -> tuple[dict[str, Any], str]:
@@ -90,49 +96,71 @@ def user_checks(
             + "\n".join(f"| {s['user']} | {s['stage']} | {s['error'][:200]} |" for s in sample)
         )
     return [
-        AssetCheckResult(check_name=NO_FAILED_USERS, passed=counts.failed == 0,
-                         severity=AssetCheckSeverity.WARN, metadata=meta,
-                         description=f"{prefix}{counts.failed} of {counts.started} users failed"),
-        AssetCheckResult(check_name=FAILED_USERS_WITHIN_LIMIT,
-                         passed=counts.failed_ratio <= max_ratio,
-                         severity=AssetCheckSeverity.ERROR, metadata=meta,
-                         description=f"{prefix}failed ratio {counts.failed_ratio:.2%} "
-                                     f"(limit {max_ratio:.2%})"),
-    ]  # fmt: skip
+        AssetCheckResult(
+            check_name=NO_FAILED_USERS,
+            passed=counts.failed == 0,
+            severity=AssetCheckSeverity.WARN,
+            metadata=meta,
+            description=f"{prefix}{counts.failed} of {counts.started} users failed",
+        ),
+        AssetCheckResult(
+            check_name=FAILED_USERS_WITHIN_LIMIT,
+            passed=counts.failed_ratio <= max_ratio,
+            severity=AssetCheckSeverity.ERROR,
+            metadata=meta,
+            description=f"{prefix}failed ratio {counts.failed_ratio:.2%} (limit {max_ratio:.2%})",
+        ),
+    ]
 
 
 def rates_check_spec(asset: str) -> AssetCheckSpec:
-    return AssetCheckSpec(RATES_FRESH, asset=asset,
-                          description="WARN: the rate provider could not answer and the newest "
-                                      "stored rates were used (marked stale).")  # fmt: skip
+    return AssetCheckSpec(
+        RATES_FRESH,
+        asset=asset,
+        description="WARN: the rate provider could not answer and the newest "
+        "stored rates were used (marked stale).",
+    )
 
 
 def rates_check(totals: StepTotals, partitions: Sequence[str] = ()) -> AssetCheckResult:
     stale = bool(totals.get("stale", False))
     where, prefix = _where(partitions)
     return AssetCheckResult(
-        check_name=RATES_FRESH, passed=not stale, severity=AssetCheckSeverity.WARN,
-        metadata={**where, **{k: totals[k] for k in ("source", "stale_currencies",
-                  "stale_age_hours") if totals.get(k) is not None}},
-        description=prefix + ("stored rates used (stale)" if stale
-                              else "rates fetched for the date"),
-    )  # fmt: skip
+        check_name=RATES_FRESH,
+        passed=not stale,
+        severity=AssetCheckSeverity.WARN,
+        metadata={
+            **where,
+            **{
+                k: totals[k]
+                for k in ("source", "stale_currencies", "stale_age_hours")
+                if totals.get(k) is not None
+            },
+        },
+        description=prefix
+        + ("stored rates used (stale)" if stale else "rates fetched for the date"),
+    )
 
 
 def prices_check_spec(asset: str) -> AssetCheckSpec:
-    return AssetCheckSpec(PRICES_COMPLETE, asset=asset,
-                          description="WARN: some held assets have no price, neither fetched "
-                                      "nor stored; they are dropped for their users.")  # fmt: skip
+    return AssetCheckSpec(
+        PRICES_COMPLETE,
+        asset=asset,
+        description="WARN: some held assets have no price, neither fetched "
+        "nor stored; they are dropped for their users.",
+    )
 
 
 def prices_check(totals: StepTotals, partitions: Sequence[str] = ()) -> AssetCheckResult:
     missing = int(totals.get("missing", 0) or 0)
     where, prefix = _where(partitions)
     return AssetCheckResult(
-        check_name=PRICES_COMPLETE, passed=missing == 0, severity=AssetCheckSeverity.WARN,
+        check_name=PRICES_COMPLETE,
+        passed=missing == 0,
+        severity=AssetCheckSeverity.WARN,
         metadata={**where, "missing": missing, "assets": int(totals.get("assets", 0) or 0)},
         description=f"{prefix}{missing} held assets without a price",
-    )  # fmt: skip
+    )
 
 
 def cache_freshness_check(cache_asset: AssetsDefinition) -> AssetChecksDefinition:
@@ -140,23 +168,34 @@ def cache_freshness_check(cache_asset: AssetsDefinition) -> AssetChecksDefinitio
     over weekends and holidays of every market, a problem on a trading day. The asset also
     carries `CACHE_FRESHNESS` for the UI's freshness state (evaluated by the daemon)."""
 
-    @asset_check(asset=cache_asset, name=CACHE_FRESH, blocking=False,
-                 description="WARN: no cache write (any market-date) in the last 24 h.")  # fmt: skip
+    @asset_check(
+        asset=cache_asset,
+        name=CACHE_FRESH,
+        blocking=False,
+        description="WARN: no cache write (any market-date) in the last 24 h.",
+    )
     def _cache_fresh(context: AssetCheckExecutionContext) -> AssetCheckResult:
         event = context.instance.get_latest_materialization_event(cache_asset.key)
         now = datetime.now(UTC)
         if event is None:
-            return AssetCheckResult(passed=False, severity=AssetCheckSeverity.WARN,
-                                    description="the cache was never written")  # fmt: skip
+            return AssetCheckResult(
+                passed=False,
+                severity=AssetCheckSeverity.WARN,
+                description="the cache was never written",
+            )
         written = datetime.fromtimestamp(event.timestamp, UTC)
         age = now - written
         return AssetCheckResult(
-            passed=age <= CACHE_FRESH_FOR, severity=AssetCheckSeverity.WARN,
-            metadata={"last_written": MetadataValue.timestamp(written),
-                      "age_hours": round(age.total_seconds() / 3600, 2),
-                      "partition": event.asset_materialization.partition
-                      if event.asset_materialization else None},
+            passed=age <= CACHE_FRESH_FOR,
+            severity=AssetCheckSeverity.WARN,
+            metadata={
+                "last_written": MetadataValue.timestamp(written),
+                "age_hours": round(age.total_seconds() / 3600, 2),
+                "partition": event.asset_materialization.partition
+                if event.asset_materialization
+                else None,
+            },
             description=f"last written {age.total_seconds() / 3600:.1f} h ago",
-        )  # fmt: skip
+        )
 
     return _cache_fresh

@@ -85,8 +85,11 @@ def run_worker(instance: DagsterInstance, run: DagsterRun) -> Worker | None:
     """The worker process of `run` as far as the instance knows it (None: not yet known)."""
     if WORKER_PID_TAG in run.tags:
         record = instance.get_run_record_by_id(run.run_id)
-        return Worker(int(run.tags[WORKER_PID_TAG]), run.tags.get(WORKER_HOST_TAG),
-                      record.start_time if record else None)  # fmt: skip
+        return Worker(
+            int(run.tags[WORKER_PID_TAG]),
+            run.tags.get(WORKER_HOST_TAG),
+            record.start_time if record else None,
+        )
     found = None
     for entry in instance.all_logs(run.run_id, of_type=DagsterEventType.ENGINE_EVENT):
         event = entry.dagster_event
@@ -120,8 +123,12 @@ def dead_workers(
 
 def fail_dead_runs(instance: DagsterInstance, *, limit: int = 50) -> list[DagsterRun]:
     """Mark failed every STARTED run whose worker died; returns them as they are now."""
-    started = [r.dagster_run for r in instance.get_run_records(
-        RunsFilter(statuses=[DagsterRunStatus.STARTED]), limit=limit)]  # fmt: skip
+    started = [
+        r.dagster_run
+        for r in instance.get_run_records(
+            RunsFilter(statuses=[DagsterRunStatus.STARTED]), limit=limit
+        )
+    ]
     failed = []
     for run, worker in list(dead_workers(instance, started)):
         where = f" on {worker.host}" if worker.host else ""

@@ -34,12 +34,14 @@ def market_date_partitions(
     markets: Mapping[str, Market], start_date: str = START_DATE
 ) -> MultiPartitionsDefinition:
     """`date` (daily, in the easternmost market's timezone, today included) × `market`."""
-    return MultiPartitionsDefinition({
-        "date": DailyPartitionsDefinition(
-            start_date=start_date, timezone=easternmost_timezone(markets), end_offset=1
-        ),
-        "market": StaticPartitionsDefinition(sorted(markets)),
-    })  # fmt: skip
+    return MultiPartitionsDefinition(
+        {
+            "date": DailyPartitionsDefinition(
+                start_date=start_date, timezone=easternmost_timezone(markets), end_offset=1
+            ),
+            "market": StaticPartitionsDefinition(sorted(markets)),
+        }
+    )
 
 
 def partition_key(market: str, day: date) -> MultiPartitionKey:
@@ -68,8 +70,11 @@ class PartitionMismatch(Exception):
 
 
 def _is_partition_tag(key: str) -> bool:
-    return key == PARTITION_TAG or key.startswith(DIMENSION_TAG_PREFIX) or key in (
-        RANGE_START_TAG, RANGE_END_TAG)  # fmt: skip
+    return (
+        key == PARTITION_TAG
+        or key.startswith(DIMENSION_TAG_PREFIX)
+        or key in (RANGE_START_TAG, RANGE_END_TAG)
+    )
 
 
 def check_run_partitions(
@@ -93,8 +98,11 @@ def check_run_partitions(
             "relaunch the backfill without them"
         )
     named: dict[str, list[str]] = {}
-    dims = {k.removeprefix(DIMENSION_TAG_PREFIX): v for k, v in tags.items()
-            if k.startswith(DIMENSION_TAG_PREFIX)}  # fmt: skip
+    dims = {
+        k.removeprefix(DIMENSION_TAG_PREFIX): v
+        for k, v in tags.items()
+        if k.startswith(DIMENSION_TAG_PREFIX)
+    }
     if dims:
         if set(dims) != {"date", "market"}:
             raise PartitionMismatch(f"partition dimension tags {dims} are not date and market")
@@ -106,8 +114,10 @@ def check_run_partitions(
     start, end = tags.get(RANGE_START_TAG), tags.get(RANGE_END_TAG)
     if start or end:
         if not (start and end):
-            raise PartitionMismatch(f"a partition range needs both {RANGE_START_TAG} and "
-                                    f"{RANGE_END_TAG} (got {start!r} .. {end!r})")  # fmt: skip
+            raise PartitionMismatch(
+                f"a partition range needs both {RANGE_START_TAG} and "
+                f"{RANGE_END_TAG} (got {start!r} .. {end!r})"
+            )
         (first_market, first), (last_market, last) = split_key(start), split_key(end)
         if first_market != last_market or last < first:
             raise PartitionMismatch(
@@ -135,8 +145,7 @@ def guard_partitions(context: AssetExecutionContext) -> list[str]:
         backfill = context.instance.get_backfill(backfill_id)
         backfill_tags = backfill.tags if backfill is not None else None
     try:
-        return check_run_partitions(run.tags, context.partition_keys,
-                                    backfill_tags=backfill_tags)  # fmt: skip
+        return check_run_partitions(run.tags, context.partition_keys, backfill_tags=backfill_tags)
     except PartitionMismatch as exc:
         raise Failure(
             description=f"refused run {run.run_id}: {exc}. Nothing was written.",

@@ -48,9 +48,11 @@ class CacheRedis(ConfigurableResource):  # type: ignore[type-arg]
 
     def client(self) -> redis.Redis:
         return redis.Redis.from_url(
-            self.url, socket_timeout=self.socket_timeout,
-            socket_connect_timeout=self.socket_timeout, health_check_interval=30,
-        )  # fmt: skip
+            self.url,
+            socket_timeout=self.socket_timeout,
+            socket_connect_timeout=self.socket_timeout,
+            health_check_interval=30,
+        )
 
 
 class MarketData(ConfigurableResource):  # type: ignore[type-arg]
@@ -64,9 +66,12 @@ class MarketData(ConfigurableResource):  # type: ignore[type-arg]
 
     def provider(self, engine: Engine) -> MarketDataProvider:
         settings = load_settings(
-            market_data=self.market_data, rates_url=self.rates_url, prices_url=self.prices_url,
-            provider_batch_size=self.batch_size, provider_rate_limit=self.rate_limit,
-        )  # fmt: skip
+            market_data=self.market_data,
+            rates_url=self.rates_url,
+            prices_url=self.prices_url,
+            provider_batch_size=self.batch_size,
+            provider_rate_limit=self.rate_limit,
+        )
         return provider_from_settings(settings, engine=engine)
 
 

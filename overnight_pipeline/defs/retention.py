@@ -28,25 +28,33 @@ RETENTION_CRON = "0 3 * * *"
 def build_retention(*, batch_size: int) -> tuple[JobDefinition, ScheduleDefinition]:
     """The retention job and its daily schedule (stopped until an operator starts it)."""
 
-    @op(description=f"Deletes calculation_events, calculation_assets and overnight_job_runs "
-                    f"older than {RETENTION_YEARS} years, {batch_size:,} rows per "
-                    "transaction.")  # fmt: skip
+    @op(
+        description=f"Deletes calculation_events, calculation_assets and overnight_job_runs "
+        f"older than {RETENTION_YEARS} years, {batch_size:,} rows per "
+        "transaction."
+    )
     def audit_retention(context: OpExecutionContext, database: AppDatabase) -> Output[None]:
         report = delete_expired(database.engine, batch_size=batch_size)
         context.log.info(f"retention before {report.cutoff.isoformat()}: {report.deleted}")
         table = "\n".join(f"| {name} | {count:,} |" for name, count in report.deleted.items())
-        return Output(None, metadata={
-            "cutoff": MetadataValue.timestamp(report.cutoff),
-            "deleted_total": report.total,
-            **{f"deleted_{name}": count for name, count in report.deleted.items()},
-            "batches": report.batches,
-            "batch_size": batch_size,
-            "seconds": round(report.seconds, 3),
-            "summary": MetadataValue.md(f"| table | rows deleted |\n| --- | --- |\n{table}"),
-        })  # fmt: skip
+        return Output(
+            None,
+            metadata={
+                "cutoff": MetadataValue.timestamp(report.cutoff),
+                "deleted_total": report.total,
+                **{f"deleted_{name}": count for name, count in report.deleted.items()},
+                "batches": report.batches,
+                "batch_size": batch_size,
+                "seconds": round(report.seconds, 3),
+                "summary": MetadataValue.md(f"| table | rows deleted |\n| --- | --- |\n{table}"),
+            },
+        )
 
-    @job(name=RETENTION_JOB, tags={"overnight/kind": "maintenance"},
-         description="Audit retention: rows older than two years, in bounded batches.")  # fmt: skip
+    @job(
+        name=RETENTION_JOB,
+        tags={"overnight/kind": "maintenance"},
+        description="Audit retention: rows older than two years, in bounded batches.",
+    )
     def audit_retention_job() -> None:
         audit_retention()
 

@@ -64,9 +64,11 @@ def closed_reason(market: Market, day: date) -> str | None:
     cal = _calendar(market.calendar)
     ts = pd.Timestamp(day)
     if ts < cal.first_session or ts > cal.last_session:
-        return (f"outside the {market.calendar} calendar's range "
-                f"({cal.first_session.date()} to {cal.last_session.date()}); "
-                "update exchange-calendars")  # fmt: skip
+        return (
+            f"outside the {market.calendar} calendar's range "
+            f"({cal.first_session.date()} to {cal.last_session.date()}); "
+            "update exchange-calendars"
+        )
     weekmask = getattr(cal, "weekmask", "1111100")
     if weekmask[day.weekday()] == "0":
         return f"{day:%A}, weekend"
@@ -134,8 +136,14 @@ def fire_times(markets: Mapping[str, Market], day: date) -> list[tuple[str, str,
     for code, market in markets.items():
         local = datetime.combine(day, fire_time(market), tzinfo=market.tz)
         reason = closed_reason(market, day)
-        rows.append((code, f"{local:%H:%M} {market.timezone}", local.astimezone(UTC),
-                     "runs" if reason is None else f"skips: {reason}"))  # fmt: skip
+        rows.append(
+            (
+                code,
+                f"{local:%H:%M} {market.timezone}",
+                local.astimezone(UTC),
+                "runs" if reason is None else f"skips: {reason}",
+            )
+        )
     return rows
 
 

@@ -189,22 +189,31 @@ def run_facts(instance: DagsterInstance, run: DagsterRun) -> RunFacts:
     started = _stamp(record.start_time if record else None) or _stamp(
         record.create_timestamp if record else None
     )
-    facts = RunFacts(run=run, started_at=started or datetime.now(UTC),
-                     ended_at=_stamp(record.end_time) if record else None,
-                     partition_keys=partition_keys_of(run))  # fmt: skip
+    facts = RunFacts(
+        run=run,
+        started_at=started or datetime.now(UTC),
+        ended_at=_stamp(record.end_time) if record else None,
+        partition_keys=partition_keys_of(run),
+    )
     # A step's materializations (one per partition of the run) carry the same totals over
     # the run's partitions: keep the newest run's per asset, and count the partitions.
     latest: dict[str, dict[str, Any]] = {}
     partitions: dict[str, set[str | None]] = {}
-    kinds = {DagsterEventType.ASSET_MATERIALIZATION, DagsterEventType.ASSET_CHECK_EVALUATION,
-             DagsterEventType.STEP_FAILURE}  # fmt: skip
+    kinds = {
+        DagsterEventType.ASSET_MATERIALIZATION,
+        DagsterEventType.ASSET_CHECK_EVALUATION,
+        DagsterEventType.STEP_FAILURE,
+    }
     for ancestor in _lineage(instance, run):
         for stat in instance.get_run_step_stats(ancestor.run_id):
             if stat.start_time is not None:
                 facts.steps[stat.step_key] = StepStat(
-                    ancestor.run_id, stat.start_time, stat.end_time,
-                    stat.status.value if stat.status else None, stat.attempts or 1,
-                )  # fmt: skip
+                    ancestor.run_id,
+                    stat.start_time,
+                    stat.end_time,
+                    stat.status.value if stat.status else None,
+                    stat.attempts or 1,
+                )
         for entry in instance.all_logs(ancestor.run_id, of_type=kinds):
             event = entry.dagster_event
             if event is None:
@@ -212,14 +221,18 @@ def run_facts(instance: DagsterInstance, run: DagsterRun) -> RunFacts:
             if event.event_type == DagsterEventType.ASSET_MATERIALIZATION:
                 mat = event.step_materialization_data.materialization
                 asset = mat.asset_key.to_user_string()
-                latest[asset] = {k: _plain(v.value) for k, v in mat.metadata.items()
-                                 if k != "summary" and _plain(v.value) is not None}  # fmt: skip
+                latest[asset] = {
+                    k: _plain(v.value)
+                    for k, v in mat.metadata.items()
+                    if k != "summary" and _plain(v.value) is not None
+                }
                 partitions.setdefault(asset, set()).add(mat.partition)
             elif event.event_type == DagsterEventType.ASSET_CHECK_EVALUATION:
                 ev = event.asset_check_evaluation_data
                 facts.checks[f"{ev.asset_key.to_user_string()}:{ev.check_name}"] = {
-                    "passed": ev.passed, "severity": ev.severity.value,
-                }  # fmt: skip
+                    "passed": ev.passed,
+                    "severity": ev.severity.value,
+                }
             elif ancestor.run_id == run.run_id and event.step_key:
                 facts.failures[event.step_key] = _failure_text(event.step_failure_data)
     for asset, values in latest.items():
@@ -252,19 +265,20 @@ def _metrics(facts: RunFacts, counts: job_runs.CalculationCounts) -> dict[str, A
         "prices_missing": facts.total("asset_prices", "missing"),
         "cache_written": facts.total("recommendation_cache", "written"),
         "cache_kept_newer": facts.total("recommendation_cache", "kept_newer"),
-        "steps": {name: {"ms": s.ms, "status": s.status, "attempts": s.attempts,
-                         "run_id": s.run_id} for name, s in facts.steps.items()},
+        "steps": {
+            name: {"ms": s.ms, "status": s.status, "attempts": s.attempts, "run_id": s.run_id}
+            for name, s in facts.steps.items()
+        },
         "checks": facts.checks,
         "assets": facts.assets,
-    }  # fmt: skip
+    }
 
 
 def _where(facts: RunFacts) -> tuple[str | None, date | None]:
     """The row's market and market date: the run's (the newest date of a range)."""
     parsed = [split_key(k) for k in facts.partition_keys]
     markets = {m for m, _ in parsed}
-    return (markets.pop() if len(markets) == 1 else None,
-            max((d for _, d in parsed), default=None))  # fmt: skip
+    return (markets.pop() if len(markets) == 1 else None, max((d for _, d in parsed), default=None))
 
 
 def record_run_started(instance: DagsterInstance, run: DagsterRun, engine: Engine) -> bool:
@@ -272,11 +286,17 @@ def record_run_started(instance: DagsterInstance, run: DagsterRun, engine: Engin
     facts = run_facts(instance, run)
     market, day = _where(facts)
     row = job_runs.JobRun(
-        run_id=run.run_id, correlation_id=facts.correlation_ids[0],
-        started_at=facts.started_at, market=market, market_date=day,
-        metrics={"dagster_run_id": run.run_id, "root_run_id": facts.root_run_id,
-                 "partitions": facts.partition_keys},
-    )  # fmt: skip
+        run_id=run.run_id,
+        correlation_id=facts.correlation_ids[0],
+        started_at=facts.started_at,
+        market=market,
+        market_date=day,
+        metrics={
+            "dagster_run_id": run.run_id,
+            "root_run_id": facts.root_run_id,
+            "partitions": facts.partition_keys,
+        },
+    )
     with engine.begin() as conn:
         return job_runs.record_started(conn, row)
 
@@ -298,9 +318,11 @@ def record_run_finished(
     metrics = _metrics(facts, counts)
     succeeded = run.status == DagsterRunStatus.SUCCESS
     status = job_runs.decide_status(
-        succeeded=succeeded, failed_steps=facts.failures, users_failed=counts.failed,
+        succeeded=succeeded,
+        failed_steps=facts.failures,
+        users_failed=counts.failed,
         prices_missing=int(metrics["prices_missing"] or 0),
-    )  # fmt: skip
+    )
     if run.status == DagsterRunStatus.CANCELED:
         status = job_runs.FAILED
     details: dict[str, Any] = {}
@@ -315,11 +337,18 @@ def record_run_finished(
         details["prices_missing"] = metrics["prices_missing"]
     market, day = _where(facts)
     row = job_runs.JobRun(
-        run_id=run.run_id, correlation_id=facts.correlation_ids[0], started_at=facts.started_at,
-        status=status, market=market, market_date=day,
-        completed_at=facts.ended_at or datetime.now(UTC), users_processed=counts.started,
-        users_failed=counts.failed, error_details=details or None, metrics=metrics,
-    )  # fmt: skip
+        run_id=run.run_id,
+        correlation_id=facts.correlation_ids[0],
+        started_at=facts.started_at,
+        status=status,
+        market=market,
+        market_date=day,
+        completed_at=facts.ended_at or datetime.now(UTC),
+        users_processed=counts.started,
+        users_failed=counts.failed,
+        error_details=details or None,
+        metrics=metrics,
+    )
     with engine.begin() as conn:
         first_time = job_runs.record_finished(conn, row)
     if first_time and tracer_provider is not None:
@@ -334,18 +363,34 @@ def _emit_span(
     provider: TracerProvider, facts: RunFacts, row: job_runs.JobRun, details: dict[str, Any]
 ) -> None:
     m = row.metrics
-    attributes = {k: m[k] for k in ("fetch_rates_ms", "process_users_ms", "cache_warm_ms",
-                                    "users_total", "users_success", "users_failed",
-                                    "assets_scored", "recommendations_generated",
-                                    "fetch_market_data_ms", "rates_stale", "prices_missing")}  # fmt: skip
-    attributes.update({
-        "overnight.status": row.status, "overnight.market": row.market,
-        "overnight.market_date": row.market_date.isoformat() if row.market_date else None,
-        "overnight.correlation_id": str(row.correlation_id),
-        "overnight.partitions": ",".join(facts.partition_keys),
-        "dagster.run_id": facts.run.run_id, "dagster.root_run_id": facts.root_run_id,
-        "dagster.job": facts.run.job_name,
-    })  # fmt: skip
+    attributes = {
+        k: m[k]
+        for k in (
+            "fetch_rates_ms",
+            "process_users_ms",
+            "cache_warm_ms",
+            "users_total",
+            "users_success",
+            "users_failed",
+            "assets_scored",
+            "recommendations_generated",
+            "fetch_market_data_ms",
+            "rates_stale",
+            "prices_missing",
+        )
+    }
+    attributes.update(
+        {
+            "overnight.status": row.status,
+            "overnight.market": row.market,
+            "overnight.market_date": row.market_date.isoformat() if row.market_date else None,
+            "overnight.correlation_id": str(row.correlation_id),
+            "overnight.partitions": ",".join(facts.partition_keys),
+            "dagster.run_id": facts.run.run_id,
+            "dagster.root_run_id": facts.root_run_id,
+            "dagster.job": facts.run.job_name,
+        }
+    )
     error = None
     if row.status == job_runs.FAILED or facts.failures:
         error = "; ".join(f"{k}: {v.splitlines()[0][:300]}" for k, v in facts.failures.items())
@@ -354,17 +399,27 @@ def _emit_span(
     for name, stat in sorted(facts.steps.items(), key=lambda kv: kv[1].start or 0):
         if stat.run_id != facts.run.run_id or stat.start is None:
             continue  # steps of an earlier run of the group belong to that run's span
-        steps.append(StepSpan(
-            name=name, start=_stamp(stat.start) or facts.started_at,
-            end=_stamp(stat.end) or facts.ended_at or datetime.now(UTC),
-            ok=name not in facts.failures,
-            attributes={"dagster.step": name, "dagster.attempts": stat.attempts,
-                        **{f"overnight.{k}": v for k, v in facts.assets.get(name, {}).items()}},
-        ))  # fmt: skip
+        steps.append(
+            StepSpan(
+                name=name,
+                start=_stamp(stat.start) or facts.started_at,
+                end=_stamp(stat.end) or facts.ended_at or datetime.now(UTC),
+                ok=name not in facts.failures,
+                attributes={
+                    "dagster.step": name,
+                    "dagster.attempts": stat.attempts,
+                    **{f"overnight.{k}": v for k, v in facts.assets.get(name, {}).items()},
+                },
+            )
+        )
     emit_run_span(
-        provider.get_tracer(TRACER_NAME), start=facts.started_at,
-        end=facts.ended_at or datetime.now(UTC), attributes=attributes, error=error, steps=steps,
-    )  # fmt: skip
+        provider.get_tracer(TRACER_NAME),
+        start=facts.started_at,
+        end=facts.ended_at or datetime.now(UTC),
+        attributes=attributes,
+        error=error,
+        steps=steps,
+    )
 
 
 def reconcile_unfinished(
@@ -379,9 +434,11 @@ def reconcile_unfinished(
     j = overnight_job_runs_table.c
     with engine.connect() as conn:
         run_ids = conn.scalars(
-            select(j.run_id).where(j.status == job_runs.STARTED, j.run_id.is_not(None))
-            .order_by(j.started_at.desc()).limit(limit)
-        ).all()  # fmt: skip
+            select(j.run_id)
+            .where(j.status == job_runs.STARTED, j.run_id.is_not(None))
+            .order_by(j.started_at.desc())
+            .limit(limit)
+        ).all()
     fixed = 0
     for run_id in run_ids:
         run = instance.get_run_by_id(run_id) if run_id else None
@@ -433,39 +490,61 @@ def build_job_run_sensors(
         except Exception as exc:  # a bad OTEL_* setting must not stop the record
             context.log.warning(f"no overnight-scoring-job span: {exc}")
             provider = None
-        record_run_finished(context.instance, context.dagster_run, database.engine,
-                            run_error=error, tracer_provider=provider)  # fmt: skip
+        record_run_finished(
+            context.instance,
+            context.dagster_run,
+            database.engine,
+            run_error=error,
+            tracer_provider=provider,
+        )
         reconcile_unfinished(context.instance, database.engine, tracer_provider=provider)
 
-    @run_status_sensor(run_status=DagsterRunStatus.STARTED, name=STARTED_SENSOR, **common,
-                       description="Records each overnight run as `started` in "
-                                   "overnight_job_runs.")  # fmt: skip
+    @run_status_sensor(
+        run_status=DagsterRunStatus.STARTED,
+        name=STARTED_SENSOR,
+        **common,
+        description="Records each overnight run as `started` in overnight_job_runs.",
+    )
     def overnight_job_run_started(context: RunStatusSensorContext, database: AppDatabase) -> None:
         if ours(context.dagster_run):
             record_run_started(context.instance, context.dagster_run, database.engine)
 
-    @run_status_sensor(run_status=DagsterRunStatus.SUCCESS, name=SUCCEEDED_SENSOR, **common,
-                       description="Records a successful overnight run as `completed`, or "
-                                   "`partial` when users failed or prices were missing.")  # fmt: skip
+    @run_status_sensor(
+        run_status=DagsterRunStatus.SUCCESS,
+        name=SUCCEEDED_SENSOR,
+        **common,
+        description="Records a successful overnight run as `completed`, or "
+        "`partial` when users failed or prices were missing.",
+    )
     def overnight_job_run_succeeded(context: RunStatusSensorContext, database: AppDatabase) -> None:
         finish(context, database, None)
 
-    @run_failure_sensor(name=FAILED_SENSOR, **common,
-                        description="Records a failed overnight run as `failed`, or `partial` "
-                                    "when only the cache step failed.")  # fmt: skip
+    @run_failure_sensor(
+        name=FAILED_SENSOR,
+        **common,
+        description="Records a failed overnight run as `failed`, or `partial` "
+        "when only the cache step failed.",
+    )
     def overnight_job_run_failed(context: RunFailureSensorContext, database: AppDatabase) -> None:
         finish(context, database, context.failure_event.message)
 
-    @run_status_sensor(run_status=DagsterRunStatus.CANCELED, name=CANCELED_SENSOR, **common,
-                       description="Records a canceled overnight run as `failed`.")  # fmt: skip
+    @run_status_sensor(
+        run_status=DagsterRunStatus.CANCELED,
+        name=CANCELED_SENSOR,
+        **common,
+        description="Records a canceled overnight run as `failed`.",
+    )
     def overnight_job_run_canceled(context: RunStatusSensorContext, database: AppDatabase) -> None:
         finish(context, database, "run canceled")
 
-    @sensor(name=WORKER_SENSOR, minimum_interval_seconds=interval_seconds,
-            default_status=DefaultSensorStatus.RUNNING,
-            description="Marks failed every started run whose worker process died (kill -9, "
-                        "OOM): the default run launcher has no worker health check, so Dagster "
-                        "would wait for the 6 h maximum runtime.")  # fmt: skip
+    @sensor(
+        name=WORKER_SENSOR,
+        minimum_interval_seconds=interval_seconds,
+        default_status=DefaultSensorStatus.RUNNING,
+        description="Marks failed every started run whose worker process died (kill -9, "
+        "OOM): the default run launcher has no worker health check, so Dagster "
+        "would wait for the 6 h maximum runtime.",
+    )
     def overnight_run_worker_monitor(
         context: SensorEvaluationContext, database: AppDatabase
     ) -> SkipReason:
@@ -473,13 +552,22 @@ def build_job_run_sensors(
         for run in dead:
             context.log.warning(f"run {run.run_id}: worker gone, marked failed")
             if ours(run):
-                record_run_finished(context.instance, run, database.engine,
-                                    run_error="run worker died")  # fmt: skip
-        return SkipReason(f"{len(dead)} dead run worker(s) marked failed" if dead
-                          else "every started run's worker is alive")  # fmt: skip
+                record_run_finished(
+                    context.instance, run, database.engine, run_error="run worker died"
+                )
+        return SkipReason(
+            f"{len(dead)} dead run worker(s) marked failed"
+            if dead
+            else "every started run's worker is alive"
+        )
 
-    return [overnight_job_run_started, overnight_job_run_succeeded, overnight_job_run_failed,
-            overnight_job_run_canceled, overnight_run_worker_monitor]  # fmt: skip
+    return [
+        overnight_job_run_started,
+        overnight_job_run_succeeded,
+        overnight_job_run_failed,
+        overnight_job_run_canceled,
+        overnight_run_worker_monitor,
+    ]
 
 
 def sensor_names() -> Iterable[str]:

@@ -148,17 +148,21 @@ class FallbackProvider:
                     stale = inst in result.stale_instruments or (
                         result.stale and not result.stale_instruments
                     )
-                    merged.add(inst, found[inst], result.source_of(inst), stale,
-                               result.ages.get(inst))  # fmt: skip
+                    merged.add(
+                        inst, found[inst], result.source_of(inst), stale, result.ages.get(inst)
+                    )
             remaining = [i for i in remaining if i not in merged.found]
         self._fail_if_nobody_answered(merged, what)
         return merged, wanted, remaining, fetched or utcnow()
 
     def fetch_prices(self, instruments: Sequence[Instrument], *, day: date) -> PricesResult:
         merged, wanted, remaining, fetched = self._chain(
-            instruments, day=day, what="prices",
-            fetch=lambda p, todo, d: p.fetch_prices(todo, day=d), items=lambda r: r.quotes,
-        )  # fmt: skip
+            instruments,
+            day=day,
+            what="prices",
+            fetch=lambda p, todo, d: p.fetch_prices(todo, day=d),
+            items=lambda r: r.quotes,
+        )
         source = merged.source(self.name)
         return PricesResult(
             quotes={i: merged.found[i] for i in wanted if i in merged.found},
@@ -176,9 +180,12 @@ class FallbackProvider:
         self, instruments: Sequence[Instrument], *, day: date
     ) -> FundamentalsResult:
         merged, wanted, remaining, fetched = self._chain(
-            instruments, day=day, what="fundamentals",
-            fetch=lambda p, todo, d: p.fetch_fundamentals(todo, day=d), items=lambda r: r.values,
-        )  # fmt: skip
+            instruments,
+            day=day,
+            what="fundamentals",
+            fetch=lambda p, todo, d: p.fetch_fundamentals(todo, day=d),
+            items=lambda r: r.values,
+        )
         source = merged.source(self.name)
         return FundamentalsResult(
             values={i: merged.found[i] for i in wanted if i in merged.found},

@@ -33,9 +33,17 @@ from overnight_pipeline.providers.base import (
 
 # Rough units of each currency per USD; the synthetic rates wander a little around them.
 USD_RATES: dict[str, float] = {
-    "USD": 1.0, "EUR": 0.92, "GBP": 0.79, "BRL": 5.05, "JPY": 151.0, "CHF": 0.88,
-    "CAD": 1.37, "AUD": 1.52, "CNY": 7.2, "MXN": 17.1,
-}  # fmt: skip
+    "USD": 1.0,
+    "EUR": 0.92,
+    "GBP": 0.79,
+    "BRL": 5.05,
+    "JPY": 151.0,
+    "CHF": 0.88,
+    "CAD": 1.37,
+    "AUD": 1.52,
+    "CNY": 7.2,
+    "MXN": 17.1,
+}
 
 # Typical share price in the market's currency (log-normal centre).
 _PRICE_CENTRE = {"USD": 80.0, "BRL": 25.0, "GBP": 12.0, "JPY": 2500.0, "EUR": 60.0}

@@ -344,9 +344,14 @@ def _args(
 ) -> list[Any]:
     total = "" if entry.total_investable is None else format(entry.total_investable, "f")
     return [
-        entry.version, entry.recs_json, entry.portfolio_json, ttl_seconds, total, latest,
+        entry.version,
+        entry.recs_json,
+        entry.portfolio_json,
+        ttl_seconds,
+        total,
+        latest,
         replacing or "",
-    ]  # fmt: skip
+    ]
 
 
 def _chunks(entries: Iterable[CacheEntry], size: int) -> Iterator[list[CacheEntry]]:

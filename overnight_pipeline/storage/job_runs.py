@@ -60,12 +60,13 @@ def calculation_counts(conn: Connection, correlation_ids: Sequence[uuid.UUID]) -
             func.count().filter(e.event_type == "CALC_STARTED"),
             func.count().filter(completed),
             func.count().filter(e.event_type == "CALC_COMPLETED", status == "failed"),
-            func.coalesce(func.sum(e.payload["holdings"].as_integer()).filter(
-                e.event_type == "CALC_STARTED"), 0),
-            func.coalesce(func.sum(e.payload["recommendations"].as_integer()).filter(
-                completed), 0),
+            func.coalesce(
+                func.sum(e.payload["holdings"].as_integer()).filter(e.event_type == "CALC_STARTED"),
+                0,
+            ),
+            func.coalesce(func.sum(e.payload["recommendations"].as_integer()).filter(completed), 0),
         ).where(e.correlation_id.in_(list(correlation_ids)))
-    ).one()  # fmt: skip
+    ).one()
     return CalculationCounts(*(int(v or 0) for v in row))
 
 
@@ -87,10 +88,13 @@ def failed_users(
         .limit(limit)
     )
     return [
-        {"user": str(user_id), "stage": str(payload.get("stage", "-")),
-         "error": str(payload.get("error", ""))[:500]}
+        {
+            "user": str(user_id),
+            "stage": str(payload.get("stage", "-")),
+            "error": str(payload.get("error", ""))[:500],
+        }
         for user_id, payload in rows
-    ]  # fmt: skip
+    ]
 
 
 def decide_status(
@@ -134,13 +138,19 @@ class JobRun:
     def values(self) -> dict[str, Any]:
         return {
             "id": uuid.uuid5(uuid.NAMESPACE_URL, f"overnight-job-run:{self.run_id}"),
-            "run_id": self.run_id, "job_type": self.job_type, "status": self.status,
-            "started_at": self.started_at, "completed_at": self.completed_at,
-            "users_processed": self.users_processed, "users_failed": self.users_failed,
+            "run_id": self.run_id,
+            "job_type": self.job_type,
+            "status": self.status,
+            "started_at": self.started_at,
+            "completed_at": self.completed_at,
+            "users_processed": self.users_processed,
+            "users_failed": self.users_failed,
             "correlation_id": self.correlation_id,
             "error_details": None if self.error_details is None else dict(self.error_details),
-            "metrics": dict(self.metrics), "market": self.market, "market_date": self.market_date,
-        }  # fmt: skip
+            "metrics": dict(self.metrics),
+            "market": self.market,
+            "market_date": self.market_date,
+        }
 
 
 def _insert(conn: Connection) -> Any:
@@ -167,9 +177,7 @@ def record_finished(conn: Connection, run: JobRun) -> bool:
     if run.status not in FINISHED:
         raise ValueError(f"{run.status!r} is not a finished status ({', '.join(FINISHED)})")
     j = overnight_job_runs_table
-    previous = conn.scalar(
-        select(j.c.status).where(j.c.run_id == run.run_id).with_for_update()
-    )  # fmt: skip
+    previous = conn.scalar(select(j.c.status).where(j.c.run_id == run.run_id).with_for_update())
     values = run.values()
     stmt = _insert(conn).values(values)
     updated = {k: stmt.excluded[k] for k in values if k not in ("id", "run_id")}

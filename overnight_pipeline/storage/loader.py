@@ -60,48 +60,97 @@ def load(conn: Connection, doc: LoadFile) -> LoadReport:
     existing = asset_ids(conn, [(h.market, h.symbol) for u in doc.users for h in u.holdings])
     in_file = {(a.market, a.symbol) for a in doc.assets}
     missing = [
-        FileError(f"$.users[{i}].holdings[{j}]", "asset is neither in $.assets nor in the database",
-                  f"{h.market}:{h.symbol}")
+        FileError(
+            f"$.users[{i}].holdings[{j}]",
+            "asset is neither in $.assets nor in the database",
+            f"{h.market}:{h.symbol}",
+        )
         for i, u in enumerate(doc.users)
         for j, h in enumerate(u.holdings)
         if (h.market, h.symbol) not in in_file and (h.market, h.symbol) not in existing
-    ]  # fmt: skip
+    ]
     if missing:
         raise LoadFileError(missing)
 
-    upsert(conn, assets_table,
-           [{"id": uuid.uuid4(), "market": a.market, "symbol": a.symbol, "currency": a.currency,
-             "name": a.name} for a in doc.assets],
-           key=["market", "symbol"], update=["currency", "name"])  # fmt: skip
+    upsert(
+        conn,
+        assets_table,
+        [
+            {
+                "id": uuid.uuid4(),
+                "market": a.market,
+                "symbol": a.symbol,
+                "currency": a.currency,
+                "name": a.name,
+            }
+            for a in doc.assets
+        ],
+        key=["market", "symbol"],
+        update=["currency", "name"],
+    )
     ids = existing | asset_ids(conn, in_file)
 
-    upsert(conn, users_table,
-           [{"id": u.id, "base_currency": u.base_currency,
-             "default_contribution": u.default_contribution, "active": u.active,
-             "created_at": now, "updated_at": now} for u in doc.users],
-           key=["id"], update=["base_currency", "default_contribution", "active"],
-           extra_set={"updated_at": now})  # fmt: skip
+    upsert(
+        conn,
+        users_table,
+        [
+            {
+                "id": u.id,
+                "base_currency": u.base_currency,
+                "default_contribution": u.default_contribution,
+                "active": u.active,
+                "created_at": now,
+                "updated_at": now,
+            }
+            for u in doc.users
+        ],
+        key=["id"],
+        update=["base_currency", "default_contribution", "active"],
+        extra_set={"updated_at": now},
+    )
 
     class_rows = [
-        {"id": uuid.uuid4(), "user_id": u.id, "name": c.name, "position": pos,
-         "target_min": c.target_min, "target_max": c.target_max, "max_assets": c.max_assets,
-         "min_allocation_value": c.min_allocation_value}
-        for u in doc.users for pos, c in enumerate(u.asset_classes)
-    ]  # fmt: skip
-    upsert(conn, asset_classes_table, class_rows, key=["user_id", "name"],
-           update=["position", "target_min", "target_max", "max_assets",
-                   "min_allocation_value"])  # fmt: skip
+        {
+            "id": uuid.uuid4(),
+            "user_id": u.id,
+            "name": c.name,
+            "position": pos,
+            "target_min": c.target_min,
+            "target_max": c.target_max,
+            "max_assets": c.max_assets,
+            "min_allocation_value": c.min_allocation_value,
+        }
+        for u in doc.users
+        for pos, c in enumerate(u.asset_classes)
+    ]
+    upsert(
+        conn,
+        asset_classes_table,
+        class_rows,
+        key=["user_id", "name"],
+        update=["position", "target_min", "target_max", "max_assets", "min_allocation_value"],
+    )
     user_ids = [u.id for u in doc.users]
     class_ids = _class_ids(conn, user_ids)
 
     holding_rows = [
-        {"user_id": u.id, "asset_id": ids[(h.market, h.symbol)],
-         "asset_class_id": class_ids[(u.id, h.asset_class)], "quantity": h.quantity}
-        for u in doc.users for h in u.holdings
-    ]  # fmt: skip
+        {
+            "user_id": u.id,
+            "asset_id": ids[(h.market, h.symbol)],
+            "asset_class_id": class_ids[(u.id, h.asset_class)],
+            "quantity": h.quantity,
+        }
+        for u in doc.users
+        for h in u.holdings
+    ]
     _delete_absent(conn, holding_rows, user_ids)
-    upsert(conn, holdings_table, holding_rows, key=["user_id", "asset_id"],
-           update=["asset_class_id", "quantity"])  # fmt: skip
+    upsert(
+        conn,
+        holdings_table,
+        holding_rows,
+        key=["user_id", "asset_id"],
+        update=["asset_class_id", "quantity"],
+    )
     kept_classes = {(u.id, c.name) for u in doc.users for c in u.asset_classes}
     stale = [cid for key, cid in class_ids.items() if key not in kept_classes]
     for chunk in _chunks(stale):
@@ -151,19 +200,36 @@ def active_criteria(
     result: dict[uuid.UUID, tuple[int, list[Rule]]] = {}
     for chunk in _chunks(user_ids):
         stmt = (
-            select(v.c.user_id, v.c.version, r.c.rule_id, r.c.asset_class, r.c.metric,
-                   r.c.operator, r.c.value, r.c.value2, r.c.points)
+            select(
+                v.c.user_id,
+                v.c.version,
+                r.c.rule_id,
+                r.c.asset_class,
+                r.c.metric,
+                r.c.operator,
+                r.c.value,
+                r.c.value2,
+                r.c.points,
+            )
             .join(newest, and_(newest.c.user_id == v.c.user_id, newest.c.version == v.c.version))
             .outerjoin(r, r.c.criteria_version_id == v.c.id)
             .where(v.c.user_id.in_(chunk))
             .order_by(v.c.user_id, r.c.position)
-        )  # fmt: skip
+        )
         for row in conn.execute(stmt):
             _, rules = result.setdefault(row.user_id, (row.version, []))
             if row.rule_id is not None:
-                rules.append(Rule(id=row.rule_id, asset_class=row.asset_class, metric=row.metric,
-                                  operator=row.operator, value=_plain(row.value),
-                                  value2=_plain(row.value2), points=row.points))  # fmt: skip
+                rules.append(
+                    Rule(
+                        id=row.rule_id,
+                        asset_class=row.asset_class,
+                        metric=row.metric,
+                        operator=row.operator,
+                        value=_plain(row.value),
+                        value2=_plain(row.value2),
+                        points=row.points,
+                    )
+                )
     return result
 
 
@@ -188,14 +254,23 @@ def write_criteria_versions(
         if old_rules == new_rules:
             continue
         version_id = uuid.uuid4()
-        versions.append({"id": version_id, "user_id": user_id, "version": version + 1,
-                         "created_at": now})  # fmt: skip
+        versions.append(
+            {"id": version_id, "user_id": user_id, "version": version + 1, "created_at": now}
+        )
         rules.extend(
-            {"criteria_version_id": version_id, "position": pos, "rule_id": rule.id,
-             "asset_class": rule.asset_class, "metric": rule.metric, "operator": rule.operator,
-             "value": rule.value, "value2": rule.value2, "points": rule.points}
+            {
+                "criteria_version_id": version_id,
+                "position": pos,
+                "rule_id": rule.id,
+                "asset_class": rule.asset_class,
+                "metric": rule.metric,
+                "operator": rule.operator,
+                "value": rule.value,
+                "value2": rule.value2,
+                "points": rule.points,
+            }
             for pos, rule in enumerate(new_rules)
-        )  # fmt: skip
+        )
     if versions:
         conn.execute(criteria_versions_table.insert(), versions)
     if rules:

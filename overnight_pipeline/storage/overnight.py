@@ -62,8 +62,16 @@ def correlation_id_for(root_run_id: str) -> uuid.UUID:
 
 
 # What a partition's batches read and rewrite (`ensure_statistics`).
-BATCH_TABLES = ("users", "asset_classes", "holdings", "assets", "criteria_versions",
-                "criteria_rules", "asset_scores", "calculation_events")  # fmt: skip
+BATCH_TABLES = (
+    "users",
+    "asset_classes",
+    "holdings",
+    "assets",
+    "criteria_versions",
+    "criteria_rules",
+    "asset_scores",
+    "calculation_events",
+)
 
 
 def ensure_statistics(conn: Connection, tables: Sequence[str] = BATCH_TABLES) -> list[str]:
@@ -325,16 +333,19 @@ def _load_batch_pg(
     holding_rows = []
     for uid, aid, _market, symbol, name, quantity, currency in holdings:
         quote = prices.get(aid, no_quote)
-        holding_rows.append((uid, aid, symbol, name, quantity, quote[1] or currency, quote[0],
-                             quote[2]))  # fmt: skip
+        holding_rows.append(
+            (uid, aid, symbol, name, quantity, quote[1] or currency, quote[0], quote[2])
+        )
     batch = Batch(
-        users=_frame([(uid, base, contribution, versions.get(uid))
-                      for uid, base, contribution in users], list(USER_COLUMNS)),
+        users=_frame(
+            [(uid, base, contribution, versions.get(uid)) for uid, base, contribution in users],
+            list(USER_COLUMNS),
+        ),
         classes=_frame(classes, list(CLASS_COLUMNS)),
         holdings=_frame(holding_rows, list(HOLDING_COLUMNS)),
         rules=_frame(rules, list(RULE_COLUMNS)),
         fundamentals=snapshot.fundamentals,
-    )  # fmt: skip
+    )
     return LoadedBatch(batch, versions, [r[2] for r in holdings])
 
 
@@ -351,45 +362,90 @@ def load_batch_portable(
         .order_by(u.c.id)
     ).all()
     classes = conn.execute(
-        select(c.c.user_id, c.c.name, c.c.target_min, c.c.target_max, c.c.max_assets,
-               c.c.min_allocation_value)
+        select(
+            c.c.user_id,
+            c.c.name,
+            c.c.target_min,
+            c.c.target_max,
+            c.c.max_assets,
+            c.c.min_allocation_value,
+        )
         .where(c.c.user_id.in_(ids))
         .order_by(c.c.user_id, c.c.position, c.c.name)
-    ).all()  # fmt: skip
+    ).all()
     holdings = conn.execute(
-        select(h.c.user_id, h.c.asset_id, a.c.market, a.c.symbol, c.c.name, h.c.quantity,
-               a.c.currency)
+        select(
+            h.c.user_id, h.c.asset_id, a.c.market, a.c.symbol, c.c.name, h.c.quantity, a.c.currency
+        )
         .join(a, a.c.id == h.c.asset_id)
         .join(c, c.c.id == h.c.asset_class_id)
         .where(h.c.user_id.in_(ids))
         .order_by(h.c.user_id, a.c.market, a.c.symbol)
-    ).all()  # fmt: skip
+    ).all()
     versions, rules = _active_rules(conn, ids)
     prices = snapshot.prices
     holding_rows = []
     for r in holdings:
         aid = str(r.asset_id)
         quote = prices.get(aid)
-        holding_rows.append((
-            str(r.user_id), aid, r.symbol, r.name, _plain(r.quantity),
-            r.currency if quote is None else quote[1], None if quote is None else quote[0],
-            None if quote is None else quote[2],
-        ))  # fmt: skip
+        holding_rows.append(
+            (
+                str(r.user_id),
+                aid,
+                r.symbol,
+                r.name,
+                _plain(r.quantity),
+                r.currency if quote is None else quote[1],
+                None if quote is None else quote[0],
+                None if quote is None else quote[2],
+            )
+        )
     batch = Batch(
-        users=_frame([(str(r.id), r.base_currency, _plain_or_none(r.default_contribution),
-                       versions.get(str(r.id))) for r in users],
-                     ["user_id", "base_currency", "contribution", "criteria_version"]),
-        classes=_frame([(str(r.user_id), r.name, _plain(r.target_min), _plain(r.target_max),
-                         r.max_assets, _plain_or_none(r.min_allocation_value))
-                        for r in classes],
-                       ["user_id", "name", "target_min", "target_max", "max_assets",
-                        "min_allocation_value"]),
-        holdings=_frame(holding_rows, ["user_id", "asset_id", "symbol", "asset_class",
-                                       "quantity", "currency", "price", "price_as_of"]),
-        rules=_frame(rules, ["user_id", "id", "asset_class", "metric", "operator", "value",
-                             "value2", "points"]),
+        users=_frame(
+            [
+                (
+                    str(r.id),
+                    r.base_currency,
+                    _plain_or_none(r.default_contribution),
+                    versions.get(str(r.id)),
+                )
+                for r in users
+            ],
+            ["user_id", "base_currency", "contribution", "criteria_version"],
+        ),
+        classes=_frame(
+            [
+                (
+                    str(r.user_id),
+                    r.name,
+                    _plain(r.target_min),
+                    _plain(r.target_max),
+                    r.max_assets,
+                    _plain_or_none(r.min_allocation_value),
+                )
+                for r in classes
+            ],
+            ["user_id", "name", "target_min", "target_max", "max_assets", "min_allocation_value"],
+        ),
+        holdings=_frame(
+            holding_rows,
+            [
+                "user_id",
+                "asset_id",
+                "symbol",
+                "asset_class",
+                "quantity",
+                "currency",
+                "price",
+                "price_as_of",
+            ],
+        ),
+        rules=_frame(
+            rules,
+            ["user_id", "id", "asset_class", "metric", "operator", "value", "value2", "points"],
+        ),
         fundamentals=snapshot.fundamentals,
-    )  # fmt: skip
+    )
     return LoadedBatch(batch, versions, [r.market for r in holdings])
 
 
@@ -404,20 +460,39 @@ def _active_rules(
         .subquery()
     )
     rows = conn.execute(
-        select(v.c.user_id, v.c.version, r.c.rule_id, r.c.asset_class, r.c.metric, r.c.operator,
-               r.c.value, r.c.value2, r.c.points)
+        select(
+            v.c.user_id,
+            v.c.version,
+            r.c.rule_id,
+            r.c.asset_class,
+            r.c.metric,
+            r.c.operator,
+            r.c.value,
+            r.c.value2,
+            r.c.points,
+        )
         .join(newest, and_(newest.c.user_id == v.c.user_id, newest.c.version == v.c.version))
         .outerjoin(r, r.c.criteria_version_id == v.c.id)
         .order_by(v.c.user_id, r.c.position)
-    ).all()  # fmt: skip
+    ).all()
     versions: dict[Any, int | None] = {}
     rules = []
     for row in rows:
         uid = str(row.user_id)
         versions[uid] = row.version
         if row.rule_id is not None:
-            rules.append((uid, row.rule_id, row.asset_class, row.metric, row.operator,
-                          _plain_or_none(row.value), _plain_or_none(row.value2), row.points))  # fmt: skip
+            rules.append(
+                (
+                    uid,
+                    row.rule_id,
+                    row.asset_class,
+                    row.metric,
+                    row.operator,
+                    _plain_or_none(row.value),
+                    _plain_or_none(row.value2),
+                    row.points,
+                )
+            )
     return versions, rules
 
 
@@ -535,16 +610,25 @@ def event_rows(
     dialect: str, events: Sequence[tuple[uuid.UUID, Any, str, Any]], *, at: datetime
 ) -> Rows:
     """(correlation id, user id, type, payload as JSON text or a dict) events."""
-    texts = [(cid, str(uid), kind, p if isinstance(p, str) else dumps_json(p))
-             for cid, uid, kind, p in events]  # fmt: skip
+    texts = [
+        (cid, str(uid), kind, p if isinstance(p, str) else dumps_json(p))
+        for cid, uid, kind, p in events
+    ]
     if dialect == "postgresql":
         stamp = at.isoformat()
-        return Rows(calculation_events_table, EVENT_COLUMNS, lines=[
-            f"{cid}\t{_esc(uid)}\t{_esc(kind)}\t{_esc_json(p)}\t{stamp}\n"
-            for cid, uid, kind, p in texts
-        ])  # fmt: skip
-    return Rows(calculation_events_table, EVENT_COLUMNS,
-                rows=[(c, uuid.UUID(u), k, orjson.loads(p), at) for c, u, k, p in texts])  # fmt: skip
+        return Rows(
+            calculation_events_table,
+            EVENT_COLUMNS,
+            lines=[
+                f"{cid}\t{_esc(uid)}\t{_esc(kind)}\t{_esc_json(p)}\t{stamp}\n"
+                for cid, uid, kind, p in texts
+            ],
+        )
+    return Rows(
+        calculation_events_table,
+        EVENT_COLUMNS,
+        rows=[(c, uuid.UUID(u), k, orjson.loads(p), at) for c, u, k, p in texts],
+    )
 
 
 def append_events(
@@ -554,8 +638,18 @@ def append_events(
     write_rows(conn, event_rows(conn.dialect.name, events, at=at))
 
 
-SCORE_COLUMNS = ("user_id", "asset_id", "market", "score", "max_possible_score",
-                 "criteria_version", "breakdown", "market_date", "correlation_id", "computed_at")  # fmt: skip
+SCORE_COLUMNS = (
+    "user_id",
+    "asset_id",
+    "market",
+    "score",
+    "max_possible_score",
+    "criteria_version",
+    "breakdown",
+    "market_date",
+    "correlation_id",
+    "computed_at",
+)
 ScoreRow = tuple[str, str, str, str, str, int, str]
 
 
@@ -571,14 +665,33 @@ def score_rows(
     criteria version, breakdown JSON text): ids as UUID text, scores as Decimal text."""
     if dialect == "postgresql":
         tail = f"\t{day.isoformat()}\t{correlation_id}\t{computed_at.isoformat()}\n"
-        return Rows(asset_scores_table, SCORE_COLUMNS, lines=[
-            f"{u}\t{a}\t{_esc(m)}\t{sc}\t{mx}\t{v}\t{_esc_json(b)}{tail}"
+        return Rows(
+            asset_scores_table,
+            SCORE_COLUMNS,
+            lines=[
+                f"{u}\t{a}\t{_esc(m)}\t{sc}\t{mx}\t{v}\t{_esc_json(b)}{tail}"
+                for u, a, m, sc, mx, v, b in rows
+            ],
+        )
+    return Rows(
+        asset_scores_table,
+        SCORE_COLUMNS,
+        rows=[
+            (
+                uuid.UUID(u),
+                uuid.UUID(a),
+                m,
+                sc,
+                mx,
+                v,
+                orjson.loads(b),
+                day,
+                correlation_id,
+                computed_at,
+            )
             for u, a, m, sc, mx, v, b in rows
-        ])  # fmt: skip
-    return Rows(asset_scores_table, SCORE_COLUMNS, rows=[
-        (uuid.UUID(u), uuid.UUID(a), m, sc, mx, v, orjson.loads(b), day, correlation_id,
-         computed_at) for u, a, m, sc, mx, v, b in rows
-    ])  # fmt: skip
+        ],
+    )
 
 
 def delete_scores(conn: Connection, *, user_ids: Sequence[uuid.UUID], day: date) -> None:
@@ -586,9 +699,12 @@ def delete_scores(conn: Connection, *, user_ids: Sequence[uuid.UUID], day: date)
     s = asset_scores_table
     if conn.dialect.name == "postgresql":
         with _driver(conn).cursor() as cur:
-            cur.execute("DELETE FROM asset_scores WHERE market_date = %(day)s"
-                        " AND user_id = ANY(%(ids)s::uuid[])",
-                        {"day": day, "ids": [str(u) for u in user_ids]}, prepare=False)  # fmt: skip
+            cur.execute(
+                "DELETE FROM asset_scores WHERE market_date = %(day)s"
+                " AND user_id = ANY(%(ids)s::uuid[])",
+                {"day": day, "ids": [str(u) for u in user_ids]},
+                prepare=False,
+            )
         return
     for chunk in _chunks(user_ids):
         conn.execute(delete(s).where(s.c.market_date == day, s.c.user_id.in_(chunk)))
@@ -605,8 +721,12 @@ def replace_scores(
 ) -> None:
     """Replace the `asset_scores` of `user_ids` on `day` with `rows` (see `score_rows`)."""
     delete_scores(conn, user_ids=user_ids, day=day)
-    write_rows(conn, score_rows(conn.dialect.name, rows, day=day, correlation_id=correlation_id,
-                                computed_at=computed_at))  # fmt: skip
+    write_rows(
+        conn,
+        score_rows(
+            conn.dialect.name, rows, day=day, correlation_id=correlation_id, computed_at=computed_at
+        ),
+    )
 
 
 CALCULATION_ASSET_COLUMNS = ("asset_id", "user_id", "score", "correlation_id", "created_at")
@@ -622,11 +742,16 @@ def calculation_asset_rows(
     """The asset-X audit index from (asset id, user id, score) as text."""
     if dialect == "postgresql":
         tail = f"\t{correlation_id}\t{created_at.isoformat()}\n"
-        return Rows(calculation_assets_table, CALCULATION_ASSET_COLUMNS,
-                    lines=[f"{a}\t{u}\t{sc}{tail}" for a, u, sc in rows])  # fmt: skip
-    return Rows(calculation_assets_table, CALCULATION_ASSET_COLUMNS, rows=[
-        (uuid.UUID(a), uuid.UUID(u), sc, correlation_id, created_at) for a, u, sc in rows
-    ])  # fmt: skip
+        return Rows(
+            calculation_assets_table,
+            CALCULATION_ASSET_COLUMNS,
+            lines=[f"{a}\t{u}\t{sc}{tail}" for a, u, sc in rows],
+        )
+    return Rows(
+        calculation_assets_table,
+        CALCULATION_ASSET_COLUMNS,
+        rows=[(uuid.UUID(a), uuid.UUID(u), sc, correlation_id, created_at) for a, u, sc in rows],
+    )
 
 
 def add_calculation_assets(
@@ -636,15 +761,32 @@ def add_calculation_assets(
     correlation_id: uuid.UUID,
     created_at: datetime,
 ) -> None:
-    write_rows(conn, calculation_asset_rows(conn.dialect.name, rows,
-                                            correlation_id=correlation_id, created_at=created_at))  # fmt: skip
+    write_rows(
+        conn,
+        calculation_asset_rows(
+            conn.dialect.name, rows, correlation_id=correlation_id, created_at=created_at
+        ),
+    )
 
 
 def upsert_recommendations(conn: Connection, rows: list[dict[str, Any]]) -> None:
     """One row per (user, market_date): a new calculation replaces the old one."""
-    upsert(conn, recommendations_table, rows, key=["user_id", "market_date"],
-           update=["market", "correlation_id", "generated_at", "base_currency",
-                   "total_investable", "criteria_version", "payload", "portfolio"])  # fmt: skip
+    upsert(
+        conn,
+        recommendations_table,
+        rows,
+        key=["user_id", "market_date"],
+        update=[
+            "market",
+            "correlation_id",
+            "generated_at",
+            "base_currency",
+            "total_investable",
+            "criteria_version",
+            "payload",
+            "portfolio",
+        ],
+    )
 
 
 def recommendations_for(conn: Connection, *, user_ids: Sequence[uuid.UUID], day: date) -> list[Any]:
@@ -652,9 +794,17 @@ def recommendations_for(conn: Connection, *, user_ids: Sequence[uuid.UUID], day:
     r = recommendations_table
     out: list[Any] = []
     for chunk in _chunks(user_ids):
-        out.extend(conn.execute(
-            select(r.c.user_id, r.c.market_date, r.c.generated_at, r.c.total_investable,
-                   r.c.correlation_id, r.c.payload, r.c.portfolio)
-            .where(r.c.user_id.in_(chunk), r.c.market_date == day)
-        ))  # fmt: skip
+        out.extend(
+            conn.execute(
+                select(
+                    r.c.user_id,
+                    r.c.market_date,
+                    r.c.generated_at,
+                    r.c.total_investable,
+                    r.c.correlation_id,
+                    r.c.payload,
+                    r.c.portfolio,
+                ).where(r.c.user_id.in_(chunk), r.c.market_date == day)
+            )
+        )
     return out

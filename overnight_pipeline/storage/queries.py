@@ -124,8 +124,18 @@ def newest_recommendation(
 
 def persisted_from_row(row: Sequence[Any]) -> PersistedRecommendation:
     """A `PersistedRecommendation` from a raw psycopg row of `NEWEST_COLUMNS`."""
-    (uid, market_date, market, generated_at, base_currency, total, criteria_version,
-     correlation_id, payload_json, portfolio_json) = row  # fmt: skip
+    (
+        uid,
+        market_date,
+        market,
+        generated_at,
+        base_currency,
+        total,
+        criteria_version,
+        correlation_id,
+        payload_json,
+        portfolio_json,
+    ) = row
     return PersistedRecommendation(
         user_id=uid,
         market_date=market_date,
@@ -218,10 +228,20 @@ def recent_job_runs(
     """Recent `overnight_job_runs`, newest start first, optionally by market and status."""
     j = overnight_job_runs_table.c
     stmt = select(
-        j.id, j.run_id, j.job_type, j.status, j.market, j.market_date, j.started_at,
-        j.completed_at, j.users_processed, j.users_failed, j.correlation_id,
-        j.error_details, j.metrics,
-    )  # fmt: skip
+        j.id,
+        j.run_id,
+        j.job_type,
+        j.status,
+        j.market,
+        j.market_date,
+        j.started_at,
+        j.completed_at,
+        j.users_processed,
+        j.users_failed,
+        j.correlation_id,
+        j.error_details,
+        j.metrics,
+    )
     if market is not None:
         stmt = stmt.where(j.market == market)
     if status is not None:

@@ -140,8 +140,13 @@ def new_user(pg_engine: Engine) -> Callable[..., Planner]:
     ) -> Planner:
         user = uuid.uuid4()
         generated_at = datetime.now(UTC) - timedelta(hours=hours_ago)
-        p = planner(user, generated_at=generated_at, market_date=market_date,
-                    contribution=contribution, seed=seed)  # fmt: skip
+        p = planner(
+            user,
+            generated_at=generated_at,
+            market_date=market_date,
+            contribution=contribution,
+            seed=seed,
+        )
         with pg_engine.begin() as conn:
             insert_users(conn, [user])
             if persisted:

@@ -29,8 +29,12 @@ def test_unknown_routes_and_methods_are_problems(client: TestClient) -> None:
     missing = client.get("/api/nothing-here")
     assert missing.status_code == 404
     assert missing.headers["content-type"] == "application/problem+json"
-    assert missing.json() == {"type": "about:blank", "title": "Not Found", "status": 404,
-                              "detail": "no route for GET /api/nothing-here"}  # fmt: skip
+    assert missing.json() == {
+        "type": "about:blank",
+        "title": "Not Found",
+        "status": 404,
+        "detail": "no route for GET /api/nothing-here",
+    }
     wrong = client.delete("/api/dashboard")
     assert wrong.status_code == 405
     assert set(wrong.headers["allow"].split(", ")) == {"GET", "HEAD"}
@@ -73,8 +77,12 @@ def test_openapi_describes_every_json_route_and_its_errors(client: TestClient) -
     schemas = doc["components"]["schemas"]
     assert {"DashboardResponse", "AuditResponse", "JobsResponse", "ProblemDetails"} <= set(schemas)
     assert schemas["DashboardData"]["required"] == [
-        "recommendations", "totalInvestable", "baseCurrency", "dataFreshness", "fromCache",
-    ]  # fmt: skip
+        "recommendations",
+        "totalInvestable",
+        "baseCurrency",
+        "dataFreshness",
+        "fromCache",
+    ]
 
 
 def test_each_request_is_a_server_span_named_by_its_route(settings: Settings) -> None:
@@ -128,8 +136,12 @@ def test_token_command_prints_the_jwt_alone() -> None:
 
 def test_serve_command_runs_the_app(pg_url: str, redis_prefix: str) -> None:
     port = closed_port()
-    env = {"DATABASE_URL": pg_url, "CACHE_PREFIX": redis_prefix,
-           "REDIS_URL": "redis://127.0.0.1:6379/0", "OTEL_TRACES_EXPORTER": "console"}  # fmt: skip
+    env = {
+        "DATABASE_URL": pg_url,
+        "CACHE_PREFIX": redis_prefix,
+        "REDIS_URL": "redis://127.0.0.1:6379/0",
+        "OTEL_TRACES_EXPORTER": "console",
+    }
     proc = subprocess.Popen(
         [str(ROOT / ".venv/bin/overnight"), "serve", "--port", str(port)],
         env={**os.environ, "DASHBOARD_SECRET": SECRET, **env},
@@ -148,8 +160,9 @@ def test_serve_command_runs_the_app(pg_url: str, redis_prefix: str) -> None:
                 time.sleep(0.1)
         assert ready.status_code == 200 and ready.json()["status"] == "ready"
         user = uuid.uuid4()
-        data = httpx2.get(f"http://127.0.0.1:{port}/api/dashboard",
-                          headers=bearer(token_for(user)), timeout=5).json()  # fmt: skip
+        data = httpx2.get(
+            f"http://127.0.0.1:{port}/api/dashboard", headers=bearer(token_for(user)), timeout=5
+        ).json()
         assert data["data"]["recommendations"] == []
     finally:
         proc.terminate()

@@ -27,13 +27,23 @@ def asset_with_calculations(pg_engine: Engine) -> dict[str, Any]:
     with pg_engine.begin() as conn:
         asset_id = insert_asset(conn, "NYSE", symbol)
         mine = [
-            insert_calculation(conn, asset_id=asset_id, user_id=me, score=f"{10 + i}.5",
-                               created_at=T0 + timedelta(days=i))
+            insert_calculation(
+                conn,
+                asset_id=asset_id,
+                user_id=me,
+                score=f"{10 + i}.5",
+                created_at=T0 + timedelta(days=i),
+            )
             for i in range(5)
-        ]  # fmt: skip
+        ]
         for i in range(4):
-            insert_calculation(conn, asset_id=asset_id, user_id=other, score="99",
-                               created_at=T0 + timedelta(days=i, hours=1))  # fmt: skip
+            insert_calculation(
+                conn,
+                asset_id=asset_id,
+                user_id=other,
+                score="99",
+                created_at=T0 + timedelta(days=i, hours=1),
+            )
     return {"symbol": symbol, "asset_id": asset_id, "me": me, "other": other, "mine": mine}
 
 
@@ -127,13 +137,22 @@ def test_audit_unknown_asset_is_404(client: TestClient) -> None:
 def job_runs(pg_engine: Engine) -> str:
     market = f"M{uuid.uuid4().hex[:6]}".upper()
     rows = [
-        {"id": uuid.uuid4(), "job_type": "overnight", "status": status, "market": market,
-         "market_date": date(2026, 11, 30), "started_at": T0 + timedelta(hours=h),
-         "completed_at": T0 + timedelta(hours=h, minutes=3), "users_processed": 100 + h,
-         "users_failed": 1 if status == "partial" else 0, "correlation_id": uuid.uuid4(),
-         "metrics": {"process_users_ms": 812}, "error_details": None}
+        {
+            "id": uuid.uuid4(),
+            "job_type": "overnight",
+            "status": status,
+            "market": market,
+            "market_date": date(2026, 11, 30),
+            "started_at": T0 + timedelta(hours=h),
+            "completed_at": T0 + timedelta(hours=h, minutes=3),
+            "users_processed": 100 + h,
+            "users_failed": 1 if status == "partial" else 0,
+            "correlation_id": uuid.uuid4(),
+            "metrics": {"process_users_ms": 812},
+            "error_details": None,
+        }
         for h, status in enumerate(["completed", "partial", "failed", "completed"])
-    ]  # fmt: skip
+    ]
     with pg_engine.begin() as conn:
         conn.execute(insert(overnight_job_runs_table), rows)
     return market
@@ -146,23 +165,37 @@ def test_jobs_lists_runs_newest_first_filtered_by_market_and_status(
     runs = client.get(f"/api/jobs?market={job_runs}", headers=admin).json()["data"]
     assert [r["usersProcessed"] for r in runs] == [103, 102, 101, 100]
     assert runs[0]["metrics"] == {"process_users_ms": 812} and runs[0]["market"] == job_runs
-    assert set(runs[0]) >= {"jobType", "status", "startedAt", "completedAt", "correlationId",
-                            "usersFailed", "marketDate", "errorDetails"}  # fmt: skip
+    assert set(runs[0]) >= {
+        "jobType",
+        "status",
+        "startedAt",
+        "completedAt",
+        "correlationId",
+        "usersFailed",
+        "marketDate",
+        "errorDetails",
+    }
     partial = client.get(f"/api/jobs?market={job_runs}&status=partial", headers=admin).json()
     assert [(r["status"], r["usersFailed"]) for r in partial["data"]] == [("partial", 1)]
     limited = client.get(f"/api/jobs?market={job_runs}&limit=1", headers=admin).json()["data"]
     assert len(limited) == 1
     before = limited[0]["startedAt"]
-    older = client.get(f"/api/jobs?market={job_runs}&before={before.replace('+', '%2B')}",
-                       headers=admin).json()["data"]  # fmt: skip
+    older = client.get(
+        f"/api/jobs?market={job_runs}&before={before.replace('+', '%2B')}", headers=admin
+    ).json()["data"]
     assert [r["usersProcessed"] for r in older] == [102, 101, 100]
 
 
 @pytest.mark.parametrize(
     ("query", "name"),
-    [("?status=done", "status"), ("?limit=500", "limit"), ("?before=yesterday", "before"),
-     ("?before=2026-11-30T00:00:00", "before"), ("?market=NYSE&market=B3", "market")],
-)  # fmt: skip
+    [
+        ("?status=done", "status"),
+        ("?limit=500", "limit"),
+        ("?before=yesterday", "before"),
+        ("?before=2026-11-30T00:00:00", "before"),
+        ("?market=NYSE&market=B3", "market"),
+    ],
+)
 def test_jobs_bad_filters_are_400(client: TestClient, query: str, name: str) -> None:
     response = client.get(f"/api/jobs{query}", headers=bearer(token_for(uuid.uuid4(), admin=True)))
     assert response.status_code == 400

@@ -58,7 +58,9 @@ BAD_AUTHORIZATION: dict[str, dict[str, str] | list[tuple[str, str]]] = {
         )
     ),
     "expired": bearer(_signed({"sub": USER, "exp": int((NOW - timedelta(minutes=5)).timestamp())})),
-    "alg none": bearer(_b64({"alg": "none", "typ": "JWT"}) + "." + _b64({"sub": USER, "exp": LATER}) + "."),
+    "alg none": bearer(
+        _b64({"alg": "none", "typ": "JWT"}) + "." + _b64({"sub": USER, "exp": LATER}) + "."
+    ),
     "alg none signed": bearer(jwt.encode({"sub": USER, "exp": LATER}, None, algorithm="none")),
     "other hmac algorithm": bearer(_signed({"sub": USER, "exp": LATER}, algorithm="HS512")),
     "missing sub": bearer(_signed({"exp": LATER})),
@@ -71,7 +73,7 @@ BAD_AUTHORIZATION: dict[str, dict[str, str] | list[tuple[str, str]]] = {
         ("Authorization", f"Bearer {token_for(uuid.UUID(USER))}"),
         ("Authorization", f"Bearer {token_for(uuid.UUID(USER))}"),
     ],
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("case", sorted(BAD_AUTHORIZATION))
@@ -143,8 +145,10 @@ def test_a_token_for_a_never_yields_b(
         "Cookie": f"{COOKIE_NAME}={b_token}",
     }
     # What would show that B's data leaked (a 404 may echo the id the caller typed).
-    b_data = [b.recs_json.decode().split('"generatedAt":"')[1][:26],
-              *(r.symbol for r in b.recs.recommendations)]  # fmt: skip
+    b_data = [
+        b.recs_json.decode().split('"generatedAt":"')[1][:26],
+        *(r.symbol for r in b.recs.recommendations),
+    ]
     answered = 0
     for template in SMUGGLING:
         url = template.format(a=a.user_id, b=b.user_id)
@@ -160,8 +164,9 @@ def test_a_token_for_a_never_yields_b(
             ]
     assert answered >= 5
     # A token whose extra claims name B is still A's token.
-    sneaky = _signed({"sub": str(a.user_id), "exp": LATER, "userId": str(b.user_id),
-                      "user_id": str(b.user_id)})  # fmt: skip
+    sneaky = _signed(
+        {"sub": str(a.user_id), "exp": LATER, "userId": str(b.user_id), "user_id": str(b.user_id)}
+    )
     response = client.get("/api/dashboard", headers=bearer(sneaky))
     assert response.status_code == 200 and str(b.user_id) not in response.text
     # The API ignores the page's cookie: B's cookie alone gets nothing.

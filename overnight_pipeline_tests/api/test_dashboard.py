@@ -223,8 +223,11 @@ def test_an_entry_without_total_investable_is_completed_from_postgres(
 ) -> None:
     p = new_user()
     entry = p.cache_entry()
-    write_entries(sync_redis, [type(entry)(**{**entry.__dict__, "total_investable": None})],
-                  prefix=redis_prefix)  # fmt: skip
+    write_entries(
+        sync_redis,
+        [type(entry)(**{**entry.__dict__, "total_investable": None})],
+        prefix=redis_prefix,
+    )
     assert get_dashboard(client, p.user_id)["fromCache"] is False
     assert get_dashboard(client, p.user_id)["fromCache"] is True
 

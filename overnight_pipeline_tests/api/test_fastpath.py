@@ -21,8 +21,13 @@ from overnight_pipeline_tests.api.factories import Planner
 from overnight_pipeline_tests.api.live import live_server
 from overnight_pipeline_tests.api.netfaults import closed_port
 
-FRESH_HEADERS = ("content-type", "content-length", "cache-control", "www-authenticate",
-                 "retry-after")  # fmt: skip
+FRESH_HEADERS = (
+    "content-type",
+    "content-length",
+    "cache-control",
+    "www-authenticate",
+    "retry-after",
+)
 
 
 class ThroughStarlette:

@@ -22,8 +22,14 @@ from overnight_pipeline.settings import Settings
 from overnight_pipeline_tests.api.conftest import FAST, token_for
 from overnight_pipeline_tests.api.live import live_server
 
-ROUTES = [("GET", "/"), ("GET", "/login"), ("POST", "/login"), ("POST", "/logout"),
-          ("GET", "/api/dashboard"), ("GET", "/readyz")]  # fmt: skip
+ROUTES = [
+    ("GET", "/"),
+    ("GET", "/login"),
+    ("POST", "/login"),
+    ("POST", "/logout"),
+    ("GET", "/api/dashboard"),
+    ("GET", "/readyz"),
+]
 PRINTABLE = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=60)
 SIZES = st.sampled_from([0, 1, 100, 4_000, 20_000, 100_000])
 
@@ -51,8 +57,11 @@ def http(base_url: str) -> Iterator[httpx.Client]:
 @st.composite
 def hostile_requests(draw: st.DrawFn) -> dict[str, Any]:
     method, path = draw(st.sampled_from(ROUTES))
-    params = draw(st.lists(st.tuples(st.sampled_from(["token", "limit", "next", "x", ""]),
-                                     PRINTABLE), max_size=4))  # fmt: skip
+    params = draw(
+        st.lists(
+            st.tuples(st.sampled_from(["token", "limit", "next", "x", ""]), PRINTABLE), max_size=4
+        )
+    )
     if draw(st.booleans()):
         # httpx itself refuses URLs past 64 KB; past 8 KB is already the server's 414.
         params.append(("q", "v" * draw(st.sampled_from([0, 100, 4_000, 9_000]))))
@@ -61,31 +70,48 @@ def hostile_requests(draw: st.DrawFn) -> dict[str, Any]:
     if cookie:
         headers["cookie"] = f"{COOKIE_NAME}={cookie}; {COOKIE_NAME}=second"
     if draw(st.booleans()):
-        headers["origin"] = draw(st.sampled_from(["http://[::1", "null", "http://evil.example",
-                                                   "", "http://127.0.0.1", "::::"]))  # fmt: skip
+        headers["origin"] = draw(
+            st.sampled_from(
+                ["http://[::1", "null", "http://evil.example", "", "http://127.0.0.1", "::::"]
+            )
+        )
     if draw(st.booleans()):
         headers["x-filler"] = "h" * draw(SIZES)
     if draw(st.booleans()):
-        headers["authorization"] = draw(st.sampled_from(["Bearer", "Bearer " + "a" * 9_000,
-                                                          "Basic Zm9vOmJhcg==", "Bearer a b"]))  # fmt: skip
+        headers["authorization"] = draw(
+            st.sampled_from(["Bearer", "Bearer " + "a" * 9_000, "Basic Zm9vOmJhcg==", "Bearer a b"])
+        )
     body = b""
     if method == "POST":
-        body = draw(st.one_of(
-            st.binary(max_size=300),
-            st.just(b"token=a&token=b"),
-            st.just(b"token=" + b"t" * (MAX_FORM_BYTES + 1)),
-            st.just(b"token=" + b"t" * (MAX_BODY_BYTES + 1)),
-            st.just(b"&".join(b"f%d=1" % i for i in range(50))),
-            st.just(b"token=%ff%fe"),
-        ))  # fmt: skip
-        headers["content-type"] = draw(st.sampled_from(["application/x-www-form-urlencoded",
-                                                         "application/json", "multipart/form-data",
-                                                         "text/plain; charset=utf-16"]))  # fmt: skip
+        body = draw(
+            st.one_of(
+                st.binary(max_size=300),
+                st.just(b"token=a&token=b"),
+                st.just(b"token=" + b"t" * (MAX_FORM_BYTES + 1)),
+                st.just(b"token=" + b"t" * (MAX_BODY_BYTES + 1)),
+                st.just(b"&".join(b"f%d=1" % i for i in range(50))),
+                st.just(b"token=%ff%fe"),
+            )
+        )
+        headers["content-type"] = draw(
+            st.sampled_from(
+                [
+                    "application/x-www-form-urlencoded",
+                    "application/json",
+                    "multipart/form-data",
+                    "text/plain; charset=utf-16",
+                ]
+            )
+        )
     return {"method": method, "url": path, "params": params, "headers": headers, "content": body}
 
 
-@settings(max_examples=150, deadline=None, database=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])  # fmt: skip
+@settings(
+    max_examples=150,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(request=hostile_requests())
 def test_no_hostile_request_gets_a_5xx(http: httpx.Client, request: dict[str, Any]) -> None:
     response = http.request(**request)
@@ -142,8 +168,9 @@ def test_a_huge_url_gets_a_414_problem(http: httpx.Client) -> None:
 def test_an_oversized_sign_in_form_gets_a_413_problem(
     http: httpx.Client, body: bytes, status: int
 ) -> None:
-    response = http.post("/login", content=body,
-                         headers={"content-type": "application/x-www-form-urlencoded"})  # fmt: skip
+    response = http.post(
+        "/login", content=body, headers={"content-type": "application/x-www-form-urlencoded"}
+    )
     assert response.status_code == status
     assert response.headers["content-type"] == "application/problem+json"
 
@@ -160,8 +187,9 @@ def test_an_oversized_sign_in_form_gets_a_413_problem(
 def test_a_malformed_sign_in_form_is_answered_on_the_form(
     http: httpx.Client, body: bytes, words: str
 ) -> None:
-    response = http.post("/login", content=body,
-                         headers={"content-type": "application/x-www-form-urlencoded"})  # fmt: skip
+    response = http.post(
+        "/login", content=body, headers={"content-type": "application/x-www-form-urlencoded"}
+    )
     assert response.status_code in (400, 401)
     assert response.headers["content-type"].startswith("text/html")
     assert words in response.text
@@ -169,7 +197,10 @@ def test_a_malformed_sign_in_form_is_answered_on_the_form(
 
 def test_an_unparseable_origin_is_a_403_not_a_500(http: httpx.Client) -> None:
     for path in ("/login", "/logout"):
-        response = http.post(path, content=b"token=x", headers={
-            "origin": "http://[::1", "content-type": "application/x-www-form-urlencoded"})  # fmt: skip
+        response = http.post(
+            path,
+            content=b"token=x",
+            headers={"origin": "http://[::1", "content-type": "application/x-www-form-urlencoded"},
+        )
         assert response.status_code == 403
         assert response.headers["content-type"] == "application/problem+json"

@@ -29,8 +29,14 @@ def test_batched_reads_match_the_one_user_query(pg_url: str, pg_engine: Engine) 
         if n % 3 == 0:  # a backfill: an older market date, generated later
             # Older than every row above, whose dates are up to 5 h back (yesterday's after
             # midnight UTC).
-            rows.append(planner(user, generated_at=now, market_date=now.date()
-                                - timedelta(days=n % 4 + 2), seed=n + 100))  # fmt: skip
+            rows.append(
+                planner(
+                    user,
+                    generated_at=now,
+                    market_date=now.date() - timedelta(days=n % 4 + 2),
+                    seed=n + 100,
+                )
+            )
     with pg_engine.begin() as conn:
         insert_users(conn, users)
         persist(conn, rows)
@@ -40,10 +46,13 @@ def test_batched_reads_match_the_one_user_query(pg_url: str, pg_engine: Engine) 
 
     async def main() -> dict[uuid.UUID, Any]:
         pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-            pg_conninfo(pg_url), min_size=1, max_size=2, open=False,
+            pg_conninfo(pg_url),
+            min_size=1,
+            max_size=2,
+            open=False,
             # A session time zone other than UTC: generated_at must still come back in UTC.
             kwargs={"autocommit": True, "options": "-c TimeZone=America/Sao_Paulo"},
-        )  # fmt: skip
+        )
         await pool.open()
         newest = NewestRows(pool, timeout=5, concurrency=2, max_batch=7)
         try:

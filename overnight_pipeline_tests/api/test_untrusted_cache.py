@@ -41,21 +41,62 @@ Doc = dict[str, Any]
 Path = tuple[str | int, ...]
 # Fields that may be null; every other field is required and typed.
 NULLABLE = {"topContributor", "pricesAsOf", "ratesAsOf", "criteriaVersion"}
-DECIMALS = {"score", "amount", "allocationGap", "totalValue", "currentPercent", "targetMin",
-            "targetMax"}  # fmt: skip
+DECIMALS = {
+    "score",
+    "amount",
+    "allocationGap",
+    "totalValue",
+    "currentPercent",
+    "targetMin",
+    "targetMax",
+}
 NON_NEGATIVE = {"amount", "totalValue", "currentPercent", "targetMin", "targetMax"}
 TIMES = {"generatedAt", "pricesAsOf", "ratesAsOf"}
 CURRENCY_FIELDS = {"currency", "baseCurrency"}
-BAD_DECIMALS = ["NaN", "nan", "Infinity", "-Infinity", "sNaN", "1e3", "1E+3", "", " 1", "1 ",
-                "0x1F", "1,5", "+1", "1.", ".5", "01", "1" * 19, "0." + "1" * 11, "1/2", "١"]  # fmt: skip
+BAD_DECIMALS = [
+    "NaN",
+    "nan",
+    "Infinity",
+    "-Infinity",
+    "sNaN",
+    "1e3",
+    "1E+3",
+    "",
+    " 1",
+    "1 ",
+    "0x1F",
+    "1,5",
+    "+1",
+    "1.",
+    ".5",
+    "01",
+    "1" * 19,
+    "0." + "1" * 11,
+    "1/2",
+    "١",
+]
 BAD_NON_NEGATIVE = ["-5", "-0.01", "-1000000"]
 BAD_PERCENT = ["100.01", "250", "-1"]
-BAD_TIMES = ["2026-02-30T00:00:00Z", "2026-13-01T00:00:00Z", "2026-11-30T24:00:00Z",
-             "2026-11-30", "2026-11-30T09:30:00", "yesterday", "", "2026-11-30 09:30:00Z",
-             "2026-11-30T09:30:00+25:00", "99999-01-01T00:00:00Z"]  # fmt: skip
+BAD_TIMES = [
+    "2026-02-30T00:00:00Z",
+    "2026-13-01T00:00:00Z",
+    "2026-11-30T24:00:00Z",
+    "2026-11-30",
+    "2026-11-30T09:30:00",
+    "yesterday",
+    "",
+    "2026-11-30 09:30:00Z",
+    "2026-11-30T09:30:00+25:00",
+    "99999-01-01T00:00:00Z",
+]
 BAD_CURRENCIES = ["ZZZ", "QQQ", "usd", "US", "USDD", "", "XYZ", "U$D", "ＵＳＤ"]
-BAD_SIDECARS = [b"", b"garbage", b"zzzzzzzzzz|zzzz", b"\xff\xfe\x00",
-                b"2099-01-01|2099-01-01T00:00:00.000000Z|20000.0000"]  # fmt: skip
+BAD_SIDECARS = [
+    b"",
+    b"garbage",
+    b"zzzzzzzzzz|zzzz",
+    b"\xff\xfe\x00",
+    b"2099-01-01|2099-01-01T00:00:00.000000Z|20000.0000",
+]
 
 
 def leaves(doc: Any, path: Path = ()) -> Iterator[tuple[Path, Any]]:
@@ -140,8 +181,11 @@ def missing_or_unknown_field(draw: st.DrawFn, doc: Doc) -> Doc:
         if name in target:
             name += "_extra"
         return put(doc, (*at, name), draw(JSON_VALUES["int"]))
-    paths = [p for p, _ in leaves(doc) if isinstance(p[-1], str) and p[:-1] != ("allocations",)
-             and "allocations" not in p[-2:-1]]  # fmt: skip
+    paths = [
+        p
+        for p, _ in leaves(doc)
+        if isinstance(p[-1], str) and p[:-1] != ("allocations",) and "allocations" not in p[-2:-1]
+    ]
     return drop(doc, draw(st.sampled_from(paths)))
 
 
@@ -190,8 +234,17 @@ def bad_entries(draw: st.DrawFn, p: Planner, other: Planner) -> tuple[bytes, byt
             portfolio = draw(how(portfolio))
     elif case == "owner":
         theirs_recs, theirs_portfolio = documents(other)
-        which = draw(st.sampled_from(["their portfolio", "their portfolio, same total",
-                                      "their recs", "uppercase", "random"]))  # fmt: skip
+        which = draw(
+            st.sampled_from(
+                [
+                    "their portfolio",
+                    "their portfolio, same total",
+                    "their recs",
+                    "uppercase",
+                    "random",
+                ]
+            )
+        )
         if which == "their portfolio":
             portfolio = theirs_portfolio
         elif which == "their portfolio, same total":
@@ -202,17 +255,28 @@ def bad_entries(draw: st.DrawFn, p: Planner, other: Planner) -> tuple[bytes, byt
             owner = str(p.user_id).upper() if which == "uppercase" else str(uuid.uuid4())
             recs = {**recs, "userId": owner}
     elif case == "bytes":
-        junk = draw(st.binary(max_size=200) | st.sampled_from([b"NaN", b"[1, \"x\", null]",
-                                                                b"{" * 100_000, b"null"]))  # fmt: skip
+        junk = draw(
+            st.binary(max_size=200)
+            | st.sampled_from([b"NaN", b'[1, "x", null]', b"{" * 100_000, b"null"])
+        )
         if draw(st.booleans()):
             return junk, dumps(portfolio), sidecar
         return dumps(recs), junk, sidecar
     elif case == "sidecar":
         stamp = entry_version(p.market_date, p.generated_at)
-        sidecar = draw(st.sampled_from([*BAD_SIDECARS, stamp.encode() + b"|", stamp.encode()
-            + b"|-5", stamp.encode() + b"|NaN", stamp.encode() + b"|1e3",
-            entry_version(p.market_date, p.generated_at + timedelta(seconds=1)).encode()
-            + b"|20000.0000"]))  # fmt: skip
+        sidecar = draw(
+            st.sampled_from(
+                [
+                    *BAD_SIDECARS,
+                    stamp.encode() + b"|",
+                    stamp.encode() + b"|-5",
+                    stamp.encode() + b"|NaN",
+                    stamp.encode() + b"|1e3",
+                    entry_version(p.market_date, p.generated_at + timedelta(seconds=1)).encode()
+                    + b"|20000.0000",
+                ]
+            )
+        )
     else:
         recs = {**recs, "recommendations": recs["recommendations"] * 5_000}
     return dumps(recs), dumps(portfolio), sidecar
@@ -336,8 +400,10 @@ def test_a_version_1_entry_is_a_miss_and_is_replaced_by_version_2(
     client: TestClient, victim: Planner, sync_redis: redis.Redis, redis_prefix: str
 ) -> None:
     recs, portfolio = documents(victim)
-    old = ({**recs, "schemaVersion": 1},
-           {k: v for k, v in {**portfolio, "schemaVersion": 1}.items() if k != "userId"})  # fmt: skip
+    old = (
+        {**recs, "schemaVersion": 1},
+        {k: v for k, v in {**portfolio, "schemaVersion": 1}.items() if k != "userId"},
+    )
     sidecar = (entry_version(victim.market_date, victim.generated_at) + "|20000.0000").encode()
     plant(sync_redis, redis_prefix, victim.user_id, (*map(orjson.dumps, old), sidecar))
     response = client.get("/api/dashboard", headers=bearer(token_for(victim.user_id)))
@@ -357,8 +423,7 @@ def test_a_user_without_results_gets_the_bad_entry_evicted(
     nobody = new_user(persisted=False)
     recs, portfolio = documents(other)
     sidecar = (entry_version(other.market_date, other.generated_at) + "|20000.0000").encode()
-    plant(sync_redis, redis_prefix, nobody.user_id,
-          (dumps(recs), dumps(portfolio), sidecar))  # fmt: skip
+    plant(sync_redis, redis_prefix, nobody.user_id, (dumps(recs), dumps(portfolio), sidecar))
     response = client.get("/api/dashboard", headers=bearer(token_for(nobody.user_id)))
     assert response.status_code == 200
     assert response.json()["data"]["recommendations"] == []
@@ -428,8 +493,10 @@ def test_the_memo_never_serves_one_users_validated_entry_to_another(
     assert first["fromCache"] is True
     assert len(memo_of(client)) == 1
     # Alice's exact bytes, already validated by this process, under Bob's keys.
-    theirs = [sync_redis.get(k(alice.user_id, redis_prefix))
-              for k in (recs_key, portfolio_key, version_key)]  # fmt: skip
+    theirs = [
+        sync_redis.get(k(alice.user_id, redis_prefix))
+        for k in (recs_key, portfolio_key, version_key)
+    ]
     plant(sync_redis, redis_prefix, bob.user_id, tuple(v for v in theirs if isinstance(v, bytes)))
 
     with caplog.at_level(logging.WARNING, logger="dashboard_api"):
@@ -447,9 +514,12 @@ def test_the_memo_never_serves_one_users_validated_entry_to_another(
 
 
 def test_a_remembered_entry_is_still_refused_when_its_version_is_in_the_future(
-    client: TestClient, victim: Planner, cache: Callable[..., None], sync_redis: redis.Redis,
+    client: TestClient,
+    victim: Planner,
+    cache: Callable[..., None],
+    sync_redis: redis.Redis,
     redis_prefix: str,
-) -> None:  # fmt: skip
+) -> None:
     cache(victim)
     headers = bearer(token_for(victim.user_id))
     assert client.get("/api/dashboard", headers=headers).json()["data"]["fromCache"] is True

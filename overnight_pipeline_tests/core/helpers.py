@@ -13,16 +13,26 @@ USD_ONLY = FxRates(usd_to={"BRL": D("5"), "JPY": D("150"), "EUR": D("0.8")})
 
 
 def score(asset_id: str, value: int | str) -> AssetScore:
-    return AssetScore(asset_id=asset_id, score=D(value).quantize(D("0.0001")),
-                      max_possible_score=D(100), top_contributor=None)  # fmt: skip
+    return AssetScore(
+        asset_id=asset_id,
+        score=D(value).quantize(D("0.0001")),
+        max_possible_score=D(100),
+        top_contributor=None,
+    )
 
 
 def holding(
     symbol: str, cls: str, value: str | int, currency: str = "USD", price: str | None = "1"
 ) -> HoldingInput:
     """A holding worth `value` (quantity `value` at price 1 unless told)."""
-    return HoldingInput(asset_id=symbol, symbol=symbol, asset_class=cls, quantity=D(value),
-                        currency=currency, price=None if price is None else D(price))  # fmt: skip
+    return HoldingInput(
+        asset_id=symbol,
+        symbol=symbol,
+        asset_class=cls,
+        quantity=D(value),
+        currency=currency,
+        price=None if price is None else D(price),
+    )
 
 
 def band(name: str, lo: int | str, hi: int | str, **kw) -> ClassSpec:
@@ -30,9 +40,14 @@ def band(name: str, lo: int | str, hi: int | str, **kw) -> ClassSpec:
 
 
 def run(classes, holdings, scores, contribution="1000", base="USD", fx=USD_ONLY):
-    return recommend(base_currency=base, contribution=None if contribution is None else D(contribution),
-                     classes=classes, holdings=holdings,
-                     scores={s.asset_id: s for s in scores}, fx=fx)  # fmt: skip
+    return recommend(
+        base_currency=base,
+        contribution=None if contribution is None else D(contribution),
+        classes=classes,
+        holdings=holdings,
+        scores={s.asset_id: s for s in scores},
+        fx=fx,
+    )
 
 
 def amounts(result) -> dict[str, Decimal]:

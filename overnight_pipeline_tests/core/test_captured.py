@@ -21,8 +21,13 @@ FX_AT = FxRates(usd_to=FX.usd_to, as_of=datetime(2026, 11, 30, 6, tzinfo=UTC), s
 def test_recommending_from_captured_inputs_gives_the_same_result(b) -> None:
     user_list, fundamentals = b
     batch = to_batch(user_list, fundamentals)
-    docs = capture(batch, FX_AT, market="NYSE", market_date=DAY,
-                   criteria_versions={u["user_id"]: 1 for u in user_list})  # fmt: skip
+    docs = capture(
+        batch,
+        FX_AT,
+        market="NYSE",
+        market_date=DAY,
+        criteria_versions={u["user_id"]: 1 for u in user_list},
+    )
     again, fx = batch_from_captured(list(docs.items()))
     assert fx.stale and fx.as_of == FX_AT.as_of
     direct, replayed = run_batch(batch, FX_AT), run_batch(again, fx)

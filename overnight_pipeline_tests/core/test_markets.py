@@ -20,10 +20,13 @@ M = load_markets()
 
 def test_six_default_markets_with_their_calendars() -> None:
     assert {c: (m.calendar, m.timezone, m.currency) for c, m in M.items()} == {
-        "NYSE": ("XNYS", "America/New_York", "USD"), "NASDAQ": ("XNAS", "America/New_York", "USD"),
-        "B3": ("BVMF", "America/Sao_Paulo", "BRL"), "LSE": ("XLON", "Europe/London", "GBP"),
-        "TSE": ("XTKS", "Asia/Tokyo", "JPY"), "XETRA": ("XETR", "Europe/Berlin", "EUR"),
-    }  # fmt: skip
+        "NYSE": ("XNYS", "America/New_York", "USD"),
+        "NASDAQ": ("XNAS", "America/New_York", "USD"),
+        "B3": ("BVMF", "America/Sao_Paulo", "BRL"),
+        "LSE": ("XLON", "Europe/London", "GBP"),
+        "TSE": ("XTKS", "Asia/Tokyo", "JPY"),
+        "XETRA": ("XETR", "Europe/Berlin", "EUR"),
+    }
 
 
 def test_holidays_and_weekends_are_not_sessions() -> None:

@@ -25,9 +25,11 @@ NOW = datetime(2026, 11, 30, 9, 30, tzinfo=UTC)
 
 
 def _payloads():
-    r = run([band("A", 40, 60), band("B", 40, 60)],
-            [holding("AAA", "A", 600), holding("BBB", "B", 400)],
-            [score("AAA", 10), score("BBB", 10)])  # fmt: skip
+    r = run(
+        [band("A", 40, 60), band("B", 40, 60)],
+        [holding("AAA", "A", 600), holding("BBB", "B", 400)],
+        [score("AAA", 10), score("BBB", 10)],
+    )
     return cache_payloads(USER, r, generated_at=NOW, asset_count=2)
 
 
@@ -58,8 +60,11 @@ def test_cache_payload_is_camel_case_with_decimal_strings() -> None:
         and first["allocationGap"] == "10.00"
     )
     assert set(first["breakdown"]) == {"criteriaCount", "topContributor"}
-    assert doc["portfolioSummary"] == {"totalValue": "1000.00", "baseCurrency": "USD",
-                                       "allocations": {"A": "60.00", "B": "40.00"}}  # fmt: skip
+    assert doc["portfolioSummary"] == {
+        "totalValue": "1000.00",
+        "baseCurrency": "USD",
+        "allocations": {"A": "60.00", "B": "40.00"},
+    }
     assert set(doc["dataFreshness"]) == {"pricesAsOf", "ratesAsOf", "criteriaVersion"}
     sdoc = json.loads(summary.model_dump_json(by_alias=True))
     assert sdoc["allocations"][0] == {
@@ -104,9 +109,13 @@ def test_whatever_the_writer_builds_passes_the_readers_gate(
     values: list[int], contribution, base: str
 ) -> None:
     holdings = [holding(f"A{i}", "AB"[i % 2], v, currency="USD") for i, v in enumerate(values)]
-    result = run([band("A", 40, 60), band("B", "0.5", "99.9999")], holdings,
-                 [score(f"A{i}", (i * 7) % 30 - 10) for i in range(len(values))],
-                 contribution=str(contribution), base=base)  # fmt: skip
+    result = run(
+        [band("A", 40, 60), band("B", "0.5", "99.9999")],
+        holdings,
+        [score(f"A{i}", (i * 7) % 30 - 10) for i in range(len(values))],
+        contribution=str(contribution),
+        base=base,
+    )
     recs, summary = cache_payloads(USER, result, generated_at=NOW, asset_count=len(values))
     checked, portfolio = check_documents(
         recs.model_dump_json(by_alias=True), summary.model_dump_json(by_alias=True), str(USER)

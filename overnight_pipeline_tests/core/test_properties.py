@@ -30,20 +30,29 @@ def portfolios(draw):
     classes = []
     for i in range(n_classes):
         lo, hi = draw(bands())
-        classes.append(ClassSpec(
-            name=f"C{i}", target_min=lo, target_max=hi,
-            max_assets=draw(st.none() | st.integers(1, 4)),
-            min_allocation_value=draw(st.none() | st.decimals(0, 500, places=2)),
-        ))  # fmt: skip
+        classes.append(
+            ClassSpec(
+                name=f"C{i}",
+                target_min=lo,
+                target_max=hi,
+                max_assets=draw(st.none() | st.integers(1, 4)),
+                min_allocation_value=draw(st.none() | st.decimals(0, 500, places=2)),
+            )
+        )
     n = draw(st.integers(0, 12))
     holdings, scores = [], []
     for j in range(n):
         currency = draw(st.sampled_from(["USD", "BRL", "JPY", "EUR"]))
-        holdings.append(HoldingInput(
-            asset_id=f"a{j}", symbol=f"S{j:02d}", asset_class=f"C{draw(st.integers(0, n_classes - 1))}",
-            quantity=draw(st.decimals(Decimal("0.001"), 10_000, places=3)), currency=currency,
-            price=draw(st.none() | st.decimals(Decimal("0.01"), 5_000, places=2)),
-        ))  # fmt: skip
+        holdings.append(
+            HoldingInput(
+                asset_id=f"a{j}",
+                symbol=f"S{j:02d}",
+                asset_class=f"C{draw(st.integers(0, n_classes - 1))}",
+                quantity=draw(st.decimals(Decimal("0.001"), 10_000, places=3)),
+                currency=currency,
+                price=draw(st.none() | st.decimals(Decimal("0.01"), 5_000, places=2)),
+            )
+        )
         scores.append(score(f"a{j}", draw(st.integers(-50, 100))))
     base = draw(st.sampled_from(["USD", "BRL", "JPY"]))
     contribution = draw(st.none() | money)
@@ -56,8 +65,14 @@ def portfolios(draw):
 @given(portfolios())
 def test_money_invariants_hold_for_any_portfolio(p) -> None:
     base, contribution, classes, holdings, scores = p
-    r = recommend(base_currency=base, contribution=contribution, classes=classes,
-                  holdings=holdings, scores=scores, fx=FX)  # fmt: skip
+    r = recommend(
+        base_currency=base,
+        contribution=contribution,
+        classes=classes,
+        holdings=holdings,
+        scores=scores,
+        fx=FX,
+    )
     c = contribution or Decimal(0)
     amounts = [rec.amount for rec in r.recommendations]
     # Amounts and unallocated reconcile to the contribution exactly, in minor units.
@@ -91,8 +106,17 @@ def rules(draw) -> list[Rule]:
         op = draw(st.sampled_from(["gt", "lt", "gte", "lte", "between", "equals", "exists"]))
         v = None if op == "exists" else draw(value)
         v2 = draw(st.decimals(v, 2000, places=4)) if op == "between" else None
-        out.append(Rule(id=f"r{i}", asset_class=draw(st.sampled_from(["A", "B"])), metric=draw(metric),
-                        operator=op, value=v, value2=v2, points=draw(st.integers(-100, 100))))  # fmt: skip
+        out.append(
+            Rule(
+                id=f"r{i}",
+                asset_class=draw(st.sampled_from(["A", "B"])),
+                metric=draw(metric),
+                operator=op,
+                value=v,
+                value2=v2,
+                points=draw(st.integers(-100, 100)),
+            )
+        )
     return out
 
 
@@ -105,7 +129,9 @@ def test_replay_of_captured_inputs_reproduces_the_scores(rule_list, fundamentals
     captured = {
         "criteria": {"version": 1, "rules": rules_document(rule_list)},
         "holdings": [{"assetId": a, "assetClass": c} for a, c in holdings],
-        "fundamentals": {a: {m: None if v is None else format(v, "f") for m, v in f.items()}
-                         for a, f in fundamentals.items()},
-    }  # fmt: skip
+        "fundamentals": {
+            a: {m: None if v is None else format(v, "f") for m, v in f.items()}
+            for a, f in fundamentals.items()
+        },
+    }
     assert replay(captured) == scores

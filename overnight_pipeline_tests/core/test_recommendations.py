@@ -11,25 +11,33 @@ from overnight_pipeline_tests.core.helpers import D, amounts, band, by_class, ho
 
 def test_water_filling_brings_both_classes_to_their_mid() -> None:
     # T = 1000, C = 1000, T' = 2000; mids are 1000 each: A needs 400, B needs 600.
-    r = run([band("A", 40, 60), band("B", 40, 60)],
-            [holding("AAA", "A", 600), holding("BBB", "B", 400)],
-            [score("AAA", 10), score("BBB", 10)])  # fmt: skip
+    r = run(
+        [band("A", 40, 60), band("B", 40, 60)],
+        [holding("AAA", "A", 600), holding("BBB", "B", 400)],
+        [score("AAA", 10), score("BBB", 10)],
+    )
     assert by_class(r) == {"A": D("400.00"), "B": D("600.00")}
     assert r.unallocated == 0
 
 
 def test_the_class_furthest_below_its_mid_fills_first() -> None:
     # C = 100, T' = 1100, mids 550: A (600) is already above its mid; B (400) takes all 100.
-    r = run([band("A", 40, 60), band("B", 40, 60)],
-            [holding("AAA", "A", 600), holding("BBB", "B", 400)],
-            [score("AAA", 10), score("BBB", 10)], contribution="100")  # fmt: skip
+    r = run(
+        [band("A", 40, 60), band("B", 40, 60)],
+        [holding("AAA", "A", 600), holding("BBB", "B", 400)],
+        [score("AAA", 10), score("BBB", 10)],
+        contribution="100",
+    )
     assert by_class(r) == {"A": D(0), "B": D("100.00")}
 
 
 def test_a_class_above_its_max_receives_nothing() -> None:
-    r = run([band("A", 10, 30), band("B", 70, 90)],
-            [holding("AAA", "A", 900), holding("BBB", "B", 100)],
-            [score("AAA", 50), score("BBB", 10)], contribution="100")  # fmt: skip
+    r = run(
+        [band("A", 10, 30), band("B", 70, 90)],
+        [holding("AAA", "A", 900), holding("BBB", "B", 100)],
+        [score("AAA", 50), score("BBB", 10)],
+        contribution="100",
+    )
     assert amounts(r) == {"BBB": D("100.00")}
     gaps = {c.name: c.allocation_gap for c in r.classes}
     assert gaps == {"A": D(20) - D(90), "B": D(80) - D(10)}
@@ -37,22 +45,26 @@ def test_a_class_above_its_max_receives_nothing() -> None:
 
 def test_after_every_mid_is_reached_classes_rise_toward_max_then_the_rest_is_unallocated() -> None:
     # Empty classes, 1000 to place: mids 300 + 400, then maxes 400 + 500; 100 cannot be placed.
-    got, leftover = water_fill(D(1000), {"A": D(0), "B": D(0)}, {"A": D(300), "B": D(400)},
-                               {"A": D(400), "B": D(500)})  # fmt: skip
+    got, leftover = water_fill(
+        D(1000), {"A": D(0), "B": D(0)}, {"A": D(300), "B": D(400)}, {"A": D(400), "B": D(500)}
+    )
     assert got == {"A": D(400), "B": D(500)} and leftover == D(100)
 
 
 def test_partial_fill_uses_one_common_level() -> None:
     # f·300 + f·400 = 350 → f = 0.5: both classes at half their mid.
-    got, leftover = water_fill(D(350), {"A": D(0), "B": D(0)}, {"A": D(300), "B": D(400)},
-                               {"A": D(400), "B": D(500)})  # fmt: skip
+    got, leftover = water_fill(
+        D(350), {"A": D(0), "B": D(0)}, {"A": D(300), "B": D(400)}, {"A": D(400), "B": D(500)}
+    )
     assert got == {"A": D(150), "B": D(200)} and leftover == 0
 
 
 def test_portfolio_of_value_zero_takes_the_first_contribution() -> None:
-    r = run([band("A", 20, 40), band("B", 30, 50)],
-            [holding("AAA", "A", 0 + 1, price=None), holding("BBB", "B", 1, price=None)],
-            [score("AAA", 5), score("BBB", 5)])  # fmt: skip
+    r = run(
+        [band("A", 20, 40), band("B", 30, 50)],
+        [holding("AAA", "A", 0 + 1, price=None), holding("BBB", "B", 1, price=None)],
+        [score("AAA", 5), score("BBB", 5)],
+    )
     # No holding is priced: nothing is eligible, everything stays unallocated, gaps are mids.
     assert r.total_value == 0 and r.unallocated == D(1000)
     assert [c.status for c in r.classes] == [NO_ELIGIBLE_ASSET, NO_ELIGIBLE_ASSET]
@@ -61,9 +73,11 @@ def test_portfolio_of_value_zero_takes_the_first_contribution() -> None:
 
 
 def test_a_class_with_no_eligible_asset_is_reported_and_others_fill() -> None:
-    r = run([band("A", 40, 60), band("B", 40, 60)],
-            [holding("AAA", "A", 500), holding("BBB", "B", 500)],
-            [score("AAA", 0), score("BBB", 10)])  # fmt: skip
+    r = run(
+        [band("A", 40, 60), band("B", 40, 60)],
+        [holding("AAA", "A", 500), holding("BBB", "B", 500)],
+        [score("AAA", 0), score("BBB", 10)],
+    )
     assert {c.name: c.status for c in r.classes} == {"A": NO_ELIGIBLE_ASSET, "B": None}
     # T' = 2000. B: to its mid 1000 (+500), then to its max 1200 (+200); 300 unallocated.
     assert amounts(r) == {"BBB": D("700.00")} and r.unallocated == D("300.00")
@@ -71,65 +85,98 @@ def test_a_class_with_no_eligible_asset_is_reported_and_others_fill() -> None:
 
 
 def test_negative_or_zero_scores_never_receive_money() -> None:
-    r = run([band("A", 0, 100)], [holding("NEG", "A", 10), holding("ZER", "A", 10), holding("POS", "A", 10)],
-            [score("NEG", -5), score("ZER", 0), score("POS", 1)])  # fmt: skip
+    r = run(
+        [band("A", 0, 100)],
+        [holding("NEG", "A", 10), holding("ZER", "A", 10), holding("POS", "A", 10)],
+        [score("NEG", -5), score("ZER", 0), score("POS", 1)],
+    )
     assert amounts(r) == {"POS": D("1000.00")}
 
 
 def test_max_assets_keeps_the_best_scored() -> None:
-    r = run([band("A", 0, 100, max_assets=2)],
-            [holding("X", "A", 1), holding("Y", "A", 1), holding("Z", "A", 1)],
-            [score("X", 30), score("Y", 20), score("Z", 10)])  # fmt: skip
+    r = run(
+        [band("A", 0, 100, max_assets=2)],
+        [holding("X", "A", 1), holding("Y", "A", 1), holding("Z", "A", 1)],
+        [score("X", 30), score("Y", 20), score("Z", 10)],
+    )
     assert amounts(r) == {"X": D("600.00"), "Y": D("400.00")}
 
 
 def test_min_allocation_value_drops_the_lowest_scored_and_resplits() -> None:
     # 100 split 50/30/20; Z's 20 is below 25, so Z goes and 100 is split 62.50/37.50.
-    r = run([band("A", 0, 100, min_allocation_value=D(25))],
-            [holding("X", "A", 1), holding("Y", "A", 1), holding("Z", "A", 1)],
-            [score("X", 50), score("Y", 30), score("Z", 20)], contribution="100")  # fmt: skip
+    r = run(
+        [band("A", 0, 100, min_allocation_value=D(25))],
+        [holding("X", "A", 1), holding("Y", "A", 1), holding("Z", "A", 1)],
+        [score("X", 50), score("Y", 30), score("Z", 20)],
+        contribution="100",
+    )
     assert amounts(r) == {"X": D("62.50"), "Y": D("37.50")}
 
 
 def test_min_allocation_ties_drop_the_later_symbol() -> None:
-    r = run([band("A", 0, 100, min_allocation_value=D(40))],
-            [holding("X", "A", 1), holding("Y", "A", 1), holding("Z", "A", 1)],
-            [score("X", 10), score("Y", 10), score("Z", 10)], contribution="100")  # fmt: skip
+    r = run(
+        [band("A", 0, 100, min_allocation_value=D(40))],
+        [holding("X", "A", 1), holding("Y", "A", 1), holding("Z", "A", 1)],
+        [score("X", 10), score("Y", 10), score("Z", 10)],
+        contribution="100",
+    )
     # 33.33 each < 40: Z (later symbol) goes first; 50/50 then holds.
     assert amounts(r) == {"X": D("50.00"), "Y": D("50.00")}
 
 
 def test_a_class_below_its_minimum_even_on_one_asset_is_dropped_and_filling_redone() -> None:
-    r = run([band("A", 40, 60, min_allocation_value=D(500)), band("B", 40, 60)],
-            [holding("AAA", "A", 1000), holding("BBB", "B", 1000)],
-            [score("AAA", 10), score("BBB", 10)], contribution="200")  # fmt: skip
+    r = run(
+        [band("A", 40, 60, min_allocation_value=D(500)), band("B", 40, 60)],
+        [holding("AAA", "A", 1000), holding("BBB", "B", 1000)],
+        [score("AAA", 10), score("BBB", 10)],
+        contribution="200",
+    )
     # Water-filling gives 100 + 100; A's 100 < 500 so A is dropped and B takes all 200.
     assert {c.name: c.status for c in r.classes}["A"] == BELOW_MINIMUM
     assert amounts(r) == {"BBB": D("200.00")}
 
 
 def test_largest_remainder_gives_the_extra_cent_by_score_then_symbol() -> None:
-    r = run([band("A", 0, 100)], [holding("B", "A", 1), holding("A", "A", 1), holding("C", "A", 1)],
-            [score("A", 10), score("B", 10), score("C", 10)], contribution="100")  # fmt: skip
+    r = run(
+        [band("A", 0, 100)],
+        [holding("B", "A", 1), holding("A", "A", 1), holding("C", "A", 1)],
+        [score("A", 10), score("B", 10), score("C", 10)],
+        contribution="100",
+    )
     assert amounts(r) == {"A": D("33.34"), "B": D("33.33"), "C": D("33.33")}
-    r = run([band("A", 0, 100)], [holding("B", "A", 1), holding("A", "A", 1)],
-            [score("A", 10), score("B", 20)], contribution="0.01")  # fmt: skip
+    r = run(
+        [band("A", 0, 100)],
+        [holding("B", "A", 1), holding("A", "A", 1)],
+        [score("A", 10), score("B", 20)],
+        contribution="0.01",
+    )
     assert amounts(r) == {"B": D("0.01")}
 
 
 def test_jpy_base_currency_has_no_cents() -> None:
-    r = run([band("A", 0, 100)], [holding("X", "A", 1, currency="USD"), holding("Y", "A", 1, currency="USD"),
-            holding("Z", "A", 1, currency="USD")], [score("X", 1), score("Y", 1), score("Z", 1)],
-            contribution="10000", base="JPY")  # fmt: skip
+    r = run(
+        [band("A", 0, 100)],
+        [
+            holding("X", "A", 1, currency="USD"),
+            holding("Y", "A", 1, currency="USD"),
+            holding("Z", "A", 1, currency="USD"),
+        ],
+        [score("X", 1), score("Y", 1), score("Z", 1)],
+        contribution="10000",
+        base="JPY",
+    )
     assert sorted(amounts(r).values()) == [D(3333), D(3333), D(3334)]
     assert all(a == a.to_integral_value() for a in amounts(r).values())
     assert r.total_value == D(450)  # 3 × 1 USD × 150
 
 
 def test_contribution_unset_gives_zero_amounts_but_gaps_and_summary() -> None:
-    r = run([band("A", 40, 60), band("B", 40, 60)],
-            [holding("AAA", "A", 750), holding("BBB", "B", 250)],
-            [score("AAA", 10), score("BBB", 10)], contribution=None)  # fmt: skip
+    r = run(
+        [band("A", 40, 60), band("B", 40, 60)],
+        [holding("AAA", "A", 750), holding("BBB", "B", 250)],
+        [score("AAA", 10), score("BBB", 10)],
+        contribution=None,
+    )
     assert r.recommendations == () and r.unallocated == 0 and r.contribution == 0
     assert [c.allocation_gap for c in r.classes] == [D(-25), D(25)]
     assert r.total_value == D(1000)
@@ -137,9 +184,13 @@ def test_contribution_unset_gives_zero_amounts_but_gaps_and_summary() -> None:
 
 def test_values_are_converted_to_the_base_currency() -> None:
     fx = FxRates(usd_to={"BRL": D("5")})
-    r = run([band("A", 40, 60), band("B", 40, 60)],
-            [holding("USD1", "A", 100), holding("BRL1", "B", 500, currency="BRL")],
-            [score("USD1", 1), score("BRL1", 1)], contribution="0", fx=fx)  # fmt: skip
+    r = run(
+        [band("A", 40, 60), band("B", 40, 60)],
+        [holding("USD1", "A", 100), holding("BRL1", "B", 500, currency="BRL")],
+        [score("USD1", 1), score("BRL1", 1)],
+        contribution="0",
+        fx=fx,
+    )
     assert r.total_value == D(200)  # 100 USD + 500 BRL / 5
 
 
@@ -149,10 +200,17 @@ def test_a_missing_rate_is_an_error_naming_the_pair() -> None:
 
 
 def test_amounts_reconcile_to_the_contribution_exactly() -> None:
-    r = run([band("A", 10, 35), band("B", 20, 45), band("C", 5, 30)],
-            [holding("A1", "A", "123.45"), holding("A2", "A", "77.7"), holding("B1", "B", "1000"),
-             holding("C1", "C", "3.33"), holding("C2", "C", "9.99")],
-            [score("A1", 7), score("A2", 3), score("B1", 11), score("C1", 13), score("C2", 1)],
-            contribution="1234.56")  # fmt: skip
+    r = run(
+        [band("A", 10, 35), band("B", 20, 45), band("C", 5, 30)],
+        [
+            holding("A1", "A", "123.45"),
+            holding("A2", "A", "77.7"),
+            holding("B1", "B", "1000"),
+            holding("C1", "C", "3.33"),
+            holding("C2", "C", "9.99"),
+        ],
+        [score("A1", 7), score("A2", 3), score("B1", 11), score("C1", 13), score("C2", 1)],
+        contribution="1234.56",
+    )
     assert sum(amounts(r).values(), Decimal(0)) + r.unallocated == D("1234.56")
     assert all(a == a.quantize(D("0.01")) for a in amounts(r).values())

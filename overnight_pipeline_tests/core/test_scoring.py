@@ -18,8 +18,14 @@ from overnight_pipeline.core.scoring import (
 D = Decimal
 
 
-def rule(op: str, value: str | None = None, value2: str | None = None, points: int = 10,
-         metric: str = "pe_ratio", rid: str = "r") -> Rule:  # fmt: skip
+def rule(
+    op: str,
+    value: str | None = None,
+    value2: str | None = None,
+    points: int = 10,
+    metric: str = "pe_ratio",
+    rid: str = "r",
+) -> Rule:
     return Rule(
         id=rid,
         asset_class="A",
@@ -34,17 +40,24 @@ def rule(op: str, value: str | None = None, value2: str | None = None, points: i
 @pytest.mark.parametrize(
     ("op", "value", "value2", "actual", "matched"),
     [
-        ("gt", "10", None, "10", False), ("gt", "10", None, "10.0001", True),
-        ("lt", "10", None, "10", False), ("lt", "10", None, "9.9999", True),
-        ("gte", "10", None, "10", True), ("gte", "10", None, "9.9999", False),
-        ("lte", "10", None, "10", True), ("lte", "10", None, "10.0001", False),
-        ("between", "5", "15", "5", True), ("between", "5", "15", "15", True),
-        ("between", "5", "15", "4.9999", False), ("between", "5", "15", "15.0001", False),
-        ("equals", "3.10", None, "3.1", True), ("equals", "3.1", None, "3.10000", True),
+        ("gt", "10", None, "10", False),
+        ("gt", "10", None, "10.0001", True),
+        ("lt", "10", None, "10", False),
+        ("lt", "10", None, "9.9999", True),
+        ("gte", "10", None, "10", True),
+        ("gte", "10", None, "9.9999", False),
+        ("lte", "10", None, "10", True),
+        ("lte", "10", None, "10.0001", False),
+        ("between", "5", "15", "5", True),
+        ("between", "5", "15", "15", True),
+        ("between", "5", "15", "4.9999", False),
+        ("between", "5", "15", "15.0001", False),
+        ("equals", "3.10", None, "3.1", True),
+        ("equals", "3.1", None, "3.10000", True),
         ("equals", "3.1", None, "3.11", False),
         ("exists", None, None, "0", True),
     ],
-)  # fmt: skip
+)
 def test_each_operator_at_its_boundary(op, value, value2, actual, matched) -> None:
     result = score_asset("x", [rule(op, value, value2)], {"pe_ratio": D(actual)})
     (outcome,) = result.breakdown
@@ -66,8 +79,11 @@ def test_missing_fundamental_is_skipped_not_unmatched() -> None:
 
 
 def test_score_sums_points_including_negative_to_four_places() -> None:
-    rules = [rule("gt", "1", points=30, rid="a"), rule("lt", "100", points=-45, rid="b", metric="roe"),
-             rule("gt", "1000", points=20, rid="c")]  # fmt: skip
+    rules = [
+        rule("gt", "1", points=30, rid="a"),
+        rule("lt", "100", points=-45, rid="b", metric="roe"),
+        rule("gt", "1000", points=20, rid="c"),
+    ]
     result = score_asset("x", rules, {"pe_ratio": D(5), "roe": D(12)})
     assert result.score == D("-15.0000") and str(result.score) == "-15.0000"
     assert result.max_possible_score == D("50.0000")
@@ -95,10 +111,32 @@ def test_an_asset_whose_class_has_no_rules_scores_zero() -> None:
 
 def test_invalid_criteria_list_every_problem_by_rule() -> None:
     doc = [
-        {"id": "a", "assetClass": "A", "metric": "pe_ratio", "operator": "between", "value": "9", "value2": "3", "points": 5},
-        {"id": "b", "assetClass": "A", "metric": "vibes", "operator": "gt", "value": "1", "points": 5},
-        {"id": "a", "assetClass": "A", "metric": "roe", "operator": "gt", "value": 1.5, "points": 500},
-    ]  # fmt: skip
+        {
+            "id": "a",
+            "assetClass": "A",
+            "metric": "pe_ratio",
+            "operator": "between",
+            "value": "9",
+            "value2": "3",
+            "points": 5,
+        },
+        {
+            "id": "b",
+            "assetClass": "A",
+            "metric": "vibes",
+            "operator": "gt",
+            "value": "1",
+            "points": 5,
+        },
+        {
+            "id": "a",
+            "assetClass": "A",
+            "metric": "roe",
+            "operator": "gt",
+            "value": 1.5,
+            "points": 500,
+        },
+    ]
     with pytest.raises(CriteriaError) as info:
         validate_criteria(doc)
     paths = [p for p, _, _ in info.value.errors]
@@ -124,6 +162,9 @@ def test_replay_reproduces_scores_from_captured_inputs() -> None:
     captured = {
         "criteria": {"version": 3, "rules": rules_document(rules)},
         "holdings": [{"assetId": "x", "assetClass": "A"}, {"assetId": "y", "assetClass": "A"}],
-        "fundamentals": {k: {m: None if v is None else format(v, "f") for m, v in f.items()} for k, f in fundamentals.items()},
-    }  # fmt: skip
+        "fundamentals": {
+            k: {m: None if v is None else format(v, "f") for m, v in f.items()}
+            for k, f in fundamentals.items()
+        },
+    }
     assert replay(captured) == scores

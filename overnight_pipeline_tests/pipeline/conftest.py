@@ -47,16 +47,28 @@ def broken_user_file() -> dict:
     """A NYSE-only user whose base currency has no exchange rate: it must fail alone."""
     return {
         "assets": [{"market": "NYSE", "symbol": "BRKNX", "currency": "USD", "name": "Broken"}],
-        "users": [{
-            "id": str(BROKEN_USER), "baseCurrency": "XTS", "defaultContribution": "100",
-            "active": True,
-            "assetClasses": [{"name": "Stocks", "targetMin": "0", "targetMax": "100"}],
-            "holdings": [{"market": "NYSE", "symbol": "BRKNX", "quantity": "3",
-                          "assetClass": "Stocks"}],
-            "criteria": [{"id": "any", "assetClass": "Stocks", "metric": "pe_ratio",
-                          "operator": "exists", "points": 5}],
-        }],
-    }  # fmt: skip
+        "users": [
+            {
+                "id": str(BROKEN_USER),
+                "baseCurrency": "XTS",
+                "defaultContribution": "100",
+                "active": True,
+                "assetClasses": [{"name": "Stocks", "targetMin": "0", "targetMax": "100"}],
+                "holdings": [
+                    {"market": "NYSE", "symbol": "BRKNX", "quantity": "3", "assetClass": "Stocks"}
+                ],
+                "criteria": [
+                    {
+                        "id": "any",
+                        "assetClass": "Stocks",
+                        "metric": "pe_ratio",
+                        "operator": "exists",
+                        "points": 5,
+                    }
+                ],
+            }
+        ],
+    }
 
 
 @pytest.fixture(scope="module")
@@ -90,13 +102,15 @@ def redis_prefix() -> Iterator[str]:
 
 @pytest.fixture
 def pipeline(pipeline_db: str, redis_prefix: str) -> Iterator[Pipeline]:
-    settings = load_settings(database_url=pipeline_db, redis_url=REDIS_URL,
-                             cache_prefix=redis_prefix, user_batch_size=40)  # fmt: skip
+    settings = load_settings(
+        database_url=pipeline_db, redis_url=REDIS_URL, cache_prefix=redis_prefix, user_batch_size=40
+    )
     engine = make_engine(settings.database_url)
     client = redis.Redis.from_url(REDIS_URL)
     with DagsterInstance.ephemeral() as instance:
-        yield Pipeline(settings, engine, client, build_definitions(settings, env_vars=False),
-                       instance)  # fmt: skip
+        yield Pipeline(
+            settings, engine, client, build_definitions(settings, env_vars=False), instance
+        )
     client.close()
     engine.dispose()
 

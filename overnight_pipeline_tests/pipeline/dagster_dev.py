@@ -24,8 +24,14 @@ REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 LOCATION = "overnight_pipeline.definitions"
 REPOSITORY = "__repository__"
-ASSETS = ("exchange_rates", "asset_prices", "asset_fundamentals", "asset_scores",
-          "recommendations", "recommendation_cache")  # fmt: skip
+ASSETS = (
+    "exchange_rates",
+    "asset_prices",
+    "asset_fundamentals",
+    "asset_scores",
+    "recommendations",
+    "recommendation_cache",
+)
 T = TypeVar("T")
 
 LAUNCH_BACKFILL = """
@@ -82,8 +88,9 @@ class DagsterDev:
     process: subprocess.Popen[bytes]
 
     def graphql(self, query: str, **variables: Any) -> dict[str, Any]:
-        response = httpx.post(f"{self.url}/graphql", json={"query": query,
-                                                          "variables": variables}, timeout=60)  # fmt: skip
+        response = httpx.post(
+            f"{self.url}/graphql", json={"query": query, "variables": variables}, timeout=60
+        )
         response.raise_for_status()
         body = response.json()
         assert "errors" not in body, body
@@ -138,17 +145,22 @@ def start_dagster_dev(home: PgDagsterHome, env: dict[str, str], log: Path) -> It
     out = log.open("wb")
     process = subprocess.Popen(
         [str(BIN / "dagster"), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
-        cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
+        cwd=REPO,
+        env=env,
+        stdout=out,
+        stderr=subprocess.STDOUT,
         preexec_fn=lambda: (signal.signal(signal.SIGINT, signal.SIG_DFL), os.setsid()),
-    )  # fmt: skip
+    )
     dev = DagsterDev(f"http://127.0.0.1:{port}", home.home, log, env, process)
 
     def ready() -> bool:
         if process.poll() is not None:
             raise AssertionError(f"dagster dev exited\n{log.read_text(errors='replace')[-4000:]}")
         try:
-            data = dev.graphql("{ repositoriesOrError { __typename "
-                               "... on RepositoryConnection { nodes { name } } } }")  # fmt: skip
+            data = dev.graphql(
+                "{ repositoriesOrError { __typename "
+                "... on RepositoryConnection { nodes { name } } } }"
+            )
         except (httpx.HTTPError, AssertionError):
             return False
         return bool(data["repositoriesOrError"].get("nodes"))

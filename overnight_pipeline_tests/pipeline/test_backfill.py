@@ -35,8 +35,14 @@ BIN = Path(sys.executable).parent
 DAYS = (date(2026, 11, 16), date(2026, 11, 17), date(2026, 11, 18))
 MARKETS = ("B3", "XETRA")
 KEYS = [f"{d.isoformat()}|{m}" for d in DAYS for m in MARKETS]
-ASSETS = ("exchange_rates", "asset_prices", "asset_fundamentals", "asset_scores",
-          "recommendations", "recommendation_cache")  # fmt: skip
+ASSETS = (
+    "exchange_rates",
+    "asset_prices",
+    "asset_fundamentals",
+    "asset_scores",
+    "recommendations",
+    "recommendation_cache",
+)
 
 
 @pytest.fixture
@@ -44,8 +50,10 @@ def dagster_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pa
     """A DAGSTER_HOME with the repository's dagster.yaml on a fresh PostgreSQL database."""
     url = create_pg_database("overnight_dagster")
     parsed = make_url(url)
-    monkeypatch.setenv("DAGSTER_PG_URL", parsed.set(drivername="postgresql+psycopg2")
-                       .render_as_string(hide_password=False))  # fmt: skip
+    monkeypatch.setenv(
+        "DAGSTER_PG_URL",
+        parsed.set(drivername="postgresql+psycopg2").render_as_string(hide_password=False),
+    )
     home = tmp_path / "dagster-home"
     home.mkdir()
     shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
@@ -73,11 +81,18 @@ def test_the_repository_dagster_yaml_loads_with_its_run_queue(dagster_home: Path
 @pytest.fixture
 def daemon_env(dagster_home: Path, pipeline_db: str, redis_prefix: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-    env.update({
-        "DAGSTER_HOME": str(dagster_home), "DATABASE_URL": pipeline_db, "REDIS_URL": REDIS_URL,
-        "CACHE_PREFIX": redis_prefix, "USER_BATCH_SIZE": "50", "RETRY_DELAY_SECONDS": "0.2",
-        "SENSOR_INTERVAL_SECONDS": "5", "PYTHONUNBUFFERED": "1",
-    })  # fmt: skip
+    env.update(
+        {
+            "DAGSTER_HOME": str(dagster_home),
+            "DATABASE_URL": pipeline_db,
+            "REDIS_URL": REDIS_URL,
+            "CACHE_PREFIX": redis_prefix,
+            "USER_BATCH_SIZE": "50",
+            "RETRY_DELAY_SECONDS": "0.2",
+            "SENSOR_INTERVAL_SECONDS": "5",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     return env
 
 
@@ -88,11 +103,14 @@ def daemon(daemon_env: dict[str, str], tmp_path: Path) -> Iterator[Path]:
     with log.open("wb") as out:
         process = subprocess.Popen(
             [str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"],
-            cwd=REPO, env=daemon_env, stdout=out, stderr=subprocess.STDOUT,
+            cwd=REPO,
+            env=daemon_env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
             # A non-interactive shell starts children with SIGINT ignored; restore it, and
             # give the daemon its own process group (its code server and runs are in it).
             preexec_fn=lambda: (signal.signal(signal.SIGINT, signal.SIG_DFL), os.setsid()),
-        )  # fmt: skip
+        )
         try:
             yield log
         finally:
@@ -112,17 +130,33 @@ def test_a_cli_backfill_of_three_dates_and_two_markets_runs_through_the_daemon(
 
         def sensors_ready() -> bool:
             states = instance.all_instigator_state(instigator_type=InstigatorType.SENSOR)
-            ready = {s.name for s in states
-                     if s.instigator_data is not None
-                     and getattr(s.instigator_data, "cursor", None)}  # fmt: skip
+            ready = {
+                s.name
+                for s in states
+                if s.instigator_data is not None and getattr(s.instigator_data, "cursor", None)
+            }
             return {STARTED_SENSOR, SUCCEEDED_SENSOR, FAILED_SENSOR} <= ready
 
         # The CLI loads the workspace itself (~30 s here): start it while the daemon starts.
         backfill = subprocess.Popen(
-            [str(BIN / "dagster"), "job", "backfill", "-w", "workspace.yaml", "-j", OVERNIGHT_JOB,
-             "--partitions", ",".join(KEYS), "--noprompt"],
-            cwd=REPO, env=daemon_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )  # fmt: skip
+            [
+                str(BIN / "dagster"),
+                "job",
+                "backfill",
+                "-w",
+                "workspace.yaml",
+                "-j",
+                OVERNIGHT_JOB,
+                "--partitions",
+                ",".join(KEYS),
+                "--noprompt",
+            ],
+            cwd=REPO,
+            env=daemon_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         try:
             out, _ = backfill.communicate(timeout=240)
         finally:
@@ -154,8 +188,10 @@ def test_a_cli_backfill_of_three_dates_and_two_markets_runs_through_the_daemon(
             assert set(KEYS) <= set(instance.get_materialized_partitions(AssetKey(asset))), asset
 
         # The run queue of dagster.yaml held: at most two runs at once, one per market.
-        spans = [(r.start_time, r.end_time, r.dagster_run.tags["dagster/partition/market"])
-                 for r in records]  # fmt: skip
+        spans = [
+            (r.start_time, r.end_time, r.dagster_run.tags["dagster/partition/market"])
+            for r in records
+        ]
         for start, end, market in spans:
             assert start is not None and end is not None
             overlapping = [m for s, e, m in spans if s < end and e > start]  # itself included
@@ -168,9 +204,17 @@ def test_a_cli_backfill_of_three_dates_and_two_markets_runs_through_the_daemon(
 
     def recorded() -> list[Any] | None:
         with engine.connect() as conn:
-            rows = conn.execute(select(j.run_id, j.status, j.market, j.market_date,
-                                       j.users_processed, j.users_failed, j.metrics)
-                                .where(j.run_id.in_(run_ids))).all()  # fmt: skip
+            rows = conn.execute(
+                select(
+                    j.run_id,
+                    j.status,
+                    j.market,
+                    j.market_date,
+                    j.users_processed,
+                    j.users_failed,
+                    j.metrics,
+                ).where(j.run_id.in_(run_ids))
+            ).all()
         return rows if len(rows) == len(KEYS) and all(r.status != "started" for r in rows) else None
 
     try:

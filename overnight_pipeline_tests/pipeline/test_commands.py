@@ -49,10 +49,13 @@ def test_overnight_run_materialises_one_partition(
     assert persisted and f"{persisted} written" in out
     with engine.connect() as conn:
         job = conn.execute(
-            select(overnight_job_runs_table.c.status, overnight_job_runs_table.c.users_processed)
-            .where(overnight_job_runs_table.c.market == "TSE",
-                   overnight_job_runs_table.c.market_date == DAY)
-        ).all()  # fmt: skip
+            select(
+                overnight_job_runs_table.c.status, overnight_job_runs_table.c.users_processed
+            ).where(
+                overnight_job_runs_table.c.market == "TSE",
+                overnight_job_runs_table.c.market_date == DAY,
+            )
+        ).all()
     # No daemon watches an in-process run: the command records its job run itself.
     engine.dispose()
     assert [(status, n) for status, n in job][-1:] == [("completed", persisted)]
@@ -62,7 +65,8 @@ def test_overnight_run_materialises_one_partition(
         assert record.dagster_run.tags["dagster/partition"] == f"{DAY.isoformat()}|TSE"
         assert record.dagster_run.tags["overnight/worker_pid"] == str(os.getpid())
         assert f"{DAY.isoformat()}|TSE" in instance.get_materialized_partitions(
-            AssetKey("recommendation_cache"))  # fmt: skip
+            AssetKey("recommendation_cache")
+        )
 
 
 def test_overnight_run_names_a_bad_market_or_date(env, capsys) -> None:

@@ -24,10 +24,22 @@ def test_json_text_documents_equal_the_dict_documents(b) -> None:
     batch = to_batch(user_list, fundamentals)
     versions = {u["user_id"]: i + 1 for i, u in enumerate(user_list)}
     markets = [f"M{i % 3}" for i in range(len(batch.holdings))]
-    docs = capture(batch, FX_AT, market="NYSE", market_date=DAY, criteria_versions=versions,
-                   holding_markets=markets)  # fmt: skip
-    texts = capture_json(batch, FX_AT, market="NYSE", market_date=DAY,
-                         criteria_versions=versions, holding_markets=markets)  # fmt: skip
+    docs = capture(
+        batch,
+        FX_AT,
+        market="NYSE",
+        market_date=DAY,
+        criteria_versions=versions,
+        holding_markets=markets,
+    )
+    texts = capture_json(
+        batch,
+        FX_AT,
+        market="NYSE",
+        market_date=DAY,
+        criteria_versions=versions,
+        holding_markets=markets,
+    )
     assert texts.keys() == docs.keys()
     for uid, doc in docs.items():
         text, holdings = texts[uid]
@@ -42,8 +54,10 @@ def test_json_text_documents_equal_the_dict_documents(b) -> None:
         by_user.setdefault(uid, []).append(doc)
     assert out.payloads.keys() == by_user.keys()
     for uid, scores in by_user.items():
-        assert orjson.loads(out.payloads[uid]) == {"criteriaVersion": versions[uid],
-                                                   "scores": scores}  # fmt: skip
+        assert orjson.loads(out.payloads[uid]) == {
+            "criteriaVersion": versions[uid],
+            "scores": scores,
+        }
         # What the pipeline writes is what `replay` computes from what it captured.
         replayed = replay(orjson.loads(texts[uid][0]))
         assert [s.to_json() for s in replayed.values()] == scores
@@ -67,22 +81,39 @@ def test_no_holdings_and_unusual_strings() -> None:
         return pd.DataFrame(rows, columns=columns, dtype=object)
 
     batch = Batch(
-        users=frame([("u1", "USD", D("10.50"), 2), ("u2", "EUR", None, None)],
-                    ["user_id", "base_currency", "contribution", "criteria_version"]),
-        classes=frame([("u1", 'Cl"ass\\ é\t', D("0"), D("100"), None, D("5"))],
-                      ["user_id", "name", "target_min", "target_max", "max_assets",
-                       "min_allocation_value"]),
-        holdings=frame([("u1", "a1", 'S"Y\\M', 'Cl"ass\\ é\t', D("1E+2"), "USD", None, None)],
-                       ["user_id", "asset_id", "symbol", "asset_class", "quantity", "currency",
-                        "price", "price_as_of"]),
-        rules=frame([("u1", 'r"1', 'Cl"ass\\ é\t', "pe_ratio", "gt", D("3.10"), None, 5)],
-                    ["user_id", "id", "asset_class", "metric", "operator", "value", "value2",
-                     "points"]),
-        fundamentals=frame([("a1", *([D("4")] * 15))],
-                           ["asset_id", *__import__("overnight_pipeline.core.vocabulary",
-                                                    fromlist=["METRICS"]).METRICS]
-                           ).set_index("asset_id"),
-    )  # fmt: skip
+        users=frame(
+            [("u1", "USD", D("10.50"), 2), ("u2", "EUR", None, None)],
+            ["user_id", "base_currency", "contribution", "criteria_version"],
+        ),
+        classes=frame(
+            [("u1", 'Cl"ass\\ é\t', D("0"), D("100"), None, D("5"))],
+            ["user_id", "name", "target_min", "target_max", "max_assets", "min_allocation_value"],
+        ),
+        holdings=frame(
+            [("u1", "a1", 'S"Y\\M', 'Cl"ass\\ é\t', D("1E+2"), "USD", None, None)],
+            [
+                "user_id",
+                "asset_id",
+                "symbol",
+                "asset_class",
+                "quantity",
+                "currency",
+                "price",
+                "price_as_of",
+            ],
+        ),
+        rules=frame(
+            [("u1", 'r"1', 'Cl"ass\\ é\t', "pe_ratio", "gt", D("3.10"), None, 5)],
+            ["user_id", "id", "asset_class", "metric", "operator", "value", "value2", "points"],
+        ),
+        fundamentals=frame(
+            [("a1", *([D("4")] * 15))],
+            [
+                "asset_id",
+                *__import__("overnight_pipeline.core.vocabulary", fromlist=["METRICS"]).METRICS,
+            ],
+        ).set_index("asset_id"),
+    )
     fx = FxRates(usd_to={"EUR": D("0.9")})
     versions = {"u1": 2, "u2": None}
     docs = capture(batch, fx, market="NYSE", market_date=DAY, criteria_versions=versions)

@@ -58,9 +58,13 @@ MARKETS = load_markets()
 def drill_settings(pipeline_db: str, prefix: str, **overrides: object) -> Settings:
     """Short retry delays so a drill's retries take milliseconds, small user batches so a
     partition has several committed batches."""
-    values: dict[str, object] = {"database_url": pipeline_db, "redis_url": REDIS_URL,
-                                 "cache_prefix": prefix, "user_batch_size": 10,
-                                 "retry_delay_seconds": 0.05}  # fmt: skip
+    values: dict[str, object] = {
+        "database_url": pipeline_db,
+        "redis_url": REDIS_URL,
+        "cache_prefix": prefix,
+        "user_batch_size": 10,
+        "retry_delay_seconds": 0.05,
+    }
     values.update(overrides)
     return load_settings(**values)
 
@@ -91,10 +95,12 @@ def record(settings: Settings, instance: DagsterInstance, result: ExecuteInProce
     kind = DagsterEventType.RUN_FAILURE if failed else DagsterEventType.RUN_SUCCESS
     event = next(e for e in result.all_events if e.event_type == kind)
     with build_run_status_sensor_context(
-        sensor_name=FAILED_SENSOR if failed else SUCCEEDED_SENSOR, dagster_event=event,
-        dagster_instance=instance, dagster_run=result.dagster_run,
+        sensor_name=FAILED_SENSOR if failed else SUCCEEDED_SENSOR,
+        dagster_event=event,
+        dagster_instance=instance,
+        dagster_run=result.dagster_run,
         resources={"database": AppDatabase(url=settings.database_url)},
-    ) as context:  # fmt: skip
+    ) as context:
         defs.resolve_sensor_def(FAILED_SENSOR if failed else SUCCEEDED_SENSOR)(context)
     engine = make_engine(settings.database_url)
     with engine.connect() as conn:
@@ -121,15 +127,19 @@ def events_of(engine: Engine, correlation_id: uuid.UUID) -> dict[uuid.UUID, Coun
 
 
 def retries(result: ExecuteInProcessResult, step: str) -> int:
-    return sum(1 for e in result.all_events
-               if e.event_type == DagsterEventType.STEP_UP_FOR_RETRY and e.step_key == step)  # fmt: skip
+    return sum(
+        1
+        for e in result.all_events
+        if e.event_type == DagsterEventType.STEP_UP_FOR_RETRY and e.step_key == step
+    )
 
 
 def test_redis_down_during_the_cache_step_leaves_a_partial_run_served_from_postgresql(
     pipeline_db: str, redis_prefix: str, engine: Engine, instance: DagsterInstance
 ) -> None:
-    settings = drill_settings(pipeline_db, redis_prefix,
-                              redis_url=f"redis://127.0.0.1:{closed_port()}/0")  # fmt: skip
+    settings = drill_settings(
+        pipeline_db, redis_prefix, redis_url=f"redis://127.0.0.1:{closed_port()}/0"
+    )
     day = date(2026, 11, 27)
     result = run(build_definitions(settings, env_vars=False), instance, "XETRA", day)
 
@@ -137,8 +147,13 @@ def test_redis_down_during_the_cache_step_leaves_a_partial_run_served_from_postg
     assert {e.step_key for e in result.all_events if e.is_step_failure} == {"recommendation_cache"}
     assert retries(result, "recommendation_cache") == 3  # failed visibly, after its retries
     kept = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
-    assert kept == {"exchange_rates", "asset_prices", "asset_fundamentals", "asset_scores",
-                    "recommendations"}  # fmt: skip
+    assert kept == {
+        "exchange_rates",
+        "asset_prices",
+        "asset_fundamentals",
+        "asset_scores",
+        "recommendations",
+    }
 
     recorded = record(settings, instance, result)
     assert recorded["status"] == "partial"
@@ -167,15 +182,19 @@ def test_rate_provider_down_uses_the_newest_stored_rates_and_flags_them_stale(
         held = sorted(store.partition_instruments(conn, users))
     with running(synthetic_dataset(held, ["GBP"], day)) as prices:
         settings = drill_settings(
-            pipeline_db, redis_prefix, market_data="http",
+            pipeline_db,
+            redis_prefix,
+            market_data="http",
             rates_url=f"http://127.0.0.1:{closed_http_port()}/v1",  # the rate service is down
             prices_url=prices.prices_url,
-        )  # fmt: skip
+        )
         result = run(build_definitions(settings, env_vars=False), instance, "LSE", day)
     assert result.success
 
-    meta = {e.asset_key.to_user_string(): e.materialization.metadata
-            for e in result.get_asset_materialization_events()}  # fmt: skip
+    meta = {
+        e.asset_key.to_user_string(): e.materialization.metadata
+        for e in result.get_asset_materialization_events()
+    }
     assert meta["exchange_rates"]["stale"].value is True
     assert meta["exchange_rates"]["source"].value == "stored"
     assert meta["asset_scores"]["rates_stale"].value is True
@@ -186,12 +205,20 @@ def test_rate_provider_down_uses_the_newest_stored_rates_and_flags_them_stale(
     cid = correlation_id_for(f"{result.run_id}:{day}|LSE")
     e = calculation_events_table.c
     with engine.connect() as conn:
-        captured = conn.execute(
-            select(e.payload).where(e.correlation_id == cid, e.event_type == "INPUTS_CAPTURED")
-        ).scalars().all()  # fmt: skip
+        captured = (
+            conn.execute(
+                select(e.payload).where(e.correlation_id == cid, e.event_type == "INPUTS_CAPTURED")
+            )
+            .scalars()
+            .all()
+        )
         x = exchange_rates_table.c
-        stored = {q: str(rate.normalize()) for q, rate in conn.execute(
-            select(x.quote, x.rate).where(x.rate_date == stored_day, x.base == "USD"))}  # fmt: skip
+        stored = {
+            q: str(rate.normalize())
+            for q, rate in conn.execute(
+                select(x.quote, x.rate).where(x.rate_date == stored_day, x.base == "USD")
+            )
+        }
         written_for_day = conn.scalar(select(func.count()).where(x.rate_date == day))
     assert len(captured) == len(users)
     assert all(doc["rates"]["stale"] is True for doc in captured)
@@ -199,8 +226,8 @@ def test_rate_provider_down_uses_the_newest_stored_rates_and_flags_them_stale(
     assert meta["exchange_rates"]["stale_age_hours"].value == 24.0
     for doc in captured:
         assert doc["rates"]["usdTo"] and all(
-            stored[c] == str(Decimal(v).normalize())
-            for c, v in doc["rates"]["usdTo"].items())  # fmt: skip
+            stored[c] == str(Decimal(v).normalize()) for c, v in doc["rates"]["usdTo"].items()
+        )
     assert written_for_day == 0
 
     recorded = record(settings, instance, result)
@@ -213,7 +240,8 @@ def drop_connection_on_second_batch(engine: Engine) -> Iterator[None]:
     """The second batch's write to asset_scores kills its own PostgreSQL connection (a
     server-side terminate: the client sees the connection drop mid-transaction)."""
     with engine.begin() as conn:
-        conn.execute(text("""
+        conn.execute(
+            text("""
             CREATE SEQUENCE drill_batches;
             CREATE FUNCTION drill_drop_connection() RETURNS trigger LANGUAGE plpgsql AS $$
             BEGIN
@@ -224,14 +252,17 @@ def drop_connection_on_second_batch(engine: Engine) -> Iterator[None]:
             END $$;
             CREATE TRIGGER drill_drop_connection AFTER INSERT ON asset_scores
               FOR EACH STATEMENT EXECUTE FUNCTION drill_drop_connection();
-        """))  # fmt: skip
+        """)
+        )
     yield
     with engine.begin() as conn:
-        conn.execute(text("""
+        conn.execute(
+            text("""
             DROP TRIGGER drill_drop_connection ON asset_scores;
             DROP FUNCTION drill_drop_connection();
             DROP SEQUENCE drill_batches;
-        """))  # fmt: skip
+        """)
+        )
 
 
 def test_a_dropped_postgresql_connection_mid_step_is_retried_and_completes(
@@ -249,11 +280,15 @@ def test_a_dropped_postgresql_connection_mid_step_is_retried_and_completes(
 
     assert result.success
     assert retries(result, "asset_scores") == 1
-    failure = next(e for e in result.all_events
-                   if e.event_type == DagsterEventType.STEP_UP_FOR_RETRY)  # fmt: skip
+    failure = next(
+        e for e in result.all_events if e.event_type == DagsterEventType.STEP_UP_FOR_RETRY
+    )
     assert "terminating connection" in str(failure.event_specific_data)
-    scores_meta = next(e.materialization.metadata for e in result.get_asset_materialization_events()
-                       if e.asset_key.to_user_string() == "asset_scores")  # fmt: skip
+    scores_meta = next(
+        e.materialization.metadata
+        for e in result.get_asset_materialization_events()
+        if e.asset_key.to_user_string() == "asset_scores"
+    )
     # The retry skipped the users of the batches that committed (two writes run at once, so
     # the failed write is not necessarily the second batch's) and redid the failed one.
     resumed = scores_meta["users_resumed"].value
@@ -266,8 +301,13 @@ def test_a_dropped_postgresql_connection_mid_step_is_retried_and_completes(
     assert all(c == Counter(EVENTS) for c in events.values())  # each once
     s = asset_scores_table.c
     with engine.connect() as conn:
-        per_user = Counter(conn.scalars(select(s.user_id).where(
-            s.market_date == day, s.correlation_id == cid, s.user_id.in_(users))))  # fmt: skip
+        per_user = Counter(
+            conn.scalars(
+                select(s.user_id).where(
+                    s.market_date == day, s.correlation_id == cid, s.user_id.in_(users)
+                )
+            )
+        )
     assert set(per_user) == set(users)
     # The job-run row counts the whole calculation, not just the attempt that succeeded.
     recorded = record(settings, instance, result)
@@ -291,7 +331,8 @@ def fail_recommendations_for(engine: Engine) -> Iterator[list[uuid.UUID]]:
     poisoned: list[uuid.UUID] = []
     with engine.begin() as conn:
         conn.execute(text("CREATE TABLE drill_poisoned (user_id uuid PRIMARY KEY)"))
-        conn.execute(text("""
+        conn.execute(
+            text("""
             CREATE FUNCTION drill_fail_recommendation() RETURNS trigger LANGUAGE plpgsql AS $$
             BEGIN
               IF EXISTS (SELECT 1 FROM drill_poisoned WHERE user_id = NEW.user_id) THEN
@@ -301,14 +342,17 @@ def fail_recommendations_for(engine: Engine) -> Iterator[list[uuid.UUID]]:
             END $$;
             CREATE TRIGGER drill_fail_recommendation BEFORE INSERT ON recommendations
               FOR EACH ROW EXECUTE FUNCTION drill_fail_recommendation();
-        """))  # fmt: skip
+        """)
+        )
     yield poisoned
     with engine.begin() as conn:
-        conn.execute(text("""
+        conn.execute(
+            text("""
             DROP TRIGGER IF EXISTS drill_fail_recommendation ON recommendations;
             DROP FUNCTION IF EXISTS drill_fail_recommendation();
             DROP TABLE IF EXISTS drill_poisoned;
-        """))  # fmt: skip
+        """)
+        )
 
 
 def test_a_failed_step_re_executed_from_failure_completes_every_user_once(
@@ -320,9 +364,13 @@ def test_a_failed_step_re_executed_from_failure_completes_every_user_once(
     tmp_path: Path,
 ) -> None:
     settings = drill_settings(pipeline_db, redis_prefix)
-    for name, value in (("DATABASE_URL", pipeline_db), ("REDIS_URL", REDIS_URL),
-                        ("CACHE_PREFIX", redis_prefix), ("USER_BATCH_SIZE", "10"),
-                        ("RETRY_DELAY_SECONDS", "0.05")):  # fmt: skip
+    for name, value in (
+        ("DATABASE_URL", pipeline_db),
+        ("REDIS_URL", REDIS_URL),
+        ("CACHE_PREFIX", redis_prefix),
+        ("USER_BATCH_SIZE", "10"),
+        ("RETRY_DELAY_SECONDS", "0.05"),
+    ):
         monkeypatch.setenv(name, value)
     market, day = "TSE", date(2026, 11, 25)
     key = f"{day}|{market}"
@@ -333,12 +381,16 @@ def test_a_failed_step_re_executed_from_failure_completes_every_user_once(
 
     job = reconstructable(reexecutable_overnight_job)
     with DagsterInstance.local_temp(tempdir=str(tmp_path)) as instance:
-        tags = {"dagster/partition": key, "dagster/partition/date": day.isoformat(),
-                "dagster/partition/market": market}  # fmt: skip
+        tags = {
+            "dagster/partition": key,
+            "dagster/partition/date": day.isoformat(),
+            "dagster/partition/market": market,
+        }
         with execute_job(job, instance, tags=tags, raise_on_error=False) as first:
             assert not first.success
             assert {e.step_key for e in first.all_events if e.is_step_failure} == {
-                "recommendations"}  # fmt: skip
+                "recommendations"
+            }
             first_run = first.dagster_run
         cid = correlation_id_for(f"{first_run.run_id}:{key}")
         before = events_of(engine, cid)
@@ -350,13 +402,17 @@ def test_a_failed_step_re_executed_from_failure_completes_every_user_once(
         parent = instance.get_run_by_id(first_run.run_id)
         assert parent is not None
         with execute_job(
-            job, instance, tags=parent.tags, raise_on_error=False,
+            job,
+            instance,
+            tags=parent.tags,
+            raise_on_error=False,
             reexecution_options=ReexecutionOptions.from_failure(parent.run_id, instance),
-        ) as second:  # fmt: skip
+        ) as second:
             assert second.success
             second_run = second.dagster_run
-            executed = {e.step_key for e in second.all_events
-                        if e.event_type == DagsterEventType.STEP_START}  # fmt: skip
+            executed = {
+                e.step_key for e in second.all_events if e.event_type == DagsterEventType.STEP_START
+            }
         assert executed == {"recommendations", "recommendation_cache"}
         assert second_run.root_run_id == first_run.run_id
         assert second_run.tags["dagster/partition"] == key
@@ -367,13 +423,21 @@ def test_a_failed_step_re_executed_from_failure_completes_every_user_once(
         assert all(c == Counter(EVENTS) for c in events.values())
         e, r = calculation_events_table.c, recommendations_table.c
         with engine.connect() as conn:
-            other = conn.scalar(select(func.count()).where(
-                e.user_id.in_(users), e.correlation_id != cid,
-                e.payload["marketDate"].as_string() == day.isoformat()))  # fmt: skip
-            rows = Counter(conn.scalars(select(r.user_id).where(
-                r.market_date == day, r.user_id.in_(users))))  # fmt: skip
-            owners = set(conn.scalars(select(r.correlation_id).where(
-                r.market_date == day, r.user_id.in_(users))))  # fmt: skip
+            other = conn.scalar(
+                select(func.count()).where(
+                    e.user_id.in_(users),
+                    e.correlation_id != cid,
+                    e.payload["marketDate"].as_string() == day.isoformat(),
+                )
+            )
+            rows = Counter(
+                conn.scalars(select(r.user_id).where(r.market_date == day, r.user_id.in_(users)))
+            )
+            owners = set(
+                conn.scalars(
+                    select(r.correlation_id).where(r.market_date == day, r.user_id.in_(users))
+                )
+            )
         assert other == 0
         assert set(rows) == set(users) and set(rows.values()) == {1}
         assert owners == {cid}
@@ -399,14 +463,20 @@ def test_a_failed_step_re_executed_from_failure_completes_every_user_once(
 def record_run(settings: Settings, instance: DagsterInstance, run_id: str, sensor_name: str):
     run = instance.get_run_by_id(run_id)
     assert run is not None
-    kind = (DagsterEventType.RUN_FAILURE if sensor_name == FAILED_SENSOR
-            else DagsterEventType.RUN_SUCCESS)  # fmt: skip
+    kind = (
+        DagsterEventType.RUN_FAILURE
+        if sensor_name == FAILED_SENSOR
+        else DagsterEventType.RUN_SUCCESS
+    )
     (entry,) = instance.all_logs(run_id, of_type=kind)
     defs = build_definitions(settings, env_vars=False)
     with build_run_status_sensor_context(
-        sensor_name=sensor_name, dagster_event=entry.dagster_event, dagster_instance=instance,
-        dagster_run=run, resources={"database": AppDatabase(url=settings.database_url)},
-    ) as context:  # fmt: skip
+        sensor_name=sensor_name,
+        dagster_event=entry.dagster_event,
+        dagster_instance=instance,
+        dagster_run=run,
+        resources={"database": AppDatabase(url=settings.database_url)},
+    ) as context:
         defs.resolve_sensor_def(sensor_name)(context)
     engine = make_engine(settings.database_url)
     with engine.connect() as conn:

@@ -39,14 +39,25 @@ BROKEN = uuid.UUID("00000000-0000-4000-8000-0000000cbad0")
 
 def user(user_id: uuid.UUID, holdings: list[tuple[str, str]]) -> dict:
     return {
-        "id": str(user_id), "baseCurrency": "GBP", "defaultContribution": "500.00",
+        "id": str(user_id),
+        "baseCurrency": "GBP",
+        "defaultContribution": "500.00",
         "active": True,
         "assetClasses": [{"name": "UK", "targetMin": "40", "targetMax": "100"}],
-        "holdings": [{"market": "LSE", "symbol": s, "quantity": q, "assetClass": "UK"}
-                     for s, q in holdings],
-        "criteria": [{"id": "dy", "assetClass": "UK", "metric": "dividend_yield",
-                      "operator": "gt", "value": "1", "points": 10}],
-    }  # fmt: skip
+        "holdings": [
+            {"market": "LSE", "symbol": s, "quantity": q, "assetClass": "UK"} for s, q in holdings
+        ],
+        "criteria": [
+            {
+                "id": "dy",
+                "assetClass": "UK",
+                "metric": "dividend_yield",
+                "operator": "gt",
+                "value": "1",
+                "points": 10,
+            }
+        ],
+    }
 
 
 def load_document() -> dict:
@@ -96,8 +107,13 @@ def test_one_user_without_a_rate_fails_alone_in_a_partition_of_four(
 ) -> None:
     files = tmp_path / "market-data"
     write_market_files(files)
-    settings = load_settings(database_url=small_db, redis_url=REDIS_URL, cache_prefix=redis_prefix,
-                             market_data=f"files:{files}", retry_delay_seconds=0.05)  # fmt: skip
+    settings = load_settings(
+        database_url=small_db,
+        redis_url=REDIS_URL,
+        cache_prefix=redis_prefix,
+        market_data=f"files:{files}",
+        retry_delay_seconds=0.05,
+    )
     assert settings.max_failed_user_ratio == 0.05  # the default: 1 of 4 is far above it
     defs = build_definitions(settings, env_vars=False)
     with DagsterInstance.ephemeral() as instance:
@@ -110,9 +126,12 @@ def test_one_user_without_a_rate_fails_alone_in_a_partition_of_four(
         assert {"asset_scores", "recommendations", "recommendation_cache"} <= done
         # The ratio check is red, with ERROR severity, on both user steps.
         for asset in ("asset_scores", "recommendations"):
-            (check,) = [e for e in result.get_asset_check_evaluations()
-                        if e.asset_key.to_user_string() == asset
-                        and e.check_name == "failed_users_within_limit"]  # fmt: skip
+            (check,) = [
+                e
+                for e in result.get_asset_check_evaluations()
+                if e.asset_key.to_user_string() == asset
+                and e.check_name == "failed_users_within_limit"
+            ]
             assert not check.passed and check.severity.value == "ERROR"
             assert check.description == f"{DAY}|LSE: failed ratio 25.00% (limit 5.00%)"
 
@@ -120,10 +139,12 @@ def test_one_user_without_a_rate_fails_alone_in_a_partition_of_four(
         cid = correlation_id_for(f"{result.run_id}:{DAY}|LSE")
         e, r = calculation_events_table.c, recommendations_table.c
         with engine.connect() as conn:
-            events = conn.execute(select(e.user_id, e.event_type, e.payload)
-                                  .where(e.correlation_id == cid)).all()  # fmt: skip
-            recs = set(conn.scalars(select(r.user_id).where(r.market == "LSE",
-                                                            r.market_date == DAY)))  # fmt: skip
+            events = conn.execute(
+                select(e.user_id, e.event_type, e.payload).where(e.correlation_id == cid)
+            ).all()
+            recs = set(
+                conn.scalars(select(r.user_id).where(r.market == "LSE", r.market_date == DAY))
+            )
         per_user = Counter(u for u, _, _ in events)
         assert {u: per_user[u] for u in HEALTHY} == dict.fromkeys(HEALTHY, 4)
         assert recs == set(HEALTHY)
@@ -134,9 +155,12 @@ def test_one_user_without_a_rate_fails_alone_in_a_partition_of_four(
 
         client = redis.Redis.from_url(REDIS_URL)
         try:
-            cached = {u for u in [*HEALTHY, BROKEN]
-                      if client.exists(f"{redis_prefix}recs:{u}")
-                      and client.exists(f"{redis_prefix}portfolio:{u}")}  # fmt: skip
+            cached = {
+                u
+                for u in [*HEALTHY, BROKEN]
+                if client.exists(f"{redis_prefix}recs:{u}")
+                and client.exists(f"{redis_prefix}portfolio:{u}")
+            }
         finally:
             client.close()
         assert cached == set(HEALTHY)
@@ -146,9 +170,12 @@ def test_one_user_without_a_rate_fails_alone_in_a_partition_of_four(
             ev for ev in result.all_events if ev.event_type == DagsterEventType.RUN_SUCCESS
         )
         with build_run_status_sensor_context(
-            sensor_name=SUCCEEDED_SENSOR, dagster_event=event, dagster_instance=instance,
-            dagster_run=result.dagster_run, resources={"database": AppDatabase(url=small_db)},
-        ) as context:  # fmt: skip
+            sensor_name=SUCCEEDED_SENSOR,
+            dagster_event=event,
+            dagster_instance=instance,
+            dagster_run=result.dagster_run,
+            resources={"database": AppDatabase(url=small_db)},
+        ) as context:
             defs.resolve_sensor_def(SUCCEEDED_SENSOR)(context)
         with engine.connect() as conn:
             row = job_run(conn, result.run_id)

@@ -84,11 +84,17 @@ def prefix() -> Iterator[str]:
 def dev(app_db: str, prefix: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DagsterDev]:
     home, home_db = make_dagster_home(tmp_path_factory.mktemp("dagster-home"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-    env.update({
-        "DATABASE_URL": app_db, "REDIS_URL": REDIS_URL, "CACHE_PREFIX": prefix,
-        "USER_BATCH_SIZE": "10", "RETRY_DELAY_SECONDS": "0.2",
-        "SENSOR_INTERVAL_SECONDS": str(SENSOR_SECONDS), "PYTHONUNBUFFERED": "1",
-    })  # fmt: skip
+    env.update(
+        {
+            "DATABASE_URL": app_db,
+            "REDIS_URL": REDIS_URL,
+            "CACHE_PREFIX": prefix,
+            "USER_BATCH_SIZE": "10",
+            "RETRY_DELAY_SECONDS": "0.2",
+            "SENSOR_INTERVAL_SECONDS": str(SENSOR_SECONDS),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     log = tmp_path_factory.mktemp("dagster-dev") / "dagster-dev.log"
     try:
         yield from start_dagster_dev(home, env, log)
@@ -112,35 +118,59 @@ ASSET_KEYS = ["2026-11-19|XETRA", "2026-11-20|XETRA"]
 def backfills(dev: DagsterDev) -> dict[str, str]:
     """The three backfills of the tests below, launched together: the daemon's backfill loop
     ticks every 30 s, so one after the other would cost minutes of waiting."""
-    job_target = {"selector": {"partitionSetName": "overnight_job_partition_set",
-                               "repositorySelector": repository_selector()}}  # fmt: skip
+    job_target = {
+        "selector": {
+            "partitionSetName": "overnight_job_partition_set",
+            "repositorySelector": repository_selector(),
+        }
+    }
     return {
         # Jobs → overnight_job → Materialize → B3 and TSE × two dates → Launch backfill: the
         # mutation LaunchAssetChoosePartitionsDialog sends for a job target.
-        "job": dev.launch_backfill({
-            **job_target, "assetSelection": asset_selection(), "partitionNames": JOB_KEYS,
-            "fromFailure": False, "tags": UI_TAGS}),
+        "job": dev.launch_backfill(
+            {
+                **job_target,
+                "assetSelection": asset_selection(),
+                "partitionNames": JOB_KEYS,
+                "fromFailure": False,
+                "tags": UI_TAGS,
+            }
+        ),
         # The same with the launchpad's selected partition copied into the backfill's tags.
-        "refused": dev.launch_backfill({
-            **job_target, "assetSelection": asset_selection(), "partitionNames": REFUSED_KEYS,
-            "fromFailure": False,
-            "tags": [*UI_TAGS, {"key": "dagster/partition", "value": REFUSED_KEYS[0]},
-                     {"key": "dagster/partition/date", "value": "2026-11-18"},
-                     {"key": "dagster/partition/market", "value": "B3"}]}),
+        "refused": dev.launch_backfill(
+            {
+                **job_target,
+                "assetSelection": asset_selection(),
+                "partitionNames": REFUSED_KEYS,
+                "fromFailure": False,
+                "tags": [
+                    *UI_TAGS,
+                    {"key": "dagster/partition", "value": REFUSED_KEYS[0]},
+                    {"key": "dagster/partition/date", "value": "2026-11-18"},
+                    {"key": "dagster/partition/market", "value": "B3"},
+                ],
+            }
+        ),
         # Assets → the six → Materialize → two dates of XETRA → Launch backfill: an asset
         # backfill, whose runs are `__ASSET_JOB` runs, not `overnight_job` runs.
-        "asset": dev.launch_backfill({
-            "assetSelection": asset_selection(), "partitionNames": ASSET_KEYS,
-            "fromFailure": False, "tags": UI_TAGS}),
-    }  # fmt: skip
+        "asset": dev.launch_backfill(
+            {
+                "assetSelection": asset_selection(),
+                "partitionNames": ASSET_KEYS,
+                "fromFailure": False,
+                "tags": UI_TAGS,
+            }
+        ),
+    }
 
 
 def runs_of_backfill(instance: DagsterInstance, backfill_id: str) -> list[Any]:
     return list(instance.get_run_records(RunsFilter(tags={"dagster/backfill": backfill_id})))
 
 
-def wait_finished(dev: DagsterDev, instance: DagsterInstance, backfill_id: str, runs: int,
-                  timeout: float = 300) -> list[Any]:  # fmt: skip
+def wait_finished(
+    dev: DagsterDev, instance: DagsterInstance, backfill_id: str, runs: int, timeout: float = 300
+) -> list[Any]:
     def done() -> list[Any] | None:
         records = runs_of_backfill(instance, backfill_id)
         finished = [r for r in records if r.dagster_run.is_finished]
@@ -162,8 +192,11 @@ def materialised_partitions(instance: DagsterInstance, run_id: str) -> dict[str,
 
 
 def assert_one_run_per_market_at_a_time(records: list[Any]) -> None:
-    spans = [(r.start_time, r.end_time, r.dagster_run.tags.get("dagster/partition/market"))
-             for r in records if r.start_time is not None]  # fmt: skip
+    spans = [
+        (r.start_time, r.end_time, r.dagster_run.tags.get("dagster/partition/market"))
+        for r in records
+        if r.start_time is not None
+    ]
     for start, end, market in spans:
         assert market is not None
         overlapping = [m for s, e, m in spans if s < end and e > start]  # itself included
@@ -180,8 +213,10 @@ def job_rows(engine: Engine, run_ids: set[str]) -> dict[str, Any]:
 def api_jobs(app_db: str, market: str) -> list[dict[str, Any]]:
     settings = load_settings(database_url=app_db, redis_url=REDIS_URL, dashboard_secret=SECRET)
     with TestClient(create_app(settings)) as client:
-        response = client.get(f"/api/jobs?market={market}&limit=100",
-                              headers=bearer(token_for(uuid.uuid4(), admin=True)))  # fmt: skip
+        response = client.get(
+            f"/api/jobs?market={market}&limit=100",
+            headers=bearer(token_for(uuid.uuid4(), admin=True)),
+        )
     assert response.status_code == 200, response.text
     return list(response.json()["data"])
 
@@ -206,7 +241,9 @@ def test_a_job_backfill_from_the_jobs_page_builds_exactly_the_requested_partitio
         assert run.status == DagsterRunStatus.SUCCESS
         market, day = key.split("|")[1], key.split("|")[0]
         assert (run.tags["dagster/partition/market"], run.tags["dagster/partition/date"]) == (
-            market, day)  # fmt: skip
+            market,
+            day,
+        )
         # Each run built its own partition of all six assets, and nothing else.
         assert materialised_partitions(instance, run.run_id) == {a: {key} for a in ASSETS}
     for asset in ASSETS:
@@ -223,9 +260,17 @@ def test_a_job_backfill_from_the_jobs_page_builds_exactly_the_requested_partitio
             assert users and len(counts) == 4 * len(users), key
 
     run_ids = {r.dagster_run.run_id for r in records}
-    rows = wait_for("four finished job-run rows", lambda: (
-        found if len(found := job_rows(engine, run_ids)) == 4
-        and all(r.status != "started" for r in found.values()) else None), 60, dev.log)  # fmt: skip
+    rows = wait_for(
+        "four finished job-run rows",
+        lambda: (
+            found
+            if len(found := job_rows(engine, run_ids)) == 4
+            and all(r.status != "started" for r in found.values())
+            else None
+        ),
+        60,
+        dev.log,
+    )
     for run_id, row in rows.items():
         key = instance.get_run_by_id(run_id).tags["dagster/partition"]
         assert row.status == "completed" and row.users_processed > 0, key
@@ -244,8 +289,12 @@ def test_partition_tags_added_at_a_backfills_launch_are_refused_before_any_write
     assert dev.backfill_status(backfill_id) != "COMPLETED_SUCCESS"
     for record in records:
         assert materialised_partitions(instance, record.dagster_run.run_id) == {}
-        failures = [entry.dagster_event for entry in instance.all_logs(
-            record.dagster_run.run_id, of_type=DagsterEventType.STEP_FAILURE)]  # fmt: skip
+        failures = [
+            entry.dagster_event
+            for entry in instance.all_logs(
+                record.dagster_run.run_id, of_type=DagsterEventType.STEP_FAILURE
+            )
+        ]
         assert [f.step_key for f in failures] == ["exchange_rates"]
         text = failures[0].step_failure_data.user_failure_data.description
         assert "launched with partition tags" in text and "dagster/partition/market" in text
@@ -273,13 +322,22 @@ def test_an_asset_backfill_from_the_asset_graph_is_recorded_per_partition(
     assert sorted(by_key) == keys
     for key, record in by_key.items():
         assert materialised_partitions(instance, record.dagster_run.run_id) == {
-            a: {key} for a in ASSETS}  # fmt: skip
+            a: {key} for a in ASSETS
+        }
     assert_one_run_per_market_at_a_time(records)
 
     run_ids = {r.dagster_run.run_id for r in records}
-    rows = wait_for("two finished job-run rows", lambda: (
-        found if len(found := job_rows(engine, run_ids)) == 2
-        and all(r.status != "started" for r in found.values()) else None), 60, dev.log)  # fmt: skip
+    rows = wait_for(
+        "two finished job-run rows",
+        lambda: (
+            found
+            if len(found := job_rows(engine, run_ids)) == 2
+            and all(r.status != "started" for r in found.values())
+            else None
+        ),
+        60,
+        dev.log,
+    )
     assert sorted(f"{r.market_date}|{r.market}" for r in rows.values()) == keys
     assert {r.status for r in rows.values()} == {"completed"}
     listed = {j["runId"]: j for j in api_jobs(app_db, "XETRA")}
@@ -301,8 +359,14 @@ def kill_mid_scores(engine: Engine, cid: uuid.UUID, users: int, pid_of: Any, log
 
     def scored() -> int:
         with engine.connect() as conn:
-            return int(conn.scalar(select(func.count()).where(
-                e.correlation_id == cid, e.event_type == "SCORES_COMPUTED")) or 0)  # fmt: skip
+            return int(
+                conn.scalar(
+                    select(func.count()).where(
+                        e.correlation_id == cid, e.event_type == "SCORES_COMPUTED"
+                    )
+                )
+                or 0
+            )
 
     pid = wait_for("the run worker's pid", pid_of, 120, log)
     wait_for("asset_scores to commit a first batch", lambda: scored() > 0, 120, log)
@@ -312,8 +376,9 @@ def kill_mid_scores(engine: Engine, cid: uuid.UUID, users: int, pid_of: Any, log
     return done
 
 
-def assert_partition_complete(engine: Engine, cid: uuid.UUID, users: list[Any], market: str,
-                              day: date) -> None:  # fmt: skip
+def assert_partition_complete(
+    engine: Engine, cid: uuid.UUID, users: list[Any], market: str, day: date
+) -> None:
     counts = events_of(engine, [cid])
     kinds = {"CALC_STARTED", "INPUTS_CAPTURED", "SCORES_COMPUTED", "CALC_COMPLETED"}
     assert set(counts.values()) == {1}, "an event was written twice"
@@ -323,8 +388,11 @@ def assert_partition_complete(engine: Engine, cid: uuid.UUID, users: list[Any], 
     assert {t for _, t in counts} == kinds
     r = recommendations_table.c
     with engine.connect() as conn:
-        rows = conn.execute(select(r.user_id, func.count()).where(
-            r.market == market, r.market_date == day).group_by(r.user_id)).all()  # fmt: skip
+        rows = conn.execute(
+            select(r.user_id, func.count())
+            .where(r.market == market, r.market_date == day)
+            .group_by(r.user_id)
+        ).all()
     assert len(rows) == len(users) and {n for _, n in rows} == {1}
 
 
@@ -335,14 +403,25 @@ def test_a_run_worker_killed_mid_scores_is_failed_within_the_sensor_interval_and
     day = date(2026, 11, 23)
     market, users = biggest_partition(engine, day)
     key = f"{day}|{market}"
-    run_id = dev.launch_run({
-        "mode": "default", "runConfigData": "{}",
-        "selector": {**repository_selector(), "jobName": "overnight_job",
-                     "assetSelection": asset_selection()},
-        "executionMetadata": {"tags": [*UI_TAGS, {"key": "dagster/partition", "value": key},
-                                       {"key": "dagster/partition/date", "value": str(day)},
-                                       {"key": "dagster/partition/market", "value": market}]},
-    })  # fmt: skip
+    run_id = dev.launch_run(
+        {
+            "mode": "default",
+            "runConfigData": "{}",
+            "selector": {
+                **repository_selector(),
+                "jobName": "overnight_job",
+                "assetSelection": asset_selection(),
+            },
+            "executionMetadata": {
+                "tags": [
+                    *UI_TAGS,
+                    {"key": "dagster/partition", "value": key},
+                    {"key": "dagster/partition/date", "value": str(day)},
+                    {"key": "dagster/partition/market", "value": market},
+                ]
+            },
+        }
+    )
     cid = correlation_id_for(f"{run_id}:{key}")
 
     def pid_of() -> int | None:
@@ -360,20 +439,34 @@ def test_a_run_worker_killed_mid_scores_is_failed_within_the_sensor_interval_and
     wait_for("the dead worker's run to be marked failed", failed, 60, dev.log)
     detected = time.monotonic() - killed_at
     assert detected <= 3 * SENSOR_SECONDS + 10, detected
-    row = wait_for("the failed job-run row", lambda: (
-        r if (r := job_rows(engine, {run_id}).get(run_id)) is not None and r.status == "failed"
-        else None), 30, dev.log)  # fmt: skip
+    row = wait_for(
+        "the failed job-run row",
+        lambda: (
+            r
+            if (r := job_rows(engine, {run_id}).get(run_id)) is not None and r.status == "failed"
+            else None
+        ),
+        30,
+        dev.log,
+    )
     # Why, as Dagster's code server saw it (or our worker monitor, whichever came first).
     assert "SIGKILL" in row.error_details["run_error"] or "worker" in row.error_details["run_error"]
 
     # The documented command completes the partition: 4 events per user, one row each.
-    done = subprocess.run([str(BIN / "overnight"), "reexecute", run_id], cwd=REPO, env=dev.env,
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    done = subprocess.run(
+        [str(BIN / "overnight"), "reexecute", run_id],
+        cwd=REPO,
+        env=dev.env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"re-executed {run_id} from failure" in done.stdout
     assert_partition_complete(engine, cid, users, market, day)
-    children = [r.dagster_run for r in instance.get_run_records()
-                if r.dagster_run.parent_run_id == run_id]  # fmt: skip
+    children = [
+        r.dagster_run for r in instance.get_run_records() if r.dagster_run.parent_run_id == run_id
+    ]
     assert len(children) == 1 and children[0].status == DagsterRunStatus.SUCCESS
     assert children[0].tags["dagster/partition"] == key
 
@@ -383,40 +476,62 @@ def test_a_killed_overnight_run_without_a_daemon_is_on_record_and_reexecuted(
 ) -> None:
     day = date(2026, 11, 24)
     market, users = biggest_partition(engine, day)
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("OTEL_", "DAGSTER_"))}  # fmt: skip
-    env.update({"DATABASE_URL": app_db, "REDIS_URL": REDIS_URL, "CACHE_PREFIX": prefix,
-                "USER_BATCH_SIZE": "10"})  # fmt: skip
-    process = subprocess.Popen([str(BIN / "overnight"), "run", "--market", market,
-                                "--date", str(day)], cwd=tmp_path, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "DAGSTER_"))}
+    env.update(
+        {
+            "DATABASE_URL": app_db,
+            "REDIS_URL": REDIS_URL,
+            "CACHE_PREFIX": prefix,
+            "USER_BATCH_SIZE": "10",
+        }
+    )
+    process = subprocess.Popen(
+        [str(BIN / "overnight"), "run", "--market", market, "--date", str(day)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     home = tmp_path / ".data" / "dagster-home"
     j = overnight_job_runs_table.c
 
     def started_row() -> Any:
         with engine.connect() as conn:
-            return conn.execute(select(j.run_id, j.status, j.correlation_id).where(
-                j.market == market, j.market_date == day)).first()  # fmt: skip
+            return conn.execute(
+                select(j.run_id, j.status, j.correlation_id).where(
+                    j.market == market, j.market_date == day
+                )
+            ).first()
 
     try:
         row = wait_for("the started row", started_row, 60, tmp_path / "none.log")
         assert row.status == "started"
-        kill_mid_scores(engine, row.correlation_id, len(users), lambda: process.pid,
-                        tmp_path / "none.log")  # fmt: skip
+        kill_mid_scores(
+            engine, row.correlation_id, len(users), lambda: process.pid, tmp_path / "none.log"
+        )
     finally:
         process.kill()
         process.wait(timeout=30)
     assert started_row().status == "started"  # nobody watches: still on record as started
 
-    done = subprocess.run([str(BIN / "overnight"), "reexecute", row.run_id], cwd=tmp_path,
-                          env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    done = subprocess.run(
+        [str(BIN / "overnight"), "reexecute", row.run_id],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     with DagsterInstance.from_config(str(home)) as local:
         parent = local.get_run_by_id(row.run_id)
         assert parent is not None and parent.status == DagsterRunStatus.FAILURE
     with engine.connect() as conn:
-        statuses = dict(conn.execute(select(j.run_id, j.status).where(
-            j.market == market, j.market_date == day)).all())  # fmt: skip
+        statuses = dict(
+            conn.execute(
+                select(j.run_id, j.status).where(j.market == market, j.market_date == day)
+            ).all()
+        )
     assert statuses[row.run_id] == "failed"
     assert sorted(statuses.values()) == ["completed", "failed"]
     assert_partition_complete(engine, row.correlation_id, users, market, day)

@@ -13,14 +13,19 @@ from overnight_pipeline.defs.partitions import PartitionMismatch, check_run_part
 from overnight_pipeline.storage.models import calculation_events_table, exchange_rates_table
 from overnight_pipeline_tests.pipeline.conftest import Pipeline
 
-ONE = {"dagster/partition": "2026-11-16|B3", "dagster/partition/date": "2026-11-16",
-       "dagster/partition/market": "B3"}  # fmt: skip
+ONE = {
+    "dagster/partition": "2026-11-16|B3",
+    "dagster/partition/date": "2026-11-16",
+    "dagster/partition/market": "B3",
+}
 
 
 def test_consistent_tags_give_the_steps_keys() -> None:
     assert check_run_partitions(ONE, ["2026-11-16|B3"]) == ["2026-11-16|B3"]
-    ranged = {"dagster/asset_partition_range_start": "2026-11-16|B3",
-              "dagster/asset_partition_range_end": "2026-11-18|B3"}  # fmt: skip
+    ranged = {
+        "dagster/asset_partition_range_start": "2026-11-16|B3",
+        "dagster/asset_partition_range_end": "2026-11-18|B3",
+    }
     keys = ["2026-11-16|B3", "2026-11-17|B3", "2026-11-18|B3"]
     assert check_run_partitions(ranged, keys) == keys
 
@@ -30,16 +35,28 @@ def test_consistent_tags_give_the_steps_keys() -> None:
     [
         # A job backfill under a single-run policy: the first partition's dimension tags
         # beside each run's own range (Dagster then builds the first partition every time).
-        ({"dagster/partition/date": "2026-11-16", "dagster/partition/market": "B3",
-          "dagster/asset_partition_range_start": "2026-11-17|TSE",
-          "dagster/asset_partition_range_end": "2026-11-17|TSE"},
-         ["2026-11-16|B3"], "2026-11-17|TSE"),
+        (
+            {
+                "dagster/partition/date": "2026-11-16",
+                "dagster/partition/market": "B3",
+                "dagster/asset_partition_range_start": "2026-11-17|TSE",
+                "dagster/asset_partition_range_end": "2026-11-17|TSE",
+            },
+            ["2026-11-16|B3"],
+            "2026-11-17|TSE",
+        ),
         ({**ONE, "dagster/partition/market": "TSE"}, ["2026-11-16|TSE"], "2026-11-16|B3"),
-        ({"dagster/asset_partition_range_start": "2026-11-16|B3",
-          "dagster/asset_partition_range_end": "2026-11-17|TSE"}, [], "one market"),
+        (
+            {
+                "dagster/asset_partition_range_start": "2026-11-16|B3",
+                "dagster/asset_partition_range_end": "2026-11-17|TSE",
+            },
+            [],
+            "one market",
+        ),
         ({"dagster/asset_partition_range_start": "2026-11-16|B3"}, [], "needs both"),
     ],
-)  # fmt: skip
+)
 def test_disagreeing_tags_are_refused_naming_both(tags, keys, named) -> None:
     with pytest.raises(PartitionMismatch, match=named):
         check_run_partitions(tags, keys)
@@ -47,22 +64,29 @@ def test_disagreeing_tags_are_refused_naming_both(tags, keys, named) -> None:
 
 def test_partition_tags_given_at_a_backfills_launch_are_refused() -> None:
     with pytest.raises(PartitionMismatch, match="dagster/partition/market"):
-        check_run_partitions(ONE, ["2026-11-16|B3"],
-                             backfill_tags={"dagster/partition/market": "B3", "team": "x"})  # fmt: skip
+        check_run_partitions(
+            ONE, ["2026-11-16|B3"], backfill_tags={"dagster/partition/market": "B3", "team": "x"}
+        )
     assert check_run_partitions(ONE, ["2026-11-16|B3"], backfill_tags={"dagster/from_ui": "true"})
 
 
 def test_a_run_with_disagreeing_tags_writes_nothing(pipeline: Pipeline) -> None:
     job = pipeline.defs.resolve_job_def(OVERNIGHT_JOB)
     with pipeline.engine.connect() as conn:
-        before = [conn.scalar(select(func.count()).select_from(t))
-                  for t in (calculation_events_table, exchange_rates_table)]  # fmt: skip
+        before = [
+            conn.scalar(select(func.count()).select_from(t))
+            for t in (calculation_events_table, exchange_rates_table)
+        ]
     result = job.execute_in_process(
-        instance=pipeline.instance, raise_on_error=False,
-        tags={"dagster/partition/date": "2026-11-02", "dagster/partition/market": "B3",
-              "dagster/asset_partition_range_start": "2026-11-03|TSE",
-              "dagster/asset_partition_range_end": "2026-11-04|TSE"},
-    )  # fmt: skip
+        instance=pipeline.instance,
+        raise_on_error=False,
+        tags={
+            "dagster/partition/date": "2026-11-02",
+            "dagster/partition/market": "B3",
+            "dagster/asset_partition_range_start": "2026-11-03|TSE",
+            "dagster/asset_partition_range_end": "2026-11-04|TSE",
+        },
+    )
     assert not result.success
     (failure,) = [e for e in result.all_events if e.is_step_failure]
     assert failure.step_key == "exchange_rates"
@@ -74,6 +98,8 @@ def test_a_run_with_disagreeing_tags_writes_nothing(pipeline: Pipeline) -> None:
     assert DagsterEventType.STEP_UP_FOR_RETRY not in kinds
     assert {e.step_key for e in result.all_events if e.is_step_start} == {"exchange_rates"}
     with pipeline.engine.connect() as conn:
-        after = [conn.scalar(select(func.count()).select_from(t))
-                 for t in (calculation_events_table, exchange_rates_table)]  # fmt: skip
+        after = [
+            conn.scalar(select(func.count()).select_from(t))
+            for t in (calculation_events_table, exchange_rates_table)
+        ]
     assert after == before

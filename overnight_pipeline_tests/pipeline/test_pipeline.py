@@ -57,19 +57,40 @@ def one_user_recommendation(doc: dict):
     """What the core's one-user path computes from a captured input document."""
     d = lambda v: None if v is None else D(v)  # noqa: E731
     rules = validate_criteria(doc["criteria"]["rules"])
-    holdings = [HoldingInput(h["assetId"], h["symbol"], h["assetClass"], D(h["quantity"]),
-                             h["currency"], d(h["price"]),
-                             None if h["priceAsOf"] is None else
-                             datetime.fromisoformat(h["priceAsOf"]))
-                for h in doc["holdings"]]  # fmt: skip
-    classes = [ClassSpec(c["name"], D(c["targetMin"]), D(c["targetMax"]), c["maxAssets"],
-                         d(c["minAllocationValue"])) for c in doc["assetClasses"]]  # fmt: skip
+    holdings = [
+        HoldingInput(
+            h["assetId"],
+            h["symbol"],
+            h["assetClass"],
+            D(h["quantity"]),
+            h["currency"],
+            d(h["price"]),
+            None if h["priceAsOf"] is None else datetime.fromisoformat(h["priceAsOf"]),
+        )
+        for h in doc["holdings"]
+    ]
+    classes = [
+        ClassSpec(
+            c["name"],
+            D(c["targetMin"]),
+            D(c["targetMax"]),
+            c["maxAssets"],
+            d(c["minAllocationValue"]),
+        )
+        for c in doc["assetClasses"]
+    ]
     fundamentals = {a: {m: d(v) for m, v in f.items()} for a, f in doc["fundamentals"].items()}
     scores = score_holdings([(h.asset_id, h.asset_class) for h in holdings], rules, fundamentals)
     fx = FxRates(usd_to={c: D(v) for c, v in doc["rates"]["usdTo"].items()})
-    return recommend(base_currency=doc["baseCurrency"], contribution=d(doc["contribution"]),
-                     classes=classes, holdings=holdings, scores=scores, fx=fx,
-                     criteria_version=doc["criteria"]["version"])  # fmt: skip
+    return recommend(
+        base_currency=doc["baseCurrency"],
+        contribution=d(doc["contribution"]),
+        classes=classes,
+        holdings=holdings,
+        scores=scores,
+        fx=fx,
+        criteria_version=doc["criteria"]["version"],
+    )
 
 
 def test_the_definitions_load() -> None:
@@ -93,8 +114,10 @@ def test_a_partition_runs_end_to_end_and_a_broken_user_fails_alone(pipeline: Pip
     assert "XTS" in broken["CALC_COMPLETED"]["error"]
     # Everyone else: exactly the four events, completed.
     assert len(events) >= 10
-    assert all(set(e) == {"CALC_STARTED", "INPUTS_CAPTURED", "SCORES_COMPUTED",
-                          "CALC_COMPLETED"} for e in events.values())  # fmt: skip
+    assert all(
+        set(e) == {"CALC_STARTED", "INPUTS_CAPTURED", "SCORES_COMPUTED", "CALC_COMPLETED"}
+        for e in events.values()
+    )
     assert {e["CALC_COMPLETED"]["status"] for e in events.values()} == {"completed"}
 
     meta = {
@@ -109,9 +132,12 @@ def test_a_partition_runs_end_to_end_and_a_broken_user_fails_alone(pipeline: Pip
     with pipeline.engine.connect() as conn:
         rows = {row.user_id: row for row in conn.execute(select(r).where(r.c.market_date == DAY))}
         score_rows = conn.execute(
-            select(asset_scores_table.c.user_id, asset_scores_table.c.asset_id,
-                   asset_scores_table.c.score).where(asset_scores_table.c.market_date == DAY)
-        ).all()  # fmt: skip
+            select(
+                asset_scores_table.c.user_id,
+                asset_scores_table.c.asset_id,
+                asset_scores_table.c.score,
+            ).where(asset_scores_table.c.market_date == DAY)
+        ).all()
     assert set(rows) == set(events)
     stored_scores = {(u, str(a)): s for u, a, s in score_rows}
     for user_id, user_events in events.items():
@@ -164,9 +190,10 @@ def test_running_a_partition_again_replaces_rows_and_records_a_new_calculation(
             .all()
         )
         owners = set(
-            conn.scalars(select(r.c.correlation_id).where(r.c.market_date == DAY,
-                                                          r.c.market == "B3"))
-        )  # fmt: skip
+            conn.scalars(
+                select(r.c.correlation_id).where(r.c.market_date == DAY, r.c.market == "B3")
+            )
+        )
     assert set(counts) == set(second) and set(counts.values()) == {1}
     assert owners == {second_cid}
     assert orjson.loads(pipeline.redis.get(key))["generatedAt"] > first_generated
@@ -182,17 +209,19 @@ def test_a_backfill_of_an_older_date_leaves_a_newer_cache_entry_alone(pipeline: 
     result = pipeline.run("LSE", older_day)
     assert result.success
     cache_meta = next(
-        ev.materialization.metadata for ev in result.get_asset_materialization_events()
+        ev.materialization.metadata
+        for ev in result.get_asset_materialization_events()
         if ev.asset_key.to_user_string() == "recommendation_cache"
-    )  # fmt: skip
+    )
     assert cache_meta["written"].value == 0
     assert cache_meta["kept_newer"].value == len(users)
     assert pipeline.redis.get(key) == newer
     # The older date's recommendations are still persisted for the record.
     r = recommendations_table
     with pipeline.engine.connect() as conn:
-        assert conn.scalar(select(func.count()).where(r.c.market_date == older_day,
-                                                      r.c.market == "LSE")) == len(users)  # fmt: skip
+        assert conn.scalar(
+            select(func.count()).where(r.c.market_date == older_day, r.c.market == "LSE")
+        ) == len(users)
 
 
 def test_all_calculations_for_an_asset_come_newest_first(pipeline: Pipeline) -> None:

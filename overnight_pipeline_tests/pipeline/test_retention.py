@@ -54,31 +54,57 @@ def seed_dated_rows(engine: Engine, stamps: list[datetime]) -> None:
     with engine.begin() as conn:
         for at in stamps:
             cid = uuid.uuid4()
-            conn.execute(insert(calculation_events_table).values(
-                correlation_id=cid, user_id=uuid.uuid4(), event_type="CALC_STARTED",
-                payload={"at": at.isoformat()}, created_at=at))  # fmt: skip
-            conn.execute(insert(calculation_assets_table).values(
-                asset_id=uuid.uuid4(), correlation_id=cid, user_id=uuid.uuid4(), score=1,
-                created_at=at))  # fmt: skip
-            conn.execute(insert(overnight_job_runs_table).values(
-                id=uuid.uuid4(), run_id=str(uuid.uuid4()), job_type="overnight",
-                status="completed", started_at=at, completed_at=at + timedelta(minutes=1),
-                correlation_id=cid))  # fmt: skip
+            conn.execute(
+                insert(calculation_events_table).values(
+                    correlation_id=cid,
+                    user_id=uuid.uuid4(),
+                    event_type="CALC_STARTED",
+                    payload={"at": at.isoformat()},
+                    created_at=at,
+                )
+            )
+            conn.execute(
+                insert(calculation_assets_table).values(
+                    asset_id=uuid.uuid4(),
+                    correlation_id=cid,
+                    user_id=uuid.uuid4(),
+                    score=1,
+                    created_at=at,
+                )
+            )
+            conn.execute(
+                insert(overnight_job_runs_table).values(
+                    id=uuid.uuid4(),
+                    run_id=str(uuid.uuid4()),
+                    job_type="overnight",
+                    status="completed",
+                    started_at=at,
+                    completed_at=at + timedelta(minutes=1),
+                    correlation_id=cid,
+                )
+            )
 
 
 def remaining(engine: Engine) -> dict[str, list[datetime]]:
     with engine.connect() as conn:
         return {
-            "calculation_events": sorted(conn.scalars(select(calculation_events_table.c.created_at))),
-            "calculation_assets": sorted(conn.scalars(select(calculation_assets_table.c.created_at))),
-            "overnight_job_runs": sorted(conn.scalars(select(overnight_job_runs_table.c.started_at))),
-        }  # fmt: skip
+            "calculation_events": sorted(
+                conn.scalars(select(calculation_events_table.c.created_at))
+            ),
+            "calculation_assets": sorted(
+                conn.scalars(select(calculation_assets_table.c.created_at))
+            ),
+            "overnight_job_runs": sorted(
+                conn.scalars(select(overnight_job_runs_table.c.started_at))
+            ),
+        }
 
 
 def test_the_cutoff_is_two_calendar_years_before() -> None:
     assert retention_cutoff(NOW) == CUTOFF
     assert retention_cutoff(datetime(2028, 2, 29, 3, 0, tzinfo=UTC)) == datetime(
-        2026, 2, 28, 3, 0, tzinfo=UTC)  # fmt: skip
+        2026, 2, 28, 3, 0, tzinfo=UTC
+    )
     with pytest.raises(ValueError, match="timezone-aware"):
         retention_cutoff(datetime(2026, 1, 1))
 
@@ -91,8 +117,11 @@ def test_exactly_the_rows_older_than_two_years_are_deleted_in_batches(engine: En
     kept = [s for s in stamps if s >= CUTOFF]
     assert remaining(engine) == {name: kept for name in report.deleted}
     old = len(stamps) - len(kept)
-    assert report.deleted == {"calculation_events": old, "calculation_assets": old,
-                              "overnight_job_runs": old}  # fmt: skip
+    assert report.deleted == {
+        "calculation_events": old,
+        "calculation_assets": old,
+        "overnight_job_runs": old,
+    }
     assert report.cutoff == CUTOFF
     # Four old rows per table at three per transaction: 2 batches each.
     assert report.batches == 6
@@ -106,7 +135,7 @@ def test_a_row_held_by_another_transaction_is_skipped_not_waited_for(engine: Eng
     with engine.connect() as holder:
         held = holder.execute(
             select(e.id).order_by(e.created_at).limit(1).with_for_update()
-        ).scalar_one()  # fmt: skip
+        ).scalar_one()
         started = time.monotonic()
         report = delete_expired(engine, now=NOW, batch_size=10)
         assert time.monotonic() - started < 4  # no lock wait (lock_timeout is 5 s)
@@ -120,8 +149,10 @@ def test_a_row_held_by_another_transaction_is_skipped_not_waited_for(engine: Eng
 def test_the_retention_job_reports_what_it_deleted(db_url: str, engine: Engine) -> None:
     now = datetime.now(UTC)
     cutoff = retention_cutoff(now)
-    seed_dated_rows(engine, [cutoff - timedelta(days=3), cutoff - timedelta(hours=1),
-                             cutoff + timedelta(days=1)])  # fmt: skip
+    seed_dated_rows(
+        engine,
+        [cutoff - timedelta(days=3), cutoff - timedelta(hours=1), cutoff + timedelta(days=1)],
+    )
     settings = load_settings(database_url=db_url, retention_batch_size=1)
     defs = build_definitions(settings, env_vars=False)
     with DagsterInstance.ephemeral() as instance:

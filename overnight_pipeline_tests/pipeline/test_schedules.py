@@ -38,15 +38,17 @@ def ticks(defs: Definitions, market: str, start: str, count: int) -> list[dateti
     """The next `count` fire times of a market's schedule from `start` (UTC), as the
     scheduler computes them."""
     schedule = defs.resolve_schedule_def(f"overnight_{market.lower()}")
-    found = cron_string_iterator(utc(start).timestamp(), schedule.cron_schedule,
-                                 schedule.execution_timezone)  # fmt: skip
+    found = cron_string_iterator(
+        utc(start).timestamp(), schedule.cron_schedule, schedule.execution_timezone
+    )
     return [next(found).astimezone(UTC) for _ in range(count)]
 
 
 def evaluate(defs: Definitions, instance: DagsterInstance, market: str, at: datetime):
     schedule = defs.resolve_schedule_def(f"overnight_{market.lower()}")
-    context = build_schedule_context(instance=instance, scheduled_execution_time=at,
-                                     repository_def=defs.get_repository_def())  # fmt: skip
+    context = build_schedule_context(
+        instance=instance, scheduled_execution_time=at, repository_def=defs.get_repository_def()
+    )
     return schedule.evaluate_tick(context)
 
 
@@ -133,8 +135,9 @@ def test_a_weekend_is_skipped_as_the_weekend(defs: Definitions, instance: Dagste
     assert result.skip_message == "XETRA 2026-11-28 is not a session: Saturday, weekend"
     # Tokyo's Monday fires on Sunday UTC; its Saturday fires on Friday UTC and skips.
     assert requested(defs, instance, "TSE", utc("2026-11-29 22:00")) == "2026-11-30|TSE"
-    assert "Saturday, weekend" in evaluate(defs, instance, "TSE",
-                                           utc("2026-11-27 22:00")).skip_message  # fmt: skip
+    assert (
+        "Saturday, weekend" in evaluate(defs, instance, "TSE", utc("2026-11-27 22:00")).skip_message
+    )
 
 
 def test_every_market_requests_a_key_that_exists_at_its_fire_time(
@@ -175,15 +178,19 @@ def test_overnight_job_cron_overrides_every_market_in_its_own_timezone(
 
 def test_skip_reasons_are_dagster_skips(defs: Definitions, instance: DagsterInstance) -> None:
     schedule = defs.resolve_schedule_def("overnight_nyse")
-    context = build_schedule_context(instance=instance,
-                                     scheduled_execution_time=utc("2026-11-26 12:30"),
-                                     repository_def=defs.get_repository_def())  # fmt: skip
+    context = build_schedule_context(
+        instance=instance,
+        scheduled_execution_time=utc("2026-11-26 12:30"),
+        repository_def=defs.get_repository_def(),
+    )
     assert isinstance(schedule(context), SkipReason)
 
 
 def test_the_operator_table_of_fire_times() -> None:
-    rows = {code: (local, utc, what) for code, local, utc, what in
-            fire_times(MARKETS, datetime(2026, 11, 30).date())}  # fmt: skip
+    rows = {
+        code: (local, utc, what)
+        for code, local, utc, what in fire_times(MARKETS, datetime(2026, 11, 30).date())
+    }
     assert rows["TSE"] == ("07:00 Asia/Tokyo", utc("2026-11-29 22:00"), "runs")
     assert rows["NYSE"][1] == utc("2026-11-30 12:30")
     sunday = fire_times(MARKETS, datetime(2026, 11, 29).date())

@@ -22,8 +22,14 @@ from overnight_pipeline.telemetry import JOB_ATTRIBUTES, SPAN_NAME, exporter_nam
 from overnight_pipeline_tests.api.netfaults import closed_port
 from overnight_pipeline_tests.pipeline.conftest import DAY, Pipeline
 
-STEPS = {"exchange_rates", "asset_prices", "asset_fundamentals", "asset_scores",
-         "recommendations", "recommendation_cache"}  # fmt: skip
+STEPS = {
+    "exchange_rates",
+    "asset_prices",
+    "asset_fundamentals",
+    "asset_scores",
+    "recommendations",
+    "recommendation_cache",
+}
 
 
 @pytest.fixture
@@ -35,16 +41,19 @@ def finish(pipeline: Pipeline, result: ExecuteInProcessResult, exporter: InMemor
     """Let the job-run sensor record the finished run with an in-memory span exporter."""
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    sensors = {s.name: s for s in build_job_run_sensors(OVERNIGHT_JOB,
-                                                        tracer_provider=lambda: provider)}  # fmt: skip
+    sensors = {
+        s.name: s for s in build_job_run_sensors(OVERNIGHT_JOB, tracer_provider=lambda: provider)
+    }
     name = SUCCEEDED_SENSOR if result.success else FAILED_SENSOR
     kind = DagsterEventType.RUN_SUCCESS if result.success else DagsterEventType.RUN_FAILURE
     event = next(e for e in result.all_events if e.event_type == kind)
     with build_run_status_sensor_context(
-        sensor_name=name, dagster_event=event, dagster_instance=pipeline.instance,
+        sensor_name=name,
+        dagster_event=event,
+        dagster_instance=pipeline.instance,
         dagster_run=result.dagster_run,
         resources={"database": AppDatabase(url=pipeline.settings.database_url)},
-    ) as context:  # fmt: skip
+    ) as context:
         sensors[name](context)
 
 
@@ -63,9 +72,10 @@ def test_a_run_emits_one_job_span_with_every_attribute_and_a_child_per_asset(
     span = job_span(exporter)
     attrs = dict(span.attributes or {})
     assert set(JOB_ATTRIBUTES) <= set(attrs)
-    meta = {e.asset_key.to_user_string(): {k: v.value for k, v in
-                                           e.materialization.metadata.items()}
-            for e in result.get_asset_materialization_events()}  # fmt: skip
+    meta = {
+        e.asset_key.to_user_string(): {k: v.value for k, v in e.materialization.metadata.items()}
+        for e in result.get_asset_materialization_events()
+    }
     users = meta["asset_scores"]["users_total"]
     assert attrs["users_total"] == users and attrs["users_success"] == users
     assert attrs["users_failed"] == 0
@@ -101,13 +111,15 @@ def test_a_run_emits_one_job_span_with_every_attribute_and_a_child_per_asset(
 def test_a_failed_run_has_an_error_span_with_the_message(
     pipeline: Pipeline, exporter: InMemorySpanExporter
 ) -> None:
-    settings = pipeline.settings.model_copy(update={
-        "redis_url": f"redis://127.0.0.1:{closed_port()}/0", "retry_delay_seconds": 0.01})  # fmt: skip
+    settings = pipeline.settings.model_copy(
+        update={"redis_url": f"redis://127.0.0.1:{closed_port()}/0", "retry_delay_seconds": 0.01}
+    )
     defs = build_definitions(settings, env_vars=False)
     result = defs.resolve_job_def(OVERNIGHT_JOB).execute_in_process(
-        instance=pipeline.instance, partition_key=partition_key("LSE", date(2026, 11, 26)),
+        instance=pipeline.instance,
+        partition_key=partition_key("LSE", date(2026, 11, 26)),
         raise_on_error=False,
-    )  # fmt: skip
+    )
     assert not result.success
     finish(pipeline, result, exporter)
     span = job_span(exporter)
@@ -120,8 +132,12 @@ def test_a_failed_run_has_an_error_span_with_the_message(
 
 
 def test_the_exporter_follows_the_otel_variables(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("OTEL_TRACES_EXPORTER", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_SDK_DISABLED",
-                 "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):  # fmt: skip
+    for name in (
+        "OTEL_TRACES_EXPORTER",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_SDK_DISABLED",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    ):
         monkeypatch.delenv(name, raising=False)
     assert exporter_names(load_settings()) == ()
     assert isinstance(tracer_provider(load_settings()), NoOpTracerProvider)
@@ -147,14 +163,19 @@ def test_a_broken_exporter_setting_never_costs_the_job_run_row(pipeline: Pipelin
         raise ValueError("OTEL_TRACES_EXPORTER: no installed span exporter named 'zipkin'")
 
     result = pipeline.run("NASDAQ", date(2026, 11, 25))
-    (succeeded,) = [s for s in build_job_run_sensors(OVERNIGHT_JOB, tracer_provider=broken)
-                    if s.name == SUCCEEDED_SENSOR]  # fmt: skip
+    (succeeded,) = [
+        s
+        for s in build_job_run_sensors(OVERNIGHT_JOB, tracer_provider=broken)
+        if s.name == SUCCEEDED_SENSOR
+    ]
     event = next(e for e in result.all_events if e.event_type == DagsterEventType.RUN_SUCCESS)
     with build_run_status_sensor_context(
-        sensor_name=SUCCEEDED_SENSOR, dagster_event=event, dagster_instance=pipeline.instance,
+        sensor_name=SUCCEEDED_SENSOR,
+        dagster_event=event,
+        dagster_instance=pipeline.instance,
         dagster_run=result.dagster_run,
         resources={"database": AppDatabase(url=pipeline.settings.database_url)},
-    ) as context:  # fmt: skip
+    ) as context:
         succeeded(context)
     with pipeline.engine.connect() as conn:
         recorded = job_run(conn, result.run_id)

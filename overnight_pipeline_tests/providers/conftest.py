@@ -130,8 +130,9 @@ def asset_rows(instruments: list[Instrument]) -> list[dict[str, object]]:
 def store_dataset(engine: Engine, data: Dataset, day: date) -> dict[Instrument, uuid.UUID]:
     """Commit the dataset's assets and values as if a run on `day` had fetched them."""
     with engine.begin() as conn:
-        upsert(conn, assets_table, asset_rows(list(data.quotes)), key=["market", "symbol"],
-               update=[])  # fmt: skip
+        upsert(
+            conn, assets_table, asset_rows(list(data.quotes)), key=["market", "symbol"], update=[]
+        )
         a = assets_table
         ids = {(m, s): i for i, m, s in conn.execute(select(a.c.id, a.c.market, a.c.symbol))}
         store_rates(conn, RatesResult(data.rates, "synthetic", _as_of(day)), day=day)

@@ -151,8 +151,10 @@ def test_the_factory_builds_the_chain_from_settings(
         load_settings(market_data=f"files:{csv_dir}"), engine=market_db, secondary="synthetic"
     )
     assert [type(p) for p in files.providers] == [
-        FilesProvider, SyntheticProvider, StoredProvider,
-    ]  # fmt: skip
+        FilesProvider,
+        SyntheticProvider,
+        StoredProvider,
+    ]
 
     settings = load_settings(
         market_data="http",

@@ -250,9 +250,13 @@ def test_the_breaker_opens_then_half_opens_then_closes(
     fake_server: FakeMarketServer, dataset: Dataset
 ) -> None:
     provider = http(
-        fake_server, batch_size=1, max_retries=0, breaker_threshold=3, breaker_cooldown=0.5,
+        fake_server,
+        batch_size=1,
+        max_retries=0,
+        breaker_threshold=3,
+        breaker_cooldown=0.5,
         concurrency=1,
-    )  # fmt: skip
+    )
     fake_server.default = Fault(500)
 
     with pytest.raises(ProviderError):

@@ -130,8 +130,12 @@ def test_same_date_regenerated_later_replaces_and_earlier_does_not(
     user = uuid.uuid4()
     day = date(2026, 11, 30)
     write_entries(client, [entry(user, day, T0, "first")], prefix=prefix)
-    assert write_entries(client, [entry(user, day, T0 + timedelta(microseconds=1), "rerun")],
-                         prefix=prefix).written == 1  # fmt: skip
+    assert (
+        write_entries(
+            client, [entry(user, day, T0 + timedelta(microseconds=1), "rerun")], prefix=prefix
+        ).written
+        == 1
+    )
     assert tag_of(client, user, prefix) == "rerun"
     assert write_entries(client, [entry(user, day, T0, "late")], prefix=prefix).kept_newer == 1
     assert tag_of(client, user, prefix) == "rerun"
@@ -156,10 +160,15 @@ def test_versions_compare_by_time_across_timezones(client: redis.Redis, prefix: 
     user = uuid.uuid4()
     tokyo = T0.astimezone(ZoneInfo("Asia/Tokyo"))
     assert entry_version(date(2026, 11, 30), tokyo) == entry_version(date(2026, 11, 30), T0)
-    write_entries(client, [entry(user, date(2026, 11, 30), T0 + timedelta(seconds=1), "utc")],
-                  prefix=prefix)  # fmt: skip
-    assert write_entries(client, [entry(user, date(2026, 11, 30), tokyo, "tokyo")],
-                         prefix=prefix).kept_newer == 1  # fmt: skip
+    write_entries(
+        client, [entry(user, date(2026, 11, 30), T0 + timedelta(seconds=1), "utc")], prefix=prefix
+    )
+    assert (
+        write_entries(
+            client, [entry(user, date(2026, 11, 30), tokyo, "tokyo")], prefix=prefix
+        ).kept_newer
+        == 1
+    )
 
 
 class CountingConnection(redis.Connection):
@@ -300,10 +309,15 @@ def _refill(e: CacheEntry, prefix: str, now: datetime, replacing: str | None = N
 
 @pytest.mark.parametrize(
     "sidecar",
-    [b"garbage", b"zzzz-zz-zz|zzzz", b"2099-01-01|2099-01-01T00:00:00.000000Z|1.00",
-     b"2026-11-30|2099-01-01T00:00:00.000000Z|1.00", b"2099-01-01|2026-11-30T09:30:00.000000Z|1",
-     b"\xff" * 50],
-)  # fmt: skip
+    [
+        b"garbage",
+        b"zzzz-zz-zz|zzzz",
+        b"2099-01-01|2099-01-01T00:00:00.000000Z|1.00",
+        b"2026-11-30|2099-01-01T00:00:00.000000Z|1.00",
+        b"2099-01-01|2026-11-30T09:30:00.000000Z|1",
+        b"\xff" * 50,
+    ],
+)
 def test_a_garbage_or_future_dated_version_key_never_blocks_a_write(
     client: redis.Redis, prefix: str, sidecar: bytes
 ) -> None:
@@ -329,9 +343,10 @@ def test_a_version_key_without_its_documents_or_of_another_type_never_blocks(
     client.hset(version_key(other, prefix), "x", "1")
     older = now - timedelta(hours=2)
     report = write_entries(
-        client, [entry(user, older.date(), older), entry(other, older.date(), older)],
+        client,
+        [entry(user, older.date(), older), entry(other, older.date(), older)],
         prefix=prefix,
-    )  # fmt: skip
+    )
     assert report.written == 2
 
 
@@ -365,14 +380,16 @@ def test_a_newer_valid_entry_written_after_the_read_is_never_replaced_by_the_ref
     assert seen is not None
     # The pipeline writes the next market date between the read and the refill.
     fresh = now - timedelta(minutes=1)
-    write_entries(client, [entry(user, day.date() + timedelta(days=1), fresh, "pipeline")],
-                  prefix=prefix)  # fmt: skip
+    write_entries(
+        client, [entry(user, day.date() + timedelta(days=1), fresh, "pipeline")], prefix=prefix
+    )
     older = entry(user, day.date(), day, "pg")
     assert not _refill(older, prefix, now, replacing=seen.digest)
     assert tag_of(client, user, prefix) == "pipeline"
     # And an older partition's write (a backfill) never replaces it either.
-    report = write_entries(client, [entry(user, day.date() - timedelta(days=3), now, "backfill")],
-                           prefix=prefix)  # fmt: skip
+    report = write_entries(
+        client, [entry(user, day.date() - timedelta(days=3), now, "backfill")], prefix=prefix
+    )
     assert report.kept_newer == 1 and tag_of(client, user, prefix) == "pipeline"
 
 
@@ -405,8 +422,12 @@ def _validated_entries(count: int) -> list[tuple[str, CachedEntry]]:
         p = planner(uuid.uuid4(), generated_at=now - timedelta(hours=1), seed=seed)
         version = entry_version(p.market_date, p.generated_at)
         sidecar = f"{version}|20000.0000".encode()
-        out.append((str(p.user_id), CachedEntry(p.recs_json, p.portfolio_json, version,
-                                                "20000.0000", sidecar)))  # fmt: skip
+        out.append(
+            (
+                str(p.user_id),
+                CachedEntry(p.recs_json, p.portfolio_json, version, "20000.0000", sidecar),
+            )
+        )
     return out
 
 
@@ -436,8 +457,13 @@ def test_the_memo_holds_only_what_passed_and_only_these_exact_bytes() -> None:
     (user, good), (other, _) = _validated_entries(2)
     memo = ValidatedEntries()
     now = datetime.now(UTC)
-    bad = CachedEntry(good.recs_json.replace(b'"USD"', b'"USX"', 1), good.portfolio_json,
-                      good.version, "20000.0000", good.sidecar)  # fmt: skip
+    bad = CachedEntry(
+        good.recs_json.replace(b'"USD"', b'"USX"', 1),
+        good.portfolio_json,
+        good.version,
+        "20000.0000",
+        good.sidecar,
+    )
     with pytest.raises(InvalidDocument):
         validate_entry(bad, user, now=now, memo=memo)
     assert len(memo) == 0
@@ -452,9 +478,19 @@ def test_the_memos_estimate_covers_what_its_entries_really_take() -> None:
     entries = _validated_entries(200)
     memo = ValidatedEntries()
     now = datetime.now(UTC)
-    copies = [(u, CachedEntry(bytes(bytearray(e.recs_json)), bytes(bytearray(e.portfolio_json)),
-                              e.version, e.total_investable, bytes(bytearray(e.sidecar))))
-              for u, e in entries]  # fmt: skip
+    copies = [
+        (
+            u,
+            CachedEntry(
+                bytes(bytearray(e.recs_json)),
+                bytes(bytearray(e.portfolio_json)),
+                e.version,
+                e.total_investable,
+                bytes(bytearray(e.sidecar)),
+            ),
+        )
+        for u, e in entries
+    ]
     gc.collect()
     tracemalloc.start()
     try:

@@ -30,14 +30,32 @@ def graph(db_conn: Connection) -> dict[str, Any]:
         assets_table.insert(),
         [{"id": ids["asset"], "market": "NYSE", "symbol": "KO", "currency": "USD"}],
     )
-    db_conn.execute(users_table.insert(), [
-        {"id": ids["user"], "base_currency": "USD", "default_contribution": Decimal("100")},
-        {"id": ids["other_user"], "base_currency": "USD", "default_contribution": None},
-    ])  # fmt: skip
-    db_conn.execute(asset_classes_table.insert(), [
-        {"id": ids["cls"], "user_id": ids["user"], "name": "Stocks", "target_min": Decimal(40), "target_max": Decimal(60)},
-        {"id": ids["other_cls"], "user_id": ids["other_user"], "name": "Stocks", "target_min": Decimal(0), "target_max": Decimal(100)},
-    ])  # fmt: skip
+    db_conn.execute(
+        users_table.insert(),
+        [
+            {"id": ids["user"], "base_currency": "USD", "default_contribution": Decimal("100")},
+            {"id": ids["other_user"], "base_currency": "USD", "default_contribution": None},
+        ],
+    )
+    db_conn.execute(
+        asset_classes_table.insert(),
+        [
+            {
+                "id": ids["cls"],
+                "user_id": ids["user"],
+                "name": "Stocks",
+                "target_min": Decimal(40),
+                "target_max": Decimal(60),
+            },
+            {
+                "id": ids["other_cls"],
+                "user_id": ids["other_user"],
+                "name": "Stocks",
+                "target_min": Decimal(0),
+                "target_max": Decimal(100),
+            },
+        ],
+    )
     db_conn.execute(
         criteria_versions_table.insert(),
         [{"id": ids["crit"], "user_id": ids["user"], "version": 1}],
@@ -68,13 +86,28 @@ def _holding(g: dict[str, Any], **over: Any) -> dict[str, Any]:
 
 
 def _class(g: dict[str, Any], **over: Any) -> dict[str, Any]:
-    return {"id": uuid.uuid4(), "user_id": g["user"], "name": f"c{uuid.uuid4().hex[:6]}",
-            "target_min": Decimal(10), "target_max": Decimal(20), **over}  # fmt: skip
+    return {
+        "id": uuid.uuid4(),
+        "user_id": g["user"],
+        "name": f"c{uuid.uuid4().hex[:6]}",
+        "target_min": Decimal(10),
+        "target_max": Decimal(20),
+        **over,
+    }
 
 
 def _rule(g: dict[str, Any], **over: Any) -> dict[str, Any]:
-    return {"criteria_version_id": g["crit"], "position": 0, "rule_id": "r", "asset_class": "Stocks",
-            "metric": "pe_ratio", "operator": "lt", "value": Decimal(15), "points": 10, **over}  # fmt: skip
+    return {
+        "criteria_version_id": g["crit"],
+        "position": 0,
+        "rule_id": "r",
+        "asset_class": "Stocks",
+        "metric": "pe_ratio",
+        "operator": "lt",
+        "value": Decimal(15),
+        "points": 10,
+        **over,
+    }
 
 
 @pytest.mark.parametrize("quantity", [Decimal(0), Decimal("-1"), Decimal("-0.0001")])

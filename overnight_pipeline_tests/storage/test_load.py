@@ -46,25 +46,53 @@ def sample() -> dict[str, Any]:
             {"market": "NYSE", "symbol": "KO", "currency": "USD", "name": "Coca-Cola"},
             {"market": "B3", "symbol": "ITSA4", "currency": "BRL"},
         ],
-        "users": [{
-            "id": USER, "baseCurrency": "USD", "defaultContribution": "1000.00", "active": True,
-            "assetClasses": [
-                {"name": "US Stocks", "targetMin": "40", "targetMax": "60", "maxAssets": 5,
-                 "minAllocationValue": "50.00"},
-                {"name": "Brazil", "targetMin": "10", "targetMax": "30"},
-            ],
-            "holdings": [
-                {"market": "NYSE", "symbol": "KO", "quantity": "10", "assetClass": "US Stocks"},
-                {"market": "B3", "symbol": "ITSA4", "quantity": "120.5", "assetClass": "Brazil"},
-            ],
-            "criteria": [
-                {"id": "dy", "assetClass": "US Stocks", "metric": "dividend_yield",
-                 "operator": "gt", "value": "3", "points": 10},
-                {"id": "pe", "assetClass": "Brazil", "metric": "pe_ratio", "operator": "between",
-                 "value": "5", "value2": "15.50", "points": -20},
-            ],
-        }],
-    }  # fmt: skip
+        "users": [
+            {
+                "id": USER,
+                "baseCurrency": "USD",
+                "defaultContribution": "1000.00",
+                "active": True,
+                "assetClasses": [
+                    {
+                        "name": "US Stocks",
+                        "targetMin": "40",
+                        "targetMax": "60",
+                        "maxAssets": 5,
+                        "minAllocationValue": "50.00",
+                    },
+                    {"name": "Brazil", "targetMin": "10", "targetMax": "30"},
+                ],
+                "holdings": [
+                    {"market": "NYSE", "symbol": "KO", "quantity": "10", "assetClass": "US Stocks"},
+                    {
+                        "market": "B3",
+                        "symbol": "ITSA4",
+                        "quantity": "120.5",
+                        "assetClass": "Brazil",
+                    },
+                ],
+                "criteria": [
+                    {
+                        "id": "dy",
+                        "assetClass": "US Stocks",
+                        "metric": "dividend_yield",
+                        "operator": "gt",
+                        "value": "3",
+                        "points": 10,
+                    },
+                    {
+                        "id": "pe",
+                        "assetClass": "Brazil",
+                        "metric": "pe_ratio",
+                        "operator": "between",
+                        "value": "5",
+                        "value2": "15.50",
+                        "points": -20,
+                    },
+                ],
+            }
+        ],
+    }
 
 
 def _load(conn: Connection, raw: dict[str, Any]):
@@ -100,9 +128,12 @@ def test_changed_criteria_create_a_new_immutable_version(db_conn: Connection) ->
     ).scalars()
     assert list(versions) == [1, 2]
     # Version 1 is kept as it was.
-    old = db_conn.execute(text(
-        "SELECT r.points FROM criteria_rules r JOIN criteria_versions v ON v.id = r.criteria_version_id"
-        " WHERE v.version = 1 ORDER BY r.position")).scalars()  # fmt: skip
+    old = db_conn.execute(
+        text(
+            "SELECT r.points FROM criteria_rules r JOIN criteria_versions v ON v.id = r.criteria_version_id"
+            " WHERE v.version = 1 ORDER BY r.position"
+        )
+    ).scalars()
     assert list(old) == [10, -20]
 
 
@@ -213,36 +244,80 @@ def test_cli_load_reports_errors_and_exit_code(tmp_path, capsys, monkeypatch, sq
 @pytest.mark.parametrize(
     ("where", "value", "path", "message"),
     [
-        (("users", 0, "holdings", 0, "quantity"), "1e30", "$.users[0].holdings[0].quantity",
-         "at most 18 digits before the decimal point"),
-        (("users", 0, "defaultContribution"), "1e25", "$.users[0].defaultContribution",
-         "at most 16 digits before the decimal point"),
-        (("users", 0, "criteria", 0, "value"), "1e40", "$.users[0].criteria[0].value",
-         "at most 18 digits before the decimal point"),
-        (("users", 0, "assetClasses", 0, "maxAssets"), 10**12,
-         "$.users[0].assetClasses[0].maxAssets", "less than or equal to 2147483647"),
-        (("users", 0, "holdings", 0, "quantity"), "0.00000000001",
-         "$.users[0].holdings[0].quantity", "11 digits after the decimal point; at most 10"),
-        (("users", 0, "defaultContribution"), "10.12345", "$.users[0].defaultContribution",
-         "at most 4 are kept"),
+        (
+            ("users", 0, "holdings", 0, "quantity"),
+            "1e30",
+            "$.users[0].holdings[0].quantity",
+            "at most 18 digits before the decimal point",
+        ),
+        (
+            ("users", 0, "defaultContribution"),
+            "1e25",
+            "$.users[0].defaultContribution",
+            "at most 16 digits before the decimal point",
+        ),
+        (
+            ("users", 0, "criteria", 0, "value"),
+            "1e40",
+            "$.users[0].criteria[0].value",
+            "at most 18 digits before the decimal point",
+        ),
+        (
+            ("users", 0, "assetClasses", 0, "maxAssets"),
+            10**12,
+            "$.users[0].assetClasses[0].maxAssets",
+            "less than or equal to 2147483647",
+        ),
+        (
+            ("users", 0, "holdings", 0, "quantity"),
+            "0.00000000001",
+            "$.users[0].holdings[0].quantity",
+            "11 digits after the decimal point; at most 10",
+        ),
+        (
+            ("users", 0, "defaultContribution"),
+            "10.12345",
+            "$.users[0].defaultContribution",
+            "at most 4 are kept",
+        ),
         (("assets", 0, "name"), "Coca\x00Cola", "$.assets[0].name", "control character U+0000"),
         (("assets", 0, "symbol"), "K\ud800", "$.assets[0].symbol", "valid string"),
         (("users", 0, "baseCurrency"), "ZZZ", "$.users[0].baseCurrency", "ISO 4217"),
         (("assets", 0, "currency"), "QQQ", "$.assets[0].currency", "ISO 4217"),
         (("users", 0, "active"), "yes", "$.users[0].active", "valid boolean"),
         (("users", 0, "active"), 1, "$.users[0].active", "valid boolean"),
-        (("users", 0, "assetClasses", 0, "maxAssets"), "5",
-         "$.users[0].assetClasses[0].maxAssets", "valid integer"),
-        (("users", 0, "assetClasses", 0, "maxAssets"), True,
-         "$.users[0].assetClasses[0].maxAssets", "valid integer"),
-        (("users", 0, "criteria", 0, "points"), 10.0, "$.users[0].criteria[0].points",
-         "valid integer"),
-        (("users", 0, "criteria", 0, "value"), "1_000", "$.users[0].criteria[0].value",
-         "decimal string"),
-        (("users", 0, "holdings", 0, "quantity"), "١٢", "$.users[0].holdings[0].quantity",
-         "decimal string"),
+        (
+            ("users", 0, "assetClasses", 0, "maxAssets"),
+            "5",
+            "$.users[0].assetClasses[0].maxAssets",
+            "valid integer",
+        ),
+        (
+            ("users", 0, "assetClasses", 0, "maxAssets"),
+            True,
+            "$.users[0].assetClasses[0].maxAssets",
+            "valid integer",
+        ),
+        (
+            ("users", 0, "criteria", 0, "points"),
+            10.0,
+            "$.users[0].criteria[0].points",
+            "valid integer",
+        ),
+        (
+            ("users", 0, "criteria", 0, "value"),
+            "1_000",
+            "$.users[0].criteria[0].value",
+            "decimal string",
+        ),
+        (
+            ("users", 0, "holdings", 0, "quantity"),
+            "١٢",
+            "$.users[0].holdings[0].quantity",
+            "decimal string",
+        ),
     ],
-)  # fmt: skip
+)
 def test_values_the_columns_cannot_hold_are_refused_by_path_and_value(
     where: tuple[Any, ...], value: Any, path: str, message: str
 ) -> None:
@@ -316,10 +391,12 @@ def test_the_declared_limits_are_the_columns() -> None:
     assert numeric("criteria_rules", "value") == RULE_VALUE
     assert numeric("criteria_rules", "value2") == RULE_VALUE
     lengths = {
-        "market": ("assets", "market"), "symbol": ("assets", "symbol"),
-        "asset_name": ("assets", "name"), "class_name": ("asset_classes", "name"),
+        "market": ("assets", "market"),
+        "symbol": ("assets", "symbol"),
+        "asset_name": ("assets", "name"),
+        "class_name": ("asset_classes", "name"),
         "rule_id": ("criteria_rules", "rule_id"),
-    }  # fmt: skip
+    }
     for key, (table, column) in lengths.items():
         assert Base.metadata.tables[table].c[column].type.length == TEXT_LENGTHS[key]  # type: ignore[attr-defined]
     assert (
@@ -330,20 +407,35 @@ def test_the_declared_limits_are_the_columns() -> None:
 
 # Values that are wrong for the field they land in, whatever the field.
 _hostile = st.one_of(
-    st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70),
-    st.floats(allow_nan=False), st.text(max_size=30), st.just("1e40"), st.just("1e-30"),
-    st.just("ZZZ"), st.just("a\x00b"), st.lists(st.integers(), max_size=3),
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=False),
+    st.text(max_size=30),
+    st.just("1e40"),
+    st.just("1e-30"),
+    st.just("ZZZ"),
+    st.just("a\x00b"),
+    st.lists(st.integers(), max_size=3),
     st.dictionaries(st.text(max_size=5), st.integers(), max_size=2),
-)  # fmt: skip
+)
 _FIELDS = [
-    ("assets", 0, "market"), ("assets", 0, "symbol"), ("assets", 0, "currency"),
-    ("assets", 0, "name"), ("users", 0, "id"), ("users", 0, "baseCurrency"),
-    ("users", 0, "defaultContribution"), ("users", 0, "active"),
-    ("users", 0, "assetClasses", 0, "targetMin"), ("users", 0, "assetClasses", 0, "maxAssets"),
+    ("assets", 0, "market"),
+    ("assets", 0, "symbol"),
+    ("assets", 0, "currency"),
+    ("assets", 0, "name"),
+    ("users", 0, "id"),
+    ("users", 0, "baseCurrency"),
+    ("users", 0, "defaultContribution"),
+    ("users", 0, "active"),
+    ("users", 0, "assetClasses", 0, "targetMin"),
+    ("users", 0, "assetClasses", 0, "maxAssets"),
     ("users", 0, "assetClasses", 0, "minAllocationValue"),
-    ("users", 0, "holdings", 0, "quantity"), ("users", 0, "criteria", 0, "value"),
-    ("users", 0, "criteria", 0, "points"), ("users", 0, "criteria", 0, "operator"),
-]  # fmt: skip
+    ("users", 0, "holdings", 0, "quantity"),
+    ("users", 0, "criteria", 0, "value"),
+    ("users", 0, "criteria", 0, "points"),
+    ("users", 0, "criteria", 0, "operator"),
+]
 
 
 @settings(
@@ -384,8 +476,9 @@ def test_any_malformed_document_is_refused_by_path_or_loads_cleanly(
 def _overnight(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     full = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "MARKET"))}
     full.update(env)
-    return subprocess.run([OVERNIGHT, *args], env=full, capture_output=True, text=True,
-                          timeout=120, check=False)  # fmt: skip
+    return subprocess.run(
+        [OVERNIGHT, *args], env=full, capture_output=True, text=True, timeout=120, check=False
+    )
 
 
 def dump(url: str) -> dict[str, list[tuple[Any, ...]]]:
@@ -394,8 +487,10 @@ def dump(url: str) -> dict[str, list[tuple[Any, ...]]]:
     try:
         with engine.connect() as conn:
             names = sorted(inspect(conn).get_table_names())
-            return {n: sorted(map(tuple, conn.execute(text(f'SELECT * FROM "{n}"'))), key=repr)
-                    for n in names}  # fmt: skip
+            return {
+                n: sorted(map(tuple, conn.execute(text(f'SELECT * FROM "{n}"'))), key=repr)
+                for n in names
+            }
     finally:
         engine.dispose()
 
@@ -426,18 +521,28 @@ def _bad_files() -> dict[str, tuple[bytes, str]]:
         "utf16": (json.dumps(sample()).encode("utf-16"), "$: the file is UTF-16"),
         "latin1": ('{"users": [{"id": "é"}]}'.encode("latin-1"), "$: not UTF-8: byte 0xe9"),
         "deep": (b"[" * 50_000 + b"]" * 50_000, "$: nested deeper than 1024 levels"),
-        "quantity": (edited(("users", 0, "holdings", 0, "quantity"), "1e30"),
-                     "$.users[0].holdings[0].quantity: is too large"),
-        "tiny": (edited(("users", 0, "holdings", 0, "quantity"), "1e-11"),
-                 "$.users[0].holdings[0].quantity: has 11 digits after the decimal point"),
-        "nul": (edited(("assets", 0, "name"), "Coca\x00Cola"),
-                "$.assets[0].name: contains the control character U+0000"),
-        "currency": (edited(("users", 0, "baseCurrency"), "ZZZ"),
-                     "$.users[0].baseCurrency: is not an ISO 4217 currency code"),
-        "active": (edited(("users", 0, "active"), "yes"),
-                   "$.users[0].active: Input should be a valid boolean (got 'yes')"),
+        "quantity": (
+            edited(("users", 0, "holdings", 0, "quantity"), "1e30"),
+            "$.users[0].holdings[0].quantity: is too large",
+        ),
+        "tiny": (
+            edited(("users", 0, "holdings", 0, "quantity"), "1e-11"),
+            "$.users[0].holdings[0].quantity: has 11 digits after the decimal point",
+        ),
+        "nul": (
+            edited(("assets", 0, "name"), "Coca\x00Cola"),
+            "$.assets[0].name: contains the control character U+0000",
+        ),
+        "currency": (
+            edited(("users", 0, "baseCurrency"), "ZZZ"),
+            "$.users[0].baseCurrency: is not an ISO 4217 currency code",
+        ),
+        "active": (
+            edited(("users", 0, "active"), "yes"),
+            "$.users[0].active: Input should be a valid boolean (got 'yes')",
+        ),
         "huge": (edited(("users", 0, "assets"), "x" * 1_000_000), "(1,000,000 characters)"),
-    }  # fmt: skip
+    }
 
 
 @pytest.mark.parametrize("kind", list(_bad_files()))
@@ -485,11 +590,14 @@ def test_a_database_error_mid_load_rolls_back_exit_3(tmp_path: Path, loaded_pg: 
     load is rolled back and reported in one line."""
     engine = make_engine(loaded_pg)
     with engine.begin() as conn:
-        conn.execute(text(
-            "CREATE FUNCTION drill_refuse() RETURNS trigger LANGUAGE plpgsql AS"
-            " $$ BEGIN RAISE EXCEPTION 'drill: holdings are read-only'; END $$;"
-            " CREATE TRIGGER drill BEFORE INSERT OR UPDATE ON holdings"
-            " FOR EACH ROW EXECUTE FUNCTION drill_refuse()"))  # fmt: skip
+        conn.execute(
+            text(
+                "CREATE FUNCTION drill_refuse() RETURNS trigger LANGUAGE plpgsql AS"
+                " $$ BEGIN RAISE EXCEPTION 'drill: holdings are read-only'; END $$;"
+                " CREATE TRIGGER drill BEFORE INSERT OR UPDATE ON holdings"
+                " FOR EACH ROW EXECUTE FUNCTION drill_refuse()"
+            )
+        )
     try:
         edited = sample()
         edited["users"][0]["defaultContribution"] = "2000"

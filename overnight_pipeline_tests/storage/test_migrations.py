@@ -8,10 +8,19 @@ from overnight_pipeline.storage.models import Base
 from overnight_pipeline_tests.conftest import create_pg_database, drop_pg_database
 
 CONTRACT_TABLES = {
-    "assets", "users", "asset_classes", "holdings", "criteria_versions", "exchange_rates",
-    "asset_prices", "asset_fundamentals", "asset_scores", "recommendations",
-    "calculation_events", "overnight_job_runs",
-}  # fmt: skip
+    "assets",
+    "users",
+    "asset_classes",
+    "holdings",
+    "criteria_versions",
+    "exchange_rates",
+    "asset_prices",
+    "asset_fundamentals",
+    "asset_scores",
+    "recommendations",
+    "calculation_events",
+    "overnight_job_runs",
+}
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])

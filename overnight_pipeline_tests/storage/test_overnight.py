@@ -33,29 +33,63 @@ def _rows(frame: pd.DataFrame) -> list[tuple[str, ...]]:
 
 def test_the_postgresql_batch_load_equals_the_portable_one(pg_conn: Connection) -> None:
     seed(pg_conn, users=40, seed=3, as_of=DAY)
-    load(pg_conn, parse_load_file({
-        "assets": [{"market": "NYSE", "symbol": "ODD", "currency": "USD"}],
-        "users": [{
-            "id": str(ODD_USER), "baseCurrency": "EUR", "defaultContribution": None,
-            "assetClasses": [{"name": "Tab\there \\ \"q\"", "targetMin": "0.5000",
-                              "targetMax": "100", "maxAssets": None}],
-            "holdings": [{"market": "NYSE", "symbol": "ODD", "quantity": "1.50",
-                          "assetClass": "Tab\there \\ \"q\""}],
-            "criteria": [{"id": "b", "assetClass": "Tab\there \\ \"q\"", "metric": "pe_ratio",
-                          "operator": "between", "value": "1.10", "value2": "20",
-                          "points": 3}],
-        }],
-    }, markets=load_markets()))  # fmt: skip
+    load(
+        pg_conn,
+        parse_load_file(
+            {
+                "assets": [{"market": "NYSE", "symbol": "ODD", "currency": "USD"}],
+                "users": [
+                    {
+                        "id": str(ODD_USER),
+                        "baseCurrency": "EUR",
+                        "defaultContribution": None,
+                        "assetClasses": [
+                            {
+                                "name": 'Tab\there \\ "q"',
+                                "targetMin": "0.5000",
+                                "targetMax": "100",
+                                "maxAssets": None,
+                            }
+                        ],
+                        "holdings": [
+                            {
+                                "market": "NYSE",
+                                "symbol": "ODD",
+                                "quantity": "1.50",
+                                "assetClass": 'Tab\there \\ "q"',
+                            }
+                        ],
+                        "criteria": [
+                            {
+                                "id": "b",
+                                "assetClass": 'Tab\there \\ "q"',
+                                "metric": "pe_ratio",
+                                "operator": "between",
+                                "value": "1.10",
+                                "value2": "20",
+                                "points": 3,
+                            }
+                        ],
+                    }
+                ],
+            },
+            markets=load_markets(),
+        ),
+    )
     users = store.partition_users(pg_conn, market="NYSE", day=DAY, markets=load_markets())
     users = sorted({*users, ODD_USER})
     held = store.partition_instruments(pg_conn, users)
     ids = sorted(i for i, _ in held.values())
     # Some assets priced (one of them in another currency), the others not.
     at = datetime(2026, 11, 27, 6, tzinfo=UTC)
-    prices = {str(a): (Decimal("12.50"), "GBP" if i % 7 == 0 else "USD", at)
-              for i, a in enumerate(ids) if i % 3}  # fmt: skip
-    snapshot = store.MarketSnapshot(prices, store.load_market_snapshot(pg_conn, ids, day=DAY)
-                                    .fundamentals, 0)  # fmt: skip
+    prices = {
+        str(a): (Decimal("12.50"), "GBP" if i % 7 == 0 else "USD", at)
+        for i, a in enumerate(ids)
+        if i % 3
+    }
+    snapshot = store.MarketSnapshot(
+        prices, store.load_market_snapshot(pg_conn, ids, day=DAY).fundamentals, 0
+    )
     fast = store.load_batch(pg_conn, users, snapshot=snapshot)
     slow = store.load_batch_portable(pg_conn, users, snapshot=snapshot)
     for name in ("users", "classes", "holdings", "rules"):
@@ -76,14 +110,36 @@ def test_copy_writes_keep_every_character(db_conn: Connection) -> None:
     now = datetime(2026, 11, 27, 6, 30, tzinfo=UTC)
     odd = {"name": 'a\tb\nc\\d"e', "list": ["\r", "é"]}
     pretty = '{\n\t"k": "v\\\\w"\n}'  # JSON whitespace: raw newline and tab
-    store.append_events(db_conn, [(cid, str(user), "CALC_STARTED", orjson.dumps(odd).decode()),
-                                  (cid, str(user), "INPUTS_CAPTURED", pretty),
-                                  (cid, user, "SCORES_COMPUTED", odd)], at=now)  # fmt: skip
-    store.replace_scores(db_conn, [(str(user), str(asset), "NY\tSE\\", "3.5000", "10", 2,
-                                    '{"criteriaCount":1,"topContributor":"a\\\\b"}')],
-                         user_ids=[user], day=DAY, correlation_id=cid, computed_at=now)  # fmt: skip
-    store.add_calculation_assets(db_conn, [(str(asset), str(user), "3.5000")],
-                                 correlation_id=cid, created_at=now)  # fmt: skip
+    store.append_events(
+        db_conn,
+        [
+            (cid, str(user), "CALC_STARTED", orjson.dumps(odd).decode()),
+            (cid, str(user), "INPUTS_CAPTURED", pretty),
+            (cid, user, "SCORES_COMPUTED", odd),
+        ],
+        at=now,
+    )
+    store.replace_scores(
+        db_conn,
+        [
+            (
+                str(user),
+                str(asset),
+                "NY\tSE\\",
+                "3.5000",
+                "10",
+                2,
+                '{"criteriaCount":1,"topContributor":"a\\\\b"}',
+            )
+        ],
+        user_ids=[user],
+        day=DAY,
+        correlation_id=cid,
+        computed_at=now,
+    )
+    store.add_calculation_assets(
+        db_conn, [(str(asset), str(user), "3.5000")], correlation_id=cid, created_at=now
+    )
     e = calculation_events_table.c
     got = dict(
         db_conn.execute(select(e.event_type, e.payload).where(e.correlation_id == cid)).all()
@@ -95,8 +151,14 @@ def test_copy_writes_keep_every_character(db_conn: Connection) -> None:
     a = calculation_assets_table.c
     assert db_conn.execute(select(a.score).where(a.user_id == user)).scalar_one() == Decimal("3.5")
     # Replacing the scores of the day leaves one row.
-    store.replace_scores(db_conn, [(str(user), str(asset), "M", "1", "10", 2, "{}")],
-                         user_ids=[user], day=DAY, correlation_id=cid, computed_at=now)  # fmt: skip
+    store.replace_scores(
+        db_conn,
+        [(str(user), str(asset), "M", "1", "10", 2, "{}")],
+        user_ids=[user],
+        day=DAY,
+        correlation_id=cid,
+        computed_at=now,
+    )
     assert db_conn.execute(select(s.market).where(s.user_id == user)).scalars().all() == ["M"]
 
 
@@ -104,8 +166,11 @@ def test_captured_inputs_come_back_by_user(db_conn: Connection) -> None:
     users = sorted(uuid.uuid4() for _ in range(3))
     cid = uuid.uuid4()
     now = datetime(2026, 11, 27, 6, 30, tzinfo=UTC)
-    store.append_events(db_conn, [(cid, u, "INPUTS_CAPTURED", {"n": i, "t": "x\ty"})
-                                  for i, u in enumerate(reversed(users))], at=now)  # fmt: skip
+    store.append_events(
+        db_conn,
+        [(cid, u, "INPUTS_CAPTURED", {"n": i, "t": "x\ty"}) for i, u in enumerate(reversed(users))],
+        at=now,
+    )
     got = store.captured_inputs(db_conn, correlation_id=cid, user_ids=users[:2])
     assert got == [(str(users[0]), {"n": 2, "t": "x\ty"}), (str(users[1]), {"n": 1, "t": "x\ty"})]
 

@@ -65,15 +65,18 @@ def test_calculations_for_asset_newest_first_by_user_and_paginated(db_conn: Conn
     pep = insert_asset(db_conn, "NYSE", "PEP")
     me, other = uuid.uuid4(), uuid.uuid4()
     mine = [
-        insert_calculation(db_conn, asset_id=ko, user_id=me, score=str(i),
-                           created_at=T0 + timedelta(days=i))
+        insert_calculation(
+            db_conn, asset_id=ko, user_id=me, score=str(i), created_at=T0 + timedelta(days=i)
+        )
         for i in range(5)
-    ]  # fmt: skip
+    ]
     # Same instant twice: the correlation id breaks the tie, so paging never skips a row.
     tie = [
-        insert_calculation(db_conn, asset_id=ko, user_id=me, score="9", created_at=T0 + timedelta(days=9))
+        insert_calculation(
+            db_conn, asset_id=ko, user_id=me, score="9", created_at=T0 + timedelta(days=9)
+        )
         for _ in range(2)
-    ]  # fmt: skip
+    ]
     insert_calculation(
         db_conn, asset_id=ko, user_id=other, score="7", created_at=T0 + timedelta(days=3)
     )
@@ -113,8 +116,11 @@ def test_asset_query_is_served_by_the_index(pg_conn: Connection) -> None:
         sql = stmt.compile(dialect=pg_conn.dialect, compile_kwargs={"literal_binds": True})
         plan = "\n".join(pg_conn.exec_driver_sql(f"EXPLAIN {sql}").scalars())
         # One user's calculations come from the per-user index, never other users' rows.
-        index = "ix_calculation_assets_asset_newest" if user is None else (
-            "ix_calculation_assets_user_asset_newest")  # fmt: skip
+        index = (
+            "ix_calculation_assets_asset_newest"
+            if user is None
+            else ("ix_calculation_assets_user_asset_newest")
+        )
         assert index in plan, plan
         assert "LIKE" not in str(sql).upper()
 
@@ -122,15 +128,26 @@ def test_asset_query_is_served_by_the_index(pg_conn: Connection) -> None:
 def test_recent_job_runs_filters_and_orders(db_conn: Connection) -> None:
     def run(market: str, status: str, hours: int) -> dict[str, object]:
         return {
-            "id": uuid.uuid4(), "job_type": "overnight", "status": status, "market": market,
-            "market_date": date(2026, 11, 30), "started_at": T0 + timedelta(hours=hours),
-            "correlation_id": uuid.uuid4(), "users_processed": hours, "users_failed": 0,
-        }  # fmt: skip
+            "id": uuid.uuid4(),
+            "job_type": "overnight",
+            "status": status,
+            "market": market,
+            "market_date": date(2026, 11, 30),
+            "started_at": T0 + timedelta(hours=hours),
+            "correlation_id": uuid.uuid4(),
+            "users_processed": hours,
+            "users_failed": 0,
+        }
 
-    db_conn.execute(insert(overnight_job_runs_table), [
-        run("NYSE", "completed", 1), run("NYSE", "failed", 2), run("B3", "completed", 3),
-        run("TSE", "partial", 4),
-    ])  # fmt: skip
+    db_conn.execute(
+        insert(overnight_job_runs_table),
+        [
+            run("NYSE", "completed", 1),
+            run("NYSE", "failed", 2),
+            run("B3", "completed", 3),
+            run("TSE", "partial", 4),
+        ],
+    )
     runs = recent_job_runs(db_conn, limit=10)
     assert [r.users_processed for r in runs][:4] == [4, 3, 2, 1]
     assert [r.market for r in recent_job_runs(db_conn, market="NYSE", limit=10)] == ["NYSE"] * 2
