@@ -6,7 +6,7 @@ import os
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -158,6 +158,28 @@ class Settings(BaseSettings):
         default=None, description="JSON file overriding the six default markets."
     )
     user_batch_size: Annotated[int, Field(gt=0, le=100_000)] = 1000
+    user_shards: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Shards of a partition's users (one Dagster step each, by a stable hash of "
+        "the user id); a run can override it in the launchpad.",
+    )
+    overnight_executor: Literal["auto", "in_process", "multiprocess", "celery"] = Field(
+        default="auto",
+        description="Executor of the overnight job: auto = in_process for one shard, "
+        "multiprocess for more; celery = dagster-celery workers (CELERY_BROKER_URL).",
+    )
+    celery_broker_url: str = Field(
+        default="redis://127.0.0.1:6379/14",
+        description="Broker (and result backend) of the celery executor.",
+    )
+    replay_sample: int = Field(
+        default=25,
+        ge=0,
+        le=10_000,
+        description="Users of each calculation replayed from their events by the replay check.",
+    )
     provider_batch_size: Annotated[int, Field(gt=0, le=10_000)] = 50
     provider_rate_limit: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 20.0
     max_failed_user_ratio: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] = 0.05

@@ -9,6 +9,8 @@ are already there, so nothing is duplicated (SPEC §4, §7).
 
 from __future__ import annotations
 
+import hashlib
+import random
 import time
 import uuid
 from collections import deque
@@ -24,11 +26,12 @@ import pandas as pd
 import redis
 from sqlalchemy import Connection, Engine
 
-from overnight_pipeline.core.batch import Batch, collector_paused, run_batch, score_batch
+from overnight_pipeline.core.batch import Batch, recommend_batch, score_batch
 from overnight_pipeline.core.captured import batch_from_captured, capture_json, score_json
 from overnight_pipeline.core.markets import Market
 from overnight_pipeline.core.money import FxRates, MissingRateError
 from overnight_pipeline.core.payloads import cache_payloads
+from overnight_pipeline.core.recommendations import UserRecommendations
 from overnight_pipeline.providers.base import Instrument, MarketDataProvider
 from overnight_pipeline.storage import overnight as store
 from overnight_pipeline.storage.cache import CacheEntry, write_entries
@@ -297,7 +300,14 @@ def _rate_failures(batch: Batch, fx: FxRates) -> dict[str, str]:
     return failed
 
 
-def score(
+def shard_of(user_id: uuid.UUID, shards: int) -> int:
+    """The shard (0..shards-1) of a user: a stable hash of the id, the same in every process
+    and on every machine, so a shard re-executed elsewhere selects the same users."""
+    digest = hashlib.blake2b(user_id.bytes, digest_size=8).digest()
+    return int.from_bytes(digest, "big") % shards
+
+
+def score_and_recommend(
     engine: Engine,
     *,
     market: str,
@@ -306,16 +316,23 @@ def score(
     correlation_id: uuid.UUID,
     run_id: str,
     batch_size: int = 1000,
+    shard: int = 0,
+    shards: int = 1,
 ) -> StepReport:
-    """Scores and the first three events of every partition user; a user whose inputs
-    cannot be valued gets CALC_STARTED and a failed CALC_COMPLETED instead."""
+    """Scores, recommendations and the four events of every user of one shard of the
+    partition, in one pass per batch: each batch is loaded once, scored, recommended and
+    written in one transaction, so a retried or re-executed shard resumes after its last
+    committed batch (users with `CALC_COMPLETED` are skipped). A user whose inputs cannot
+    be valued gets `CALC_STARTED` and a failed `CALC_COMPLETED` instead."""
+    if not 0 <= shard < shards:
+        raise ValueError(f"shard: {shard} is not in 0..{shards - 1}")
     started = time.perf_counter()
     with engine.begin() as conn:
         analyzed = store.ensure_statistics(conn)
     with engine.connect() as conn:
-        users = store.partition_users(conn, market=market, day=day, markets=markets)
-        done = store.users_with_event(conn, correlation_id=correlation_id, event_type=SCORED)
-        done |= store.users_with_event(conn, correlation_id=correlation_id, event_type=COMPLETED)
+        everyone = store.partition_users(conn, market=market, day=day, markets=markets)
+        users = [u for u in everyone if shard_of(u, shards) == shard] if shards > 1 else everyone
+        done = store.users_with_event(conn, correlation_id=correlation_id, event_type=COMPLETED)
         fx = store.load_rates(conn, day=day)
         held = store.partition_instruments(conn, users)
         snapshot = store.load_market_snapshot(conn, [i for i, _ in held.values()], day=day)
@@ -327,6 +344,8 @@ def score(
             "users_succeeded": 0,
             "users_failed": 0,
             "assets_scored": 0,
+            "recommendations_generated": 0,
+            "unallocated_users": 0,
             "rates_stale": fx.stale,
             "stale_prices": snapshot.stale_prices,
             "tables_analyzed": ", ".join(analyzed) or "-",
@@ -339,8 +358,8 @@ def score(
 
     with _BatchWriter(engine) as writer:
         for chunk, loaded in _prefetched(_chunks(todo, batch_size), load):
-            with collector_paused():
-                write = _score_batch(
+            writer.submit(
+                _process_batch(
                     loaded,
                     chunk,
                     report,
@@ -351,12 +370,12 @@ def score(
                     correlation_id=correlation_id,
                     run_id=run_id,
                 )
-            writer.submit(write)
+            )
     report.seconds = time.perf_counter() - started
     return report
 
 
-def _score_batch(
+def _process_batch(
     loaded: store.LoadedBatch,
     chunk: Sequence[uuid.UUID],
     report: StepReport,
@@ -368,7 +387,8 @@ def _score_batch(
     correlation_id: uuid.UUID,
     run_id: str,
 ) -> Write:
-    """Compute one loaded batch; returns the writes of its results (one transaction)."""
+    """Compute one loaded batch (scores, recommendations, events); returns the writes of its
+    results (one transaction)."""
     now = datetime.now(UTC)
     failed = _rate_failures(loaded.batch, fx)
     ok = {str(u) for u in chunk} - set(failed)
@@ -382,6 +402,7 @@ def _score_batch(
         ]
     versions = loaded.criteria_versions
     scored = score_batch(batch.holdings, batch.rules, batch.fundamentals)
+    recommended, rec_failures = recommend_batch(batch, scored, fx)
     texts = score_json(scored, versions)
     captured = capture_json(
         batch,
@@ -406,65 +427,64 @@ def _score_batch(
         # the summary the dashboard and SQL users read.
         score_rows.append((uid, aid, asset_market, value, top, versions.get(uid) or 0, summary))
         asset_rows.append((aid, uid, value))
-    events: list[tuple[uuid.UUID, Any, str, Any]] = []
+    holdings_count = batch.holdings.groupby("user_id").size().to_dict()
     day_text = day.isoformat()
+    events: list[tuple[uuid.UUID, Any, str, Any]] = []
+    rec_rows: list[dict[str, Any]] = []
     for uid in sorted(ok):
         version = versions.get(uid)
         document, holdings = captured[uid]
-        events.append(
-            (
-                correlation_id,
-                uid,
-                STARTED,
-                {
-                    "market": market,
-                    "marketDate": day_text,
-                    "runId": run_id,
-                    "criteriaVersion": version,
-                    "holdings": holdings,
-                },
-            )
-        )
+        started = {
+            "market": market,
+            "marketDate": day_text,
+            "runId": run_id,
+            "criteriaVersion": version,
+            "holdings": holdings,
+        }
+        events.append((correlation_id, uid, STARTED, started))
         events.append((correlation_id, uid, CAPTURED, document))
-        events.append(
-            (
-                correlation_id,
-                uid,
-                SCORED,
-                texts.payloads.get(uid) or {"criteriaVersion": version, "scores": []},
+        scores_doc: Any = texts.payloads.get(uid) or {"criteriaVersion": version, "scores": []}
+        events.append((correlation_id, uid, SCORED, scores_doc))
+        rec = recommended.get(uid)
+        if rec is None:
+            error = str(rec_failures.get(uid, "no result"))
+            events.append(
+                (correlation_id, uid, COMPLETED, _failed(market, day, "recommendations", error))
             )
+            report.failures.append({"user": uid, "stage": "recommendations", "error": error})
+            continue
+        recs, portfolio = cache_payloads(
+            uuid.UUID(uid), rec, generated_at=now, asset_count=int(holdings_count.get(uid, 0))
         )
+        rec_rows.append(
+            {
+                "user_id": uuid.UUID(uid),
+                "market_date": day,
+                "market": market,
+                "correlation_id": correlation_id,
+                "generated_at": now,
+                "base_currency": rec.base_currency,
+                "total_investable": rec.contribution,
+                "criteria_version": rec.criteria_version,
+                "payload": recs.model_dump(mode="json", by_alias=True),
+                "portfolio": portfolio.model_dump(mode="json", by_alias=True),
+            }
+        )
+        events.append((correlation_id, uid, COMPLETED, completed_payload(rec, market, day)))
+        report.metrics["recommendations_generated"] += len(rec.recommendations)
+        report.metrics["unallocated_users"] += rec.unallocated > 0
     for uid, error in sorted(failed.items()):
-        events.append(
-            (
-                correlation_id,
-                uid,
-                STARTED,
-                {
-                    "market": market,
-                    "marketDate": day_text,
-                    "runId": run_id,
-                    "criteriaVersion": versions.get(uid),
-                },
-            )
-        )
-        events.append(
-            (
-                correlation_id,
-                uid,
-                COMPLETED,
-                {
-                    "status": "failed",
-                    "stage": "inputs",
-                    "error": error,
-                    "market": market,
-                    "marketDate": day_text,
-                },
-            )
-        )
+        started = {
+            "market": market,
+            "marketDate": day_text,
+            "runId": run_id,
+            "criteriaVersion": versions.get(uid),
+        }
+        events.append((correlation_id, uid, STARTED, started))
+        events.append((correlation_id, uid, COMPLETED, _failed(market, day, "inputs", error)))
         report.failures.append({"user": uid, "stage": "inputs", "error": error})
-    report.metrics["users_succeeded"] += len(ok)
-    report.metrics["users_failed"] += len(failed)
+    report.metrics["users_succeeded"] += len(rec_rows)
+    report.metrics["users_failed"] += len(chunk) - len(rec_rows)
     report.metrics["assets_scored"] += len(score_rows)
     ok_ids = [uuid.UUID(u) for u in ok]
     # Formatted here, not on the writer thread: this thread would otherwise wait for it.
@@ -482,143 +502,120 @@ def _score_batch(
         store.delete_scores(conn, user_ids=ok_ids, day=day)
         for prepared in rows:
             store.write_rows(conn, prepared)
+        store.upsert_recommendations(conn, rec_rows)
 
     return write
 
 
-# Recommendations -------------------------------------------------------------------------
+def _failed(market: str, day: date, stage: str, error: str) -> dict[str, Any]:
+    """The failed `CALC_COMPLETED` payload of a user."""
+    return {
+        "status": "failed",
+        "stage": stage,
+        "error": error,
+        "market": market,
+        "marketDate": day.isoformat(),
+    }
 
 
-def recommend(
-    engine: Engine,
-    *,
-    market: str,
-    day: date,
-    correlation_id: uuid.UUID,
-    batch_size: int = 1000,
-) -> StepReport:
-    """Recommendations from each scored user's `INPUTS_CAPTURED`, persisted per user and
-    market-date, then `CALC_COMPLETED`; a user who fails here fails alone."""
-    started = time.perf_counter()
+def completed_payload(rec: UserRecommendations, market: str, day: date) -> dict[str, Any]:
+    """The `CALC_COMPLETED` payload of a user's successful calculation."""
+    return {
+        "status": "completed",
+        "market": market,
+        "marketDate": day.isoformat(),
+        "recommendations": len(rec.recommendations),
+        "allocated": format(rec.allocated, "f"),
+        "unallocated": format(rec.unallocated, "f"),
+        "contribution": format(rec.contribution, "f"),
+        "baseCurrency": rec.base_currency,
+        "missingPrices": list(rec.missing_prices),
+        "classes": {c.name: c.status for c in rec.classes if c.status},
+    }
+
+
+# Replay ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReplayOutcome:
+    """What replaying a sample of a calculation's users from their events found."""
+
+    users: int  # users with a recommendation row under the calculation
+    checked: list[str]
+    mismatches: list[dict[str, str]]  # user, what differs
+
+
+def replay_sample(
+    engine: Engine, *, correlation_id: uuid.UUID, day: date, sample_size: int = 25
+) -> ReplayOutcome:
+    """Recompute a sample of the calculation's users from their `INPUTS_CAPTURED` alone and
+    compare with what the run stored: the `SCORES_COMPUTED` payload, the `asset_scores`
+    rows and the persisted recommendation row (both documents, to the cent). The sample is
+    drawn by the correlation id, so re-evaluating a calculation checks the same users."""
     with engine.connect() as conn:
-        scored = store.users_with_event(conn, correlation_id=correlation_id, event_type=SCORED)
-        done = store.users_with_event(conn, correlation_id=correlation_id, event_type=COMPLETED)
-    todo = sorted(scored - done)
-    report = StepReport(
-        metrics={
-            "users_total": len(scored),
-            "users_resumed": len(scored) - len(todo),
-            "users_succeeded": 0,
-            "users_failed": 0,
-            "recommendations_generated": 0,
-            "unallocated_users": 0,
-        }
-    )
-
-    def load(chunk: Sequence[uuid.UUID]) -> list[tuple[str, dict[str, Any]]]:
-        with engine.connect() as conn:
-            return store.captured_inputs(conn, correlation_id=correlation_id, user_ids=chunk)
-
-    with _BatchWriter(engine) as writer:
-        for _chunk, items in _prefetched(_chunks(todo, batch_size), load):
-            with collector_paused():
-                write = _recommend_batch(
-                    items,
-                    report,
-                    dialect=engine.dialect.name,
-                    market=market,
-                    day=day,
-                    correlation_id=correlation_id,
-                )
-            writer.submit(write)
-    report.seconds = time.perf_counter() - started
-    return report
-
-
-def _recommend_batch(
-    items: list[tuple[str, dict[str, Any]]],
-    report: StepReport,
-    *,
-    dialect: str,
-    market: str,
-    day: date,
-    correlation_id: uuid.UUID,
-) -> Write:
-    """Compute one batch from its users' `INPUTS_CAPTURED`; returns the writes of its
-    results (one transaction)."""
-    batch, fx = batch_from_captured(items)
-    result = run_batch(batch, fx)
-    now = datetime.now(UTC)
-    holdings_count = batch.holdings.groupby("user_id").size().to_dict()
-    rows: list[dict[str, Any]] = []
-    events: list[tuple[uuid.UUID, Any, str, Any]] = []
-    for uid, _ in items:
-        rec = result.recommendations.get(uid)
-        if rec is None:
-            error = str(result.failures.get(uid, "no result"))
-            events.append(
-                (
-                    correlation_id,
-                    uid,
-                    COMPLETED,
-                    {
-                        "status": "failed",
-                        "stage": "recommendations",
-                        "error": error,
-                        "market": market,
-                        "marketDate": day.isoformat(),
-                    },
-                )
-            )
-            report.failures.append({"user": uid, "stage": "recommendations", "error": error})
-            continue
-        recs, portfolio = cache_payloads(
-            uuid.UUID(uid), rec, generated_at=now, asset_count=int(holdings_count.get(uid, 0))
+        users = sorted(
+            store.users_with_recommendation(conn, correlation_id=correlation_id, day=day)
         )
-        rows.append(
-            {
-                "user_id": uuid.UUID(uid),
-                "market_date": day,
-                "market": market,
-                "correlation_id": correlation_id,
-                "generated_at": now,
-                "base_currency": rec.base_currency,
-                "total_investable": rec.contribution,
-                "criteria_version": rec.criteria_version,
-                "payload": recs.model_dump(mode="json", by_alias=True),
-                "portfolio": portfolio.model_dump(mode="json", by_alias=True),
-            }
+        chosen = sorted(
+            random.Random(correlation_id.int).sample(users, min(sample_size, len(users)))
         )
-        events.append(
-            (
-                correlation_id,
-                uid,
-                COMPLETED,
-                {
-                    "status": "completed",
-                    "market": market,
-                    "marketDate": day.isoformat(),
-                    "recommendations": len(rec.recommendations),
-                    "allocated": format(rec.allocated, "f"),
-                    "unallocated": format(rec.unallocated, "f"),
-                    "contribution": format(rec.contribution, "f"),
-                    "baseCurrency": rec.base_currency,
-                    "missingPrices": list(rec.missing_prices),
-                    "classes": {c.name: c.status for c in rec.classes if c.status},
-                },
+        ids = [uuid.UUID(u) for u in chosen]
+        captured = store.event_payloads(
+            conn, correlation_id=correlation_id, event_type=CAPTURED, user_ids=ids
+        )
+        scored = dict(
+            store.event_payloads(
+                conn, correlation_id=correlation_id, event_type=SCORED, user_ids=ids
             )
         )
-        report.metrics["recommendations_generated"] += len(rec.recommendations)
-        report.metrics["unallocated_users"] += rec.unallocated > 0
-    report.metrics["users_succeeded"] += len(rows)
-    report.metrics["users_failed"] += len(items) - len(rows)
-    completed = store.event_rows(dialect, events, at=now)
+        stored_scores = store.scores_of(conn, user_ids=ids, day=day)
+        rows = {str(r.user_id): r for r in store.recommendations_for(conn, user_ids=ids, day=day)}
+    mismatches: list[dict[str, str]] = []
 
-    def write(conn: Connection) -> None:
-        store.upsert_recommendations(conn, rows)
-        store.write_rows(conn, completed)
+    def differs(uid: str, what: str) -> None:
+        mismatches.append({"user": uid, "what": what})
 
-    return write
+    missing = set(chosen) - {uid for uid, _ in captured}
+    for uid in sorted(missing):
+        differs(uid, "no INPUTS_CAPTURED event")
+    if captured:
+        batch, fx = batch_from_captured(captured)
+        versions = {uid: doc["criteria"]["version"] for uid, doc in captured}
+        scores = score_batch(batch.holdings, batch.rules, batch.fundamentals)
+        recs, failures = recommend_batch(batch, scores, fx)
+        texts = score_json(scores, versions)
+        replayed: dict[str, dict[str, tuple[Decimal, Decimal]]] = {}
+        for uid, aid, score, top in zip(
+            scores.holdings["user_id"].tolist(),
+            scores.holdings["asset_id"].tolist(),
+            scores.holdings["score"].tolist(),
+            scores.holdings["max_possible_score"].tolist(),
+            strict=True,
+        ):
+            replayed.setdefault(uid, {})[aid] = (Decimal(score), Decimal(top))
+        counts = batch.holdings.groupby("user_id").size().to_dict()
+        for uid, _doc in captured:
+            payload = texts.payloads.get(uid)
+            if payload is None or orjson.loads(payload) != scored.get(uid):
+                differs(uid, "SCORES_COMPUTED differs from the replayed scores")
+            if replayed.get(uid, {}) != stored_scores.get(uid, {}):
+                differs(uid, "asset_scores rows differ from the replayed scores")
+            rec, row = recs.get(uid), rows.get(uid)
+            if rec is None or row is None:
+                differs(uid, f"no recommendation replayed or stored ({failures.get(uid)})")
+                continue
+            payload_doc, portfolio_doc = cache_payloads(
+                uuid.UUID(uid),
+                rec,
+                generated_at=datetime.fromisoformat(row.payload["generatedAt"]),
+                asset_count=int(counts.get(uid, 0)),
+            )
+            if payload_doc.model_dump(mode="json", by_alias=True) != row.payload:
+                differs(uid, "the recommendations row differs from the replayed recommendations")
+            if portfolio_doc.model_dump(mode="json", by_alias=True) != row.portfolio:
+                differs(uid, "the portfolio document differs from the replayed one")
+    return ReplayOutcome(users=len(users), checked=chosen, mismatches=mismatches)
 
 
 # Cache -----------------------------------------------------------------------------------

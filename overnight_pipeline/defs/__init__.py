@@ -3,19 +3,28 @@ Thin over `steps` and `storage`."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from dagster import (
     AssetSelection,
     DefaultScheduleStatus,
     Definitions,
+    ExecutorDefinition,
     ScheduleDefinition,
     define_asset_job,
     in_process_executor,
+    multi_or_in_process_executor,
+    multiprocess_executor,
 )
 
-from overnight_pipeline.core.markets import load_markets
-from overnight_pipeline.defs.assets import GROUP, build_assets
+from overnight_pipeline.defs.assets import (
+    GROUP,
+    MARKETS,
+    OVERNIGHT_ASSETS,
+    ShardPlanIOManager,
+    recommendation_cache,
+)
 from overnight_pipeline.defs.checks import cache_freshness_check
-from overnight_pipeline.defs.partitions import market_date_partitions
 from overnight_pipeline.defs.resources import resources_from
 from overnight_pipeline.defs.retention import build_retention
 from overnight_pipeline.defs.schedules import market_schedules
@@ -27,38 +36,52 @@ OVERNIGHT_JOB = "overnight_job"
 FRESHNESS_JOB = "cache_freshness_job"
 
 
+def executor_for(settings: Settings) -> tuple[ExecutorDefinition, dict[str, Any]]:
+    """The overnight job's executor and its default run config (editable in the launchpad).
+
+    `auto`: Dagster's in-process/multiprocess executor, in process for one shard (one
+    process per step costs ≈ 2 s a step: DAGSTER_NOTES) and multiprocess for more, so that
+    the shards run on all cores; `celery`: dagster-celery workers on the configured broker,
+    which is also the result backend."""
+    kind = settings.overnight_executor
+    if kind == "celery":
+        from dagster_celery import celery_executor
+
+        broker = settings.celery_broker_url
+        return celery_executor, {"execution": {"config": {"broker": broker, "backend": broker}}}
+    if kind == "in_process":
+        return in_process_executor, {}
+    if kind == "multiprocess":
+        return multiprocess_executor, {}
+    mode = {"in_process": {}} if settings.user_shards == 1 else {"multiprocess": {}}
+    return multi_or_in_process_executor, {"execution": {"config": mode}}
+
+
 def build_definitions(settings: Settings, *, env_vars: bool = True) -> Definitions:
     """Everything Dagster loads, for the configured markets and settings."""
-    markets = load_markets(settings.markets_file)
-    partitions = market_date_partitions(markets)
-    assets = build_assets(
-        partitions,
-        markets,
-        batch_size=settings.user_batch_size,
-        retry_delay=settings.retry_delay_seconds,
-        max_failed_user_ratio=settings.max_failed_user_ratio,
-    )
-    cache_asset = next(a for a in assets if a.key.to_user_string() == "recommendation_cache")
-    freshness = cache_freshness_check(cache_asset)
+    freshness = cache_freshness_check(recommendation_cache)
     freshness_job = define_asset_job(
         FRESHNESS_JOB,
         selection=AssetSelection.checks(freshness),
         description="The recommendation cache's 24 h freshness check, alone.",
     )
+    executor, run_config = executor_for(settings)
     overnight_job = define_asset_job(
         OVERNIGHT_JOB,
         # The cache freshness check runs hourly on its own, not inside every partition.
         selection=AssetSelection.groups(GROUP) - AssetSelection.checks(freshness),
         description="The overnight pre-computation of one market-date: rates, prices, "
-        "fundamentals, scores, recommendations and the Redis cache.",
+        "fundamentals, scores and recommendations (sharded), and the Redis cache.",
+        executor_def=executor,
+        config=run_config or None,
     )
     retention_job, retention_schedule = build_retention(batch_size=settings.retention_batch_size)
     return Definitions(
-        assets=assets,
+        assets=OVERNIGHT_ASSETS,
         asset_checks=[freshness],
         jobs=[overnight_job, retention_job, freshness_job],
         schedules=[
-            *market_schedules(markets, overnight_job, cron_override=settings.overnight_job_cron),
+            *market_schedules(MARKETS, OVERNIGHT_JOB, cron_override=settings.overnight_job_cron),
             retention_schedule,
             ScheduleDefinition(
                 name="cache_freshness_hourly",
@@ -71,12 +94,14 @@ def build_definitions(settings: Settings, *, env_vars: bool = True) -> Definitio
         ],
         sensors=build_job_run_sensors(
             OVERNIGHT_JOB,
-            asset_keys=[a.key for a in assets],
+            asset_keys=[key for a in OVERNIGHT_ASSETS for key in a.keys],
             interval_seconds=settings.sensor_interval_seconds,
             tracer_provider=lambda: tracer_provider(settings),
         ),
-        resources=resources_from(settings, env_vars=env_vars),
-        # The steps are a chain and each one is already batched: one process per run costs
-        # ~2 s per step less than the multiprocess executor (DAGSTER_NOTES).
+        resources={
+            **resources_from(settings, env_vars=env_vars),
+            "shard_plan_io_manager": ShardPlanIOManager(),
+        },
+        # Asset jobs the UI builds (Materialize, asset backfills) run in one process.
         executor=in_process_executor,
     )

@@ -11,7 +11,7 @@ from typing import Any
 
 import redis
 from dagster import ConfigurableResource, EnvVar, InitResourceContext
-from pydantic import PrivateAttr
+from pydantic import Field, PrivateAttr
 from sqlalchemy import Engine
 
 from overnight_pipeline.providers import MarketDataProvider, provider_from_settings
@@ -75,6 +75,21 @@ class MarketData(ConfigurableResource):  # type: ignore[type-arg]
         return provider_from_settings(settings, engine=engine)
 
 
+class OvernightTuning(ConfigurableResource):  # type: ignore[type-arg]
+    """The knobs of a night's work, shown (and editable per run) in the launchpad."""
+
+    batch_size: int = Field(default=1000, gt=0, le=100_000, description="Users per batch.")
+    user_shards: int = Field(
+        default=1, ge=1, le=64, description="Shards (steps) of a partition's users."
+    )
+    max_failed_user_ratio: float = Field(
+        default=0.05, ge=0, le=1, description="Failed-user ratio above which the check is red."
+    )
+    replay_sample: int = Field(
+        default=25, ge=0, le=10_000, description="Users replayed from their events per run."
+    )
+
+
 def resources_from(settings: Settings, *, env_vars: bool = True) -> dict[str, Any]:
     """Resources for `settings`; with `env_vars`, values set in the environment are passed
     as `EnvVar`s (tests pass explicit settings and turn this off)."""
@@ -86,6 +101,12 @@ def resources_from(settings: Settings, *, env_vars: bool = True) -> dict[str, An
         "database": AppDatabase(url=env_or("DATABASE_URL", settings.database_url)),
         "cache": CacheRedis(
             url=env_or("REDIS_URL", settings.redis_url), prefix=settings.cache_prefix
+        ),
+        "tuning": OvernightTuning(
+            batch_size=settings.user_batch_size,
+            user_shards=settings.user_shards,
+            max_failed_user_ratio=settings.max_failed_user_ratio,
+            replay_sample=settings.replay_sample,
         ),
         "market_data": MarketData(
             market_data=settings.market_data,

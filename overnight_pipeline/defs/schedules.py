@@ -24,9 +24,6 @@ from dagster import (
     SkipReason,
     schedule,
 )
-from dagster._core.definitions.unresolved_asset_job_definition import (  # not public
-    UnresolvedAssetJobDefinition,
-)
 
 from overnight_pipeline.core.markets import RUN_LEAD, Market, is_session
 from overnight_pipeline.defs.partitions import partition_key
@@ -86,7 +83,7 @@ def market_date_of_tick(market: Market, fired_at: datetime) -> date:
 
 
 def market_schedule(
-    market: Market, job: UnresolvedAssetJobDefinition, *, cron_override: str | None = None
+    market: Market, job_name: str, *, cron_override: str | None = None
 ) -> ScheduleDefinition:
     """The overnight schedule of one market."""
     name = f"overnight_{market.code.lower()}"
@@ -96,7 +93,7 @@ def market_schedule(
         name=name,
         cron_schedule=cron,
         execution_timezone=market.timezone,
-        job=job,
+        job_name=job_name,
         # Stopped until an operator starts it (the UI's toggle, or `dagster schedule start
         # --start-all`): a laptop running `make dev` must not fire tonight's runs unasked.
         default_status=DefaultScheduleStatus.STOPPED,
@@ -122,11 +119,11 @@ def market_schedule(
 
 def market_schedules(
     markets: Mapping[str, Market],
-    job: UnresolvedAssetJobDefinition,
+    job_name: str,
     *,
     cron_override: str | None = None,
 ) -> list[ScheduleDefinition]:
-    return [market_schedule(m, job, cron_override=cron_override) for m in markets.values()]
+    return [market_schedule(m, job_name, cron_override=cron_override) for m in markets.values()]
 
 
 def fire_times(markets: Mapping[str, Market], day: date) -> list[tuple[str, str, datetime, str]]:

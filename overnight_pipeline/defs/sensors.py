@@ -41,10 +41,10 @@ from dagster import (
     run_status_sensor,
     sensor,
 )
-from dagster._core.execution.plan.objects import StepFailureData
 from opentelemetry.trace import TracerProvider
 from sqlalchemy import Engine, select
 
+from overnight_pipeline.defs.assets import SCORES_AND_RECOMMENDATIONS
 from overnight_pipeline.defs.monitor import fail_dead_runs
 from overnight_pipeline.defs.partitions import (
     PARTITION_TAG,
@@ -95,6 +95,7 @@ class RunFacts:
     checks: dict[str, dict[str, Any]] = field(default_factory=dict)
     steps: dict[str, StepStat] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)
+    asset_steps: dict[str, str] = field(default_factory=dict)  # asset → step that made it
 
     @property
     def root_run_id(self) -> str:
@@ -110,6 +111,14 @@ class RunFacts:
 
     def step_ms(self, *names: str) -> int:
         return sum(self.steps[n].ms for n in names if n in self.steps)
+
+    def graph_ms(self, graph: str) -> int:
+        """Wall time of a graph-backed asset's steps (its shards run side by side): from the
+        first step's start to the last one's end."""
+        stats = [s for n, s in self.steps.items() if n.startswith(f"{graph}.")]
+        starts = [s.start for s in stats if s.start is not None]
+        ends = [s.end for s in stats if s.end is not None]
+        return round((max(ends) - min(starts)) * 1000) if starts and ends else 0
 
 
 def _stamp(value: float | datetime | None) -> datetime | None:
@@ -151,7 +160,7 @@ def _plain(value: Any) -> Any:
     return value if isinstance(value, bool | int | float | str) else None
 
 
-def _failure_text(data: StepFailureData) -> str:
+def _failure_text(data: Any) -> str:
     """The failure's own description, then each error of the chain ("Exceeded max_retries"
     wraps the error that was retried)."""
     parts: list[str] = []
@@ -227,6 +236,8 @@ def run_facts(instance: DagsterInstance, run: DagsterRun) -> RunFacts:
                     if k != "summary" and _plain(v.value) is not None
                 }
                 partitions.setdefault(asset, set()).add(mat.partition)
+                if event.step_key:
+                    facts.asset_steps[asset] = event.step_key
             elif event.event_type == DagsterEventType.ASSET_CHECK_EVALUATION:
                 ev = event.asset_check_evaluation_data
                 facts.checks[f"{ev.asset_key.to_user_string()}:{ev.check_name}"] = {
@@ -252,7 +263,7 @@ def _metrics(facts: RunFacts, counts: job_runs.CalculationCounts) -> dict[str, A
         "duration_ms": round((end - facts.started_at).total_seconds() * 1000),
         "fetch_rates_ms": facts.step_ms("exchange_rates"),
         "fetch_market_data_ms": facts.step_ms("asset_prices", "asset_fundamentals"),
-        "process_users_ms": facts.step_ms("asset_scores", "recommendations"),
+        "process_users_ms": facts.graph_ms(SCORES_AND_RECOMMENDATIONS),
         "cache_warm_ms": facts.step_ms("recommendation_cache"),
         "users_total": counts.started,
         "users_success": counts.completed,
@@ -408,7 +419,12 @@ def _emit_span(
                 attributes={
                     "dagster.step": name,
                     "dagster.attempts": stat.attempts,
-                    **{f"overnight.{k}": v for k, v in facts.assets.get(name, {}).items()},
+                    **{
+                        f"overnight.{k}": v
+                        for asset, step in facts.asset_steps.items()
+                        if step == name
+                        for k, v in facts.assets.get(asset, {}).items()
+                    },
                 },
             )
         )

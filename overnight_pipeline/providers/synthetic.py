@@ -27,7 +27,6 @@ from overnight_pipeline.providers.base import (
     RatesResult,
     distinct,
     label,
-    utcnow,
     wanted_currencies,
 )
 
@@ -195,7 +194,9 @@ class SyntheticProvider:
         return RatesResult(
             usd_to=usd_rates(known, day),
             source=self.name,
-            as_of=utcnow(),
+            # A pure function of the day like the prices: two runs of one date are the
+            # same calculation whatever the hour they fetch.
+            as_of=datetime.combine(day, time(0), UTC),
             rate_date=day,
             missing=[c for c in wanted if c not in USD_RATES],
         )

@@ -808,3 +808,60 @@ def recommendations_for(conn: Connection, *, user_ids: Sequence[uuid.UUID], day:
             )
         )
     return out
+
+
+# Replay (a sample of a calculation's users) ------------------------------------------------
+
+
+def users_with_recommendation(
+    conn: Connection, *, correlation_id: uuid.UUID, day: date
+) -> set[str]:
+    """Users whose persisted recommendation row on `day` is the calculation's."""
+    r = recommendations_table
+    return {
+        str(u)
+        for u in conn.scalars(
+            select(r.c.user_id).where(r.c.correlation_id == correlation_id, r.c.market_date == day)
+        )
+    }
+
+
+def event_payloads(
+    conn: Connection,
+    *,
+    correlation_id: uuid.UUID,
+    event_type: str,
+    user_ids: Sequence[uuid.UUID],
+) -> list[tuple[str, dict[str, Any]]]:
+    """(user id as text, payload) of one event type of `user_ids`, by user id."""
+    e = calculation_events_table
+    out: list[tuple[str, dict[str, Any]]] = []
+    for chunk in _chunks(user_ids):
+        rows = conn.execute(
+            select(e.c.user_id, e.c.payload)
+            .where(
+                e.c.correlation_id == correlation_id,
+                e.c.event_type == event_type,
+                e.c.user_id.in_(chunk),
+            )
+            .order_by(e.c.user_id)
+        )
+        out.extend((str(user_id), payload) for user_id, payload in rows)
+    return out
+
+
+def scores_of(
+    conn: Connection, *, user_ids: Sequence[uuid.UUID], day: date
+) -> dict[str, dict[str, tuple[Decimal, Decimal]]]:
+    """user id → asset id → (score, max possible score) stored in `asset_scores` on `day`."""
+    s = asset_scores_table
+    out: dict[str, dict[str, tuple[Decimal, Decimal]]] = {}
+    for chunk in _chunks(user_ids):
+        rows = conn.execute(
+            select(s.c.user_id, s.c.asset_id, s.c.score, s.c.max_possible_score).where(
+                s.c.user_id.in_(chunk), s.c.market_date == day
+            )
+        )
+        for user_id, asset_id, score, top in rows:
+            out.setdefault(str(user_id), {})[str(asset_id)] = (Decimal(score), Decimal(top))
+    return out

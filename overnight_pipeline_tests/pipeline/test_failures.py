@@ -29,6 +29,7 @@ from sqlalchemy import Engine, func, select, text
 
 from overnight_pipeline.core.markets import load_markets
 from overnight_pipeline.defs import OVERNIGHT_JOB, build_definitions
+from overnight_pipeline.defs.assets import SCORES_AND_RECOMMENDATIONS, Shard
 from overnight_pipeline.defs.partitions import partition_key
 from overnight_pipeline.defs.resources import AppDatabase
 from overnight_pipeline.defs.sensors import FAILED_SENSOR, SUCCEEDED_SENSOR
@@ -279,15 +280,16 @@ def test_a_dropped_postgresql_connection_mid_step_is_retried_and_completes(
     result = run(build_definitions(settings, env_vars=False), instance, "B3", day)
 
     assert result.success
-    assert retries(result, "asset_scores") == 1
+    step = Shard(f"{day}|B3", 0, 1).step_key
+    assert retries(result, step) == 1
     failure = next(
         e for e in result.all_events if e.event_type == DagsterEventType.STEP_UP_FOR_RETRY
     )
     assert "terminating connection" in str(failure.event_specific_data)
     scores_meta = next(
-        e.materialization.metadata
-        for e in result.get_asset_materialization_events()
-        if e.asset_key.to_user_string() == "asset_scores"
+        e.step_output_data.metadata
+        for e in result.all_events
+        if e.event_type == DagsterEventType.STEP_OUTPUT and e.step_key == step
     )
     # The retry skipped the users of the batches that committed (two writes run at once, so
     # the failed write is not necessarily the second batch's) and redid the failed one.
@@ -314,7 +316,7 @@ def test_a_dropped_postgresql_connection_mid_step_is_retried_and_completes(
     assert recorded["status"] == "completed" and recorded["users_processed"] == len(users)
     assert recorded["metrics"]["assets_scored"] == sum(per_user.values())
     assert recorded["metrics"]["assets_scored"] > scores_meta["assets_scored"].value
-    assert recorded["metrics"]["steps"]["asset_scores"]["attempts"] == 2
+    assert recorded["metrics"]["steps"][step]["attempts"] == 2
 
 
 # Re-execution from failure needs a job Dagster can rebuild by itself (`reconstructable`):
@@ -374,6 +376,7 @@ def test_a_failed_step_re_executed_from_failure_completes_every_user_once(
         monkeypatch.setenv(name, value)
     market, day = "TSE", date(2026, 11, 25)
     key = f"{day}|{market}"
+    shard = Shard(key, 0, 1).step_key
     users = partition_users(engine, market, day)
     poisoned = users[-1]  # in the last batch: the earlier batches commit first
     with engine.begin() as conn:
@@ -388,9 +391,7 @@ def test_a_failed_step_re_executed_from_failure_completes_every_user_once(
         }
         with execute_job(job, instance, tags=tags, raise_on_error=False) as first:
             assert not first.success
-            assert {e.step_key for e in first.all_events if e.is_step_failure} == {
-                "recommendations"
-            }
+            assert {e.step_key for e in first.all_events if e.is_step_failure} == {shard}
             first_run = first.dagster_run
         cid = correlation_id_for(f"{first_run.run_id}:{key}")
         before = events_of(engine, cid)
@@ -413,7 +414,11 @@ def test_a_failed_step_re_executed_from_failure_completes_every_user_once(
             executed = {
                 e.step_key for e in second.all_events if e.event_type == DagsterEventType.STEP_START
             }
-        assert executed == {"recommendations", "recommendation_cache"}
+        assert executed == {
+            shard,
+            f"{SCORES_AND_RECOMMENDATIONS}.collect_shards",
+            "recommendation_cache",
+        }
         assert second_run.root_run_id == first_run.run_id
         assert second_run.tags["dagster/partition"] == key
 
@@ -450,7 +455,7 @@ def test_a_failed_step_re_executed_from_failure_completes_every_user_once(
         first_row = record_run(settings, instance, first_run.run_id, FAILED_SENSOR)
         second_row = record_run(settings, instance, second_run.run_id, SUCCEEDED_SENSOR)
     assert first_row["status"] == "failed"
-    assert "injected failure" in first_row["error_details"]["failed_steps"]["recommendations"]
+    assert "injected failure" in first_row["error_details"]["failed_steps"][shard]
     assert second_row["status"] == "completed"
     assert second_row["correlation_id"] == first_row["correlation_id"] == cid
     assert second_row["users_processed"] == len(users) and second_row["users_failed"] == 0

@@ -109,8 +109,9 @@ def test_a_run_is_recorded_started_then_completed(pipeline: Pipeline) -> None:
         "exchange_rates",
         "asset_prices",
         "asset_fundamentals",
-        "asset_scores",
-        "recommendations",
+        "scores_and_recommendations.plan_shards",
+        f"scores_and_recommendations.score_and_recommend_shard[B3_{DAY:%Y%m%d}_shard_0_of_1]",
+        "scores_and_recommendations.collect_shards",
         "recommendation_cache",
     }
     assert m["checks"]["asset_scores:no_failed_users"] == {"passed": True, "severity": "WARN"}

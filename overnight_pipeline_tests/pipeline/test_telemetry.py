@@ -22,12 +22,13 @@ from overnight_pipeline.telemetry import JOB_ATTRIBUTES, SPAN_NAME, exporter_nam
 from overnight_pipeline_tests.api.netfaults import closed_port
 from overnight_pipeline_tests.pipeline.conftest import DAY, Pipeline
 
-STEPS = {
+STEPS = {  # the steps of an XETRA run of one shard (DAY)
     "exchange_rates",
     "asset_prices",
     "asset_fundamentals",
-    "asset_scores",
-    "recommendations",
+    "scores_and_recommendations.plan_shards",
+    f"scores_and_recommendations.score_and_recommend_shard[XETRA_{DAY:%Y%m%d}_shard_0_of_1]",
+    "scores_and_recommendations.collect_shards",
     "recommendation_cache",
 }
 
@@ -100,7 +101,7 @@ def test_a_run_emits_one_job_span_with_every_attribute_and_a_child_per_asset(
         assert child.parent is not None and child.parent.span_id == span.context.span_id
         assert child.context.trace_id == span.context.trace_id
         assert span.start_time <= child.start_time <= child.end_time <= span.end_time
-    scores = next(c for c in children if c.name == "asset_scores")
+    scores = next(c for c in children if c.name == "scores_and_recommendations.collect_shards")
     assert (scores.attributes or {})["overnight.users_total"] == users
 
     # Recording the run again (a repeated tick) emits nothing more.
