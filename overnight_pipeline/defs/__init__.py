@@ -3,18 +3,13 @@ Thin over `steps` and `storage`."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from dagster import (
     AssetSelection,
     DefaultScheduleStatus,
     Definitions,
-    ExecutorDefinition,
     ScheduleDefinition,
     define_asset_job,
     in_process_executor,
-    multi_or_in_process_executor,
-    multiprocess_executor,
 )
 
 from overnight_pipeline.defs.assets import (
@@ -25,6 +20,7 @@ from overnight_pipeline.defs.assets import (
     recommendation_cache,
 )
 from overnight_pipeline.defs.checks import cache_freshness_check
+from overnight_pipeline.defs.executors import overnight_executor
 from overnight_pipeline.defs.resources import resources_from
 from overnight_pipeline.defs.retention import build_retention
 from overnight_pipeline.defs.schedules import market_schedules
@@ -36,27 +32,6 @@ OVERNIGHT_JOB = "overnight_job"
 FRESHNESS_JOB = "cache_freshness_job"
 
 
-def executor_for(settings: Settings) -> tuple[ExecutorDefinition, dict[str, Any]]:
-    """The overnight job's executor and its default run config (editable in the launchpad).
-
-    `auto`: Dagster's in-process/multiprocess executor, in process for one shard (one
-    process per step costs ≈ 2 s a step: DAGSTER_NOTES) and multiprocess for more, so that
-    the shards run on all cores; `celery`: dagster-celery workers on the configured broker,
-    which is also the result backend."""
-    kind = settings.overnight_executor
-    if kind == "celery":
-        from dagster_celery import celery_executor
-
-        broker = settings.celery_broker_url
-        return celery_executor, {"execution": {"config": {"broker": broker, "backend": broker}}}
-    if kind == "in_process":
-        return in_process_executor, {}
-    if kind == "multiprocess":
-        return multiprocess_executor, {}
-    mode = {"in_process": {}} if settings.user_shards == 1 else {"multiprocess": {}}
-    return multi_or_in_process_executor, {"execution": {"config": mode}}
-
-
 def build_definitions(settings: Settings, *, env_vars: bool = True) -> Definitions:
     """Everything Dagster loads, for the configured markets and settings."""
     freshness = cache_freshness_check(recommendation_cache)
@@ -65,15 +40,13 @@ def build_definitions(settings: Settings, *, env_vars: bool = True) -> Definitio
         selection=AssetSelection.checks(freshness),
         description="The recommendation cache's 24 h freshness check, alone.",
     )
-    executor, run_config = executor_for(settings)
     overnight_job = define_asset_job(
         OVERNIGHT_JOB,
         # The cache freshness check runs hourly on its own, not inside every partition.
         selection=AssetSelection.groups(GROUP) - AssetSelection.checks(freshness),
         description="The overnight pre-computation of one market-date: rates, prices, "
         "fundamentals, scores and recommendations (sharded), and the Redis cache.",
-        executor_def=executor,
-        config=run_config or None,
+        executor_def=overnight_executor(settings),
     )
     retention_job, retention_schedule = build_retention(batch_size=settings.retention_batch_size)
     return Definitions(

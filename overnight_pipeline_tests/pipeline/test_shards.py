@@ -4,13 +4,19 @@ when a stored result no longer matches its events."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+import redis
 from dagster import (
     AssetKey,
     DagsterEventType,
@@ -38,6 +44,7 @@ from overnight_pipeline.storage.models import (
 from overnight_pipeline.storage.overnight import correlation_id_for
 from overnight_pipeline_tests.pipeline.conftest import DAY, REDIS_URL, redis_namespace
 
+REPO = Path(__file__).resolve().parents[2]
 MARKET = "NYSE"
 KEY = f"{DAY.isoformat()}|{MARKET}"
 VOLATILE = {"runId", "generatedAt"}  # differ between any two runs, sharded or not
@@ -67,8 +74,6 @@ def outcome(engine: Engine, prefix: str, correlation_id: uuid.UUID) -> dict[str,
     """Everything a calculation left behind, without what differs between any two runs
     (timestamps, run ids, correlation ids): events, scores, the asset-X index, the
     recommendation rows and both cache documents of every user."""
-    import redis
-
     e, s, a, r = (
         calculation_events_table.c,
         asset_scores_table.c,
@@ -225,7 +230,7 @@ def test_the_multiprocess_executor_gives_the_same_results(
                 "dagster/partition/date": DAY.isoformat(),
                 "dagster/partition/market": MARKET,
             },
-            run_config={"execution": {"config": {"max_concurrent": 2}}},
+            run_config={"execution": {"config": {"multiprocess": {"max_concurrent": 2}}}},
         ) as result:
             assert result.success
             retried = [
@@ -414,3 +419,131 @@ def checks_of(events: Any) -> dict[str, tuple[bool, str]]:
                 ev.severity.value,
             )
     return out
+
+
+CELERY_BROKER = "redis://127.0.0.1:6379/14"
+
+
+@pytest.fixture
+def celery_workers(
+    pipeline_db: str, tmp_path: Path, persistent_instance: DagsterInstance
+) -> Iterator[tuple[dict[str, str], dict[str, Any]]]:
+    """Two real celery worker processes (one task at a time each) on their own Redis key
+    prefix, with the environment a worker machine would have; yields that environment and
+    the celery executor config that reaches them."""
+    prefix = f"celery-test-{uuid.uuid4().hex[:10]}:"
+    options = {"global_keyprefix": prefix}
+    config_dir = tmp_path / "celery"
+    config_dir.mkdir()
+    (config_dir / "dagster_celery_config.py").write_text(
+        f"broker_url = {CELERY_BROKER!r}\n"
+        f"result_backend = {CELERY_BROKER!r}\n"
+        f"broker_transport_options = {options!r}\n"
+        f"result_backend_transport_options = {options!r}\n"
+        "worker_prefetch_multiplier = 1\n"
+    )
+    namespace = redis_namespace("celery-cache")
+    cache_prefix = next(namespace)
+    env = {
+        "DATABASE_URL": pipeline_db,
+        "REDIS_URL": REDIS_URL,
+        "CACHE_PREFIX": cache_prefix,
+        "USER_BATCH_SIZE": "25",
+        "USER_SHARDS": "4",
+        "OVERNIGHT_EXECUTOR": "celery",
+        "CELERY_BROKER_URL": CELERY_BROKER,
+    }
+    worker_env = {
+        **os.environ,
+        **env,
+        "PYTHONPATH": os.pathsep.join([str(config_dir), str(REPO)]),
+        "DAGSTER_HOME": persistent_instance.root_directory,
+    }
+    celery = Path(sys.executable).with_name("celery")
+    logs = [tmp_path / f"worker{i}.log" for i in (1, 2)]
+    workers = []
+    for i, log in enumerate(logs, 1):
+        with log.open("w") as out:
+            workers.append(
+                subprocess.Popen(
+                    [
+                        str(celery),
+                        "-A",
+                        "dagster_celery.app",
+                        "worker",
+                        "--concurrency=1",
+                        "--prefetch-multiplier=1",
+                        "--without-gossip",
+                        "--without-mingle",
+                        "-n",
+                        f"overnight{i}@%h",
+                        "-l",
+                        "INFO",
+                    ],
+                    cwd=REPO,
+                    env=worker_env,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+    try:
+        deadline = time.monotonic() + 60
+        while not all("ready" in log.read_text() for log in logs):
+            assert all(w.poll() is None for w in workers), [log.read_text() for log in logs]
+            assert time.monotonic() < deadline, [log.read_text() for log in logs]
+            time.sleep(0.2)
+        config = {
+            "broker": CELERY_BROKER,
+            "backend": CELERY_BROKER,
+            "config_source": {
+                "broker_transport_options": options,
+                "result_backend_transport_options": options,
+            },
+        }
+        yield env, config
+    finally:
+        for w in workers:
+            w.terminate()
+        for w in workers:
+            w.wait(timeout=30)
+        client = redis.Redis.from_url(CELERY_BROKER)
+        for key in client.scan_iter(f"{prefix}*", count=1000):
+            client.delete(key)
+        client.close()
+        for _ in namespace:
+            pass
+
+
+def test_celery_workers_give_the_same_results(
+    pipeline_db: str,
+    reference: dict[str, Any],
+    persistent_instance: DagsterInstance,
+    celery_workers: tuple[dict[str, str], dict[str, Any]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    env, config = celery_workers
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    job = build_reconstructable_job("overnight_pipeline_tests.pipeline.shard_job", "overnight_job")
+    with execute_job(
+        job,
+        instance=persistent_instance,
+        tags={
+            "dagster/partition": KEY,
+            "dagster/partition/date": DAY.isoformat(),
+            "dagster/partition/market": MARKET,
+        },
+        run_config={"execution": {"config": {"celery": config}}},
+    ) as result:
+        assert result.success, [str(e.event_specific_data)[:3000] for e in result.all_events if e.is_failure]
+        shard_pids = {
+            e.pid
+            for e in result.all_events
+            if e.is_step_start and "score_and_recommend_shard[" in (e.step_key or "")
+        }
+        run_id = result.run_id
+    # Four shard steps ran as celery tasks, on both workers (not in this process).
+    assert len(shard_pids) == 2 and os.getpid() not in shard_pids
+    engine = make_engine(pipeline_db)
+    assert outcome(engine, env["CACHE_PREFIX"], cid_of(run_id)) == reference
+    engine.dispose()
