@@ -535,7 +535,9 @@ def test_celery_workers_give_the_same_results(
         },
         run_config={"execution": {"config": {"celery": config}}},
     ) as result:
-        assert result.success, [str(e.event_specific_data)[:3000] for e in result.all_events if e.is_failure]
+        assert result.success, [
+            str(e.event_specific_data)[:3000] for e in result.all_events if e.is_failure
+        ]
         shard_pids = {
             e.pid
             for e in result.all_events
