@@ -22,6 +22,7 @@ run's partition tags agree with each other and with the work Dagster gave it
 # No `from __future__ import annotations`: Dagster inspects the context annotation.
 
 import re
+import resource
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -322,7 +323,10 @@ def score_and_recommend_shard(
         shards=shard.shards,
     )
     context.log.info(f"{shard.key} shard {shard.index}/{shard.shards}: {report.metrics}")
-    yield Output(shard, metadata=_metadata([(shard.key, report)]))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    yield Output(
+        shard, metadata={**_metadata([(shard.key, report)]), "peak_rss_mb": round(peak, 1)}
+    )
 
 
 REPLAY_MATCHES = "replay_matches"

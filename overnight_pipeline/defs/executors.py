@@ -29,6 +29,11 @@ from dagster_celery import celery_executor
 
 from overnight_pipeline.settings import Settings
 
+# Imported once by the forkserver, so that each step's process starts without importing
+# Dagster, pandas and the pipeline (≈ 2.8 s here) nor building the definitions and their
+# exchange calendars (≈ 0.7 s) again.
+PRELOAD = ["overnight_pipeline.definitions"]
+
 EXECUTORS: dict[str, ExecutorDefinition] = {
     "in_process": in_process_executor,
     "multiprocess": multiprocess_executor,
@@ -44,6 +49,8 @@ def default_execution(settings: Settings) -> dict[str, Any]:
     if kind == "celery":
         broker = settings.celery_broker_url
         return {"celery": {"broker": broker, "backend": broker}}
+    if kind == "multiprocess":
+        return {"multiprocess": {"start_method": {"forkserver": {"preload_modules": PRELOAD}}}}
     return {kind: {}}
 
 
