@@ -205,24 +205,13 @@ def _failure_text(event: DagsterEvent) -> str:
 def _record_started(settings: Settings, run_id: str, key: str) -> None:
     """The `started` row of a run about to execute in this process, written before any work
     so that a run killed mid-way is on record (the sensors upsert the same row by run id)."""
+    from overnight_pipeline.defs.sensors import started_row
     from overnight_pipeline.storage import job_runs
-    from overnight_pipeline.storage.overnight import correlation_id_for
 
-    market, day = key.split("|")[1], date.fromisoformat(key.split("|")[0])
     engine = make_engine(settings.database_url)
     try:
         with engine.begin() as conn:
-            job_runs.record_started(
-                conn,
-                job_runs.JobRun(
-                    run_id=run_id,
-                    correlation_id=correlation_id_for(f"{run_id}:{key}"),
-                    started_at=datetime.now(UTC),
-                    market=market,
-                    market_date=day,
-                    metrics={"dagster_run_id": run_id, "root_run_id": run_id, "partitions": [key]},
-                ),
-            )
+            job_runs.record_started(conn, started_row(run_id, run_id, [key], datetime.now(UTC)))
     finally:
         engine.dispose()
 

@@ -21,8 +21,8 @@ earlier runs materialised for the partition (the steps it did not repeat) with w
 import logging
 import uuid
 from collections.abc import Callable, Collection, Iterable
-from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from dagster import (
@@ -285,31 +285,33 @@ def _metrics(facts: RunFacts, counts: job_runs.CalculationCounts) -> dict[str, A
     }
 
 
-def _where(facts: RunFacts) -> tuple[str | None, date | None]:
-    """The row's market and market date: the run's (the newest date of a range)."""
-    parsed = [split_key(k) for k in facts.partition_keys]
-    markets = {m for m, _ in parsed}
-    return (markets.pop() if len(markets) == 1 else None, max((d for _, d in parsed), default=None))
-
-
 def record_run_started(instance: DagsterInstance, run: DagsterRun, engine: Engine) -> bool:
     """The `started` row of `run` (nothing when it is already recorded)."""
     facts = run_facts(instance, run)
-    market, day = _where(facts)
-    row = job_runs.JobRun(
-        run_id=run.run_id,
-        correlation_id=facts.correlation_ids[0],
-        started_at=facts.started_at,
-        market=market,
-        market_date=day,
-        metrics={
-            "dagster_run_id": run.run_id,
-            "root_run_id": facts.root_run_id,
-            "partitions": facts.partition_keys,
-        },
-    )
+    row = started_row(run.run_id, facts.root_run_id, facts.partition_keys, facts.started_at)
     with engine.begin() as conn:
         return job_runs.record_started(conn, row)
+
+
+def started_row(
+    run_id: str, root_run_id: str, partition_keys: list[str], started_at: datetime
+) -> job_runs.JobRun:
+    """The `started` job-run row of a run: the one shape every writer of it uses (these
+    sensors, and `overnight run` before its run exists in the instance)."""
+    parsed = [split_key(k) for k in partition_keys]
+    markets = {m for m, _ in parsed}
+    return job_runs.JobRun(
+        run_id=run_id,
+        correlation_id=correlation_id_for(f"{root_run_id}:{(partition_keys or [''])[0]}"),
+        started_at=started_at,
+        market=markets.pop() if len(markets) == 1 else None,
+        market_date=max((d for _, d in parsed), default=None),
+        metrics={
+            "dagster_run_id": run_id,
+            "root_run_id": root_run_id,
+            "partitions": partition_keys,
+        },
+    )
 
 
 def record_run_finished(
@@ -346,14 +348,9 @@ def record_run_finished(
         details["failed_users_sample"] = sample
     if metrics["prices_missing"]:
         details["prices_missing"] = metrics["prices_missing"]
-    market, day = _where(facts)
-    row = job_runs.JobRun(
-        run_id=run.run_id,
-        correlation_id=facts.correlation_ids[0],
-        started_at=facts.started_at,
+    row = replace(
+        started_row(run.run_id, facts.root_run_id, facts.partition_keys, facts.started_at),
         status=status,
-        market=market,
-        market_date=day,
         completed_at=facts.ended_at or datetime.now(UTC),
         users_processed=counts.started,
         users_failed=counts.failed,
