@@ -248,7 +248,7 @@ class Settings(BaseSettings):
         _check_sqlalchemy_url(value, ("psycopg",))
         return value
 
-    @field_validator("redis_url")
+    @field_validator("redis_url", "celery_broker_url")
     @classmethod
     def _redis_url(cls, value: str) -> str:
         _check_redis_url(value)
@@ -372,6 +372,7 @@ _SECRETS = {"dashboard_secret"}
 _URLS = {
     "database_url",
     "redis_url",
+    "celery_broker_url",
     "dagster_pg_url",
     "rates_url",
     "prices_url",

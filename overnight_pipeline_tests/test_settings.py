@@ -49,6 +49,12 @@ def test_defaults_need_no_environment(monkeypatch) -> None:
         ("OTEL_BSP_SCHEDULE_DELAY", "soon"),
         ("OTEL_RESOURCE_ATTRIBUTES", "team"),
         ("PROVIDER_RATE_LIMIT", "inf"),
+        ("USER_SHARDS", "0"),
+        ("USER_SHARDS", "65"),
+        ("USER_SHARDS", "many"),
+        ("OVERNIGHT_EXECUTOR", "dask"),
+        ("CELERY_BROKER_URL", "amqp://guest@127.0.0.1//"),
+        ("REPLAY_SAMPLE", "-1"),
     ],
 )
 def test_an_invalid_value_fails_naming_the_variable_and_value(monkeypatch, name, value) -> None:
