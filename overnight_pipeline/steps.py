@@ -470,7 +470,7 @@ def _process_batch(
                 "portfolio": portfolio.model_dump(mode="json", by_alias=True),
             }
         )
-        events.append((correlation_id, uid, COMPLETED, completed_payload(rec, market, day)))
+        events.append((correlation_id, uid, COMPLETED, _completed(rec, market, day)))
         report.metrics["recommendations_generated"] += len(rec.recommendations)
         report.metrics["unallocated_users"] += rec.unallocated > 0
     for uid, error in sorted(failed.items()):
@@ -518,7 +518,7 @@ def _failed(market: str, day: date, stage: str, error: str) -> dict[str, Any]:
     }
 
 
-def completed_payload(rec: UserRecommendations, market: str, day: date) -> dict[str, Any]:
+def _completed(rec: UserRecommendations, market: str, day: date) -> dict[str, Any]:
     """The `CALC_COMPLETED` payload of a user's successful calculation."""
     return {
         "status": "completed",

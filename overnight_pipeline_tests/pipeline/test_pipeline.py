@@ -236,3 +236,46 @@ def test_all_calculations_for_an_asset_come_newest_first(pipeline: Pipeline) -> 
         found = calculations_for_asset(conn, asset_id=asset_id, user_id=user_id, limit=10)
     assert symbol
     assert [c.correlation_id for c in found][:2] == [second, first]
+
+
+def test_the_assets_are_module_level_and_materialise_with_plain_resources(
+    pipeline: Pipeline,
+) -> None:
+    """What a Dagster engineer does first with someone else's assets: import them and
+    `materialize` them with resources, no job and no definitions object."""
+    from dagster import materialize
+
+    from overnight_pipeline.defs.assets import (
+        ShardPlanIOManager,
+        asset_fundamentals,
+        asset_prices,
+        exchange_rates,
+        scores_and_recommendations,
+    )
+    from overnight_pipeline.defs.partitions import partition_key
+    from overnight_pipeline.defs.resources import resources_from
+
+    result = materialize(
+        [exchange_rates, asset_prices, asset_fundamentals, scores_and_recommendations],
+        partition_key=partition_key("LSE", DAY),
+        resources={
+            **resources_from(pipeline.settings, env_vars=False),
+            "shard_plan_io_manager": ShardPlanIOManager(),
+        },
+        run_config={
+            "ops": {
+                "scores_and_recommendations": {"ops": {"plan_shards": {"config": {"shards": 3}}}}
+            }
+        },
+    )
+    assert result.success
+    meta = {
+        e.asset_key.to_user_string(): e.materialization.metadata
+        for e in result.get_asset_materialization_events()
+    }
+    assert meta["recommendations"]["shards"].value == 3
+    assert (
+        meta["recommendations"]["users_succeeded"].value
+        == meta["asset_scores"]["users_total"].value
+        > 0
+    )
