@@ -3,22 +3,49 @@
 Reads are set-based per batch of users; writes use COPY on PostgreSQL. Every function takes
 a `Connection` and never commits: a batch is one transaction, so a retried or re-executed
 step resumes after the last committed batch without duplicating anything.
+
+Each read is one SQLAlchemy Core query for both dialects: a batch's ids are one array
+parameter on PostgreSQL (`_among`), ids come back as text and numerics trimmed, both made by
+the database (`_id_text`, `_trimmed`). A raw psycopg twin of `load_batch` is not worth
+keeping: 1,000-user batches of a 10,000-user seeded database (`bench/load_batch_bench.py`,
+alternating both paths per batch on the busy 2-core machine) load in 315-336 ms (median)
+against 286-309 ms for the removed raw psycopg path and 850-960 ms for the SQLAlchemy path
+it had beside it (UUID objects, a Python call per numeric, a batch's rows kept alive for the
+garbage collector).
 """
 
 from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
-from functools import lru_cache
 from typing import Any
 
 import orjson
 import pandas as pd
-from sqlalchemy import Connection, Table, and_, delete, func, select
+from sqlalchemy import (
+    Connection,
+    Executable,
+    String,
+    Table,
+    Text,
+    and_,
+    any_,
+    bindparam,
+    delete,
+    func,
+    select,
+    text,
+    union,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.functions import FunctionElement
 
 from overnight_pipeline.core.batch import (
     CLASS_COLUMNS,
@@ -47,6 +74,7 @@ from overnight_pipeline.storage.models import (
     recommendations_table,
     users_table,
 )
+from overnight_pipeline.storage.types import ExactDecimal
 
 CHUNK = 1000
 
@@ -85,19 +113,17 @@ def ensure_statistics(conn: Connection, tables: Sequence[str] = BATCH_TABLES) ->
     have statistics (autovacuum keeps those fresh)."""
     if conn.dialect.name != "postgresql":
         return []
-    missing = [
-        name
-        for (name,) in _pg_rows(
-            conn,
-            "SELECT c.relname FROM pg_class c WHERE c.relname = ANY(%(names)s)"
-            " AND c.relkind = 'r' AND c.relnamespace = current_schema()::regnamespace"
-            " AND c.reltuples < 0",
-            {"names": list(tables)},
+    missing = list(
+        conn.scalars(
+            text(
+                "SELECT c.relname FROM pg_class c WHERE c.relname = ANY(:names)"
+                " AND c.relkind = 'r' AND c.relnamespace = current_schema()::regnamespace"
+                " AND c.reltuples < 0"
+            ).bindparams(bindparam("names", list(tables), type_=ARRAY(Text)))
         )
-    ]
-    with _driver(conn).cursor() as cur:
-        for name in missing:
-            cur.execute(f'ANALYZE "{name}"')
+    )
+    for name in missing:
+        conn.exec_driver_sql(f'ANALYZE "{name}"')
     return missing
 
 
@@ -128,19 +154,68 @@ def partition_users(
     return sorted(chosen)
 
 
-# On PostgreSQL the partition's whole user list goes in one array, inline (see `_driver`):
-# 20 chunks of 5,000 ids as prepared IN lists took 2-5 s per step at 100,000 users.
-_PG_INSTRUMENTS = """SELECT a.market, a.symbol, a.id::text, a.currency FROM assets a
-WHERE a.id IN (SELECT h.asset_id FROM holdings h WHERE h.user_id = ANY(%(ids)s::uuid[]))"""
-_PG_CURRENCIES = """SELECT base_currency FROM users WHERE id = ANY(%(ids)s::uuid[])
-UNION SELECT a.currency FROM assets a
-WHERE a.id IN (SELECT h.asset_id FROM holdings h WHERE h.user_id = ANY(%(ids)s::uuid[]))"""
+# Ids -------------------------------------------------------------------------------------
+#
+# A set of ids is one parameter: on PostgreSQL an array (`id = ANY(:ids)`; the engine never
+# prepares, see `db.make_engine`, so each execution is planned for its own ids and reaches
+# the table through its index or a hashed lookup), elsewhere an expanding IN, in chunks that
+# stay under SQLite's limit on parameters.
 
 
-def _pg_rows(conn: Connection, query: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
-    with _driver(conn).cursor() as cur:
-        rows: list[tuple[Any, ...]] = cur.execute(query, params, prepare=False).fetchall()
-    return rows
+def _among(column: ColumnElement[Any], ids: Sequence[Any], dialect: str) -> ColumnElement[bool]:
+    """`column` is one of `ids`: an array parameter on PostgreSQL, an IN list elsewhere."""
+    if dialect == "postgresql":
+        return column == any_(bindparam(None, list(ids), type_=ARRAY(column.type)))
+    return column.in_(list(ids))
+
+
+def _id_chunks(conn: Connection, ids: Sequence[Any], size: int = 5000) -> Iterable[Sequence[Any]]:
+    """`ids` in one piece on PostgreSQL, in pieces of `size` elsewhere."""
+    if conn.dialect.name == "postgresql":
+        return [ids] if ids else []
+    return _chunks(ids, size)
+
+
+class _id_text(FunctionElement[str]):
+    """A UUID column as its canonical text (`8-4-4-4-12` lower-case hex), computed by the
+    database: no UUID object per row. SQLite stores the 32 hex digits (SQLAlchemy's `Uuid`)."""
+
+    type = String()
+    inherit_cache = True
+    name = "id_text"
+
+
+@compiles(_id_text, "postgresql")
+def _id_text_pg(element: _id_text, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"CAST({compiler.process(element.clauses, **kw)} AS TEXT)"
+
+
+@compiles(_id_text)
+def _id_text_hex(element: _id_text, compiler: SQLCompiler, **kw: Any) -> str:
+    x = compiler.process(element.clauses, **kw)
+    parts = ((1, 8), (9, 4), (13, 4), (17, 4), (21, 12))
+    return " || '-' || ".join(f"substr({x}, {at}, {n})" for at, n in parts)
+
+
+class _trimmed(FunctionElement[Decimal]):
+    """A NUMERIC column without the zeros its scale pads it with (3.5, not 3.5000000000),
+    trimmed by the database, without a call per value (a batch reads 60,000). SQLite keeps
+    the digits as written in plain notation (`ExactDecimal`): the zeros after the point go."""
+
+    type = ExactDecimal()
+    inherit_cache = True
+    name = "trimmed"
+
+
+@compiles(_trimmed, "postgresql")
+def _trimmed_pg(element: _trimmed, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"trim_scale({compiler.process(element.clauses, **kw)})"
+
+
+@compiles(_trimmed)
+def _trimmed_text(element: _trimmed, compiler: SQLCompiler, **kw: Any) -> str:
+    x = compiler.process(element.clauses, **kw)
+    return f"CASE WHEN instr({x}, '.') > 0 THEN rtrim(rtrim({x}, '0'), '.') ELSE {x} END"
 
 
 def partition_instruments(
@@ -148,16 +223,12 @@ def partition_instruments(
 ) -> dict[tuple[str, str], tuple[uuid.UUID, str]]:
     """Distinct assets held by `user_ids`: (market, symbol) → (asset id, currency)."""
     h, a = holdings_table, assets_table
+    dialect = conn.dialect.name
     found: dict[tuple[str, str], tuple[uuid.UUID, str]] = {}
-    if conn.dialect.name == "postgresql":
-        held = _pg_rows(conn, _PG_INSTRUMENTS, {"ids": [str(u) for u in user_ids]})
-        return {(m, s): (uuid.UUID(i), c) for m, s, i, c in held}
-    for chunk in _chunks(user_ids, 5000):
+    for chunk in _id_chunks(conn, user_ids):
+        held = select(h.c.asset_id).where(_among(h.c.user_id, chunk, dialect))
         rows = conn.execute(
-            select(a.c.market, a.c.symbol, a.c.id, a.c.currency)
-            .distinct()
-            .join(h, h.c.asset_id == a.c.id)
-            .where(h.c.user_id.in_(chunk))
+            select(a.c.market, a.c.symbol, a.c.id, a.c.currency).where(a.c.id.in_(held))
         )
         found.update({(m, s): (i, c) for m, s, i, c in rows})
     return found
@@ -166,17 +237,16 @@ def partition_instruments(
 def partition_currencies(conn: Connection, user_ids: Sequence[uuid.UUID]) -> set[str]:
     """Base currencies of `user_ids` and currencies of the assets they hold."""
     h, a, u = holdings_table, assets_table, users_table
+    dialect = conn.dialect.name
     found: set[str] = set()
-    if conn.dialect.name == "postgresql":
-        return {c for (c,) in _pg_rows(conn, _PG_CURRENCIES, {"ids": [str(u) for u in user_ids]})}
-    for chunk in _chunks(user_ids, 5000):
-        found.update(conn.scalars(select(u.c.base_currency).distinct().where(u.c.id.in_(chunk))))
+    for chunk in _id_chunks(conn, user_ids):
+        held = select(h.c.asset_id).where(_among(h.c.user_id, chunk, dialect))
         found.update(
             conn.scalars(
-                select(a.c.currency)
-                .distinct()
-                .join(h, h.c.asset_id == a.c.id)
-                .where(h.c.user_id.in_(chunk))
+                union(
+                    select(u.c.base_currency).where(_among(u.c.id, chunk, dialect)),
+                    select(a.c.currency).where(a.c.id.in_(held)),
+                )
             )
         )
     return found
@@ -193,28 +263,17 @@ def load_rates(conn: Connection, *, day: date) -> FxRates:
         .subquery()
     )
     rows = conn.execute(
-        select(r.c.quote, r.c.rate, r.c.rate_date, r.c.as_of).join(
+        select(r.c.quote, _trimmed(r.c.rate), r.c.rate_date, r.c.as_of).join(
             newest,
             and_(
                 r.c.quote == newest.c.quote, r.c.rate_date == newest.c.rate_date, r.c.base == "USD"
             ),
         )
     ).all()
-    usd_to = {q: _plain(rate) for q, rate, _, _ in rows if q != "USD"}
+    usd_to = {q: rate for q, rate, _, _ in rows if q != "USD"}
     as_of = min((row.as_of for row in rows), default=None)
     stale = any(row.rate_date < day for row in rows)
     return FxRates(usd_to=usd_to, as_of=as_of, stale=stale)
-
-
-@lru_cache(maxsize=65_536)
-def _plain(value: Decimal) -> Decimal:
-    """NUMERIC(28, n) pads with zeros; give values back as written (3.5, not 3.5000000000)."""
-    normal = value.normalize()
-    return normal.quantize(Decimal(1)) if normal == normal.to_integral() else normal
-
-
-def _plain_or_none(value: Decimal | None) -> Decimal | None:
-    return None if value is None else _plain(value)
 
 
 @dataclass(frozen=True)
@@ -231,25 +290,28 @@ def load_market_snapshot(
     conn: Connection, asset_ids: Sequence[uuid.UUID], *, day: date
 ) -> MarketSnapshot:
     p = asset_prices_table
-    newest = (
-        select(p.c.asset_id, func.max(p.c.price_date).label("price_date"))
-        .where(p.c.price_date <= day)
-        .group_by(p.c.asset_id)
-    )
+    dialect = conn.dialect.name
     prices: dict[str, tuple[Decimal, str, datetime]] = {}
     stale = 0
-    for chunk in _chunks(list(asset_ids), 5000):
-        latest = newest.where(p.c.asset_id.in_(chunk)).subquery()
+    for chunk in _id_chunks(conn, asset_ids):
+        latest = (
+            select(p.c.asset_id, func.max(p.c.price_date).label("price_date"))
+            .where(p.c.price_date <= day, _among(p.c.asset_id, chunk, dialect))
+            .group_by(p.c.asset_id)
+            .subquery()
+        )
         rows = conn.execute(
-            select(p.c.asset_id, p.c.price, p.c.currency, p.c.as_of, p.c.price_date).join(
+            select(
+                _id_text(p.c.asset_id), _trimmed(p.c.price), p.c.currency, p.c.as_of, p.c.price_date
+            ).join(
                 latest,
                 and_(p.c.asset_id == latest.c.asset_id, p.c.price_date == latest.c.price_date),
             )
         )
-        for row in rows:
-            prices[str(row.asset_id)] = (_plain(row.price), row.currency, row.as_of)
-            stale += row.price_date < day
-    return MarketSnapshot(prices, _fundamentals(conn, list(asset_ids), day=day), stale)
+        for aid, price, currency, as_of, price_date in rows:
+            prices[aid] = (price, currency, as_of)
+            stale += price_date < day
+    return MarketSnapshot(prices, _fundamentals(conn, asset_ids, day=day), stale)
 
 
 @dataclass(frozen=True)
@@ -263,255 +325,135 @@ def _frame(rows: list[tuple[Any, ...]], columns: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns, dtype=object)
 
 
+def _rows(conn: Connection, statement: Executable) -> Iterator[Any]:
+    """The rows of `statement`, fetched in slices: each row dies young, before the garbage
+    collector's older generations would scan it (`.all()` kept a batch's 40,000 rows alive
+    beside the frames' own tuples: +35 % of a batch's load time in the benchmark, all of
+    it collection), and without a driver call per row."""
+    for part in conn.execute(statement).partitions(_SLICE):
+        yield from part
+
+
+_SLICE = 500
+
+
 def load_batch(
     conn: Connection, user_ids: Sequence[uuid.UUID], *, snapshot: MarketSnapshot
 ) -> LoadedBatch:
     """The core's batch frames for `user_ids`, priced from `snapshot`; rules are each user's
-    active criteria version. Ids are strings.
+    active criteria version. Ids are strings, numerics as written (`_trimmed`).
 
-    On PostgreSQL: four plain psycopg queries that return ids as text and numerics already
-    trimmed (`trim_scale`, what `_plain` does), ≈ 5× the SQLAlchemy rows of the portable
-    path below (UUID objects, Row objects and the Decimal clean-up were most of a batch's
-    load time); both give the same frames (tested)."""
-    if conn.dialect.name == "postgresql":
-        return _load_batch_pg(conn, user_ids, snapshot=snapshot)
-    return load_batch_portable(conn, user_ids, snapshot=snapshot)
-
-
-# Every table is reached through its user_id index (the batch's ids inline, see `_driver`),
-# ordered by the uuid columns themselves (not their ::text output, a collation sort).
-_PG_USERS = """SELECT u.id::text, u.base_currency, trim_scale(u.default_contribution)
-FROM users u WHERE u.id = ANY(%(ids)s::uuid[]) ORDER BY u.id"""
-_PG_CLASSES = """SELECT c.user_id::text, c.name, trim_scale(c.target_min),
-       trim_scale(c.target_max), c.max_assets, trim_scale(c.min_allocation_value)
-FROM asset_classes c WHERE c.user_id = ANY(%(ids)s::uuid[])
-ORDER BY c.user_id, c.position, c.name"""
-_PG_HOLDINGS = """SELECT h.user_id::text, h.asset_id::text, a.market, a.symbol, c.name,
-       trim_scale(h.quantity), a.currency
-FROM holdings h JOIN assets a ON a.id = h.asset_id
-JOIN asset_classes c ON c.user_id = h.user_id AND c.id = h.asset_class_id
-WHERE h.user_id = ANY(%(ids)s::uuid[]) AND c.user_id = ANY(%(ids)s::uuid[])
-ORDER BY h.user_id, a.market, a.symbol"""
-_PG_RULES = """SELECT v.user_id::text, v.version, r.rule_id, r.asset_class, r.metric,
-       r.operator, trim_scale(r.value), trim_scale(r.value2), r.points
-FROM criteria_versions v LEFT JOIN criteria_rules r ON r.criteria_version_id = v.id
-WHERE v.user_id = ANY(%(ids)s::uuid[])
-  AND v.version = (SELECT max(n.version) FROM criteria_versions n WHERE n.user_id = v.user_id)
-ORDER BY v.user_id, r.position"""
-
-
-def _driver(conn: Connection) -> Any:
-    """The psycopg connection under `conn` (PostgreSQL only).
-
-    Its batch statements run with `prepare=False`: psycopg prepares a statement from its
-    sixth execution on, and PostgreSQL's generic plan of `user_id = ANY($1)` searches the
-    array linearly for every row of a scan, planned while the table was still small (the
-    DELETE of `replace_scores` took 0.8 s a batch at 10,000 users that way, growing with
-    the table). With the array inline each batch gets an index or hashed lookup."""
-    raw = conn.connection.driver_connection
-    assert raw is not None
-    return raw
-
-
-def _load_batch_pg(
-    conn: Connection, user_ids: Sequence[uuid.UUID], *, snapshot: MarketSnapshot
-) -> LoadedBatch:
-    params = {"ids": [str(u) for u in user_ids]}
-    with _driver(conn).cursor() as cur:
-        users = cur.execute(_PG_USERS, params, prepare=False).fetchall()
-        classes = cur.execute(_PG_CLASSES, params, prepare=False).fetchall()
-        holdings = cur.execute(_PG_HOLDINGS, params, prepare=False).fetchall()
-        rule_rows = cur.execute(_PG_RULES, params, prepare=False).fetchall()
+    Four queries, each table reached through its user_id index; ids come back as text made
+    by the database (`_id_text`) and rows are unpacked as tuples: UUID objects, named row
+    access and a per-value type hook were most of a batch's load time."""
+    u, c, h, a = users_table, asset_classes_table, holdings_table, assets_table
+    v, r = criteria_versions_table, criteria_rules_table
+    n = criteria_versions_table.alias("n")
+    dialect = conn.dialect.name
+    ids = list(user_ids)
+    # Each result is consumed as it is read, in slices (`_rows`), into the frames' tuples.
+    newest = select(func.max(n.c.version)).where(n.c.user_id == v.c.user_id).scalar_subquery()
     versions: dict[Any, int | None] = {}
     rules = []
-    for uid, version, rule_id, *rest in rule_rows:
-        versions[uid] = version
-        if rule_id is not None:
-            rules.append((uid, rule_id, *rest))
-    prices = snapshot.prices
-    no_quote = (None, None, None)
-    holding_rows = []
-    for uid, aid, _market, symbol, name, quantity, currency in holdings:
-        quote = prices.get(aid, no_quote)
-        holding_rows.append(
-            (uid, aid, symbol, name, quantity, quote[1] or currency, quote[0], quote[2])
-        )
-    batch = Batch(
-        users=_frame(
-            [(uid, base, contribution, versions.get(uid)) for uid, base, contribution in users],
-            list(USER_COLUMNS),
-        ),
-        classes=_frame(classes, list(CLASS_COLUMNS)),
-        holdings=_frame(holding_rows, list(HOLDING_COLUMNS)),
-        rules=_frame(rules, list(RULE_COLUMNS)),
-        fundamentals=snapshot.fundamentals,
-    )
-    return LoadedBatch(batch, versions, [r[2] for r in holdings])
-
-
-def load_batch_portable(
-    conn: Connection, user_ids: Sequence[uuid.UUID], *, snapshot: MarketSnapshot
-) -> LoadedBatch:
-    """`load_batch` through SQLAlchemy Core (SQLite, and the reference for the PostgreSQL
-    path)."""
-    u, c, h, a = users_table, asset_classes_table, holdings_table, assets_table
-    ids = list(user_ids)
-    users = conn.execute(
-        select(u.c.id, u.c.base_currency, u.c.default_contribution)
-        .where(u.c.id.in_(ids))
-        .order_by(u.c.id)
-    ).all()
-    classes = conn.execute(
+    for uid, version, *rule in _rows(
+        conn,
         select(
-            c.c.user_id,
-            c.c.name,
-            c.c.target_min,
-            c.c.target_max,
-            c.c.max_assets,
-            c.c.min_allocation_value,
-        )
-        .where(c.c.user_id.in_(ids))
-        .order_by(c.c.user_id, c.c.position, c.c.name)
-    ).all()
-    holdings = conn.execute(
-        select(
-            h.c.user_id, h.c.asset_id, a.c.market, a.c.symbol, c.c.name, h.c.quantity, a.c.currency
-        )
-        .join(a, a.c.id == h.c.asset_id)
-        .join(c, c.c.id == h.c.asset_class_id)
-        .where(h.c.user_id.in_(ids))
-        .order_by(h.c.user_id, a.c.market, a.c.symbol)
-    ).all()
-    versions, rules = _active_rules(conn, ids)
-    prices = snapshot.prices
-    holding_rows = []
-    for r in holdings:
-        aid = str(r.asset_id)
-        quote = prices.get(aid)
-        holding_rows.append(
-            (
-                str(r.user_id),
-                aid,
-                r.symbol,
-                r.name,
-                _plain(r.quantity),
-                r.currency if quote is None else quote[1],
-                None if quote is None else quote[0],
-                None if quote is None else quote[2],
-            )
-        )
-    batch = Batch(
-        users=_frame(
-            [
-                (
-                    str(r.id),
-                    r.base_currency,
-                    _plain_or_none(r.default_contribution),
-                    versions.get(str(r.id)),
-                )
-                for r in users
-            ],
-            ["user_id", "base_currency", "contribution", "criteria_version"],
-        ),
-        classes=_frame(
-            [
-                (
-                    str(r.user_id),
-                    r.name,
-                    _plain(r.target_min),
-                    _plain(r.target_max),
-                    r.max_assets,
-                    _plain_or_none(r.min_allocation_value),
-                )
-                for r in classes
-            ],
-            ["user_id", "name", "target_min", "target_max", "max_assets", "min_allocation_value"],
-        ),
-        holdings=_frame(
-            holding_rows,
-            [
-                "user_id",
-                "asset_id",
-                "symbol",
-                "asset_class",
-                "quantity",
-                "currency",
-                "price",
-                "price_as_of",
-            ],
-        ),
-        rules=_frame(
-            rules,
-            ["user_id", "id", "asset_class", "metric", "operator", "value", "value2", "points"],
-        ),
-        fundamentals=snapshot.fundamentals,
-    )
-    return LoadedBatch(batch, versions, [r.market for r in holdings])
-
-
-def _active_rules(
-    conn: Connection, user_ids: list[uuid.UUID]
-) -> tuple[dict[Any, int | None], list[tuple[Any, ...]]]:
-    v, r = criteria_versions_table, criteria_rules_table
-    newest = (
-        select(v.c.user_id, func.max(v.c.version).label("version"))
-        .where(v.c.user_id.in_(user_ids))
-        .group_by(v.c.user_id)
-        .subquery()
-    )
-    rows = conn.execute(
-        select(
-            v.c.user_id,
+            _id_text(v.c.user_id),
             v.c.version,
             r.c.rule_id,
             r.c.asset_class,
             r.c.metric,
             r.c.operator,
-            r.c.value,
-            r.c.value2,
+            _trimmed(r.c.value),
+            _trimmed(r.c.value2),
             r.c.points,
         )
-        .join(newest, and_(newest.c.user_id == v.c.user_id, newest.c.version == v.c.version))
         .outerjoin(r, r.c.criteria_version_id == v.c.id)
-        .order_by(v.c.user_id, r.c.position)
-    ).all()
-    versions: dict[Any, int | None] = {}
-    rules = []
-    for row in rows:
-        uid = str(row.user_id)
-        versions[uid] = row.version
-        if row.rule_id is not None:
-            rules.append(
-                (
-                    uid,
-                    row.rule_id,
-                    row.asset_class,
-                    row.metric,
-                    row.operator,
-                    _plain_or_none(row.value),
-                    _plain_or_none(row.value2),
-                    row.points,
-                )
+        .where(_among(v.c.user_id, ids, dialect), v.c.version == newest)
+        .order_by(v.c.user_id, r.c.position),
+    ):
+        versions[uid] = version
+        if rule[0] is not None:
+            rules.append((uid, *rule))
+    users = [
+        (uid, base, contribution, versions.get(uid))
+        for uid, base, contribution in _rows(
+            conn,
+            select(_id_text(u.c.id), u.c.base_currency, _trimmed(u.c.default_contribution))
+            .where(_among(u.c.id, ids, dialect))
+            .order_by(u.c.id),
+        )
+    ]
+    classes = [
+        tuple(row)
+        for row in _rows(
+            conn,
+            select(
+                _id_text(c.c.user_id),
+                c.c.name,
+                _trimmed(c.c.target_min),
+                _trimmed(c.c.target_max),
+                c.c.max_assets,
+                _trimmed(c.c.min_allocation_value),
             )
-    return versions, rules
+            .where(_among(c.c.user_id, ids, dialect))
+            .order_by(c.c.user_id, c.c.position, c.c.name),
+        )
+    ]
+    prices = snapshot.prices
+    no_quote = (None, None, None)
+    holdings = []
+    markets = []
+    # The class is joined on (user_id, id), the holdings' foreign key, and filtered by the
+    # batch too, so that PostgreSQL reaches both tables through their user_id indexes.
+    for uid, aid, market, symbol, name, quantity, currency in _rows(
+        conn,
+        select(
+            _id_text(h.c.user_id),
+            _id_text(h.c.asset_id),
+            a.c.market,
+            a.c.symbol,
+            c.c.name,
+            _trimmed(h.c.quantity),
+            a.c.currency,
+        )
+        .join(a, a.c.id == h.c.asset_id)
+        .join(c, and_(c.c.user_id == h.c.user_id, c.c.id == h.c.asset_class_id))
+        .where(_among(h.c.user_id, ids, dialect), _among(c.c.user_id, ids, dialect))
+        .order_by(h.c.user_id, a.c.market, a.c.symbol),
+    ):
+        quote = prices.get(aid, no_quote)
+        holdings.append(
+            (uid, aid, symbol, name, quantity, quote[1] or currency, quote[0], quote[2])
+        )
+        markets.append(market)
+    batch = Batch(
+        users=_frame(users, list(USER_COLUMNS)),
+        classes=_frame(classes, list(CLASS_COLUMNS)),
+        holdings=_frame(holdings, list(HOLDING_COLUMNS)),
+        rules=_frame(rules, list(RULE_COLUMNS)),
+        fundamentals=snapshot.fundamentals,
+    )
+    return LoadedBatch(batch, versions, markets)
 
 
-def _fundamentals(conn: Connection, asset_ids: list[uuid.UUID], *, day: date) -> pd.DataFrame:
+def _fundamentals(conn: Connection, asset_ids: Sequence[uuid.UUID], *, day: date) -> pd.DataFrame:
     f = asset_fundamentals_table
     f2 = asset_fundamentals_table.alias("f2")
+    dialect = conn.dialect.name
     newest = (
         select(func.max(f2.c.fundamentals_date))
         .where(f2.c.asset_id == f.c.asset_id, f2.c.fundamentals_date <= day)
         .scalar_subquery()
     )
     data: list[tuple[Any, ...]] = []
-    for chunk in _chunks(asset_ids, 5000):
+    for chunk in _id_chunks(conn, asset_ids):
         rows = conn.execute(
-            select(f.c.asset_id, *(f.c[m] for m in METRICS)).where(
-                f.c.asset_id.in_(chunk), f.c.fundamentals_date == newest
+            select(_id_text(f.c.asset_id), *(_trimmed(f.c[m]) for m in METRICS)).where(
+                _among(f.c.asset_id, chunk, dialect), f.c.fundamentals_date == newest
             )
         )
-        data.extend((str(row[0]), *(_plain_or_none(x) for x in row[1:])) for row in rows)
+        data.extend(tuple(row) for row in rows)
     return _frame(data, ["asset_id", *METRICS]).set_index("asset_id")
 
 
@@ -534,39 +476,23 @@ def users_with_event(
 def captured_inputs(
     conn: Connection, *, correlation_id: uuid.UUID, user_ids: Sequence[uuid.UUID]
 ) -> list[tuple[str, dict[str, Any]]]:
-    """(user id as text, `INPUTS_CAPTURED` payload) of `user_ids`, by user id. On PostgreSQL
-    one query per 1,000 users fetches the payloads as text for orjson (no SQLAlchemy rows)."""
+    """(user id as text, `INPUTS_CAPTURED` payload) of `user_ids`, by user id."""
     e = calculation_events_table
+    dialect = conn.dialect.name
     out: list[tuple[str, dict[str, Any]]] = []
-    if conn.dialect.name == "postgresql":
-        with _driver(conn).cursor() as cur:
-            for chunk in _chunks(user_ids):
-                cur.execute(
-                    _PG_CAPTURED,
-                    {"cid": correlation_id, "ids": [str(u) for u in chunk]},
-                    prepare=False,
-                )
-                out.extend((uid, orjson.loads(text)) for uid, text in cur)
-        return out
     for chunk in _chunks(user_ids):
-        out.extend(
-            (str(row.user_id), row.payload)
-            for row in conn.execute(
-                select(e.c.user_id, e.c.payload)
-                .where(
-                    e.c.correlation_id == correlation_id,
-                    e.c.event_type == "INPUTS_CAPTURED",
-                    e.c.user_id.in_(chunk),
-                )
-                .order_by(e.c.user_id)
+        rows = conn.execute(
+            select(_id_text(e.c.user_id), e.c.payload)
+            .where(
+                e.c.correlation_id == correlation_id,
+                e.c.event_type == "INPUTS_CAPTURED",
+                _among(e.c.user_id, chunk, dialect),
             )
+            .order_by(e.c.user_id)
         )
+        out.extend((uid, payload) for uid, payload in rows)
     return out
 
-
-_PG_CAPTURED = """SELECT user_id::text, payload::text FROM calculation_events
-WHERE correlation_id = %(cid)s AND event_type = 'INPUTS_CAPTURED'
-  AND user_id = ANY(%(ids)s::uuid[]) ORDER BY user_id"""
 
 # COPY's text format: a backslash, tab, newline or carriage return inside a value is escaped.
 _COPY_SPECIAL = re.compile(r"[\\\t\n\r]")
@@ -631,13 +557,6 @@ def event_rows(
     )
 
 
-def append_events(
-    conn: Connection, events: Sequence[tuple[uuid.UUID, Any, str, Any]], *, at: datetime
-) -> None:
-    """(correlation id, user id, type, payload) rows; payload already JSON text or a dict."""
-    write_rows(conn, event_rows(conn.dialect.name, events, at=at))
-
-
 SCORE_COLUMNS = (
     "user_id",
     "asset_id",
@@ -697,36 +616,9 @@ def score_rows(
 def delete_scores(conn: Connection, *, user_ids: Sequence[uuid.UUID], day: date) -> None:
     """The `asset_scores` of `user_ids` on `day` (a new calculation replaces them)."""
     s = asset_scores_table
-    if conn.dialect.name == "postgresql":
-        with _driver(conn).cursor() as cur:
-            cur.execute(
-                "DELETE FROM asset_scores WHERE market_date = %(day)s"
-                " AND user_id = ANY(%(ids)s::uuid[])",
-                {"day": day, "ids": [str(u) for u in user_ids]},
-                prepare=False,
-            )
-        return
-    for chunk in _chunks(user_ids):
-        conn.execute(delete(s).where(s.c.market_date == day, s.c.user_id.in_(chunk)))
-
-
-def replace_scores(
-    conn: Connection,
-    rows: Sequence[ScoreRow],
-    *,
-    user_ids: Sequence[uuid.UUID],
-    day: date,
-    correlation_id: uuid.UUID,
-    computed_at: datetime,
-) -> None:
-    """Replace the `asset_scores` of `user_ids` on `day` with `rows` (see `score_rows`)."""
-    delete_scores(conn, user_ids=user_ids, day=day)
-    write_rows(
-        conn,
-        score_rows(
-            conn.dialect.name, rows, day=day, correlation_id=correlation_id, computed_at=computed_at
-        ),
-    )
+    dialect = conn.dialect.name
+    for chunk in _id_chunks(conn, user_ids, CHUNK):
+        conn.execute(delete(s).where(s.c.market_date == day, _among(s.c.user_id, chunk, dialect)))
 
 
 CALCULATION_ASSET_COLUMNS = ("asset_id", "user_id", "score", "correlation_id", "created_at")
@@ -754,21 +646,6 @@ def calculation_asset_rows(
     )
 
 
-def add_calculation_assets(
-    conn: Connection,
-    rows: Sequence[tuple[str, str, str]],
-    *,
-    correlation_id: uuid.UUID,
-    created_at: datetime,
-) -> None:
-    write_rows(
-        conn,
-        calculation_asset_rows(
-            conn.dialect.name, rows, correlation_id=correlation_id, created_at=created_at
-        ),
-    )
-
-
 def upsert_recommendations(conn: Connection, rows: list[dict[str, Any]]) -> None:
     """One row per (user, market_date): a new calculation replaces the old one."""
     upsert(
@@ -792,8 +669,9 @@ def upsert_recommendations(conn: Connection, rows: list[dict[str, Any]]) -> None
 def recommendations_for(conn: Connection, *, user_ids: Sequence[uuid.UUID], day: date) -> list[Any]:
     """The persisted rows of `user_ids` on `day` (by primary key)."""
     r = recommendations_table
+    dialect = conn.dialect.name
     out: list[Any] = []
-    for chunk in _chunks(user_ids):
+    for chunk in _id_chunks(conn, user_ids, CHUNK):
         out.extend(
             conn.execute(
                 select(
@@ -804,7 +682,7 @@ def recommendations_for(conn: Connection, *, user_ids: Sequence[uuid.UUID], day:
                     r.c.correlation_id,
                     r.c.payload,
                     r.c.portfolio,
-                ).where(r.c.user_id.in_(chunk), r.c.market_date == day)
+                ).where(_among(r.c.user_id, chunk, dialect), r.c.market_date == day)
             )
         )
     return out

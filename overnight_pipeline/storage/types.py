@@ -38,6 +38,11 @@ class ExactDecimal(TypeDecorator[Decimal]):
             return format(value, "f")
         return value
 
+    def result_processor(self, dialect: Dialect, coltype: object) -> Any:
+        if dialect.driver == "psycopg":
+            return None  # psycopg hands back Decimal: no call per value (a batch reads 60,000)
+        return super().result_processor(dialect, coltype)
+
     def process_result_value(self, value: Any, dialect: Dialect) -> Decimal | None:
         if value is None:
             return None
