@@ -7,9 +7,10 @@ from datetime import UTC, date, datetime
 from hypothesis import given, settings
 
 from overnight_pipeline.core.batch import run_batch, score_batch
-from overnight_pipeline.core.captured import batch_from_captured, capture, score_documents
+from overnight_pipeline.core.captured import batch_from_captured
 from overnight_pipeline.core.money import FxRates
 from overnight_pipeline.core.scoring import replay
+from overnight_pipeline_tests.core.documents import capture, score_documents
 from overnight_pipeline_tests.core.test_batch import FX, batches, to_batch
 
 DAY = date(2026, 11, 30)

@@ -8,9 +8,10 @@ import orjson
 from hypothesis import given, settings
 
 from overnight_pipeline.core.batch import score_batch
-from overnight_pipeline.core.captured import capture, capture_json, score_documents, score_json
+from overnight_pipeline.core.captured import capture_json, score_json
 from overnight_pipeline.core.money import FxRates
 from overnight_pipeline.core.scoring import replay
+from overnight_pipeline_tests.core.documents import capture, score_documents
 from overnight_pipeline_tests.core.test_batch import FX, batches, to_batch
 
 DAY = date(2026, 11, 30)
