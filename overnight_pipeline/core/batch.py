@@ -18,9 +18,7 @@ asset twice, a priced holding of a class the user lacks, a contribution of 10^20
 
 from __future__ import annotations
 
-import gc
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from decimal import ROUND_DOWN, ROUND_HALF_EVEN, Decimal
@@ -187,20 +185,6 @@ def run_batch(batch: Batch, fx: FxRates, *, one_by_one: set[Any] | None = None) 
     scores = score_batch(batch.holdings, batch.rules, batch.fundamentals)
     recs, failures = recommend_batch(batch, scores, fx, one_by_one=one_by_one)
     return BatchResult(scores, recs, failures)
-
-
-@contextmanager
-def collector_paused() -> Iterator[None]:
-    """The cyclic garbage collector off for the duration of a block. Not used by the core
-    (see `run_batch`): it only remains for `steps.py`, which imports it until the one-pass
-    rewrite of the steps lands; delete it then."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 # Scoring ----------------------------------------------------------------------------------

@@ -473,27 +473,6 @@ def users_with_event(
     )
 
 
-def captured_inputs(
-    conn: Connection, *, correlation_id: uuid.UUID, user_ids: Sequence[uuid.UUID]
-) -> list[tuple[str, dict[str, Any]]]:
-    """(user id as text, `INPUTS_CAPTURED` payload) of `user_ids`, by user id."""
-    e = calculation_events_table
-    dialect = conn.dialect.name
-    out: list[tuple[str, dict[str, Any]]] = []
-    for chunk in _chunks(user_ids):
-        rows = conn.execute(
-            select(_id_text(e.c.user_id), e.c.payload)
-            .where(
-                e.c.correlation_id == correlation_id,
-                e.c.event_type == "INPUTS_CAPTURED",
-                _among(e.c.user_id, chunk, dialect),
-            )
-            .order_by(e.c.user_id)
-        )
-        out.extend((uid, payload) for uid, payload in rows)
-    return out
-
-
 # COPY's text format: a backslash, tab, newline or carriage return inside a value is escaped.
 _COPY_SPECIAL = re.compile(r"[\\\t\n\r]")
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
@@ -713,18 +692,19 @@ def event_payloads(
 ) -> list[tuple[str, dict[str, Any]]]:
     """(user id as text, payload) of one event type of `user_ids`, by user id."""
     e = calculation_events_table
+    dialect = conn.dialect.name
     out: list[tuple[str, dict[str, Any]]] = []
-    for chunk in _chunks(user_ids):
+    for chunk in _id_chunks(conn, user_ids, CHUNK):
         rows = conn.execute(
-            select(e.c.user_id, e.c.payload)
+            select(_id_text(e.c.user_id), e.c.payload)
             .where(
                 e.c.correlation_id == correlation_id,
                 e.c.event_type == event_type,
-                e.c.user_id.in_(chunk),
+                _among(e.c.user_id, chunk, dialect),
             )
             .order_by(e.c.user_id)
         )
-        out.extend((str(user_id), payload) for user_id, payload in rows)
+        out.extend((user_id, payload) for user_id, payload in rows)
     return out
 
 
@@ -733,13 +713,14 @@ def scores_of(
 ) -> dict[str, dict[str, tuple[Decimal, Decimal]]]:
     """user id → asset id → (score, max possible score) stored in `asset_scores` on `day`."""
     s = asset_scores_table
+    dialect = conn.dialect.name
     out: dict[str, dict[str, tuple[Decimal, Decimal]]] = {}
-    for chunk in _chunks(user_ids):
+    for chunk in _id_chunks(conn, user_ids, CHUNK):
         rows = conn.execute(
-            select(s.c.user_id, s.c.asset_id, s.c.score, s.c.max_possible_score).where(
-                s.c.user_id.in_(chunk), s.c.market_date == day
-            )
+            select(
+                _id_text(s.c.user_id), _id_text(s.c.asset_id), s.c.score, s.c.max_possible_score
+            ).where(_among(s.c.user_id, chunk, dialect), s.c.market_date == day)
         )
         for user_id, asset_id, score, top in rows:
-            out.setdefault(str(user_id), {})[str(asset_id)] = (Decimal(score), Decimal(top))
+            out.setdefault(user_id, {})[asset_id] = (score, top)
     return out

@@ -235,7 +235,7 @@ def test_copy_writes_keep_every_character(db_conn: Connection) -> None:
     assert db_conn.execute(select(s.market).where(s.user_id == user)).scalars().all() == ["M"]
 
 
-def test_captured_inputs_come_back_by_user(db_conn: Connection) -> None:
+def test_event_payloads_come_back_by_user(db_conn: Connection) -> None:
     users = sorted(uuid.uuid4() for _ in range(3))
     cid = uuid.uuid4()
     now = datetime(2026, 11, 27, 6, 30, tzinfo=UTC)
@@ -244,7 +244,9 @@ def test_captured_inputs_come_back_by_user(db_conn: Connection) -> None:
         [(cid, u, "INPUTS_CAPTURED", {"n": i, "t": "x\ty"}) for i, u in enumerate(reversed(users))],
         at=now,
     )
-    got = store.captured_inputs(db_conn, correlation_id=cid, user_ids=users[:2])
+    got = store.event_payloads(
+        db_conn, correlation_id=cid, event_type="INPUTS_CAPTURED", user_ids=users[:2]
+    )
     assert got == [(str(users[0]), {"n": 2, "t": "x\ty"}), (str(users[1]), {"n": 1, "t": "x\ty"})]
 
 
