@@ -1,8 +1,10 @@
 """`INPUTS_CAPTURED`: everything a user's calculation depends on, as one JSON document.
 
-The pipeline writes it before scoring and computes the recommendations from it, so what is
-persisted is by construction a function of what was captured (SPEC §4); `scoring.replay`
-recomputes the scores from the same document. Decimals are strings; fundamentals are kept
+The pipeline writes it in the same transaction as the user's scores and recommendations,
+which it computes from the same in-memory batch; that what was captured is all they depend
+on is proven by the tests and, on every run, by the `replay_matches` check
+(`steps.replay_sample`: a sample of users rebuilt from this document alone, compared with
+what was stored). `scoring.replay` recomputes the scores from the same document. Decimals are strings; fundamentals are kept
 for the metrics the user's rules read (a metric no rule reads cannot change the result),
 nulls included.
 """
