@@ -27,6 +27,7 @@ target with MET/MISSED. Results are recorded in docs/PERFORMANCE.md.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import subprocess
@@ -35,7 +36,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import date
 from typing import Any
 
@@ -85,6 +86,7 @@ STEPS = {  # label: step keys starting with
     "cache": "recommendation_cache",
 }
 RATIO_TARGET, WALL_100K, RSS_LIMIT_MB = 1.5, 60.0, 1024.0
+RESULT = "RESULT "
 
 SEED = """
 import sys
@@ -318,12 +320,44 @@ def main() -> None:
     parser.add_argument("--with-100k", action="store_true", help="also run 100,000 users")
     parser.add_argument("--shards", type=int, nargs="+", default=[1])
     parser.add_argument("--executor", default="multiprocess", choices=["multiprocess", "celery"])
+    parser.add_argument("--one-size", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.one_size:
+        # A process per size: its peak RSS and its settings (which Dagster's forkserver keeps
+        # for the life of the process that started it) are that size's alone.
+        runs = bench(args.one_size, args.shards, args.executor)
+        print(
+            RESULT
+            + json.dumps([asdict(r) | {"correlation_id": str(r.correlation_id)} for r in runs])
+        )
+        return
     sizes = list(args.users) + ([100_000] if args.with_100k else [])
     results: dict[int, list[Run]] = {}
     for users in sizes:
-        print(f"pipeline, {users:,} users:")
-        results[users] = bench(users, args.shards, args.executor)
+        print(f"pipeline, {users:,} users:", flush=True)
+        child = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--one-size",
+                str(users),
+                "--shards",
+                *map(str, args.shards),
+                "--executor",
+                args.executor,
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+            check=True,
+        )
+        for line in child.stdout.splitlines():
+            if line.startswith(RESULT):
+                results[users] = [
+                    Run(**(r | {"correlation_id": uuid.UUID(r["correlation_id"])}))
+                    for r in json.loads(line.removeprefix(RESULT))
+                ]
+            else:
+                print(line, flush=True)
 
     print("\n| users | shards | wall s | users/s | µs/user | floor s | ÷ floor | peak RSS MB |")
     print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
