@@ -110,7 +110,13 @@ class Run:
     steps: dict[str, float]
     peak_rss_mb: float
     correlation_id: uuid.UUID
+    python_cpu: float | None = None  # CPU seconds of the pipeline's own process (in process)
     floor: dict[str, float] = field(default_factory=dict)
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _libpq(url: str) -> str:
@@ -141,11 +147,13 @@ def run_partition(url: str, prefix: str, shards: int, executor: str) -> Run:
     if shards == 1:
         job = build_definitions(settings, env_vars=False).resolve_job_def(OVERNIGHT_JOB)
         with DagsterInstance.ephemeral() as instance:
+            cpu = _cpu_seconds()
             started = time.perf_counter()
             result = job.execute_in_process(
                 instance=instance, partition_key=partition_key("NYSE", DAY), run_config=QUIET
             )
             wall = time.perf_counter() - started
+            python_cpu = _cpu_seconds() - cpu
             assert result.success, "the benchmark run failed"
             run_id = result.run_id
             steps = _step_seconds(instance.get_run_step_stats(run_id))
@@ -181,6 +189,7 @@ def run_partition(url: str, prefix: str, shards: int, executor: str) -> Run:
                     and "peak_rss_mb" in e.step_output_data.metadata
                 ]
             steps = _step_seconds(instance.get_run_step_stats(run_id))
+        python_cpu = None
         # Each shard's process reports its own peak; the orchestrating process is this one.
         rss = max([*shard_peaks, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024])
     cid = correlation_id_for(f"{run_id}:{KEY}")
@@ -190,7 +199,7 @@ def run_partition(url: str, prefix: str, shards: int, executor: str) -> Run:
             " AND event_type = 'CALC_COMPLETED' AND payload->>'status' = 'completed'",
             (cid,),
         ).fetchone()[0]
-    return Run(shards, executor, wall, users, steps, rss, cid)
+    return Run(shards, executor, wall, users, steps, rss, cid, python_cpu)
 
 
 def _timed(work: Callable[[], Any]) -> float:
@@ -296,6 +305,7 @@ def bench(users: int, shard_counts: list[int], executor: str) -> list[Run]:
                 f"  {shards} shard(s) ({'in_process' if shards == 1 else executor}): "
                 f"{run.users:,} users in {run.wall:.1f} s ({run.users / run.wall:,.0f} users/s); "
                 f"steps (s): {steps}; peak RSS {run.peak_rss_mb:,.0f} MB"
+                + ("" if run.python_cpu is None else f"; Python CPU {run.python_cpu:.1f} s")
             )
             if run.floor:
                 f = run.floor
