@@ -13,23 +13,23 @@ user another's data.
 A miss, a Redis error or an entry failing the checks falls back to the newest persisted
 row (concurrent misses share one query, `newest`), which is then put back with what remains
 of its 24 h; a rejected entry is counted (`DashboardStore.rejected`), logged and overwritten
-whatever its version key says. Redis errors open a short circuit breaker, so a dead or
-hanging Redis costs one short timeout per cooldown, not one per request.
+whatever its version key says. Redis errors open a short circuit breaker (pybreaker's, as
+the HTTP providers'), so a dead or hanging Redis costs one short timeout per cooldown, not
+one per request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import orjson
+import pybreaker
 import redis.asyncio as aioredis
 from psycopg_pool import AsyncConnectionPool
 from redis.exceptions import RedisError
@@ -48,6 +48,7 @@ from overnight_pipeline.core.payloads import (
     check_objects,
     upgrade_legacy,
 )
+from overnight_pipeline.providers.resilience import circuit_breaker
 from overnight_pipeline.storage import queries
 from overnight_pipeline.storage.cache import (
     CacheEntry,
@@ -100,46 +101,42 @@ class DashboardResult:
         )
 
 
-class Breaker:
-    """Skip Redis for `cooldown` seconds after `threshold` failures in a row; then let one
-    request probe it.
+def redis_breaker(cooldown: float, *, threshold: int = 3) -> pybreaker.CircuitBreaker:
+    """Skip Redis for `cooldown` seconds after `threshold` Redis errors in a row; then let
+    one request probe it (`providers.resilience.circuit_breaker`, pybreaker's).
 
     One failure is not enough: when this process is overloaded, its own event loop can make
     a healthy Redis miss a deadline now and then, and sending everyone to PostgreSQL for a
     second would only add load. A dead or silent Redis fails every call and trips it at once.
     """
+    return circuit_breaker(
+        "redis",
+        threshold=threshold,
+        cooldown=cooldown,
+        counts=lambda exc: isinstance(exc, REDIS_ERRORS),
+        listeners=[_LogTrip()],
+    )
 
-    def __init__(
-        self, cooldown: float, *, threshold: int = 3, clock: Callable[[], float] = time.monotonic
+
+class _LogTrip(pybreaker.CircuitBreakerListener):
+    """One warning when the breaker opens, naming the error that opened it."""
+
+    def __init__(self) -> None:
+        self.last = "error"
+
+    def failure(self, cb: pybreaker.CircuitBreaker, exc: BaseException) -> None:
+        self.last = type(exc).__name__
+
+    def state_change(
+        self,
+        cb: pybreaker.CircuitBreaker,
+        old_state: pybreaker.CircuitBreakerState | None,
+        new_state: pybreaker.CircuitBreakerState,
     ) -> None:
-        self.cooldown = cooldown
-        self.threshold = threshold
-        self.clock = clock
-        self.failures = 0
-        self._skip_until = 0.0
-
-    @property
-    def tripped(self) -> bool:
-        return self.failures >= self.threshold
-
-    def allow(self) -> bool:
-        if not self.tripped:
-            return True
-        now = self.clock()
-        if now < self._skip_until:
-            return False
-        self._skip_until = now + self.cooldown  # half-open: this request is the probe
-        return True
-
-    def success(self) -> None:
-        self.failures = 0
-
-    def failure(self, exc: BaseException) -> None:
-        self.failures += 1
-        if self.failures == self.threshold:
-            log.warning("Redis unavailable (%s); serving from PostgreSQL", type(exc).__name__)
-        if self.tripped:
-            self._skip_until = self.clock() + self.cooldown
+        if new_state.name == pybreaker.STATE_OPEN and (
+            old_state is None or old_state.name == pybreaker.STATE_CLOSED
+        ):
+            log.warning("Redis unavailable (%s); serving from PostgreSQL", self.last)
 
 
 def money(value: str | Decimal, currency: str) -> str:
@@ -157,7 +154,7 @@ class DashboardStore:
         *,
         redis: aioredis.Redis,
         prefix: str,
-        breaker: Breaker,
+        breaker: pybreaker.CircuitBreaker,
         db: ThreadedDB,
         pg_pool: AsyncConnectionPool[Any] | None,
         db_timeout: float,
@@ -183,15 +180,12 @@ class DashboardStore:
 
     async def from_cache(self, principal: Principal) -> tuple[DashboardResult | None, str | None]:
         """The cached answer, or (None, digest of the entry rejected, if one was)."""
-        if not self.breaker.allow():
-            return None, None
         try:
-            async with asyncio.timeout(self.redis_timeout):
-                entry = await read_entry(self.redis, principal.user_key, prefix=self.prefix)
-        except REDIS_ERRORS as exc:
-            self.breaker.failure(exc)
+            with self.breaker.calling():
+                async with asyncio.timeout(self.redis_timeout):
+                    entry = await read_entry(self.redis, principal.user_key, prefix=self.prefix)
+        except (*REDIS_ERRORS, pybreaker.CircuitBreakerError):
             return None, None
-        self.breaker.success()
         if entry is None:
             return None, None
         try:
@@ -288,22 +282,19 @@ class DashboardStore:
     async def refill(self, repair: Repair) -> None:
         """Put a PostgreSQL result back in Redis (never over a newer valid entry, always over
         the rejected one); errors only count against the breaker."""
-        if not self.breaker.allow():
-            return
         try:
-            async with asyncio.timeout(self.redis_timeout):
-                if repair.entry is not None:
-                    await refill_entry(
-                        self.redis, repair.entry, prefix=self.prefix, replacing=repair.replacing
-                    )
-                elif repair.replacing is not None:
-                    await evict_entry(
-                        self.redis, repair.user_key, repair.replacing, prefix=self.prefix
-                    )
-        except REDIS_ERRORS as exc:
-            self.breaker.failure(exc)
-        else:
-            self.breaker.success()
+            with self.breaker.calling():
+                async with asyncio.timeout(self.redis_timeout):
+                    if repair.entry is not None:
+                        await refill_entry(
+                            self.redis, repair.entry, prefix=self.prefix, replacing=repair.replacing
+                        )
+                    elif repair.replacing is not None:
+                        await evict_entry(
+                            self.redis, repair.user_key, repair.replacing, prefix=self.prefix
+                        )
+        except (*REDIS_ERRORS, pybreaker.CircuitBreakerError):
+            pass
 
 
 def _checked_row(

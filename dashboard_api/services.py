@@ -20,7 +20,7 @@ from redis.backoff import NoBackoff
 from sqlalchemy.engine import make_url
 
 from dashboard_api.auth import TokenVerifier
-from dashboard_api.dashboard import Breaker, DashboardStore
+from dashboard_api.dashboard import DashboardStore, redis_breaker
 from dashboard_api.db import ThreadedDB
 from overnight_pipeline.settings import Settings
 from overnight_pipeline.storage.db import make_engine
@@ -104,7 +104,7 @@ async def open_services(settings: Settings, options: ApiOptions) -> Services:
     store = DashboardStore(
         redis=redis,
         prefix=settings.cache_prefix,
-        breaker=Breaker(options.redis_cooldown, threshold=options.redis_failures),
+        breaker=redis_breaker(options.redis_cooldown, threshold=options.redis_failures),
         db=db,
         pg_pool=pg_pool,
         db_timeout=options.db_timeout,

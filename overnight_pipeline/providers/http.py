@@ -3,7 +3,8 @@ and fundamentals from our JSON contract (`PRICES_URL`, docs/PROVIDERS.md).
 
 Each synchronous call runs one asyncio loop with one httpx.AsyncClient: batches go out
 concurrently (bounded), every request passes a client-side rate limit (aiolimiter) and a
-circuit breaker, and failed requests are retried with exponential backoff and jitter.
+circuit breaker (pybreaker, `resilience.circuit_breaker`), and failed requests are retried by
+tenacity with exponential backoff and jitter, or as long as a 429's Retry-After says.
 """
 
 from __future__ import annotations
@@ -18,7 +19,15 @@ from decimal import Decimal
 from typing import Any, TypeVar
 
 import httpx
+import pybreaker
 from aiolimiter import AsyncLimiter
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_attempt,
+)
+from tenacity.stop import stop_base
 
 from overnight_pipeline.core.vocabulary import METRICS
 from overnight_pipeline.providers import parsing
@@ -38,9 +47,12 @@ from overnight_pipeline.providers.base import (
 )
 from overnight_pipeline.providers.resilience import (
     BreakerState,
-    CircuitBreaker,
     CircuitOpenError,
     HttpOptions,
+    breaker_state,
+    circuit_breaker,
+    describe,
+    refusal,
     retry_after_seconds,
 )
 
@@ -70,7 +82,7 @@ class _Service:
 
     name: str
     base_url: str
-    breaker: CircuitBreaker
+    breaker: pybreaker.CircuitBreaker
 
 
 @dataclass
@@ -116,57 +128,108 @@ class _Session:
     ) -> httpx.Response:
         """A 2xx response, after retries; otherwise ProviderError naming the service."""
         opts = self.provider.options
-        url = service.base_url + path
         what = f"{method} {path}"
-        attempt = 0
-        while True:
-            service.breaker.before_request()
-            await self.limiters[service.name].acquire()
-            retry_after: float | None = None
-            try:
-                response = await self.client.request(method, url, params=params, json=body)
-            except httpx.TimeoutException as exc:
-                service.breaker.record_failure()
-                failure = f"timed out ({type(exc).__name__}, timeout {opts.timeout}s)"
-            except httpx.TransportError as exc:
-                service.breaker.record_failure()
-                failure = f"transport error: {type(exc).__name__}: {exc}"
-            except BaseException:
-                service.breaker.release_probe()
-                raise
-            else:
-                status = response.status_code
-                if status < 300:
-                    service.breaker.record_success()
-                    return response
-                if status == 429:
-                    # Alive but throttling us: not a breaker failure; wait as told.
-                    service.breaker.record_success()
-                    retry_after = retry_after_seconds(response.headers.get("Retry-After"))
-                    failure = "HTTP 429 Too Many Requests"
-                elif status >= 500:
-                    service.breaker.record_failure()
-                    failure = f"HTTP {status}"
-                else:
-                    service.breaker.record_success()
-                    raise ProviderError(
-                        service.name,
-                        f"{what} answered HTTP {status} (not retried)",
-                        value=response.text[:200],
+
+        def wait(state: RetryCallState) -> float:
+            told = _told_to_wait(state)
+            return told if told is not None else opts.backoff(state.attempt_number - 1)
+
+        def waits_too_long(state: RetryCallState) -> bool:
+            told = _told_to_wait(state)
+            return told is not None and told > opts.retry_after_max
+
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(opts.max_retries + 1) | stop_when(waits_too_long),
+            wait=wait,
+            retry=retry_if_exception_type(_Retryable),
+            sleep=asyncio.sleep,
+            reraise=True,
+        )
+        attempts = 0
+        try:
+            async for attempt in retrying:
+                attempts = attempt.retry_state.attempt_number
+                with attempt:
+                    return await self._attempt(service, method, path, params, body)
+        except _Retryable as exc:
+            if attempts > opts.max_retries or exc.retry_after is None:
+                raise ProviderError(
+                    service.name, f"{what} failed after {attempts} attempt(s): {exc.failure}"
+                ) from None
+            raise ProviderError(
+                service.name,
+                f"{what}: {exc.failure}; Retry-After {exc.retry_after:.0f}s exceeds the "
+                f"{opts.retry_after_max:.0f}s we wait",
+            ) from None
+        raise AssertionError("tenacity ended without an outcome")  # pragma: no cover
+
+    async def _attempt(
+        self, service: _Service, method: str, path: str, params: Any, body: Any
+    ) -> httpx.Response:
+        """One request through the service's breaker and rate limit."""
+        opts = self.provider.options
+        try:
+            with service.breaker.calling():
+                await self.limiters[service.name].acquire()
+                try:
+                    response = await self.client.request(
+                        method, service.base_url + path, params=params, json=body
                     )
-            if attempt >= opts.max_retries:
-                raise ProviderError(
-                    service.name, f"{what} failed after {attempt + 1} attempt(s): {failure}"
-                )
-            if retry_after is not None and retry_after > opts.retry_after_max:
-                raise ProviderError(
-                    service.name,
-                    f"{what}: {failure}; Retry-After {retry_after:.0f}s exceeds the "
-                    f"{opts.retry_after_max:.0f}s we wait",
-                )
-            delay = retry_after if retry_after is not None else opts.backoff(attempt)
-            attempt += 1
-            await asyncio.sleep(delay)
+                except httpx.TimeoutException as exc:
+                    raise _Retryable(
+                        f"timed out ({type(exc).__name__}, timeout {opts.timeout}s)"
+                    ) from None
+                except httpx.TransportError as exc:
+                    raise _Retryable(f"transport error: {type(exc).__name__}: {exc}") from None
+                if response.status_code >= 500:
+                    raise _Retryable(f"HTTP {response.status_code}")
+        except pybreaker.CircuitBreakerError as exc:
+            raise CircuitOpenError(service.name, refusal(service.breaker, exc)) from None
+        status = response.status_code
+        if status < 300:
+            return response
+        if status == 429:
+            # Alive but throttling us: not a breaker failure; wait as told.
+            raise _Retryable(
+                "HTTP 429 Too Many Requests",
+                retry_after=retry_after_seconds(response.headers.get("Retry-After")),
+            )
+        raise ProviderError(
+            service.name,
+            f"{method} {path} answered HTTP {status} (not retried)",
+            value=response.text[:200],
+        )
+
+
+class _Retryable(Exception):
+    """A failed attempt worth another: a timeout, a transport error, a 5xx or a 429."""
+
+    def __init__(self, failure: str, *, retry_after: float | None = None) -> None:
+        super().__init__(failure)
+        self.failure = failure
+        self.retry_after = retry_after
+
+
+class stop_when(stop_base):
+    """Stop when `predicate` holds for the attempt that just failed."""
+
+    def __init__(self, predicate: Callable[[RetryCallState], bool]) -> None:
+        self.predicate = predicate
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        return self.predicate(retry_state)
+
+
+def _told_to_wait(state: RetryCallState) -> float | None:
+    """The Retry-After of the attempt that just failed, if it said one."""
+    exc = state.outcome.exception() if state.outcome is not None else None
+    return exc.retry_after if isinstance(exc, _Retryable) else None
+
+
+def _breaker_failure(exc: BaseException) -> bool:
+    """What opens a service's circuit: a failed attempt (a 429 or a 4xx answer is a live
+    service) and cancellation mid-request (a probe without a verdict counts as failed)."""
+    return isinstance(exc, _Retryable) or not isinstance(exc, Exception)
 
 
 def _json_body(service: str, what: str, response: httpx.Response, **kwargs: Any) -> Any:
@@ -197,22 +260,17 @@ class HttpProvider:
         self.batch_size = batch_size
         self.options = options or HttpOptions()
         self.transport = transport
-        opts = self.options
-        self.rates = _Service(
-            f"{name}-rates",
-            rates_url.rstrip("/"),
-            CircuitBreaker(
-                f"{name}-rates", threshold=opts.breaker_threshold, cooldown=opts.breaker_cooldown
-            ),
-        )
-        self.prices = _Service(
-            f"{name}-prices",
-            prices_url.rstrip("/"),
-            CircuitBreaker(
-                f"{name}-prices", threshold=opts.breaker_threshold, cooldown=opts.breaker_cooldown
-            ),
-        )
+        self.rates = _Service(f"{name}-rates", rates_url.rstrip("/"), self._breaker("rates"))
+        self.prices = _Service(f"{name}-prices", prices_url.rstrip("/"), self._breaker("prices"))
         self.services = {s.name: s for s in (self.rates, self.prices)}
+
+    def _breaker(self, service: str) -> pybreaker.CircuitBreaker:
+        return circuit_breaker(
+            f"{self.name}-{service}",
+            threshold=self.options.breaker_threshold,
+            cooldown=self.options.breaker_cooldown,
+            counts=_breaker_failure,
+        )
 
     # -- rates (Frankfurter v1) -------------------------------------------------------------
 
@@ -321,7 +379,7 @@ class HttpProvider:
         if refused:
             errors.append(
                 f"{self.prices.name}: {refused} of {len(parts)} batch(es) not sent: "
-                f"{self.prices.breaker.describe()}"
+                f"{describe(self.prices.breaker)}"
             )
         failures = [o.failure for o in outcomes if o.failure is not None]
         if len(failures) == len(parts):
@@ -456,7 +514,7 @@ class HttpProvider:
                     seen = f"HTTP {response.status_code}"
                 except httpx.HTTPError as exc:
                     reachable, seen = False, f"{type(exc).__name__}"
-                closed = service.breaker.state is BreakerState.CLOSED
+                closed = breaker_state(service.breaker) is BreakerState.CLOSED
                 ok = ok and reachable and closed
-                lines.append(f"{service.name}: GET {path} {seen}; {service.breaker.describe()}")
+                lines.append(f"{service.name}: GET {path} {seen}; {describe(service.breaker)}")
         return Health(ok, "; ".join(lines))

@@ -1,15 +1,23 @@
-"""Retries with backoff, Retry-After and a circuit breaker for the HTTP providers."""
+"""Retries with backoff, Retry-After and circuit breakers: the knobs and the policies.
+
+The breaker is pybreaker's (thread-safe state, listeners, excluded exceptions), with one
+policy added on top (`OneProbe`): half-open lets a single probe out at a time. The retry
+loop that uses these knobs is tenacity's (`providers.http`). The dashboard's Redis breaker is
+built by the same `circuit_breaker`.
+"""
 
 from __future__ import annotations
 
 import random
 import threading
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from enum import Enum
+from typing import Any
+
+import pybreaker
 
 from overnight_pipeline.providers.base import ProviderError
 
@@ -65,90 +73,98 @@ def retry_after_seconds(value: str | None, *, now: datetime | None = None) -> fl
 
 
 class BreakerState(Enum):
-    CLOSED = "closed"
-    OPEN = "open"
-    HALF_OPEN = "half-open"
+    CLOSED = pybreaker.STATE_CLOSED
+    OPEN = pybreaker.STATE_OPEN
+    HALF_OPEN = pybreaker.STATE_HALF_OPEN
 
 
 class CircuitOpenError(ProviderError):
     """Refused without a request: the service failed too often and is cooling down."""
 
 
-class CircuitBreaker:
-    """closed → open after `threshold` consecutive failures → half-open after `cooldown`
-    (one probe request) → closed when the probe succeeds, open again when it fails."""
+class OneProbe(pybreaker.CircuitBreakerListener):
+    """Half-open lets one probe call through at a time (pybreaker lets every caller through
+    until the first verdict); the others are refused as if the circuit were still open."""
 
-    def __init__(
-        self,
-        name: str,
-        *,
-        threshold: int,
-        cooldown: float,
-        clock: Callable[[], float] = time.monotonic,
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._in_flight = False
+
+    def before_call(
+        self, cb: pybreaker.CircuitBreaker, func: Callable[..., Any], *args: Any, **kwargs: Any
     ) -> None:
-        self.name = name
-        self.threshold = threshold
-        self.cooldown = cooldown
-        self._clock = clock
-        self._lock = threading.Lock()  # Dagster may call one provider from several threads
-        self._state = BreakerState.CLOSED
-        self._failures = 0
-        self._opened_at = 0.0
-        self._probe_in_flight = False
-        self.times_opened = 0
-
-    @property
-    def state(self) -> BreakerState:
+        if cb.current_state != pybreaker.STATE_HALF_OPEN:
+            return
         with self._lock:
-            return self._current()
+            if self._in_flight:
+                raise pybreaker.CircuitBreakerError(
+                    "circuit half-open; a probe request is already in flight"
+                )
+            self._in_flight = True
 
-    def _current(self) -> BreakerState:
-        if self._state is BreakerState.OPEN and self._clock() - self._opened_at >= self.cooldown:
-            self._state = BreakerState.HALF_OPEN
-            self._probe_in_flight = False
-        return self._state
-
-    def before_request(self) -> None:
-        """Raise CircuitOpenError unless a request may go out now."""
+    def _verdict(self) -> None:
         with self._lock:
-            state = self._current()
-            if state is BreakerState.CLOSED:
-                return
-            if state is BreakerState.HALF_OPEN and not self._probe_in_flight:
-                self._probe_in_flight = True
-                return
-            wait = max(0.0, self.cooldown - (self._clock() - self._opened_at))
-            detail = (
-                f"circuit open after {self._failures} consecutive failures; "
-                f"next probe in {wait:.1f}s"
-                if state is BreakerState.OPEN
-                else "circuit half-open; a probe request is already in flight"
-            )
-        raise CircuitOpenError(self.name, detail)
+            self._in_flight = False
 
-    def record_success(self) -> None:
-        with self._lock:
-            self._state = BreakerState.CLOSED
-            self._failures = 0
-            self._probe_in_flight = False
+    def success(self, cb: pybreaker.CircuitBreaker) -> None:
+        self._verdict()
 
-    def record_failure(self) -> None:
-        with self._lock:
-            self._failures += 1
-            state = self._current()
-            if state is BreakerState.HALF_OPEN or (
-                state is BreakerState.CLOSED and self._failures >= self.threshold
-            ):
-                self._state = BreakerState.OPEN
-                self._opened_at = self._clock()
-                self._probe_in_flight = False
-                self.times_opened += 1
+    def failure(self, cb: pybreaker.CircuitBreaker, exc: BaseException) -> None:
+        self._verdict()
 
-    def release_probe(self) -> None:
-        """A probe ended without a verdict (cancelled): let the next request probe."""
-        with self._lock:
-            self._probe_in_flight = False
+    def state_change(
+        self,
+        cb: pybreaker.CircuitBreaker,
+        old_state: pybreaker.CircuitBreakerState | None,
+        new_state: pybreaker.CircuitBreakerState,
+    ) -> None:
+        self._verdict()
 
-    def describe(self) -> str:
-        with self._lock:
-            return f"circuit {self._current().value} ({self._failures} consecutive failures)"
+
+def circuit_breaker(
+    name: str,
+    *,
+    threshold: int,
+    cooldown: float,
+    counts: Callable[[BaseException], bool] = lambda exc: True,
+    listeners: Sequence[pybreaker.CircuitBreakerListener] = (),
+) -> pybreaker.CircuitBreaker:
+    """closed → open after `threshold` consecutive failures (exceptions for which `counts`
+    is true; any other outcome resets the count) → half-open after `cooldown` seconds (one
+    probe call) → closed when the probe succeeds, open again when it fails. A failing call
+    raises its own exception, never pybreaker's "circuit opened" in its place."""
+    return pybreaker.CircuitBreaker(
+        fail_max=threshold,
+        reset_timeout=cooldown,
+        name=name,
+        throw_new_error_on_trip=False,
+        exclude=[lambda exc: not counts(exc)],
+        listeners=[OneProbe(), *listeners],
+    )
+
+
+def breaker_state(breaker: pybreaker.CircuitBreaker) -> BreakerState:
+    """The state now: an open circuit whose cool-down has passed reads half-open (pybreaker
+    moves it there on the next call)."""
+    state = BreakerState(breaker.current_state)
+    opened = breaker._state_storage.opened_at
+    if state is BreakerState.OPEN and opened is not None:
+        if datetime.now(UTC) >= opened + timedelta(seconds=breaker.reset_timeout):
+            return BreakerState.HALF_OPEN
+    return state
+
+
+def describe(breaker: pybreaker.CircuitBreaker) -> str:
+    return f"circuit {breaker_state(breaker).value} ({breaker.fail_counter} consecutive failures)"
+
+
+def refusal(breaker: pybreaker.CircuitBreaker, exc: pybreaker.CircuitBreakerError) -> str:
+    """Why a call was refused, in words (an open circuit says when it will probe)."""
+    opened = breaker._state_storage.opened_at
+    if str(exc).startswith("circuit half-open") or opened is None:
+        return str(exc)
+    elapsed = (datetime.now(UTC) - opened).total_seconds()
+    wait = max(0.0, breaker.reset_timeout - elapsed)
+    return (
+        f"circuit open after {breaker.fail_counter} consecutive failures; next probe in {wait:.1f}s"
+    )

@@ -9,12 +9,13 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import orjson
+import pybreaker
 import pytest
 import redis
 from sqlalchemy import Engine, delete
 from starlette.testclient import TestClient
 
-from dashboard_api.dashboard import Breaker
+from dashboard_api.dashboard import REDIS_ERRORS, redis_breaker
 from overnight_pipeline.core.payloads import DashboardResponse
 from overnight_pipeline.storage.cache import get_entry, recs_key, version_key, write_entries
 from overnight_pipeline.storage.models import recommendations_table
@@ -271,27 +272,33 @@ def test_a_persisted_row_in_an_unknown_format_is_a_503(
 
 
 def test_breaker_trips_after_failures_in_a_row_and_lets_one_probe_through() -> None:
-    now = [0.0]
-    breaker = Breaker(1.0, threshold=3, clock=lambda: now[0])
-    assert breaker.allow()
-    breaker.failure(TimeoutError())
-    breaker.failure(TimeoutError())
-    breaker.success()  # a sporadic deadline miss between successes never trips it
-    breaker.failure(TimeoutError())
-    breaker.failure(TimeoutError())
-    assert breaker.allow()
-    breaker.failure(OSError("down"))
-    assert not breaker.allow()
-    now[0] = 1.5
-    assert breaker.allow()  # the probe
-    assert not breaker.allow()  # everyone else waits for it
-    breaker.failure(OSError("still down"))
-    now[0] = 2.0
-    assert not breaker.allow()
-    now[0] = 2.6
-    assert breaker.allow()
-    breaker.success()
-    assert breaker.allow() and breaker.allow()
+    breaker = redis_breaker(0.2, threshold=3)
+
+    def allowed(outcome: BaseException | None = None) -> bool:
+        """One call through the breaker: False when it refused the call."""
+        try:
+            with breaker.calling():
+                if outcome is not None:
+                    raise outcome
+        except pybreaker.CircuitBreakerError:
+            return False
+        except REDIS_ERRORS:
+            pass
+        return True
+
+    assert allowed(TimeoutError()) and allowed(TimeoutError())
+    assert allowed()  # a sporadic deadline miss between successes never trips it
+    assert allowed(TimeoutError()) and allowed(TimeoutError())
+    assert allowed(OSError("down"))  # the third in a row trips it
+    assert not allowed()
+    time.sleep(0.25)
+    with pytest.raises(OSError), breaker.calling():  # the probe
+        assert not allowed()  # everyone else waits for it
+        raise OSError("still down")
+    assert not allowed()  # open again for another cool-down
+    time.sleep(0.25)
+    assert allowed()  # this probe succeeds: closed
+    assert allowed() and allowed()
 
 
 def test_the_embedded_sqlite_database_serves_the_fallback_too(

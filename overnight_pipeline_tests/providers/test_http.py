@@ -6,20 +6,24 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import re
 import time
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from typing import Any
 
+import pybreaker
 import pytest
 
 from overnight_pipeline.providers.base import ProviderError
 from overnight_pipeline.providers.http import HttpProvider
 from overnight_pipeline.providers.resilience import (
     BreakerState,
-    CircuitBreaker,
     CircuitOpenError,
     HttpOptions,
+    breaker_state,
+    circuit_breaker,
+    refusal,
     retry_after_seconds,
 )
 from overnight_pipeline_tests.providers.conftest import CURRENCIES, DAY, FAST, INSTRUMENTS
@@ -262,19 +266,19 @@ def test_the_breaker_opens_then_half_opens_then_closes(
     with pytest.raises(ProviderError):
         provider.fetch_prices(INSTRUMENTS, day=DAY)
     assert len(fake_server.requests()) == 3  # then it stopped hammering
-    assert provider.prices.breaker.state is BreakerState.OPEN
+    assert breaker_state(provider.prices.breaker) is BreakerState.OPEN
 
     with pytest.raises(ProviderError):
         provider.fetch_prices(INSTRUMENTS, day=DAY)
     assert len(fake_server.requests()) == 3  # open: refused without a request
 
     time.sleep(0.6)
-    assert provider.prices.breaker.state is BreakerState.HALF_OPEN
+    assert breaker_state(provider.prices.breaker) is BreakerState.HALF_OPEN
     fake_server.default = None  # the service recovered
     result = provider.fetch_prices(INSTRUMENTS, day=DAY)
 
     assert result.quotes == dataset.quotes
-    assert provider.prices.breaker.state is BreakerState.CLOSED
+    assert breaker_state(provider.prices.breaker) is BreakerState.CLOSED
     assert len(fake_server.requests()) == 3 + len(INSTRUMENTS)
 
 
@@ -285,40 +289,51 @@ def test_a_failed_probe_opens_the_breaker_again(fake_server: FakeMarketServer) -
     for _ in range(2):
         with pytest.raises(ProviderError):
             provider.fetch_rates(CURRENCIES, day=DAY)
-    assert provider.rates.breaker.state is BreakerState.OPEN
+    assert breaker_state(provider.rates.breaker) is BreakerState.OPEN
 
     time.sleep(1.55)
     with pytest.raises(ProviderError, match="HTTP 500"):
         provider.fetch_rates(CURRENCIES, day=DAY)  # the probe goes out and fails
-    assert provider.rates.breaker.state is BreakerState.OPEN
+    assert breaker_state(provider.rates.breaker) is BreakerState.OPEN
     with pytest.raises(CircuitOpenError, match="circuit open"):
         provider.fetch_rates(CURRENCIES, day=DAY)
     assert len(fake_server.requests()) == 3
     # Prices use another service with a breaker of its own.
-    assert provider.prices.breaker.state is BreakerState.CLOSED
+    assert breaker_state(provider.prices.breaker) is BreakerState.CLOSED
 
 
-def test_breaker_states_follow_the_clock() -> None:
-    now = [0.0]
-    breaker = CircuitBreaker("svc", threshold=2, cooldown=10, clock=lambda: now[0])
+def test_breaker_opens_lets_one_probe_through_and_closes() -> None:
+    breaker = circuit_breaker("svc", threshold=2, cooldown=0.2)
 
-    breaker.record_failure()
-    breaker.before_request()
-    breaker.record_failure()
-    assert breaker.state is BreakerState.OPEN
-    with pytest.raises(CircuitOpenError, match=r"svc: circuit open .* next probe in 10.0s"):
-        breaker.before_request()
+    def fail() -> None:
+        with breaker.calling():
+            raise OSError("down")
 
-    now[0] = 10.0
-    assert breaker.state is BreakerState.HALF_OPEN
-    breaker.before_request()  # the one probe
-    with pytest.raises(CircuitOpenError, match="probe request is already in flight"):
-        breaker.before_request()
-    breaker.record_success()
-    assert breaker.state is BreakerState.CLOSED
-    breaker.record_failure()
-    assert breaker.state is BreakerState.CLOSED  # a success reset the count
-    assert breaker.times_opened == 1
+    with pytest.raises(OSError):
+        fail()
+    with breaker.calling():
+        pass  # a success resets the count
+    for _ in range(2):
+        with pytest.raises(OSError):  # the call's own error, also when it trips the breaker
+            fail()
+    assert breaker_state(breaker) is BreakerState.OPEN
+    with pytest.raises(pybreaker.CircuitBreakerError) as refused:
+        fail()
+    assert re.fullmatch(
+        r"circuit open after 2 consecutive failures; next probe in 0\.[12]s",
+        refusal(breaker, refused.value),
+    )
+
+    time.sleep(0.25)
+    assert breaker_state(breaker) is BreakerState.HALF_OPEN
+    with breaker.calling():  # the one probe
+        with pytest.raises(pybreaker.CircuitBreakerError, match="probe request is already"):
+            with breaker.calling():
+                pass
+    assert breaker_state(breaker) is BreakerState.CLOSED
+    with pytest.raises(OSError):
+        fail()
+    assert breaker_state(breaker) is BreakerState.CLOSED  # the success reset the count
 
 
 def test_an_open_breaker_is_reported_once_per_call(fake_server: FakeMarketServer) -> None:
