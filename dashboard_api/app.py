@@ -2,24 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 import orjson
 from opentelemetry import trace
+from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 from opentelemetry.trace import TracerProvider
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Match, Route
 from starlette.types import Message, Receive, Scope, Send
 
 from dashboard_api import api, views
 from dashboard_api.auth import AuthError
-from dashboard_api.fastpath import DashboardEndpoint, handles, send_response
 from dashboard_api.openapi import build_openapi
 from dashboard_api.problems import (
     PROBLEM_JSON,
@@ -31,7 +31,6 @@ from dashboard_api.problems import (
     problem_body,
 )
 from dashboard_api.services import ApiOptions, open_services
-from dashboard_api.telemetry import TelemetryMiddleware
 from overnight_pipeline.settings import Settings
 
 MAX_BODY_BYTES = 65_536
@@ -75,29 +74,42 @@ def limited(receive: Receive) -> Receive:
 
 
 class DashboardApp(Starlette):
-    """Starlette, with `GET /api/dashboard` answered ahead of the middleware and router.
-
-    The route stays declared in `routes` (OpenAPI, HEAD and 405 go through Starlette); the
-    hot request itself goes to `fastpath.DashboardEndpoint`, which behaves the same.
-    """
-
-    def __init__(self, *, dashboard: DashboardEndpoint, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.dashboard = dashboard
+    """Starlette, refusing oversized requests before any routing (`oversized`, `limited`)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and (problem := oversized(scope)) is not None:
             body = problem_body(problem.status, problem.detail, title=problem.title)
-            headers = [(b"content-type", PROBLEM_JSON.encode()), (b"connection", b"close")]
-            await send_response(send, problem.status, headers, body)
-            return
-        if handles(scope):
-            scope["app"] = self
-            await self.dashboard(scope, receive, send)
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": problem.status,
+                    "headers": [
+                        (b"content-type", PROBLEM_JSON.encode()),
+                        (b"connection", b"close"),
+                        (b"content-length", str(len(body)).encode()),
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": body})
             return
         await super().__call__(
             scope, limited(receive) if scope["type"] == "http" else receive, send
         )
+
+
+def route_span_details(routes: list[BaseRoute]) -> Callable[[Scope], tuple[str, dict[str, str]]]:
+    """Spans named by the route template (`GET /api/audit/assets/{market}/...`), never by
+    the raw path, whose ids would make a name per user."""
+
+    def details(scope: Scope) -> tuple[str, dict[str, str]]:
+        method = scope.get("method", "HTTP")
+        for route in routes:
+            match, _ = route.matches(scope)
+            if match is Match.FULL and isinstance(route, Route):
+                return f"{method} {route.path}", {"http.route": route.path}
+        return method, {}
+
+    return details
 
 
 def create_app(
@@ -127,7 +139,7 @@ def create_app(
 
     routes = [
         # The hot route first: the router tries routes in order.
-        Route("/api/dashboard", api.dashboard, methods=["GET"], name="dashboard"),
+        Route("/api/dashboard", api.DashboardEndpoint(), methods=["GET"], name="dashboard"),
         Route(
             "/api/audit/assets/{market}/{symbol}/calculations",
             api.audit_calculations,
@@ -142,12 +154,22 @@ def create_app(
         Route("/readyz", api.readyz, methods=["GET"], name="readyz"),
         Route("/openapi.json", openapi, methods=["GET"], name="openapi"),
     ]
+    # One server span per request (opentelemetry-instrumentation-asgi), only when spans go
+    # somewhere: with no exporter configured the middleware is not even in the stack.
+    traced = not isinstance(
+        trace.get_tracer("dashboard_api", tracer_provider=tracer_provider), trace.NoOpTracer
+    )
+    middleware = [
+        Middleware(
+            OpenTelemetryMiddleware,
+            tracer_provider=tracer_provider,
+            default_span_details=route_span_details(list(routes)),
+            exclude_spans=["receive", "send"],
+        )
+    ]
     return DashboardApp(
-        dashboard=DashboardEndpoint(
-            trace.get_tracer("dashboard_api", tracer_provider=tracer_provider)
-        ),
         routes=routes,
-        middleware=[Middleware(TelemetryMiddleware, tracer_provider=tracer_provider)],
+        middleware=middleware if traced else [],
         exception_handlers={
             Problem: handle_problem,
             AuthError: handle_auth_error,
