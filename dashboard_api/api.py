@@ -170,11 +170,7 @@ async def readyz(request: Request) -> Response:
 async def _postgres_ok(svc: Services) -> bool:
     try:
         with anyio.fail_after(svc.options.db_timeout):
-            if svc.pg_pool is not None:
-                async with svc.pg_pool.connection(timeout=svc.options.db_timeout) as conn:
-                    await conn.execute("SELECT 1")
-            else:
-                await svc.db.run(lambda conn: conn.exec_driver_sql("SELECT 1").scalar())
+            await svc.db.run(lambda conn: conn.exec_driver_sql("SELECT 1").scalar())
     except (*DB_ERRORS, Problem):
         return False
     return True

@@ -26,16 +26,14 @@ from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
-from typing import Any
 
 import orjson
 import pybreaker
 import redis.asyncio as aioredis
-from psycopg_pool import AsyncConnectionPool
 from redis.exceptions import RedisError
 
 from dashboard_api.auth import Principal
-from dashboard_api.db import DB_ERRORS, ThreadedDB, unavailable
+from dashboard_api.db import ThreadedDB
 from dashboard_api.newest import NewestRows
 from dashboard_api.problems import Problem
 from overnight_pipeline.core.money import quantum
@@ -156,17 +154,13 @@ class DashboardStore:
         prefix: str,
         breaker: pybreaker.CircuitBreaker,
         db: ThreadedDB,
-        pg_pool: AsyncConnectionPool[Any] | None,
-        db_timeout: float,
         redis_timeout: float,
     ) -> None:
         self.redis = redis
         self.prefix = prefix
         self.breaker = breaker
         self.db = db
-        self.pg_pool = pg_pool
-        self.newest = NewestRows(pg_pool, timeout=db_timeout) if pg_pool is not None else None
-        self.db_timeout = db_timeout
+        self.newest = NewestRows(db)
         self.redis_timeout = redis_timeout
         self.rejected: Counter[str] = Counter()
         # Entries this process validated in full, by their exact bytes (storage.cache).
@@ -220,15 +214,7 @@ class DashboardStore:
     async def from_database(
         self, principal: Principal, *, replacing: str | None = None
     ) -> DashboardResult:
-        uid = principal.user_id
-        if self.newest is not None:
-            try:
-                row = await self.newest.get(uid)
-            except DB_ERRORS as exc:
-                log.error("PostgreSQL unavailable for the dashboard: %s", type(exc).__name__)
-                raise unavailable() from None
-        else:
-            row = await self.db.run(lambda conn: queries.newest_recommendation(conn, user_id=uid))
+        row = await self.newest.get(principal.user_id)
         if row is None:
             return await self._new_user(principal, replacing)
         try:

@@ -1,22 +1,24 @@
-"""The SQLAlchemy engine, used from a bounded threadpool (audit, job runs, SQLite)."""
+"""The app database: the SQLAlchemy engine, used from a bounded threadpool (PostgreSQL or
+the embedded SQLite; every route, the dashboard's batched cache-miss read included)."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import TypeVar
 
 import anyio
 import psycopg
-from psycopg_pool import PoolTimeout
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from dashboard_api.problems import Problem
 
 T = TypeVar("T")
+log = logging.getLogger("dashboard_api")
 
 # TimeoutError (a pool checkout or `fail_after`) is an OSError.
-DB_ERRORS = (psycopg.Error, PoolTimeout, SQLAlchemyError, OSError)
+DB_ERRORS = (psycopg.Error, SQLAlchemyError, OSError)
 
 
 def unavailable() -> Problem:
@@ -39,5 +41,6 @@ class ThreadedDB:
         try:
             with anyio.fail_after(self.timeout * 2):
                 return await anyio.to_thread.run_sync(work, limiter=self.limiter)
-        except DB_ERRORS:
+        except DB_ERRORS as exc:
+            log.error("the database is unavailable: %s", type(exc).__name__)
             raise unavailable() from None

@@ -1,30 +1,31 @@
-"""The cache miss's PostgreSQL read, batched: concurrent misses share one query.
+"""The cache miss's database read, batched: concurrent misses share one query.
 
 Each miss needs the user's newest `recommendations` row. One query per miss spent more
-CPU on the protocol than on the row, in this process (psycopg's execute) and in PostgreSQL
+CPU on the protocol and the thread hop than on the row, in this process and in PostgreSQL
 (a backend round trip each), on the same two cores (docs/PERFORMANCE.md). Here the misses
-that arrive while earlier queries run are gathered into the next one,
+that arrive while earlier queries run are gathered into the next one, run on the
+SQLAlchemy engine in the app's bounded threadpool (`ThreadedDB`): on PostgreSQL
 `WHERE user_id = ANY(...)` with `DISTINCT ON (user_id)` in the order of
 `storage.queries.newest_recommendation` (latest market date, then generation time), so every
-user gets exactly the row that query returns (tested). At most `concurrency` such queries
-run at once; an idle server sends a lone miss at once, without waiting.
+user gets exactly the row that query returns (tested); on SQLite that query per user. At
+most `concurrency` such queries run at once; an idle server sends a lone miss at once,
+without waiting.
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from typing import Any
 
-from psycopg_pool import AsyncConnectionPool
-from sqlalchemy import any_, bindparam, select
+from sqlalchemy import Connection, any_, bindparam, select
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.dialects.postgresql import psycopg as pg_psycopg
 
+from dashboard_api.db import ThreadedDB
 from overnight_pipeline.storage.models import recommendations_table
 from overnight_pipeline.storage.queries import (
     NEWEST_COLUMNS,
     PersistedRecommendation,
+    newest_recommendation,
     persisted_from_row,
 )
 
@@ -35,23 +36,24 @@ _QUERY = (
     .ext(postgresql.distinct_on(_rec.user_id))
     .order_by(_rec.user_id, _rec.market_date.desc(), _rec.generated_at.desc())
 )
-_COMPILED = _QUERY.compile(dialect=pg_psycopg.dialect())  # type: ignore[no-untyped-call]
-SQL = str(_COMPILED).encode()
 
 Waiters = dict[uuid.UUID, list[asyncio.Future[PersistedRecommendation | None]]]
 
 
+def newest_rows(
+    conn: Connection, user_ids: list[uuid.UUID]
+) -> dict[uuid.UUID, PersistedRecommendation]:
+    """Each user's newest row (users without one are absent): one query on PostgreSQL."""
+    if conn.dialect.name != "postgresql":
+        found = {u: newest_recommendation(conn, user_id=u) for u in user_ids}
+        return {u: row for u, row in found.items() if row is not None}
+    rows = conn.execute(_QUERY, {"user_ids": user_ids})
+    return {row[0]: persisted_from_row(row) for row in rows}
+
+
 class NewestRows:
-    def __init__(
-        self,
-        pool: AsyncConnectionPool[Any],
-        *,
-        timeout: float,
-        concurrency: int = 4,
-        max_batch: int = 128,
-    ) -> None:
-        self.pool = pool
-        self.timeout = timeout
+    def __init__(self, db: ThreadedDB, *, concurrency: int = 4, max_batch: int = 128) -> None:
+        self.db = db
         self.concurrency = concurrency
         self.max_batch = max_batch
         self._pending: Waiters = {}
@@ -59,7 +61,7 @@ class NewestRows:
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def get(self, user_id: uuid.UUID) -> PersistedRecommendation | None:
-        """The user's newest row, None when there is none; psycopg/pool errors propagate."""
+        """The user's newest row, None when there is none; `db.run`'s 503 propagates."""
         waiter: asyncio.Future[PersistedRecommendation | None] = (
             asyncio.get_running_loop().create_future()
         )
@@ -92,10 +94,9 @@ class NewestRows:
         # Yield once: the misses of this event-loop turn join the batch.
         await asyncio.sleep(0)
         self._take(batch)
+        users = list(batch)
         try:
-            async with self.pool.connection(timeout=self.timeout) as conn:
-                cur = await conn.execute(SQL, {"user_ids": list(batch)}, prepare=True)
-                rows = await cur.fetchall()
+            found = await self.db.run(lambda conn: newest_rows(conn, users))
         except BaseException as exc:
             error = exc if isinstance(exc, Exception) else asyncio.CancelledError()
             for waiters in batch.values():
@@ -105,7 +106,6 @@ class NewestRows:
             if not isinstance(exc, Exception):
                 raise
             return
-        found = {row[0]: persisted_from_row(row) for row in rows}
         for user, waiters in batch.items():
             row = found.get(user)
             for waiter in waiters:

@@ -1,10 +1,10 @@
 """What the app holds while it runs: built by the lifespan, closed when it ends.
 
-PostgreSQL is reached two ways, chosen by measurement (docs/PERFORMANCE.md): the dashboard's
-fallback read goes through a psycopg async pool (no thread hop, a prepared statement shared
-by concurrent misses), and everything else (audit, job runs, SQLite) through the SQLAlchemy
-engine in a bounded threadpool. Redis is one redis-py asyncio pool (hiredis
-parser), with a short deadline per call and no retries, behind a circuit breaker: a slow or dead Redis must never
+The app database is one SQLAlchemy engine used from a bounded threadpool (`ThreadedDB`);
+the dashboard's cache misses share batched queries on it (`newest`), so the thread hop is
+paid per batch, not per miss (docs/PERFORMANCE.md). On PostgreSQL each connection carries a
+statement timeout. Redis is one redis-py asyncio pool (hiredis parser), with a short
+deadline per call and no retries, behind a circuit breaker: a slow or dead Redis must never
 make a request fail or hang.
 """
 
@@ -14,10 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
-from psycopg_pool import AsyncConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from sqlalchemy.engine import make_url
 
 from dashboard_api.auth import TokenVerifier
 from dashboard_api.dashboard import DashboardStore, redis_breaker
@@ -46,51 +44,31 @@ class Services:
     settings: Settings
     options: ApiOptions
     db: ThreadedDB
-    pg_pool: AsyncConnectionPool[Any] | None
     redis: aioredis.Redis
     dashboard: DashboardStore
     tokens: TokenVerifier
 
     async def aclose(self) -> None:
-        if self.dashboard.newest is not None:
-            await self.dashboard.newest.aclose()
-        if self.pg_pool is not None:
-            await self.pg_pool.close()
+        await self.dashboard.newest.aclose()
         await self.redis.aclose()
         self.db.engine.dispose()
 
 
-def pg_conninfo(database_url: str) -> str:
-    """A libpq URI from the SQLAlchemy URL (`postgresql+psycopg://` → `postgresql://`)."""
-    return make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
 async def open_services(settings: Settings, options: ApiOptions) -> Services:
+    connect_args: dict[str, Any] = {}
+    if not settings.is_sqlite:
+        connect_args = {
+            "connect_timeout": max(1, int(options.db_timeout)),
+            "options": f"-c statement_timeout={int(options.db_timeout * 1000)}",
+        }
     engine = make_engine(
         settings.database_url,
         pool_size=options.db_pool_size,
         max_overflow=0,
         pool_timeout=options.db_timeout,
+        connect_args=connect_args,
     )
     db = ThreadedDB(engine, limit=options.db_pool_size, timeout=options.db_timeout)
-    pg_pool: AsyncConnectionPool[Any] | None = None
-    if not settings.is_sqlite:
-        timeout_ms = int(options.db_timeout * 1000)
-        pg_pool = AsyncConnectionPool(
-            pg_conninfo(settings.database_url),
-            min_size=2,
-            max_size=options.db_pool_size,
-            timeout=options.db_timeout,
-            kwargs={
-                "autocommit": True,
-                "connect_timeout": max(1, int(options.db_timeout)),
-                "options": f"-c statement_timeout={timeout_ms}",
-            },
-            name="dashboard",
-            open=False,
-        )
-        # Do not wait: the app starts (and /readyz says why) even while PostgreSQL is down.
-        await pg_pool.open(wait=False)
     # The per-call deadline is an `asyncio.timeout` around each call (dashboard.py):
     # redis-py's socket_timeout wraps every send in `wait_for`, a task per command on 3.11.
     # Cancellation mid-command makes redis-py drop that connection, so none is reused dirty.
@@ -106,9 +84,7 @@ async def open_services(settings: Settings, options: ApiOptions) -> Services:
         prefix=settings.cache_prefix,
         breaker=redis_breaker(options.redis_cooldown, threshold=options.redis_failures),
         db=db,
-        pg_pool=pg_pool,
-        db_timeout=options.db_timeout,
         redis_timeout=options.redis_timeout,
     )
     tokens = TokenVerifier(settings.dashboard_secret)
-    return Services(settings, options, db, pg_pool, redis, store, tokens)
+    return Services(settings, options, db, redis, store, tokens)

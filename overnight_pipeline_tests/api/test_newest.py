@@ -9,13 +9,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from psycopg import OperationalError
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from sqlalchemy import Engine
 
+from dashboard_api.db import ThreadedDB
 from dashboard_api.newest import NewestRows
-from dashboard_api.services import pg_conninfo
+from dashboard_api.problems import Problem
 from overnight_pipeline.storage import queries
+from overnight_pipeline.storage.db import make_engine
 from overnight_pipeline_tests.api.factories import insert_users, persist, planner
 from overnight_pipeline_tests.api.netfaults import closed_port
 
@@ -44,17 +44,11 @@ def test_batched_reads_match_the_one_user_query(pg_url: str, pg_engine: Engine) 
         expected = {u: queries.newest_recommendation(conn, user_id=u) for u in users}
     assert sum(1 for row in expected.values() if row is None) == 10
 
+    # A session time zone other than UTC: generated_at must still come back in UTC.
+    engine = make_engine(pg_url, connect_args={"options": "-c TimeZone=America/Sao_Paulo"})
+
     async def main() -> dict[uuid.UUID, Any]:
-        pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-            pg_conninfo(pg_url),
-            min_size=1,
-            max_size=2,
-            open=False,
-            # A session time zone other than UTC: generated_at must still come back in UTC.
-            kwargs={"autocommit": True, "options": "-c TimeZone=America/Sao_Paulo"},
-        )
-        await pool.open()
-        newest = NewestRows(pool, timeout=5, concurrency=2, max_batch=7)
+        newest = NewestRows(ThreadedDB(engine, limit=2, timeout=5), concurrency=2, max_batch=7)
         try:
             asked = users * 2  # the same user twice in a batch gets the same row twice
             got = await asyncio.gather(*(newest.get(u) for u in asked))
@@ -64,29 +58,48 @@ def test_batched_reads_match_the_one_user_query(pg_url: str, pg_engine: Engine) 
             return dict(zip(users, got[: len(users)], strict=True))
         finally:
             await newest.aclose()
-            await pool.close()
 
     got = asyncio.run(main())
+    engine.dispose()
     assert got == expected
     assert all(row.generated_at.tzinfo == UTC for row in got.values() if row is not None)
 
 
 def test_a_database_failure_reaches_every_waiter() -> None:
+    engine = make_engine(f"postgresql+psycopg://root@127.0.0.1:{closed_port()}/nowhere")
+
     async def main() -> None:
-        dead = f"postgresql://root@127.0.0.1:{closed_port()}/nowhere"
-        pool: AsyncConnectionPool[Any] = AsyncConnectionPool(dead, min_size=1, open=False)
-        await pool.open(wait=False)
-        newest = NewestRows(pool, timeout=0.3, concurrency=1)
+        newest = NewestRows(ThreadedDB(engine, limit=1, timeout=0.3), concurrency=1)
         try:
             results = await asyncio.gather(
                 *(newest.get(uuid.uuid4()) for _ in range(5)), return_exceptions=True
             )
-            assert all(isinstance(r, PoolTimeout | OperationalError) for r in results)
+            assert all(isinstance(r, Problem) and r.status == 503 for r in results)
         finally:
             await newest.aclose()
-            await pool.close(timeout=0.1)
 
     asyncio.run(main())
+    engine.dispose()
+
+
+def test_sqlite_reads_the_same_rows_one_query_per_user(sqlite_engine: Engine) -> None:
+    now = datetime.now(UTC)
+    users = [uuid.uuid4() for _ in range(6)]
+    with sqlite_engine.begin() as conn:
+        insert_users(conn, users)
+        persist(conn, [planner(u, generated_at=now, seed=i) for i, u in enumerate(users[:4])])
+    with sqlite_engine.connect() as conn:
+        expected = {u: queries.newest_recommendation(conn, user_id=u) for u in users}
+
+    async def main() -> list[Any]:
+        newest = NewestRows(ThreadedDB(sqlite_engine, limit=2, timeout=5), max_batch=4)
+        try:
+            return await asyncio.gather(*(newest.get(u) for u in users))
+        finally:
+            await newest.aclose()
+
+    assert dict(zip(users, asyncio.run(main()), strict=True)) == expected
+    assert sum(1 for row in expected.values() if row is None) == 2
 
 
 @pytest.mark.parametrize("concurrency", [1, 3])
@@ -100,16 +113,12 @@ def test_many_concurrent_misses_are_all_answered(
         persist(conn, [planner(u, generated_at=now, seed=i % 40) for i, u in enumerate(users)])
 
     async def main() -> None:
-        pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-            pg_conninfo(pg_url), min_size=1, max_size=3, open=False, kwargs={"autocommit": True}
-        )
-        await pool.open()
-        newest = NewestRows(pool, timeout=5, concurrency=concurrency, max_batch=64)
+        db = ThreadedDB(pg_engine, limit=3, timeout=5)
+        newest = NewestRows(db, concurrency=concurrency, max_batch=64)
         try:
             got = await asyncio.gather(*(newest.get(u) for u in users))
             assert [r.user_id if r else None for r in got] == users
         finally:
             await newest.aclose()
-            await pool.close()
 
     asyncio.run(main())
