@@ -8,6 +8,7 @@ gate has validated both documents) and builds the core's models from them for th
 from __future__ import annotations
 
 import logging
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,8 +24,10 @@ from starlette.templating import Jinja2Templates
 from dashboard_api.api import services
 from dashboard_api.auth import COOKIE_NAME, AuthError, Principal
 from dashboard_api.dashboard import DashboardResult
+from dashboard_api.presentation import ago, build_page, reader_locale
 from dashboard_api.problems import Problem
 from overnight_pipeline.core.payloads import CachedPortfolioSummary, CachedRecommendations
+from overnight_pipeline.storage import queries
 
 log = logging.getLogger("dashboard_api")
 STALE_AFTER = timedelta(hours=24)
@@ -47,20 +50,6 @@ class Freshness:
     state: str  # "fresh" | "stale" | "none"
     label: str  # the badge text
     generated_at: datetime | None
-
-
-def ago(delta: timedelta) -> str:
-    """'3 hours ago', in the reader's terms."""
-    seconds = int(delta.total_seconds())
-    if seconds < 60:
-        return "just now"
-    if seconds < 3_600:
-        n, unit = seconds // 60, "minute"
-    elif seconds < 2 * 86_400:
-        n, unit = seconds // 3_600, "hour"
-    else:
-        n, unit = seconds // 86_400, "day"
-    return f"{n} {unit}{'' if n == 1 else 's'} ago"
 
 
 def freshness(generated_at: str | None, now: datetime) -> Freshness:
@@ -112,11 +101,24 @@ async def page(request: Request) -> Response:
             raise Problem(
                 503, "stored recommendations are in a format this server cannot read"
             ) from None
+    classes: dict[uuid.UUID, str] = {}
+    if recs is not None and recs.recommendations:
+        uid = principal.user_id
+        classes = await services(request).db.run(
+            lambda conn: queries.holding_classes(conn, user_id=uid)
+        )
     context = {
         "user_id": principal.user_key,
         "result": result,
         "recs": recs,
-        "portfolio": portfolio,
+        "view": build_page(
+            locale=reader_locale(request.headers.get("accept-language")),
+            total_investable=result.total_investable,
+            base_currency=result.base_currency,
+            recs=recs,
+            portfolio=portfolio,
+            classes=classes,
+        ),
         "freshness": freshness(result.generated_at, datetime.now(UTC)),
     }
     refill = BackgroundTask(store.refill, result.repair) if result.repair is not None else None

@@ -22,6 +22,25 @@ METRICS: Final[tuple[str, ...]] = (
     "ev_ebitda",
 )
 
+# How people read the metrics (the dashboard page, reports).
+METRIC_LABELS: Final[dict[str, str]] = {
+    "dividend_yield": "Dividend yield",
+    "pe_ratio": "P/E ratio",
+    "pb_ratio": "P/B ratio",
+    "market_cap": "Market capitalisation",
+    "revenue": "Revenue",
+    "earnings": "Earnings",
+    "surplus_years": "Years in surplus",
+    "roe": "Return on equity",
+    "roa": "Return on assets",
+    "debt_to_equity": "Debt to equity",
+    "current_ratio": "Current ratio",
+    "gross_margin": "Gross margin",
+    "net_margin": "Net margin",
+    "payout_ratio": "Payout ratio",
+    "ev_ebitda": "EV/EBITDA",
+}
+
 Operator = Literal["gt", "lt", "gte", "lte", "between", "equals", "exists"]
 OPERATORS: Final[tuple[str, ...]] = ("gt", "lt", "gte", "lte", "between", "equals", "exists")
 

@@ -13,8 +13,10 @@ from typing import Any
 from sqlalchemy import Connection, Select, Text, bindparam, cast, select, tuple_
 
 from overnight_pipeline.storage.models import (
+    asset_classes_table,
     assets_table,
     calculation_assets_table,
+    holdings_table,
     overnight_job_runs_table,
     recommendations_table,
     users_table,
@@ -164,6 +166,17 @@ def user_profile(conn: Connection, *, user_id: uuid.UUID) -> UserProfile | None:
         select(u.base_currency, u.default_contribution, u.active).where(u.id == user_id)
     ).first()
     return None if row is None else UserProfile(**row._asdict())
+
+
+def holding_classes(conn: Connection, *, user_id: uuid.UUID) -> dict[uuid.UUID, str]:
+    """The asset class of each asset the user holds, by asset id (the dashboard page)."""
+    h, c = holdings_table.c, asset_classes_table.c
+    rows = conn.execute(
+        select(h.asset_id, c.name)
+        .join(asset_classes_table, (c.user_id == h.user_id) & (c.id == h.asset_class_id))
+        .where(h.user_id == user_id)
+    )
+    return {asset_id: name for asset_id, name in rows}
 
 
 def asset_id_for(conn: Connection, *, market: str, symbol: str) -> uuid.UUID | None:

@@ -25,7 +25,13 @@ from dashboard_api.services import ApiOptions
 from overnight_pipeline.settings import Settings, load_settings
 from overnight_pipeline.storage.cache import write_entries
 from overnight_pipeline.storage.db import make_engine, migrate
-from overnight_pipeline_tests.api.factories import Planner, insert_users, persist, planner
+from overnight_pipeline_tests.api.factories import (
+    Planner,
+    insert_holdings,
+    insert_users,
+    persist,
+    planner,
+)
 from overnight_pipeline_tests.conftest import create_pg_database, drop_pg_database
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -149,6 +155,7 @@ def new_user(pg_engine: Engine) -> Callable[..., Planner]:
         )
         with pg_engine.begin() as conn:
             insert_users(conn, [user])
+            insert_holdings(conn, [p])
             if persisted:
                 persist(conn, [p])
         return p

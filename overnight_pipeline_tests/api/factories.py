@@ -14,6 +14,7 @@ from datetime import date, datetime
 from decimal import Decimal
 
 from sqlalchemy import Connection, insert
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from overnight_pipeline.core.money import FxRates
 from overnight_pipeline.core.payloads import (
@@ -25,8 +26,10 @@ from overnight_pipeline.core.recommendations import ClassSpec, HoldingInput, rec
 from overnight_pipeline.core.scoring import AssetScore
 from overnight_pipeline.storage.cache import CacheEntry
 from overnight_pipeline.storage.models import (
+    asset_classes_table,
     assets_table,
     calculation_assets_table,
+    holdings_table,
     recommendations_table,
     users_table,
 )
@@ -50,6 +53,11 @@ class Planner:
     contribution: Decimal
     recs: CachedRecommendations
     portfolio: CachedPortfolioSummary
+    holdings: tuple[HoldingInput, ...] = ()
+
+    def asset_class(self, asset_id: object) -> str:
+        """The class of one of this planner's assets."""
+        return next(h.asset_class for h in self.holdings if h.asset_id == str(asset_id))
 
     @property
     def recs_json(self) -> bytes:
@@ -122,7 +130,52 @@ def planner(
         contribution=D(contribution),
         recs=recs,
         portfolio=portfolio,
+        holdings=tuple(holdings),
     )
+
+
+def insert_holdings(conn: Connection, planners: Sequence[Planner]) -> None:
+    """The assets, classes and holdings behind the planners' documents (users must exist)."""
+    assets = {
+        h.asset_id: {
+            "id": uuid.UUID(h.asset_id),
+            "market": "B3" if h.currency == "BRL" else "NYSE",
+            "symbol": h.symbol,
+            "currency": h.currency,
+        }
+        for p in planners
+        for h in p.holdings
+    }
+    if not assets:
+        return
+    conn.execute(pg_insert(assets_table).on_conflict_do_nothing(), list(assets.values()))
+    for p in planners:
+        class_ids = {c.name: uuid.uuid4() for c in CLASSES}
+        conn.execute(
+            insert(asset_classes_table),
+            [
+                {
+                    "id": class_ids[c.name],
+                    "user_id": p.user_id,
+                    "name": c.name,
+                    "target_min": c.target_min,
+                    "target_max": c.target_max,
+                }
+                for c in CLASSES
+            ],
+        )
+        conn.execute(
+            insert(holdings_table),
+            [
+                {
+                    "user_id": p.user_id,
+                    "asset_id": uuid.UUID(h.asset_id),
+                    "asset_class_id": class_ids[h.asset_class],
+                    "quantity": h.quantity,
+                }
+                for h in p.holdings
+            ],
+        )
 
 
 def insert_users(conn: Connection, user_ids: Sequence[uuid.UUID]) -> None:

@@ -6,10 +6,13 @@ import re
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
 
 import pytest
 from starlette.testclient import TestClient
 
+from dashboard_api import views
 from dashboard_api.auth import COOKIE_NAME
 from dashboard_api.views import ago, freshness
 from overnight_pipeline_tests.api.conftest import token_for
@@ -39,7 +42,8 @@ def login(client: TestClient, user: uuid.UUID) -> None:
         (timedelta(minutes=1, seconds=5), "1 minute ago"),
         (timedelta(minutes=42), "42 minutes ago"),
         (timedelta(hours=1), "1 hour ago"),
-        (timedelta(hours=3, minutes=59), "3 hours ago"),
+        (timedelta(hours=3, minutes=29), "3 hours ago"),
+        (timedelta(hours=3, minutes=31), "4 hours ago"),  # Babel rounds to the nearest unit
         (timedelta(hours=26), "26 hours ago"),
         (timedelta(days=3, hours=2), "3 days ago"),
         (timedelta(seconds=-30), "just now"),
@@ -77,12 +81,68 @@ def test_login_then_page_shows_table_bars_and_a_fresh_badge(
     page = client.get("/")
     assert page.status_code == 200
     assert badge(page.text) == ("fresh", "Fresh · generated 3 hours ago")
-    rows = re.findall(r"<tr><td>(S\d+)</td>", page.text)
-    assert rows == [r.symbol for r in p.recs.recommendations]
+    rows = re.findall(
+        r'<tr><th scope="row" data-label="Asset">(S\d+)</th><td data-label="Class">([^<]+)</td>',
+        page.text,
+    )
+    assert rows == [(r.symbol, p.asset_class(r.asset_id)) for r in p.recs.recommendations]
     bars = re.findall(r'<div class="alloc (\w+)" data-class="([^"]+)">', page.text)
     assert [name for _, name in bars] == ["US Stocks", "Brazil", "Bonds"]
-    assert "20000.00 USD" in page.text and "served from cache" in page.text
+    assert "$20,000.00" in page.text and "served from cache" in page.text
     assert "<script" not in page.text
+
+
+def cells(html: str, label: str) -> list[str]:
+    return re.findall(rf'<td class="num" data-label="{label}">([^<]*)</td>', html)
+
+
+def test_figures_follow_the_readers_locale_and_metrics_read_as_words(
+    client: TestClient, new_user: Callable[..., Planner]
+) -> None:
+    p = new_user(hours_ago=3)
+    login(client, p.user_id)
+    english = client.get("/").text
+    amounts = [f"${Decimal(r.amount):,.2f}" for r in p.recs.recommendations]
+    assert cells(english, "Amount") == amounts
+    scores = cells(english, "Score")
+    assert scores == [format(Decimal(r.score).normalize(), "f") for r in p.recs.recommendations]
+    assert not any(s.endswith(".0000") for s in scores)
+    assert all(re.fullmatch(r"[+-]\d+(\.\d{1,2})? pp", g) for g in cells(english, "Class gap"))
+    assert "Dividend yield" in english and "dividend_yield" not in english
+    brazil = client.get("/", headers={"Accept-Language": "pt-BR,pt;q=0.9,en;q=0.5"}).text
+    first = Decimal(p.recs.recommendations[0].amount)
+    whole, cents = f"{first:,.2f}".replace(",", ".").rsplit(".", 1)
+    assert cells(brazil, "Amount")[0] == f"US$\xa0{whole},{cents}"
+    assert "US$\xa020.000,00" in brazil
+
+
+def test_a_user_with_nothing_yet_reads_words_not_a_bare_zero(client: TestClient) -> None:
+    login(client, uuid.uuid4())
+    page = client.get("/").text
+    total = re.search(r'id="total-investable">([^<]*)<', page)
+    assert total and total.group(1) == "No contribution set yet"
+    assert "No recommendations yet" in page and "0 <" not in page
+
+
+def test_graphics_and_text_meet_wcag_contrast_against_white() -> None:
+    css = (Path(views.__file__).parent / "templates/base.html").read_text()
+    colours = dict(re.findall(r"--([\w-]+): (#[0-9a-f]{6})", css))
+    white = colours["card"]
+    for graphic in ("scale", "band", "within", "below", "above"):  # WCAG 1.4.11: 3:1
+        assert contrast(colours[graphic], white) >= 3.0, graphic
+    for text in ("ink", "muted", "fresh", "stale", "none"):  # 1.4.3: 4.5:1 (badges: white text)
+        assert contrast(colours[text], white) >= 4.5, text
+        assert contrast(colours[text], colours["page"]) >= 4.5, text
+
+
+def contrast(a: str, b: str) -> float:
+    def luminance(colour: str) -> float:
+        rgb = [int(colour[i : i + 2], 16) / 255 for i in (1, 3, 5)]
+        lin = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in rgb]
+        return 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
+
+    hi, lo = sorted([luminance(a), luminance(b)], reverse=True)
+    return (hi + 0.05) / (lo + 0.05)
 
 
 def test_stale_and_no_data_badges(client: TestClient, new_user: Callable[..., Planner]) -> None:
@@ -97,6 +157,9 @@ def test_stale_and_no_data_badges(client: TestClient, new_user: Callable[..., Pl
 def test_login_with_a_bad_token_re_renders_the_form_with_401(client: TestClient) -> None:
     response = client.post("/login", data={"token": "nope"}, follow_redirects=False)
     assert response.status_code == 401 and "That token does not work" in response.text
+    # Announced, and tied to its field.
+    assert '<p class="error" id="login-error" role="alert">' in response.text
+    assert 'aria-describedby="login-error token-help" aria-invalid="true"' in response.text
     assert "set-cookie" not in response.headers
     empty = client.post("/login", data={"token": ""})
     assert empty.status_code == 401
