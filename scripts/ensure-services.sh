@@ -2,8 +2,9 @@
 # Make PostgreSQL and Redis reachable for the tests and benchmarks:
 # start them when installed but stopped, install them from the OS packages when missing
 # (root only), otherwise fail with a clear message. Safe to run again and again.
-# `ensure-services.sh chromium` only makes sure Debian's headless `chromium` is installed
-# (the dashboard's browser test calls it when the binary is missing).
+# `ensure-services.sh browser` only makes sure of what the dashboard's browser tests use
+# (they call it when something is missing): Debian's headless `chromium`, and axe-core from
+# the npm registry (pinned below) under .data/axe, with Node.js from Debian when needed.
 set -euo pipefail
 
 PG_HOST=${PG_HOST:-127.0.0.1}
@@ -80,8 +81,26 @@ ensure_chromium() {
   command -v chromium >/dev/null || die "installing chromium did not put 'chromium' on PATH"
 }
 
-if [ "${1:-}" = chromium ]; then
+AXE_VERSION=4.14.1
+AXE_DIR=${AXE_DIR:-$(cd "$(dirname "$0")/.." && pwd)/.data/axe}
+ensure_axe() {
+  local js="$AXE_DIR/node_modules/axe-core/axe.min.js"
+  if [ -s "$js" ] && grep -q "\"version\": \"$AXE_VERSION\"" "$AXE_DIR/node_modules/axe-core/package.json"; then
+    return 0
+  fi
+  if ! command -v npm >/dev/null; then
+    apt_install nodejs npm || die "npm is not installed and I cannot install it (need root and apt-get); install Debian's 'npm' package"
+  fi
+  say "installing axe-core $AXE_VERSION from the npm registry into $AXE_DIR"
+  mkdir -p "$AXE_DIR"
+  npm install --silent --no-audit --no-fund --no-save --prefix "$AXE_DIR" "axe-core@$AXE_VERSION" >&2 \
+    || die "npm could not install axe-core@$AXE_VERSION"
+  [ -s "$js" ] || die "installing axe-core did not leave $js"
+}
+
+if [ "${1:-}" = browser ] || [ "${1:-}" = chromium ]; then
   ensure_chromium
+  ensure_axe
   exit 0
 fi
 
@@ -89,4 +108,5 @@ ensure_postgres
 ensure_pg_role
 ensure_redis
 ensure_chromium
+ensure_axe
 say "PostgreSQL $PG_HOST:$PG_PORT and Redis $REDIS_HOST:$REDIS_PORT are up"

@@ -1,4 +1,9 @@
-"""A real headless Chromium logs in through the form and reads the freshness badge."""
+"""A real headless Chromium signs in through the form and reads the page, on a desktop and
+on phones: no horizontal scrolling, the class bars drawn, axe-core finds nothing serious.
+
+Screenshots are test artifacts, written to `.data/artifacts/browser/` (the README shows the
+ones committed under docs/screenshots/).
+"""
 
 from __future__ import annotations
 
@@ -9,22 +14,45 @@ from pathlib import Path
 import pytest
 
 from overnight_pipeline.settings import Settings
-from overnight_pipeline_tests.api.cdp import Browser, ensure_chromium
+from overnight_pipeline_tests.api.cdp import ROOT, Browser, BrowserTools, ensure_browser_tools
 from overnight_pipeline_tests.api.conftest import FAST, token_for
 from overnight_pipeline_tests.api.factories import Planner
 from overnight_pipeline_tests.api.live import live_server
 
+ARTIFACTS = ROOT / ".data/artifacts/browser"
+# name: (width, height, a phone's layout viewport)
+SCREENS = {"desktop": (1280, 900, False), "phone": (390, 844, True), "narrow": (320, 640, True)}
+
 
 @pytest.fixture(scope="session")
-def chromium() -> str:
-    return ensure_chromium()
+def tools() -> BrowserTools:
+    return ensure_browser_tools()
 
 
 @pytest.fixture
-def browser(chromium: str, tmp_path: Path) -> Iterator[Browser]:
-    b = Browser(chromium, tmp_path / "profile")
+def browser(tools: BrowserTools, tmp_path: Path) -> Iterator[Browser]:
+    b = Browser(tools.chromium, tmp_path / "profile")
     yield b
     b.close()
+
+
+def sign_in(browser: Browser, base: str, user: uuid.UUID) -> None:
+    browser.navigate(f"{base}/")  # no cookie yet: the page sends us to the form
+    assert browser.evaluate("location.pathname") == "/login"
+    browser.type_into("#token", token_for(user))
+    browser.submit("#login-form")
+    assert browser.evaluate("location.pathname") == "/"
+
+
+def shoot(browser: Browser, name: str, *, full_page: bool = True) -> bytes:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    png = browser.screenshot(ARTIFACTS / f"{name}.png", full_page=full_page)
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5_000, name
+    return png
+
+
+def serious(violations: list[dict[str, object]]) -> list[dict[str, object]]:
+    return [v for v in violations if v["impact"] in ("serious", "critical")]
 
 
 def test_browser_logs_in_and_sees_fresh_and_stale_badges(
@@ -32,40 +60,103 @@ def test_browser_logs_in_and_sees_fresh_and_stale_badges(
     settings: Settings,
     new_user: Callable[..., Planner],
     cache: Callable[..., None],
-    tmp_path: Path,
 ) -> None:
     fresh = new_user(hours_ago=3, seed=4)
     cache(fresh)
     stale = new_user(hours_ago=30, seed=5)
     with live_server(settings, FAST) as base:
-        shots: dict[str, bytes] = {}
         for name, user, badge in [
             ("fresh", fresh.user_id, "Fresh · generated 3 hours ago"),
             ("stale", stale.user_id, "Stale · generated 30 hours ago"),
             ("none", uuid.uuid4(), "No data yet"),
         ]:
-            browser.navigate(f"{base}/")  # no cookie yet: the page sends us to the form
-            assert browser.evaluate("location.pathname") == "/login"
-            browser.type_into("#token", token_for(user))
-            browser.submit("#login-form")
-            assert browser.evaluate("location.pathname") == "/"
+            sign_in(browser, base, user)
             assert browser.evaluate("document.getElementById('freshness').textContent") == badge
             assert browser.evaluate("document.getElementById('freshness').className") == (
                 f"badge {name}"
             )
             # The token lives in an HttpOnly cookie: page scripts cannot read it.
             assert "overnight_token" not in browser.evaluate("document.cookie")
-            shots[name] = browser.screenshot(tmp_path / f"dashboard-{name}.png")
             if name != "none":
                 rows = browser.evaluate(
                     "document.querySelectorAll('#recommendations tbody tr').length"
                 )
                 planner = fresh if name == "fresh" else stale
                 assert rows == len(planner.recs.recommendations)
-                bars = browser.evaluate("document.querySelectorAll('.alloc .bar').length")
-                assert bars == 3
+                assert browser.evaluate("document.querySelectorAll('.alloc .bar').length") == 3
             browser.submit("form.inline")  # sign out
             assert browser.evaluate("location.pathname") == "/login"
-    for name, png in shots.items():
-        assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000, name
-        assert (tmp_path / f"dashboard-{name}.png").stat().st_size == len(png)
+
+
+# Every bar and band: drawn (a box with width and height), inside the screen, not hidden.
+BARS_DRAWN = """
+[...document.querySelectorAll('.alloc')].map(row => {
+  const box = sel => row.querySelector(sel).getBoundingClientRect();
+  const track = box('.track'), bar = box('.bar'), band = box('.band');
+  const shown = el => getComputedStyle(el).visibility === 'visible'
+    && getComputedStyle(el).display !== 'none';
+  return {name: row.dataset.class,
+          track: track.width > 100 && track.height >= 8 && track.right <= innerWidth,
+          bar: bar.width >= 2 && bar.height >= 8 && bar.right <= track.right + 1,
+          band: band.width >= 2 && band.height >= 4 && band.right <= track.right + 1,
+          shown: [...row.querySelectorAll('.track, .bar, .band')].every(shown)};
+})
+"""
+NO_SIDEWAYS_SCROLL = "document.documentElement.scrollWidth <= innerWidth"
+
+
+@pytest.mark.parametrize("screen", list(SCREENS))
+def test_page_fits_the_screen_draws_the_bars_and_passes_axe(
+    screen: str,
+    browser: Browser,
+    tools: BrowserTools,
+    settings: Settings,
+    new_user: Callable[..., Planner],
+    cache: Callable[..., None],
+) -> None:
+    width, height, mobile = SCREENS[screen]
+    user = new_user(hours_ago=17 / 60, seed=7)
+    cache(user)
+    browser.viewport(width, height, mobile=mobile)
+    with live_server(settings, FAST) as base:
+        browser.navigate(f"{base}/login")
+        assert browser.evaluate("innerWidth") == width
+        browser.type_into("#token", "not-a-token")
+        browser.submit("#login-form")
+        assert browser.evaluate("document.querySelector('[role=alert]').textContent").startswith(
+            "That token does not work"
+        )
+        assert browser.evaluate(NO_SIDEWAYS_SCROLL), "the sign-in form scrolls sideways"
+        assert serious(browser.audit(tools.axe_js)) == []
+        if screen != "narrow":
+            shoot(browser, f"login-error-{screen}")
+
+        sign_in(browser, base, user.user_id)
+        scroll = browser.evaluate("[document.documentElement.scrollWidth, innerWidth]")
+        assert scroll[0] <= scroll[1], f"the page is {scroll[0]} px wide on a {width} px screen"
+        bars = browser.evaluate(BARS_DRAWN)
+        assert [b["name"] for b in bars] == ["US Stocks", "Brazil", "Bonds"]
+        for bar in bars:
+            assert bar == {**bar, "track": True, "bar": True, "band": True, "shown": True}, bar
+        # Every cell of every recommendation is on screen (none cut off at the right edge).
+        cut = browser.evaluate(
+            "[...document.querySelectorAll('#recommendations th, #recommendations td')]"
+            ".filter(c => c.getBoundingClientRect().right > innerWidth + 0.5).length"
+        )
+        assert cut == 0
+        badge_height = browser.evaluate("document.getElementById('freshness').offsetHeight")
+        assert badge_height < 40, "the badge wraps into a tall pill"
+        assert serious(browser.audit(tools.axe_js)) == []
+        if screen != "narrow":
+            shoot(browser, f"dashboard-{screen}")
+            shoot(browser, f"dashboard-{screen}-first-screen", full_page=False)
+
+        browser.submit("form.inline")  # sign out
+        sign_in(browser, base, uuid.uuid4())  # a user with nothing yet
+        assert browser.evaluate("document.getElementById('total-investable').textContent") == (
+            "No contribution set yet"
+        )
+        assert browser.evaluate(NO_SIDEWAYS_SCROLL)
+        assert serious(browser.audit(tools.axe_js)) == []
+        if screen != "narrow":
+            shoot(browser, f"dashboard-empty-{screen}")

@@ -82,7 +82,8 @@ def test_login_then_page_shows_table_bars_and_a_fresh_badge(
     assert page.status_code == 200
     assert badge(page.text) == ("fresh", "Fresh · generated 3 hours ago")
     rows = re.findall(
-        r'<tr><th scope="row" data-label="Asset">(S\d+)</th><td data-label="Class">([^<]+)</td>',
+        r'<tr><th scope="row" data-label="Asset">(S\d+)</th><td class="wide" data-label="Class">'
+        r"([^<]+)</td>",
         page.text,
     )
     assert rows == [(r.symbol, p.asset_class(r.asset_id)) for r in p.recs.recommendations]
@@ -93,7 +94,7 @@ def test_login_then_page_shows_table_bars_and_a_fresh_badge(
 
 
 def cells(html: str, label: str) -> list[str]:
-    return re.findall(rf'<td class="num" data-label="{label}">([^<]*)</td>', html)
+    return re.findall(rf'<td class="num[^"]*" data-label="{label}">([^<]*)</td>', html)
 
 
 def test_figures_follow_the_readers_locale_and_metrics_read_as_words(
