@@ -29,7 +29,6 @@ from dashboard_api.schemas import (
     AuditCalculation,
     AuditResponse,
     Checks,
-    JobRunOut,
     JobsResponse,
     Readiness,
 )
@@ -141,7 +140,7 @@ async def job_runs(request: Request) -> Response:
         )
 
     runs = await services(request).db.run(run)
-    body = JobsResponse(data=[JobRunOut.model_validate(r, from_attributes=True) for r in runs])
+    body = JobsResponse(data=runs)
     return Response(body.model_dump_json(by_alias=True), media_type=JSON, headers=PRIVATE)
 
 

@@ -4,13 +4,14 @@ they serialise the responses and describe them in `/openapi.json`."""
 from __future__ import annotations
 
 import uuid
-from datetime import date, datetime
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from overnight_pipeline.core.money import DecimalString
+from overnight_pipeline.storage.queries import JobRun
 
 
 class _Out(BaseModel):
@@ -80,21 +81,5 @@ class AuditResponse(_Out):
     )
 
 
-class JobRunOut(_Out):
-    id: uuid.UUID
-    run_id: str | None
-    job_type: str
-    status: Literal["started", "completed", "failed", "partial"]
-    market: str | None
-    market_date: date | None
-    started_at: datetime
-    completed_at: datetime | None
-    users_processed: int
-    users_failed: int
-    correlation_id: uuid.UUID
-    error_details: dict[str, Any] | None
-    metrics: dict[str, Any] | None
-
-
 class JobsResponse(_Out):
-    data: list[JobRunOut]
+    data: list[JobRun]

@@ -8,8 +8,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
+from pydantic import BaseModel, ConfigDict
+from pydantic.alias_generators import to_camel
 from sqlalchemy import Connection, Select, Text, bindparam, cast, select, tuple_
 
 from overnight_pipeline.storage.models import (
@@ -63,12 +65,17 @@ class AssetCalculation:
         return CalculationCursor(self.created_at, self.correlation_id, self.user_id)
 
 
-@dataclass(frozen=True)
-class JobRun:
+class JobRun(BaseModel):
+    """An `overnight_job_runs` row; also what `GET /api/jobs` sends (camelCase)."""
+
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", alias_generator=to_camel, populate_by_name=True
+    )
+
     id: uuid.UUID
     run_id: str | None
     job_type: str
-    status: str
+    status: Literal["started", "completed", "failed", "partial"]
     market: str | None
     market_date: date | None
     started_at: datetime
