@@ -9,11 +9,11 @@ synchronous: Dagster assets call them; HTTP providers run asyncio inside.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from overnight_pipeline.core.money import QUOTE_BASE, FxRates
 from overnight_pipeline.core.vocabulary import METRICS
@@ -98,6 +98,21 @@ class PricesResult:
     def source_of(self, instrument: Instrument) -> str:
         return self.sources.get(instrument, self.source)
 
+    @classmethod
+    def of(
+        cls,
+        wanted: Sequence[Instrument],
+        found: Mapping[Instrument, Quote],
+        *,
+        errors: list[str],
+        source: str,
+        **more: Any,
+    ) -> PricesResult:
+        """The answer to `wanted`: each instrument in `quotes` (in `wanted`'s order) or in
+        `missing`."""
+        quotes, missing = _answer(wanted, found)
+        return cls(quotes=quotes, missing=missing, errors=errors, source=source, **more)
+
 
 @dataclass(frozen=True)
 class FundamentalsResult:
@@ -115,6 +130,30 @@ class FundamentalsResult:
 
     def source_of(self, instrument: Instrument) -> str:
         return self.sources.get(instrument, self.source)
+
+    @classmethod
+    def of(
+        cls,
+        wanted: Sequence[Instrument],
+        found: Mapping[Instrument, dict[str, Decimal | None]],
+        *,
+        errors: list[str],
+        source: str,
+        **more: Any,
+    ) -> FundamentalsResult:
+        """The answer to `wanted`: each instrument in `values` (in `wanted`'s order) or in
+        `missing`."""
+        values, missing = _answer(wanted, found)
+        return cls(values=values, missing=missing, errors=errors, source=source, **more)
+
+
+V = TypeVar("V")
+
+
+def _answer(
+    wanted: Sequence[Instrument], found: Mapping[Instrument, V]
+) -> tuple[dict[Instrument, V], list[Instrument]]:
+    return {i: found[i] for i in wanted if i in found}, [i for i in wanted if i not in found]
 
 
 @runtime_checkable

@@ -124,9 +124,9 @@ class FallbackProvider:
         what: str,
         fetch: Callable[[MarketDataProvider, list[Instrument], date], Any],
         items: Callable[[Any], Mapping[Instrument, V]],
-    ) -> tuple[_Merged[Instrument, V], list[Instrument], list[Instrument], datetime]:
+    ) -> tuple[_Merged[Instrument, V], list[Instrument], datetime]:
         """Ask each link for what the links before it could not give; returns what was
-        found, what was wanted, what is still missing and when the first answer came."""
+        found, what was wanted and when the first answer came."""
         wanted = distinct(instruments)
         merged: _Merged[Instrument, V] = _Merged()
         fetched: datetime | None = None
@@ -153,51 +153,42 @@ class FallbackProvider:
                     )
             remaining = [i for i in remaining if i not in merged.found]
         self._fail_if_nobody_answered(merged, what)
-        return merged, wanted, remaining, fetched or utcnow()
+        return merged, wanted, fetched or utcnow()
 
     def fetch_prices(self, instruments: Sequence[Instrument], *, day: date) -> PricesResult:
-        merged, wanted, remaining, fetched = self._chain(
+        merged, wanted, fetched = self._chain(
             instruments,
             day=day,
             what="prices",
             fetch=lambda p, todo, d: p.fetch_prices(todo, day=d),
             items=lambda r: r.quotes,
         )
-        source = merged.source(self.name)
-        return PricesResult(
-            quotes={i: merged.found[i] for i in wanted if i in merged.found},
-            missing=remaining,
-            errors=merged.errors,
-            source=source,
-            stale=bool(merged.stale),
-            as_of=fetched,
-            stale_instruments=frozenset(merged.stale),
-            ages=merged.ages,
-            sources={i: s for i, s in merged.sources.items() if s != source},
-        )
+        return PricesResult.of(wanted, merged.found, **self._provenance(merged, fetched))
 
     def fetch_fundamentals(
         self, instruments: Sequence[Instrument], *, day: date
     ) -> FundamentalsResult:
-        merged, wanted, remaining, fetched = self._chain(
+        merged, wanted, fetched = self._chain(
             instruments,
             day=day,
             what="fundamentals",
             fetch=lambda p, todo, d: p.fetch_fundamentals(todo, day=d),
             items=lambda r: r.values,
         )
+        return FundamentalsResult.of(wanted, merged.found, **self._provenance(merged, fetched))
+
+    def _provenance(self, merged: _Merged[Instrument, Any], fetched: datetime) -> dict[str, Any]:
+        """Errors, sources, staleness and ages of a merged answer, as result fields."""
         source = merged.source(self.name)
-        return FundamentalsResult(
-            values={i: merged.found[i] for i in wanted if i in merged.found},
-            missing=remaining,
-            errors=merged.errors,
-            source=source,
-            stale=bool(merged.stale),
-            as_of=fetched,
-            stale_instruments=frozenset(merged.stale),
-            ages=merged.ages,
-            sources={i: s for i, s in merged.sources.items() if s != source},
-        )
+        return {
+            "errors": merged.errors,
+            "source": source,
+            "stale": bool(merged.stale),
+            "as_of": fetched,
+            "stale_instruments": frozenset(merged.stale),
+            "ages": merged.ages,
+            "sources": {i: s for i, s in merged.sources.items() if s != source},
+        }
 
     def health(self) -> Health:
         """OK when the primary is; the detail covers every link of the chain."""

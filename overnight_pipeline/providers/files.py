@@ -185,13 +185,8 @@ class FilesProvider:
         chosen, errors = self._newest(
             PRICES_FILE, PRICES_COLUMNS, self._instrument(PRICES_FILE), parse, set(wanted), day
         )
-        quotes = {inst: chosen[inst][1] for inst in wanted if inst in chosen}
-        return PricesResult(
-            quotes=quotes,
-            missing=[inst for inst in wanted if inst not in quotes],
-            errors=errors,
-            source=self.name,
-        )
+        quotes = {inst: quote for inst, (_, quote) in chosen.items()}
+        return PricesResult.of(wanted, quotes, errors=errors, source=self.name)
 
     def fetch_fundamentals(
         self, instruments: Sequence[Instrument], *, day: date
@@ -218,13 +213,8 @@ class FilesProvider:
             set(wanted),
             day,
         )
-        values = {inst: chosen[inst][1] for inst in wanted if inst in chosen}
-        return FundamentalsResult(
-            values=values,
-            missing=[inst for inst in wanted if inst not in values],
-            errors=errors,
-            source=self.name,
-        )
+        values = {inst: metrics for inst, (_, metrics) in chosen.items()}
+        return FundamentalsResult.of(wanted, values, errors=errors, source=self.name)
 
     def health(self) -> Health:
         absent = [

@@ -335,26 +335,14 @@ class HttpProvider:
     def fetch_prices(self, instruments: Sequence[Instrument], *, day: date) -> PricesResult:
         wanted = distinct(instruments)
         found, errors = run_sync(lambda: self._fetch_all("prices", wanted, day))
-        quotes: dict[Instrument, Quote] = found
-        return PricesResult(
-            quotes=quotes,
-            missing=[i for i in wanted if i not in quotes],
-            errors=errors,
-            source=self.name,
-        )
+        return PricesResult.of(wanted, found, errors=errors, source=self.name)
 
     def fetch_fundamentals(
         self, instruments: Sequence[Instrument], *, day: date
     ) -> FundamentalsResult:
         wanted = distinct(instruments)
         found, errors = run_sync(lambda: self._fetch_all("fundamentals", wanted, day))
-        values: dict[Instrument, dict[str, Decimal | None]] = found
-        return FundamentalsResult(
-            values=values,
-            missing=[i for i in wanted if i not in values],
-            errors=errors,
-            source=self.name,
-        )
+        return FundamentalsResult.of(wanted, found, errors=errors, source=self.name)
 
     async def _fetch_all(
         self, kind: str, wanted: list[Instrument], day: date

@@ -208,12 +208,7 @@ class SyntheticProvider:
                 known, frame["price"].tolist(), frame["currency"].tolist(), strict=True
             )
         }
-        return PricesResult(
-            quotes=quotes,
-            missing=[i for i in wanted if i not in quotes],
-            errors=errors,
-            source=self.name,
-        )
+        return PricesResult.of(wanted, quotes, errors=errors, source=self.name)
 
     def fetch_fundamentals(
         self, instruments: Sequence[Instrument], *, day: date
@@ -229,12 +224,7 @@ class SyntheticProvider:
             inst: dict(zip(METRICS, row, strict=True))
             for inst, row in zip(known, zip(*columns, strict=True), strict=True)
         }
-        return FundamentalsResult(
-            values=values,
-            missing=[i for i in wanted if i not in values],
-            errors=errors,
-            source=self.name,
-        )
+        return FundamentalsResult.of(wanted, values, errors=errors, source=self.name)
 
     def health(self) -> Health:
         return Health(ok=True, detail="synthetic data needs nothing outside the process")
