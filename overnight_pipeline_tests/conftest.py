@@ -1,6 +1,8 @@
-"""Shared fixtures: a throwaway PostgreSQL database migrated with Alembic, SQLite beside it.
+"""Shared fixtures: a throwaway PostgreSQL database migrated with Alembic, SQLite beside it,
+and the helpers the packages' conftests build their own databases and Redis namespaces with.
 
-PostgreSQL is required: when it cannot be reached the tests error out, they never skip.
+PostgreSQL and Redis are required: when they cannot be reached the tests error out, they
+never skip.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
 # Read when `overnight_pipeline.defs.assets` is imported (the assets are module-level):
 # retries of the tests' failing steps wait 0.05 s instead of the production 2 s.
@@ -20,6 +23,7 @@ from sqlalchemy.engine import make_url
 
 from overnight_pipeline.storage.db import make_engine, migrate
 
+REDIS_URL = "redis://127.0.0.1:6379/0"
 PG_ADMIN_URL = os.environ.get(
     "TEST_PG_ADMIN_URL", "postgresql+psycopg://root@127.0.0.1:5432/postgres"
 )
@@ -43,33 +47,59 @@ def drop_pg_database(url: str) -> None:
     admin.dispose()
 
 
-@pytest.fixture(scope="session")
-def pg_url() -> Iterator[str]:
-    url = create_pg_database()
+def migrated_pg_database(prefix: str = "overnight_test") -> Iterator[str]:
+    """A throwaway PostgreSQL database at Alembic's head, dropped afterwards (a fixture body)."""
+    url = create_pg_database(prefix)
     migrate(url)
     yield url
     drop_pg_database(url)
 
 
-@pytest.fixture(scope="session")
-def pg_engine(pg_url: str) -> Iterator[Engine]:
-    engine = make_engine(pg_url)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture(scope="session")
-def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
-    url = f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'app.db'}"
+def migrated_sqlite_database(tmp_path_factory: pytest.TempPathFactory, name: str) -> str:
+    url = f"sqlite:///{tmp_path_factory.mktemp(name) / 'app.db'}"
     migrate(url)
     return url
 
 
-@pytest.fixture(scope="session")
-def sqlite_engine(sqlite_url: str) -> Iterator[Engine]:
-    engine = make_engine(sqlite_url)
+def engine_for(url: str) -> Iterator[Engine]:
+    """An engine on `url`, disposed afterwards (a fixture body)."""
+    engine = make_engine(url)
     yield engine
     engine.dispose()
+
+
+def redis_namespace(tag: str = "test") -> Iterator[str]:
+    """A Redis key prefix nobody else uses, refused if not empty, emptied afterwards (a
+    fixture body; never FLUSHALL on a shared server)."""
+    client = redis.Redis.from_url(REDIS_URL)
+    prefix = f"{tag}:{uuid.uuid4().hex[:12]}:"
+    if next(client.scan_iter(match=prefix + "*", count=1000), None) is not None:
+        pytest.fail(f"refusing to run: Redis namespace {prefix!r} is not empty")
+    yield prefix
+    keys = list(client.scan_iter(match=prefix + "*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    yield from migrated_pg_database()
+
+
+@pytest.fixture(scope="session")
+def pg_engine(pg_url: str) -> Iterator[Engine]:
+    yield from engine_for(pg_url)
+
+
+@pytest.fixture(scope="session")
+def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return migrated_sqlite_database(tmp_path_factory, "sqlite")
+
+
+@pytest.fixture(scope="session")
+def sqlite_engine(sqlite_url: str) -> Iterator[Engine]:
+    yield from engine_for(sqlite_url)
 
 
 def _rolled_back(engine: Engine) -> Iterator[Connection]:

@@ -24,7 +24,6 @@ from dashboard_api.auth import issue_token
 from dashboard_api.services import ApiOptions
 from overnight_pipeline.settings import Settings, load_settings
 from overnight_pipeline.storage.cache import write_entries
-from overnight_pipeline.storage.db import make_engine, migrate
 from overnight_pipeline_tests.api.factories import (
     Planner,
     insert_holdings,
@@ -32,9 +31,14 @@ from overnight_pipeline_tests.api.factories import (
     persist,
     planner,
 )
-from overnight_pipeline_tests.conftest import create_pg_database, drop_pg_database
+from overnight_pipeline_tests.conftest import (
+    REDIS_URL,
+    engine_for,
+    migrated_pg_database,
+    migrated_sqlite_database,
+    redis_namespace,
+)
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
 SECRET = "test-secret-for-the-dashboard-" + "0123456789abcdef" * 3
 # Short timeouts keep the failure tests fast; production defaults are in ApiOptions.
 FAST = ApiOptions(redis_connect_timeout=0.2, redis_timeout=0.2, redis_cooldown=0.3, db_timeout=1.0)
@@ -50,31 +54,22 @@ def token_for(user: uuid.UUID, *, admin: bool = False, secret: str = SECRET) -> 
 
 @pytest.fixture(scope="session")
 def pg_url() -> Iterator[str]:
-    url = create_pg_database("overnight_api_test")
-    migrate(url)
-    yield url
-    drop_pg_database(url)
+    yield from migrated_pg_database("overnight_api_test")
 
 
 @pytest.fixture(scope="session")
 def pg_engine(pg_url: str) -> Iterator[Engine]:
-    engine = make_engine(pg_url)
-    yield engine
-    engine.dispose()
+    yield from engine_for(pg_url)
 
 
 @pytest.fixture(scope="session")
 def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
-    url = f"sqlite:///{tmp_path_factory.mktemp('api-sqlite') / 'app.db'}"
-    migrate(url)
-    return url
+    return migrated_sqlite_database(tmp_path_factory, "api-sqlite")
 
 
 @pytest.fixture(scope="session")
 def sqlite_engine(sqlite_url: str) -> Iterator[Engine]:
-    engine = make_engine(sqlite_url)
-    yield engine
-    engine.dispose()
+    yield from engine_for(sqlite_url)
 
 
 @pytest.fixture
@@ -85,14 +80,8 @@ def sync_redis() -> Iterator[redis.Redis]:
 
 
 @pytest.fixture
-def redis_prefix(sync_redis: redis.Redis) -> Iterator[str]:
-    prefix = f"test:api:{uuid.uuid4().hex[:12]}:"
-    if next(sync_redis.scan_iter(match=prefix + "*", count=1000), None) is not None:
-        pytest.fail(f"refusing to run: Redis namespace {prefix!r} is not empty")
-    yield prefix
-    keys = list(sync_redis.scan_iter(match=prefix + "*", count=1000))
-    if keys:
-        sync_redis.delete(*keys)
+def redis_prefix() -> Iterator[str]:
+    yield from redis_namespace("test:api")
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ import logging
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -376,8 +377,8 @@ def test_the_page_never_fails_on_a_bad_entry_and_shows_the_users_own_data(
     served = client.get("/", follow_redirects=False)
     assert served.status_code == 200, served.text[:300]
     assert "served from the database" in served.text
-    assert f"Portfolio value {victim.portfolio.total_value} USD" in served.text
-    assert f"Portfolio value {other.portfolio.total_value} USD" not in served.text
+    assert f"Portfolio value ${Decimal(victim.portfolio.total_value):,.2f} " in served.text
+    assert f"Portfolio value ${Decimal(other.portfolio.total_value):,.2f} " not in served.text
     assert_healed(sync_redis, redis_prefix, victim)
     healed = client.get("/", follow_redirects=False)
     assert "served from cache" in healed.text

@@ -21,9 +21,13 @@ from overnight_pipeline.seed import seed
 from overnight_pipeline.settings import Settings, load_settings
 from overnight_pipeline.storage.db import make_engine, migrate
 from overnight_pipeline.storage.loader import load
-from overnight_pipeline_tests.conftest import create_pg_database, drop_pg_database
+from overnight_pipeline_tests.conftest import (
+    REDIS_URL,
+    create_pg_database,
+    drop_pg_database,
+    redis_namespace,
+)
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
 DAY = date(2026, 11, 27)  # a Friday: every default market is in session
 BROKEN_USER = uuid.UUID("00000000-0000-4000-8000-00000000b0b0")
 
@@ -82,17 +86,6 @@ def pipeline_db() -> Iterator[str]:
     engine.dispose()
     yield url
     drop_pg_database(url)
-
-
-def redis_namespace(tag: str = "test") -> Iterator[str]:
-    """A key prefix nobody else uses, refused if not empty, cleaned afterwards."""
-    client = redis.Redis.from_url(REDIS_URL)
-    prefix = f"{tag}-{uuid.uuid4().hex[:10]}:"
-    assert not list(client.scan_iter(f"{prefix}*", count=1000)), "namespace not empty"
-    yield prefix
-    for key in client.scan_iter(f"{prefix}*", count=1000):
-        client.delete(key)
-    client.close()
 
 
 @pytest.fixture
