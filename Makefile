@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## Create .venv and install the project with its dev tools
 
-services: ## Make sure PostgreSQL and Redis are reachable (starts or installs them)
+services: ## Make sure PostgreSQL, Redis, Chromium and axe-core are there (starts or installs them)
 	@bash scripts/ensure-services.sh
 
 demo: install ## Seed ~1,000 demo users and run today's partition of every market (embedded defaults)
