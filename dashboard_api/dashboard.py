@@ -46,9 +46,10 @@ from overnight_pipeline.core.payloads import (
     check_objects,
     upgrade_legacy,
 )
-from overnight_pipeline.providers.resilience import circuit_breaker
+from overnight_pipeline.providers.resilience import circuit_breaker, quiet, record_failure
 from overnight_pipeline.storage import queries
 from overnight_pipeline.storage.cache import (
+    CachedEntry,
     CacheEntry,
     ValidatedEntries,
     evict_entry,
@@ -174,11 +175,19 @@ class DashboardStore:
 
     async def from_cache(self, principal: Principal) -> tuple[DashboardResult | None, str | None]:
         """The cached answer, or (None, digest of the entry rejected, if one was)."""
+        # The hot path: while Redis is healthy, pybreaker is only told of a failure.
+        healthy = quiet(self.breaker)
         try:
-            with self.breaker.calling():
-                async with asyncio.timeout(self.redis_timeout):
-                    entry = await read_entry(self.redis, principal.user_key, prefix=self.prefix)
-        except (*REDIS_ERRORS, pybreaker.CircuitBreakerError):
+            if healthy:
+                entry = await self._read(principal)
+            else:
+                with self.breaker.calling():
+                    entry = await self._read(principal)
+        except pybreaker.CircuitBreakerError:
+            return None, None
+        except REDIS_ERRORS as exc:
+            if healthy:
+                record_failure(self.breaker, exc)
             return None, None
         if entry is None:
             return None, None
@@ -199,6 +208,10 @@ class DashboardStore:
             from_cache=True,
         )
         return result, None
+
+    async def _read(self, principal: Principal) -> CachedEntry | None:
+        async with asyncio.timeout(self.redis_timeout):
+            return await read_entry(self.redis, principal.user_key, prefix=self.prefix)
 
     def reject(self, user_key: str, reason: str) -> None:
         """Count and log a cache entry that failed the contract (it is then a miss)."""
