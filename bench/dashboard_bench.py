@@ -398,6 +398,82 @@ def validation_cost(n: int = 20_000) -> dict[str, float]:
     }
 
 
+def in_process_cost(
+    url: str, prefix: str, hits: list[uuid.UUID], misses: list[uuid.UUID], clients: int = 64
+) -> dict[str, float]:
+    """CPU per request of the whole app called as ASGI by `clients` concurrent coroutines
+    (no sockets, no HTTP parsing): what the app itself costs per hit and per miss,
+    threadpool included (`time.process_time`)."""
+    import asyncio
+
+    from opentelemetry.trace import NoOpTracerProvider
+
+    from dashboard_api.app import create_app
+    from dashboard_api.auth import issue_token
+    from overnight_pipeline.settings import load_settings
+
+    settings = load_settings(
+        database_url=url,
+        redis_url="redis://127.0.0.1:6379/0",
+        cache_prefix=prefix,
+        dashboard_secret=SECRET,
+    )
+    app = create_app(settings, tracer_provider=NoOpTracerProvider())
+
+    async def run() -> dict[str, float]:
+        async with app.router.lifespan_context(app) as state:  # type: ignore[attr-defined]
+
+            async def one(token: bytes) -> None:
+                scope = {
+                    "type": "http",
+                    "method": "GET",
+                    "path": "/api/dashboard",
+                    "raw_path": b"/api/dashboard",
+                    "query_string": b"",
+                    "root_path": "",
+                    "scheme": "http",
+                    "http_version": "1.1",
+                    "server": ("127.0.0.1", 80),
+                    "client": ("127.0.0.1", 1),
+                    "headers": [(b"host", b"bench"), (b"authorization", b"Bearer " + token)],
+                    "state": dict(state),
+                }
+                started: list[int] = []
+
+                async def receive() -> dict[str, object]:
+                    return {"type": "http.request", "body": b""}
+
+                async def send(message: dict[str, object]) -> None:
+                    if message["type"] == "http.response.start":
+                        started.append(int(message["status"]))  # type: ignore[call-overload]
+
+                await app(scope, receive, send)
+                assert started == [200], started
+
+            async def cost(tokens: list[bytes]) -> float:
+                share = [tokens[i::clients] for i in range(clients)]
+
+                async def client(mine: list[bytes]) -> None:
+                    for token in mine:
+                        await one(token)
+
+                before = time.process_time()
+                await asyncio.gather(*(client(mine) for mine in share))
+                return (time.process_time() - before) / len(tokens) * 1e6
+
+            def tokens(users: list[uuid.UUID]) -> list[bytes]:
+                return [issue_token(SECRET, u).encode() for u in users]
+
+            hit_tokens = tokens(hits[:2_000])
+            await cost(hit_tokens[:640])  # warm: the token memo, the entries' memo
+            hit_us = min([await cost(hit_tokens) for _ in range(3)])
+            miss_tokens = tokens(misses[: 3 * 3_200])
+            miss_us = min([await cost(miss_tokens[i::3]) for i in range(3)])
+            return {"hit_us": hit_us, "miss_us": miss_us}
+
+    return asyncio.run(run())
+
+
 def median(values: list[float]) -> float:
     ordered = sorted(values)
     return ordered[len(ordered) // 2]
@@ -416,6 +492,11 @@ def main() -> None:
         "--validation-only",
         action="store_true",
         help="only time the reader's gate per cache hit (no servers, no database)",
+    )
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="only the app's own CPU per hit and per miss, called as ASGI (no servers, no wrk)",
     )
     parser.add_argument("--serve-bare", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--prefix", help=argparse.SUPPRESS)
@@ -459,6 +540,14 @@ def main() -> None:
             f"data: {len(hits):,} cached users, {len(misses):,} uncached users "
             f"({time.perf_counter() - started:.1f} s)"
         )
+        if args.in_process:
+            inproc = in_process_cost(url, prefix, hits, misses)
+            print(
+                f"in process, 64 concurrent callers: {inproc['hit_us']:.0f} µs of CPU per "
+                f"cache hit, {inproc['miss_us']:.0f} µs per cache miss (best of 3; load "
+                f"average {' '.join(f'{x:.2f}' for x in os.getloadavg())})"
+            )
+            return
         expires = timedelta(hours=2)
 
         def token_file(name: str, users: list[uuid.UUID]) -> Path:
