@@ -1,6 +1,6 @@
 """`GET /api/dashboard` data: Redis first, PostgreSQL when the cache cannot answer (SPEC §6).
 
-Hot path (`fastpath` calls it): one MGET of `recs:`, `portfolio:` and the version sidecar
+Hot path (`api.DashboardEndpoint` calls it): one MGET of `recs:`, `portfolio:` and the version sidecar
 (redis-py's asyncio pool, hiredis parser), then the whole entry checked against the contract
 (`storage.cache.validate_entry`: both documents field by field inside pydantic-core, owned by
 the token's subject, the sidecar a plausible version of this very document); bytes this
