@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
 from dashboard_api.auth import COOKIE_NAME
+from dashboard_api.services import ApiOptions
 from overnight_pipeline.core.payloads import InvalidDocument
 from overnight_pipeline.storage.cache import (
     ValidatedEntries,
@@ -306,6 +307,16 @@ def assert_healed(client: redis.Redis, prefix: str, p: Planner) -> None:
     assert valid.recs == orjson.loads(p.recs_json)
     assert valid.portfolio == orjson.loads(p.portfolio_json)
     assert valid.total_investable == "20000.0000"
+
+
+# These tests are about what an entry holds, not about Redis failing: a deadline long enough
+# that a busy machine never trips the breaker (the read would then be skipped, not rejected).
+PATIENT = ApiOptions(redis_connect_timeout=0.5, redis_timeout=2.0, redis_cooldown=0.3)
+
+
+@pytest.fixture
+def client(make_client: Callable[..., TestClient]) -> TestClient:
+    return make_client(PATIENT)
 
 
 @pytest.fixture
