@@ -142,6 +142,21 @@ def _each_partition(
 # Market data ------------------------------------------------------------------------------
 
 
+def _fetch(
+    context: OpExecutionContext,
+    database: AppDatabase,
+    market_data: MarketData,
+    fetch: Callable[..., steps.StepReport],
+) -> list[tuple[str, steps.StepReport]]:
+    """One of the market-data steps for each partition of the run, through the provider
+    chain of the settings."""
+    provider = market_data.provider(database.engine)
+    return _each_partition(
+        context,
+        lambda m, d, _k: fetch(database.engine, provider, market=m, day=d, markets=MARKETS),
+    )
+
+
 @asset(
     partitions_def=PARTITIONS,
     group_name=GROUP,
@@ -154,13 +169,7 @@ def _each_partition(
 def exchange_rates(
     context: AssetExecutionContext, database: AppDatabase, market_data: MarketData
 ) -> MaterializeResult:
-    provider = market_data.provider(database.engine)
-    reports = _each_partition(
-        context,
-        lambda m, d, _k: steps.fetch_rates(
-            database.engine, provider, market=m, day=d, markets=MARKETS
-        ),
-    )
+    reports = _fetch(context, database, market_data, steps.fetch_rates)
     return MaterializeResult(
         metadata=_metadata(reports),
         check_results=[checks.rates_check(_totals(reports), [k for k, _ in reports])],
@@ -179,13 +188,7 @@ def exchange_rates(
 def asset_prices(
     context: AssetExecutionContext, database: AppDatabase, market_data: MarketData
 ) -> MaterializeResult:
-    provider = market_data.provider(database.engine)
-    reports = _each_partition(
-        context,
-        lambda m, d, _k: steps.fetch_prices(
-            database.engine, provider, market=m, day=d, markets=MARKETS
-        ),
-    )
+    reports = _fetch(context, database, market_data, steps.fetch_prices)
     return MaterializeResult(
         metadata=_metadata(reports),
         check_results=[checks.prices_check(_totals(reports), [k for k, _ in reports])],
@@ -202,13 +205,7 @@ def asset_prices(
 def asset_fundamentals(
     context: AssetExecutionContext, database: AppDatabase, market_data: MarketData
 ) -> MaterializeResult:
-    provider = market_data.provider(database.engine)
-    reports = _each_partition(
-        context,
-        lambda m, d, _k: steps.fetch_fundamentals(
-            database.engine, provider, market=m, day=d, markets=MARKETS
-        ),
-    )
+    reports = _fetch(context, database, market_data, steps.fetch_fundamentals)
     return MaterializeResult(metadata=_metadata(reports))
 
 

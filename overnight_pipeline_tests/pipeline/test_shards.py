@@ -47,6 +47,12 @@ from overnight_pipeline_tests.pipeline.conftest import DAY, REDIS_URL, redis_nam
 REPO = Path(__file__).resolve().parents[2]
 MARKET = "NYSE"
 KEY = f"{DAY.isoformat()}|{MARKET}"
+# The tags the daemon gives a run of the partition (what `execute_job` needs to build it).
+TAGS = {
+    "dagster/partition": KEY,
+    "dagster/partition/date": DAY.isoformat(),
+    "dagster/partition/market": MARKET,
+}
 VOLATILE = {"runId", "generatedAt"}  # differ between any two runs, sharded or not
 # Most runs compared recompute scores, recommendations and the cache from the stored market
 # data (the synthetic provider's data is a function of the date, so full runs compare too).
@@ -225,11 +231,7 @@ def test_the_multiprocess_executor_gives_the_same_results(
         with execute_job(
             job,
             instance=persistent_instance,
-            tags={
-                "dagster/partition": KEY,
-                "dagster/partition/date": DAY.isoformat(),
-                "dagster/partition/market": MARKET,
-            },
+            tags=TAGS,
             run_config={"execution": {"config": {"multiprocess": {"max_concurrent": 2}}}},
         ) as result:
             assert result.success
@@ -300,11 +302,7 @@ def test_a_failed_shard_is_re_executed_alone_and_every_user_is_done_once(
         job = build_reconstructable_job(
             "overnight_pipeline_tests.pipeline.shard_job", "overnight_job"
         )
-        tags = {
-            "dagster/partition": KEY,
-            "dagster/partition/date": DAY.isoformat(),
-            "dagster/partition/market": MARKET,
-        }
+        tags = TAGS
         _fail_writes_of(engine, victim)
         try:
             with execute_job(job, instance=persistent_instance, tags=tags) as first:
@@ -367,11 +365,7 @@ def test_the_replay_check_is_red_when_a_stored_score_is_tampered_with(
         job = build_reconstructable_job(
             "overnight_pipeline_tests.pipeline.shard_job", "overnight_job"
         )
-        tags = {
-            "dagster/partition": KEY,
-            "dagster/partition/date": DAY.isoformat(),
-            "dagster/partition/market": MARKET,
-        }
+        tags = TAGS
         with execute_job(job, instance=persistent_instance, tags=tags) as first:
             assert first.success
             green = checks_of(first.all_events)
@@ -528,11 +522,7 @@ def test_celery_workers_give_the_same_results(
     with execute_job(
         job,
         instance=persistent_instance,
-        tags={
-            "dagster/partition": KEY,
-            "dagster/partition/date": DAY.isoformat(),
-            "dagster/partition/market": MARKET,
-        },
+        tags=TAGS,
         run_config={"execution": {"config": {"celery": config}}},
     ) as result:
         assert result.success, [
