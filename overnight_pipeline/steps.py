@@ -641,14 +641,14 @@ def warm_cache(
     written = kept = 0
     for chunk in _chunks(users, batch_size):
         with engine.connect() as conn:
-            rows = store.recommendations_for(conn, user_ids=chunk, day=day)
+            rows = store.recommendations_for(conn, user_ids=chunk, day=day, as_text=True)
         entries = [
             CacheEntry(
                 user_id=row.user_id,
                 market_date=row.market_date,
                 generated_at=row.generated_at,
-                recs_json=orjson.dumps(row.payload),
-                portfolio_json=orjson.dumps(row.portfolio),
+                recs_json=row.payload.encode(),
+                portfolio_json=row.portfolio.encode(),
                 total_investable=Decimal(row.total_investable),
             )
             for row in rows
