@@ -23,7 +23,7 @@ from overnight_pipeline.core.payloads import (
     cache_payloads,
 )
 from overnight_pipeline.core.recommendations import ClassSpec, HoldingInput, recommend
-from overnight_pipeline.core.scoring import AssetScore
+from overnight_pipeline.core.scoring import AssetScore, RuleOutcome
 from overnight_pipeline.storage.cache import CacheEntry
 from overnight_pipeline.storage.models import (
     asset_classes_table,
@@ -105,11 +105,17 @@ def planner(
                 price_as_of=generated_at,
             )
         )
+        points = 5 + (i * 11 + seed) % 40
         scores[asset_id] = AssetScore(
             asset_id=asset_id,
-            score=D(5 + (i * 11 + seed) % 40).quantize(D("0.0001")),
+            score=D(points).quantize(D("0.0001")),
             max_possible_score=D(60),
             top_contributor="dividend_yield",
+            # What scoring reports for such a score: the rule that gave it, one that did not.
+            breakdown=(
+                RuleOutcome("dy", "dividend_yield", True, points, D("4.1"), None),
+                RuleOutcome("pe", "pe_ratio", False, 0, D("31.5"), None),
+            ),
         )
     result = recommend(
         base_currency="USD",
