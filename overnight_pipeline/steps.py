@@ -27,7 +27,13 @@ import redis
 from sqlalchemy import Connection, Engine
 
 from overnight_pipeline.core.batch import Batch, recommend_batch, score_batch
-from overnight_pipeline.core.captured import batch_from_captured, capture_json, score_json
+from overnight_pipeline.core.captured import (
+    batch_from_captured,
+    capture_json,
+    market_snapshot,
+    score_json,
+    snapshot_hash,
+)
 from overnight_pipeline.core.markets import Market
 from overnight_pipeline.core.money import FxRates, MissingRateError
 from overnight_pipeline.core.payloads import cache_payloads
@@ -334,8 +340,19 @@ def score_and_recommend(
         users = [u for u in everyone if shard_of(u, shards) == shard] if shards > 1 else everyone
         done = store.users_with_event(conn, correlation_id=correlation_id, event_type=COMPLETED)
         fx = store.load_rates(conn, day=day)
-        held = store.partition_instruments(conn, users)
+        # Every shard prices from the market data of the whole partition's assets: one
+        # snapshot, the same hash in every shard, whatever the shard count.
+        held = store.partition_instruments(conn, everyone)
         snapshot = store.load_market_snapshot(conn, [i for i, _ in held.values()], day=day)
+    snapshot_key, snapshot_payload = market_snapshot(
+        [(str(aid), m, sym, cur) for (m, sym), (aid, cur) in held.items()],
+        snapshot.prices,
+        snapshot.fundamentals,
+        fx,
+    )
+    # Committed before the first event that references it.
+    with engine.begin() as conn:
+        store.insert_snapshot(conn, key=snapshot_key, kind="market", payload=snapshot_payload)
     todo = [u for u in users if u not in done]
     report = StepReport(
         metrics={
@@ -369,6 +386,7 @@ def score_and_recommend(
                     day=day,
                     correlation_id=correlation_id,
                     run_id=run_id,
+                    snapshot=snapshot_key,
                 )
             )
     report.seconds = time.perf_counter() - started
@@ -386,6 +404,7 @@ def _process_batch(
     day: date,
     correlation_id: uuid.UUID,
     run_id: str,
+    snapshot: str,
 ) -> Write:
     """Compute one loaded batch (scores, recommendations, events); returns the writes of its
     results (one transaction)."""
@@ -411,6 +430,7 @@ def _process_batch(
         market_date=day,
         criteria_versions=versions,
         holding_markets=holding_markets,
+        snapshot=snapshot,
     )
     score_rows: list[store.ScoreRow] = []
     asset_rows: list[tuple[str, str, str]] = []
@@ -488,10 +508,10 @@ def _process_batch(
     report.metrics["assets_scored"] += len(score_rows)
     ok_ids = [uuid.UUID(u) for u in ok]
     # Formatted here, not on the writer thread: this thread would otherwise wait for it.
+    scores = store.score_rows(
+        dialect, score_rows, day=day, correlation_id=correlation_id, computed_at=now
+    )
     rows = [
-        store.score_rows(
-            dialect, score_rows, day=day, correlation_id=correlation_id, computed_at=now
-        ),
         store.calculation_asset_rows(
             dialect, asset_rows, correlation_id=correlation_id, created_at=now
         ),
@@ -499,7 +519,7 @@ def _process_batch(
     ]
 
     def write(conn: Connection) -> None:
-        store.delete_scores(conn, user_ids=ok_ids, day=day)
+        store.replace_scores(conn, scores, user_ids=ok_ids, day=day)
         for prepared in rows:
             store.write_rows(conn, prepared)
         store.upsert_recommendations(conn, rec_rows)
@@ -549,10 +569,12 @@ class ReplayOutcome:
 def replay_sample(
     engine: Engine, *, correlation_id: uuid.UUID, day: date, sample_size: int = 25
 ) -> ReplayOutcome:
-    """Recompute a sample of the calculation's users from their `INPUTS_CAPTURED` alone and
-    compare with what the run stored: the `SCORES_COMPUTED` payload, the `asset_scores`
-    rows and the persisted recommendation row (both documents, to the cent). The sample is
-    drawn by the correlation id, so re-evaluating a calculation checks the same users."""
+    """Recompute a sample of the calculation's users from their `INPUTS_CAPTURED` (and the
+    snapshot it references, whose content must still hash to its key) and compare with
+    what the run stored: the `SCORES_COMPUTED` payload, the `asset_scores` rows while they
+    are the calculation's (a later calculation of the user replaces them) and the
+    persisted recommendation row (both documents, to the cent). The sample is drawn by the
+    correlation id, so re-evaluating a calculation checks the same users."""
     with engine.connect() as conn:
         users = sorted(
             store.users_with_recommendation(conn, correlation_id=correlation_id, day=day)
@@ -569,8 +591,9 @@ def replay_sample(
                 conn, correlation_id=correlation_id, event_type=SCORED, user_ids=ids
             )
         )
-        stored_scores = store.scores_of(conn, user_ids=ids, day=day)
+        stored_scores = store.scores_of(conn, user_ids=ids)
         rows = {str(r.user_id): r for r in store.recommendations_for(conn, user_ids=ids, day=day)}
+        shared = store.snapshots(conn, {d["snapshot"] for _, d in captured if d.get("format")})
     mismatches: list[dict[str, str]] = []
 
     def differs(uid: str, what: str) -> None:
@@ -579,8 +602,18 @@ def replay_sample(
     missing = set(chosen) - {uid for uid, _ in captured}
     for uid in sorted(missing):
         differs(uid, "no INPUTS_CAPTURED event")
+    readable = []
+    for uid, doc in captured:
+        key = doc.get("snapshot")
+        if key is not None and key not in shared:
+            differs(uid, f"the snapshot {key} is missing")
+        elif key is not None and snapshot_hash(shared[key]) != key:
+            differs(uid, f"the snapshot {key} no longer hashes to its key")
+        else:
+            readable.append((uid, doc))
+    captured = readable
     if captured:
-        batch, fx = batch_from_captured(captured)
+        batch, fx = batch_from_captured(captured, shared)
         versions = {uid: doc["criteria"]["version"] for uid, doc in captured}
         scores = score_batch(batch.holdings, batch.rules, batch.fundamentals)
         recs, failures = recommend_batch(batch, scores, fx)
@@ -599,7 +632,9 @@ def replay_sample(
             payload = texts.payloads.get(uid)
             if payload is None or orjson.loads(payload) != scored.get(uid):
                 differs(uid, "SCORES_COMPUTED differs from the replayed scores")
-            if replayed.get(uid, {}) != stored_scores.get(uid, {}):
+            calculations, current = stored_scores.get(uid, (set(), {}))
+            superseded = bool(calculations) and correlation_id not in calculations
+            if not superseded and replayed.get(uid, {}) != current:
                 differs(uid, "asset_scores rows differ from the replayed scores")
             rec, row = recs.get(uid), rows.get(uid)
             if rec is None or row is None:

@@ -7,10 +7,18 @@ on is proven by the tests and, on every run, by the `replay_matches` check
 what was stored). `scoring.replay` recomputes the scores from the same document. Decimals are strings; fundamentals are kept
 for the metrics the user's rules read (a metric no rule reads cannot change the result),
 nulls included.
+
+Two shapes are replayed. Since revision 0003 (`"format": 2`) what a calculation's users
+share, its market data (prices, fundamentals and rates as the run used them), is one
+immutable snapshot stored once in `calculation_snapshots` under the hash of its canonical
+encoding (`market_snapshot`), and each user's document keeps what is the user's own
+(contribution, classes, criteria version and rules, holdings as a column list) and the
+snapshot's hash. Documents written before it carry their market data themselves.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -65,8 +73,13 @@ def _null(value: Any) -> bool:
     return value is None or (isinstance(value, float) and value != value)
 
 
-def batch_from_captured(items: Iterable[tuple[Any, Mapping[str, Any]]]) -> tuple[Batch, FxRates]:
-    """The batch (and the union of the captured rates) that the payloads describe."""
+def batch_from_captured(
+    items: Iterable[tuple[Any, Mapping[str, Any]]],
+    snapshots: Mapping[str, Mapping[str, Any]] | None = None,
+) -> tuple[Batch, FxRates]:
+    """The batch (and the union of the captured rates) that the payloads describe; a
+    document of format 2 is read with the snapshot it references (`snapshots`: hash →
+    payload). One calculation at a time: an asset's fundamentals are taken once."""
     users, classes, holdings, rules = [], [], [], []
     fundamentals: dict[str, dict[str, Decimal | None]] = {}
     usd_to: dict[str, Decimal] = {}
@@ -78,6 +91,7 @@ def batch_from_captured(items: Iterable[tuple[Any, Mapping[str, Any]]]) -> tuple
     stamps: dict[str, datetime] = {}
     # What each asset's fundamentals were parsed from: holders of an asset repeat its text.
     parsed_from: dict[str, dict[str, Any]] = {}
+    opened: dict[str, _Snapshot] = {}
     for uid, doc in items:
         versions[uid] = doc["criteria"]["version"]
         users.append(
@@ -99,6 +113,38 @@ def batch_from_captured(items: Iterable[tuple[Any, Mapping[str, Any]]]) -> tuple
                     _d(c["minAllocationValue"], "minAllocationValue"),
                 )
             )
+        if doc.get("format") == 2:
+            key = doc["snapshot"]
+            snap = opened.get(key)
+            if snap is None:
+                if snapshots is None or key not in snapshots:
+                    raise KeyError(f"snapshot {key} of INPUTS_CAPTURED is not available")
+                snap = opened[key] = _Snapshot.of(snapshots[key], _d)
+                for aid, values in snap.fundamentals.items():
+                    fundamentals.setdefault(aid, values)
+                usd_to.update(snap.usd_to)
+                as_of = snap.as_of or as_of
+                stale = stale or snap.stale
+            assets = snap.assets
+            for aid, cls, qty in doc["holdings"]["rows"]:
+                symbol, currency, price, stamp = assets[aid]
+                holdings.append(
+                    (uid, aid, symbol, cls, _d(qty, "quantity"), currency, price, stamp)
+                )
+            for rule in doc["criteria"]["rules"]:
+                rules.append(
+                    (
+                        uid,
+                        rule["id"],
+                        rule["assetClass"],
+                        rule["metric"],
+                        rule["operator"],
+                        _d(rule.get("value"), "value"),
+                        _d(rule.get("value2"), "value2"),
+                        int(rule["points"]),
+                    )
+                )
+            continue
         for h in doc["holdings"]:
             stamp = h["priceAsOf"]
             if stamp is not None:
@@ -185,6 +231,85 @@ def batch_from_captured(items: Iterable[tuple[Any, Mapping[str, Any]]]) -> tuple
     return batch, FxRates(usd_to=usd_to, as_of=as_of, stale=stale)
 
 
+@dataclass(frozen=True)
+class _Snapshot:
+    """A market snapshot's payload, parsed once per replay."""
+
+    assets: dict[str, tuple[str, str, Decimal | None, datetime | None]]
+    fundamentals: dict[str, dict[str, Decimal | None]]
+    usd_to: dict[str, Decimal]
+    as_of: datetime | None
+    stale: bool
+
+    @classmethod
+    def of(cls, payload: Mapping[str, Any], d: Callable[[Any, str], Decimal | None]) -> _Snapshot:
+        assets = {}
+        for aid, _market, symbol, currency, price, stamp in payload["assets"]["rows"]:
+            assets[aid] = (
+                symbol,
+                currency,
+                d(price, "price"),
+                None if stamp is None else datetime.fromisoformat(stamp),
+            )
+        metrics = payload["fundamentals"]["columns"][1:]
+        fundamentals = {
+            row[0]: {m: d(v, m) for m, v in zip(metrics, row[1:], strict=True)}
+            for row in payload["fundamentals"]["rows"]
+        }
+        rates = payload["rates"]
+        usd_to = {
+            c: parse_decimal(v, field_name=f"rates.usdTo.{c}") for c, v in rates["usdTo"].items()
+        }
+        as_of = datetime.fromisoformat(rates["asOf"]) if rates.get("asOf") else None
+        return cls(assets, fundamentals, usd_to, as_of, bool(rates.get("stale")))
+
+
+SNAPSHOT_ASSET_COLUMNS = ("assetId", "market", "symbol", "currency", "price", "priceAsOf")
+HOLDING_FIELDS = ("assetId", "assetClass", "quantity")
+
+
+def snapshot_hash(payload: Mapping[str, Any]) -> str:
+    """The key of a snapshot: SHA-256 of its canonical encoding (orjson, keys sorted; every
+    number a string), the same for the same content wherever and whenever it is made."""
+    return hashlib.sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def market_snapshot(
+    assets: Iterable[tuple[str, str, str, str]],
+    prices: Mapping[str, tuple[Decimal, str, datetime]],
+    fundamentals: pd.DataFrame,
+    fx: FxRates,
+) -> tuple[str, dict[str, Any]]:
+    """(hash, payload) of the market data a calculation uses: each asset of `assets`
+    ((asset id, market, symbol, currency)) with its quote from `prices` (the quote's
+    currency, else the asset's), the rows of `fundamentals` of those assets, and `fx`.
+    Rows are ordered by asset id, so the same data gives the same hash in every shard."""
+    text = _texts()
+    rows = []
+    ids = set()
+    for aid, market, symbol, currency in sorted(assets):
+        price, quoted, as_of = prices.get(aid, (None, None, None))
+        rows.append([aid, market, symbol, quoted or currency, text(price), _iso(as_of)])
+        ids.add(aid)
+    held = fundamentals[fundamentals.index.isin(ids)].reindex(columns=list(METRICS))
+    fund_rows = sorted(
+        [aid, *(text(v) for v in values)]
+        for aid, values in zip(
+            held.index.tolist(), held.to_numpy(dtype=object).tolist(), strict=True
+        )
+    )
+    payload: dict[str, Any] = {
+        "assets": {"columns": list(SNAPSHOT_ASSET_COLUMNS), "rows": rows},
+        "fundamentals": {"columns": ["assetId", *METRICS], "rows": fund_rows},
+        "rates": {
+            "asOf": _iso(fx.as_of),
+            "stale": fx.stale,
+            "usdTo": {c: text(fx.usd_to[c]) for c in sorted(fx.usd_to)},
+        },
+    }
+    return snapshot_hash(payload), payload
+
+
 # JSON text of the documents --------------------------------------------------------------
 #
 # The pipeline writes ≈ 25 KB of these documents per user. Both functions below build each
@@ -230,9 +355,13 @@ def capture_json(
     market_date: date,
     criteria_versions: Mapping[Any, int | None],
     holding_markets: Sequence[str | None] | None = None,
+    snapshot: str | None = None,
 ) -> dict[Any, tuple[str, int]]:
     """`INPUTS_CAPTURED` of every user of `batch` as JSON text: user id → (the document, its
-    number of holdings). Fundamentals come from the batch's frame."""
+    number of holdings). With `snapshot` (the hash of the market snapshot the batch was
+    priced from, `market_snapshot`), format 2: the user's own inputs and that reference;
+    without, the self-contained shape written before (fundamentals from the batch's
+    frame)."""
     fundamentals = batch.fundamentals
     assert isinstance(fundamentals, pd.DataFrame), "capture needs the fundamentals frame"
     text = _texts()
@@ -313,7 +442,7 @@ def capture_json(
     stamp = _texts(datetime.isoformat)
     h = batch.holdings
     markets = holding_markets if holding_markets is not None else [None] * len(h)
-    holdings_of: dict[Any, list[dict[str, Any]]] = {}
+    holdings_of: dict[Any, list[Any]] = {}
     funds_of: dict[Any, dict[Any, dict[str, str | None]]] = {}
     needed: dict[Any, set[str]] = {}
     for uid, aid, sym, cls, qty, cur, price, as_of, mkt in zip(
@@ -338,6 +467,9 @@ def capture_json(
             held = holdings_of[uid] = []
             needed[uid] = {bases[uid]}
             funds_of[uid] = {}
+        if snapshot is not None:
+            held.append([aid, cls, text(qty)])
+            continue
         held.append(
             {
                 "assetId": aid,
@@ -366,6 +498,28 @@ def capture_json(
     out: dict[Any, tuple[str, int]] = {}
     for uid in user_ids:
         base = bases[uid]
+        version = criteria_versions.get(uid)
+        held = holdings_of.get(uid, [])
+        if snapshot is not None:
+            out[uid] = (
+                orjson.dumps(
+                    {
+                        "format": 2,
+                        **head,
+                        "snapshot": snapshot,
+                        "baseCurrency": base,
+                        "contribution": text(contributions[uid]),
+                        "criteria": {
+                            "version": None if version is None else int(version),
+                            "rules": rules_of.get(uid, []),
+                        },
+                        "assetClasses": classes_of.get(uid, []),
+                        "holdings": {"columns": list(HOLDING_FIELDS), "rows": held},
+                    }
+                ).decode(),
+                len(held),
+            )
+            continue
         currencies = frozenset(needed.get(uid, (base,)))
         rates = rates_of.get(currencies)
         if rates is None:
@@ -374,8 +528,6 @@ def capture_json(
                 "stale": fx.stale,
                 "usdTo": {c: text(fx.usd_to[c]) for c in sorted(currencies) if c in fx.usd_to},
             }
-        version = criteria_versions.get(uid)
-        held = holdings_of.get(uid, [])
         # Made and serialised at once: the document dies young (see `score_json`).
         out[uid] = (
             orjson.dumps(

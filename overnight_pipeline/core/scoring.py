@@ -241,9 +241,22 @@ def fundamentals_from_json(raw: Mapping[str, Any]) -> dict[str, Decimal | None]:
     }
 
 
-def replay(inputs_captured: Mapping[str, Any]) -> dict[str, AssetScore]:
-    """Recompute the scores of a calculation from its `INPUTS_CAPTURED` payload alone."""
+def replay(
+    inputs_captured: Mapping[str, Any], snapshot: Mapping[str, Any] | None = None
+) -> dict[str, AssetScore]:
+    """Recompute the scores of a calculation from its `INPUTS_CAPTURED` payload and, for a
+    payload of format 2, the market snapshot it references (`calculation_snapshots`)."""
     rules = validate_criteria(inputs_captured["criteria"]["rules"])
+    if inputs_captured.get("format") == 2:
+        if snapshot is None:
+            raise ValueError(f"replay needs the snapshot {inputs_captured['snapshot']}")
+        columns = snapshot["fundamentals"]["columns"]
+        fundamentals = {
+            row[0]: fundamentals_from_json(dict(zip(columns[1:], row[1:], strict=True)))
+            for row in snapshot["fundamentals"]["rows"]
+        }
+        holdings = [(aid, cls) for aid, cls, _ in inputs_captured["holdings"]["rows"]]
+        return score_holdings(holdings, rules, fundamentals)
     fundamentals = {
         asset_id: fundamentals_from_json(values)
         for asset_id, values in inputs_captured["fundamentals"].items()

@@ -239,13 +239,17 @@ class AssetFundamentals(Base):
 
 
 class AssetScore(Base):
+    """Each user's current scores: one row per held asset, replaced by each newer
+    calculation of the user (a backfill of an older date leaves newer rows in place). The
+    history of every score is in the `SCORES_COMPUTED` events."""
+
     __tablename__ = "asset_scores"
 
     user_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
     )
-    market_date: Mapped[date] = mapped_column(Date, primary_key=True)
     asset_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("assets.id"), primary_key=True)
+    market_date: Mapped[date] = mapped_column(Date)
     market: Mapped[str] = mapped_column(String(16))
     score: Mapped[Decimal] = mapped_column(ExactDecimal(16, 4))
     max_possible_score: Mapped[Decimal] = mapped_column(ExactDecimal(16, 4))
@@ -292,21 +296,45 @@ class CalculationEvent(Base):
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
 
 
+class CalculationSnapshot(Base):
+    """What the users of a calculation share (a market-date's prices, fundamentals and
+    rates as the run used them), stored once: immutable, keyed by the hash of its canonical
+    JSON encoding (`core.snapshots`), inserted with ON CONFLICT DO NOTHING, never updated.
+    `INPUTS_CAPTURED` events reference it by `hash`."""
+
+    __tablename__ = "calculation_snapshots"
+    __table_args__ = (CheckConstraint("kind IN ('market')", name="known_kind"),)
+
+    hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    payload: Mapped[dict[str, Any]] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
 class CalculationAsset(Base):
-    """Which calculation scored which asset: serves "all calculations for asset X" by index."""
+    """Which calculation scored which asset: serves "all calculations for asset X" by index.
+
+    Only the indexes of its two queries, both deduplicated by PostgreSQL's B-tree (a batch's
+    rows share `created_at`; a user holds an asset night after night): the operator's
+    (asset_id, created_at) and the user's (user_id, asset_id), whose ≤ one row per night are
+    sorted. `created_at` alone serves retention. No primary key of its own: a row is
+    written in the transaction of its calculation's events, whose unique key already
+    refuses a second write; (asset_id, correlation_id, user_id) identifies a row."""
 
     __tablename__ = "calculation_assets"
     __table_args__ = (
         Index("ix_calculation_assets_asset_newest", "asset_id", "created_at"),
-        Index("ix_calculation_assets_user_asset_newest", "user_id", "asset_id", "created_at"),
+        Index("ix_calculation_assets_user_asset", "user_id", "asset_id"),
         Index("ix_calculation_assets_created_at", "created_at"),
     )
 
-    asset_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
-    correlation_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
-    user_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    asset_id: Mapped[uuid.UUID] = mapped_column()
+    correlation_id: Mapped[uuid.UUID] = mapped_column()
+    user_id: Mapped[uuid.UUID] = mapped_column()
     score: Mapped[Decimal] = mapped_column(ExactDecimal(16, 4))
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+    __mapper_args__ = {"primary_key": [asset_id, correlation_id, user_id]}  # noqa: RUF012
 
 
 class OvernightJobRun(Base):
@@ -347,4 +375,5 @@ asset_scores_table = cast(Table, AssetScore.__table__)
 recommendations_table = cast(Table, Recommendation.__table__)
 calculation_events_table = cast(Table, CalculationEvent.__table__)
 calculation_assets_table = cast(Table, CalculationAsset.__table__)
+calculation_snapshots_table = cast(Table, CalculationSnapshot.__table__)
 overnight_job_runs_table = cast(Table, OvernightJobRun.__table__)

@@ -68,6 +68,7 @@ from overnight_pipeline.storage.models import (
     assets_table,
     calculation_assets_table,
     calculation_events_table,
+    calculation_snapshots_table,
     criteria_rules_table,
     criteria_versions_table,
     exchange_rates_table,
@@ -593,12 +594,58 @@ def score_rows(
     )
 
 
-def delete_scores(conn: Connection, *, user_ids: Sequence[uuid.UUID], day: date) -> None:
-    """The `asset_scores` of `user_ids` on `day` (a new calculation replaces them)."""
+def replace_scores(
+    conn: Connection, prepared: Rows, *, user_ids: Sequence[uuid.UUID], day: date
+) -> None:
+    """`asset_scores` holds each user's current scores: the rows of `user_ids` from `day` or
+    before are replaced by `prepared`; a user whose rows are of a later day (this is a
+    backfill) keeps them."""
     s = asset_scores_table
     dialect = conn.dialect.name
+    newer: set[str] = set()
     for chunk in _id_chunks(conn, user_ids, CHUNK):
-        conn.execute(delete(s).where(s.c.market_date == day, _among(s.c.user_id, chunk, dialect)))
+        newer.update(
+            conn.scalars(
+                select(_id_text(s.c.user_id))
+                .distinct()
+                .where(_among(s.c.user_id, chunk, dialect), s.c.market_date > day)
+            )
+        )
+        conn.execute(delete(s).where(_among(s.c.user_id, chunk, dialect), s.c.market_date <= day))
+    if newer and prepared.lines is not None:
+        prepared = Rows(
+            prepared.table,
+            prepared.columns,
+            lines=[line for line in prepared.lines if line[:36] not in newer],
+        )
+    elif newer and prepared.rows is not None:
+        prepared = Rows(
+            prepared.table,
+            prepared.columns,
+            rows=[row for row in prepared.rows if str(row[0]) not in newer],
+        )
+    write_rows(conn, prepared)
+
+
+def insert_snapshot(conn: Connection, *, key: str, kind: str, payload: dict[str, Any]) -> None:
+    """Store a snapshot once: a snapshot is immutable and keyed by its content's hash, so an
+    existing row (another shard's, an earlier run's) is the same and is left alone."""
+    upsert(
+        conn,
+        calculation_snapshots_table,
+        [{"hash": key, "kind": kind, "payload": payload}],
+        key=["hash"],
+        update=[],
+    )
+
+
+def snapshots(conn: Connection, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """hash → payload of the snapshots `keys` (those that exist)."""
+    t = calculation_snapshots_table
+    wanted = sorted(set(keys))
+    if not wanted:
+        return {}
+    return dict(conn.execute(select(t.c.hash, t.c.payload).where(t.c.hash.in_(wanted))).all())
 
 
 CALCULATION_ASSET_COLUMNS = ("asset_id", "user_id", "score", "correlation_id", "created_at")
@@ -719,18 +766,25 @@ def event_payloads(
 
 
 def scores_of(
-    conn: Connection, *, user_ids: Sequence[uuid.UUID], day: date
-) -> dict[str, dict[str, tuple[Decimal, Decimal]]]:
-    """user id → asset id → (score, max possible score) stored in `asset_scores` on `day`."""
+    conn: Connection, *, user_ids: Sequence[uuid.UUID]
+) -> dict[str, tuple[set[uuid.UUID], dict[str, tuple[Decimal, Decimal]]]]:
+    """user id → (the calculations its rows are from, asset id → (score, max possible
+    score)): each user's current rows in `asset_scores`."""
     s = asset_scores_table
     dialect = conn.dialect.name
-    out: dict[str, dict[str, tuple[Decimal, Decimal]]] = {}
+    out: dict[str, tuple[set[uuid.UUID], dict[str, tuple[Decimal, Decimal]]]] = {}
     for chunk in _id_chunks(conn, user_ids, CHUNK):
         rows = conn.execute(
             select(
-                _id_text(s.c.user_id), _id_text(s.c.asset_id), s.c.score, s.c.max_possible_score
-            ).where(_among(s.c.user_id, chunk, dialect), s.c.market_date == day)
+                _id_text(s.c.user_id),
+                _id_text(s.c.asset_id),
+                s.c.score,
+                s.c.max_possible_score,
+                s.c.correlation_id,
+            ).where(_among(s.c.user_id, chunk, dialect))
         )
-        for user_id, asset_id, score, top in rows:
-            out.setdefault(user_id, {})[asset_id] = (score, top)
+        for user_id, asset_id, score, top, cid in rows:
+            found = out.setdefault(user_id, (set(), {}))
+            found[0].add(cid)
+            found[1][asset_id] = (score, top)
     return out

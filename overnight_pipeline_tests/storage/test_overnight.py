@@ -28,7 +28,7 @@ DAY = date(2026, 11, 27)
 ODD_USER = uuid.UUID("00000000-0000-4000-8000-0000000000dd")
 
 
-# The writes below are what the pipeline's steps do with `event_rows`, `delete_scores`,
+# The writes below are what the pipeline's steps do with `event_rows`, `replace_scores`,
 # `score_rows` and `calculation_asset_rows`, one table at a time.
 
 
@@ -47,12 +47,13 @@ def _replace_scores(
     correlation_id: uuid.UUID,
     computed_at: datetime,
 ) -> None:
-    store.delete_scores(conn, user_ids=user_ids, day=day)
-    store.write_rows(
+    store.replace_scores(
         conn,
         store.score_rows(
             conn.dialect.name, rows, day=day, correlation_id=correlation_id, computed_at=computed_at
         ),
+        user_ids=user_ids,
+        day=day,
     )
 
 
@@ -266,3 +267,44 @@ def test_tables_without_planner_statistics_are_analyzed_once(db_conn: Connection
     )
     store.ensure_statistics(db_conn)
     assert store.ensure_statistics(db_conn) == []
+
+
+def test_asset_scores_are_each_users_current_scores(db_conn: Connection) -> None:
+    """A newer night replaces a user's rows (a holding sold leaves none behind); a backfill
+    of an older date leaves newer rows in place and writes those of users without any."""
+    fresh, stale, new = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    insert_users(db_conn, [fresh, stale, new])
+    a, b = insert_asset(db_conn, "NYSE", "A"), insert_asset(db_conn, "NYSE", "B")
+    now = datetime(2026, 11, 27, 6, 30, tzinfo=UTC)
+    s = asset_scores_table.c
+
+    def night(day: date, users: list[uuid.UUID], assets: list[uuid.UUID], score: str) -> None:
+        rows = [(str(u), str(x), "NYSE", score, "10", 1, "{}") for u in users for x in assets]
+        _replace_scores(
+            db_conn, rows, user_ids=users, day=day, correlation_id=uuid.uuid4(), computed_at=now
+        )
+
+    def current() -> set[tuple[uuid.UUID, uuid.UUID, date, Decimal]]:
+        return set(db_conn.execute(select(s.user_id, s.asset_id, s.market_date, s.score)).all())
+
+    night(date(2026, 11, 26), [fresh, stale], [a, b], "1")
+    night(DAY, [fresh], [a], "2")
+    expected = {
+        (fresh, a, DAY, Decimal(2)),
+        (stale, a, date(2026, 11, 26), Decimal(1)),
+        (stale, b, date(2026, 11, 26), Decimal(1)),
+    }
+    assert current() == expected
+    night(date(2026, 11, 25), [fresh, stale, new], [b], "3")  # a backfill
+    assert current() == expected | {(new, b, date(2026, 11, 25), Decimal(3))}
+
+
+def test_a_snapshot_is_stored_once_and_never_changed(db_conn: Connection) -> None:
+    from overnight_pipeline.core.captured import snapshot_hash
+
+    payload = {"rates": {"usdTo": {"EUR": "0.9"}, "asOf": None, "stale": False}}
+    key = snapshot_hash(payload)
+    store.insert_snapshot(db_conn, key=key, kind="market", payload=payload)
+    store.insert_snapshot(db_conn, key=key, kind="market", payload={"other": "content"})
+    assert store.snapshots(db_conn, [key, "absent"]) == {key: payload}
+    assert snapshot_hash(store.snapshots(db_conn, [key])[key]) == key
