@@ -310,6 +310,51 @@ def market_snapshot(
     return snapshot_hash(payload), payload
 
 
+def self_contained(doc: Mapping[str, Any], snapshot: Mapping[str, Any]) -> dict[str, Any]:
+    """A format-2 `INPUTS_CAPTURED` document with its snapshot's market data put back in:
+    the self-contained shape written before (`capture_json` without a snapshot gives the
+    same document for the same batch), for operators and the one-user paths."""
+    if doc.get("format") != 2:
+        return dict(doc)
+    assets = {row[0]: row for row in snapshot["assets"]["rows"]}
+    metrics = snapshot["fundamentals"]["columns"][1:]
+    values = {
+        row[0]: dict(zip(metrics, row[1:], strict=True)) for row in snapshot["fundamentals"]["rows"]
+    }
+    read = sorted({rule["metric"] for rule in doc["criteria"]["rules"]})
+    holdings, fundamentals = [], {}
+    currencies = {doc["baseCurrency"]}
+    for aid, cls, qty in doc["holdings"]["rows"]:
+        _, market, symbol, currency, price, stamp = assets[aid]
+        holdings.append(
+            {
+                "assetId": aid,
+                "symbol": symbol,
+                "market": market,
+                "assetClass": cls,
+                "quantity": qty,
+                "currency": currency,
+                "price": price,
+                "priceAsOf": stamp,
+            }
+        )
+        currencies.add(currency)
+        known = values.get(aid, {})
+        fundamentals.setdefault(aid, {m: known.get(m) for m in read})
+    rates = snapshot["rates"]
+    out = {k: v for k, v in doc.items() if k not in ("format", "snapshot", "holdings")}
+    return {
+        **out,
+        "holdings": holdings,
+        "rates": {
+            "asOf": rates["asOf"],
+            "stale": rates["stale"],
+            "usdTo": {c: v for c, v in sorted(rates["usdTo"].items()) if c in currencies},
+        },
+        "fundamentals": fundamentals,
+    }
+
+
 # JSON text of the documents --------------------------------------------------------------
 #
 # The pipeline writes ≈ 25 KB of these documents per user. Both functions below build each

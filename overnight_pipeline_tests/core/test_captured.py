@@ -4,10 +4,18 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime
 
+import orjson
+import pandas as pd
 from hypothesis import given, settings
 
 from overnight_pipeline.core.batch import run_batch, score_batch
-from overnight_pipeline.core.captured import batch_from_captured
+from overnight_pipeline.core.captured import (
+    batch_from_captured,
+    capture_json,
+    market_snapshot,
+    self_contained,
+    snapshot_hash,
+)
 from overnight_pipeline.core.money import FxRates
 from overnight_pipeline.core.scoring import replay
 from overnight_pipeline_tests.core.documents import capture, score_documents
@@ -43,3 +51,58 @@ def test_recommending_from_captured_inputs_gives_the_same_result(b) -> None:
         by_user.setdefault(uid, []).append(doc)
     for uid, doc in docs.items():
         assert [s.to_json() for s in replay(doc).values()] == by_user.get(uid, [])
+
+
+def _one_quote_per_asset(batch):
+    """The batch with each asset's symbol, currency and quote those of its first holder: in
+    the pipeline they come from one market snapshot, the same for every holder."""
+    h = batch.holdings.copy()
+    first = h.drop_duplicates("asset_id").set_index("asset_id")
+    for column in ("symbol", "currency", "price", "price_as_of"):
+        h[column] = pd.Series([first.at[a, column] for a in h["asset_id"]], dtype=object)
+    return type(batch)(batch.users, batch.classes, h, batch.rules, batch.fundamentals)
+
+
+def _snapshot_of(batch, fx, markets):
+    h = batch.holdings
+    assets = {
+        (a, m, s, c)
+        for a, m, s, c in zip(h["asset_id"], markets, h["symbol"], h["currency"], strict=True)
+    }
+    prices = {
+        a: (p, c, t)
+        for a, c, p, t in zip(
+            h["asset_id"], h["currency"], h["price"], h["price_as_of"], strict=True
+        )
+        if p is not None
+    }
+    return market_snapshot(sorted(assets), prices, batch.fundamentals, fx)
+
+
+@settings(max_examples=150, deadline=None)
+@given(batches())
+def test_a_document_referencing_a_snapshot_says_what_the_self_contained_one_says(b) -> None:
+    user_list, fundamentals = b
+    batch = _one_quote_per_asset(to_batch(user_list, fundamentals))
+    versions = {u["user_id"]: 1 for u in user_list}
+    stamped = FxRates(usd_to=FX_AT.usd_to, as_of=FX_AT.as_of, stale=FX_AT.stale)
+    batch.holdings["price_as_of"] = pd.Series(
+        [None if p is None else FX_AT.as_of for p in batch.holdings["price"]], dtype=object
+    )
+    markets = [f"M{ord(a[-1]) % 2}" for a in batch.holdings["asset_id"]]
+    key, snapshot = _snapshot_of(batch, stamped, markets)
+    # The key is the content's hash, also after a round trip through JSON (the database).
+    assert key == snapshot_hash(orjson.loads(orjson.dumps(snapshot)))
+    common = {"market": "NYSE", "market_date": DAY, "criteria_versions": versions}
+    old = capture_json(batch, stamped, holding_markets=markets, **common)
+    new = capture_json(batch, stamped, holding_markets=markets, snapshot=key, **common)
+    docs = {uid: orjson.loads(text) for uid, (text, _) in new.items()}
+    for uid, doc in docs.items():
+        assert doc["format"] == 2 and doc["snapshot"] == key
+        assert self_contained(doc, snapshot) == orjson.loads(old[uid][0])
+        # `replay` reads the snapshot for the fundamentals.
+        assert replay(doc, snapshot) == replay(orjson.loads(old[uid][0]))
+    again, fx = batch_from_captured(list(docs.items()), {key: snapshot})
+    direct, replayed = run_batch(batch, stamped), run_batch(again, fx)
+    assert replayed.recommendations == direct.recommendations
+    assert set(replayed.failures) == set(direct.failures)

@@ -12,6 +12,7 @@ import orjson
 from dagster import Definitions
 from sqlalchemy import func, select
 
+from overnight_pipeline.core.captured import self_contained
 from overnight_pipeline.core.money import FxRates
 from overnight_pipeline.core.payloads import CachedPortfolioSummary, CachedRecommendations
 from overnight_pipeline.core.recommendations import ClassSpec, HoldingInput, recommend
@@ -22,6 +23,7 @@ from overnight_pipeline.storage.models import (
     calculation_events_table,
     recommendations_table,
 )
+from overnight_pipeline.storage.overnight import snapshots
 from overnight_pipeline.storage.queries import calculations_for_asset
 from overnight_pipeline_tests.pipeline.conftest import BROKEN_USER, DAY, Pipeline
 
@@ -140,9 +142,17 @@ def test_a_partition_runs_end_to_end_and_a_broken_user_fails_alone(pipeline: Pip
         ).all()
     assert set(rows) == set(events)
     stored_scores = {(u, str(a)): s for u, a, s in score_rows}
+    with pipeline.engine.connect() as conn:
+        keys = {e["INPUTS_CAPTURED"]["snapshot"] for e in events.values()}
+        shared = snapshots(conn, keys)
+    # One market snapshot per calculation, shared by all its users.
+    assert len(keys) == 1 and set(shared) == keys
     for user_id, user_events in events.items():
-        doc = user_events["INPUTS_CAPTURED"]
+        captured = user_events["INPUTS_CAPTURED"]
+        snapshot = shared[captured["snapshot"]]
+        doc = self_contained(captured, snapshot)
         # Replaying the captured inputs reproduces the stored and the event scores exactly.
+        assert replay(captured, snapshot) == replay(doc)
         replayed = replay(doc)
         assert {a: s.score for a, s in replayed.items()} == {
             a: stored_scores[(user_id, a)] for a in replayed

@@ -71,3 +71,171 @@ def test_event_payloads_use_lz4_on_postgresql(pg_engine) -> None:
             " AND attname = 'payload'"
         ).scalar()
     assert method == "l"
+
+
+def test_0003_keeps_a_previous_nights_output_replayable(fresh_url: str) -> None:
+    """A database at 0002 holding two nights of the old write path (self-contained
+    `INPUTS_CAPTURED`, scores per night, the asset-X index under its primary key) is
+    upgraded: old events replay as before, each user keeps the newest night's scores, every
+    index row stays, and the next night (snapshots, current scores) passes the replay
+    check on the same database."""
+    import uuid
+    from datetime import UTC, date, datetime
+
+    import orjson
+    from sqlalchemy import func, select
+
+    from overnight_pipeline import steps
+    from overnight_pipeline.core.batch import run_batch
+    from overnight_pipeline.core.captured import batch_from_captured, capture_json, score_json
+    from overnight_pipeline.core.markets import DEFAULT_MARKETS
+    from overnight_pipeline.core.scoring import replay
+    from overnight_pipeline.providers.synthetic import SyntheticProvider
+    from overnight_pipeline.seed import seed
+    from overnight_pipeline.storage import overnight as store
+    from overnight_pipeline.storage.models import (
+        asset_scores_table,
+        calculation_assets_table,
+        calculation_events_table,
+    )
+
+    migrate(fresh_url, "0002")
+    engine = make_engine(fresh_url)
+    nyse = tuple(m for m in DEFAULT_MARKETS if m.code == "NYSE")
+    markets = {m.code: m for m in nyse}
+    nights = [date(2026, 11, 24), date(2026, 11, 25), date(2026, 11, 27)]
+    provider = SyntheticProvider(markets)
+    old: dict[uuid.UUID, list[tuple[str, dict]]] = {}
+    try:
+        with engine.begin() as conn:
+            seed(conn, users=12, seed=3, as_of=nights[0], markets=nyse)
+        for day in nights:
+            kw = {"market": "NYSE", "day": day, "markets": markets}
+            steps.fetch_rates(engine, provider, **kw)
+            steps.fetch_prices(engine, provider, **kw)
+            steps.fetch_fundamentals(engine, provider, **kw)
+        # Two nights written as revision 0002's code wrote them.
+        for day in nights[:2]:
+            cid, at = uuid.uuid4(), datetime.combine(day, datetime.min.time(), UTC)
+            with engine.begin() as conn:
+                users = store.partition_users(conn, market="NYSE", day=day, markets=markets)
+                fx = store.load_rates(conn, day=day)
+                held = store.partition_instruments(conn, users)
+                snap = store.load_market_snapshot(conn, [i for i, _ in held.values()], day=day)
+                loaded = store.load_batch(conn, users, snapshot=snap)
+                b, versions = loaded.batch, loaded.criteria_versions
+                docs = capture_json(
+                    b,
+                    fx,
+                    market="NYSE",
+                    market_date=day,
+                    criteria_versions=versions,
+                    holding_markets=loaded.holding_markets,
+                )
+                result = run_batch(b, fx)
+                texts = score_json(result.scores, versions)
+                store.write_rows(
+                    conn,
+                    store.event_rows(
+                        conn.dialect.name,
+                        [(cid, u, "INPUTS_CAPTURED", text) for u, (text, _) in docs.items()]
+                        + [(cid, u, "SCORES_COMPUTED", t) for u, t in texts.payloads.items()],
+                        at=at,
+                    ),
+                )
+                h = result.scores.holdings
+                rows = list(
+                    zip(
+                        h["user_id"],
+                        h["asset_id"],
+                        texts.score,
+                        texts.max_possible_score,
+                        strict=True,
+                    )
+                )
+                conn.execute(
+                    asset_scores_table.insert(),
+                    [
+                        {
+                            "user_id": uuid.UUID(u),
+                            "market_date": day,
+                            "asset_id": uuid.UUID(a),
+                            "market": "NYSE",
+                            "score": s,
+                            "max_possible_score": m,
+                            "criteria_version": versions.get(u) or 0,
+                            "breakdown": {},
+                            "correlation_id": cid,
+                            "computed_at": at,
+                        }
+                        for u, a, s, m in rows
+                    ],
+                )
+                conn.execute(
+                    calculation_assets_table.insert(),
+                    [
+                        {
+                            "asset_id": uuid.UUID(a),
+                            "correlation_id": cid,
+                            "user_id": uuid.UUID(u),
+                            "score": s,
+                            "created_at": at,
+                        }
+                        for u, a, s, _ in rows
+                    ],
+                )
+            old[cid] = [(u, orjson.loads(t)) for u, (t, _) in docs.items()]
+            expected = {(u, r.contribution) for u, r in result.recommendations.items()}
+
+        with engine.connect() as conn:
+            counts = {
+                t.name: conn.execute(select(func.count()).select_from(t)).scalar_one()
+                for t in (calculation_events_table, calculation_assets_table)
+            }
+        engine.dispose()
+        migrate(fresh_url)
+        engine = make_engine(fresh_url)
+
+        s = asset_scores_table.c
+        with engine.connect() as conn:
+            assert set(conn.scalars(select(s.market_date).distinct())) == {nights[1]}
+            for t in (calculation_events_table, calculation_assets_table):
+                assert (
+                    conn.execute(select(func.count()).select_from(t)).scalar_one() == counts[t.name]
+                )
+            for cid, docs in old.items():
+                stored = store.event_payloads(
+                    conn,
+                    correlation_id=cid,
+                    event_type="INPUTS_CAPTURED",
+                    user_ids=[uuid.UUID(u) for u, _ in docs],
+                )
+                assert stored == sorted(docs)
+                scored = dict(
+                    store.event_payloads(
+                        conn,
+                        correlation_id=cid,
+                        event_type="SCORES_COMPUTED",
+                        user_ids=[uuid.UUID(u) for u, _ in docs],
+                    )
+                )
+                for uid, doc in stored:
+                    assert [x.to_json() for x in replay(doc).values()] == scored[uid]["scores"]
+        # The last old night's recommendations, replayed from its self-contained events.
+        again, fx = batch_from_captured(stored)
+        assert {(u, r.contribution) for u, r in run_batch(again, fx).recommendations.items()} == (
+            expected
+        )
+
+        # The next night on the upgraded database.
+        cid = uuid.uuid4()
+        report = steps.score_and_recommend(
+            engine, market="NYSE", day=nights[2], markets=markets, correlation_id=cid, run_id="r"
+        )
+        assert report.metrics["users_succeeded"] > 0
+        outcome = steps.replay_sample(engine, correlation_id=cid, day=nights[2])
+        assert outcome.checked and outcome.mismatches == []
+        with engine.connect() as conn:
+            assert set(conn.scalars(select(s.market_date).distinct())) == {nights[2]}
+    finally:
+        engine.dispose()
