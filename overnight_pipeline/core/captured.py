@@ -322,7 +322,8 @@ def self_contained(doc: Mapping[str, Any], snapshot: Mapping[str, Any]) -> dict[
         row[0]: dict(zip(metrics, row[1:], strict=True)) for row in snapshot["fundamentals"]["rows"]
     }
     read = sorted({rule["metric"] for rule in doc["criteria"]["rules"]})
-    holdings, fundamentals = [], {}
+    holdings: list[dict[str, Any]] = []
+    fundamentals: dict[str, dict[str, Any]] = {}
     currencies = {doc["baseCurrency"]}
     for aid, cls, qty in doc["holdings"]["rows"]:
         _, market, symbol, currency, price, stamp = assets[aid]
