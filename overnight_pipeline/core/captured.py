@@ -29,7 +29,14 @@ import numpy as np
 import orjson
 import pandas as pd
 
-from overnight_pipeline.core.batch import Batch, BatchScores
+from overnight_pipeline.core.batch import (
+    CLASS_COLUMNS,
+    HOLDING_COLUMNS,
+    RULE_COLUMNS,
+    USER_COLUMNS,
+    Batch,
+    BatchScores,
+)
 from overnight_pipeline.core.money import FxRates, parse_decimal
 from overnight_pipeline.core.vocabulary import METRICS
 
@@ -203,28 +210,10 @@ def batch_from_captured(
         [(a, *[v.get(m) for m in METRICS]) for a, v in fundamentals.items()], ["asset_id", *METRICS]
     ).set_index("asset_id")
     batch = Batch(
-        users=frame(users, ["user_id", "base_currency", "contribution", "criteria_version"]),
-        classes=frame(
-            classes,
-            ["user_id", "name", "target_min", "target_max", "max_assets", "min_allocation_value"],
-        ),
-        holdings=frame(
-            holdings,
-            [
-                "user_id",
-                "asset_id",
-                "symbol",
-                "asset_class",
-                "quantity",
-                "currency",
-                "price",
-                "price_as_of",
-            ],
-        ),
-        rules=frame(
-            rules,
-            ["user_id", "id", "asset_class", "metric", "operator", "value", "value2", "points"],
-        ),
+        users=frame(users, list(USER_COLUMNS)),
+        classes=frame(classes, list(CLASS_COLUMNS)),
+        holdings=frame(holdings, list(HOLDING_COLUMNS)),
+        rules=frame(rules, list(RULE_COLUMNS)),
         fundamentals=fund,
     )
     usd_to.pop("USD", None)
