@@ -11,14 +11,14 @@ import subprocess
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import date
 from pathlib import Path
 from typing import Any
 
 import pytest
 from dagster import AssetKey, DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, select, text
 from starlette.testclient import TestClient
 
 from dashboard_api.app import create_app
@@ -352,6 +352,35 @@ def biggest_partition(engine: Engine, day: date) -> tuple[str, list[Any]]:
     return max(found, key=lambda mu: len(mu[1]))
 
 
+@pytest.fixture
+def slow_event_writes(engine: Engine) -> Iterator[Callable[[], None]]:
+    """Each batch's event COPY takes 0.3 s more (a statement trigger sleeping in PostgreSQL),
+    so that a run of ~13 batches is still writing when the test has seen its first commit
+    (polled every 0.5 s) and kills it: the one-pass step otherwise finishes a partition of
+    this size before the kill lands. Yields `heal`, which the test calls once it killed."""
+    with engine.begin() as conn:
+        conn.execute(
+            text("""
+            CREATE FUNCTION drill_slow_events() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN PERFORM pg_sleep(0.3); RETURN NULL; END $$;
+            CREATE TRIGGER drill_slow_events AFTER INSERT ON calculation_events
+              FOR EACH STATEMENT EXECUTE FUNCTION drill_slow_events();
+        """)
+        )
+
+    def heal() -> None:
+        with engine.begin() as conn:
+            conn.execute(
+                text("""
+                DROP TRIGGER IF EXISTS drill_slow_events ON calculation_events;
+                DROP FUNCTION IF EXISTS drill_slow_events();
+            """)
+            )
+
+    yield heal
+    heal()
+
+
 def kill_mid_scores(engine: Engine, cid: uuid.UUID, users: int, pid_of: Any, log: Path) -> int:
     """SIGKILL the run worker once some, not all, users have their first three events;
     returns how many users were scored when it died."""
@@ -397,7 +426,10 @@ def assert_partition_complete(
 
 
 def test_a_run_worker_killed_mid_scores_is_failed_within_the_sensor_interval_and_reexecuted(
-    dev: DagsterDev, instance: DagsterInstance, engine: Engine
+    dev: DagsterDev,
+    instance: DagsterInstance,
+    engine: Engine,
+    slow_event_writes: Callable[[], None],
 ) -> None:
     # Materialize one partition from the UI, then `kill -9` its run worker mid asset_scores.
     day = date(2026, 11, 23)
@@ -431,6 +463,7 @@ def test_a_run_worker_killed_mid_scores_is_failed_within_the_sensor_interval_and
 
     kill_mid_scores(engine, cid, len(users), pid_of, dev.log)
     killed_at = time.monotonic()
+    slow_event_writes()
 
     def failed() -> bool:
         run = instance.get_run_by_id(run_id)
@@ -472,7 +505,11 @@ def test_a_run_worker_killed_mid_scores_is_failed_within_the_sensor_interval_and
 
 
 def test_a_killed_overnight_run_without_a_daemon_is_on_record_and_reexecuted(
-    app_db: str, engine: Engine, prefix: str, tmp_path: Path
+    app_db: str,
+    engine: Engine,
+    prefix: str,
+    tmp_path: Path,
+    slow_event_writes: Callable[[], None],
 ) -> None:
     day = date(2026, 11, 24)
     market, users = biggest_partition(engine, day)
@@ -512,6 +549,7 @@ def test_a_killed_overnight_run_without_a_daemon_is_on_record_and_reexecuted(
     finally:
         process.kill()
         process.wait(timeout=30)
+        slow_event_writes()
     assert started_row().status == "started"  # nobody watches: still on record as started
 
     done = subprocess.run(
