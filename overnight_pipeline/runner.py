@@ -181,7 +181,8 @@ def _summary(
     scores = meta.get("asset_scores", {})
     recs = meta.get("recommendations", {})
     summary.users = int(scores.get("users_total", 0))
-    summary.failed = int(scores.get("users_failed", 0)) + int(recs.get("users_failed", 0))
+    # Both assets report the calculation's users (one pass computes them): count them once.
+    summary.failed = int(recs.get("users_failed", scores.get("users_failed", 0)))
     summary.recommendations = int(recs.get("recommendations_generated", 0))
     if not with_cache:
         summary.cache = "skipped (Redis unreachable)"
@@ -302,15 +303,15 @@ def reexecute(
 def table(summaries: Sequence[PartitionSummary]) -> str:
     head = (
         f"{'partition':<18} {'users':>6} {'ok':>6} {'failed':>6} {'recs':>7} "
-        f"{'scores s':>9} {'recs s':>7} {'total s':>8}  cache"
+        f"{'scores+recs s':>13} {'total s':>8}  cache"
     )
     lines = [head, "-" * len(head)]
     for s in summaries:
         ok = s.users - s.failed
         lines.append(
             f"{s.market + ' ' + s.day.isoformat():<18} {s.users:>6} {ok:>6} {s.failed:>6} "
-            f"{s.recommendations:>7} {s.seconds.get('asset_scores', 0):>9.2f} "
-            f"{s.seconds.get('recommendations', 0):>7.2f} {s.seconds['total']:>8.2f}  {s.cache}"
+            f"{s.recommendations:>7} {s.seconds.get('recommendations', 0):>13.2f} "
+            f"{s.seconds['total']:>8.2f}  {s.cache}"
         )
         if s.error:
             lines.append(f"    failed: {s.error[:300]}")

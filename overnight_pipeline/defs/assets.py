@@ -375,8 +375,18 @@ def collect_shards(
         )
         for key, cid in cids.items()
     }
+    # The shards' wall time in this run (side by side: first start to last end).
+    stats = [
+        st
+        for st in context.instance.get_run_step_stats(context.run_id)
+        if "score_and_recommend_shard[" in st.step_key and st.start_time and st.end_time
+    ]
+    shard_seconds = (
+        max(st.end_time for st in stats) - min(st.start_time for st in stats) if stats else 0.0
+    )
     common = {
         "partitions": ", ".join(keys),
+        "seconds": round(shard_seconds, 3),
         "shards": max((s.shards for s in shards), default=0),
         "users_total": counts.started,
         "users_succeeded": counts.completed,

@@ -114,6 +114,13 @@ def test_a_partition_runs_end_to_end_and_a_broken_user_fails_alone(pipeline: Pip
     assert broken["CALC_COMPLETED"]["status"] == "failed"
     assert "no exchange rate for" in broken["CALC_COMPLETED"]["error"]
     assert "XTS" in broken["CALC_COMPLETED"]["error"]
+    # The demo's summary line counts that one user once (both assets report the same pass).
+    from overnight_pipeline.runner import _summary
+
+    line = _summary(result, "NYSE", DAY)
+    assert (
+        line.failed == 1 and line.users == len(events) + 1 and line.seconds["recommendations"] > 0
+    )
     # Everyone else: exactly the four events, completed.
     assert len(events) >= 10
     assert all(
