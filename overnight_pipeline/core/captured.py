@@ -481,21 +481,7 @@ def capture_json(
     funds_of: dict[Any, dict[Any, dict[str, str | None]]] = {}
     needed: dict[Any, set[str]] = {}
     for uid, aid, sym, cls, qty, cur, price, as_of, mkt in zip(
-        *(
-            h[c].tolist()
-            for c in (
-                "user_id",
-                "asset_id",
-                "symbol",
-                "asset_class",
-                "quantity",
-                "currency",
-                "price",
-                "price_as_of",
-            )
-        ),
-        markets,
-        strict=True,
+        *(h[c].tolist() for c in HOLDING_COLUMNS), markets, strict=True
     ):
         held = holdings_of.get(uid)
         if held is None:
