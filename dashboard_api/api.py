@@ -116,7 +116,7 @@ async def audit_calculations(request: Request) -> Response:
         asset=AuditAsset(asset_id=asset_id, market=market, symbol=symbol),
         data=[
             AuditCalculation(
-                correlation_id=r.correlation_id, score=r.score, calculated_at=r.created_at
+                correlation_id=r.correlation_id, score=r.score, calculated_at=r.calculated_at
             )
             for r in page
         ],

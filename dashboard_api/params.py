@@ -77,7 +77,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def encode_cursor(cursor: CalculationCursor) -> str:
-    micros = (cursor.created_at - _EPOCH) // timedelta(microseconds=1)
+    micros = (cursor.calculated_at - _EPOCH) // timedelta(microseconds=1)
     return f"{micros}.{cursor.correlation_id}"
 
 
@@ -88,5 +88,5 @@ def decode_cursor(raw: str | None, user_id: uuid.UUID) -> CalculationCursor | No
     if not _CURSOR.match(raw):
         raise invalid_param("cursor", raw, "is not a cursor from a previous page")
     micros, correlation = raw.split(".")
-    created_at = _EPOCH + timedelta(microseconds=int(micros))
-    return CalculationCursor(created_at, uuid.UUID(correlation), user_id)
+    calculated_at = _EPOCH + timedelta(microseconds=int(micros))
+    return CalculationCursor(calculated_at, uuid.UUID(correlation), user_id)

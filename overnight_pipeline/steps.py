@@ -46,6 +46,7 @@ from overnight_pipeline.storage.market_data import (
     store_prices,
     store_rates,
 )
+from overnight_pipeline.storage.partitions import ensure_months
 
 STARTED, CAPTURED, SCORED, COMPLETED = (
     "CALC_STARTED",
@@ -320,6 +321,7 @@ def score_and_recommend(
     day: date,
     markets: Mapping[str, Market],
     correlation_id: uuid.UUID,
+    calculated_at: datetime,
     run_id: str,
     batch_size: int = 1000,
     shard: int = 0,
@@ -329,10 +331,16 @@ def score_and_recommend(
     partition, in one pass per batch: each batch is loaded once, scored, recommended and
     written in one transaction, so a retried or re-executed shard resumes after its last
     committed batch (users with `CALC_COMPLETED` are skipped). A user whose inputs cannot
-    be valued gets `CALC_STARTED` and a failed `CALC_COMPLETED` instead."""
+    be valued gets `CALC_STARTED` and a failed `CALC_COMPLETED` instead.
+
+    `calculated_at` (the root run's creation time, like the correlation id the same for
+    retries and re-executions) stamps every row of the calculation and chooses its monthly
+    partition, created here if it is missing."""
     if not 0 <= shard < shards:
         raise ValueError(f"shard: {shard} is not in 0..{shards - 1}")
     started = time.perf_counter()
+    with engine.begin() as conn:
+        ensure_months(conn, [calculated_at])
     with engine.begin() as conn:
         analyzed = store.ensure_statistics(conn)
     with engine.connect() as conn:
@@ -352,7 +360,13 @@ def score_and_recommend(
     )
     # Committed before the first event that references it.
     with engine.begin() as conn:
-        store.insert_snapshot(conn, key=snapshot_key, kind="market", payload=snapshot_payload)
+        store.insert_snapshot(
+            conn,
+            key=snapshot_key,
+            kind="market",
+            payload=snapshot_payload,
+            calculated_at=calculated_at,
+        )
     todo = [u for u in users if u not in done]
     report = StepReport(
         metrics={
@@ -385,6 +399,7 @@ def score_and_recommend(
                     market=market,
                     day=day,
                     correlation_id=correlation_id,
+                    calculated_at=calculated_at,
                     run_id=run_id,
                     snapshot=snapshot_key,
                 )
@@ -403,6 +418,7 @@ def _process_batch(
     market: str,
     day: date,
     correlation_id: uuid.UUID,
+    calculated_at: datetime,
     run_id: str,
     snapshot: str,
 ) -> Write:
@@ -513,9 +529,9 @@ def _process_batch(
     )
     rows = [
         store.calculation_asset_rows(
-            dialect, asset_rows, correlation_id=correlation_id, created_at=now
+            dialect, asset_rows, correlation_id=correlation_id, calculated_at=calculated_at
         ),
-        store.event_rows(dialect, events, at=now),
+        store.event_rows(dialect, events, at=now, calculated_at=calculated_at),
     ]
 
     def write(conn: Connection) -> None:

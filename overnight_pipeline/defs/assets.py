@@ -27,7 +27,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import date
+from datetime import UTC, date, datetime
 from typing import Any
 
 import redis
@@ -92,6 +92,19 @@ def correlation_id(context: OpExecutionContext, key: str) -> uuid.UUID:
     which share the root run id (SPEC §4)."""
     root = context.run.root_run_id or context.run.run_id
     return correlation_id_for(f"{root}:{key}")
+
+
+def calculated_at(context: OpExecutionContext) -> datetime:
+    """When the calculation started: the creation time of the run's root run, the same for
+    the run, its retries and its re-executions (like `correlation_id`). It stamps every
+    audit row of the calculation and chooses their monthly partition, so a retried step can
+    never write into another month than its first attempt."""
+    root = context.run.root_run_id or context.run.run_id
+    record = context.instance.get_run_record_by_id(root)
+    if record is None:
+        raise RuntimeError(f"root run {root} of run {context.run.run_id} is not in the instance")
+    created = record.create_timestamp
+    return created if created.tzinfo else created.replace(tzinfo=UTC)
 
 
 def _totals(reports: list[tuple[str, steps.StepReport]]) -> dict[str, Any]:
@@ -314,6 +327,7 @@ def score_and_recommend_shard(
         day=day,
         markets=MARKETS,
         correlation_id=correlation_id(context, shard.key),
+        calculated_at=calculated_at(context),
         run_id=context.run.run_id,
         batch_size=tuning.batch_size,
         shard=shard.index,

@@ -1,5 +1,6 @@
-"""The audit retention job (SPEC §4, AC-8.6.5): every day, delete calculation events, their
-asset index and job runs older than two years, in bounded batches.
+"""The audit retention job (SPEC §4, AC-8.6.5): every day, remove calculation events, their
+asset index, their snapshots and job runs older than two years (PostgreSQL: drop their
+monthly partitions and create the coming months'; SQLite: delete in bounded batches).
 
 An op job, not an asset: it produces no data, and as an asset it sat on the global lineage
 page beside the overnight assets, so "Materialize all" there selected it too."""
@@ -29,13 +30,17 @@ def build_retention(*, batch_size: int) -> tuple[JobDefinition, ScheduleDefiniti
     """The retention job and its daily schedule (stopped until an operator starts it)."""
 
     @op(
-        description=f"Deletes calculation_events, calculation_assets and overnight_job_runs "
-        f"older than {RETENTION_YEARS} years, {batch_size:,} rows per "
+        description=f"Removes calculation_events, calculation_assets, calculation_snapshots "
+        f"and overnight_job_runs older than {RETENTION_YEARS} years: PostgreSQL drops their "
+        f"whole months and creates the coming ones; SQLite deletes {batch_size:,} rows per "
         "transaction."
     )
     def audit_retention(context: OpExecutionContext, database: AppDatabase) -> Output[None]:
         report = delete_expired(database.engine, batch_size=batch_size)
-        context.log.info(f"retention before {report.cutoff.isoformat()}: {report.deleted}")
+        context.log.info(
+            f"retention before {report.cutoff.isoformat()}: {report.deleted}; dropped"
+            f" {report.dropped or 'no partition'}; created {report.created or 'no partition'}"
+        )
         table = "\n".join(f"| {name} | {count:,} |" for name, count in report.deleted.items())
         return Output(
             None,
@@ -44,6 +49,8 @@ def build_retention(*, batch_size: int) -> tuple[JobDefinition, ScheduleDefiniti
                 "deleted_total": report.total,
                 **{f"deleted_{name}": count for name, count in report.deleted.items()},
                 "batches": report.batches,
+                "partitions_dropped": MetadataValue.json(report.dropped),
+                "partitions_created": MetadataValue.json(report.created),
                 "batch_size": batch_size,
                 "seconds": round(report.seconds, 3),
                 "summary": MetadataValue.md(f"| table | rows deleted |\n| --- | --- |\n{table}"),
@@ -53,7 +60,7 @@ def build_retention(*, batch_size: int) -> tuple[JobDefinition, ScheduleDefiniti
     @job(
         name=RETENTION_JOB,
         tags={"overnight/kind": "maintenance"},
-        description="Audit retention: rows older than two years, in bounded batches.",
+        description="Audit retention: what is older than two years (whole months on PostgreSQL).",
     )
     def audit_retention_job() -> None:
         audit_retention()

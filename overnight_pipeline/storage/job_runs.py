@@ -1,7 +1,7 @@
 """`overnight_job_runs`: one row per pipeline run, kept true by the run sensors (SPEC §4, §9).
 
 No Dagster here: `defs/sensors.py` turns a run's events into these calls. Writes are upserts
-by run id, so a sensor tick evaluated twice (or a started tick that arrives after the
+by run id (one writer of a run id at a time), so a sensor tick evaluated twice (or a started tick that arrives after the
 finished one) leaves the same row. Functions take a `Connection` and never commit.
 """
 
@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, case, func, select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Connection, and_, func, insert, select, text, update
 
 from overnight_pipeline.storage.models import calculation_events_table, overnight_job_runs_table
+from overnight_pipeline.storage.partitions import ensure_months
 
 JOB_TYPE = "overnight"
 STARTED, COMPLETED, PARTIAL, FAILED = "started", "completed", "partial", "failed"
@@ -153,22 +153,30 @@ class JobRun:
         }
 
 
-def _insert(conn: Connection) -> Any:
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    return dialect.insert(overnight_job_runs_table)
+def _claim(conn: Connection, run: JobRun) -> Any:
+    """Make the month of `run` exist and hold the run id until commit: PostgreSQL cannot
+    keep run ids unique in a table partitioned by `started_at`, so its writers take turns
+    per run id (a transaction-level advisory lock); SQLite's unique index refuses a second
+    row. Returns the run's current (status, started_at) row, or None."""
+    ensure_months(conn, [run.started_at])
+    if conn.dialect.name == "postgresql":
+        conn.execute(
+            text("SELECT pg_advisory_xact_lock(hashtext(:key))"),
+            {"key": f"overnight-job-run:{run.run_id}"},
+        )
+    j = overnight_job_runs_table
+    return conn.execute(
+        select(j.c.status, j.c.started_at).where(j.c.run_id == run.run_id).with_for_update()
+    ).first()
 
 
 def record_started(conn: Connection, run: JobRun) -> bool:
     """Insert the `started` row unless the run is already recorded (its finished row may
     have been written first: the sensors tick independently). True when inserted."""
-    stmt = (
-        _insert(conn)
-        .values(run.values())
-        .on_conflict_do_nothing(index_elements=["run_id"])
-        .returning(overnight_job_runs_table.c.id)
-    )
-    # rowcount is -1 here with psycopg 3: ask for the inserted row instead.
-    return conn.execute(stmt).first() is not None
+    if _claim(conn, run) is not None:
+        return False
+    conn.execute(insert(overnight_job_runs_table).values(run.values()))
+    return True
 
 
 def record_finished(conn: Connection, run: JobRun) -> bool:
@@ -177,17 +185,17 @@ def record_finished(conn: Connection, run: JobRun) -> bool:
     if run.status not in FINISHED:
         raise ValueError(f"{run.status!r} is not a finished status ({', '.join(FINISHED)})")
     j = overnight_job_runs_table
-    previous = conn.scalar(select(j.c.status).where(j.c.run_id == run.run_id).with_for_update())
+    previous = _claim(conn, run)
     values = run.values()
-    stmt = _insert(conn).values(values)
-    updated = {k: stmt.excluded[k] for k in values if k not in ("id", "run_id")}
-    # The started row may carry an earlier start time (the run's own): keep the earliest.
-    updated["started_at"] = case(
-        (j.c.started_at < stmt.excluded.started_at, j.c.started_at),
-        else_=stmt.excluded.started_at,
-    )
-    conn.execute(stmt.on_conflict_do_update(index_elements=["run_id"], set_=updated))
-    return previous not in FINISHED
+    if previous is None:
+        conn.execute(insert(j).values(values))
+        return True
+    del values["id"], values["run_id"]
+    # The started row may carry an earlier start time (the run's own): keep the earliest
+    # (a row whose month changes moves to that month's partition).
+    values["started_at"] = min(previous.started_at, run.started_at)
+    conn.execute(update(j).where(j.c.run_id == run.run_id).values(values))
+    return previous.status not in FINISHED
 
 
 def job_run(conn: Connection, run_id: str) -> dict[str, Any] | None:

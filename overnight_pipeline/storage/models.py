@@ -280,15 +280,22 @@ class Recommendation(Base):
 
 
 class CalculationEvent(Base):
+    """The audit trail (SPEC §4). On PostgreSQL a monthly partition per month of
+    `calculated_at` (`storage.partitions`): the creation time of the calculation's root run,
+    so a retried or re-executed step writes into the partition of its first attempt and the
+    unique key, which includes it, refuses a duplicate. On SQLite (the demo) a plain table
+    whose `id` is the rowid, with an index on `calculated_at` for the batched retention."""
+
     __tablename__ = "calculation_events"
     __table_args__ = (
-        UniqueConstraint("correlation_id", "user_id", "event_type"),
+        UniqueConstraint("correlation_id", "user_id", "event_type", "calculated_at"),
         CheckConstraint(_in("event_type", EVENT_TYPES), name="known_event_type"),
         Index("ix_calculation_events_user_created", "user_id", "created_at"),
-        Index("ix_calculation_events_created_at", "created_at"),
+        {"postgresql_partition_by": "RANGE (calculated_at)"},
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    calculated_at: Mapped[datetime] = mapped_column(primary_key=True)
     correlation_id: Mapped[uuid.UUID] = mapped_column()
     user_id: Mapped[uuid.UUID] = mapped_column()
     event_type: Mapped[str] = mapped_column(String(32))
@@ -298,14 +305,20 @@ class CalculationEvent(Base):
 
 class CalculationSnapshot(Base):
     """What the users of a calculation share (a market-date's prices, fundamentals and
-    rates as the run used them), stored once: immutable, keyed by the hash of its canonical
-    JSON encoding (`core.snapshots`), inserted with ON CONFLICT DO NOTHING, never updated.
-    `INPUTS_CAPTURED` events reference it by `hash`."""
+    rates as the run used them), stored once per month: immutable, keyed by the hash of its
+    canonical JSON encoding (`core.snapshots`) and the month of the calculations that
+    reference it, inserted with ON CONFLICT DO NOTHING, never updated. `INPUTS_CAPTURED`
+    events reference it by `hash`; the month makes it live exactly as long as they do (a
+    snapshot used again next month is stored again in next month's partition)."""
 
     __tablename__ = "calculation_snapshots"
-    __table_args__ = (CheckConstraint("kind IN ('market')", name="known_kind"),)
+    __table_args__ = (
+        CheckConstraint("kind IN ('market')", name="known_kind"),
+        {"postgresql_partition_by": "RANGE (month)"},
+    )
 
     hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    month: Mapped[date] = mapped_column(Date, primary_key=True)
     kind: Mapped[str] = mapped_column(String(16))
     payload: Mapped[dict[str, Any]] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
@@ -314,43 +327,52 @@ class CalculationSnapshot(Base):
 class CalculationAsset(Base):
     """Which calculation scored which asset: serves "all calculations for asset X" by index.
 
-    Only the indexes of its two queries, both deduplicated by PostgreSQL's B-tree (a batch's
-    rows share `created_at`; a user holds an asset night after night): the operator's
-    (asset_id, created_at) and the user's (user_id, asset_id), whose ≤ one row per night are
-    sorted. `created_at` alone serves retention. No primary key of its own: a row is
-    written in the transaction of its calculation's events, whose unique key already
-    refuses a second write; (asset_id, correlation_id, user_id) identifies a row."""
+    Only the indexes of its two queries, both deduplicated by PostgreSQL's B-tree (a
+    calculation's rows share `calculated_at`; a user holds an asset night after night): the
+    operator's (asset_id, calculated_at) and the user's (user_id, asset_id), whose ≤ one row
+    per night are sorted. Partitioned by month of `calculated_at` like the events it
+    indexes, so both go at once (SQLite: an index on `calculated_at` serves retention). No
+    primary key of its own: a row is written in the transaction of its calculation's
+    events, whose unique key already refuses a second write; (asset_id, correlation_id,
+    user_id) identifies a row."""
 
     __tablename__ = "calculation_assets"
     __table_args__ = (
-        Index("ix_calculation_assets_asset_newest", "asset_id", "created_at"),
+        Index("ix_calculation_assets_asset_newest", "asset_id", "calculated_at"),
         Index("ix_calculation_assets_user_asset", "user_id", "asset_id"),
-        Index("ix_calculation_assets_created_at", "created_at"),
+        {"postgresql_partition_by": "RANGE (calculated_at)"},
     )
 
     asset_id: Mapped[uuid.UUID] = mapped_column()
     correlation_id: Mapped[uuid.UUID] = mapped_column()
     user_id: Mapped[uuid.UUID] = mapped_column()
     score: Mapped[Decimal] = mapped_column(ExactDecimal(16, 4))
-    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    calculated_at: Mapped[datetime] = mapped_column()
 
     __mapper_args__ = {"primary_key": [asset_id, correlation_id, user_id]}  # noqa: RUF012
 
 
 class OvernightJobRun(Base):
+    """One row per run (SPEC §4). Partitioned by month of `started_at` on PostgreSQL, where
+    a unique key must include the partition key: one row per `run_id` is kept by its
+    writers (`storage.job_runs`, one at a time per run id); SQLite keeps a unique key on
+    `run_id`."""
+
     __tablename__ = "overnight_job_runs"
     __table_args__ = (
         CheckConstraint(_in("status", JOB_STATUSES), name="known_status"),
         CheckConstraint("users_processed >= 0 AND users_failed >= 0", name="counts_positive"),
         Index("ix_overnight_job_runs_market_date", "market", "market_date"),
         Index("ix_overnight_job_runs_started_at", "started_at"),
+        Index("ix_overnight_job_runs_run_id", "run_id"),
+        {"postgresql_partition_by": "RANGE (started_at)"},
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
-    run_id: Mapped[str | None] = mapped_column(String(64), unique=True)
+    started_at: Mapped[datetime] = mapped_column(primary_key=True)
+    run_id: Mapped[str | None] = mapped_column(String(64))
     job_type: Mapped[str] = mapped_column(String(50))
     status: Mapped[str] = mapped_column(String(20))
-    started_at: Mapped[datetime] = mapped_column()
     completed_at: Mapped[datetime | None] = mapped_column()
     users_processed: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     users_failed: Mapped[int] = mapped_column(Integer, default=0, server_default="0")

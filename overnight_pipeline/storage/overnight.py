@@ -76,6 +76,7 @@ from overnight_pipeline.storage.models import (
     recommendations_table,
     users_table,
 )
+from overnight_pipeline.storage.partitions import month_of
 from overnight_pipeline.storage.types import ExactDecimal
 
 CHUNK = 1000
@@ -510,31 +511,43 @@ def write_rows(conn: Connection, prepared: Rows) -> None:
         copy_rows(conn, prepared.table, prepared.columns, prepared.rows)
 
 
-EVENT_COLUMNS = ("correlation_id", "user_id", "event_type", "payload", "created_at")
+EVENT_COLUMNS = (
+    "correlation_id",
+    "user_id",
+    "event_type",
+    "payload",
+    "created_at",
+    "calculated_at",
+)
 
 
 def event_rows(
-    dialect: str, events: Sequence[tuple[uuid.UUID, Any, str, Any]], *, at: datetime
+    dialect: str,
+    events: Sequence[tuple[uuid.UUID, Any, str, Any]],
+    *,
+    at: datetime,
+    calculated_at: datetime,
 ) -> Rows:
-    """(correlation id, user id, type, payload as JSON text or a dict) events."""
+    """(correlation id, user id, type, payload as JSON text or a dict) events written `at`,
+    of calculations started `calculated_at` (their partition key, `storage.partitions`)."""
     texts = [
         (cid, str(uid), kind, p if isinstance(p, str) else dumps_json(p))
         for cid, uid, kind, p in events
     ]
     if dialect == "postgresql":
-        stamp = at.isoformat()
+        tail = f"\t{at.isoformat()}\t{calculated_at.isoformat()}\n"
         return Rows(
             calculation_events_table,
             EVENT_COLUMNS,
             lines=[
-                f"{cid}\t{_esc(uid)}\t{_esc(kind)}\t{_esc_json(p)}\t{stamp}\n"
+                f"{cid}\t{_esc(uid)}\t{_esc(kind)}\t{_esc_json(p)}{tail}"
                 for cid, uid, kind, p in texts
             ],
         )
     return Rows(
         calculation_events_table,
         EVENT_COLUMNS,
-        rows=[(c, uuid.UUID(u), k, orjson.loads(p), at) for c, u, k, p in texts],
+        rows=[(c, uuid.UUID(u), k, orjson.loads(p), at, calculated_at) for c, u, k, p in texts],
     )
 
 
@@ -627,20 +640,24 @@ def replace_scores(
     write_rows(conn, prepared)
 
 
-def insert_snapshot(conn: Connection, *, key: str, kind: str, payload: dict[str, Any]) -> None:
-    """Store a snapshot once: a snapshot is immutable and keyed by its content's hash, so an
-    existing row (another shard's, an earlier run's) is the same and is left alone."""
+def insert_snapshot(
+    conn: Connection, *, key: str, kind: str, payload: dict[str, Any], calculated_at: datetime
+) -> None:
+    """Store a snapshot once per month of the calculations that reference it: a snapshot is
+    immutable and keyed by its content's hash, so an existing row (another shard's, an
+    earlier run's of the month) is the same and is left alone."""
     upsert(
         conn,
         calculation_snapshots_table,
-        [{"hash": key, "kind": kind, "payload": payload}],
-        key=["hash"],
+        [{"hash": key, "month": month_of(calculated_at), "kind": kind, "payload": payload}],
+        key=["hash", "month"],
         update=[],
     )
 
 
 def snapshots(conn: Connection, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
-    """hash → payload of the snapshots `keys` (those that exist)."""
+    """hash → payload of the snapshots `keys` (those that exist; the copies a hash has in
+    several months are the same content)."""
     t = calculation_snapshots_table
     wanted = sorted(set(keys))
     if not wanted:
@@ -648,7 +665,7 @@ def snapshots(conn: Connection, keys: Iterable[str]) -> dict[str, dict[str, Any]
     return dict(conn.execute(select(t.c.hash, t.c.payload).where(t.c.hash.in_(wanted))).all())
 
 
-CALCULATION_ASSET_COLUMNS = ("asset_id", "user_id", "score", "correlation_id", "created_at")
+CALCULATION_ASSET_COLUMNS = ("asset_id", "user_id", "score", "correlation_id", "calculated_at")
 
 
 def calculation_asset_rows(
@@ -656,11 +673,11 @@ def calculation_asset_rows(
     rows: Sequence[tuple[str, str, str]],
     *,
     correlation_id: uuid.UUID,
-    created_at: datetime,
+    calculated_at: datetime,
 ) -> Rows:
     """The asset-X audit index from (asset id, user id, score) as text."""
     if dialect == "postgresql":
-        tail = f"\t{correlation_id}\t{created_at.isoformat()}\n"
+        tail = f"\t{correlation_id}\t{calculated_at.isoformat()}\n"
         return Rows(
             calculation_assets_table,
             CALCULATION_ASSET_COLUMNS,
@@ -669,7 +686,7 @@ def calculation_asset_rows(
     return Rows(
         calculation_assets_table,
         CALCULATION_ASSET_COLUMNS,
-        rows=[(uuid.UUID(a), uuid.UUID(u), sc, correlation_id, created_at) for a, u, sc in rows],
+        rows=[(uuid.UUID(a), uuid.UUID(u), sc, correlation_id, calculated_at) for a, u, sc in rows],
     )
 
 

@@ -47,7 +47,7 @@ class PersistedRecommendation:
 class CalculationCursor:
     """Position after the last row of a page (newest-first order)."""
 
-    created_at: datetime
+    calculated_at: datetime
     correlation_id: uuid.UUID
     user_id: uuid.UUID
 
@@ -58,11 +58,11 @@ class AssetCalculation:
     correlation_id: uuid.UUID
     user_id: uuid.UUID
     score: Decimal
-    created_at: datetime
+    calculated_at: datetime
 
     @property
     def cursor(self) -> CalculationCursor:
-        return CalculationCursor(self.created_at, self.correlation_id, self.user_id)
+        return CalculationCursor(self.calculated_at, self.correlation_id, self.user_id)
 
 
 class JobRun(BaseModel):
@@ -204,19 +204,19 @@ def calculations_statement(
 ) -> Select[Any]:
     """The statement behind `calculations_for_asset` (tests EXPLAIN it)."""
     ca = calculation_assets_table.c
-    stmt = select(ca.asset_id, ca.correlation_id, ca.user_id, ca.score, ca.created_at).where(
+    stmt = select(ca.asset_id, ca.correlation_id, ca.user_id, ca.score, ca.calculated_at).where(
         ca.asset_id == asset_id
     )
     if user_id is not None:
         stmt = stmt.where(ca.user_id == user_id)
     if before is not None:
         stmt = stmt.where(
-            tuple_(ca.created_at, ca.correlation_id, ca.user_id)
-            < tuple_(before.created_at, before.correlation_id, before.user_id)
+            tuple_(ca.calculated_at, ca.correlation_id, ca.user_id)
+            < tuple_(before.calculated_at, before.correlation_id, before.user_id)
         )
-    return stmt.order_by(ca.created_at.desc(), ca.correlation_id.desc(), ca.user_id.desc()).limit(
-        _limit(limit)
-    )
+    return stmt.order_by(
+        ca.calculated_at.desc(), ca.correlation_id.desc(), ca.user_id.desc()
+    ).limit(_limit(limit))
 
 
 def calculations_for_asset(
@@ -229,7 +229,7 @@ def calculations_for_asset(
 ) -> list[AssetCalculation]:
     """ "All calculations for asset X" (SPEC §4): newest first, keyset-paginated.
 
-    Served by `ix_calculation_assets_asset_newest (asset_id, created_at)`, never a text scan;
+    Served by `ix_calculation_assets_asset_newest (asset_id, calculated_at)`, never a text scan;
     pass the last row's `cursor` as `before` for the next page. With `user_id`, only that
     user's calculations (the index narrows to the asset, the user is a filter on it).
     """

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import inspect
+from sqlalchemy import String, Uuid, column, inspect, table
 
 from overnight_pipeline.storage.db import downgrade, make_engine, migrate
 from overnight_pipeline.storage.models import Base
+from overnight_pipeline.storage.partitions import include_name, is_partition
+from overnight_pipeline.storage.types import Document, ExactDecimal, UTCDateTime
 from overnight_pipeline_tests.conftest import create_pg_database, drop_pg_database
 
 CONTRACT_TABLES = {
@@ -34,9 +36,11 @@ def fresh_url(request: pytest.FixtureRequest, tmp_path):
 
 
 def _tables(url: str) -> set[str]:
+    """The database's tables but for Alembic's and the monthly partitions."""
     engine = make_engine(url)
     try:
-        return set(inspect(engine).get_table_names()) - {"alembic_version"}
+        names = set(inspect(engine).get_table_names()) - {"alembic_version"}
+        return {name for name in names if not is_partition(name)}
     finally:
         engine.dispose()
 
@@ -59,7 +63,10 @@ def test_migrations_match_the_models(pg_url: str) -> None:
 
     engine = make_engine(pg_url)
     with engine.connect() as conn:
-        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+        context = MigrationContext.configure(
+            conn, opts={"include_name": include_name, "compare_type": True}
+        )
+        diff = compare_metadata(context, Base.metadata)
     engine.dispose()
     assert diff == []
 
@@ -71,6 +78,25 @@ def test_event_payloads_use_lz4_on_postgresql(pg_engine) -> None:
             " AND attname = 'payload'"
         ).scalar()
     assert method == "l"
+
+
+# The two audit tables as revisions 0001-0003 wrote them (the models are today's).
+_old_events = table(
+    "calculation_events",
+    column("correlation_id", Uuid()),
+    column("user_id", Uuid()),
+    column("event_type", String()),
+    column("payload", Document),
+    column("created_at", UTCDateTime()),
+)
+_old_assets = table(
+    "calculation_assets",
+    column("asset_id", Uuid()),
+    column("correlation_id", Uuid()),
+    column("user_id", Uuid()),
+    column("score", ExactDecimal(16, 4)),
+    column("created_at", UTCDateTime()),
+)
 
 
 def test_0003_keeps_a_previous_nights_output_replayable(fresh_url: str) -> None:
@@ -134,14 +160,22 @@ def test_0003_keeps_a_previous_nights_output_replayable(fresh_url: str) -> None:
                 )
                 result = run_batch(b, fx)
                 texts = score_json(result.scores, versions)
-                store.write_rows(
-                    conn,
-                    store.event_rows(
-                        conn.dialect.name,
-                        [(cid, u, "INPUTS_CAPTURED", text) for u, (text, _) in docs.items()]
-                        + [(cid, u, "SCORES_COMPUTED", t) for u, t in texts.payloads.items()],
-                        at=at,
-                    ),
+                conn.execute(
+                    _old_events.insert(),
+                    [
+                        {
+                            "correlation_id": cid,
+                            "user_id": uuid.UUID(u),
+                            "event_type": kind,
+                            "payload": orjson.loads(text),
+                            "created_at": at,
+                        }
+                        for kind, texts_of in (
+                            ("INPUTS_CAPTURED", {u: t for u, (t, _) in docs.items()}),
+                            ("SCORES_COMPUTED", texts.payloads),
+                        )
+                        for u, text in texts_of.items()
+                    ],
                 )
                 h = result.scores.holdings
                 rows = list(
@@ -172,7 +206,7 @@ def test_0003_keeps_a_previous_nights_output_replayable(fresh_url: str) -> None:
                     ],
                 )
                 conn.execute(
-                    calculation_assets_table.insert(),
+                    _old_assets.insert(),
                     [
                         {
                             "asset_id": uuid.UUID(a),
@@ -230,7 +264,13 @@ def test_0003_keeps_a_previous_nights_output_replayable(fresh_url: str) -> None:
         # The next night on the upgraded database.
         cid = uuid.uuid4()
         report = steps.score_and_recommend(
-            engine, market="NYSE", day=nights[2], markets=markets, correlation_id=cid, run_id="r"
+            engine,
+            market="NYSE",
+            day=nights[2],
+            markets=markets,
+            correlation_id=cid,
+            calculated_at=datetime.now(UTC),
+            run_id="r",
         )
         assert report.metrics["users_succeeded"] > 0
         outcome = steps.replay_sample(engine, correlation_id=cid, day=nights[2])

@@ -17,6 +17,7 @@ from overnight_pipeline.core.markets import load_markets
 from overnight_pipeline.seed import seed
 from overnight_pipeline.storage import overnight as store
 from overnight_pipeline.storage.loader import load
+from overnight_pipeline.storage.partitions import ensure_months
 from overnight_pipeline.storage.models import (
     asset_scores_table,
     calculation_assets_table,
@@ -35,7 +36,8 @@ ODD_USER = uuid.UUID("00000000-0000-4000-8000-0000000000dd")
 def _append_events(
     conn: Connection, events: Sequence[tuple[uuid.UUID, Any, str, Any]], *, at: datetime
 ) -> None:
-    store.write_rows(conn, store.event_rows(conn.dialect.name, events, at=at))
+    ensure_months(conn, [at])
+    store.write_rows(conn, store.event_rows(conn.dialect.name, events, at=at, calculated_at=at))
 
 
 def _replace_scores(
@@ -62,12 +64,13 @@ def _add_calculation_assets(
     rows: Sequence[tuple[str, str, str]],
     *,
     correlation_id: uuid.UUID,
-    created_at: datetime,
+    calculated_at: datetime,
 ) -> None:
+    ensure_months(conn, [calculated_at])
     store.write_rows(
         conn,
         store.calculation_asset_rows(
-            conn.dialect.name, rows, correlation_id=correlation_id, created_at=created_at
+            conn.dialect.name, rows, correlation_id=correlation_id, calculated_at=calculated_at
         ),
     )
 
@@ -212,7 +215,7 @@ def test_copy_writes_keep_every_character(db_conn: Connection) -> None:
         computed_at=now,
     )
     _add_calculation_assets(
-        db_conn, [(str(asset), str(user), "3.5000")], correlation_id=cid, created_at=now
+        db_conn, [(str(asset), str(user), "3.5000")], correlation_id=cid, calculated_at=now
     )
     e = calculation_events_table.c
     got = dict(
@@ -304,7 +307,11 @@ def test_a_snapshot_is_stored_once_and_never_changed(db_conn: Connection) -> Non
 
     payload = {"rates": {"usdTo": {"EUR": "0.9"}, "asOf": None, "stale": False}}
     key = snapshot_hash(payload)
-    store.insert_snapshot(db_conn, key=key, kind="market", payload=payload)
-    store.insert_snapshot(db_conn, key=key, kind="market", payload={"other": "content"})
+    now = datetime.now(UTC)
+    ensure_months(db_conn, [now])
+    store.insert_snapshot(db_conn, key=key, kind="market", payload=payload, calculated_at=now)
+    store.insert_snapshot(
+        db_conn, key=key, kind="market", payload={"other": "content"}, calculated_at=now
+    )
     assert store.snapshots(db_conn, [key, "absent"]) == {key: payload}
     assert snapshot_hash(store.snapshots(db_conn, [key])[key]) == key

@@ -6,6 +6,7 @@ from alembic import context
 
 from overnight_pipeline.storage.db import make_engine
 from overnight_pipeline.storage.models import Base
+from overnight_pipeline.storage.partitions import include_name
 
 config = context.config
 target_metadata = Base.metadata
@@ -28,6 +29,7 @@ def _run(connection: object) -> None:
         target_metadata=target_metadata,
         render_as_batch=True,  # SQLite alters tables by copy
         compare_type=True,
+        include_name=include_name,
     )
     with context.begin_transaction():
         context.run_migrations()
