@@ -95,6 +95,7 @@ def delete_expired(
     now: datetime | None = None,
     years: int = RETENTION_YEARS,
     batch_size: int = DEFAULT_BATCH,
+    lock_timeout: str = "5s",
 ) -> RetentionReport:
     """Remove every audit row older than `years` before `now`: on PostgreSQL by dropping
     the months wholly before the cutoff (and creating the next `MONTHS_AHEAD` months), on
@@ -111,7 +112,7 @@ def delete_expired(
         with engine.begin() as conn:
             report.created = ensure_months(conn, months)
         with engine.begin() as conn:
-            dropped = drop_months_before(conn, report.cutoff)
+            dropped = drop_months_before(conn, report.cutoff, lock_timeout=lock_timeout)
         report.deleted = {table.name: 0 for table, _, _ in _TARGETS}
         for month in dropped:
             report.deleted[month.table] += month.rows

@@ -7,7 +7,7 @@ from __future__ import annotations
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from datetime import date
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -40,6 +40,7 @@ from overnight_pipeline.storage.db import make_engine
 from overnight_pipeline.storage.job_runs import job_run
 from overnight_pipeline.storage.models import (
     asset_scores_table,
+    calculation_assets_table,
     calculation_events_table,
     exchange_rates_table,
     recommendations_table,
@@ -305,6 +306,8 @@ def test_a_dropped_postgresql_connection_mid_step_is_retried_and_completes(
     events = events_of(engine, cid)
     assert set(events) == set(users)
     assert all(c == Counter(EVENTS) for c in events.values())  # each once
+    # Both attempts wrote into the partition of the run's creation time.
+    assert calculation_times(engine, cid) == {created_at(instance, result.run_id)}
     s = asset_scores_table.c
     with engine.connect() as conn:
         per_user = Counter(
@@ -321,6 +324,22 @@ def test_a_dropped_postgresql_connection_mid_step_is_retried_and_completes(
     assert recorded["metrics"]["assets_scored"] == sum(per_user.values())
     assert recorded["metrics"]["assets_scored"] > scores_meta["assets_scored"].value
     assert recorded["metrics"]["steps"][step]["attempts"] == 2
+
+
+def calculation_times(engine: Engine, cid: uuid.UUID) -> set[datetime]:
+    """The `calculated_at` of the calculation's events and asset-X rows."""
+    e, a = calculation_events_table.c, calculation_assets_table.c
+    with engine.connect() as conn:
+        return set(conn.scalars(select(e.calculated_at).where(e.correlation_id == cid))) | set(
+            conn.scalars(select(a.calculated_at).where(a.correlation_id == cid))
+        )
+
+
+def created_at(instance: DagsterInstance, run_id: str) -> datetime:
+    record = instance.get_run_record_by_id(run_id)
+    assert record is not None
+    stamp = record.create_timestamp
+    return stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)
 
 
 # Re-execution from failure needs a job Dagster can rebuild by itself (`reconstructable`):
@@ -426,10 +445,12 @@ def test_a_failed_step_re_executed_from_failure_completes_every_user_once(
         assert second_run.root_run_id == first_run.run_id
         assert second_run.tags["dagster/partition"] == key
 
-        # One calculation: the same correlation id, every user's four events exactly once.
+        # One calculation: the same correlation id, every user's four events exactly once,
+        # all stamped (and partitioned) with the root run's creation time.
         events = events_of(engine, cid)
         assert set(events) == set(users)
         assert all(c == Counter(EVENTS) for c in events.values())
+        assert calculation_times(engine, cid) == {created_at(instance, first_run.run_id)}
         e, r = calculation_events_table.c, recommendations_table.c
         with engine.connect() as conn:
             other = conn.scalar(

@@ -1,17 +1,21 @@
-"""Audit retention (SPEC §4, AC-8.6.5): exactly the rows older than two years go, in
-bounded batches, never waiting on a row another transaction holds."""
+"""Audit retention (SPEC §4, AC-8.6.5): on PostgreSQL the months wholly older than two
+years are dropped as partitions; on SQLite exactly the rows older than two years go, in
+bounded batches."""
 
 from __future__ import annotations
 
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
+from datetime import time as dtime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from dagster import DagsterInstance
-from sqlalchemy import Engine, insert, select, text
+from sqlalchemy import Engine, event, insert, select, text
+from sqlalchemy.exc import OperationalError
 
 from overnight_pipeline.defs import build_definitions
 from overnight_pipeline.defs.retention import RETENTION_JOB
@@ -20,8 +24,10 @@ from overnight_pipeline.storage.db import make_engine, migrate
 from overnight_pipeline.storage.models import (
     calculation_assets_table,
     calculation_events_table,
+    calculation_snapshots_table,
     overnight_job_runs_table,
 )
+from overnight_pipeline.storage.partitions import ensure_months, existing, month_of, next_month
 from overnight_pipeline.storage.retention import delete_expired, retention_cutoff
 from overnight_pipeline_tests.conftest import create_pg_database, drop_pg_database
 
@@ -44,13 +50,30 @@ def engine(db_url: str) -> Iterator[Engine]:
     engine = make_engine(db_url)
     yield engine
     with engine.begin() as conn:
-        for table in (calculation_events_table, calculation_assets_table, overnight_job_runs_table):
+        for table in TABLES:
             conn.execute(table.delete())
     engine.dispose()
 
 
+TABLES = (
+    calculation_events_table,
+    calculation_assets_table,
+    calculation_snapshots_table,
+    overnight_job_runs_table,
+)
+AGED_BY = {
+    "calculation_events": "calculated_at",
+    "calculation_assets": "calculated_at",
+    "calculation_snapshots": "month",
+    "overnight_job_runs": "started_at",
+}
+
+
 def seed_dated_rows(engine: Engine, stamps: list[datetime]) -> None:
-    """One event, one calculation-asset row and one job run per timestamp."""
+    """One event, one calculation-asset row, one snapshot and one job run per timestamp
+    (their months created first, as the pipeline does)."""
+    with engine.begin() as conn:
+        ensure_months(conn, stamps)
     with engine.begin() as conn:
         for at in stamps:
             cid = uuid.uuid4()
@@ -61,6 +84,7 @@ def seed_dated_rows(engine: Engine, stamps: list[datetime]) -> None:
                     event_type="CALC_STARTED",
                     payload={"at": at.isoformat()},
                     created_at=at,
+                    calculated_at=at,
                 )
             )
             conn.execute(
@@ -69,7 +93,12 @@ def seed_dated_rows(engine: Engine, stamps: list[datetime]) -> None:
                     correlation_id=cid,
                     user_id=uuid.uuid4(),
                     score=1,
-                    created_at=at,
+                    calculated_at=at,
+                )
+            )
+            conn.execute(
+                insert(calculation_snapshots_table).values(
+                    hash=f"{cid.hex}{cid.hex}", month=month_of(at), kind="market", payload={}
                 )
             )
             conn.execute(
@@ -85,19 +114,18 @@ def seed_dated_rows(engine: Engine, stamps: list[datetime]) -> None:
             )
 
 
-def remaining(engine: Engine) -> dict[str, list[datetime]]:
+def remaining(engine: Engine) -> dict[str, list[Any]]:
     with engine.connect() as conn:
-        return {
-            "calculation_events": sorted(
-                conn.scalars(select(calculation_events_table.c.created_at))
-            ),
-            "calculation_assets": sorted(
-                conn.scalars(select(calculation_assets_table.c.created_at))
-            ),
-            "overnight_job_runs": sorted(
-                conn.scalars(select(overnight_job_runs_table.c.started_at))
-            ),
-        }
+        return {t.name: sorted(conn.scalars(select(t.c[AGED_BY[t.name]]))) for t in TABLES}
+
+
+def whole_months_kept(stamps: list[datetime], cutoff: datetime) -> dict[str, list[Any]]:
+    """What dropping the months wholly before `cutoff` keeps, by table."""
+    kept = [s for s in stamps if datetime.combine(next_month(month_of(s)), dtime(), UTC) > cutoff]
+    return {
+        name: sorted(month_of(s) if key == "month" else s for s in kept)
+        for name, key in AGED_BY.items()
+    }
 
 
 def test_the_cutoff_is_two_calendar_years_before() -> None:
@@ -109,67 +137,82 @@ def test_the_cutoff_is_two_calendar_years_before() -> None:
         retention_cutoff(datetime(2026, 1, 1))
 
 
-def test_exactly_the_rows_older_than_two_years_are_deleted_in_batches(engine: Engine) -> None:
+def test_postgresql_drops_the_months_wholly_before_the_cutoff_without_a_delete(
+    engine: Engine,
+) -> None:
+    """Everything of a month that ended before the cutoff goes, by DETACH and DROP of its
+    partitions (no DELETE reaches the server); the cutoff's own month is kept whole (data
+    is kept at least two years); the coming months are created."""
     stamps = [CUTOFF + timedelta(seconds=s) for s in AGES]
+    # The last day of the month before the cutoff's, and the first of the cutoff's.
+    stamps += [datetime(2024, 10, 31, 23, 59, 59, tzinfo=UTC), datetime(2024, 11, 1, tzinfo=UTC)]
     seed_dated_rows(engine, stamps)
-    report = delete_expired(engine, now=NOW, batch_size=3)
+    statements: list[str] = []
+    listen = lambda *args: statements.append(args[2])  # noqa: E731
+    event.listen(engine, "before_cursor_execute", listen)
+    try:
+        report = delete_expired(engine, now=NOW)
+    finally:
+        event.remove(engine, "before_cursor_execute", listen)
+    assert not [s for s in statements if s.lstrip().upper().startswith("DELETE")]
+    assert remaining(engine) == whole_months_kept(stamps, CUTOFF)
+    # 2023-07 (400 days before) and 2024-10 went, in all four tables.
+    assert sorted(report.dropped) == sorted(
+        f"{t.name}_p{m}" for t in TABLES for m in ("2023_10", "2024_10")
+    )
+    months = {m for (_, m) in existing_months(engine)}
+    assert date(2024, 10, 1) not in months and date(2024, 11, 1) in months
+    assert {date(2026, 11, 1), date(2026, 12, 1), date(2027, 1, 1)} <= months
+    assert report.deleted["calculation_events"] >= 0
+    # Nothing older is left: a second sweep drops nothing.
+    assert delete_expired(engine, now=NOW).dropped == []
 
-    kept = [s for s in stamps if s >= CUTOFF]
-    assert remaining(engine) == {name: kept for name in report.deleted}
-    old = len(stamps) - len(kept)
-    assert report.deleted == {
-        "calculation_events": old,
-        "calculation_assets": old,
-        "overnight_job_runs": old,
-    }
-    assert report.cutoff == CUTOFF
-    # Four old rows per table at three per transaction: 2 batches each.
-    assert report.batches == 6
-    # Nothing older is left: a second sweep deletes nothing.
-    assert delete_expired(engine, now=NOW, batch_size=3).total == 0
 
-
-def test_a_row_held_by_another_transaction_is_skipped_not_waited_for(engine: Engine) -> None:
-    seed_dated_rows(engine, [CUTOFF - timedelta(days=d) for d in (1, 2, 3)])
-    e = calculation_events_table.c
-    with engine.connect() as holder:
-        held = holder.execute(
-            select(e.id).order_by(e.created_at).limit(1).with_for_update()
-        ).scalar_one()
-        started = time.monotonic()
-        report = delete_expired(engine, now=NOW, batch_size=10)
-        assert time.monotonic() - started < 4  # no lock wait (lock_timeout is 5 s)
-        assert report.deleted["calculation_events"] == 2
-        holder.rollback()
+def existing_months(engine: Engine) -> set[tuple[str, date]]:
     with engine.connect() as conn:
-        assert list(conn.scalars(select(e.id))) == [held]
-    assert delete_expired(engine, now=NOW).deleted["calculation_events"] == 1
+        return set(existing(conn))
 
 
-def test_the_retention_job_reports_what_it_deleted(db_url: str, engine: Engine) -> None:
+def test_a_detach_blocked_by_a_writer_gives_up_and_drops_nothing(engine: Engine) -> None:
+    seed_dated_rows(engine, [CUTOFF - timedelta(days=60), CUTOFF + timedelta(days=1)])
+    before = remaining(engine)
+    with engine.connect() as holder:
+        # A transaction still open on the table (a writer of the current month).
+        holder.execute(select(calculation_events_table.c.id).limit(1)).all()
+        started = time.monotonic()
+        with pytest.raises(OperationalError, match="lock timeout"):
+            delete_expired(engine, now=NOW, lock_timeout="200ms")
+        assert time.monotonic() - started < 4
+        holder.rollback()
+    assert remaining(engine) == before
+    assert len(delete_expired(engine, now=NOW).dropped) == 4
+
+
+def test_the_retention_job_reports_what_it_dropped(db_url: str, engine: Engine) -> None:
     now = datetime.now(UTC)
     cutoff = retention_cutoff(now)
-    seed_dated_rows(
-        engine,
-        [cutoff - timedelta(days=3), cutoff - timedelta(hours=1), cutoff + timedelta(days=1)],
-    )
+    stamps = [cutoff - timedelta(days=62), cutoff - timedelta(days=31), cutoff + timedelta(days=1)]
+    seed_dated_rows(engine, stamps)
     settings = load_settings(database_url=db_url, retention_batch_size=1)
     defs = build_definitions(settings, env_vars=False)
     with DagsterInstance.ephemeral() as instance:
         result = defs.resolve_job_def(RETENTION_JOB).execute_in_process(instance=instance)
     assert result.success
-    (event,) = [e for e in result.all_node_events if e.is_successful_output]
-    meta = {k: v.value for k, v in event.step_output_data.metadata.items()}
-    assert meta["deleted_total"] == 6
-    assert meta["deleted_calculation_events"] == 2 and meta["deleted_overnight_job_runs"] == 2
-    assert meta["batch_size"] == 1 and meta["batches"] == 9  # 2 rows + 1 empty batch, x 3
+    (event_,) = [e for e in result.all_node_events if e.is_successful_output]
+    meta = {k: v.value for k, v in event_.step_output_data.metadata.items()}
+    gone = {f"p{month_of(s):%Y_%m}" for s in stamps[:2]}
+    assert sorted(meta["partitions_dropped"]) == sorted(
+        f"{t.name}_{m}" for t in TABLES for m in gone
+    )
     assert abs(meta["cutoff"] - cutoff.timestamp()) < 60
-    assert {len(v) for v in remaining(engine).values()} == {1}
+    assert remaining(engine) == whole_months_kept(stamps, cutoff)
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM calculation_events")).scalar() == 1
 
 
 def test_retention_works_on_the_embedded_sqlite_database_too(tmp_path: Path) -> None:
+    """SQLite has no partitions: exactly the rows older than the cutoff are deleted, in
+    batches (a snapshot's month once wholly before it)."""
     url = f"sqlite:///{tmp_path / 'demo.db'}"
     migrate(url)
     engine = make_engine(url)
@@ -178,6 +221,16 @@ def test_retention_works_on_the_embedded_sqlite_database_too(tmp_path: Path) -> 
         seed_dated_rows(engine, stamps)
         report = delete_expired(engine, now=NOW, batch_size=3)
         kept = [s for s in stamps if s >= CUTOFF]
-        assert remaining(engine) == {name: kept for name in report.deleted}
+        expected = {name: kept for name in AGED_BY}
+        expected["calculation_snapshots"] = sorted(
+            month_of(s) for s in stamps if month_of(s) >= month_of(CUTOFF)
+        )
+        assert remaining(engine) == expected
+        old = len(stamps) - len(kept)
+        assert report.deleted["calculation_events"] == old
+        assert report.deleted["overnight_job_runs"] == old
+        # Four old rows per table at three per transaction (2 batches), one old snapshot (1).
+        assert report.batches == 3 * 2 + 1
+        assert delete_expired(engine, now=NOW, batch_size=3).total == 0
     finally:
         engine.dispose()

@@ -17,12 +17,12 @@ from overnight_pipeline.core.markets import load_markets
 from overnight_pipeline.seed import seed
 from overnight_pipeline.storage import overnight as store
 from overnight_pipeline.storage.loader import load
-from overnight_pipeline.storage.partitions import ensure_months
 from overnight_pipeline.storage.models import (
     asset_scores_table,
     calculation_assets_table,
     calculation_events_table,
 )
+from overnight_pipeline.storage.partitions import ensure_months
 from overnight_pipeline_tests.api.factories import insert_asset, insert_users
 
 DAY = date(2026, 11, 27)

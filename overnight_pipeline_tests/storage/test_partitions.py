@@ -1,0 +1,268 @@
+"""Monthly partitions of the audit tables (issue 15): a calculation's rows land in the month
+of its `calculated_at` whatever the clock says when they are written, a retried write is
+refused inside that partition, months are created ahead safely by concurrent writers, and
+migration 0004 keeps a previous night's output replayable on PostgreSQL and SQLite."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta
+
+import pytest
+from sqlalchemy import Engine, func, inspect, select, text
+from sqlalchemy.exc import IntegrityError
+
+from overnight_pipeline import steps
+from overnight_pipeline.core.markets import DEFAULT_MARKETS
+from overnight_pipeline.providers.synthetic import SyntheticProvider
+from overnight_pipeline.seed import seed
+from overnight_pipeline.storage import overnight as store
+from overnight_pipeline.storage.db import downgrade, make_engine, migrate
+from overnight_pipeline.storage.models import (
+    calculation_assets_table,
+    calculation_events_table,
+    calculation_snapshots_table,
+)
+from overnight_pipeline.storage.partitions import ensure_months, existing, forget_known
+from overnight_pipeline_tests.conftest import create_pg_database, drop_pg_database
+
+NYSE = tuple(m for m in DEFAULT_MARKETS if m.code == "NYSE")
+MARKETS = {m.code: m for m in NYSE}
+LAST_NIGHT_OF_NOVEMBER = date(2026, 11, 30)
+FIRST_NIGHT_OF_DECEMBER = date(2026, 12, 1)
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'app.db'}"
+        return
+    url = create_pg_database("overnight_partitions")
+    yield url
+    drop_pg_database(url)
+
+
+def _seeded(url: str, *, users: int = 12) -> Engine:
+    migrate(url)
+    engine = make_engine(url)
+    provider = SyntheticProvider(MARKETS)
+    with engine.begin() as conn:
+        seed(conn, users=users, seed=4, as_of=LAST_NIGHT_OF_NOVEMBER, markets=NYSE)
+    for day in (LAST_NIGHT_OF_NOVEMBER, FIRST_NIGHT_OF_DECEMBER):
+        kw = {"market": "NYSE", "day": day, "markets": MARKETS}
+        steps.fetch_rates(engine, provider, **kw)
+        steps.fetch_prices(engine, provider, **kw)
+        steps.fetch_fundamentals(engine, provider, **kw)
+    return engine
+
+
+def _night(engine: Engine, day: date, cid: uuid.UUID, at: datetime) -> steps.StepReport:
+    return steps.score_and_recommend(
+        engine,
+        market="NYSE",
+        day=day,
+        markets=MARKETS,
+        correlation_id=cid,
+        calculated_at=at,
+        run_id=f"run-{cid}",
+        batch_size=5,
+    )
+
+
+def _homes(engine: Engine, cid: uuid.UUID) -> dict[str, set[str]]:
+    """Which partition holds each table's rows of the calculation."""
+    out = {}
+    for table in (calculation_events_table, calculation_assets_table):
+        with engine.connect() as conn:
+            out[table.name] = set(
+                conn.scalars(
+                    select(text("tableoid::regclass::text"))
+                    .select_from(table)
+                    .where(table.c.correlation_id == cid)
+                )
+            )
+    return out
+
+
+def test_a_night_across_a_month_boundary_stays_in_the_month_it_started(url: str) -> None:
+    """A calculation created at 23:59:59 on 30 November writes (and, retried after
+    midnight, would write) into November's partitions: its rows carry its start, not the
+    wall clock; a duplicate of its events is refused there; the next night goes to
+    December's, with its own copy of a snapshot."""
+    engine = _seeded(url)
+    try:
+        november = datetime(2026, 11, 30, 23, 59, 59, 900_000, tzinfo=UTC)
+        december = datetime(2026, 12, 1, 0, 0, 0, 100_000, tzinfo=UTC)
+        first = uuid.uuid4()
+        report = _night(engine, LAST_NIGHT_OF_NOVEMBER, first, november)
+        users = report.metrics["users_succeeded"]
+        assert users > 0
+        if engine.dialect.name == "postgresql":
+            assert _homes(engine, first) == {
+                "calculation_events": {"calculation_events_p2026_11"},
+                "calculation_assets": {"calculation_assets_p2026_11"},
+            }
+        e = calculation_events_table.c
+        with engine.connect() as conn:
+            assert set(conn.scalars(select(e.calculated_at).where(e.correlation_id == first))) == {
+                november
+            }
+        # The step retried (after midnight): every user is resumed, nothing written twice.
+        again = _night(engine, LAST_NIGHT_OF_NOVEMBER, first, november)
+        assert again.metrics["users_resumed"] == users and again.metrics["users_succeeded"] == 0
+        with engine.connect() as conn:
+            counts = Counter(conn.scalars(select(e.event_type).where(e.correlation_id == first)))
+        assert set(counts.values()) == {users}
+        # A write that slipped past the resume is refused by the unique key, in its month.
+        with engine.connect() as conn:
+            row = conn.execute(
+                select(e.correlation_id, e.user_id, e.event_type, e.payload, e.calculated_at)
+                .where(e.correlation_id == first)
+                .limit(1)
+            ).one()
+            with pytest.raises(IntegrityError):
+                conn.execute(calculation_events_table.insert().values(**row._asdict()))
+            conn.rollback()
+
+        second = uuid.uuid4()
+        _night(engine, FIRST_NIGHT_OF_DECEMBER, second, december)
+        if engine.dialect.name == "postgresql":
+            assert _homes(engine, second) == {
+                "calculation_events": {"calculation_events_p2026_12"},
+                "calculation_assets": {"calculation_assets_p2026_12"},
+            }
+        # Both nights replay from their events and the snapshots of their own months.
+        for cid, day in ((first, LAST_NIGHT_OF_NOVEMBER), (second, FIRST_NIGHT_OF_DECEMBER)):
+            outcome = steps.replay_sample(engine, correlation_id=cid, day=day)
+            assert outcome.checked and outcome.mismatches == []
+        s = calculation_snapshots_table.c
+        with engine.connect() as conn:
+            months = set(conn.scalars(select(s.month)))
+        assert months == {date(2026, 11, 1), date(2026, 12, 1)}
+    finally:
+        engine.dispose()
+
+
+def test_months_are_created_once_by_concurrent_writers() -> None:
+    url = create_pg_database("overnight_partitions")
+    try:
+        migrate(url)
+        engine = make_engine(url, pool_size=8)
+        far = [datetime(2031, 5, 17, tzinfo=UTC), datetime(2031, 6, 2, tzinfo=UTC)]
+        created: list[list[str]] = []
+        errors: list[BaseException] = []
+        start = threading.Barrier(6)
+
+        def create() -> None:
+            try:
+                start.wait()
+                with engine.begin() as conn:
+                    created.append(ensure_months(conn, far))
+            except BaseException as error:
+                errors.append(error)
+
+        forget_known()
+        threads = [threading.Thread(target=create) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == []
+        made = sorted(name for names in created for name in names)
+        assert made == sorted(
+            f"{t}_p2031_{m}"
+            for t in (
+                "calculation_events",
+                "calculation_assets",
+                "calculation_snapshots",
+                "overnight_job_runs",
+            )
+            for m in ("05", "06")
+        )
+        with engine.connect() as conn:
+            assert {m for (_, m) in existing(conn)} >= {date(2031, 5, 1), date(2031, 6, 1)}
+        engine.dispose()
+    finally:
+        drop_pg_database(url)
+
+
+def test_a_month_without_a_partition_is_refused_by_name() -> None:
+    """A write into a month nobody created fails loudly (no default partition)."""
+    url = create_pg_database("overnight_partitions")
+    try:
+        migrate(url)
+        engine = make_engine(url)
+        with engine.connect() as conn, pytest.raises(Exception, match="no partition"):
+            conn.execute(
+                calculation_events_table.insert().values(
+                    correlation_id=uuid.uuid4(),
+                    user_id=uuid.uuid4(),
+                    event_type="CALC_STARTED",
+                    payload={},
+                    calculated_at=datetime(2040, 1, 1, tzinfo=UTC),
+                )
+            )
+        engine.dispose()
+    finally:
+        drop_pg_database(url)
+
+
+def test_0004_keeps_a_previous_nights_output(url: str) -> None:
+    """A night written, the database taken back to 0003 (plain tables, a snapshot once per
+    hash, events without `calculated_at`), then upgraded again: every row is back, the
+    snapshot is in the month of the events that reference it, the night still replays
+    exactly, and the next night runs on the upgraded database."""
+    engine = _seeded(url)
+    tables = ("calculation_events", "calculation_assets", "overnight_job_runs")
+    try:
+        cid = uuid.uuid4()
+        at = datetime(2026, 11, 30, 22, 0, tzinfo=UTC)
+        report = _night(engine, LAST_NIGHT_OF_NOVEMBER, cid, at)
+        assert report.metrics["users_succeeded"] > 0
+
+        def counts() -> dict[str, int]:
+            with engine.connect() as conn:
+                return {
+                    t: conn.execute(text(f"SELECT count(*) FROM {t}")).scalar_one()
+                    for t in (*tables, "calculation_snapshots")
+                }
+
+        before = counts()
+        engine.dispose()
+        downgrade(url, "0003")
+        engine = make_engine(url)
+        with engine.connect() as conn:
+            columns = {c["name"] for c in inspect(conn).get_columns("calculation_events")}
+            assert "calculated_at" not in columns
+            assert (
+                conn.execute(text("SELECT count(*) FROM calculation_events")).scalar_one()
+                == (before["calculation_events"])
+            )
+        engine.dispose()
+        forget_known()
+        migrate(url)
+        engine = make_engine(url)
+        assert counts() == before
+        e = calculation_events_table.c
+        with engine.connect() as conn:
+            first_written = conn.scalar(
+                select(func.min(e.created_at)).where(e.correlation_id == cid)
+            )
+            assert set(conn.scalars(select(e.calculated_at).where(e.correlation_id == cid))) == {
+                first_written
+            }
+            snapshot_months = set(conn.scalars(select(calculation_snapshots_table.c.month)))
+        assert snapshot_months == {first_written.replace(day=1).date()}
+        outcome = steps.replay_sample(engine, correlation_id=cid, day=LAST_NIGHT_OF_NOVEMBER)
+        assert outcome.checked and outcome.mismatches == []
+        nxt = uuid.uuid4()
+        _night(engine, FIRST_NIGHT_OF_DECEMBER, nxt, datetime.now(UTC) - timedelta(seconds=1))
+        outcome = steps.replay_sample(engine, correlation_id=nxt, day=FIRST_NIGHT_OF_DECEMBER)
+        assert outcome.checked and outcome.mismatches == []
+        with engine.connect() as conn:
+            assert store.users_with_event(conn, correlation_id=nxt, event_type="CALC_COMPLETED")
+    finally:
+        engine.dispose()
