@@ -33,6 +33,7 @@ from overnight_pipeline.storage.models import (
     recommendations_table,
     users_table,
 )
+from overnight_pipeline.storage.partitions import ensure_months
 
 D = Decimal
 FX = FxRates(usd_to={"BRL": D("5.0123"), "EUR": D("0.92"), "JPY": D("151.2")})
@@ -227,17 +228,18 @@ def insert_calculation(
     asset_id: uuid.UUID,
     user_id: uuid.UUID,
     score: str,
-    created_at: datetime,
+    calculated_at: datetime,
     correlation_id: uuid.UUID | None = None,
 ) -> uuid.UUID:
     correlation_id = correlation_id or uuid.uuid4()
+    ensure_months(conn, [calculated_at])
     conn.execute(
         insert(calculation_assets_table).values(
             asset_id=asset_id,
             correlation_id=correlation_id,
             user_id=user_id,
             score=D(score),
-            created_at=created_at,
+            calculated_at=calculated_at,
         )
     )
     return correlation_id

@@ -12,6 +12,7 @@ from starlette.testclient import TestClient
 
 from dashboard_api.params import encode_cursor
 from overnight_pipeline.storage.models import overnight_job_runs_table
+from overnight_pipeline.storage.partitions import ensure_months
 from overnight_pipeline.storage.queries import CalculationCursor
 from overnight_pipeline_tests.api.conftest import bearer, token_for
 from overnight_pipeline_tests.api.factories import insert_asset, insert_calculation
@@ -32,7 +33,7 @@ def asset_with_calculations(pg_engine: Engine) -> dict[str, Any]:
                 asset_id=asset_id,
                 user_id=me,
                 score=f"{10 + i}.5",
-                created_at=T0 + timedelta(days=i),
+                calculated_at=T0 + timedelta(days=i),
             )
             for i in range(5)
         ]
@@ -42,7 +43,7 @@ def asset_with_calculations(pg_engine: Engine) -> dict[str, Any]:
                 asset_id=asset_id,
                 user_id=other,
                 score="99",
-                created_at=T0 + timedelta(days=i, hours=1),
+                calculated_at=T0 + timedelta(days=i, hours=1),
             )
     return {"symbol": symbol, "asset_id": asset_id, "me": me, "other": other, "mine": mine}
 
@@ -154,6 +155,7 @@ def job_runs(pg_engine: Engine) -> str:
         for h, status in enumerate(["completed", "partial", "failed", "completed"])
     ]
     with pg_engine.begin() as conn:
+        ensure_months(conn, [row["started_at"] for row in rows])
         conn.execute(insert(overnight_job_runs_table), rows)
     return market
 

@@ -47,7 +47,7 @@ def api_schema(pg_url: str, pg_engine: Engine) -> Iterator[Any]:
         ko = insert_asset(conn, "NYSE", f"ST{uuid.uuid4().hex[:4]}")
         for i in range(3):
             insert_calculation(
-                conn, asset_id=ko, user_id=USER, score="12.5", created_at=now - timedelta(days=i)
+                conn, asset_id=ko, user_id=USER, score="12.5", calculated_at=now - timedelta(days=i)
             )
     write_entries(client, [p.cache_entry()], prefix=prefix)
     app_settings: Settings = load_settings(

@@ -42,6 +42,7 @@ from overnight_pipeline.storage.models import (
     recommendations_table,
 )
 from overnight_pipeline.storage.overnight import correlation_id_for
+from overnight_pipeline.storage.partitions import ensure_months
 from overnight_pipeline_tests.pipeline.conftest import BROKEN_USER, DAY, REDIS_URL, Pipeline
 
 
@@ -376,6 +377,7 @@ def test_job_run_upserts_and_counts_on_both_databases(db_conn: Connection) -> No
             "event_type": "CALC_STARTED",
             "payload": {"holdings": 4},
             "created_at": at,
+            "calculated_at": at,
         }
         for u in users[:2]
     ]
@@ -386,6 +388,7 @@ def test_job_run_upserts_and_counts_on_both_databases(db_conn: Connection) -> No
             "event_type": "CALC_STARTED",
             "payload": {},
             "created_at": at,
+            "calculated_at": at,
         },
         {
             "correlation_id": cid,
@@ -393,6 +396,7 @@ def test_job_run_upserts_and_counts_on_both_databases(db_conn: Connection) -> No
             "event_type": "CALC_COMPLETED",
             "payload": {"status": "completed", "recommendations": 3},
             "created_at": at,
+            "calculated_at": at,
         },
         {
             "correlation_id": cid,
@@ -400,8 +404,10 @@ def test_job_run_upserts_and_counts_on_both_databases(db_conn: Connection) -> No
             "event_type": "CALC_COMPLETED",
             "payload": {"status": "failed", "stage": "inputs", "error": "no rate"},
             "created_at": at,
+            "calculated_at": at,
         },
     ]
+    ensure_months(db_conn, [at])
     db_conn.execute(insert(e), events)
     counts = job_runs.calculation_counts(db_conn, [cid])
     assert counts == job_runs.CalculationCounts(

@@ -217,12 +217,15 @@ def test_user_contribution_cannot_be_negative(graph) -> None:
 
 
 def test_events_are_unique_per_correlation_user_and_type(graph) -> None:
+    from datetime import UTC, datetime
+
     conn = graph["conn"]
     row = {
         "correlation_id": uuid.uuid4(),
         "user_id": graph["user"],
         "event_type": "CALC_STARTED",
         "payload": {},
+        "calculated_at": datetime.now(UTC),
     }
     conn.execute(calculation_events_table.insert(), [row])
     _rejects(conn, calculation_events_table, row)

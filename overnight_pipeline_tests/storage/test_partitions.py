@@ -26,7 +26,7 @@ from overnight_pipeline.storage.models import (
     calculation_events_table,
     calculation_snapshots_table,
 )
-from overnight_pipeline.storage.partitions import ensure_months, existing, forget_known
+from overnight_pipeline.storage.partitions import ensure_months, existing
 from overnight_pipeline_tests.conftest import create_pg_database, drop_pg_database
 
 NYSE = tuple(m for m in DEFAULT_MARKETS if m.code == "NYSE")
@@ -164,7 +164,6 @@ def test_months_are_created_once_by_concurrent_writers() -> None:
             except BaseException as error:
                 errors.append(error)
 
-        forget_known()
         threads = [threading.Thread(target=create) for _ in range(6)]
         for thread in threads:
             thread.start()
@@ -242,7 +241,6 @@ def test_0004_keeps_a_previous_nights_output(url: str) -> None:
                 == (before["calculation_events"])
             )
         engine.dispose()
-        forget_known()
         migrate(url)
         engine = make_engine(url)
         assert counts() == before

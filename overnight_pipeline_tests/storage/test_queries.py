@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import Connection, insert, text
 
 from overnight_pipeline.storage.models import overnight_job_runs_table
+from overnight_pipeline.storage.partitions import ensure_months
 from overnight_pipeline.storage.queries import (
     CalculationCursor,
     asset_id_for,
@@ -66,28 +67,28 @@ def test_calculations_for_asset_newest_first_by_user_and_paginated(db_conn: Conn
     me, other = uuid.uuid4(), uuid.uuid4()
     mine = [
         insert_calculation(
-            db_conn, asset_id=ko, user_id=me, score=str(i), created_at=T0 + timedelta(days=i)
+            db_conn, asset_id=ko, user_id=me, score=str(i), calculated_at=T0 + timedelta(days=i)
         )
         for i in range(5)
     ]
     # Same instant twice: the correlation id breaks the tie, so paging never skips a row.
     tie = [
         insert_calculation(
-            db_conn, asset_id=ko, user_id=me, score="9", created_at=T0 + timedelta(days=9)
+            db_conn, asset_id=ko, user_id=me, score="9", calculated_at=T0 + timedelta(days=9)
         )
         for _ in range(2)
     ]
     insert_calculation(
-        db_conn, asset_id=ko, user_id=other, score="7", created_at=T0 + timedelta(days=3)
+        db_conn, asset_id=ko, user_id=other, score="7", calculated_at=T0 + timedelta(days=3)
     )
-    insert_calculation(db_conn, asset_id=pep, user_id=me, score="1", created_at=T0)
+    insert_calculation(db_conn, asset_id=pep, user_id=me, score="1", calculated_at=T0)
     assert asset_id_for(db_conn, market="NYSE", symbol="KO") == ko
     assert asset_id_for(db_conn, market="NYSE", symbol="ko") is None
 
     everything = calculations_for_asset(db_conn, asset_id=ko, limit=100)
     assert len(everything) == 8
-    assert [c.created_at for c in everything] == sorted(
-        (c.created_at for c in everything), reverse=True
+    assert [c.calculated_at for c in everything] == sorted(
+        (c.calculated_at for c in everything), reverse=True
     )
 
     pages: list[uuid.UUID] = []
@@ -107,12 +108,14 @@ def test_calculations_for_asset_newest_first_by_user_and_paginated(db_conn: Conn
 
 def test_asset_query_is_served_by_the_index(pg_conn: Connection) -> None:
     ko = insert_asset(pg_conn, "NYSE", "KO")
-    insert_calculation(pg_conn, asset_id=ko, user_id=uuid.uuid4(), score="1", created_at=T0)
+    insert_calculation(pg_conn, asset_id=ko, user_id=uuid.uuid4(), score="1", calculated_at=T0)
     # Many users' calculations of the asset, night after night, and their statistics: the
     # planner then sees what a real table looks like (one user's rows are a few of many).
+    ensure_months(pg_conn, [T0 - timedelta(days=n) for n in range(21)])
     pg_conn.execute(
         text(
-            "INSERT INTO calculation_assets (asset_id, correlation_id, user_id, score, created_at)"
+            "INSERT INTO calculation_assets (asset_id, correlation_id, user_id, score,"
+            " calculated_at)"
             " SELECT CASE WHEN a = 0 THEN :ko ELSE md5('a' || a)::uuid END, md5('c' || n)::uuid,"
             " md5('u' || u)::uuid, 1, :t0 - n * interval '1 day'"
             " FROM generate_series(1, 20) n, generate_series(1, 200) u, generate_series(0, 9) a"
@@ -127,13 +130,12 @@ def test_asset_query_is_served_by_the_index(pg_conn: Connection) -> None:
         stmt = calculations_statement(asset_id=ko, user_id=user, limit=20, before=before)
         sql = stmt.compile(dialect=pg_conn.dialect, compile_kwargs={"literal_binds": True})
         plan = "\n".join(pg_conn.exec_driver_sql(f"EXPLAIN {sql}").scalars())
-        # One user's calculations come from the per-user index, never other users' rows.
-        index = (
-            "ix_calculation_assets_asset_newest"
-            if user is None
-            else "ix_calculation_assets_user_asset"
-        )
+        # One user's calculations come from the per-user index, never other users' rows
+        # (each monthly partition's copy of the table's index, named by PostgreSQL after
+        # its columns).
+        index = "asset_id_calculated_at_idx" if user is None else "user_id_asset_id_idx"
         assert index in plan, plan
+        assert "Seq Scan" not in plan, plan
         assert "LIKE" not in str(sql).upper()
 
 
@@ -151,6 +153,7 @@ def test_recent_job_runs_filters_and_orders(db_conn: Connection) -> None:
             "users_failed": 0,
         }
 
+    ensure_months(db_conn, [T0, T0 + timedelta(hours=4)])
     db_conn.execute(
         insert(overnight_job_runs_table),
         [
