@@ -37,6 +37,7 @@ PARTITION_NAME = re.compile(r"^(?P<table>[a-z_]+)_p(?P<year>\d{4})_(?P<month>\d{
 MONTHS_AHEAD = 2
 """The retention job keeps this many months beyond the current one created."""
 
+
 def month_of(moment: datetime | date) -> date:
     """The first day of the (UTC) month of `moment`."""
     if isinstance(moment, datetime):
