@@ -73,12 +73,14 @@ def sessions(first: date, n: int) -> list[date]:
 
 
 def table_sizes(url: str) -> dict[str, int]:
-    """pg_total_relation_size of every table of the app's schema (alembic_version aside)."""
+    """pg_total_relation_size of every table of the app's schema (alembic_version aside),
+    a partitioned table's being the sum of its monthly partitions'."""
     with psycopg.connect(_libpq(url), autocommit=True) as conn:
         rows = conn.execute(
-            "SELECT c.relname, pg_total_relation_size(c.oid) FROM pg_class c"
+            "SELECT coalesce(pg_partition_root(c.oid)::text, c.relname) AS name,"
+            " sum(pg_total_relation_size(c.oid))::bigint FROM pg_class c"
             " WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind IN ('r', 'p')"
-            " AND c.relname <> 'alembic_version'"
+            " AND c.relname <> 'alembic_version' GROUP BY 1"
         ).fetchall()
     return dict(rows)
 
