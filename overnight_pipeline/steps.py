@@ -30,9 +30,11 @@ from overnight_pipeline.core.batch import Batch, recommend_batch, score_batch
 from overnight_pipeline.core.captured import (
     batch_from_captured,
     capture_json,
+    criteria_snapshots,
     market_snapshot,
     score_json,
     snapshot_hash,
+    snapshot_keys,
 )
 from overnight_pipeline.core.markets import Market
 from overnight_pipeline.core.money import FxRates, MissingRateError
@@ -439,6 +441,7 @@ def _process_batch(
     scored = score_batch(batch.holdings, batch.rules, batch.fundamentals)
     recommended, rec_failures = recommend_batch(batch, scored, fx)
     texts = score_json(scored, versions)
+    criteria = criteria_snapshots(batch)
     captured = capture_json(
         batch,
         fx,
@@ -447,7 +450,9 @@ def _process_batch(
         criteria_versions=versions,
         holding_markets=holding_markets,
         snapshot=snapshot,
+        criteria={uid: key for uid, (key, _) in criteria.items()},
     )
+    criteria_payloads = dict(criteria.values())
     score_rows: list[store.ScoreRow] = []
     asset_rows: list[tuple[str, str, str]] = []
     for uid, aid, asset_market, value, top, summary in zip(
@@ -535,6 +540,10 @@ def _process_batch(
     ]
 
     def write(conn: Connection) -> None:
+        # Before the events that reference them, in their transaction.
+        store.insert_snapshots(
+            conn, kind="criteria", payloads=criteria_payloads, calculated_at=calculated_at
+        )
         store.replace_scores(conn, scores, user_ids=ok_ids, day=day)
         for prepared in rows:
             store.write_rows(conn, prepared)
@@ -609,7 +618,7 @@ def replay_sample(
         )
         stored_scores = store.scores_of(conn, user_ids=ids)
         rows = {str(r.user_id): r for r in store.recommendations_for(conn, user_ids=ids, day=day)}
-        shared = store.snapshots(conn, {d["snapshot"] for _, d in captured if d.get("format")})
+        shared = store.snapshots(conn, {key for _, d in captured for key in snapshot_keys(d)})
     mismatches: list[dict[str, str]] = []
 
     def differs(uid: str, what: str) -> None:
@@ -620,12 +629,16 @@ def replay_sample(
         differs(uid, "no INPUTS_CAPTURED event")
     readable = []
     for uid, doc in captured:
-        key = doc.get("snapshot")
-        if key is not None and key not in shared:
-            differs(uid, f"the snapshot {key} is missing")
-        elif key is not None and snapshot_hash(shared[key]) != key:
-            differs(uid, f"the snapshot {key} no longer hashes to its key")
-        else:
+        problems = [
+            f"the snapshot {key} is missing"
+            if key not in shared
+            else f"the snapshot {key} no longer hashes to its key"
+            for key in snapshot_keys(doc)
+            if key not in shared or snapshot_hash(shared[key]) != key
+        ]
+        for problem in problems:
+            differs(uid, problem)
+        if not problems:
             readable.append((uid, doc))
     captured = readable
     if captured:

@@ -85,8 +85,8 @@ def batch_from_captured(
     snapshots: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> tuple[Batch, FxRates]:
     """The batch (and the union of the captured rates) that the payloads describe; a
-    document of format 2 is read with the snapshot it references (`snapshots`: hash →
-    payload). One calculation at a time: an asset's fundamentals are taken once."""
+    document of format 2 or 3 is read with the snapshots it references (`snapshots`: hash
+    → payload, market and criteria alike). One calculation at a time: an asset's fundamentals are taken once."""
     users, classes, holdings, rules = [], [], [], []
     fundamentals: dict[str, dict[str, Decimal | None]] = {}
     usd_to: dict[str, Decimal] = {}
@@ -120,7 +120,7 @@ def batch_from_captured(
                     _d(c["minAllocationValue"], "minAllocationValue"),
                 )
             )
-        if doc.get("format") == 2:
+        if doc.get("format") in (2, 3):
             key = doc["snapshot"]
             snap = opened.get(key)
             if snap is None:
@@ -138,7 +138,7 @@ def batch_from_captured(
                 holdings.append(
                     (uid, aid, symbol, cls, _d(qty, "quantity"), currency, price, stamp)
                 )
-            for rule in doc["criteria"]["rules"]:
+            for rule in captured_rules(doc, snapshots):
                 rules.append(
                     (
                         uid,
@@ -299,12 +299,20 @@ def market_snapshot(
     return snapshot_hash(payload), payload
 
 
-def self_contained(doc: Mapping[str, Any], snapshot: Mapping[str, Any]) -> dict[str, Any]:
-    """A format-2 `INPUTS_CAPTURED` document with its snapshot's market data put back in:
-    the self-contained shape written before (`capture_json` without a snapshot gives the
-    same document for the same batch), for operators and the one-user paths."""
-    if doc.get("format") != 2:
+def self_contained(
+    doc: Mapping[str, Any], snapshots: Mapping[str, Mapping[str, Any]]
+) -> dict[str, Any]:
+    """A format-2 or -3 `INPUTS_CAPTURED` document with what it references put back in,
+    from `snapshots` (hash → payload, as `storage.overnight.snapshots` returns them): the
+    market snapshot's data and, format 3, the criteria snapshot's rules. The result is the
+    self-contained shape written before (`capture_json` without snapshots gives the same
+    document for the same batch), for operators and the one-user paths."""
+    if doc.get("format") not in (2, 3):
         return dict(doc)
+    if "rules" not in doc["criteria"]:
+        rules = captured_rules(doc, snapshots)
+        doc = {**doc, "criteria": {"version": doc["criteria"]["version"], "rules": rules}}
+    snapshot = snapshots[doc["snapshot"]]
     assets = {row[0]: row for row in snapshot["assets"]["rows"]}
     metrics = snapshot["fundamentals"]["columns"][1:]
     values = {
@@ -382,6 +390,86 @@ def _texts(make: Callable[[Any], str] = _plain_text) -> Callable[[Any], str | No
     return text
 
 
+def _rules_by_user(
+    r: pd.DataFrame, text: Callable[[Any], str | None]
+) -> tuple[dict[Any, list[dict[str, Any]]], dict[Any, set[str]]]:
+    """Each user's rules as the documents keep them, and the metrics they read."""
+    rules_of: dict[Any, list[dict[str, Any]]] = {}
+    metrics_of: dict[Any, set[str]] = {}
+    for uid, rid, cls, metric, op, v, v2, points in zip(
+        *(
+            r[c].tolist()
+            for c in (
+                "user_id",
+                "id",
+                "asset_class",
+                "metric",
+                "operator",
+                "value",
+                "value2",
+                "points",
+            )
+        ),
+        strict=True,
+    ):
+        rule: dict[str, Any] = {
+            "id": rid,
+            "assetClass": cls,
+            "metric": metric,
+            "operator": op,
+            "points": int(points),
+        }
+        if not _null(v):
+            rule["value"] = text(v)
+        if not _null(v2):
+            rule["value2"] = text(v2)
+        rules_of.setdefault(uid, []).append(rule)
+        metrics_of.setdefault(uid, set()).add(metric)
+    return rules_of, metrics_of
+
+
+def criteria_snapshots(batch: Batch) -> dict[Any, tuple[str, dict[str, Any]]]:
+    """Each user's criteria rules as a `criteria` snapshot: user id → (hash, payload
+    `{"rules": [...]}`, the rules as `INPUTS_CAPTURED` of format 2 listed them). A
+    criteria version is immutable, so its snapshot is stored once per month and shared by
+    every night (and every user with the same rules) that month."""
+    rules_of, _ = _rules_by_user(batch.rules, _texts())
+    out: dict[Any, tuple[str, dict[str, Any]]] = {}
+    made: dict[bytes, tuple[str, dict[str, Any]]] = {}
+    for uid in batch.users["user_id"].tolist():
+        payload = {"rules": rules_of.get(uid, [])}
+        encoded = orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)
+        found = made.get(encoded)
+        if found is None:
+            found = made[encoded] = (hashlib.sha256(encoded).hexdigest(), payload)
+        out[uid] = found
+    return out
+
+
+def snapshot_keys(doc: Mapping[str, Any]) -> list[str]:
+    """The snapshots an `INPUTS_CAPTURED` document references: its market snapshot (formats
+    2 and 3) and its criteria snapshot (format 3)."""
+    keys = [doc["snapshot"]] if doc.get("format") in (2, 3) else []
+    criteria = doc.get("criteria") or {}
+    if "snapshot" in criteria:
+        keys.append(criteria["snapshot"])
+    return keys
+
+
+def captured_rules(
+    doc: Mapping[str, Any], snapshots: Mapping[str, Mapping[str, Any]] | None
+) -> Any:
+    """The criteria rules of an `INPUTS_CAPTURED` document: its own (formats 1 and 2) or
+    those of the `criteria` snapshot it references (format 3)."""
+    criteria = doc["criteria"]
+    if "rules" in criteria:
+        return criteria["rules"]
+    key = criteria["snapshot"]
+    if snapshots is None or key not in snapshots:
+        raise KeyError(f"criteria snapshot {key} of INPUTS_CAPTURED is not available")
+    return snapshots[key]["rules"]
+
+
 def capture_json(
     batch: Batch,
     fx: FxRates,
@@ -391,12 +479,14 @@ def capture_json(
     criteria_versions: Mapping[Any, int | None],
     holding_markets: Sequence[str | None] | None = None,
     snapshot: str | None = None,
+    criteria: Mapping[Any, str] | None = None,
 ) -> dict[Any, tuple[str, int]]:
     """`INPUTS_CAPTURED` of every user of `batch` as JSON text: user id → (the document, its
     number of holdings). With `snapshot` (the hash of the market snapshot the batch was
     priced from, `market_snapshot`), format 2: the user's own inputs and that reference;
-    without, the self-contained shape written before (fundamentals from the batch's
-    frame)."""
+    with `criteria` as well (user id → the hash of the user's `criteria_snapshots`), format
+    3: the rules are referenced too; without, the self-contained shape written before
+    (fundamentals from the batch's frame)."""
     fundamentals = batch.fundamentals
     assert isinstance(fundamentals, pd.DataFrame), "capture needs the fundamentals frame"
     text = _texts()
@@ -429,38 +519,10 @@ def capture_json(
                 "minAllocationValue": text(min_value),
             }
         )
-    rules_of: dict[Any, list[dict[str, Any]]] = {}
-    metrics_of: dict[Any, set[str]] = {}
-    r = batch.rules
-    for uid, rid, cls, metric, op, v, v2, points in zip(
-        *(
-            r[c].tolist()
-            for c in (
-                "user_id",
-                "id",
-                "asset_class",
-                "metric",
-                "operator",
-                "value",
-                "value2",
-                "points",
-            )
-        ),
-        strict=True,
-    ):
-        rule: dict[str, Any] = {
-            "id": rid,
-            "assetClass": cls,
-            "metric": metric,
-            "operator": op,
-            "points": int(points),
-        }
-        if not _null(v):
-            rule["value"] = text(v)
-        if not _null(v2):
-            rule["value2"] = text(v2)
-        rules_of.setdefault(uid, []).append(rule)
-        metrics_of.setdefault(uid, set()).add(metric)
+    # Format 3 references the rules (`criteria_snapshots`): none to make here.
+    rules_of, metrics_of = (
+        _rules_by_user(batch.rules, text) if criteria is None or snapshot is None else ({}, {})
+    )
     sorted_metrics = {uid: tuple(sorted(ms)) for uid, ms in metrics_of.items()}
 
     # Each asset's metrics as text, and each pick of them a user needs, made once per call.
@@ -522,18 +584,20 @@ def capture_json(
         version = criteria_versions.get(uid)
         held = holdings_of.get(uid, [])
         if snapshot is not None:
+            criteria_doc: dict[str, Any] = {"version": None if version is None else int(version)}
+            if criteria is not None:
+                criteria_doc["snapshot"] = criteria[uid]
+            else:
+                criteria_doc["rules"] = rules_of.get(uid, [])
             out[uid] = (
                 orjson.dumps(
                     {
-                        "format": 2,
+                        "format": 2 if criteria is None else 3,
                         **head,
                         "snapshot": snapshot,
                         "baseCurrency": base,
                         "contribution": text(contributions[uid]),
-                        "criteria": {
-                            "version": None if version is None else int(version),
-                            "rules": rules_of.get(uid, []),
-                        },
+                        "criteria": criteria_doc,
                         "assetClasses": classes_of.get(uid, []),
                         "holdings": {"columns": list(HOLDING_FIELDS), "rows": held},
                     }

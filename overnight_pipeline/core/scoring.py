@@ -242,12 +242,22 @@ def fundamentals_from_json(raw: Mapping[str, Any]) -> dict[str, Decimal | None]:
 
 
 def replay(
-    inputs_captured: Mapping[str, Any], snapshot: Mapping[str, Any] | None = None
+    inputs_captured: Mapping[str, Any],
+    snapshot: Mapping[str, Any] | None = None,
+    criteria: Mapping[str, Any] | None = None,
 ) -> dict[str, AssetScore]:
     """Recompute the scores of a calculation from its `INPUTS_CAPTURED` payload and, for a
-    payload of format 2, the market snapshot it references (`calculation_snapshots`)."""
-    rules = validate_criteria(inputs_captured["criteria"]["rules"])
-    if inputs_captured.get("format") == 2:
+    payload of format 2 or 3, the market snapshot it references (`calculation_snapshots`)
+    and, format 3, its criteria snapshot."""
+    found = inputs_captured["criteria"].get("rules")
+    if found is None:
+        if criteria is None:
+            raise ValueError(
+                f"replay needs the criteria snapshot {inputs_captured['criteria']['snapshot']}"
+            )
+        found = criteria["rules"]
+    rules = validate_criteria(found)
+    if inputs_captured.get("format") in (2, 3):
         if snapshot is None:
             raise ValueError(f"replay needs the snapshot {inputs_captured['snapshot']}")
         columns = snapshot["fundamentals"]["columns"]

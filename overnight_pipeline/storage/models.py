@@ -304,8 +304,9 @@ class CalculationEvent(Base):
 
 
 class CalculationSnapshot(Base):
-    """What the users of a calculation share (a market-date's prices, fundamentals and
-    rates as the run used them), stored once per month: immutable, keyed by the hash of its
+    """What the users of a calculation share, stored once per month: a market-date's prices,
+    fundamentals and rates as the run used them (`market`), a criteria version's rules
+    (`criteria`, shared by the nights of the month and by users with the same rules); immutable, keyed by the hash of its
     canonical JSON encoding (`core.snapshots`) and the month of the calculations that
     reference it, inserted with ON CONFLICT DO NOTHING, never updated. `INPUTS_CAPTURED`
     events reference it by `hash`; the month makes it live exactly as long as they do (a
@@ -313,7 +314,7 @@ class CalculationSnapshot(Base):
 
     __tablename__ = "calculation_snapshots"
     __table_args__ = (
-        CheckConstraint("kind IN ('market')", name="known_kind"),
+        CheckConstraint("kind IN ('market', 'criteria')", name="known_kind"),
         {"postgresql_partition_by": "RANGE (month)"},
     )
 

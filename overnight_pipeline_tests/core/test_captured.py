@@ -12,6 +12,7 @@ from overnight_pipeline.core.batch import run_batch, score_batch
 from overnight_pipeline.core.captured import (
     batch_from_captured,
     capture_json,
+    criteria_snapshots,
     market_snapshot,
     self_contained,
     snapshot_hash,
@@ -99,9 +100,34 @@ def test_a_document_referencing_a_snapshot_says_what_the_self_contained_one_says
     docs = {uid: orjson.loads(text) for uid, (text, _) in new.items()}
     for uid, doc in docs.items():
         assert doc["format"] == 2 and doc["snapshot"] == key
-        assert self_contained(doc, snapshot) == orjson.loads(old[uid][0])
+        assert self_contained(doc, {key: snapshot}) == orjson.loads(old[uid][0])
         # `replay` reads the snapshot for the fundamentals.
         assert replay(doc, snapshot) == replay(orjson.loads(old[uid][0]))
+    # Format 3: the rules referenced by a criteria snapshot as well, one per rule set.
+    criteria = criteria_snapshots(batch)
+    shared = {key: snapshot, **dict(criteria.values())}
+    for h, payload in criteria.values():
+        assert h == snapshot_hash(orjson.loads(orjson.dumps(payload)))
+    third = capture_json(
+        batch,
+        stamped,
+        holding_markets=markets,
+        snapshot=key,
+        criteria={uid: h for uid, (h, _) in criteria.items()},
+        **common,
+    )
+    for uid, (text, _) in third.items():
+        doc = orjson.loads(text)
+        assert doc["format"] == 3 and doc["criteria"] == {
+            "version": 1,
+            "snapshot": criteria[uid][0],
+        }
+        assert "rules" not in text
+        assert self_contained(doc, shared) == orjson.loads(old[uid][0])
+        assert replay(doc, snapshot, criteria[uid][1]) == replay(orjson.loads(old[uid][0]))
+    thirds = [(uid, orjson.loads(text)) for uid, (text, _) in third.items()]
+    again3, fx3 = batch_from_captured(thirds, shared)
+    assert run_batch(again3, fx3).recommendations == run_batch(batch, stamped).recommendations
     again, fx = batch_from_captured(list(docs.items()), {key: snapshot})
     direct, replayed = run_batch(batch, stamped), run_batch(again, fx)
     assert replayed.recommendations == direct.recommendations

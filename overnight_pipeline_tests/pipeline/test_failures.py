@@ -27,7 +27,7 @@ from dagster import (
 )
 from sqlalchemy import Engine, func, select, text
 
-from overnight_pipeline.core.captured import self_contained
+from overnight_pipeline.core.captured import self_contained, snapshot_keys
 from overnight_pipeline.core.markets import load_markets
 from overnight_pipeline.defs import OVERNIGHT_JOB, build_definitions
 from overnight_pipeline.defs.assets import SCORES_AND_RECOMMENDATIONS, Shard
@@ -216,8 +216,8 @@ def test_rate_provider_down_uses_the_newest_stored_rates_and_flags_them_stale(
             .all()
         )
         # Each user's document with the run's market snapshot (the rates) put back in.
-        shared = store.snapshots(conn, {doc["snapshot"] for doc in captured})
-        captured = [self_contained(doc, shared[doc["snapshot"]]) for doc in captured]
+        shared = store.snapshots(conn, {k for doc in captured for k in snapshot_keys(doc)})
+        captured = [self_contained(doc, shared) for doc in captured]
         x = exchange_rates_table.c
         stored = {
             q: str(rate.normalize())

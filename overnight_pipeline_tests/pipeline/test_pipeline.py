@@ -151,15 +151,19 @@ def test_a_partition_runs_end_to_end_and_a_broken_user_fails_alone(pipeline: Pip
     stored_scores = {(u, str(a)): s for u, a, s in score_rows}
     with pipeline.engine.connect() as conn:
         keys = {e["INPUTS_CAPTURED"]["snapshot"] for e in events.values()}
-        shared = snapshots(conn, keys)
-    # One market snapshot per calculation, shared by all its users.
-    assert len(keys) == 1 and set(shared) == keys
+        rules = {e["INPUTS_CAPTURED"]["criteria"]["snapshot"] for e in events.values()}
+        shared = snapshots(conn, keys | rules)
+    # One market snapshot per calculation, shared by all its users; a criteria snapshot
+    # per distinct rule set.
+    assert len(keys) == 1 and set(shared) == keys | rules
+    assert {shared[k]["rules"] and k for k in rules} == rules
     for user_id, user_events in events.items():
         captured = user_events["INPUTS_CAPTURED"]
         snapshot = shared[captured["snapshot"]]
-        doc = self_contained(captured, snapshot)
+        criteria = shared[captured["criteria"]["snapshot"]]
+        doc = self_contained(captured, shared)
         # Replaying the captured inputs reproduces the stored and the event scores exactly.
-        assert replay(captured, snapshot) == replay(doc)
+        assert replay(captured, snapshot, criteria) == replay(doc)
         replayed = replay(doc)
         assert {a: s.score for a, s in replayed.items()} == {
             a: stored_scores[(user_id, a)] for a in replayed

@@ -16,6 +16,7 @@ from sqlalchemy import Engine, func, inspect, select, text
 from sqlalchemy.exc import IntegrityError
 
 from overnight_pipeline import steps
+from overnight_pipeline.core.captured import snapshot_keys
 from overnight_pipeline.core.markets import DEFAULT_MARKETS
 from overnight_pipeline.providers.synthetic import SyntheticProvider
 from overnight_pipeline.seed import seed
@@ -210,8 +211,9 @@ def test_a_month_without_a_partition_is_refused_by_name() -> None:
 
 
 def test_0004_keeps_a_previous_nights_output(url: str) -> None:
-    """A night written, the database taken back to 0003 (plain tables, a snapshot once per
-    hash, events without `calculated_at`), then upgraded again: every row is back, the
+    """A night written, the database taken back to 0003 (plain tables, a market snapshot
+    once per hash, events without `calculated_at`, the criteria snapshots' rules folded
+    back into the events: format 2), then upgraded again: every row is back, the market
     snapshot is in the month of the events that reference it, the night still replays
     exactly, and the next night runs on the upgraded database."""
     engine = _seeded(url)
@@ -226,10 +228,29 @@ def test_0004_keeps_a_previous_nights_output(url: str) -> None:
             with engine.connect() as conn:
                 return {
                     t: conn.execute(text(f"SELECT count(*) FROM {t}")).scalar_one()
-                    for t in (*tables, "calculation_snapshots")
+                    for t in (*tables, "calculation_snapshots WHERE kind = 'market'")
                 }
 
+        def captured() -> dict[str, dict]:
+            with engine.connect() as conn:
+                return dict(
+                    store.event_payloads(
+                        conn,
+                        correlation_id=cid,
+                        event_type="INPUTS_CAPTURED",
+                        user_ids=list(
+                            store.users_with_event(
+                                conn, correlation_id=cid, event_type="INPUTS_CAPTURED"
+                            )
+                        ),
+                    )
+                )
+
         before = counts()
+        with engine.connect() as conn:
+            new = captured()
+            shared = store.snapshots(conn, {k for d in new.values() for k in snapshot_keys(d)})
+        assert {d["format"] for d in new.values()} == {3}
         engine.dispose()
         downgrade(url, "0003")
         engine = make_engine(url)
@@ -244,6 +265,18 @@ def test_0004_keeps_a_previous_nights_output(url: str) -> None:
         migrate(url)
         engine = make_engine(url)
         assert counts() == before
+        # The same documents, the rules back in place of their reference.
+        assert captured() == {
+            uid: {
+                **doc,
+                "format": 2,
+                "criteria": {
+                    "version": doc["criteria"]["version"],
+                    "rules": shared[doc["criteria"]["snapshot"]]["rules"],
+                },
+            }
+            for uid, doc in new.items()
+        }
         e = calculation_events_table.c
         with engine.connect() as conn:
             first_written = conn.scalar(
@@ -262,5 +295,36 @@ def test_0004_keeps_a_previous_nights_output(url: str) -> None:
         assert outcome.checked and outcome.mismatches == []
         with engine.connect() as conn:
             assert store.users_with_event(conn, correlation_id=nxt, event_type="CALC_COMPLETED")
+    finally:
+        engine.dispose()
+
+
+def test_replay_flags_a_changed_or_missing_snapshot(url: str) -> None:
+    """Snapshots are immutable: one whose content no longer hashes to its key (a criteria
+    snapshot edited in place) or that is gone (a market snapshot deleted) makes the replay
+    check name every user that references it."""
+    engine = _seeded(url)
+    try:
+        cid = uuid.uuid4()
+        _night(engine, LAST_NIGHT_OF_NOVEMBER, cid, datetime(2026, 11, 30, 22, tzinfo=UTC))
+        outcome = steps.replay_sample(engine, correlation_id=cid, day=LAST_NIGHT_OF_NOVEMBER)
+        assert outcome.checked and outcome.mismatches == []
+        s = calculation_snapshots_table
+        with engine.begin() as conn:
+            criteria = conn.execute(
+                select(s.c.hash, s.c.payload).where(s.c.kind == "criteria").limit(1)
+            ).one()
+            edited = {"rules": [{**criteria.payload["rules"][0], "points": 100}]}
+            conn.execute(s.update().where(s.c.hash == criteria.hash).values(payload=edited))
+        outcome = steps.replay_sample(engine, correlation_id=cid, day=LAST_NIGHT_OF_NOVEMBER)
+        assert outcome.mismatches and {m["what"] for m in outcome.mismatches} == {
+            f"the snapshot {criteria.hash} no longer hashes to its key"
+        }
+        with engine.begin() as conn:
+            market = conn.scalar(select(s.c.hash).where(s.c.kind == "market"))
+            conn.execute(s.delete().where(s.c.hash == market))
+        outcome = steps.replay_sample(engine, correlation_id=cid, day=LAST_NIGHT_OF_NOVEMBER)
+        assert {m["user"] for m in outcome.mismatches} == set(outcome.checked)
+        assert f"the snapshot {market} is missing" in {m["what"] for m in outcome.mismatches}
     finally:
         engine.dispose()

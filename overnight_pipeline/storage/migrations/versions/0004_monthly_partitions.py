@@ -9,7 +9,8 @@ Create Date: 2026-12-04
   key (id, calculated_at) and of the unique key (correlation_id, user_id, event_type,
   calculated_at). Existing events get their calculation's first event time.
 - `calculation_assets.created_at` becomes `calculated_at` (the same value as its events').
-- `calculation_snapshots` is keyed (hash, month): a snapshot is stored in the month of each
+- `calculation_snapshots` is keyed (hash, month) and also holds `criteria` snapshots (a
+  criteria version's rules, referenced by `INPUTS_CAPTURED` of format 3): a snapshot is stored in the month of each
   calculation that references it, so it lives exactly as long as they do. Existing
   snapshots are copied into each month whose events reference them; an unreferenced one
   has nothing to serve and is not copied.
@@ -23,7 +24,9 @@ old tables dropped, in the migration's one transaction. The retention indexes on
 `created_at` go (retention drops partitions). SQLite keeps plain tables, with indexes on
 the columns its batched retention deletes by.
 
-Downgrade copies the rows back into the plain tables of 0003 (a snapshot once per hash).
+Downgrade copies the rows back into the plain tables of 0003 (a market snapshot once per
+hash); `INPUTS_CAPTURED` events of format 3 get their criteria snapshot's rules back
+(format 2), so every event stays replayable by revision 0003's code.
 """
 
 from __future__ import annotations
@@ -149,7 +152,9 @@ def _create(postgresql: bool) -> None:
         sa.Column("kind", sa.String(length=16), nullable=False),
         sa.Column("payload", _payload(), nullable=False),
         sa.Column("created_at", _stamp(), server_default=_now(), nullable=False),
-        sa.CheckConstraint("kind IN ('market')", name=op.f("ck_calculation_snapshots_known_kind")),
+        sa.CheckConstraint(
+            "kind IN ('market', 'criteria')", name=op.f("ck_calculation_snapshots_known_kind")
+        ),
         sa.PrimaryKeyConstraint("hash", "month", name=op.f("pk_calculation_snapshots")),
         **by("calculation_snapshots"),
     )
@@ -401,6 +406,27 @@ def downgrade() -> None:
         " created_at) SELECT id, correlation_id, user_id, event_type, payload, created_at"
         f" FROM calculation_events{OLD}"
     )
+    # Revision 0003 knows no criteria snapshots: their rules go back into the events.
+    if postgresql:
+        op.execute(
+            "UPDATE calculation_events e SET payload = jsonb_set(e.payload, '{criteria}',"
+            " jsonb_build_object('version', e.payload -> 'criteria' -> 'version', 'rules',"
+            " s.payload -> 'rules')) || '{\"format\": 2}'::jsonb"
+            " FROM (SELECT DISTINCT ON (hash) hash, payload FROM"
+            f" calculation_snapshots{OLD} WHERE kind = 'criteria' ORDER BY hash) s"
+            " WHERE e.event_type = 'INPUTS_CAPTURED' AND e.payload ->> 'format' = '3'"
+            " AND s.hash = e.payload -> 'criteria' ->> 'snapshot'"
+        )
+    else:
+        op.execute(
+            "UPDATE calculation_events SET payload = json_set(payload, '$.format', 2,"
+            " '$.criteria', json_object('version', json_extract(payload, '$.criteria.version'),"
+            " 'rules', json((SELECT json_extract(s.payload, '$.rules') FROM"
+            f" calculation_snapshots{OLD} s WHERE s.kind = 'criteria'"
+            " AND s.hash = json_extract(calculation_events.payload, '$.criteria.snapshot')"
+            " LIMIT 1)))) WHERE event_type = 'INPUTS_CAPTURED'"
+            " AND json_extract(payload, '$.format') = 3"
+        )
     op.execute(
         "INSERT INTO calculation_assets (asset_id, correlation_id, user_id, score, created_at)"
         f" SELECT asset_id, correlation_id, user_id, score, calculated_at FROM calculation_assets{OLD}"
@@ -408,11 +434,11 @@ def downgrade() -> None:
     op.execute(
         "INSERT INTO calculation_snapshots (hash, kind, payload, created_at)"
         " SELECT hash, min(kind), min(payload), min(created_at)"
-        f" FROM calculation_snapshots{OLD} GROUP BY hash"
+        f" FROM calculation_snapshots{OLD} WHERE kind = 'market' GROUP BY hash"
         if not postgresql
         else "INSERT INTO calculation_snapshots (hash, kind, payload, created_at)"
         " SELECT DISTINCT ON (hash) hash, kind, payload, created_at"
-        f" FROM calculation_snapshots{OLD} ORDER BY hash, month"
+        f" FROM calculation_snapshots{OLD} WHERE kind = 'market' ORDER BY hash, month"
     )
     columns = (
         "id, started_at, run_id, job_type, status, completed_at, users_processed,"
