@@ -294,13 +294,14 @@ class CalculationEvent(Base):
         {"postgresql_partition_by": "RANGE (calculated_at)"},
     )
 
+    # In the database's column order: fixed widths first, so rows carry no padding.
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     calculated_at: Mapped[datetime] = mapped_column(primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     correlation_id: Mapped[uuid.UUID] = mapped_column()
     user_id: Mapped[uuid.UUID] = mapped_column()
     event_type: Mapped[str] = mapped_column(String(32))
     payload: Mapped[dict[str, Any]] = mapped_column()
-    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
 
 
 class CalculationSnapshot(Base):
@@ -347,8 +348,9 @@ class CalculationAsset(Base):
     asset_id: Mapped[uuid.UUID] = mapped_column()
     correlation_id: Mapped[uuid.UUID] = mapped_column()
     user_id: Mapped[uuid.UUID] = mapped_column()
-    score: Mapped[Decimal] = mapped_column(ExactDecimal(16, 4))
+    # Before the variable-width score: rows carry no padding to align a timestamp.
     calculated_at: Mapped[datetime] = mapped_column()
+    score: Mapped[Decimal] = mapped_column(ExactDecimal(16, 4))
 
     __mapper_args__ = {"primary_key": [asset_id, correlation_id, user_id]}  # noqa: RUF012
 
