@@ -397,20 +397,7 @@ def _rules_by_user(
     rules_of: dict[Any, list[dict[str, Any]]] = {}
     metrics_of: dict[Any, set[str]] = {}
     for uid, rid, cls, metric, op, v, v2, points in zip(
-        *(
-            r[c].tolist()
-            for c in (
-                "user_id",
-                "id",
-                "asset_class",
-                "metric",
-                "operator",
-                "value",
-                "value2",
-                "points",
-            )
-        ),
-        strict=True,
+        *(r[c].tolist() for c in RULE_COLUMNS), strict=True
     ):
         rule: dict[str, Any] = {
             "id": rid,

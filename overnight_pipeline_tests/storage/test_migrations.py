@@ -1,13 +1,11 @@
 from __future__ import annotations
 
-import pytest
 from sqlalchemy import String, Uuid, column, inspect, table
 
 from overnight_pipeline.storage.db import downgrade, make_engine, migrate
 from overnight_pipeline.storage.models import Base
 from overnight_pipeline.storage.partitions import include_name, is_partition
 from overnight_pipeline.storage.types import Document, ExactDecimal, UTCDateTime
-from overnight_pipeline_tests.conftest import create_pg_database, drop_pg_database
 
 CONTRACT_TABLES = {
     "assets",
@@ -23,16 +21,6 @@ CONTRACT_TABLES = {
     "calculation_events",
     "overnight_job_runs",
 }
-
-
-@pytest.fixture(params=["postgresql", "sqlite"])
-def fresh_url(request: pytest.FixtureRequest, tmp_path):
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'fresh.db'}"
-        return
-    url = create_pg_database("overnight_migr")
-    yield url
-    drop_pg_database(url)
 
 
 def _tables(url: str) -> set[str]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import threading
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
@@ -34,16 +33,6 @@ NYSE = tuple(m for m in DEFAULT_MARKETS if m.code == "NYSE")
 MARKETS = {m.code: m for m in NYSE}
 LAST_NIGHT_OF_NOVEMBER = date(2026, 11, 30)
 FIRST_NIGHT_OF_DECEMBER = date(2026, 12, 1)
-
-
-@pytest.fixture(params=["postgresql", "sqlite"])
-def url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'app.db'}"
-        return
-    url = create_pg_database("overnight_partitions")
-    yield url
-    drop_pg_database(url)
 
 
 def _seeded(url: str, *, users: int = 12) -> Engine:
@@ -88,12 +77,12 @@ def _homes(engine: Engine, cid: uuid.UUID) -> dict[str, set[str]]:
     return out
 
 
-def test_a_night_across_a_month_boundary_stays_in_the_month_it_started(url: str) -> None:
+def test_a_night_across_a_month_boundary_stays_in_the_month_it_started(fresh_url: str) -> None:
     """A calculation created at 23:59:59 on 30 November writes (and, retried after
     midnight, would write) into November's partitions: its rows carry its start, not the
     wall clock; a duplicate of its events is refused there; the next night goes to
     December's, with its own copy of a snapshot."""
-    engine = _seeded(url)
+    engine = _seeded(fresh_url)
     try:
         november = datetime(2026, 11, 30, 23, 59, 59, 900_000, tzinfo=UTC)
         december = datetime(2026, 12, 1, 0, 0, 0, 100_000, tzinfo=UTC)
@@ -210,13 +199,13 @@ def test_a_month_without_a_partition_is_refused_by_name() -> None:
         drop_pg_database(url)
 
 
-def test_0004_keeps_a_previous_nights_output(url: str) -> None:
+def test_0004_keeps_a_previous_nights_output(fresh_url: str) -> None:
     """A night written, the database taken back to 0003 (plain tables, a market snapshot
     once per hash, events without `calculated_at`, the criteria snapshots' rules folded
     back into the events: format 2), then upgraded again: every row is back, the market
     snapshot is in the month of the events that reference it, the night still replays
     exactly, and the next night runs on the upgraded database."""
-    engine = _seeded(url)
+    engine = _seeded(fresh_url)
     tables = ("calculation_events", "calculation_assets", "overnight_job_runs")
     try:
         cid = uuid.uuid4()
@@ -252,8 +241,8 @@ def test_0004_keeps_a_previous_nights_output(url: str) -> None:
             shared = store.snapshots(conn, {k for d in new.values() for k in snapshot_keys(d)})
         assert {d["format"] for d in new.values()} == {3}
         engine.dispose()
-        downgrade(url, "0003")
-        engine = make_engine(url)
+        downgrade(fresh_url, "0003")
+        engine = make_engine(fresh_url)
         with engine.connect() as conn:
             columns = {c["name"] for c in inspect(conn).get_columns("calculation_events")}
             assert "calculated_at" not in columns
@@ -262,8 +251,8 @@ def test_0004_keeps_a_previous_nights_output(url: str) -> None:
                 == (before["calculation_events"])
             )
         engine.dispose()
-        migrate(url)
-        engine = make_engine(url)
+        migrate(fresh_url)
+        engine = make_engine(fresh_url)
         assert counts() == before
         # The same documents, the rules back in place of their reference.
         assert captured() == {
@@ -299,11 +288,11 @@ def test_0004_keeps_a_previous_nights_output(url: str) -> None:
         engine.dispose()
 
 
-def test_replay_flags_a_changed_or_missing_snapshot(url: str) -> None:
+def test_replay_flags_a_changed_or_missing_snapshot(fresh_url: str) -> None:
     """Snapshots are immutable: one whose content no longer hashes to its key (a criteria
     snapshot edited in place) or that is gone (a market snapshot deleted) makes the replay
     check name every user that references it."""
-    engine = _seeded(url)
+    engine = _seeded(fresh_url)
     try:
         cid = uuid.uuid4()
         _night(engine, LAST_NIGHT_OF_NOVEMBER, cid, datetime(2026, 11, 30, 22, tzinfo=UTC))

@@ -85,6 +85,31 @@ def _set_aside(table: str) -> None:
     op.rename_table(table, table + OLD)
 
 
+def _job_run_columns() -> list[sa.SchemaItem]:
+    """`overnight_job_runs` but for its key (id and started_at) and key constraints."""
+    return [
+        sa.Column("run_id", sa.String(length=64), nullable=True),
+        sa.Column("job_type", sa.String(length=50), nullable=False),
+        sa.Column("status", sa.String(length=20), nullable=False),
+        sa.Column("completed_at", _stamp(), nullable=True),
+        sa.Column("users_processed", sa.Integer(), server_default="0", nullable=False),
+        sa.Column("users_failed", sa.Integer(), server_default="0", nullable=False),
+        sa.Column("correlation_id", sa.Uuid(), nullable=False),
+        sa.Column("error_details", _payload(), nullable=True),
+        sa.Column("metrics", _payload(), nullable=True),
+        sa.Column("market", sa.String(length=16), nullable=True),
+        sa.Column("market_date", sa.Date(), nullable=True),
+        sa.CheckConstraint(
+            "status IN ('started', 'completed', 'failed', 'partial')",
+            name=op.f("ck_overnight_job_runs_known_status"),
+        ),
+        sa.CheckConstraint(
+            "users_processed >= 0 AND users_failed >= 0",
+            name=op.f("ck_overnight_job_runs_counts_positive"),
+        ),
+    ]
+
+
 def _create(postgresql: bool) -> None:
     def by(table: str) -> dict[str, str]:
         return {"postgresql_partition_by": f"RANGE ({KEYS[table]})"} if postgresql else {}
@@ -164,25 +189,7 @@ def _create(postgresql: bool) -> None:
         "overnight_job_runs",
         sa.Column("id", sa.Uuid(), nullable=False),
         sa.Column("started_at", _stamp(), nullable=False),
-        sa.Column("run_id", sa.String(length=64), nullable=True),
-        sa.Column("job_type", sa.String(length=50), nullable=False),
-        sa.Column("status", sa.String(length=20), nullable=False),
-        sa.Column("completed_at", _stamp(), nullable=True),
-        sa.Column("users_processed", sa.Integer(), server_default="0", nullable=False),
-        sa.Column("users_failed", sa.Integer(), server_default="0", nullable=False),
-        sa.Column("correlation_id", sa.Uuid(), nullable=False),
-        sa.Column("error_details", _payload(), nullable=True),
-        sa.Column("metrics", _payload(), nullable=True),
-        sa.Column("market", sa.String(length=16), nullable=True),
-        sa.Column("market_date", sa.Date(), nullable=True),
-        sa.CheckConstraint(
-            "status IN ('started', 'completed', 'failed', 'partial')",
-            name=op.f("ck_overnight_job_runs_known_status"),
-        ),
-        sa.CheckConstraint(
-            "users_processed >= 0 AND users_failed >= 0",
-            name=op.f("ck_overnight_job_runs_counts_positive"),
-        ),
+        *_job_run_columns(),
         sa.PrimaryKeyConstraint("id", "started_at", name=op.f("pk_overnight_job_runs")),
         **by("overnight_job_runs"),
     )
@@ -373,26 +380,8 @@ def downgrade() -> None:
     op.create_table(
         "overnight_job_runs",
         sa.Column("id", sa.Uuid(), nullable=False),
-        sa.Column("run_id", sa.String(length=64), nullable=True),
-        sa.Column("job_type", sa.String(length=50), nullable=False),
-        sa.Column("status", sa.String(length=20), nullable=False),
         sa.Column("started_at", _stamp(), nullable=False),
-        sa.Column("completed_at", _stamp(), nullable=True),
-        sa.Column("users_processed", sa.Integer(), server_default="0", nullable=False),
-        sa.Column("users_failed", sa.Integer(), server_default="0", nullable=False),
-        sa.Column("correlation_id", sa.Uuid(), nullable=False),
-        sa.Column("error_details", _payload(), nullable=True),
-        sa.Column("metrics", _payload(), nullable=True),
-        sa.Column("market", sa.String(length=16), nullable=True),
-        sa.Column("market_date", sa.Date(), nullable=True),
-        sa.CheckConstraint(
-            "status IN ('started', 'completed', 'failed', 'partial')",
-            name=op.f("ck_overnight_job_runs_known_status"),
-        ),
-        sa.CheckConstraint(
-            "users_processed >= 0 AND users_failed >= 0",
-            name=op.f("ck_overnight_job_runs_counts_positive"),
-        ),
+        *_job_run_columns(),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_overnight_job_runs")),
         sa.UniqueConstraint("run_id", name=op.f("uq_overnight_job_runs_run_id")),
     )
