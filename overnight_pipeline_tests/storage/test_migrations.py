@@ -59,13 +59,28 @@ def test_migrations_match_the_models(pg_url: str) -> None:
     assert diff == []
 
 
-def test_event_payloads_use_lz4_on_postgresql(pg_engine) -> None:
+def test_event_payloads_are_lz4_compressed_in_the_row_on_postgresql(pg_engine) -> None:
+    """The events' payloads use lz4 and STORAGE MAIN on the table and every month, and each
+    month (those made by the migration and by `ensure_months`) compresses from 128 bytes."""
+    from datetime import UTC, datetime
+
+    from overnight_pipeline.storage.partitions import ensure_months
+
+    with pg_engine.begin() as conn:
+        ensure_months(conn, [datetime(2031, 3, 1, tzinfo=UTC)])
     with pg_engine.connect() as conn:
-        method = conn.exec_driver_sql(
-            "SELECT attcompression FROM pg_attribute WHERE attrelid = 'calculation_events'::regclass"
-            " AND attname = 'payload'"
-        ).scalar()
-    assert method == "l"
+        rows = conn.exec_driver_sql(
+            "SELECT c.relname, a.attcompression, a.attstorage, c.reloptions FROM pg_attribute a"
+            " JOIN pg_class c ON c.oid = a.attrelid WHERE a.attname = 'payload'"
+            " AND c.relname LIKE 'calculation_events%'"
+        ).all()
+    assert {r.relname for r in rows} >= {"calculation_events", "calculation_events_p2031_03"}
+    assert {(r.attcompression, r.attstorage) for r in rows} == {("l", "m")}
+    assert all(
+        r.reloptions == ["toast_tuple_target=128"]
+        for r in rows
+        if r.relname != "calculation_events"
+    )
 
 
 # The two audit tables as revisions 0001-0003 wrote them (the models are today's).

@@ -17,7 +17,9 @@ Create Date: 2026-12-04
 - `overnight_job_runs` is keyed (id, started_at); `run_id` is indexed (PostgreSQL cannot
   keep a unique key without the partition key; the writers keep one row per run id).
 
-On PostgreSQL the four tables become `PARTITION BY RANGE` of those columns, one partition
+On PostgreSQL the events' payloads are kept compressed in the row (STORAGE MAIN, months
+created WITH (toast_tuple_target = 128)). The four tables become `PARTITION BY RANGE` of
+those columns, one partition
 per month (`<table>_pYYYY_MM`), created here for every month the data covers plus the
 current and the next (the pipeline creates later ones ahead); the rows are copied and the
 old tables dropped, in the migration's one transaction. The retention indexes on
@@ -203,6 +205,9 @@ def _create(postgresql: bool) -> None:
         if (bind.dialect.server_version_info or (0,)) >= (14,):
             for table in ("calculation_events", "calculation_snapshots"):
                 op.execute(f"ALTER TABLE {table} ALTER COLUMN payload SET COMPRESSION lz4")
+        # Payloads compressed in the row rather than moved to TOAST (each month is created
+        # with toast_tuple_target = 128, `storage.partitions`).
+        op.execute("ALTER TABLE calculation_events ALTER COLUMN payload SET STORAGE MAIN")
     else:
         # The batched retention's (PostgreSQL drops partitions instead), and one row per run.
         op.create_index(
@@ -233,9 +238,10 @@ def _create_months(months: set[date]) -> None:
             low, high = month.isoformat(), _next(month).isoformat()
             if key != "month":
                 low, high = f"{low} 00:00:00+00", f"{high} 00:00:00+00"
+            options = " WITH (toast_tuple_target = 128)" if table == "calculation_events" else ""
             op.execute(
                 f"CREATE TABLE IF NOT EXISTS {table}_p{month.year:04d}_{month.month:02d}"
-                f" PARTITION OF {table} FOR VALUES FROM ('{low}') TO ('{high}')"
+                f" PARTITION OF {table} FOR VALUES FROM ('{low}') TO ('{high}'){options}"
             )
 
 
