@@ -72,7 +72,7 @@ def test_event_payloads_are_lz4_compressed_in_the_row_on_postgresql(pg_engine) -
         rows = conn.exec_driver_sql(
             "SELECT c.relname, a.attcompression, a.attstorage, c.reloptions FROM pg_attribute a"
             " JOIN pg_class c ON c.oid = a.attrelid WHERE a.attname = 'payload'"
-            " AND c.relname LIKE 'calculation_events%'"
+            " AND c.relname LIKE 'calculation_events%%'"
         ).all()
     assert {r.relname for r in rows} >= {"calculation_events", "calculation_events_p2031_03"}
     assert {(r.attcompression, r.attstorage) for r in rows} == {("l", "m")}
