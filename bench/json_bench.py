@@ -23,7 +23,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from core_bench import DAY, batches, market_data
 
 from overnight_pipeline.core.batch import score_batch
-from overnight_pipeline.core.captured import capture_json, score_json
+from overnight_pipeline.core.captured import capture_json
+from overnight_pipeline.core.scored import score_json
 from overnight_pipeline.core.vocabulary import METRICS
 
 

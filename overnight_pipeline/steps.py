@@ -32,7 +32,6 @@ from overnight_pipeline.core.captured import (
     capture_json,
     criteria_snapshots,
     market_snapshot,
-    score_json,
     snapshot_hash,
     snapshot_keys,
 )
@@ -40,6 +39,13 @@ from overnight_pipeline.core.markets import Market
 from overnight_pipeline.core.money import FxRates, MissingRateError
 from overnight_pipeline.core.payloads import cache_payloads
 from overnight_pipeline.core.recommendations import UserRecommendations
+from overnight_pipeline.core.scored import (
+    ScoresPayloadError,
+    no_scores,
+    payload_format,
+    same_document,
+    score_json,
+)
 from overnight_pipeline.providers.base import Instrument, MarketDataProvider
 from overnight_pipeline.storage import overnight as store
 from overnight_pipeline.storage.cache import CacheEntry, write_entries
@@ -484,7 +490,7 @@ def _process_batch(
         }
         events.append((correlation_id, uid, STARTED, started))
         events.append((correlation_id, uid, CAPTURED, document))
-        scores_doc: Any = texts.payloads.get(uid) or {"criteriaVersion": version, "scores": []}
+        scores_doc: Any = texts.payloads.get(uid) or no_scores(version)
         events.append((correlation_id, uid, SCORED, scores_doc))
         rec = recommended.get(uid)
         if rec is None:
@@ -646,7 +652,18 @@ def replay_sample(
         versions = {uid: doc["criteria"]["version"] for uid, doc in captured}
         scores = score_batch(batch.holdings, batch.rules, batch.fundamentals)
         recs, failures = recommend_batch(batch, scores, fx)
-        texts = score_json(scores, versions)
+        # Each stored event is compared with the replay written in its own format: events
+        # written before format 2 stay checkable.
+        formats: dict[str, int] = {}
+        for uid, _doc in captured:
+            if uid not in scored:
+                differs(uid, "no SCORES_COMPUTED event")
+                continue
+            try:
+                formats[uid] = payload_format(scored[uid])
+            except ScoresPayloadError as exc:
+                differs(uid, str(exc))
+        texts = {f: score_json(scores, versions, format=f) for f in set(formats.values())}
         replayed: dict[str, dict[str, tuple[Decimal, Decimal]]] = {}
         for uid, aid, score, top in zip(
             scores.holdings["user_id"].tolist(),
@@ -658,9 +675,16 @@ def replay_sample(
             replayed.setdefault(uid, {})[aid] = (Decimal(score), Decimal(top))
         counts = batch.holdings.groupby("user_id").size().to_dict()
         for uid, _doc in captured:
-            payload = texts.payloads.get(uid)
-            if payload is None or orjson.loads(payload) != scored.get(uid):
-                differs(uid, "SCORES_COMPUTED differs from the replayed scores")
+            fmt = formats.get(uid)
+            if fmt is not None:
+                payload = texts[fmt].payloads.get(uid)
+                expected = (
+                    no_scores(versions[uid], format=fmt)
+                    if payload is None
+                    else orjson.loads(payload)
+                )
+                if not same_document(scored[uid], expected):
+                    differs(uid, "SCORES_COMPUTED differs from the replayed scores")
             calculations, current = stored_scores.get(uid, (set(), {}))
             superseded = bool(calculations) and correlation_id not in calculations
             if not superseded and replayed.get(uid, {}) != current:

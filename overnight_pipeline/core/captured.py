@@ -25,7 +25,6 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
-import numpy as np
 import orjson
 import pandas as pd
 
@@ -35,7 +34,6 @@ from overnight_pipeline.core.batch import (
     RULE_COLUMNS,
     USER_COLUMNS,
     Batch,
-    BatchScores,
 )
 from overnight_pipeline.core.money import FxRates, parse_decimal
 from overnight_pipeline.core.vocabulary import METRICS
@@ -353,18 +351,17 @@ def self_contained(
     }
 
 
-# JSON text of the documents --------------------------------------------------------------
+# JSON text of the document -------------------------------------------------------------
 #
-# The pipeline writes ≈ 25 KB of these documents per user. Both functions below build each
-# user's document from plain dicts and lists, serialised by orjson; what repeats (an asset's
-# fundamentals for the same metrics, the rates of the same currencies, a Decimal's text) is
-# made once per call and shared. `orjson.loads` of their output equals the documents of the
-# dict builders in the tests (`capture`, `score_documents` there). Each user's document is
-# serialised as soon as it is made: dicts of strings only are not tracked by the garbage
-# collector, but the lists holding them are, and a batch's worth kept alive doubled the
-# cost. Measured against the f-string builders they replaced (`bench/json_bench.py`, per
-# 1,000 users, busy machine): `capture_json` 1.15-1.35× (e.g. 187 vs 137 ms), `score_json`
-# 1.0-1.1× (117 vs 115 ms).
+# `capture_json` builds each user's document from plain dicts and lists, serialised by
+# orjson; what repeats (an asset's fundamentals for the same metrics, the rates of the same
+# currencies, a Decimal's text) is made once per call and shared. `orjson.loads` of its
+# output equals the documents of the dict builder in the tests (`capture` there). Each
+# user's document is serialised as soon as it is made: dicts of strings only are not
+# tracked by the garbage collector, but the lists holding them are, and a batch's worth
+# kept alive doubled the cost. Measured against the f-string builder it replaced
+# (`bench/json_bench.py`, per 1,000 users, busy machine): 1.15-1.35× (e.g. 187 vs 137 ms).
+# `SCORES_COMPUTED` is built by `core.scored.score_json`.
 
 
 def _plain_text(value: Decimal) -> str:
@@ -600,7 +597,7 @@ def capture_json(
                 "stale": fx.stale,
                 "usdTo": {c: text(fx.usd_to[c]) for c in sorted(currencies) if c in fx.usd_to},
             }
-        # Made and serialised at once: the document dies young (see `score_json`).
+        # Made and serialised at once: the document dies young (see above).
         out[uid] = (
             orjson.dumps(
                 {
@@ -620,93 +617,3 @@ def capture_json(
             len(held),
         )
     return out
-
-
-@dataclass(frozen=True)
-class ScoreTexts:
-    """`SCORES_COMPUTED` payloads as JSON text, and per holding row of the scored batch
-    what the `asset_scores` table keeps."""
-
-    payloads: dict[Any, str]  # user id → {"criteriaVersion": …, "scores": […]}
-    score: list[str]  # per holding row: score, max possible score (Decimal text)
-    max_possible_score: list[str]
-    summary: list[str]  # {"criteriaCount": n, "topContributor": …} as JSON text
-
-
-def score_json(scores: BatchScores, criteria_versions: Mapping[Any, int | None]) -> ScoreTexts:
-    """`SCORES_COMPUTED` of every user of a scored batch (`AssetScore.to_json()` of each of
-    its holding rows, in order) as JSON text."""
-    text = _texts()
-    b = scores.breakdown
-    # Dicts of strings, numbers and None only: the garbage collector does not track them.
-    outcomes = [
-        {
-            "criterionId": cid,
-            "matched": bool(matched),
-            "pointsAwarded": points,
-            "actualValue": text(actual),
-            "skippedReason": skipped,
-        }
-        for cid, matched, points, actual, skipped in zip(
-            b["criterion_id"].tolist(),
-            b["matched"].tolist(),
-            b["points_awarded"].tolist(),
-            b["actual_value"].tolist(),
-            b["skipped_reason"].tolist(),
-            strict=True,
-        )
-    ]
-    s = scores.holdings
-    n = len(s)
-    bounds = np.searchsorted(b["holding"].to_numpy(), np.arange(n + 1)).tolist() if n else [0]
-    rows_of: dict[Any, list[int]] = {}
-    score_text: list[str] = []
-    max_text: list[str] = []
-    summaries: list[str] = []
-    summary_of: dict[tuple[int, Any], str] = {}
-    heads: list[dict[str, Any]] = []
-    for i, (uid, aid, score, top_score, count, top) in enumerate(
-        zip(
-            s["user_id"].tolist(),
-            s["asset_id"].tolist(),
-            s["score"].tolist(),
-            s["max_possible_score"].tolist(),
-            s["criteria_count"].tolist(),
-            s["top_contributor"].tolist(),
-            strict=True,
-        )
-    ):
-        st, mt = text(score), text(top_score)
-        summary = summary_of.get((count, top))
-        if summary is None:
-            summary = summary_of[(count, top)] = orjson.dumps(
-                {"criteriaCount": count, "topContributor": top}
-            ).decode()
-        assert st is not None and mt is not None, "scores are never null"
-        score_text.append(st)
-        max_text.append(mt)
-        summaries.append(summary)
-        heads.append(
-            {
-                "assetId": aid,
-                "score": st,
-                "maxPossibleScore": mt,
-                "criteriaCount": count,
-                "topContributor": top,
-            }
-        )
-        rows_of.setdefault(uid, []).append(i)
-    # Each user's document is made and serialised at once: the lists in it die young,
-    # before the collector's older generations would scan them.
-    payloads = {}
-    for uid, rows in rows_of.items():
-        version = criteria_versions.get(uid)
-        payloads[uid] = orjson.dumps(
-            {
-                "criteriaVersion": None if version is None else int(version),
-                "scores": [
-                    {**heads[i], "breakdown": outcomes[bounds[i] : bounds[i + 1]]} for i in rows
-                ],
-            }
-        ).decode()
-    return ScoreTexts(payloads, score_text, max_text, summaries)

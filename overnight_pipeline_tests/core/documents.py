@@ -1,5 +1,6 @@
-"""The dict builders of the event documents: the reference `capture_json` and `score_json`
-(core.captured) are tested against, written plainly, one dict per user and per holding."""
+"""The dict builders of the event documents: the reference `capture_json` (core.captured) and
+`score_json` (core.scored) are tested against, written plainly, one dict per user and per
+holding."""
 
 from __future__ import annotations
 
@@ -199,3 +200,35 @@ def score_documents(scores: BatchScores) -> list[dict[str, Any]]:
             )
         )
     ]
+
+
+def compact_scores(criteria_version: int | None, entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """`SCORES_COMPUTED` of format 2 from the full entries (`score_documents`): the same
+    facts as column lists, without `actualValue`."""
+    return {
+        "format": 2,
+        "criteriaVersion": criteria_version,
+        "columns": [
+            "assetId",
+            "score",
+            "maxPossibleScore",
+            "criteriaCount",
+            "topContributor",
+            "breakdown",
+        ],
+        "breakdownColumns": ["criterionId", "matched", "pointsAwarded", "skippedReason"],
+        "scores": [
+            [
+                e["assetId"],
+                e["score"],
+                e["maxPossibleScore"],
+                e["criteriaCount"],
+                e["topContributor"],
+                [
+                    [b["criterionId"], b["matched"], b["pointsAwarded"], b["skippedReason"]]
+                    for b in e["breakdown"]
+                ],
+            ]
+            for e in entries
+        ],
+    }

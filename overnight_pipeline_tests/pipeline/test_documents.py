@@ -8,10 +8,11 @@ import orjson
 from hypothesis import given, settings
 
 from overnight_pipeline.core.batch import score_batch
-from overnight_pipeline.core.captured import capture_json, score_json
+from overnight_pipeline.core.captured import capture_json
 from overnight_pipeline.core.money import FxRates
+from overnight_pipeline.core.scored import full_scores, score_json
 from overnight_pipeline.core.scoring import replay
-from overnight_pipeline_tests.core.documents import capture, score_documents
+from overnight_pipeline_tests.core.documents import capture, compact_scores, score_documents
 from overnight_pipeline_tests.core.test_batch import FX, batches, to_batch
 
 DAY = date(2026, 11, 30)
@@ -50,18 +51,25 @@ def test_json_text_documents_equal_the_dict_documents(b) -> None:
     scored = score_batch(batch.holdings, batch.rules, batch.fundamentals)
     dicts = score_documents(scored)
     out = score_json(scored, versions)
+    old = score_json(scored, versions, format=1)
     by_user: dict[str, list[dict]] = {}
     for uid, doc in zip(scored.holdings["user_id"], dicts, strict=True):
         by_user.setdefault(uid, []).append(doc)
-    assert out.payloads.keys() == by_user.keys()
+    assert out.payloads.keys() == old.payloads.keys() == by_user.keys()
     for uid, scores in by_user.items():
-        assert orjson.loads(out.payloads[uid]) == {
+        assert orjson.loads(out.payloads[uid]) == compact_scores(versions[uid], scores)
+        assert orjson.loads(old.payloads[uid]) == {
             "criteriaVersion": versions[uid],
             "scores": scores,
         }
-        # What the pipeline writes is what `replay` computes from what it captured.
-        replayed = replay(orjson.loads(texts[uid][0]))
+        # What the pipeline writes is what `replay` computes from what it captured, and
+        # the full view (actualValue included) comes back from it.
+        captured = orjson.loads(texts[uid][0])
+        replayed = replay(captured)
         assert [s.to_json() for s in replayed.values()] == scores
+        assert full_scores(orjson.loads(out.payloads[uid]), captured) == replayed
+    assert out.score == old.score == [d["score"] for d in dicts]
+    assert out.max_possible_score == old.max_possible_score
     assert out.score == [d["score"] for d in dicts]
     assert out.max_possible_score == [d["maxPossibleScore"] for d in dicts]
     assert [orjson.loads(s) for s in out.summary] == [
@@ -123,5 +131,7 @@ def test_no_holdings_and_unusual_strings() -> None:
     assert texts["u2"][1] == 0
     scored = score_batch(batch.holdings, batch.rules, batch.fundamentals)
     out = score_json(scored, versions)
-    assert orjson.loads(out.payloads["u1"])["scores"] == score_documents(scored)
+    assert orjson.loads(out.payloads["u1"]) == compact_scores(2, score_documents(scored))
     assert "u2" not in out.payloads
+    old = score_json(scored, versions, format=1)
+    assert orjson.loads(old.payloads["u1"])["scores"] == score_documents(scored)

@@ -16,6 +16,7 @@ from overnight_pipeline.core.captured import self_contained
 from overnight_pipeline.core.money import FxRates
 from overnight_pipeline.core.payloads import CachedPortfolioSummary, CachedRecommendations
 from overnight_pipeline.core.recommendations import ClassSpec, HoldingInput, recommend
+from overnight_pipeline.core.scored import full_scores
 from overnight_pipeline.core.scoring import replay, score_holdings, validate_criteria
 from overnight_pipeline.storage.models import (
     asset_scores_table,
@@ -168,7 +169,11 @@ def test_a_partition_runs_end_to_end_and_a_broken_user_fails_alone(pipeline: Pip
         assert {a: s.score for a, s in replayed.items()} == {
             a: stored_scores[(user_id, a)] for a in replayed
         }
-        assert [s.to_json() for s in replayed.values()] == user_events["SCORES_COMPUTED"]["scores"]
+        # The event (format 2) with the snapshots gives the full per-rule view back.
+        stored = user_events["SCORES_COMPUTED"]
+        assert stored["format"] == 2
+        full = full_scores(stored, captured, shared)
+        assert [s.to_json() for s in full.values()] == [s.to_json() for s in replayed.values()]
         # The persisted recommendation is what the core computes from the same inputs.
         expected = one_user_recommendation(doc)
         payload = CachedRecommendations.model_validate(rows[user_id].payload)
@@ -251,7 +256,7 @@ def test_all_calculations_for_an_asset_come_newest_first(pipeline: Pipeline) -> 
     first, second = correlation_ids(pipeline)[-2:]
     scores = events_by_user(pipeline, second)
     user_id, user_events = next(iter(scores.items()))
-    asset_id = uuid.UUID(user_events["SCORES_COMPUTED"]["scores"][0]["assetId"])
+    asset_id = uuid.UUID(user_events["SCORES_COMPUTED"]["scores"][0][0])
     with pipeline.engine.connect() as conn:
         symbol = conn.scalar(select(assets_table.c.symbol).where(assets_table.c.id == asset_id))
         found = calculations_for_asset(conn, asset_id=asset_id, user_id=user_id, limit=10)

@@ -116,8 +116,9 @@ def test_0003_keeps_a_previous_nights_output_replayable(fresh_url: str) -> None:
 
     from overnight_pipeline import steps
     from overnight_pipeline.core.batch import run_batch
-    from overnight_pipeline.core.captured import batch_from_captured, capture_json, score_json
+    from overnight_pipeline.core.captured import batch_from_captured, capture_json
     from overnight_pipeline.core.markets import DEFAULT_MARKETS
+    from overnight_pipeline.core.scored import score_json
     from overnight_pipeline.core.scoring import replay
     from overnight_pipeline.providers.synthetic import SyntheticProvider
     from overnight_pipeline.seed import seed
@@ -162,7 +163,8 @@ def test_0003_keeps_a_previous_nights_output_replayable(fresh_url: str) -> None:
                     holding_markets=loaded.holding_markets,
                 )
                 result = run_batch(b, fx)
-                texts = score_json(result.scores, versions)
+                # SCORES_COMPUTED as the code of that revision wrote it: format 1.
+                texts = score_json(result.scores, versions, format=1)
                 conn.execute(
                     _old_events.insert(),
                     [
