@@ -6,13 +6,14 @@ from __future__ import annotations
 import copy
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import date
+from datetime import UTC, date, datetime
 from typing import Any
 
 import pytest
 from sqlalchemy import Engine, select
 
 from overnight_pipeline import steps
+from overnight_pipeline.core.captured import snapshot_keys
 from overnight_pipeline.core.markets import DEFAULT_MARKETS
 from overnight_pipeline.core.scored import full_scores
 from overnight_pipeline.core.scoring import replay
@@ -46,7 +47,9 @@ def engine() -> Iterator[Engine]:
 def calculate(engine: Engine) -> uuid.UUID:
     """A new calculation of the partition (it becomes the users' current one)."""
     cid = uuid.uuid4()
-    report = steps.score_and_recommend(engine, correlation_id=cid, run_id="r", **KW)
+    report = steps.score_and_recommend(
+        engine, correlation_id=cid, calculated_at=datetime.now(UTC), run_id="r", **KW
+    )
     assert report.metrics["users_succeeded"] == report.metrics["users_total"] > 0
     return cid
 
@@ -76,34 +79,34 @@ def rewrite(engine: Engine, cid: uuid.UUID, user: str, payload: Any) -> None:
 
 def as_format_1(engine: Engine, cid: uuid.UUID) -> dict[str, dict[str, Any]]:
     """Each user's SCORES_COMPUTED as the code before format 2 wrote it, from the full view."""
-    captured = events(engine, cid, "INPUTS_CAPTURED")
-    with engine.connect() as conn:
-        shared = store.snapshots(conn, {d["snapshot"] for d in captured.values()})
+    captured, shared = inputs(engine, cid)
     return {
         uid: {
             "criteriaVersion": payload["criteriaVersion"],
-            "scores": [
-                s.to_json()
-                for s in full_scores(
-                    payload, captured[uid], shared[captured[uid]["snapshot"]]
-                ).values()
-            ],
+            "scores": [s.to_json() for s in full_scores(payload, captured[uid], shared).values()],
         }
         for uid, payload in events(engine, cid, "SCORES_COMPUTED").items()
     }
+
+
+def inputs(engine: Engine, cid: uuid.UUID) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Each user's INPUTS_CAPTURED, and the snapshots they reference."""
+    captured = events(engine, cid, "INPUTS_CAPTURED")
+    with engine.connect() as conn:
+        keys = {key for doc in captured.values() for key in snapshot_keys(doc)}
+        return captured, store.snapshots(conn, keys)
 
 
 def test_new_events_replay_exactly_and_hold_the_full_view(engine: Engine) -> None:
     cid = calculate(engine)
     outcome = steps.replay_sample(engine, correlation_id=cid, day=DAY)
     assert len(outcome.checked) == outcome.users > 0 and outcome.mismatches == []
-    captured = events(engine, cid, "INPUTS_CAPTURED")
-    with engine.connect() as conn:
-        shared = store.snapshots(conn, {d["snapshot"] for d in captured.values()})
+    captured, shared = inputs(engine, cid)
     for uid, payload in events(engine, cid, "SCORES_COMPUTED").items():
         assert payload["format"] == 2
-        snapshot = shared[captured[uid]["snapshot"]]
-        assert full_scores(payload, captured[uid], snapshot) == replay(captured[uid], snapshot)
+        doc = captured[uid]
+        criteria = shared[doc["criteria"]["snapshot"]]
+        assert full_scores(payload, doc, shared) == replay(doc, shared[doc["snapshot"]], criteria)
 
 
 def test_events_of_format_1_still_replay_and_a_changed_actual_value_is_found(
