@@ -3,14 +3,15 @@
 Format 2 (`"format": 2`, written since issue 15) says each fact once, as column lists:
 
     {"format": 2, "criteriaVersion": 3,
-     "columns": ["assetId", "score", "maxPossibleScore", "criteriaCount", "topContributor",
-                 "breakdown"],
+     "columns": ["score", "maxPossibleScore", "criteriaCount", "topContributor", "breakdown"],
      "breakdownColumns": ["criterionId", "matched", "pointsAwarded", "skippedReason"],
-     "scores": [["<asset id>", "12.0000", "20.0000", 2, "dividend_yield",
+     "scores": [["12.0000", "20.0000", 2, "dividend_yield",
                  [["dy", true, 12, null], ["pe", false, 0, "missing_fundamental"]]]]}
 
-One row per held asset in holding order, one breakdown row per applicable rule in document
-order. A rule's `actualValue` is not repeated: it is the asset's value of the rule's metric
+Row i scores the user's holding i: the i-th row of the same calculation's `INPUTS_CAPTURED`
+holdings, which names the asset (the asset ids are said once: 30 of them, 36 characters
+each and incompressible, were half the stored bytes of the event). One breakdown row per
+applicable rule in document order. A rule's `actualValue` is not repeated: it is the asset's value of the rule's metric
 in the market snapshot referenced by the user's `INPUTS_CAPTURED` (null when the rule was
 skipped); `full_scores` puts it back. Format 1 (no `format` key, written before) is
 `{"criteriaVersion", "scores": [AssetScore.to_json(), ...]}`. Both are read.
@@ -34,14 +35,8 @@ from overnight_pipeline.core.money import parse_decimal
 from overnight_pipeline.core.scoring import AssetScore, RuleOutcome
 
 SCORES_FORMAT = 2
-SCORE_COLUMNS = (
-    "assetId",
-    "score",
-    "maxPossibleScore",
-    "criteriaCount",
-    "topContributor",
-    "breakdown",
-)
+SCORE_COLUMNS = ("score", "maxPossibleScore", "criteriaCount", "topContributor", "breakdown")
+FORMAT_1_COLUMNS = ("assetId", *SCORE_COLUMNS)
 BREAKDOWN_COLUMNS = ("criterionId", "matched", "pointsAwarded", "skippedReason")
 
 
@@ -141,7 +136,7 @@ def score_json(
         version = criteria_versions.get(uid)
         version = None if version is None else int(version)
         breakdowns = [rows[lo:hi] for lo, hi in zip(los[a:z], his[a:z], strict=True)]
-        heads = zip(aids[a:z], sts[a:z], mts[a:z], cs[a:z], ts[a:z], breakdowns, strict=True)
+        heads = zip(sts[a:z], mts[a:z], cs[a:z], ts[a:z], breakdowns, strict=True)
         doc: dict[str, Any] = (
             {
                 "format": 2,
@@ -153,7 +148,10 @@ def score_json(
             if format == 2
             else {
                 "criteriaVersion": version,
-                "scores": [dict(zip(SCORE_COLUMNS, head, strict=True)) for head in heads],
+                "scores": [
+                    dict(zip(FORMAT_1_COLUMNS, (aid, *head), strict=True))
+                    for aid, head in zip(aids[a:z], heads, strict=True)
+                ],
             }
         )
         payloads[uid] = orjson.dumps(doc).decode()
@@ -232,8 +230,8 @@ def full_scores(
     snapshots: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, AssetScore]:
     """The scores a `SCORES_COMPUTED` payload (either format) records, in full: per asset
-    every applicable rule with its metric and `actualValue`, read from the user's
-    `INPUTS_CAPTURED` of the same calculation and the snapshots it references (`snapshots`:
+    (format 2: the asset of the same row of the holdings) every applicable rule with its
+    metric and `actualValue`, read from the user's `INPUTS_CAPTURED` of the same calculation and the snapshots it references (`snapshots`:
     hash → payload, as `storage.overnight.snapshots` returns them). `AssetScore.to_json()`
     of each is the format-1 entry; `scoring.replay` of the same inputs gives equal objects
     when nothing was altered."""
@@ -251,17 +249,23 @@ def full_scores(
     listed = payload.get("scores")
     if not isinstance(listed, list):
         raise ScoresPayloadError("scores", "must be a list", listed)
+    held = [h["assetId"] for h in inputs["holdings"]]
+    if fmt == 2 and len(listed) != len(held):
+        raise ScoresPayloadError(
+            "scores", f"must have one row per holding of INPUTS_CAPTURED ({len(held)})", listed
+        )
     out: dict[str, AssetScore] = {}
     for i, entry in enumerate(listed):
         where = f"scores[{i}]"
         if fmt == 2:
             if not isinstance(entry, list) or len(entry) != len(SCORE_COLUMNS):
                 raise ScoresPayloadError(where, f"must be a list of {len(SCORE_COLUMNS)}", entry)
-            aid, score, top_score, count, top, breakdown = entry
+            aid = held[i]
+            score, top_score, count, top, breakdown = entry
         else:
             if not isinstance(entry, Mapping):
                 raise ScoresPayloadError(where, "must be an object", entry)
-            aid, score, top_score, count, top, breakdown = (entry.get(c) for c in SCORE_COLUMNS)
+            aid, score, top_score, count, top, breakdown = (entry.get(c) for c in FORMAT_1_COLUMNS)
         _expect(isinstance(aid, str), f"{where}.assetId", "must be a string", aid)
         _expect(
             isinstance(top, str | None), f"{where}.topContributor", "must be a string or null", top

@@ -203,23 +203,16 @@ def score_documents(scores: BatchScores) -> list[dict[str, Any]]:
 
 
 def compact_scores(criteria_version: int | None, entries: list[dict[str, Any]]) -> dict[str, Any]:
-    """`SCORES_COMPUTED` of format 2 from the full entries (`score_documents`): the same
-    facts as column lists, without `actualValue`."""
+    """`SCORES_COMPUTED` of format 2 from the full entries (`score_documents`, in holding
+    order): the same facts as column lists, without `assetId` (the row's holding names it)
+    and `actualValue`."""
     return {
         "format": 2,
         "criteriaVersion": criteria_version,
-        "columns": [
-            "assetId",
-            "score",
-            "maxPossibleScore",
-            "criteriaCount",
-            "topContributor",
-            "breakdown",
-        ],
+        "columns": ["score", "maxPossibleScore", "criteriaCount", "topContributor", "breakdown"],
         "breakdownColumns": ["criterionId", "matched", "pointsAwarded", "skippedReason"],
         "scores": [
             [
-                e["assetId"],
                 e["score"],
                 e["maxPossibleScore"],
                 e["criteriaCount"],

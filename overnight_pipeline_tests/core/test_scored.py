@@ -96,18 +96,11 @@ def known_batch() -> Batch:
 KNOWN = {
     "format": 2,
     "criteriaVersion": 3,
-    "columns": [
-        "assetId",
-        "score",
-        "maxPossibleScore",
-        "criteriaCount",
-        "topContributor",
-        "breakdown",
-    ],
+    # Row i is holding i of INPUTS_CAPTURED (A1, A2, A3): no asset id here.
+    "columns": ["score", "maxPossibleScore", "criteriaCount", "topContributor", "breakdown"],
     "breakdownColumns": ["criterionId", "matched", "pointsAwarded", "skippedReason"],
     "scores": [
         [
-            A1,
             "10.0000",
             "15.0000",
             3,
@@ -115,7 +108,6 @@ KNOWN = {
             [["dy", True, 10, None], ["pe", False, 0, None], ["roe", False, 0, None]],
         ],
         [
-            A2,
             "3.0000",
             "15.0000",
             3,
@@ -126,7 +118,7 @@ KNOWN = {
                 ["roe", True, -2, None],
             ],
         ],
-        [A3, "0.0000", "0.0000", 0, None, []],
+        ["0.0000", "0.0000", 0, None, []],
     ],
 }
 
@@ -142,7 +134,7 @@ def test_format_2_of_a_known_batch_is_exactly_this_document() -> None:
     out, _ = _known_scores()
     assert out.payloads == {"u1": orjson.dumps(KNOWN).decode()}
     assert out.payloads["u1"].startswith(
-        '{"format":2,"criteriaVersion":3,"columns":["assetId","score",'
+        '{"format":2,"criteriaVersion":3,"columns":["score","maxPossibleScore",'
     )
     # What asset_scores keeps, per holding row.
     assert out.score == ["10.0000", "3.0000", "0.0000"]
@@ -290,30 +282,31 @@ GARBLED = {
     "unknown format": (_set(("format",), 3), "format"),
     "format true": (_set(("format",), True), "format"),
     "columns reordered": (
-        _set(("columns",), ["score", "assetId", *KNOWN["columns"][2:]]),
+        _set(("columns",), ["maxPossibleScore", "score", *KNOWN["columns"][2:]]),
         "columns",
     ),
+    "an assetId column": (_set(("columns",), ["assetId", *KNOWN["columns"]]), "columns"),
     "actualValue column": (
         _set(("breakdownColumns",), [*KNOWN["breakdownColumns"], "actualValue"]),
         "breakdownColumns",
     ),
     "scores not a list": (_set(("scores",), {"a": 1}), "scores"),
-    "short row": (_set(("scores", 1), [A2, "3.0000"]), "scores[1]"),
-    "asset id a number": (_set(("scores", 0, 0), 17), "scores[0].assetId"),
-    "score not a decimal": (_set(("scores", 0, 1), "ten"), "scores[0].score"),
-    "score infinite": (_set(("scores", 0, 1), "Infinity"), "scores[0].score"),
-    "score a float": (_set(("scores", 0, 1), 10.0), "scores[0].score"),
-    "max null": (_set(("scores", 2, 2), None), "scores[2].maxPossibleScore"),
-    "count a string": (_set(("scores", 0, 3), "3"), "scores[0].criteriaCount"),
-    "count not the rows": (_set(("scores", 0, 3), 2), "scores[0].criteriaCount"),
-    "top a number": (_set(("scores", 0, 4), 1), "scores[0].topContributor"),
-    "breakdown a string": (_set(("scores", 1, 5), "dy,pe"), "scores[1].breakdown"),
-    "rule row short": (_set(("scores", 1, 5, 2), ["roe", True]), "scores[1].breakdown[2]"),
-    "unknown rule": (_set(("scores", 1, 5, 0, 0), "nope"), "scores[1].breakdown[0].criterionId"),
-    "matched 1": (_set(("scores", 0, 5, 0, 1), 1), "scores[0].breakdown[0].matched"),
-    "points text": (_set(("scores", 0, 5, 0, 2), "10"), "scores[0].breakdown[0].pointsAwarded"),
-    "points true": (_set(("scores", 0, 5, 1, 2), True), "scores[0].breakdown[1].pointsAwarded"),
-    "reason a number": (_set(("scores", 1, 5, 0, 3), 0), "scores[1].breakdown[0].skippedReason"),
+    "a row per holding": (lambda d: {**d, "scores": d["scores"][:2]}, "scores"),
+    "short row": (_set(("scores", 1), ["3.0000"]), "scores[1]"),
+    "score not a decimal": (_set(("scores", 0, 0), "ten"), "scores[0].score"),
+    "score infinite": (_set(("scores", 0, 0), "Infinity"), "scores[0].score"),
+    "score a float": (_set(("scores", 0, 0), 10.0), "scores[0].score"),
+    "max null": (_set(("scores", 2, 1), None), "scores[2].maxPossibleScore"),
+    "count a string": (_set(("scores", 0, 2), "3"), "scores[0].criteriaCount"),
+    "count not the rows": (_set(("scores", 0, 2), 2), "scores[0].criteriaCount"),
+    "top a number": (_set(("scores", 0, 3), 1), "scores[0].topContributor"),
+    "breakdown a string": (_set(("scores", 1, 4), "dy,pe"), "scores[1].breakdown"),
+    "rule row short": (_set(("scores", 1, 4, 2), ["roe", True]), "scores[1].breakdown[2]"),
+    "unknown rule": (_set(("scores", 1, 4, 0, 0), "nope"), "scores[1].breakdown[0].criterionId"),
+    "matched 1": (_set(("scores", 0, 4, 0, 1), 1), "scores[0].breakdown[0].matched"),
+    "points text": (_set(("scores", 0, 4, 0, 2), "10"), "scores[0].breakdown[0].pointsAwarded"),
+    "points true": (_set(("scores", 0, 4, 1, 2), True), "scores[0].breakdown[1].pointsAwarded"),
+    "reason a number": (_set(("scores", 1, 4, 0, 3), 0), "scores[1].breakdown[0].skippedReason"),
 }
 
 

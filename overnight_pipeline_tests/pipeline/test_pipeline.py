@@ -256,7 +256,8 @@ def test_all_calculations_for_an_asset_come_newest_first(pipeline: Pipeline) -> 
     first, second = correlation_ids(pipeline)[-2:]
     scores = events_by_user(pipeline, second)
     user_id, user_events = next(iter(scores.items()))
-    asset_id = uuid.UUID(user_events["SCORES_COMPUTED"]["scores"][0][0])
+    # SCORES_COMPUTED row 0 scores INPUTS_CAPTURED's holding 0.
+    asset_id = uuid.UUID(user_events["INPUTS_CAPTURED"]["holdings"]["rows"][0][0])
     with pipeline.engine.connect() as conn:
         symbol = conn.scalar(select(assets_table.c.symbol).where(assets_table.c.id == asset_id))
         found = calculations_for_asset(conn, asset_id=asset_id, user_id=user_id, limit=10)

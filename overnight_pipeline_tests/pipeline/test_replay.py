@@ -136,7 +136,7 @@ def test_events_of_format_1_still_replay_and_a_changed_actual_value_is_found(
 
 
 def _first_rule(doc: dict[str, Any]) -> list[Any]:
-    return next(row for asset in doc["scores"] for row in asset[5])
+    return next(row for asset in doc["scores"] for row in asset[4])
 
 
 def _flip_matched(doc: dict[str, Any]) -> None:
@@ -159,13 +159,13 @@ def _points_as_float(doc: dict[str, Any]) -> None:
 
 
 def _score_other_digits(doc: dict[str, Any]) -> None:
-    doc["scores"][0][1] = doc["scores"][0][1].rstrip("0")  # the same value, other text
+    doc["scores"][0][0] = doc["scores"][0][0].rstrip("0")  # the same value, other text
 
 
 def _rule_dropped(doc: dict[str, Any]) -> None:
-    asset = next(a for a in doc["scores"] if a[5])
-    asset[5].pop()
-    asset[3] -= 1
+    asset = next(a for a in doc["scores"] if a[4])
+    asset[4].pop()
+    asset[2] -= 1
 
 
 def _assets_swapped(doc: dict[str, Any]) -> None:
@@ -173,7 +173,7 @@ def _assets_swapped(doc: dict[str, Any]) -> None:
 
 
 def _skip_reason_cleared(doc: dict[str, Any]) -> None:
-    rule = next((r for a in doc["scores"] for r in a[5] if r[3]), None)
+    rule = next((r for a in doc["scores"] for r in a[4] if r[3]), None)
     if rule is None:
         pytest.skip("no skipped rule in this seed")
     rule[3] = None
