@@ -51,6 +51,7 @@ bench: install services ## Run the benchmarks (results go in docs/PERFORMANCE.md
 	$(BIN)/python bench/providers_bench.py
 	$(BIN)/python bench/pipeline_bench.py --users 1000 10000 --with-100k --shards 1 2
 	$(BIN)/python bench/storage_bench.py
+	$(BIN)/python bench/two_year_bench.py
 	$(BIN)/python bench/dashboard_bench.py
 
 seed: install ## Seed N synthetic users into DATABASE_URL (make seed N=1000)
