@@ -1,10 +1,10 @@
 """Benchmark: two years of audit for 1,000 users (issue 15 item 5; SPEC §4, §8).
 
     .venv/bin/python bench/two_year_bench.py [--users 1000] [--months 24] [--real 6]
-                                             [--samples 200] [--now 2026-12-01]
+                                             [--samples 200] [--now 2026-12-01] [--keep]
 
 A throwaway PostgreSQL database is seeded (in a child process) with users who all hold NYSE
-assets; then every NYSE session of the `--months` before `--now` (≈ 504 for two years) gets
+assets; then every NYSE session of the `--months` before `--now` (500 for two years) gets
 its night, oldest first, each calculated at 23:00 UTC of its market date so that its rows
 land in the month they would have. `--real` of them (the first, the last, the one 23 months
 back that is replayed, the rest evenly spread) go through the real write path
@@ -17,8 +17,10 @@ correlation id (md5 of the date), timestamps shifted to its night, its recommend
 and the day's market data under its date, its own market snapshot (a distinct hash, the same
 payload: one per night, as prices change daily), the month's criteria snapshots once per
 month and one `overnight_job_runs` row. A copied night's `INPUTS_CAPTURED` still names its
-real night's market snapshot: only real nights are replayed. The database is then
-ANALYZEd, as autovacuum would have.
+real night's market snapshot: only real nights are replayed. The database is then vacuumed
+and analyzed (`VACUUM (ANALYZE)`), as autovacuum would have done month after month (it is
+off on this machine's server): hint bits and visibility maps set, planner statistics and the
+row estimates that retention reports.
 
 Measured:
 1. the size of every table (`pg_total_relation_size`: heap, TOAST and indexes, a partitioned
@@ -26,8 +28,10 @@ Measured:
 2. "all calculations for asset X" (`storage.queries.calculations_for_asset`), operator
    (asset only) and user (asset + user), newest first: the first page (50 rows) and a deep
    page (50 rows after the cursor of a real row 18 months back), each over `--samples` random
-   assets or held (user, asset) pairs, timed on a second pass (warm cache) from this process
-   (SQLAlchemy included); EXPLAIN of the plans;
+   assets or (user, asset) pairs of the last night, timed on a second pass (warm cache) from
+   this process (SQLAlchemy included); every page checked (its asset and user, newest first,
+   after its cursor), one user's asset walked page by page to its end; EXPLAIN ANALYZE of
+   one query, and of one of each kind in a line (which scans ran on which months);
 3. `steps.replay_sample` of the calculation 23 months back, every user of it;
 4. `storage.retention.delete_expired` with `now` one second past two years after the end of
    the first month: exactly that month's partitions go; its rows are gone and the next
@@ -174,13 +178,15 @@ def night_near(nights: Sequence[Night], moment: datetime, *, real: bool = False)
 def seed_users(url: str, users: int, as_of: date) -> None:
     """Seed in a child process (its memory is not this one's), then ANALYZE."""
     subprocess.run([sys.executable, "-c", SEED, url, str(users), as_of.isoformat()], check=True)
-    analyze(url)
+    maintain(url, "ANALYZE")
 
 
-def analyze(url: str) -> None:
+def maintain(url: str, command: str = "VACUUM (ANALYZE)") -> None:
+    """What autovacuum would have done by now (a database-wide command, outside a
+    transaction)."""
     engine = make_engine(url, isolation_level="AUTOCOMMIT")
     with engine.connect() as conn:
-        conn.exec_driver_sql("ANALYZE")
+        conn.exec_driver_sql(command)
     engine.dispose()
 
 
@@ -748,6 +754,7 @@ def main() -> None:
     parser.add_argument("--now", type=date.fromisoformat, default=NOW.date())
     parser.add_argument("--replay-months", type=int, default=REPLAY_MONTHS_BACK)
     parser.add_argument("--deep-months", type=int, default=DEEP_MONTHS_BACK)
+    parser.add_argument("--keep", action="store_true", help="keep the database (prints its URL)")
     args = parser.parse_args()
     now = datetime.combine(args.now, clock(0, tzinfo=UTC))
     nights = plan_nights(now, months=args.months, real=args.real, replay_months=args.replay_months)
@@ -781,9 +788,9 @@ def main() -> None:
             flush=True,
         )
         started = time.perf_counter()
-        analyze(url)
-        phases["analyze"] = time.perf_counter() - started
-        print(f"ANALYZE in {phases['analyze']:.1f} s ({load()})\n", flush=True)
+        maintain(url)
+        phases["vacuum"] = time.perf_counter() - started
+        print(f"VACUUM (ANALYZE) in {phases['vacuum']:.1f} s ({load()})\n", flush=True)
 
         # 1. Size
         with engine.connect() as conn:
@@ -847,7 +854,10 @@ def main() -> None:
         )
     finally:
         engine.dispose()
-        drop_pg_database(url)
+        if args.keep:
+            print(f"kept: {url}")
+        else:
+            drop_pg_database(url)
 
     p99 = max(r.percentile(0.99) for r in queries.runs[:2])
     exact = not outcome.mismatches and not after.mismatches

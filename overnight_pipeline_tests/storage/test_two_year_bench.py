@@ -68,7 +68,7 @@ def two_years() -> Iterator[TwoYears]:
                 markets=tuple(m for m in DEFAULT_MARKETS if m.code == "NYSE"),
             )
         written = bench.write_nights(engine, nights)
-        bench.analyze(url)
+        bench.maintain(url)
         yield TwoYears(bench, engine, nights, written)
     finally:
         engine.dispose()
