@@ -59,7 +59,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as clock
+from pathlib import Path
 from typing import Any
+
+# The code of this checkout, not the one a shared virtualenv's editable install points at.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sqlalchemy import Connection, Engine, Table, text
 
@@ -95,6 +99,7 @@ from overnight_pipeline.storage.queries import (
 from overnight_pipeline.storage.retention import RETENTION_YEARS, delete_expired
 from overnight_pipeline_tests.conftest import create_pg_database, drop_pg_database
 
+ROOT = Path(__file__).resolve().parents[1]
 NYSE = next(m for m in DEFAULT_MARKETS if m.code == "NYSE")
 MARKETS = {NYSE.code: NYSE}
 NOW = datetime(2026, 12, 1, tzinfo=UTC)
@@ -177,7 +182,12 @@ def night_near(nights: Sequence[Night], moment: datetime, *, real: bool = False)
 
 def seed_users(url: str, users: int, as_of: date) -> None:
     """Seed in a child process (its memory is not this one's), then ANALYZE."""
-    subprocess.run([sys.executable, "-c", SEED, url, str(users), as_of.isoformat()], check=True)
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    subprocess.run(
+        [sys.executable, "-c", SEED, url, str(users), as_of.isoformat()],
+        check=True,
+        env={**os.environ, "PYTHONPATH": path},
+    )
     maintain(url, "ANALYZE")
 
 
