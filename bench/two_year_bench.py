@@ -894,7 +894,7 @@ def main() -> None:
         ),
         (
             growth_kb <= GROWTH_TARGET_KB,
-            f"growth {growth_kb:.2f} KB per user-night over two years (target ≤"
+            f"growth {growth_kb:.2f} KB per user-night over {len(nights)} nights (target ≤"
             f" {GROWTH_TARGET_KB:.0f} KB; informational here, storage_bench's is the figure)",
         ),
     ]
