@@ -118,6 +118,20 @@ def batch_from_captured(
                     _d(c["minAllocationValue"], "minAllocationValue"),
                 )
             )
+        # Every format's rules: its own, or its criteria snapshot's (format 3).
+        for rule in captured_rules(doc, snapshots):
+            rules.append(
+                (
+                    uid,
+                    rule["id"],
+                    rule["assetClass"],
+                    rule["metric"],
+                    rule["operator"],
+                    _d(rule.get("value"), "value"),
+                    _d(rule.get("value2"), "value2"),
+                    int(rule["points"]),
+                )
+            )
         if doc.get("format") in (2, 3):
             key = doc["snapshot"]
             snap = opened.get(key)
@@ -135,19 +149,6 @@ def batch_from_captured(
                 symbol, currency, price, stamp = assets[aid]
                 holdings.append(
                     (uid, aid, symbol, cls, _d(qty, "quantity"), currency, price, stamp)
-                )
-            for rule in captured_rules(doc, snapshots):
-                rules.append(
-                    (
-                        uid,
-                        rule["id"],
-                        rule["assetClass"],
-                        rule["metric"],
-                        rule["operator"],
-                        _d(rule.get("value"), "value"),
-                        _d(rule.get("value2"), "value2"),
-                        int(rule["points"]),
-                    )
                 )
             continue
         for h in doc["holdings"]:
@@ -167,19 +168,6 @@ def batch_from_captured(
                     h["currency"],
                     _d(h["price"], "price"),
                     stamp,
-                )
-            )
-        for rule in doc["criteria"]["rules"]:
-            rules.append(
-                (
-                    uid,
-                    rule["id"],
-                    rule["assetClass"],
-                    rule["metric"],
-                    rule["operator"],
-                    _d(rule.get("value"), "value"),
-                    _d(rule.get("value2"), "value2"),
-                    int(rule["points"]),
                 )
             )
         for aid, values in doc["fundamentals"].items():
