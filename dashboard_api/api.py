@@ -15,13 +15,13 @@ from dashboard_api.dashboard import REDIS_ERRORS
 from dashboard_api.db import DB_ERRORS
 from dashboard_api.params import (
     choice_param,
-    datetime_param,
     decode_cursor,
     encode_cursor,
     int_param,
     market_value,
     single,
     symbol_value,
+    time_bound_param,
 )
 from dashboard_api.problems import Problem
 from dashboard_api.schemas import (
@@ -133,7 +133,7 @@ async def job_runs(request: Request) -> Response:
     status = choice_param(request, "status", JOB_STATUSES)
     lo, hi, default = JOBS_PAGE
     limit = int_param(request, "limit", default=default, lo=lo, hi=hi)
-    before = datetime_param(request, "before")
+    before = time_bound_param(request, "before")
 
     def run(conn: Any) -> list[queries.JobRun]:
         return queries.recent_job_runs(

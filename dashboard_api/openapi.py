@@ -191,7 +191,7 @@ def build_openapi() -> dict[str, Any]:
                     _query(
                         "cursor",
                         {"type": "string", "pattern": CURSOR_PATTERN},
-                        "`nextCursor` of the previous page.",
+                        "`nextCursor` of the previous page; a value off this pattern is a 400.",
                     ),
                 ],
                 "responses": {
@@ -225,7 +225,11 @@ def build_openapi() -> dict[str, Any]:
                     _query(
                         "before",
                         {"type": "string", "format": "date-time"},
-                        "Only runs started before this time (the last `startedAt` of a page).",
+                        (
+                            "Only runs started before this time (the last `startedAt` of a "
+                            "page), with its UTC offset. A time past the calendar's ends in "
+                            "UTC (year 1 at +14:00, year 9999 at -14:00) bounds as that end."
+                        ),
                     ),
                 ],
                 "responses": {

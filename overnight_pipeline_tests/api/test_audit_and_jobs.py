@@ -123,6 +123,65 @@ def test_audit_bad_parameters_are_400_naming_field_and_value(
     assert body["invalidParams"][0]["name"] == name
 
 
+CURSOR = encode_cursor(CalculationCursor(T0, uuid.UUID(int=7), uuid.UUID(int=8)))
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        CURSOR + "\n",
+        CURSOR[:5] + "\n" + CURSOR[5:],
+        "\n" + CURSOR,
+        CURSOR + "\r",
+        CURSOR + "\x00",
+        "\t" + CURSOR,
+        CURSOR[:-1],
+        CURSOR[:-1] + "g",
+        CURSOR[:-1] + "A",
+        CURSOR.replace(".", ","),
+        CURSOR.split(".")[0],
+        "." + CURSOR.split(".")[1],
+        "--1." + CURSOR.split(".")[1],
+        "\u0661\u0662." + CURSOR.split(".")[1],  # Arabic-Indic digits
+        "253402300800000000." + CURSOR.split(".")[1],  # after 9999-12-31T23:59:59.999999Z
+        "-62135596800000001." + CURSOR.split(".")[1],  # before 0001-01-01T00:00:00Z
+        "9" * 400 + "." + CURSOR.split(".")[1],
+        "MTc2NDU2MTYwMDAwMDAwMC5hYmNk",  # base64
+        "%ff%fe",
+    ],
+)
+def test_audit_a_malformed_cursor_is_a_400_naming_it(
+    client: TestClient, asset_with_calculations: dict[str, Any], cursor: str
+) -> None:
+    w = asset_with_calculations
+    response = client.get(
+        f"/api/audit/assets/NYSE/{w['symbol']}/calculations",
+        params={"cursor": cursor},
+        headers=bearer(token_for(w["me"])),
+    )
+    assert response.status_code == 400, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["invalidParams"][0]["name"] == "cursor"
+
+
+@pytest.mark.parametrize(
+    "at",
+    [
+        datetime.min.replace(tzinfo=UTC),
+        datetime(1969, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC),
+        datetime.max.replace(tzinfo=UTC),
+    ],
+)
+def test_audit_cursors_at_the_calendars_ends_page_on(
+    client: TestClient, asset_with_calculations: dict[str, Any], at: datetime
+) -> None:
+    w = asset_with_calculations
+    cursor = encode_cursor(CalculationCursor(at, uuid.UUID(int=0), w["me"]))
+    response = _audit(client, w["me"], w["symbol"], f"?cursor={cursor}")
+    assert response.status_code == 200, response.text
+    assert len(response.json()["data"]) == (5 if at.year == 9999 else 0)
+
+
 def test_audit_unknown_asset_is_404(client: TestClient) -> None:
     response = _audit(client, uuid.uuid4(), "NOPE-" + uuid.uuid4().hex[:8])
     assert response.status_code == 404
@@ -189,8 +248,56 @@ def test_jobs_lists_runs_newest_first_filtered_by_market_and_status(
 
 
 @pytest.mark.parametrize(
+    ("before", "runs"),
+    [
+        ("0001-01-01T00:00:00+14:00", []),
+        ("0001-01-01T00:00:00Z", []),
+        ("0000-12-31T23:00:00-14:00", []),
+        ("9999-12-31T23:59:59-14:00", [103, 102, 101, 100]),
+        ("9999-12-31T23:59:59.999999Z", [103, 102, 101, 100]),
+        ("2026-11-01T05:00:00+02:00", []),  # 03:00Z: the first run is not before it
+        ("2026-11-01T06:00:00+02:00", [100]),
+        ("2026-11-01T03:00:00.0000001Z", [100]),  # past the microsecond: rounds up
+        ("2026-11-01t04:00:00.5z", [101, 100]),
+        ("2026-11-01 04:59:60Z", [101, 100]),  # a leap second: up to 05:00Z
+        ("2026-11-01T03:00:00.000001Z", [100]),
+        ("2026-11-01T03:00:00Z", []),
+        ("2026-11-01T03:00+00:00", []),  # without seconds
+        ("2026-11-01T03:01+00:00", [100]),
+    ],
+)
+def test_jobs_before_at_any_time_and_offset_is_an_exact_bound(
+    client: TestClient, job_runs: str, before: str, runs: list[int]
+) -> None:
+    response = client.get(
+        "/api/jobs",
+        params={"market": job_runs, "before": before},
+        headers=bearer(token_for(uuid.uuid4(), admin=True)),
+    )
+    assert response.status_code == 200, response.text
+    assert [r["usersProcessed"] for r in response.json()["data"]] == runs
+
+
+@pytest.mark.parametrize(
     ("query", "name"),
     [
+        ("?before=2026-11-30T00:00:00Z%0A", "before"),
+        ("?before=2026-11-30T00:00:00%00Z", "before"),
+        ("?before=2026-11-30%0000:00:00Z", "before"),
+        ("?before=2026-11-30T00:00:00 Z", "before"),
+        ("?before=2026-11-30T00:00:00%2B0000", "before"),
+        ("?before=2026-11-30T24:00:00Z", "before"),
+        ("?before=2026-11-30T00:00:00%2B00:60", "before"),
+        ("?before=2026-11-30T00:00:00%2B24:00", "before"),
+        ("?before=2026-02-30T00:00:00Z", "before"),
+        ("?before=10000-01-01T00:00:00Z", "before"),
+        ("?before=%EF%BC%92026-11-30T00:00:00Z", "before"),  # a fullwidth digit
+        ("?market=NYSE%0A", "market"),
+        ("?market=NY%0ASE", "market"),
+        ("?status=completed%0A", "status"),
+        ("?limit=1%0A", "limit"),
+        ("?limit=-1", "limit"),
+        ("?limit=" + "9" * 400, "limit"),
         ("?status=done", "status"),
         ("?limit=500", "limit"),
         ("?before=yesterday", "before"),
@@ -200,5 +307,6 @@ def test_jobs_lists_runs_newest_first_filtered_by_market_and_status(
 )
 def test_jobs_bad_filters_are_400(client: TestClient, query: str, name: str) -> None:
     response = client.get(f"/api/jobs{query}", headers=bearer(token_for(uuid.uuid4(), admin=True)))
-    assert response.status_code == 400
+    assert response.status_code == 400, response.text
+    assert response.headers["content-type"] == "application/problem+json"
     assert response.json()["invalidParams"][0]["name"] == name
