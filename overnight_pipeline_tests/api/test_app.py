@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import time
@@ -10,15 +11,21 @@ from pathlib import Path
 
 import httpx2
 import jwt
+import pytest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
+from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import DataError
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from dashboard_api.app import create_app
+from dashboard_api.db import ThreadedDB
+from dashboard_api.problems import Problem
 from overnight_pipeline.settings import Settings
+from overnight_pipeline.storage.db import make_engine
 from overnight_pipeline_tests.api.conftest import FAST, SECRET, bearer, token_for
 from overnight_pipeline_tests.api.netfaults import closed_port
 
@@ -57,6 +64,33 @@ def test_an_unexpected_error_is_a_bare_500_without_a_stack_trace(settings: Setti
     assert body["status"] == 500 and body["title"] == "Internal Server Error"
     for leak in ("hunter2", "RuntimeError", "Traceback", "boom", ".py"):
         assert leak not in response.text
+
+
+def test_only_a_database_that_is_down_is_a_503(pg_engine: Engine) -> None:
+    """A value the database refuses is this server's bug (the logged 500), not "unavailable"."""
+
+    async def run(engine: Engine, sql: str) -> object:
+        db = ThreadedDB(engine, limit=1, timeout=1.0)
+
+        def query(conn: Connection) -> object:
+            return conn.exec_driver_sql(sql).scalar()
+
+        try:
+            return await db.run(query)
+        except Problem as problem:
+            return problem.status
+
+    assert asyncio.run(run(pg_engine, "SELECT 1")) == 1
+    with pytest.raises(DataError):
+        asyncio.run(run(pg_engine, "SELECT 'x'::int"))
+    with pytest.raises(DataError):
+        asyncio.run(run(pg_engine, "SELECT 1 / 0"))
+    # The statement timeout (a query cancelled by the server) and an unreachable server.
+    slow = "SET LOCAL statement_timeout = 50; SELECT pg_sleep(2)"
+    assert asyncio.run(run(pg_engine, slow)) == 503
+    dead = make_engine(f"postgresql+psycopg://root@127.0.0.1:{closed_port()}/nowhere")
+    assert asyncio.run(run(dead, "SELECT 1")) == 503
+    dead.dispose()
 
 
 def test_openapi_describes_every_json_route_and_its_errors(client: TestClient) -> None:
