@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from jinja2 import pass_context
 from pydantic import ValidationError
 from starlette.background import BackgroundTask
 from starlette.requests import Request
@@ -45,6 +46,15 @@ HTML_HEADERS = {
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
 
 
+@pass_context
+def _template_url_for(context: dict[str, Any], name: str, /) -> str:
+    """`url_for` in templates: the form actions are relative too (`local_path`)."""
+    return local_path(context["request"], name)
+
+
+templates.env.globals["url_for"] = _template_url_for
+
+
 @dataclass(frozen=True)
 class Freshness:
     state: str  # "fresh" | "stale" | "none"
@@ -72,8 +82,17 @@ def _page_principal(request: Request) -> Principal | None:
         return None
 
 
+def local_path(request: Request, name: str) -> str:
+    """A route's path on this server, for redirects: relative, never built from the request's
+    `Host` header, which the client chooses (`Host: evil.example` must not send the
+    browser there after signing in)."""
+    root: str = request.scope.get("app_root_path", request.scope.get("root_path", ""))
+    path: str = request.app.url_path_for(name)
+    return root.rstrip("/") + path
+
+
 def _to_login(request: Request) -> Response:
-    response = RedirectResponse(request.url_for("login"), status_code=303)
+    response = RedirectResponse(local_path(request, "login"), status_code=303)
     if request.cookies.get(COOKIE_NAME):
         response.delete_cookie(COOKIE_NAME, path="/")
     return response
@@ -174,7 +193,7 @@ async def login(request: Request) -> Response:
         principal = services(request).tokens.verify(token)
     except AuthError as exc:
         return _login_form(request, error=f"That token does not work: {exc.detail}.")
-    response = RedirectResponse(request.url_for("page"), status_code=303)
+    response = RedirectResponse(local_path(request, "page"), status_code=303)
     lifetime = principal.expires_at - datetime.now(UTC)
     response.set_cookie(
         COOKIE_NAME,
@@ -190,7 +209,7 @@ async def login(request: Request) -> Response:
 
 async def logout(request: Request) -> Response:
     _same_origin(request)
-    response = RedirectResponse(request.url_for("login"), status_code=303)
+    response = RedirectResponse(local_path(request, "login"), status_code=303)
     response.delete_cookie(COOKIE_NAME, path="/")
     return response
 

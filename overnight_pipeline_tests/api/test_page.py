@@ -190,3 +190,20 @@ def test_an_expired_cookie_sends_you_back_to_login(client: TestClient) -> None:
     client.cookies.set(COOKIE_NAME, "not-a-token")
     response = client.get("/", follow_redirects=False)
     assert response.status_code == 303 and response.headers["location"].endswith("/login")
+
+
+@pytest.mark.parametrize("host", ["evil.example", "evil.example:8443", "evil.example/x", "a@evil"])
+def test_redirects_never_follow_a_forged_host_header(client: TestClient, host: str) -> None:
+    forged = {"host": host}
+    signed_in = client.post(
+        "/login", data={"token": token_for(uuid.uuid4())}, headers=forged, follow_redirects=False
+    )
+    assert signed_in.status_code == 303 and signed_in.headers["location"] == "/"
+    page = client.get("/", headers=forged, follow_redirects=False)
+    assert page.status_code == 200 and 'action="/logout"' in page.text and "evil" not in page.text
+    signed_out = client.post("/logout", headers=forged, follow_redirects=False)
+    assert signed_out.status_code == 303 and signed_out.headers["location"] == "/login"
+    to_login = client.get("/", headers=forged, follow_redirects=False)
+    assert to_login.status_code == 303 and to_login.headers["location"] == "/login"
+    form = client.get("/login", headers=forged)
+    assert 'action="/login"' in form.text and "evil" not in form.text
