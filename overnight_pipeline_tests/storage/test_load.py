@@ -361,8 +361,11 @@ def test_a_huge_value_is_shown_shortened() -> None:
         (b'{"assets": ' + b"[" * 5000 + b"]" * 5000 + b"}", "nested deeper than 1024 levels"),
         (b"", "the file is empty"),
         (b"{not json", "not valid JSON at line 1 column 2"),
-        (b'{"users": [], "assets": NaN}', "not valid JSON"),
-        (b'{"users": [{"id": "\\ud800"}]}', "not valid JSON"),
+        (b'{"users": [], "assets": [}', "not valid JSON at line 1 column 26"),
+        (
+            b'{"users": [], "assets": [1,]}',
+            "not valid JSON at line 1 column 28: Expecting value",
+        ),
     ],
 )
 def test_encodings_and_nesting_are_refused_with_a_clear_message(data: bytes, message: str) -> None:
@@ -642,3 +645,188 @@ def test_overnight_load_good_file_exit_0(tmp_path: Path, loaded_pg: str) -> None
     assert {k: v for k, v in after.items() if k != "users"} == {
         k: v for k, v in before.items() if k != "users"
     }  # loading again only touches users.updated_at
+
+
+# -- files that say two things, or hide characters (issue 21 items 5 and 6) --------------------
+
+
+def _text() -> str:
+    """The sample file as JSON text, one key per line, to edit as text."""
+    return json.dumps(sample(), indent=1)
+
+
+def _edit(text: str, old: str, new: str) -> str:
+    assert text.count(old) == 1, old
+    return text.replace(old, new)
+
+
+def _errors(data: str | bytes) -> list[str]:
+    """Every error `decode_load_file` then `parse_load_file` report, as printed."""
+    with pytest.raises(LoadFileError) as info:
+        parse_load_file(
+            decode_load_file(data.encode() if isinstance(data, str) else data), markets=MARKETS
+        )
+    return [str(e) for e in info.value.errors]
+
+
+def _refused(data: str | bytes, tmp_path: Path, url: str) -> str:
+    """`overnight load` on `data`: exit 2 with no traceback and the database unchanged."""
+    path = tmp_path / "bad.json"
+    path.write_bytes(data.encode() if isinstance(data, str) else data)
+    before = dump(url)
+    done = _overnight("load", str(path), env={"DATABASE_URL": url})
+    assert done.returncode == 2, (done.returncode, done.stdout, done.stderr)
+    assert "nothing was written" in done.stderr and "Traceback" not in done.stderr
+    assert dump(url) == before
+    return done.stderr
+
+
+_QUANTITY_TWICE = ('"quantity": "10"', '"quantity": "10", "quantity": "99999"')
+_ACTIVE_TWICE = ('"active": true', '"active": true, "active": false')
+
+
+@pytest.mark.parametrize(
+    ("edits", "expected"),
+    [
+        (
+            [_QUANTITY_TWICE],
+            [
+                "$.users[0].holdings[0].quantity: given 2 times in the same object"
+                " ('10', then '99999'); a key may appear once"
+            ],
+        ),
+        (
+            [_ACTIVE_TWICE],
+            ["$.users[0].active: given 2 times in the same object (True, then False)"],
+        ),
+        (
+            [('"name": "Coca-Cola"', '"name": "Coca-Cola", "name": "Pepsi", "name": "Coca-Cola"')],
+            [
+                "$.assets[0].name: given 3 times in the same object"
+                " ('Coca-Cola', then 'Pepsi', then 'Coca-Cola')"
+            ],
+        ),
+        # The document's own keys: the last "users" would silently load nobody.
+        ([("\n}", ', "users": []}')], ["$.users: given 2 times in the same object ([{"]),
+        # A repeated key inside the first of two values of a repeated key is found too.
+        (
+            [_QUANTITY_TWICE, ("\n}", ', "users": []}')],
+            [
+                "$.users: given 2 times",
+                "$.users[0].holdings[0].quantity: given 2 times",
+            ],
+        ),
+    ],
+)
+def test_a_key_given_twice_is_refused_by_path(
+    edits: list[tuple[str, str]], expected: list[str]
+) -> None:
+    text = _text()
+    for old, new in edits:
+        text = _edit(text, old, new)
+    errors = _errors(text)
+    assert len(errors) == len(expected), errors
+    for error, start in zip(errors, expected, strict=True):
+        assert error.startswith(start), (error, start)
+
+
+def test_overnight_load_refuses_repeated_keys_listing_each_database_unchanged(
+    tmp_path: Path, loaded_pg: str
+) -> None:
+    """Before: the file loaded with the last value of each key (quantity 99999, inactive)."""
+    text = _edit(_edit(_text(), *_QUANTITY_TWICE), *_ACTIVE_TWICE)
+    text = _edit(text, '"currency": "BRL"', '"currency": "BRL", "currency": "USD"')
+    err = _refused(text, tmp_path, loaded_pg)
+    assert "3 error(s); nothing was written" in err
+    for line in (
+        "  $.assets[1].currency: given 2 times in the same object ('BRL', then 'USD')",
+        "  $.users[0].active: given 2 times in the same object (True, then False)",
+        "  $.users[0].holdings[0].quantity: given 2 times in the same object ('10', then '99999')",
+    ):
+        assert line in err, err
+
+
+# JSON the standard parser reads but a load file cannot hold (issue 21 §6).
+_LONG = "1" + "0" * 5000
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        (
+            '"quantity": "10"',
+            '"quantity": 1e400',
+            "$.users[0].holdings[0].quantity: the number 1e400 is out of range (it reads as"
+            " infinity)",
+        ),
+        (
+            '"quantity": "10"',
+            '"quantity": -1E+999',
+            "$.users[0].holdings[0].quantity: the number -1E+999 is out of range",
+        ),
+        (
+            '"maxAssets": 5',
+            '"maxAssets": NaN',
+            "$.users[0].assetClasses[0].maxAssets: NaN is not a JSON value",
+        ),
+        (
+            '"defaultContribution": "1000.00"',
+            '"defaultContribution": -Infinity',
+            "$.users[0].defaultContribution: -Infinity is not a JSON value",
+        ),
+        (
+            '"points": 10',
+            f'"points": {_LONG}',
+            f"$.users[0].criteria[0].points: the number {_LONG[:30]}… (5,001 characters) is out"
+            " of range",
+        ),
+        (
+            '"name": "Coca-Cola"',
+            '"name": "Coca\\ud800Cola"',
+            "$.assets[0].name: contains \\ud800 at position 4, half of a UTF-16 surrogate pair"
+            " without its other half",
+        ),
+        (
+            '"name": "Coca-Cola"',
+            '"name": "Coca\\udfffCola\\ud83d"',
+            "$.assets[0].name: contains \\udfff at position 4",
+        ),
+        (
+            '"name": "Coca-Cola"',
+            '"Coca\\udc00": "Cola"',
+            "$.assets[0]['Coca\\udc00']: the key contains \\udc00 at position 4",
+        ),
+    ],
+)
+def test_json_the_parser_refuses_is_reported_by_path(old: str, new: str, expected: str) -> None:
+    (error,) = _errors(_edit(_text(), old, new))
+    assert error.startswith(expected), (error, expected)
+
+
+def test_overnight_load_names_the_path_of_unreadable_json_values_database_unchanged(
+    tmp_path: Path, loaded_pg: str
+) -> None:
+    """Before: one line, `$: not valid JSON at line L column C: number is infinity ...`."""
+    text = _edit(_text(), '"quantity": "10"', '"quantity": 1e400')
+    text = _edit(text, '"maxAssets": 5', '"maxAssets": NaN')
+    text = _edit(text, '"defaultContribution": "1000.00"', '"defaultContribution": Infinity')
+    text = _edit(text, '"name": "Coca-Cola"', '"name": "\\ud800"')
+    text = _edit(text, '"points": 10', f'"points": {_LONG}')
+    err = _refused(text, tmp_path, loaded_pg)
+    assert "5 error(s); nothing was written" in err and len(err) < 2000
+    for line in (
+        "$.assets[0].name: contains \\ud800 at position 0",
+        "$.users[0].defaultContribution: Infinity is not a JSON value",
+        "$.users[0].assetClasses[0].maxAssets: NaN is not a JSON value",
+        "$.users[0].holdings[0].quantity: the number 1e400 is out of range",
+        f"$.users[0].criteria[0].points: the number {_LONG[:30]}… (5,001 characters)",
+    ):
+        assert f"\n  {line}" in err, (line, err)
+
+
+def test_a_document_nested_past_the_standard_parser_is_refused_by_the_schema() -> None:
+    """Between the standard parser's depth (about 1,000, less the stack in use) and orjson's
+    1024: read by orjson, refused by path like any other misplaced value."""
+    data = b'{"assets": ' + b"[" * 1000 + b"]" * 1000 + b', "users": []}'
+    (error,) = _errors(data)
+    assert error.startswith("$.assets[0]: Input should be a valid dictionary")
