@@ -3,7 +3,9 @@
 Every value is checked against what its column holds (length, digits before and after the
 point, integer range) before anything is written, so a file the validator accepts never
 fails in the database. A file that says two things (a key twice in one object) or holds what
-no field can (NaN, an infinite number, half a surrogate pair) is refused by JSON path too.
+no field can (NaN, an infinite number, half a surrogate pair) is refused by JSON path too,
+and so are identifiers that would display like a different one (invisible, direction-changing
+or line-breaking characters, blank or padded values).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import unicodedata
 import uuid
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
@@ -58,6 +61,9 @@ _NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
 # PostgreSQL text cannot hold NUL; the other control characters (tab, newline and carriage
 # return aside, which COPY escapes) are never meant in a name and garble logs and terminals.
 _UNPRINTABLE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+# Unicode's bidirectional controls (embeddings, overrides, isolates, marks): in a name they
+# reorder the text around it on the page.
+_BIDI_CONTROLS = re.compile("[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
 def check_numeric(value: Decimal, column: Numeric) -> Decimal:
@@ -108,6 +114,56 @@ def _printable(value: str) -> str:
     return value
 
 
+def _character(char: str) -> str:
+    """`U+202E RIGHT-TO-LEFT OVERRIDE`: a character named so that the message shows it."""
+    return f"U+{ord(char):04X} {unicodedata.name(char, '')}".rstrip()
+
+
+def _identifier(value: str) -> str:
+    """`value` if it reads as it displays: no format character (invisible or direction-
+    changing), no line or paragraph separator, no control character but tab, newline and
+    carriage return; not blank, not starting or ending with whitespace."""
+    # isprintable() is False for every character refused here (and for tabs, or spaces other
+    # than U+0020, which are allowed inside): the character loop only runs for those.
+    if not value.isprintable():
+        _printable(value)
+        for position, char in enumerate(value):
+            category = unicodedata.category(char)
+            if category == "Cf":
+                raise ValueError(
+                    f"contains {_character(char)} at position {position}: an identifier cannot"
+                    " hold invisible or direction-changing characters"
+                )
+            if category in ("Zl", "Zp"):
+                raise ValueError(
+                    f"contains {_character(char)} at position {position}: an identifier cannot"
+                    " hold line or paragraph separators"
+                )
+    if value.isspace():
+        raise ValueError("is blank: an identifier needs a visible character")
+    for end, char in (("starts", value[:1]), ("ends", value[-1:])):
+        if char.isspace():
+            raise ValueError(
+                f"{end} with {_character(char)}: an identifier cannot start or end with whitespace"
+            )
+    return value
+
+
+def _identifier_text(value: Any) -> Any:
+    """`_identifier` on a string, before it is parsed into something else (a UUID)."""
+    return _identifier(value) if isinstance(value, str) else value
+
+
+def _display_name(value: str) -> str:
+    found = _BIDI_CONTROLS.search(value)
+    if found:
+        raise ValueError(
+            f"contains {_character(found.group())} at position {found.start()}: a name cannot"
+            " hold bidirectional controls, which reorder the text around it"
+        )
+    return value
+
+
 def _currency(value: str) -> str:
     if not is_currency(value):
         raise ValueError("is not an ISO 4217 currency code (three capital letters, e.g. USD)")
@@ -118,13 +174,18 @@ Amount = Annotated[Decimal, BeforeValidator(_decimal(AMOUNT))]
 Percent = Annotated[Decimal, BeforeValidator(_decimal(PERCENT))]
 Quantity = Annotated[Decimal, BeforeValidator(_decimal(QUANTITY))]
 RuleValue = Annotated[Decimal, BeforeValidator(_decimal(RULE_VALUE))]
-CurrencyCode = Annotated[str, AfterValidator(_currency)]
-_Printable = AfterValidator(_printable)
-MarketCode = Annotated[str, Field(min_length=1, max_length=TEXT_LENGTHS["market"]), _Printable]
-Symbol = Annotated[str, Field(min_length=1, max_length=TEXT_LENGTHS["symbol"]), _Printable]
-AssetName = Annotated[str, Field(max_length=TEXT_LENGTHS["asset_name"]), _Printable]
-ClassName = Annotated[str, Field(min_length=1, max_length=TEXT_LENGTHS["class_name"]), _Printable]
-RuleId = Annotated[str, Field(min_length=1, max_length=TEXT_LENGTHS["rule_id"]), _Printable]
+_Identifier = AfterValidator(_identifier)
+CurrencyCode = Annotated[str, _Identifier, AfterValidator(_currency)]
+MarketCode = Annotated[str, Field(min_length=1, max_length=TEXT_LENGTHS["market"]), _Identifier]
+Symbol = Annotated[str, Field(min_length=1, max_length=TEXT_LENGTHS["symbol"]), _Identifier]
+AssetName = Annotated[
+    str,
+    Field(max_length=TEXT_LENGTHS["asset_name"]),
+    AfterValidator(_printable),
+    AfterValidator(_display_name),
+]
+ClassName = Annotated[str, Field(min_length=1, max_length=TEXT_LENGTHS["class_name"]), _Identifier]
+RuleId = Annotated[str, Field(min_length=1, max_length=TEXT_LENGTHS["rule_id"]), _Identifier]
 
 
 class _Model(BaseModel):
@@ -177,7 +238,7 @@ class RuleIn(Rule):
 
 
 class UserIn(_Model):
-    id: uuid.UUID = Field(strict=False)  # a JSON string
+    id: Annotated[uuid.UUID, BeforeValidator(_identifier_text)] = Field(strict=False)  # a string
     base_currency: CurrencyCode
     default_contribution: Amount | None = Field(default=None, ge=0)
     active: bool = True

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import unicodedata
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal
@@ -744,6 +745,141 @@ def test_overnight_load_refuses_repeated_keys_listing_each_database_unchanged(
         "  $.users[0].holdings[0].quantity: given 2 times in the same object ('10', then '99999')",
     ):
         assert line in err, err
+
+
+# Invisible or direction-changing characters, and line/paragraph separators (issue 21 §5).
+_HIDDEN = ["\u202e", "\u2067", "\u200b", "\u200d", "\ufeff", "\u2028", "\u2029", "\u00ad"]
+_IDENTIFIERS = [
+    ("assets", 0, "market"),
+    ("assets", 0, "symbol"),
+    ("assets", 0, "currency"),
+    ("users", 0, "id"),
+    ("users", 0, "baseCurrency"),
+    ("users", 0, "assetClasses", 0, "name"),
+    ("users", 0, "holdings", 0, "market"),
+    ("users", 0, "holdings", 0, "symbol"),
+    ("users", 0, "holdings", 0, "assetClass"),
+    ("users", 0, "criteria", 0, "id"),
+    ("users", 0, "criteria", 0, "assetClass"),
+]
+
+
+def _path(where: tuple[Any, ...]) -> str:
+    return "$" + "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in where)
+
+
+def _set(doc: Any, where: tuple[Any, ...], edit: Any) -> Any:
+    """Replace the value at `where` by `edit(old value)`; the new value."""
+    for key in where[:-1]:
+        doc = doc[key]
+    doc[where[-1]] = edit(doc[where[-1]])
+    return doc[where[-1]]
+
+
+@pytest.mark.parametrize("char", _HIDDEN, ids=lambda c: f"U+{ord(c):04X}")
+@pytest.mark.parametrize("where", _IDENTIFIERS, ids=_path)
+def test_identifiers_holding_invisible_characters_are_refused_naming_the_code_point(
+    where: tuple[Any, ...], char: str
+) -> None:
+    doc = sample()
+    value = _set(doc, where, lambda old: old[:1] + char + old[1:])
+    with pytest.raises(LoadFileError) as info:
+        parse_load_file(doc, markets=MARKETS)
+    (error,) = info.value.errors
+    assert error.path == _path(where) and error.value == value
+    assert f"contains U+{ord(char):04X} {unicodedata.name(char)} at position 1" in error.message
+    assert repr(value) in str(error)  # shown escaped: the message itself reads as it is
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (" ", "is blank"),
+        ("\u3000\u00a0", "is blank"),
+        (" KO", "starts with U+0020 SPACE"),
+        ("KO\u00a0", "ends with U+00A0 NO-BREAK SPACE"),
+        ("K\x01O", "contains the control character U+0001 at position 1"),
+        ("KO\n", "ends with U+000A: an identifier cannot start or end with whitespace"),
+        ("\u2003KO", "starts with U+2003 EM SPACE"),
+    ],
+)
+@pytest.mark.parametrize(
+    "where",
+    [("assets", 0, "symbol"), ("users", 0, "assetClasses", 0, "name"), ("users", 0, "id")],
+    ids=_path,
+)
+def test_identifiers_that_are_blank_or_padded_are_refused(
+    where: tuple[Any, ...], value: str, message: str
+) -> None:
+    doc = sample()
+    _set(doc, where, lambda _: value)
+    with pytest.raises(LoadFileError) as info:
+        parse_load_file(doc, markets=MARKETS)
+    (error,) = info.value.errors
+    assert error.path == _path(where) and message in error.message
+
+
+_BIDI = "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+
+
+@pytest.mark.parametrize("char", _BIDI, ids=lambda c: f"U+{ord(c):04X}")
+def test_names_holding_bidi_controls_are_refused(char: str) -> None:
+    doc = sample()
+    doc["assets"][0]["name"] = f"Coca{char}Cola"
+    with pytest.raises(LoadFileError) as info:
+        parse_load_file(doc, markets=MARKETS)
+    (error,) = info.value.errors
+    assert error.path == "$.assets[0].name"
+    assert f"contains U+{ord(char):04X} {unicodedata.name(char)} at position 4" in error.message
+
+
+def test_what_identifiers_and_names_may_hold() -> None:
+    """Not over-refused: spaces inside, any script, and in names the joiners emoji and some
+    scripts need (as characters or as escaped surrogate pairs)."""
+    doc = sample()
+    doc["assets"][0]["name"] = "Coca-Cola \U0001f469\u200d\U0001f4bb \u0645\u06cc\u200c\u062e\u0648"
+    doc["assets"][1]["symbol"] = "ITSA4"
+    doc["users"][0]["assetClasses"][1]["name"] = "日本\u3000株"
+    doc["users"][0]["holdings"][1]["assetClass"] = "日本\u3000株"
+    doc["users"][0]["criteria"][1]["assetClass"] = "日本\u3000株"
+    for data in (json.dumps(doc), json.dumps(doc, ensure_ascii=False)):
+        parsed = parse_load_file(decode_load_file(data.encode()), markets=MARKETS)
+        assert parsed.assets[0].name == doc["assets"][0]["name"]
+        assert parsed.users[0].asset_classes[1].name == "日本\u3000株"
+
+
+def test_overnight_load_refuses_hidden_characters_listing_each_database_unchanged(
+    tmp_path: Path, loaded_pg: str
+) -> None:
+    """`KO` is in the database: `KO\\u200b` would have been a second asset that displays
+    the same; every field's problem is listed at once."""
+    doc = sample()
+    doc["assets"][0]["symbol"] = "KO\u200b"
+    doc["assets"][0]["name"] = "Coca\u202eCola"
+    doc["assets"][1]["market"] = "B3\ufeff"
+    doc["users"][0]["baseCurrency"] = "\u2067USD"
+    doc["users"][0]["assetClasses"][0]["name"] = "US\u200dStocks"
+    doc["users"][0]["assetClasses"][1]["name"] = "   "
+    doc["users"][0]["holdings"][0]["assetClass"] = "US Stocks\u2028"
+    doc["users"][0]["holdings"][1]["symbol"] = "ITSA4\u2029"
+    doc["users"][0]["criteria"][0]["id"] = "dy "
+    err = _refused(json.dumps(doc, ensure_ascii=False), tmp_path, loaded_pg)
+    assert "9 error(s); nothing was written" in err
+    for line in (
+        "$.assets[0].symbol: contains U+200B ZERO WIDTH SPACE at position 2",
+        "$.assets[0].name: contains U+202E RIGHT-TO-LEFT OVERRIDE at position 4",
+        "$.assets[1].market: contains U+FEFF ZERO WIDTH NO-BREAK SPACE at position 2",
+        "$.users[0].baseCurrency: contains U+2067 RIGHT-TO-LEFT ISOLATE at position 0",
+        "$.users[0].assetClasses[0].name: contains U+200D ZERO WIDTH JOINER at position 2",
+        "$.users[0].assetClasses[1].name: is blank",
+        "$.users[0].holdings[0].assetClass: contains U+2028 LINE SEPARATOR at position 9",
+        "$.users[0].holdings[1].symbol: contains U+2029 PARAGRAPH SEPARATOR at position 5",
+        "$.users[0].criteria[0].id: ends with U+0020 SPACE",
+    ):
+        assert f"\n  {line}" in err, (line, err)
+    assert "(got 'KO\\u200b')" in err and "(got 'Coca\\u202eCola')" in err
+    # Nothing in the message changes the direction of the terminal's text.
+    assert not set(err) & set(_BIDI + "\u200b\u200d\ufeff\u2028\u2029")
 
 
 # JSON the standard parser reads but a load file cannot hold (issue 21 §6).
