@@ -47,7 +47,7 @@ check: install ## Lint, format check, types, import contracts
 
 bench: install services ## Run the benchmarks (results go in docs/PERFORMANCE.md)
 	$(BIN)/python bench/seed_bench.py
-	$(BIN)/python bench/core_bench.py --floor
+	$(BIN)/python bench/core_bench.py
 	$(BIN)/python bench/providers_bench.py
 	$(BIN)/python bench/pipeline_bench.py --users 1000 10000 --with-100k --shards 1 2
 	$(BIN)/python bench/storage_bench.py

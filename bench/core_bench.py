@@ -1,15 +1,11 @@
 """Benchmark: scoring + recommendations, batch path vs looping the one-user path (issue 3).
 
     .venv/bin/python bench/core_bench.py [--users 100000] [--batch 1000] [--loop-users 10000]
-                                         [--floor]
 
 Synthetic users like `overnight seed` makes (30 holdings, 3-6 classes, 5-15 rules each) are
 generated in memory batch by batch (generation is not timed), then scored and recommended
 on one core. The one-user path runs over the first `--loop-users` users and is compared per
 user. The result is recorded in docs/PERFORMANCE.md.
-
-`--floor` also times, alone, the part of the work that any implementation giving the one-user
-path's exact Decimal results must do (see `floor_pass`): a lower bound for the batch path.
 """
 
 from __future__ import annotations
@@ -25,16 +21,9 @@ from decimal import Decimal
 import numpy as np
 import pandas as pd
 
-from overnight_pipeline.core.batch import Batch, FundamentalsTable, _user_recommendations, run_batch
+from overnight_pipeline.core.batch import Batch, FundamentalsTable, run_batch
 from overnight_pipeline.core.money import FxRates
-from overnight_pipeline.core.recommendations import (
-    HUNDRED,
-    ClassResult,
-    ClassSpec,
-    HoldingInput,
-    RecommendedAsset,
-    recommend,
-)
+from overnight_pipeline.core.recommendations import ClassSpec, HoldingInput, recommend
 from overnight_pipeline.core.scoring import Rule, score_holdings
 from overnight_pipeline.core.vocabulary import METRICS
 from overnight_pipeline.providers.synthetic import USD_RATES, fundamentals_frame, prices_frame
@@ -215,93 +204,12 @@ def loop_one_user(objects, fundamentals: dict, fx: FxRates) -> int:
     return done
 
 
-def floor_pass(batch: Batch, results: dict, fx: FxRates) -> np.ndarray:
-    """Seconds (values and sums, class arithmetic, output objects) for the work any exact implementation must do for this batch, and nothing else.
-
-    The results must equal the one-user path's Decimals, exponents included, so these are
-    Decimal operations whatever drives them (here numpy over object arrays, the cheapest way
-    measured): step 1's `quantity × price × rate` per priced holding (× 1 skipped) and the sums
-    per class and per user; step 2's `mid`, `hi`, current percent and gap per class; and
-    building the output objects (one tuple per class and per recommendation, one
-    `UserRecommendations` per user, the batch path's cheapest way). Left out, so that this is a
-    lower bound: scoring, the eligible-asset ordering, water-filling, the split, rounding, the
-    sum's ZERO start, and everything that maps rows to users (set up outside the clock).
-    """
-    h = batch.holdings
-    users = batch.users
-    base = dict(zip(users["user_id"], users["base_currency"], strict=True))
-    after_c = dict(zip(users["user_id"], users["contribution"].fillna(Decimal(0)), strict=True))
-    price = h["price"].to_numpy(dtype=object)
-    rows = np.flatnonzero(np.array([p is not None for p in price]))
-    uid = h["user_id"].to_numpy(dtype=object)[rows]
-    cls = h["asset_class"].to_numpy(dtype=object)[rows]
-    rate = np.array(
-        [
-            fx.rate(c, base[u])
-            for c, u in zip(h["currency"].to_numpy(dtype=object)[rows], uid, strict=True)
-        ],
-        dtype=object,
-    )
-    times = np.flatnonzero([r != 1 for r in rate])
-    group, keys = pd.factorize(pd.Series([f"{u}\x1f{c}" for u, c in zip(uid, cls, strict=True)]))
-    order = np.argsort(group, kind="stable")
-    heads = np.flatnonzero(np.r_[True, group[order][1:] != group[order][:-1]])
-    g_user = [k.split("\x1f")[0] for k in keys]
-    u_codes, u_keys = pd.factorize(pd.Series(g_user))
-    u_heads = np.flatnonzero(np.r_[True, u_codes[1:] != u_codes[:-1]])
-    spec = {
-        (u, n): (lo, hi)
-        for u, n, lo, hi in zip(
-            *(batch.classes[c] for c in ("user_id", "name", "target_min", "target_max")),
-            strict=True,
-        )
-    }
-    lo_hi = [spec.get(tuple(k.split("\x1f")), (Decimal(0), Decimal(100))) for k in keys]
-    t_mid = np.array([(lo + hi) / 2 for lo, hi in lo_hi], dtype=object)
-    t_max = np.array([hi for _, hi in lo_hi], dtype=object)
-    contribution = np.array([after_c[u] for u in u_keys], dtype=object)
-    quantity = h["quantity"].to_numpy(dtype=object)[rows]
-    price = price[rows]
-    outputs = list(results.values())
-
-    started = time.perf_counter()
-    value = quantity * price
-    value[times] = value[times] * rate[times]
-    class_value = np.add.reduceat(value[order], heads)
-    total = np.add.reduceat(class_value, u_heads)
-    valued = time.perf_counter()
-    after = (total + contribution)[u_codes]
-    mid = t_mid / HUNDRED * after
-    hi = t_max / HUNDRED * after
-    safe = np.where(total == 0, Decimal(1), total)[u_codes]
-    percent = HUNDRED * class_value / safe
-    gap = t_mid - percent
-    classed = time.perf_counter()
-    for out in outputs:
-        _user_recommendations(
-            out.base_currency,
-            out.contribution,
-            out.total_value,
-            tuple([tuple.__new__(RecommendedAsset, r) for r in out.recommendations]),
-            out.unallocated,
-            tuple([tuple.__new__(ClassResult, c) for c in out.classes]),
-            out.prices_as_of,
-            out.rates_as_of,
-            out.criteria_version,
-            out.missing_prices,
-        )
-    ended = time.perf_counter()
-    assert len(mid) == len(hi) == len(gap) == len(keys)
-    return np.array([valued - started, classed - valued, ended - classed])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--users", type=int, default=100_000)
     parser.add_argument("--batch", type=int, default=1_000)
     parser.add_argument("--holdings", type=int, default=30)
     parser.add_argument("--loop-users", type=int, default=10_000)
-    parser.add_argument("--floor", action="store_true", help="also time the exact-work floor")
     args = parser.parse_args()
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # one core
 
@@ -312,19 +220,15 @@ def main() -> None:
         for a, row in zip(fundamentals.index, fundamentals.exact, strict=False)
     }
     batch_s = loop_s = 0.0
-    floor_s = np.zeros(3)
     looped = users = holdings = recs = failed = 0
-    one_by_one: set = set()  # users the batch path sent through `allocate` itself
     for batch, objects in batches(args.users, args.batch, args.holdings, data):
         started = time.perf_counter()
-        result = run_batch(batch, fx, one_by_one=one_by_one)
+        result = run_batch(batch, fx)
         batch_s += time.perf_counter() - started
         users += len(batch.users)
         holdings += len(batch.holdings)
         recs += sum(len(r.recommendations) for r in result.recommendations.values())
         failed += len(result.failures)
-        if args.floor:
-            floor_s += floor_pass(batch, result.recommendations, fx)
         if looped < args.loop_users:
             started = time.perf_counter()
             looped += loop_one_user(objects, fund_dicts, fx)
@@ -335,24 +239,13 @@ def main() -> None:
     print(
         f"batch path: {users:,} users, {holdings:,} holdings in batches of {args.batch:,}:"
         f" {batch_s:.1f} s ({users / batch_s:,.0f} users/s, {per_batch:.0f} us/user),"
-        f" {recs:,} recommendations, {failed} failed users; {len(one_by_one):,} users"
-        f" ({len(one_by_one) / max(users, 1):.2%}) through allocate() one by one"
+        f" {recs:,} recommendations, {failed} failed users"
     )
     print(
         f"one-user loop: {looped:,} users: {loop_s:.1f} s ({per_loop:.0f} us/user;"
         f" {per_loop * users / 1e6:.0f} s extrapolated to {users:,})"
     )
     print(f"speed-up: {per_loop / per_batch:.1f}x; peak RSS {peak_mb:,.0f} MB (one core)")
-    if args.floor:
-        parts = floor_s / users * 1e6
-        per_floor = parts.sum()
-        print(
-            f"exact-work floor: {per_floor:.1f} us/user = values and sums {parts[0]:.1f}"
-            f" + class arithmetic {parts[1]:.1f} + output objects {parts[2]:.1f}"
-            f" ({per_floor / per_batch:.0%} of the"
-            f" batch path); no exact batch path can beat {per_loop / per_floor:.1f}x the"
-            f" one-user loop here (20x needs {per_loop / 20:.1f} us/user)"
-        )
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
+from math import gcd
 from typing import Annotated, Any
 
 from iso4217 import Currency
@@ -85,6 +86,7 @@ class FxRates:
     as_of: datetime | None = None
     stale: bool = False
     _cache: dict[tuple[str, str], Decimal] = field(default_factory=dict, compare=False)
+    _ratios: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict, compare=False)
 
     def rate(self, source: str, target: str) -> Decimal:
         """Units of `target` for one `source`: (USD→target)/(USD→source), in Decimal."""
@@ -100,6 +102,27 @@ class FxRates:
             raise MissingRateError(source, target)
         result = to_target / to_source
         self._cache[key] = result
+        return result
+
+    def ratio(self, source: str, target: str) -> tuple[int, int]:
+        """The exact rate (USD→target)/(USD→source) as (numerator, denominator), in lowest
+        terms; what the allocation computes with (SPEC §3.6)."""
+        if source == target:
+            return 1, 1
+        key = (source, target)
+        cached = self._ratios.get(key)
+        if cached is not None:
+            return cached
+        to_source = Decimal(1) if source == QUOTE_BASE else self.usd_to.get(source)
+        to_target = Decimal(1) if target == QUOTE_BASE else self.usd_to.get(target)
+        if to_source is None or to_target is None or to_source <= 0 or to_target <= 0:
+            raise MissingRateError(source, target)
+        t_num, t_den = to_target.as_integer_ratio()
+        s_num, s_den = to_source.as_integer_ratio()
+        num, den = t_num * s_den, t_den * s_num
+        common = gcd(num, den)
+        result = (num // common, den // common)
+        self._ratios[key] = result
         return result
 
     def convert(self, amount: Decimal, source: str, target: str) -> Decimal:
