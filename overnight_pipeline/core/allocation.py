@@ -19,10 +19,11 @@ takes a few hundred of them (`bench/core_bench.py`, docs/PERFORMANCE.md).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal, Inexact, InvalidOperation
 from fractions import Fraction
 from math import lcm
-from typing import NamedTuple, Protocol
+from typing import NamedTuple
 
 NO_ELIGIBLE_ASSET = "no_eligible_asset"
 BELOW_MINIMUM = "below_minimum"
@@ -32,41 +33,56 @@ BELOW_MINIMUM = "below_minimum"
 EXACT = Context(prec=MAX_PREC, Emax=MAX_EMAX, Emin=MIN_EMIN, traps=[InvalidOperation, Inexact])
 
 
-class ValuePart(NamedTuple):
-    """`amount` of one currency, worth amount × num / den in the base currency."""
+@dataclass(slots=True)
+class ClassTable:
+    """Class rows, as the allocation reads them: exact integer ratios, one list entry per
+    row (a user's rows contiguous, in the user's class order). A row's value is the exact
+    base-currency value of its priced holdings (`value_num / value_den`); a minimum of 0
+    is no minimum; its eligible assets are picks `pick_start` to `pick_end` (ordered by
+    score desc then symbol, already cut to `max_assets`)."""
 
-    amount: Decimal
-    num: int
-    den: int
+    lo_num: list[int] = field(default_factory=list)
+    lo_den: list[int] = field(default_factory=list)
+    hi_num: list[int] = field(default_factory=list)
+    hi_den: list[int] = field(default_factory=list)
+    min_num: list[int] = field(default_factory=list)
+    min_den: list[int] = field(default_factory=list)
+    value_num: list[int] = field(default_factory=list)
+    value_den: list[int] = field(default_factory=list)
+    pick_start: list[int] = field(default_factory=list)
+    pick_end: list[int] = field(default_factory=list)
 
-
-class Symbol(Protocol):
-    @property
-    def symbol(self) -> str: ...
-
-
-class ClassInput(NamedTuple):
-    """One class of the user as the allocation reads it.
-
-    `parts`: the class's priced holdings summed per currency (their value is exact);
-    `picks`: its eligible assets (ordered by score desc then symbol, already cut to
-    `max_assets`); `weights`: their scores as integers in one scale shared by all classes."""
-
-    target_min: Decimal
-    target_max: Decimal
-    minimum: Decimal | None
-    parts: Sequence[ValuePart]
-    weights: Sequence[int]
-    picks: Sequence[Symbol]
+    def add(
+        self,
+        target_min: Decimal,
+        target_max: Decimal,
+        minimum: Decimal | None,
+        value: tuple[int, int],
+        picks: tuple[int, int],
+    ) -> None:
+        """Append one row (the one-user path; the batch fills the lists itself)."""
+        for num_list, den_list, d in (
+            (self.lo_num, self.lo_den, target_min),
+            (self.hi_num, self.hi_den, target_max),
+            (self.min_num, self.min_den, minimum or _ZERO),
+        ):
+            n, q = d.as_integer_ratio()
+            num_list.append(n)
+            den_list.append(q)
+        self.value_num.append(value[0])
+        self.value_den.append(value[1])
+        self.pick_start.append(picks[0])
+        self.pick_end.append(picks[1])
 
 
 class Allocation(NamedTuple):
-    """Per class: the minor units of each eligible asset (0 where it gets nothing), its
-    status, its value (rounded to the minor unit), current percent and gap (2 dp); and the
+    """One user's allocation. `units`: (class row, pick, minor units) for each pick that
+    receives money, in class then pick order; per class of the user (in order): its
+    status, value (rounded to the minor unit), current percent and gap (2 dp); the
     portfolio total (minor unit) and the units handed out. Roundings are half-even from
-    the exact value."""
+    the exact values."""
 
-    units: list[list[int]]
+    units: list[tuple[int, int, int]]
     status: list[str | None]
     values: list[Decimal]
     percents: list[Decimal]
@@ -75,127 +91,117 @@ class Allocation(NamedTuple):
     allocated_units: int
 
 
+def add_ratio(acc: tuple[int, int], amount: Decimal, num: int, den: int) -> tuple[int, int]:
+    """acc + amount × num / den, as a (numerator, denominator) pair (not reduced)."""
+    a_num, a_den = amount.as_integer_ratio()
+    a_num, a_den = a_num * num, a_den * den
+    if acc[0] == 0:
+        return a_num, a_den
+    if acc[1] == a_den:
+        return acc[0] + a_num, a_den
+    return acc[0] * a_den + a_num * acc[1], acc[1] * a_den
+
+
 def allocate_exact(
     contribution: Decimal,
     digits: int,
-    classes: Sequence[ClassInput],
-    extra: Sequence[ValuePart] = (),
+    extra: tuple[int, int],
+    cl: ClassTable,
+    first: int,
+    last: int,
+    weight: Sequence[int],
+    symbol: Sequence[str],
 ) -> Allocation:
-    """Steps 2 and 4-6 for one user (`digits`: the base currency's minor unit; `extra`:
-    priced holdings of classes the user does not have, counted in the total only)."""
-    n = len(classes)
+    """Steps 2 and 4-6 for the user whose class rows are `first` to `last` of `cl`
+    (`digits`: the base currency's minor unit; `extra`: the value of priced holdings in
+    classes the user does not have, counted in the total only; `weight`, `symbol`: the
+    picks' scores as integers in one scale, and symbols)."""
+    ks = range(first, last)
+    n = last - first
     # Common denominators: L for money (values, C, minimums, the minor unit), P for percents.
     unit = 10**digits
     c_num, c_den = contribution.as_integer_ratio()
-    money_den = lcm(unit, c_den)
-    pct_den = 1
-    parts: list[list[tuple[int, int]]] = []  # per class: value = Σ numerator / den
-    bands: list[tuple[int, int, int, int]] = []
-    minimums: list[tuple[int, int] | None] = []
-    for c in classes:
-        row = []
-        for amount, r_num, r_den in c.parts:
-            a_num, a_den = amount.as_integer_ratio()
-            den = a_den * r_den
-            row.append((a_num * r_num, den))
-            money_den = lcm(money_den, den)
-        parts.append(row)
-        m = c.minimum
-        if m:
-            ratio = m.as_integer_ratio()
-            money_den = lcm(money_den, ratio[1])
-            minimums.append(ratio)
-        else:
-            minimums.append(None)
-        lo_n, lo_d = c.target_min.as_integer_ratio()
-        hi_n, hi_d = c.target_max.as_integer_ratio()
-        bands.append((lo_n, lo_d, hi_n, hi_d))
-        pct_den = lcm(pct_den, lo_d, hi_d)
-    extra_parts = []
-    for amount, r_num, r_den in extra:
-        a_num, a_den = amount.as_integer_ratio()
-        extra_parts.append((a_num * r_num, a_den * r_den))
-        money_den = lcm(money_den, a_den * r_den)
-    big_l = money_den
-    value_l = [sum(num * (big_l // den) for num, den in row) for row in parts]
-    total_l = sum(value_l) + sum(num * (big_l // den) for num, den in extra_parts)
+    big_l = lcm(unit, c_den, extra[1], *cl.value_den[first:last], *cl.min_den[first:last])
+    pct_den = lcm(*cl.lo_den[first:last], *cl.hi_den[first:last])
+    value_l = [cl.value_num[k] * (big_l // cl.value_den[k]) for k in ks]
+    total_l = sum(value_l) + extra[0] * (big_l // extra[1])
     c_l = c_num * (big_l // c_den)
 
     # U = L × 200P: mid = (min + max) / 200 × T' and hi = max / 100 × T' are integers.
     scale = 200 * pct_den
     after = total_l + c_l
     mid_p = [
-        lo_n * (pct_den // lo_d) + hi_n * (pct_den // hi_d) for lo_n, lo_d, hi_n, hi_d in bands
+        cl.lo_num[k] * (pct_den // cl.lo_den[k]) + cl.hi_num[k] * (pct_den // cl.hi_den[k])
+        for k in ks
     ]
-    hi_u = [2 * hi_n * (pct_den // hi_d) * after for _, _, hi_n, hi_d in bands]
+    hi_u = [2 * cl.hi_num[k] * (pct_den // cl.hi_den[k]) * after for k in ks]
     value_u = [v * scale for v in value_l]
-    min_u = [0 if m is None else m[0] * (big_l // m[1]) * scale for m in minimums]
+    min_u = [cl.min_num[k] * (big_l // cl.min_den[k]) * scale for k in ks]
     q_u = (big_l // unit) * scale
     money = c_l * scale
 
     # Steps 4-5: water-fill the classes with an eligible asset; drop one class below its
     # minimum per pass (the furthest below relatively), and fill again without it.
-    status: list[str | None] = [None if c.weights else NO_ELIGIBLE_ASSET for c in classes]
-    active = [k for k in range(n) if status[k] is None]
+    status: list[str | None] = [
+        None if cl.pick_end[k] > cl.pick_start[k] else NO_ELIGIBLE_ASSET for k in ks
+    ]
+    active = [i for i in range(n) if status[i] is None]
     while True:
         nums, den, rest = water_fill_units(
             money,
-            [value_u[k] for k in active],
-            [mid_p[k] * after for k in active],
-            [hi_u[k] for k in active],
+            [value_u[i] for i in active],
+            [mid_p[i] * after for i in active],
+            [hi_u[i] for i in active],
         )
         amount_of = dict(zip(active, nums, strict=True))
-        short = [k for k in active if min_u[k] and 0 < amount_of[k] < min_u[k] * den]
+        short = [i for i in active if min_u[i] and 0 < amount_of[i] < min_u[i] * den]
         if not short:
             break
         # amount ÷ minimum smallest first; the common `den` cancels; ties: class order.
-        dropped = min(short, key=lambda k: (Fraction(amount_of[k], min_u[k]), k))
+        dropped = min(short, key=lambda i: (Fraction(amount_of[i], min_u[i]), i))
         status[dropped] = BELOW_MINIMUM
         active.remove(dropped)
 
     # Step 5: split each class by score; step 6: floors, then units by largest remainder.
-    units: list[list[int]] = [[0] * len(c.weights) for c in classes]
-    floors_of: dict[int, int] = {}
+    units: dict[int, int] = {}  # pick -> units
+    class_of: dict[int, int] = {}  # pick -> class (index in the user)
+    floors_of = [0] * n
     remainders: list[tuple[int, int, int]] = []  # (class, pick, remainder over den·W·q)
     weight_of: dict[int, int] = {}
-    for k in active:
-        a = amount_of[k]
+    for i in active:
+        a = amount_of[i]
         if a <= 0:
             continue
-        weights = classes[k].weights
-        alive = _split(a, den, classes[k], min_u[k]) if min_u[k] else range(len(weights))
-        w_sum = sum(weights[i] for i in alive)
-        weight_of[k] = w_sum
+        start, end = cl.pick_start[first + i], cl.pick_end[first + i]
+        alive = _split(a, den, min_u[i], weight, symbol, start, end) if min_u[i] else None
+        picks = range(start, end) if alive is None else alive
+        w_sum = sum(weight[j] for j in picks)
+        weight_of[i] = w_sum
         unit_den = den * w_sum * q_u
-        got = units[k]
-        for i in alive:
-            f, r = divmod(a * weights[i], unit_den)
-            got[i] = f
+        floors = 0
+        for j in picks:
+            f, r = divmod(a * weight[j], unit_den)
+            units[j] = f
+            class_of[j] = i
+            floors += f
             if r:
-                remainders.append((k, i, r))
-        floors_of[k] = sum(got)
-    handed = sum(floors_of.values())
+                remainders.append((i, j, r))
+        floors_of[i] = floors
+    handed = sum(floors_of)
     # The units of the exact allocated total (C − rest) rounded down: never more than C.
     spare = (money - rest) // q_u - handed
     if spare > 0 and remainders:
         # r/(den·W_k·q) compared across classes as r·(M/W_k), M = lcm of the W_k; ties:
         # higher score (the weights share one scale), then symbol.
         common = lcm(*weight_of.values())
-        factor = {k: common // w for k, w in weight_of.items()}
-        order = sorted(
-            remainders,
-            key=lambda e: (
-                -e[2] * factor[e[0]],
-                -classes[e[0]].weights[e[1]],
-                classes[e[0]].picks[e[1]].symbol,
-            ),
-        )
-        for k, i, _ in order:
+        factor = {i: common // w for i, w in weight_of.items()}
+        remainders.sort(key=lambda e: (-e[2] * factor[e[0]], -weight[e[1]], symbol[e[1]]))
+        for i, j, _ in remainders:
             # A unit that would take the class above hi_k − V_k goes to the next remainder.
-            if (floors_of[k] + 1) * q_u > hi_u[k] - value_u[k]:
+            if (floors_of[i] + 1) * q_u > hi_u[i] - value_u[i]:
                 continue
-            units[k][i] += 1
-            floors_of[k] += 1
+            units[j] += 1
+            floors_of[i] += 1
             handed += 1
             spare -= 1
             if not spare:
@@ -212,7 +218,7 @@ def allocate_exact(
         percents = [_ZERO_PERCENT] * n
         gaps = [rounded(m, 2 * pct_den, 2) for m in mid_p]
     return Allocation(
-        units=units,
+        units=[(first + class_of[j], j, u) for j, u in units.items() if u],
         status=status,
         values=[rounded(v, big_l, digits) for v in value_l],
         percents=percents,
@@ -222,23 +228,30 @@ def allocate_exact(
     )
 
 
-def _split(amount: int, den: int, c: ClassInput, minimum: int) -> list[int]:
-    """The picks (indexes) left after the minimum rule of step 5: while some pick's share
+def _split(
+    amount: int,
+    den: int,
+    minimum: int,
+    weight: Sequence[int],
+    symbol: Sequence[str],
+    start: int,
+    end: int,
+) -> list[int]:
+    """The picks left after the minimum rule of step 5: while some pick's share
     amount·w/(den·W) is below the minimum, drop the lowest-scored such pick (ties: the
     later symbol, then the first in order) and split again."""
-    alive = list(range(len(c.weights)))
-    weights = c.weights
+    alive = list(range(start, end))
     while len(alive) > 1:
-        bar = minimum * den * sum(weights[i] for i in alive)
-        low = [i for i in alive if amount * weights[i] < bar]
+        bar = minimum * den * sum(weight[j] for j in alive)
+        low = [j for j in alive if amount * weight[j] < bar]
         if not low:
             break
         worst = low[0]
-        for i in low[1:]:
-            if weights[i] < weights[worst] or (
-                weights[i] == weights[worst] and c.picks[i].symbol > c.picks[worst].symbol
+        for j in low[1:]:
+            if weight[j] < weight[worst] or (
+                weight[j] == weight[worst] and symbol[j] > symbol[worst]
             ):
-                worst = i
+                worst = j
         alive.remove(worst)
     return alive
 
@@ -318,6 +331,7 @@ def rounded(num: int, den: int, places: int) -> Decimal:
 
 
 _ZERO_PERCENT = Decimal("0.00")
+_ZERO = Decimal(0)
 
 
 def score_weights(scores: Sequence[Decimal]) -> list[int]:

@@ -13,23 +13,25 @@ steps 2-7 are the one-user path's own `recommendations.allocate` on integers
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, localcontext
 from functools import cached_property
 from itertools import repeat
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from overnight_pipeline.core.allocation import EXACT, ValuePart
-from overnight_pipeline.core.money import FxRates, MissingRateError
+from overnight_pipeline.core.allocation import EXACT, ClassTable, add_ratio, allocate_exact
+from overnight_pipeline.core.money import FxRates, MissingRateError, minor_unit
 from overnight_pipeline.core.recommendations import (
+    ZERO,
     ClassSpec,
-    Pick,
+    Picks,
     UserRecommendations,
-    allocate,
+    check_unique,
+    result_of,
 )
 from overnight_pipeline.core.scoring import (
     MISSING_FUNDAMENTAL,
@@ -407,14 +409,13 @@ def recommend_batch(
     """SPEC §3 for every user of the batch; a user whose data fails (e.g. a missing rate)
     is reported in the second dict and the others carry on.
 
-    The row work is done on arrays: exact `quantity × price` products, their sums per user,
-    class and currency, one exact rate per (currency, base) pair, the eligible assets in
-    order. Each user's allocation is then `recommendations.allocate`, the one-user path's
-    own exact steps 2-7, so both paths give the same result by construction.
-    """
+    The row work is done on arrays: exact `quantity × price` products summed per class row
+    and currency, one exact rate per (currency, base) pair, the eligible assets in order.
+    Each user is then allocated by the one-user path's own `allocate_exact` and
+    `result_of`, reading the batch's columns in place (no per-row objects that outlive the
+    user: they would only feed the garbage collector)."""
     users = batch.users
     h = batch.holdings
-    n = len(h)
     user_list = users["user_id"].tolist()
     n_users = len(user_list)
     row_of = {uid: u for u, uid in enumerate(user_list)}  # the last row of a repeated id
@@ -429,105 +430,171 @@ def recommend_batch(
 
     # Step 1's rates: one exact ratio per distinct (currency, base) pair.
     price = h["price"].to_numpy(dtype=object)
-    priced = _present(price)
+    priced = _present(price) & known
     currencies: dict[Any, int] = {}  # a user's holdings often share a currency: runs
     cur_code = _run_codes(h["currency"].to_numpy(dtype=object), currencies, grow=True)
     base_list = users["base_currency"].tolist()
     base_code, base_uniques = pd.factorize(np.array(base_list, dtype=object), use_na_sentinel=False)
-    n_b = len(base_uniques) + 1  # code 0: a holding of a user missing from `users`
-    pair = cur_code.astype(np.int64) * n_b
+    pair = cur_code.astype(np.int64) * (len(base_uniques) + 1)
     pair[known] += base_code[h_user[known]] + 1
     pairs, pair_of_row = np.unique(pair, return_inverse=True)
     pair_of_row = pair_of_row.reshape(-1)
-    base_values = [None, *base_uniques.tolist()]
-    cur_values = list(currencies)
-    ratios: list[tuple[int, int] | MissingRateError] = []
-    for key in pairs.tolist():
-        try:
-            ratios.append(fx.ratio(cur_values[key // n_b], base_values[key % n_b]))
-        except MissingRateError as exc:
-            ratios.append(exc)
-    bad_pair = np.array([isinstance(r, MissingRateError) for r in ratios], dtype=bool)
-    bad = bad_pair[pair_of_row] & priced & known if len(ratios) else np.zeros(n, dtype=bool)
+    base_values, cur_values = [None, *base_uniques.tolist()], list(currencies)
+    rates: list[tuple[int, int]] = []
     failures: dict[Any, Exception] = {}
-    for i in np.flatnonzero(bad).tolist():
-        failures.setdefault(h_user_ids[i], cast(Exception, ratios[pair_of_row[i]]))
     failed = np.zeros(n_users, dtype=bool)
-    failed[h_user[bad]] = True
-    ok = priced & known & ~failed[np.maximum(h_user, 0)]
+    for p, key in enumerate(pairs.tolist()):
+        try:
+            rates.append(
+                fx.ratio(*_pair_names(key, len(base_uniques) + 1, cur_values, base_values))
+            )
+        except MissingRateError as exc:
+            rates.append((0, 1))
+            for i in np.flatnonzero(priced & (pair_of_row == p)).tolist():
+                failures.setdefault(h_user_ids[i], exc)
+                failed[h_user[i]] = True
 
-    # Step 1's values, exactly: quantity × price summed per (user, class, currency).
-    class_code, class_names = pd.factorize(h["asset_class"].to_numpy(dtype=object))
-    n_cls = max(len(class_names), 1)
+    # The class rows of each user, in order: the batch's class table.
+    cl = batch.classes
+    c_user = _run_codes(cl["user_id"].to_numpy(dtype=object), row_of, grow=False)
+    c_rows = np.flatnonzero(c_user >= 0)
+    c_rows = c_rows[np.argsort(c_user[c_rows], kind="stable")]
+    c_user = c_user[c_rows]
+    c_first = np.searchsorted(c_user, np.arange(n_users + 1)).tolist()
+    specs = _class_specs(cl, c_rows)
+    n_k = len(specs)
+    # Each holding's class row (-1: a class the user does not have); a name twice: fails.
+    codes, _ = pd.factorize(
+        np.concatenate(
+            [cl["name"].to_numpy(dtype=object)[c_rows], h["asset_class"].to_numpy(dtype=object)]
+        ),
+        use_na_sentinel=False,
+    )
+    n_names = int(codes.max()) + 1 if len(codes) else 1
+    c_key = c_user * n_names + codes[:n_k]
+    by_key = np.argsort(c_key, kind="stable")
+    sorted_key = c_key[by_key]
+    twice = c_user[by_key[1:][sorted_key[1:] == sorted_key[:-1]]]
+    h_key = h_user * n_names + codes[n_k:]
+    h_k = np.full(len(h), -1, dtype=np.int64)
+    if n_k:
+        pos = np.minimum(np.searchsorted(sorted_key, h_key), n_k - 1)
+        found = known & (sorted_key[pos] == h_key)
+        h_k[found] = by_key[pos[found]]
+    ok = priced & ~failed[np.maximum(h_user, 0)]
+
+    # Step 1's values, exactly: quantity × price summed per (class row, currency), then
+    # each row's value (and each user's holdings of classes it lacks) as a ratio.
     n_pairs = max(len(pairs), 1)
     v_rows = np.flatnonzero(ok)
-    group = (h_user[v_rows] * n_cls + class_code[v_rows]) * n_pairs + pair_of_row[v_rows]
+    group = np.where(h_k[v_rows] >= 0, h_k[v_rows], n_k + h_user[v_rows]) * n_pairs
+    group += pair_of_row[v_rows]
     by_group = np.argsort(group, kind="stable")
     v_rows, group = v_rows[by_group], group[by_group]
     heads = _heads(group)
     with localcontext(EXACT):
         products = h["quantity"].to_numpy(dtype=object)[v_rows] * price[v_rows]
-        sums = np.add.reduceat(products, heads) if len(heads) else products
-    g_key = group[heads]
-    g_pair = g_key % n_pairs
-    rate = [(0, 1) if isinstance(r, MissingRateError) else r for r in ratios]
-    value_parts = _tuples(
-        ValuePart,
-        sums,
-        _objects_of([rate[p][0] for p in g_pair.tolist()]),
-        _objects_of([rate[p][1] for p in g_pair.tolist()]),
-    )
-    parts_of = _runs_by_user(g_key // n_pairs, n_cls, n_users, value_parts)
+        sums = np.add.reduceat(products, heads).tolist() if len(heads) else []
+    table = ClassTable(value_num=[0] * n_k, value_den=[1] * n_k)
+    extra = [(0, 1)] * n_users
+    for (row, p), amount in zip(
+        map(divmod, group[heads].tolist(), repeat(n_pairs)), sums, strict=True
+    ):
+        if row < n_k:
+            acc = add_ratio((table.value_num[row], table.value_den[row]), amount, *rates[p])
+            table.value_num[row], table.value_den[row] = acc
+        else:
+            extra[row - n_k] = add_ratio(extra[row - n_k], amount, *rates[p])
+    ratio = _ratios()
+    for spec in specs:
+        lo, hi, low = (
+            ratio(spec.target_min),
+            ratio(spec.target_max),
+            ratio(spec.min_allocation_value or ZERO),
+        )
+        table.lo_num.append(lo[0])
+        table.lo_den.append(lo[1])
+        table.hi_num.append(hi[0])
+        table.hi_den.append(hi[1])
+        table.min_num.append(low[0])
+        table.min_den.append(low[1])
 
-    # Step 3's eligible assets: priced, score > 0, by class, score desc, symbol, row.
+    # Step 3's eligible assets: priced, score > 0, by class row, score desc, symbol, row;
+    # the first `max_assets` of each row.
     points = scores.holdings["score_points"].to_numpy()
-    e_rows = np.flatnonzero(ok & (points > 0))
+    e_rows = np.flatnonzero(ok & (points > 0) & (h_k >= 0))
     symbols = h["symbol"].to_numpy(dtype=object)
     sym_rank, _ = pd.factorize(symbols[e_rows], sort=True)
-    e_rows = e_rows[np.lexsort((sym_rank, -points[e_rows], class_code[e_rows], h_user[e_rows]))]
+    e_rows = e_rows[np.lexsort((sym_rank, -points[e_rows], h_k[e_rows]))]
+    e_k = h_k[e_rows]
+    max_assets = np.array([s.max_assets or 0 for s in specs], dtype=np.int64)
+    nth = np.arange(len(e_rows)) - np.searchsorted(e_k, e_k)
+    e_rows = e_rows[(max_assets[e_k] == 0) | (nth < max_assets[e_k])] if n_k else e_rows
+    e_k = h_k[e_rows]
+    table.pick_start = np.searchsorted(e_k, np.arange(n_k)).tolist()
+    table.pick_end = np.searchsorted(e_k, np.arange(n_k), "right").tolist()
     sh = scores.holdings
-    picks = _tuples(
-        Pick,
-        h["asset_id"].to_numpy(dtype=object)[e_rows],
-        symbols[e_rows],
-        sh["score"].to_numpy(dtype=object)[e_rows],
-        sh["criteria_count"].to_numpy()[e_rows],
-        sh["top_contributor"].to_numpy(dtype=object)[e_rows],
+    asset_ids = h["asset_id"].to_numpy(dtype=object)[e_rows]
+    picks = Picks(
+        asset_ids.tolist(),
+        symbols[e_rows].tolist(),
+        sh["score"].to_numpy(dtype=object)[e_rows].tolist(),
+        sh["criteria_count"].to_numpy()[e_rows].tolist(),
+        sh["top_contributor"].to_numpy(dtype=object)[e_rows].tolist(),
+        points[e_rows].tolist(),
     )
-    e_key = h_user[e_rows] * n_cls + class_code[e_rows]
-    picks_of = _runs_by_user(e_key, n_cls, n_users, picks)
-    weights_of = _runs_by_user(e_key, n_cls, n_users, points[e_rows].tolist())
+    # The same asset twice among a user's picks: fails, as in the one-user path.
+    asset_code, _ = pd.factorize(asset_ids)
+    pair_key = np.sort(
+        c_user[e_k] * (int(asset_code.max()) + 1 if len(asset_code) else 1) + asset_code
+    )
+    held_twice = pair_key[1:][pair_key[1:] == pair_key[:-1]] // (
+        int(asset_code.max()) + 1 if len(asset_code) else 1
+    )
 
     # Missing prices (rare) and the oldest price used, per user.
     missing: dict[int, list[Any]] = {}
     for i in np.flatnonzero(known & ~priced).tolist():
         missing.setdefault(int(h_user[i]), []).append(symbols[i])
-    as_of = _oldest_per_user(h, np.flatnonzero(known & priced), h_user, n_users)
+    as_of = _oldest_per_user(h, np.flatnonzero(priced), h_user, n_users)
 
-    names_l = class_names.tolist()
-    specs = _class_specs(batch.classes)
+    for u in set(twice.tolist()) | set(held_twice.tolist()):
+        if not failed[u]:
+            try:
+                check_unique(
+                    specs[c_first[u] : c_first[u + 1]],
+                    _user_picks(picks, table, c_first[u], c_first[u + 1]),
+                )
+            except ValueError as exc:
+                failures[user_list[u]] = exc
+                failed[u] = True
     contributions = users["contribution"].tolist()
     versions = users["criteria_version"].tolist()
     results: dict[Any, UserRecommendations] = {}
     for u, user_id in enumerate(user_list):
         if failed[u] or row_of[user_id] != u:
             continue
-        eligible = {names_l[c]: got for c, got in picks_of[u]}
-        weights = {names_l[c]: got for c, got in weights_of[u]}
-        user_classes = specs.get(user_id, [])
-        for c in user_classes:
-            if c.max_assets and len(eligible.get(c.name, ())) > c.max_assets:
-                eligible[c.name] = eligible[c.name][: c.max_assets]
-                weights[c.name] = weights[c.name][: c.max_assets]
         contribution, version = contributions[u], versions[u]
+        c_total = ZERO if _is_null(contribution) else contribution
+        base = base_list[u]
         try:
-            results[user_id] = allocate(
-                base_currency=base_list[u],
-                contribution=None if _is_null(contribution) else contribution,
-                classes=user_classes,
-                parts={names_l[c]: got for c, got in parts_of[u]},
-                eligible=eligible,
-                weights=weights,
+            allocation = allocate_exact(
+                c_total,
+                minor_unit(base),
+                extra[u],
+                table,
+                c_first[u],
+                c_first[u + 1],
+                picks.weight,
+                picks.symbol,
+            )
+            results[user_id] = result_of(
+                base,
+                c_total,
+                allocation,
+                specs,
+                c_first[u],
+                picks,
                 prices_as_of=as_of[u],
                 rates_as_of=fx.as_of,
                 criteria_version=None if _is_null(version) else int(version),
@@ -538,27 +605,34 @@ def recommend_batch(
     return results, failures
 
 
+def _pair_names(key: int, n_b: int, currencies: list[Any], bases: list[Any]) -> tuple[Any, Any]:
+    return currencies[key // n_b], bases[key % n_b]
+
+
+def _user_picks(picks: Picks, table: ClassTable, first: int, last: int) -> list[str]:
+    if first == last:
+        return []
+    return list(picks.asset_id[table.pick_start[first] : table.pick_end[last - 1]])
+
+
+def _ratios() -> Callable[[Decimal], tuple[int, int]]:
+    """Decimal.as_integer_ratio, remembered per value (a batch's bands repeat)."""
+    seen: dict[Decimal, tuple[int, int]] = {}
+
+    def ratio(d: Decimal) -> tuple[int, int]:
+        got = seen.get(d)
+        if got is None:
+            got = seen[d] = d.as_integer_ratio()
+        return got
+
+    return ratio
+
+
 def _heads(sorted_keys: np.ndarray) -> np.ndarray:
     """Where each run of equal keys starts."""
     if not len(sorted_keys):
         return np.empty(0, dtype=np.int64)
     return np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
-
-
-def _runs_by_user(
-    keys: np.ndarray, n_cls: int, n_users: int, values: list[Any]
-) -> list[list[tuple[int, list[Any]]]]:
-    """`values` cut into runs of equal key (user × n_cls + class, ascending): per user, a
-    list of (class code, that class's values)."""
-    out: list[list[tuple[int, list[Any]]]] = [[] for _ in range(n_users)]
-    if not len(keys):
-        return out
-    heads = _heads(keys)
-    ends = [*heads[1:].tolist(), len(keys)]
-    for start, end, key in zip(heads.tolist(), ends, keys[heads].tolist(), strict=True):
-        user, cls = divmod(key, n_cls)
-        out[user].append((cls, values[start:end]))
-    return out
 
 
 def _oldest_per_user(
@@ -575,15 +649,6 @@ def _oldest_per_user(
     return out
 
 
-def _tuples(cls: Any, *columns: np.ndarray) -> list[Any]:
-    """NamedTuples of `cls` from columns (tuple.__new__ directly: no Python frame per row)."""
-    return list(map(tuple.__new__, repeat(cls), zip(*(c.tolist() for c in columns), strict=True)))
-
-
-def _objects_of(values: list[Any]) -> np.ndarray:
-    return np.fromiter(values, dtype=object, count=len(values))
-
-
 def _present(values: np.ndarray) -> np.ndarray:
     """Not null, as pandas' notna says (None, NaN); fast for a column of Decimal and None."""
     listed = values.tolist()
@@ -596,23 +661,14 @@ def _is_null(value: object) -> bool:
     return value is None or (isinstance(value, float) and np.isnan(value))
 
 
-def _class_specs(classes: pd.DataFrame) -> dict[Any, list[ClassSpec]]:
-    """Each user's classes, in the user's order."""
-    max_assets = [None if _is_null(v) else int(v) for v in classes["max_assets"].tolist()]
-    minimum = [None if _is_null(v) else v for v in classes["min_allocation_value"].tolist()]
-    made = map(
-        tuple.__new__,
-        repeat(ClassSpec),
-        zip(
-            classes["name"].tolist(),
-            classes["target_min"].tolist(),
-            classes["target_max"].tolist(),
-            max_assets,
-            minimum,
-            strict=True,
-        ),
-    )
-    specs: dict[Any, list[ClassSpec]] = {}
-    for user_id, spec in zip(classes["user_id"].tolist(), made, strict=True):
-        specs.setdefault(user_id, []).append(spec)
-    return specs
+def _class_specs(classes: pd.DataFrame, rows: np.ndarray) -> list[ClassSpec]:
+    """The class rows `rows` as `ClassSpec`s."""
+
+    def column(name: str) -> list[Any]:
+        listed: list[Any] = classes[name].to_numpy(dtype=object)[rows].tolist()
+        return listed
+
+    max_assets = [None if _is_null(v) else int(v) for v in column("max_assets")]
+    minimum = [None if _is_null(v) else v for v in column("min_allocation_value")]
+    fields = (column("name"), column("target_min"), column("target_max"), max_assets, minimum)
+    return list(map(tuple.__new__, repeat(ClassSpec), zip(*fields, strict=True)))

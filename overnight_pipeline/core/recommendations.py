@@ -18,8 +18,9 @@ from overnight_pipeline.core.allocation import (
     BELOW_MINIMUM,
     EXACT,
     NO_ELIGIBLE_ASSET,
-    ClassInput,
-    ValuePart,
+    Allocation,
+    ClassTable,
+    add_ratio,
     allocate_exact,
     score_weights,
     water_fill,
@@ -103,14 +104,17 @@ class UserRecommendations:
         return sum((r.amount for r in self.recommendations), ZERO)
 
 
-class Pick(NamedTuple):
-    """An eligible asset of a class, as the allocation needs it."""
+class Picks(NamedTuple):
+    """Eligible assets as columns (one entry per pick; a class's picks contiguous, by score
+    desc then symbol): what the output needs of each, and its score as an integer in a
+    scale shared by the user's picks (`weight`), which the allocation splits by."""
 
-    asset_id: str
-    symbol: str
-    score: Decimal
-    criteria_count: int
-    top_contributor: str | None
+    asset_id: Sequence[str]
+    symbol: Sequence[str]
+    score: Sequence[Decimal]
+    criteria_count: Sequence[int]
+    top_contributor: Sequence[str | None]
+    weight: Sequence[int]
 
 
 def recommend(
@@ -123,39 +127,66 @@ def recommend(
     fx: FxRates,
     criteria_version: int | None = None,
 ) -> UserRecommendations:
-    """Recommendations for one user; a missing exchange rate raises `MissingRateError`."""
-    # 1. Values in the base currency, exactly: priced holdings summed per class and
-    # currency; holdings without a price are left out and reported.
-    sums: dict[str, dict[str, Decimal]] = {}
+    """Recommendations for one user; a missing exchange rate raises `MissingRateError`,
+    the same class or asset twice a `ValueError`."""
+    index = {c.name: k for k, c in enumerate(classes)}
+    # 1. Values in the base currency, exactly; holdings without a price are left out.
+    values = [(0, 1)] * len(classes)
+    extra = (0, 1)  # priced holdings of a class the user does not have: in the total only
     priced = [h for h in holdings if h.price is not None]
     for h in priced:
         assert h.price is not None
-        by_currency = sums.setdefault(h.asset_class, {})
+        rate = fx.ratio(h.currency, base_currency)
         product = EXACT.multiply(h.quantity, h.price)
-        previous = by_currency.get(h.currency)
-        by_currency[h.currency] = product if previous is None else EXACT.add(previous, product)
-    parts = {
-        name: [ValuePart(amount, *fx.ratio(cur, base_currency)) for cur, amount in by.items()]
-        for name, by in sums.items()
-    }
+        k = index.get(h.asset_class)
+        if k is None:
+            extra = add_ratio(extra, product, *rate)
+        else:
+            values[k] = add_ratio(values[k], product, *rate)
 
     # 3. Eligible assets per class: priced, score > 0, by score desc then symbol.
-    eligible: dict[str, list[Pick]] = {}
-    for c in classes:
-        picks = [
-            Pick(h.asset_id, h.symbol, s.score, s.criteria_count, s.top_contributor)
+    table = ClassTable()
+    chosen: list[tuple[HoldingInput, AssetScore]] = []
+    for k, c in enumerate(classes):
+        mine = [
+            (h, s)
             for h in priced
             if h.asset_class == c.name and (s := scores.get(h.asset_id)) is not None and s.score > 0
         ]
-        picks.sort(key=lambda p: (-p.score, p.symbol))
-        eligible[c.name] = picks[: c.max_assets] if c.max_assets else picks
+        mine.sort(key=lambda p: (-p[1].score, p[0].symbol))
+        start = len(chosen)
+        chosen.extend(mine[: c.max_assets] if c.max_assets else mine)
+        table.add(
+            c.target_min, c.target_max, c.min_allocation_value, values[k], (start, len(chosen))
+        )
+    ids = [h.asset_id for h, _ in chosen]
+    check_unique(classes, ids)
+    picks = Picks(
+        ids,
+        [h.symbol for h, _ in chosen],
+        [s.score for _, s in chosen],
+        [s.criteria_count for _, s in chosen],
+        [s.top_contributor for _, s in chosen],
+        score_weights([s.score for _, s in chosen]),
+    )
+    c_total = contribution if contribution is not None else ZERO
     prices_used = [h.price_as_of for h in priced if h.price_as_of is not None]
-    return allocate(
-        base_currency=base_currency,
-        contribution=contribution,
-        classes=classes,
-        parts=parts,
-        eligible=eligible,
+    return result_of(
+        base_currency,
+        c_total,
+        allocate_exact(
+            c_total,
+            minor_unit(base_currency),
+            extra,
+            table,
+            0,
+            len(classes),
+            picks.weight,
+            picks.symbol,
+        ),
+        classes,
+        0,
+        picks,
         prices_as_of=min(prices_used) if prices_used else None,
         rates_as_of=fx.as_of,
         criteria_version=criteria_version,
@@ -163,102 +194,74 @@ def recommend(
     )
 
 
-def allocate(
-    *,
+def check_unique(classes: Sequence[ClassSpec], asset_ids: Sequence[str]) -> None:
+    """A user's class names and eligible assets are each unique, or a `ValueError` names
+    the first repeated one."""
+    names = [c.name for c in classes]
+    if len(set(names)) != len(names):
+        twice = next(name for k, name in enumerate(names) if name in names[:k])
+        raise ValueError(f"asset class {twice!r} appears twice")
+    if len(set(asset_ids)) != len(asset_ids):
+        again = next(a for k, a in enumerate(asset_ids) if a in asset_ids[:k])
+        raise ValueError(f"asset {again!r} is held twice")
+
+
+def result_of(
     base_currency: str,
-    contribution: Decimal | None,
+    contribution: Decimal,
+    allocation: Allocation,
     classes: Sequence[ClassSpec],
-    parts: Mapping[str, Sequence[ValuePart]],
-    eligible: Mapping[str, Sequence[Pick]],
+    first: int,
+    picks: Picks,
+    *,
     prices_as_of: datetime | None,
     rates_as_of: datetime | None,
     criteria_version: int | None,
-    missing_prices: tuple[str, ...] = (),
-    weights: Mapping[str, Sequence[int]] | None = None,
+    missing_prices: tuple[str, ...],
 ) -> UserRecommendations:
-    """Steps 2 and 4-7 of SPEC §3 from each class's value (step 1, as exact parts per
-    currency) and eligible assets (step 3), on exact values (`core.allocation`); shared by
-    the one-user and the batch paths. `weights`: the picks' scores as integers in one scale
-    (computed from the scores when not given)."""
-    names = [c.name for c in classes]
-    if len(set(names)) != len(names):
-        twice = next(n for n in names if names.count(n) > 1)
-        raise ValueError(f"asset class {twice!r} appears twice")
-    picks = [eligible.get(c.name, ()) for c in classes]
-    ids = [p.asset_id for row in picks for p in row]
-    if len(set(ids)) != len(ids):
-        twice = next(i for i in ids if ids.count(i) > 1)
-        raise ValueError(f"asset {twice!r} is held twice")
-    if weights is None:
-        flat = score_weights([p.score for row in picks for p in row])
-        it = iter(flat)
-        weight_rows: list[Sequence[int]] = [[next(it) for _ in row] for row in picks]
-    else:
-        weight_rows = [weights.get(c.name, ()) for c in classes]
-    known = set(names)
-    extra = [p for name, row in parts.items() if name not in known for p in row]
-    c_total = contribution if contribution is not None else ZERO
-    digits = minor_unit(base_currency)
-    result = allocate_exact(
-        c_total,
-        digits,
-        [
-            ClassInput(
-                c.target_min,
-                c.target_max,
-                c.min_allocation_value,
-                parts.get(c.name, ()),
-                w,
-                row,
-            )
-            for c, row, w in zip(classes, picks, weight_rows, strict=True)
-        ],
-        extra,
-    )
-
-    # 7. Output.
+    """Step 7: the user's result from its allocation (`classes[first:]`: the user's
+    classes, the rows the allocation read); shared by the one-user and the batch paths."""
+    digits = -minor_unit(base_currency)
+    n = len(allocation.status)
+    gaps = allocation.gaps
+    class_units = [0] * n
     recs = []
-    class_amount = []
-    for k, c in enumerate(classes):
-        gap = result.gaps[k]
-        got = 0
-        for p, u in zip(picks[k], result.units[k], strict=True):
-            if u:
-                got += u
-                recs.append(
-                    RecommendedAsset(
-                        p.asset_id,
-                        p.symbol,
-                        c.name,
-                        p.score,
-                        Decimal(u).scaleb(-digits, EXACT),
-                        base_currency,
-                        gap,
-                        p.criteria_count,
-                        p.top_contributor,
-                    )
-                )
-        class_amount.append(Decimal(got).scaleb(-digits, EXACT))
+    for k, j, u in allocation.units:
+        i = k - first
+        class_units[i] += u
+        recs.append(
+            RecommendedAsset(
+                picks.asset_id[j],
+                picks.symbol[j],
+                classes[k].name,
+                picks.score[j],
+                Decimal(u).scaleb(digits, EXACT),
+                base_currency,
+                gaps[i],
+                picks.criteria_count[j],
+                picks.top_contributor[j],
+            )
+        )
     recs.sort(key=lambda r: (-r.amount, -r.score, r.symbol))
-    allocated = Decimal(result.allocated_units).scaleb(-digits, EXACT)
+    allocated = Decimal(allocation.allocated_units).scaleb(digits, EXACT)
     return UserRecommendations(
         base_currency=base_currency,
-        contribution=c_total,
-        total_value=result.total,
+        contribution=contribution,
+        total_value=allocation.total,
         recommendations=tuple(recs),
-        unallocated=EXACT.subtract(c_total, allocated),
+        unallocated=EXACT.subtract(contribution, allocated),
         classes=tuple(
             ClassResult(
                 c.name,
-                result.values[k],
-                result.percents[k],
+                allocation.values[i],
+                allocation.percents[i],
                 c.target_min,
                 c.target_max,
-                result.gaps[k],
-                class_amount[k],
-                result.status[k],
+                gaps[i],
+                Decimal(class_units[i]).scaleb(digits, EXACT),
+                allocation.status[i],
             )
-            for k, c in enumerate(classes)
+            for i, c in enumerate(classes[first : first + n])
         ),
         prices_as_of=prices_as_of,
         rates_as_of=rates_as_of,
