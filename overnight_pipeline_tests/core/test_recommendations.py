@@ -214,3 +214,75 @@ def test_amounts_reconcile_to_the_contribution_exactly() -> None:
     )
     assert sum(amounts(r).values(), Decimal(0)) + r.unallocated == D("1234.56")
     assert all(a == a.quantize(D("0.01")) for a in amounts(r).values())
+
+
+def test_several_classes_below_their_minimum_drop_the_furthest_below_first() -> None:
+    # Issue 21 item 3. C = 1,000, T' = 2,101: mids 735.35 / 735.35 / 420.20, maxes 1,050.50
+    # / 840.40 / 630.30. B (1,000) is above its max; A and C share one fill level
+    # f = 1,101 / 1,155.55: A 700.63…, C 300.36…, both below their minimum. A is further
+    # below (35 % of 2,000 against 75 % of 400) and goes; C alone fills to its mid, then its
+    # max: 530.30, and 469.70 no class can take. (Dropping the smaller amount first dropped
+    # C, then A: nothing invested.)
+    r = run(
+        [
+            band("A", 20, 50, min_allocation_value=D(2000)),
+            band("B", 30, 40, min_allocation_value=D(400)),
+            band("C", 10, 30, min_allocation_value=D(400)),
+        ],
+        [holding("AAA", "A", 1), holding("BBB", "B", 1000), holding("CCC", "C", 100)],
+        [score("AAA", 1), score("BBB", 1), score("CCC", 1)],
+    )
+    assert {c.name: c.status for c in r.classes} == {"A": BELOW_MINIMUM, "B": None, "C": None}
+    assert amounts(r) == {"CCC": D("530.30")} and r.unallocated == D("469.70")
+
+
+def test_a_class_that_can_take_exactly_c_takes_c() -> None:
+    # Issue 21 item 1: 10 G at 1,339.1053 GBP, BRL base, USD→BRL 5.26863, USD→GBP
+    # 0.794606. T + C rounded at 28 digits left the room 17,895.0599…96: one cent short.
+    fx = FxRates(usd_to={"BRL": D("5.26863"), "GBP": D("0.794606")})
+    r = run(
+        [band("A", 0, 100)],
+        [holding("G", "A", 10, currency="GBP", price="1339.1053")],
+        [score("G", 1)],
+        contribution="17895.06",
+        base="BRL",
+        fx=fx,
+    )
+    assert amounts(r) == {"G": D("17895.06")} and r.unallocated == D("0.00")
+
+
+def test_exact_remainder_ties_go_by_score_then_symbol() -> None:
+    # Issue 21 item 2: 0.24 split 5:2:2 is 0.1333… / 0.0533… / 0.0533…; floors 0.13 / 0.05
+    # / 0.05 leave one cent and three equal remainders (1/300): the higher score takes it.
+    r = run(
+        [band("A", 0, 100)],
+        [holding("AAA", "A", 1), holding("BBB", "A", 1), holding("CCC", "A", 1)],
+        [score("AAA", 5), score("BBB", 2), score("CCC", 2)],
+        contribution="0.24",
+    )
+    assert amounts(r) == {"AAA": D("0.14"), "BBB": D("0.05"), "CCC": D("0.05")}
+    r = run(
+        [band("A", 0, 100)],
+        [holding("AAA", "A", 1), holding("BBB", "A", 1), holding("CCC", "A", 1)],
+        [score("AAA", 4), score("BBB", 1), score("CCC", 1)],
+        contribution="0.02",
+    )
+    assert amounts(r) == {"AAA": D("0.02")}
+
+
+def test_units_never_exceed_the_contribution_nor_a_class_max() -> None:
+    # C = 100.005 has more digits than USD: 10,000 units are handed out, 0.005 stays.
+    r = run([band("A", 0, 100)], [holding("X", "A", 1)], [score("X", 1)], contribution="100.005")
+    assert amounts(r) == {"X": D("100.00")} and r.unallocated == D("0.005")
+    # C = 100.15 into empty classes A (10–10 %, two equal picks) and B (0–100 %): A's mid
+    # and max are both 10.015, B gets 90.135. Floors 5.00 / 5.00 / 90.13 leave 2 cents;
+    # A1 and A2 have the largest remainders (0.0075), but a cent to each would take A to
+    # 10.02, above its max: A2's goes to B1, the next remainder.
+    r = run(
+        [band("A", 10, 10), band("B", 0, 100)],
+        [holding("A1", "A", 0), holding("A2", "A", 0), holding("B1", "B", 0)],
+        [score("A1", 1), score("A2", 1), score("B1", 1)],
+        contribution="100.15",
+    )
+    assert amounts(r) == {"A1": D("5.01"), "A2": D("5.00"), "B1": D("90.14")}
+    assert r.unallocated == D("0.00")
