@@ -406,194 +406,54 @@ def _compare(
 def recommend_batch(
     batch: Batch, scores: BatchScores, fx: FxRates
 ) -> tuple[dict[Any, UserRecommendations], dict[Any, Exception]]:
-    """SPEC §3 for every user of the batch; a user whose data fails (e.g. a missing rate)
-    is reported in the second dict and the others carry on.
+    """SPEC §3 for every user of the batch; a user whose data fails (a missing rate, a
+    value that is not a finite decimal, a class or asset twice) is reported in the second
+    dict and the others carry on.
 
     The row work is done on arrays: exact `quantity × price` products summed per class row
     and currency, one exact rate per (currency, base) pair, the eligible assets in order.
     Each user is then allocated by the one-user path's own `allocate_exact` and
     `result_of`, reading the batch's columns in place (no per-row objects that outlive the
     user: they would only feed the garbage collector)."""
-    users = batch.users
-    h = batch.holdings
-    user_list = users["user_id"].tolist()
-    n_users = len(user_list)
-    row_of = {uid: u for u, uid in enumerate(user_list)}  # the last row of a repeated id
-    keys = scores._keys if scores._keys is not None and scores._keys.holdings is h else None
-    h_user_ids = h["user_id"].to_numpy(dtype=object)
-    if keys is not None:
-        to_row = np.array([row_of.get(uid, -1) for uid in keys.users] + [-1], dtype=np.int64)
-        h_user = to_row[keys.user_code]
-    else:
-        h_user = _run_codes(h_user_ids, row_of, grow=False)
-    known = h_user >= 0
-
-    # Step 1's rates: one exact ratio per distinct (currency, base) pair.
-    price = h["price"].to_numpy(dtype=object)
-    priced = _present(price) & known
-    currencies: dict[Any, int] = {}  # a user's holdings often share a currency: runs
-    cur_code = _run_codes(h["currency"].to_numpy(dtype=object), currencies, grow=True)
-    base_list = users["base_currency"].tolist()
-    base_code, base_uniques = pd.factorize(np.array(base_list, dtype=object), use_na_sentinel=False)
-    pair = cur_code.astype(np.int64) * (len(base_uniques) + 1)
-    pair[known] += base_code[h_user[known]] + 1
-    pairs, pair_of_row = np.unique(pair, return_inverse=True)
-    pair_of_row = pair_of_row.reshape(-1)
-    base_values, cur_values = [None, *base_uniques.tolist()], list(currencies)
-    rates: list[tuple[int, int]] = []
+    rows = _Rows.of(batch, scores)
     failures: dict[Any, Exception] = {}
-    failed = np.zeros(n_users, dtype=bool)
-    for p, key in enumerate(pairs.tolist()):
-        try:
-            rates.append(
-                fx.ratio(*_pair_names(key, len(base_uniques) + 1, cur_values, base_values))
-            )
-        except MissingRateError as exc:
-            rates.append((0, 1))
-            for i in np.flatnonzero(priced & (pair_of_row == p)).tolist():
-                failures.setdefault(h_user_ids[i], exc)
-                failed[h_user[i]] = True
-
-    # The class rows of each user, in order: the batch's class table.
-    cl = batch.classes
-    c_user = _run_codes(cl["user_id"].to_numpy(dtype=object), row_of, grow=False)
-    c_rows = np.flatnonzero(c_user >= 0)
-    c_rows = c_rows[np.argsort(c_user[c_rows], kind="stable")]
-    c_user = c_user[c_rows]
-    c_first = np.searchsorted(c_user, np.arange(n_users + 1)).tolist()
-    specs = _class_specs(cl, c_rows)
-    n_k = len(specs)
-    # Each holding's class row (-1: a class the user does not have); a name twice: fails.
-    codes, _ = pd.factorize(
-        np.concatenate(
-            [cl["name"].to_numpy(dtype=object)[c_rows], h["asset_class"].to_numpy(dtype=object)]
-        ),
-        use_na_sentinel=False,
-    )
-    n_names = int(codes.max()) + 1 if len(codes) else 1
-    c_key = c_user * n_names + codes[:n_k]
-    by_key = np.argsort(c_key, kind="stable")
-    sorted_key = c_key[by_key]
-    twice = c_user[by_key[1:][sorted_key[1:] == sorted_key[:-1]]]
-    h_key = h_user * n_names + codes[n_k:]
-    h_k = np.full(len(h), -1, dtype=np.int64)
-    if n_k:
-        pos = np.minimum(np.searchsorted(sorted_key, h_key), n_k - 1)
-        found = known & (sorted_key[pos] == h_key)
-        h_k[found] = by_key[pos[found]]
-    ok = priced & ~failed[np.maximum(h_user, 0)]
-
-    # Step 1's values, exactly: quantity × price summed per (class row, currency), then
-    # each row's value (and each user's holdings of classes it lacks) as a ratio.
-    n_pairs = max(len(pairs), 1)
-    v_rows = np.flatnonzero(ok)
-    group = np.where(h_k[v_rows] >= 0, h_k[v_rows], n_k + h_user[v_rows]) * n_pairs
-    group += pair_of_row[v_rows]
-    by_group = np.argsort(group, kind="stable")
-    v_rows, group = v_rows[by_group], group[by_group]
-    heads = _heads(group)
-    with localcontext(EXACT):
-        products = h["quantity"].to_numpy(dtype=object)[v_rows] * price[v_rows]
-        sums = np.add.reduceat(products, heads).tolist() if len(heads) else []
-    table = ClassTable(value_num=[0] * n_k, value_den=[1] * n_k)
-    extra = [(0, 1)] * n_users
-    for (row, p), amount in zip(
-        map(divmod, group[heads].tolist(), repeat(n_pairs)), sums, strict=True
-    ):
-        if row < n_k:
-            acc = add_ratio((table.value_num[row], table.value_den[row]), amount, *rates[p])
-            table.value_num[row], table.value_den[row] = acc
-        else:
-            extra[row - n_k] = add_ratio(extra[row - n_k], amount, *rates[p])
-    ratio = _ratios()
-    for spec in specs:
-        lo, hi, low = (
-            ratio(spec.target_min),
-            ratio(spec.target_max),
-            ratio(spec.min_allocation_value or ZERO),
-        )
-        table.lo_num.append(lo[0])
-        table.lo_den.append(lo[1])
-        table.hi_num.append(hi[0])
-        table.hi_den.append(hi[1])
-        table.min_num.append(low[0])
-        table.min_den.append(low[1])
-
-    # Step 3's eligible assets: priced, score > 0, by class row, score desc, symbol, row;
-    # the first `max_assets` of each row.
-    points = scores.holdings["score_points"].to_numpy()
-    e_rows = np.flatnonzero(ok & (points > 0) & (h_k >= 0))
-    symbols = h["symbol"].to_numpy(dtype=object)
-    sym_rank, _ = pd.factorize(symbols[e_rows], sort=True)
-    e_rows = e_rows[np.lexsort((sym_rank, -points[e_rows], h_k[e_rows]))]
-    e_k = h_k[e_rows]
-    max_assets = np.array([s.max_assets or 0 for s in specs], dtype=np.int64)
-    nth = np.arange(len(e_rows)) - np.searchsorted(e_k, e_k)
-    e_rows = e_rows[(max_assets[e_k] == 0) | (nth < max_assets[e_k])] if n_k else e_rows
-    e_k = h_k[e_rows]
-    table.pick_start = np.searchsorted(e_k, np.arange(n_k)).tolist()
-    table.pick_end = np.searchsorted(e_k, np.arange(n_k), "right").tolist()
-    sh = scores.holdings
-    asset_ids = h["asset_id"].to_numpy(dtype=object)[e_rows]
-    picks = Picks(
-        asset_ids.tolist(),
-        symbols[e_rows].tolist(),
-        sh["score"].to_numpy(dtype=object)[e_rows].tolist(),
-        sh["criteria_count"].to_numpy()[e_rows].tolist(),
-        sh["top_contributor"].to_numpy(dtype=object)[e_rows].tolist(),
-        points[e_rows].tolist(),
-    )
-    # The same asset twice among a user's picks: fails, as in the one-user path.
-    asset_code, _ = pd.factorize(asset_ids)
-    pair_key = np.sort(
-        c_user[e_k] * (int(asset_code.max()) + 1 if len(asset_code) else 1) + asset_code
-    )
-    held_twice = pair_key[1:][pair_key[1:] == pair_key[:-1]] // (
-        int(asset_code.max()) + 1 if len(asset_code) else 1
-    )
-
-    # Missing prices (rare) and the oldest price used, per user.
+    rates = _rates(batch, rows, fx, failures)
+    classes = _Classes.of(batch, rows, failures)
+    table, extra = _values(batch, rows, classes, rates, failures)
+    picks = _eligible(batch, scores, rows, classes, table, failures)
     missing: dict[int, list[Any]] = {}
-    for i in np.flatnonzero(known & ~priced).tolist():
-        missing.setdefault(int(h_user[i]), []).append(symbols[i])
-    as_of = _oldest_per_user(h, np.flatnonzero(priced), h_user, n_users)
+    for i in np.flatnonzero(rows.known & ~rows.priced).tolist():
+        missing.setdefault(int(rows.user[i]), []).append(rows.symbols[i])
+    as_of = _oldest_per_user(batch.holdings, np.flatnonzero(rows.priced), rows.user, rows.n_users)
 
-    for u in set(twice.tolist()) | set(held_twice.tolist()):
-        if not failed[u]:
-            try:
-                check_unique(
-                    specs[c_first[u] : c_first[u + 1]],
-                    _user_picks(picks, table, c_first[u], c_first[u + 1]),
-                )
-            except ValueError as exc:
-                failures[user_list[u]] = exc
-                failed[u] = True
+    users = batch.users
+    bases = users["base_currency"].tolist()
     contributions = users["contribution"].tolist()
     versions = users["criteria_version"].tolist()
     results: dict[Any, UserRecommendations] = {}
-    for u, user_id in enumerate(user_list):
-        if failed[u] or row_of[user_id] != u:
+    for u, user_id in enumerate(rows.user_ids):
+        if user_id in failures or rows.row_of[user_id] != u:
             continue
+        first, last = classes.first[u], classes.first[u + 1]
         contribution, version = contributions[u], versions[u]
         c_total = ZERO if _is_null(contribution) else contribution
-        base = base_list[u]
         try:
             allocation = allocate_exact(
                 c_total,
-                minor_unit(base),
+                minor_unit(bases[u]),
                 extra[u],
                 table,
-                c_first[u],
-                c_first[u + 1],
+                first,
+                last,
                 picks.weight,
                 picks.symbol,
             )
             results[user_id] = result_of(
-                base,
+                bases[u],
                 c_total,
                 allocation,
-                specs,
-                c_first[u],
+                classes.specs,
+                first,
                 picks,
                 prices_as_of=as_of[u],
                 rates_as_of=fx.as_of,
@@ -605,14 +465,247 @@ def recommend_batch(
     return results, failures
 
 
-def _pair_names(key: int, n_b: int, currencies: list[Any], bases: list[Any]) -> tuple[Any, Any]:
-    return currencies[key // n_b], bases[key % n_b]
+@dataclass(frozen=True)
+class _Rows:
+    """The batch's users and each holding row's user (-1: not in `users`)."""
+
+    user_ids: list[Any]
+    row_of: dict[Any, int]  # user id -> its (last) row in `users`
+    user: np.ndarray
+    known: np.ndarray
+    priced: np.ndarray  # a known user's holding with a price
+    symbols: np.ndarray
+
+    @property
+    def n_users(self) -> int:
+        return len(self.user_ids)
+
+    @classmethod
+    def of(cls, batch: Batch, scores: BatchScores) -> _Rows:
+        h = batch.holdings
+        user_ids = batch.users["user_id"].tolist()
+        row_of = {uid: u for u, uid in enumerate(user_ids)}
+        keys = scores._keys
+        if keys is not None and keys.holdings is h:
+            to_row = np.array([row_of.get(uid, -1) for uid in keys.users] + [-1], dtype=np.int64)
+            user = to_row[keys.user_code]
+        else:
+            user = _run_codes(h["user_id"].to_numpy(dtype=object), row_of, grow=False)
+        known = user >= 0
+        priced = _present(h["price"].to_numpy(dtype=object)) & known
+        return cls(user_ids, row_of, user, known, priced, h["symbol"].to_numpy(dtype=object))
+
+    def fail(self, failures: dict[Any, Exception], u: int, error: Exception) -> None:
+        """User `u` (a row of `users`) fails with `error`; its first error is kept."""
+        failures.setdefault(self.user_ids[u], error)
 
 
-def _user_picks(picks: Picks, table: ClassTable, first: int, last: int) -> list[str]:
-    if first == last:
-        return []
-    return list(picks.asset_id[table.pick_start[first] : table.pick_end[last - 1]])
+def _rates(
+    batch: Batch, rows: _Rows, fx: FxRates, failures: dict[Any, Exception]
+) -> tuple[list[tuple[int, int]], np.ndarray]:
+    """The exact rate of each distinct (currency, base) pair and each holding row's pair;
+    a user with a priced holding whose pair has no rate fails."""
+    h = batch.holdings
+    currencies: dict[Any, int] = {}  # a user's holdings often share a currency: runs
+    cur_code = _run_codes(h["currency"].to_numpy(dtype=object), currencies, grow=True)
+    bases = np.array(batch.users["base_currency"].tolist(), dtype=object)
+    base_code, base_uniques = pd.factorize(bases, use_na_sentinel=False)
+    n_b = len(base_uniques) + 1  # 0: the holding of a user missing from `users`
+    pair = cur_code.astype(np.int64) * n_b
+    pair[rows.known] += base_code[rows.user[rows.known]] + 1
+    pairs, pair_of_row = np.unique(pair, return_inverse=True)
+    pair_of_row = pair_of_row.reshape(-1)
+    cur_values, base_values = list(currencies), [None, *base_uniques.tolist()]
+    rates: list[tuple[int, int]] = []
+    for p, key in enumerate(pairs.tolist()):
+        cur, base = divmod(key, n_b)
+        try:
+            rates.append(fx.ratio(cur_values[cur], base_values[base]))
+        except MissingRateError as exc:
+            rates.append((0, 1))
+            for i in np.flatnonzero(rows.priced & (pair_of_row == p)).tolist():
+                rows.fail(failures, int(rows.user[i]), exc)
+    return rates, pair_of_row
+
+
+@dataclass(frozen=True)
+class _Classes:
+    """The class rows of the batch's users, grouped by user in each user's order, and the
+    class row of each holding (-1: a class its user does not have)."""
+
+    specs: list[ClassSpec]
+    user: np.ndarray
+    first: list[int]  # user u's rows are first[u] to first[u + 1]
+    of_holding: np.ndarray
+
+    @classmethod
+    def of(cls, batch: Batch, rows: _Rows, failures: dict[Any, Exception]) -> _Classes:
+        cl, h = batch.classes, batch.holdings
+        c_user = _run_codes(cl["user_id"].to_numpy(dtype=object), rows.row_of, grow=False)
+        c_rows = np.flatnonzero(c_user >= 0)
+        c_rows = c_rows[np.argsort(c_user[c_rows], kind="stable")]
+        c_user = c_user[c_rows]
+        first = np.searchsorted(c_user, np.arange(rows.n_users + 1)).tolist()
+        specs = _class_specs(cl, c_rows)
+        n_k = len(specs)
+        codes, _ = pd.factorize(
+            np.concatenate(
+                [cl["name"].to_numpy(dtype=object)[c_rows], h["asset_class"].to_numpy(dtype=object)]
+            ),
+            use_na_sentinel=False,
+        )
+        n_names = int(codes.max()) + 1 if len(codes) else 1
+        key = c_user * n_names + codes[:n_k]
+        by_key = np.argsort(key, kind="stable")
+        sorted_key = key[by_key]
+        for u in set(c_user[by_key[1:][sorted_key[1:] == sorted_key[:-1]]].tolist()):
+            try:
+                check_unique(specs[first[u] : first[u + 1]], ())
+            except ValueError as exc:  # a class name twice
+                rows.fail(failures, u, exc)
+        of_holding = np.full(len(h), -1, dtype=np.int64)
+        if n_k:
+            h_key = rows.user * n_names + codes[n_k:]
+            pos = np.minimum(np.searchsorted(sorted_key, h_key), n_k - 1)
+            found = rows.known & (sorted_key[pos] == h_key)
+            of_holding[found] = by_key[pos[found]]
+        return cls(specs, c_user, first, of_holding)
+
+
+def _values(
+    batch: Batch,
+    rows: _Rows,
+    classes: _Classes,
+    rates: tuple[list[tuple[int, int]], np.ndarray],
+    failures: dict[Any, Exception],
+) -> tuple[ClassTable, list[tuple[int, int]]]:
+    """Step 1, exactly: a class table with each class row's value and band as integer
+    ratios, and each user's value in classes it does not have. `quantity × price` is
+    summed per (class row, currency) without rounding, then turned into base currency by
+    the pair's exact rate. A user whose numbers are not finite decimals fails."""
+    h = batch.holdings
+    quantity, price = h["quantity"].to_numpy(dtype=object), h["price"].to_numpy(dtype=object)
+    ratio, pair_of_row = rates
+    ok = rows.priced & ~_failed(rows, failures)[np.maximum(rows.user, 0)]
+    for column, values in (("quantity", quantity), ("price", price)):
+        for i in np.flatnonzero(ok & ~_finite(values)).tolist():
+            error = ValueError(
+                f"holding {rows.symbols[i]!r}: {column} {values[i]!r} is not a finite decimal"
+            )
+            rows.fail(failures, int(rows.user[i]), error)
+    ok &= ~_failed(rows, failures)[np.maximum(rows.user, 0)]
+    n_k = len(classes.specs)
+    n_pairs = max(len(ratio), 1)
+    v_rows = np.flatnonzero(ok)
+    k = classes.of_holding[v_rows]
+    group = np.where(k >= 0, k, n_k + rows.user[v_rows]) * n_pairs + pair_of_row[v_rows]
+    by_group = np.argsort(group, kind="stable")
+    v_rows, group = v_rows[by_group], group[by_group]
+    heads = _heads(group)
+    with localcontext(EXACT):
+        products = quantity[v_rows] * price[v_rows]
+        sums = np.add.reduceat(products, heads).tolist() if len(heads) else []
+    table = ClassTable(value_num=[0] * n_k, value_den=[1] * n_k)
+    extra = [(0, 1)] * rows.n_users
+    for (row, p), amount in zip(
+        map(divmod, group[heads].tolist(), repeat(n_pairs)), sums, strict=True
+    ):
+        if row < n_k:
+            acc = add_ratio((table.value_num[row], table.value_den[row]), amount, *ratio[p])
+            table.value_num[row], table.value_den[row] = acc
+        else:
+            extra[row - n_k] = add_ratio(extra[row - n_k], amount, *ratio[p])
+    as_ratio = _ratios()
+    for row, spec in enumerate(classes.specs):
+        bounds = (spec.target_min, spec.target_max, spec.min_allocation_value or ZERO)
+        good = _finite(np.array(bounds, dtype=object))
+        if not good.all():
+            name = ("target_min", "target_max", "min_allocation_value")[int(np.argmin(good))]
+            value = bounds[int(np.argmin(good))]
+            error = ValueError(
+                f"asset class {spec.name!r}: {name} {value!r} is not a finite decimal"
+            )
+            rows.fail(failures, int(classes.user[row]), error)
+            bounds = (ZERO, ZERO, ZERO)
+        lo, hi, low = map(as_ratio, bounds)
+        table.lo_num.append(lo[0])
+        table.lo_den.append(lo[1])
+        table.hi_num.append(hi[0])
+        table.hi_den.append(hi[1])
+        table.min_num.append(low[0])
+        table.min_den.append(low[1])
+    return table, extra
+
+
+def _eligible(
+    batch: Batch,
+    scores: BatchScores,
+    rows: _Rows,
+    classes: _Classes,
+    table: ClassTable,
+    failures: dict[Any, Exception],
+) -> Picks:
+    """Step 3: each class row's eligible assets (priced, score > 0) by score desc, symbol
+    and holding order, the first `max_assets` of them, as pick columns; sets the table's
+    pick ranges. A user holding an eligible asset twice fails."""
+    h = batch.holdings
+    points = scores.holdings["score_points"].to_numpy()
+    of_k = classes.of_holding
+    ok = rows.priced & ~_failed(rows, failures)[np.maximum(rows.user, 0)]
+    e_rows = np.flatnonzero(ok & (points > 0) & (of_k >= 0))
+    sym_rank, _ = pd.factorize(rows.symbols[e_rows], sort=True)
+    e_rows = e_rows[np.lexsort((sym_rank, -points[e_rows], of_k[e_rows]))]
+    e_k = of_k[e_rows]
+    max_assets = np.array([s.max_assets or 0 for s in classes.specs], dtype=np.int64)
+    if len(e_rows):
+        nth = np.arange(len(e_rows)) - np.searchsorted(e_k, e_k)
+        e_rows = e_rows[(max_assets[e_k] == 0) | (nth < max_assets[e_k])]
+        e_k = of_k[e_rows]
+    n_k = len(classes.specs)
+    table.pick_start = np.searchsorted(e_k, np.arange(n_k)).tolist()
+    table.pick_end = np.searchsorted(e_k, np.arange(n_k), "right").tolist()
+    sh = scores.holdings
+    asset_ids = h["asset_id"].to_numpy(dtype=object)[e_rows]
+    picks = Picks(
+        asset_ids.tolist(),
+        rows.symbols[e_rows].tolist(),
+        sh["score"].to_numpy(dtype=object)[e_rows].tolist(),
+        sh["criteria_count"].to_numpy()[e_rows].tolist(),
+        sh["top_contributor"].to_numpy(dtype=object)[e_rows].tolist(),
+        points[e_rows].tolist(),
+    )
+    asset_code, _ = pd.factorize(asset_ids)
+    span = int(asset_code.max()) + 1 if len(asset_code) else 1
+    pair = np.sort(classes.user[e_k] * span + asset_code)
+    for u in set((pair[1:][pair[1:] == pair[:-1]] // span).tolist()):
+        first, last = classes.first[u], classes.first[u + 1]
+        try:
+            check_unique((), picks.asset_id[table.pick_start[first] : table.pick_end[last - 1]])
+        except ValueError as exc:  # an asset twice
+            rows.fail(failures, u, exc)
+    return picks
+
+
+def _failed(rows: _Rows, failures: dict[Any, Exception]) -> np.ndarray:
+    """Per row of `users`: whether that user has failed."""
+    out = np.zeros(rows.n_users, dtype=bool)
+    for uid in failures:
+        u = rows.row_of.get(uid)
+        if u is not None:
+            out[u] = True
+    return out
+
+
+def _finite(values: np.ndarray) -> np.ndarray:
+    """Whether each value is an int or a finite Decimal (None counts: it is not used)."""
+    return np.fromiter(
+        (
+            v is None or type(v) is int or (type(v) is Decimal and v.is_finite())
+            for v in values.tolist()
+        ),
+        dtype=bool,
+        count=len(values),
+    )
 
 
 def _ratios() -> Callable[[Decimal], tuple[int, int]]:

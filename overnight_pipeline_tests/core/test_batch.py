@@ -485,6 +485,23 @@ def test_an_arithmetic_error_fails_only_its_user() -> None:
     assert repr(result.recommendations["good"]) == repr(one_user(good, {**f1, **f2})[1])
 
 
+@pytest.mark.parametrize(
+    ("field", "bad"),
+    [("quantity", D("NaN")), ("price", D("Infinity")), ("quantity", 1.5), ("band", D("sNaN"))],
+)
+def test_a_value_that_is_not_a_finite_decimal_fails_only_its_user(field, bad) -> None:
+    bad_user, f1 = user("bad", [band("A", 40, 60)], [("AAA", "A", 5, 10), ("AA2", "A", 5, 20)])
+    if field == "band":
+        bad_user["classes"] = [ClassSpec("A", D(40), bad)]
+    else:
+        bad_user["holdings"][1] = bad_user["holdings"][1]._replace(**{field: bad})
+    good, f2 = user("good", [band("A", 40, 60)], [("AAA", "A", 5, 10)])
+    result = run_batch(to_batch([bad_user, good], {**f1, **f2}), FX)
+    assert set(result.failures) == {"bad"}
+    assert "not a finite decimal" in str(result.failures["bad"])
+    assert repr(result.recommendations["good"]) == repr(one_user(good, {**f1, **f2})[1])
+
+
 def random_user(rng: random.Random, i: int):
     names = rng.sample(["A", "B", "C", "D", "E"], rng.randint(1, 5))
     classes = []
