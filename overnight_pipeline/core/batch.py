@@ -13,7 +13,7 @@ steps 2-7 are the one-user path's own `recommendations.allocate` on integers
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, localcontext
 from functools import cached_property
@@ -587,8 +587,9 @@ def _values(
     quantity, price = h["quantity"].to_numpy(dtype=object), h["price"].to_numpy(dtype=object)
     ratio, pair_of_row = rates
     ok = rows.priced & ~_failed(rows, failures)[np.maximum(rows.user, 0)]
+    checked = np.flatnonzero(ok)
     for column, values in (("quantity", quantity), ("price", price)):
-        for i in np.flatnonzero(ok & ~_finite(values)).tolist():
+        for i in checked[~_finite(values[checked])].tolist():
             error = ValueError(
                 f"holding {rows.symbols[i]!r}: {column} {values[i]!r} is not a finite decimal"
             )
@@ -615,25 +616,23 @@ def _values(
             table.value_num[row], table.value_den[row] = acc
         else:
             extra[row - n_k] = add_ratio(extra[row - n_k], amount, *ratio[p])
-    as_ratio = _ratios()
-    for row, spec in enumerate(classes.specs):
-        bounds = (spec.target_min, spec.target_max, spec.min_allocation_value or ZERO)
-        good = _finite(np.array(bounds, dtype=object))
-        if not good.all():
-            name = ("target_min", "target_max", "min_allocation_value")[int(np.argmin(good))]
-            value = bounds[int(np.argmin(good))]
+    columns = {
+        "target_min": [c.target_min for c in classes.specs],
+        "target_max": [c.target_max for c in classes.specs],
+        "min_allocation_value": [c.min_allocation_value or ZERO for c in classes.specs],
+    }
+    for name, bounds in columns.items():
+        for row in np.flatnonzero(~_finite(np.array(bounds, dtype=object))).tolist():
+            spec = classes.specs[row]
             error = ValueError(
-                f"asset class {spec.name!r}: {name} {value!r} is not a finite decimal"
+                f"asset class {spec.name!r}: {name} {bounds[row]!r} is not a finite decimal"
             )
             rows.fail(failures, int(classes.user[row]), error)
-            bounds = (ZERO, ZERO, ZERO)
-        lo, hi, low = map(as_ratio, bounds)
-        table.lo_num.append(lo[0])
-        table.lo_den.append(lo[1])
-        table.hi_num.append(hi[0])
-        table.hi_den.append(hi[1])
-        table.min_num.append(low[0])
-        table.min_den.append(low[1])
+            bounds[row] = ZERO
+    as_ratio = _ratios()
+    table.lo_num, table.lo_den = _unzip(map(as_ratio, columns["target_min"]), n_k)
+    table.hi_num, table.hi_den = _unzip(map(as_ratio, columns["target_max"]), n_k)
+    table.min_num, table.min_den = _unzip(map(as_ratio, columns["min_allocation_value"]), n_k)
     return table, extra
 
 
@@ -697,15 +696,22 @@ def _failed(rows: _Rows, failures: dict[Any, Exception]) -> np.ndarray:
 
 
 def _finite(values: np.ndarray) -> np.ndarray:
-    """Whether each value is an int or a finite Decimal (None counts: it is not used)."""
-    return np.fromiter(
-        (
-            v is None or type(v) is int or (type(v) is Decimal and v.is_finite())
-            for v in values.tolist()
-        ),
-        dtype=bool,
-        count=len(values),
-    )
+    """Whether each value is an int or a finite Decimal."""
+    listed = values.tolist()
+    if set(map(type, listed)) <= {Decimal}:
+        return np.fromiter(map(Decimal.is_finite, listed), dtype=bool, count=len(listed))
+    return np.fromiter(map(_is_finite, listed), dtype=bool, count=len(listed))
+
+
+def _unzip(pairs: Iterable[tuple[int, int]], n: int) -> tuple[list[int], list[int]]:
+    firsts, seconds = [0] * n, [1] * n
+    for i, (a, b) in enumerate(pairs):
+        firsts[i], seconds[i] = a, b
+    return firsts, seconds
+
+
+def _is_finite(value: object) -> bool:
+    return type(value) is int or (type(value) is Decimal and value.is_finite())
 
 
 def _ratios() -> Callable[[Decimal], tuple[int, int]]:
