@@ -48,6 +48,7 @@ check: install ## Lint, format check, types, import contracts
 bench: install services ## Run the benchmarks (results go in docs/PERFORMANCE.md)
 	$(BIN)/python bench/seed_bench.py
 	$(BIN)/python bench/core_bench.py
+	HYPOTHESIS_PROFILE=exact-long $(BIN)/pytest -q -p no:cacheprovider overnight_pipeline_tests/core/test_exact_oracle.py
 	$(BIN)/python bench/providers_bench.py
 	$(BIN)/python bench/pipeline_bench.py --users 1000 10000 --with-100k --shards 1 2
 	$(BIN)/python bench/storage_bench.py

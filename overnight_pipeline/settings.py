@@ -201,6 +201,22 @@ class Settings(BaseSettings):
         le=100_000,
         description="Rows deleted per transaction by the audit retention job.",
     )
+    alert_webhook_url: str | None = Field(
+        default=None,
+        description="Alerts (missed deadline, failed run, partial run above the limit, replay "
+        "mismatch) POSTed here as JSON with a Slack-compatible `text`; unset: none sent.",
+    )
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="text, or json: one JSON object per line."
+    )
+    metrics: str = Field(
+        default="same",
+        description="GET /metrics (Prometheus): off, same (the dashboard's port) or a port.",
+    )
+    dagster_history_days: Annotated[int, Field(ge=1, le=36_500)] = Field(
+        default=90,
+        description="Dagster runs and their event logs older than this are pruned (days).",
+    )
     otel_sdk_disabled: bool = Field(default=False, description="OTEL_SDK_DISABLED: no spans.")
     otel_service_name: str = Field(
         default="overnight-pipeline",
@@ -267,9 +283,19 @@ class Settings(BaseSettings):
         _check_sqlalchemy_url(value, ("psycopg2",))
         return value
 
+    @field_validator("metrics")
+    @classmethod
+    def _metrics(cls, value: str) -> str:
+        if value in ("off", "same"):
+            return value
+        if value.isdigit() and 1 <= int(value) <= 65535:
+            return str(int(value))
+        raise ValueError("must be 'off', 'same' or a port number in 1-65535")
+
     @field_validator(
         "rates_url",
         "prices_url",
+        "alert_webhook_url",
         "otel_exporter_otlp_endpoint",
         "otel_exporter_otlp_traces_endpoint",
     )
