@@ -96,10 +96,7 @@ class FxRates:
         cached = self._cache.get(key)
         if cached is not None:
             return cached
-        to_source = Decimal(1) if source == QUOTE_BASE else self.usd_to.get(source)
-        to_target = Decimal(1) if target == QUOTE_BASE else self.usd_to.get(target)
-        if to_source is None or to_target is None or to_source <= 0 or to_target <= 0:
-            raise MissingRateError(source, target)
+        to_source, to_target = self._quotes(source, target)
         result = to_target / to_source
         self._cache[key] = result
         return result
@@ -113,10 +110,7 @@ class FxRates:
         cached = self._ratios.get(key)
         if cached is not None:
             return cached
-        to_source = Decimal(1) if source == QUOTE_BASE else self.usd_to.get(source)
-        to_target = Decimal(1) if target == QUOTE_BASE else self.usd_to.get(target)
-        if to_source is None or to_target is None or to_source <= 0 or to_target <= 0:
-            raise MissingRateError(source, target)
+        to_source, to_target = self._quotes(source, target)
         t_num, t_den = to_target.as_integer_ratio()
         s_num, s_den = to_source.as_integer_ratio()
         num, den = t_num * s_den, t_den * s_num
@@ -124,6 +118,14 @@ class FxRates:
         result = (num // common, den // common)
         self._ratios[key] = result
         return result
+
+    def _quotes(self, source: str, target: str) -> tuple[Decimal, Decimal]:
+        """USD→source and USD→target, or `MissingRateError`."""
+        to_source = Decimal(1) if source == QUOTE_BASE else self.usd_to.get(source)
+        to_target = Decimal(1) if target == QUOTE_BASE else self.usd_to.get(target)
+        if to_source is None or to_target is None or to_source <= 0 or to_target <= 0:
+            raise MissingRateError(source, target)
+        return to_source, to_target
 
     def convert(self, amount: Decimal, source: str, target: str) -> Decimal:
         """`amount` of `source` expressed in `target` (unrounded)."""

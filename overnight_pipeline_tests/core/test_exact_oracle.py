@@ -31,7 +31,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from overnight_pipeline.core.batch import Batch, run_batch
+from overnight_pipeline.core.batch import (
+    CLASS_COLUMNS,
+    HOLDING_COLUMNS,
+    RULE_COLUMNS,
+    USER_COLUMNS,
+    Batch,
+    run_batch,
+)
 from overnight_pipeline.core.money import FxRates
 from overnight_pipeline.core.payloads import cache_payloads
 from overnight_pipeline.core.recommendations import (
@@ -157,28 +164,10 @@ def to_batch(users: Sequence[tuple[str, OPortfolio]]) -> Batch:
         return pd.DataFrame(rows, columns=columns, dtype=object)
 
     return Batch(
-        users=frame(user_rows, ["user_id", "base_currency", "contribution", "criteria_version"]),
-        classes=frame(
-            class_rows,
-            ["user_id", "name", "target_min", "target_max", "max_assets", "min_allocation_value"],
-        ),
-        holdings=frame(
-            holding_rows,
-            [
-                "user_id",
-                "asset_id",
-                "symbol",
-                "asset_class",
-                "quantity",
-                "currency",
-                "price",
-                "price_as_of",
-            ],
-        ),
-        rules=frame(
-            rule_rows,
-            ["user_id", "id", "asset_class", "metric", "operator", "value", "value2", "points"],
-        ),
+        users=frame(user_rows, list(USER_COLUMNS)),
+        classes=frame(class_rows, list(CLASS_COLUMNS)),
+        holdings=frame(holding_rows, list(HOLDING_COLUMNS)),
+        rules=frame(rule_rows, list(RULE_COLUMNS)),
         fundamentals=frame(fund_rows, ["asset_id", *METRICS]).set_index("asset_id"),
     )
 
