@@ -26,7 +26,8 @@ demo: install ## Seed ~1,000 demo users and run today's partition of every marke
 	$(BIN)/overnight demo
 
 # The one Dagster home of this checkout: `make demo` writes its runs there, `make dev`
-# serves it. Instance storage is SQLite files inside it, or PostgreSQL when DAGSTER_PG_URL
+# serves it; its dagster.yaml is written from deploy/dagster.yaml (runner.prepare_home).
+# Instance storage is SQLite files inside it, or PostgreSQL when DAGSTER_PG_URL
 # is set (`make dev DAGSTER_PG_URL=postgresql+psycopg2://root@127.0.0.1:5432/dagster`).
 DAGSTER_HOME_DIR := $(CURDIR)/.data/dagster-home
 PORT ?= 3000

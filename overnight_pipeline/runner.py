@@ -41,7 +41,9 @@ from overnight_pipeline.storage.db import make_engine, migrate
 from overnight_pipeline.storage.overnight import partition_users
 
 LOCAL_HOME = Path(".data/dagster-home")
-TEMPLATE = Path("dagster.yaml")
+# Not in the repository root: Dagster's and dg's commands read ./dagster.yaml when
+# DAGSTER_HOME is unset, and this one needs DAGSTER_PG_URL.
+TEMPLATE = Path(__file__).resolve().parents[1] / "deploy" / "dagster.yaml"
 CACHE_ASSET = AssetKey("recommendation_cache")
 
 
@@ -64,7 +66,8 @@ class PartitionSummary:
 
 
 def prepare_home(home: Path = LOCAL_HOME, template: Path = TEMPLATE) -> Path:
-    """Write `home`'s dagster.yaml from the repository's: its run queue and monitoring, with
+    """Write `home`'s dagster.yaml from the repository's deploy/dagster.yaml: its run queue,
+    pools, monitoring, tick retention and log handler, with
     the PostgreSQL storage only when DAGSTER_PG_URL is set (otherwise SQLite files inside
     `home`, so the demo needs no server). `make demo` and `make dev` share this home."""
     home.mkdir(parents=True, exist_ok=True)
@@ -74,7 +77,7 @@ def prepare_home(home: Path = LOCAL_HOME, template: Path = TEMPLATE) -> Path:
     if not os.environ.get("DAGSTER_PG_URL"):
         config.pop("storage", None)
     (home / "dagster.yaml").write_text(
-        "# Written by `overnight` / `make dev` from the repository's dagster.yaml.\n"
+        "# Written by `overnight` / `make dev` from the repository's deploy/dagster.yaml.\n"
         + yaml.safe_dump(config, sort_keys=False)
     )
     return home.resolve()

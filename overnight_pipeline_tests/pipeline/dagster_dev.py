@@ -133,7 +133,7 @@ def make_dagster_home(path: Path) -> tuple[PgDagsterHome, str]:
     returns it and the database's URL (to drop it afterwards)."""
     url = create_pg_database("overnight_dagster")
     path.mkdir(parents=True, exist_ok=True)
-    shutil.copy(REPO / "dagster.yaml", path / "dagster.yaml")
+    shutil.copy(REPO / "deploy" / "dagster.yaml", path / "dagster.yaml")
     pg = make_url(url).set(drivername="postgresql+psycopg2").render_as_string(hide_password=False)
     return PgDagsterHome(path, pg), url
 
