@@ -89,6 +89,31 @@ class Readiness:
         return self.state in (READY, READY_PARTIAL, NO_SESSION)
 
 
+def format_margin(margin: timedelta | None) -> str:
+    """A margin in words: '1 h 25 min before the open', '15 min after the open', or '-'."""
+    if margin is None:
+        return "-"
+    minutes = abs(margin) // timedelta(minutes=1)
+    hours, minutes = divmod(minutes, 60)
+    amount = f"{hours} h {minutes} min" if hours else f"{minutes} min"
+    return f"{amount} {'before' if margin >= timedelta(0) else 'after'} the open"
+
+
+def describe(r: Readiness) -> str:
+    """One line an operator reads: the state, then when it finished against the open or
+    what is missing."""
+    if r.deadline_local is None:
+        return f"{r.session}|{r.market}: {r.state} (the exchange is closed that day)"
+    opens = f"{r.deadline_local:%H:%M %Z} ({r.deadline:%Y-%m-%d %H:%M} UTC)"
+    parts = [f"{r.session}|{r.market}: {r.state}"]
+    if r.finished_at is not None:
+        parts.append(f"finished {r.finished_at:%Y-%m-%d %H:%M} UTC, {format_margin(r.margin)}")
+    if r.detail:
+        parts.append(r.detail)
+    parts.append(f"opens {opens}")
+    return "; ".join(parts)
+
+
 def current_or_next_session(market: Market, now: datetime) -> date:
     """The market's session of its local date at `now`, or the next one when that date has
     no session (what the market's schedule builds next, or has built today)."""

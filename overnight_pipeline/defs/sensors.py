@@ -253,6 +253,11 @@ def run_facts(instance: DagsterInstance, run: DagsterRun) -> RunFacts:
     return facts
 
 
+def _cache_warmed(facts: RunFacts) -> bool:
+    cache = facts.assets.get(job_runs.CACHE_STEP)
+    return cache is not None and int(cache["partitions"]) >= max(len(facts.partition_keys), 1)
+
+
 def _metrics(facts: RunFacts, counts: job_runs.CalculationCounts) -> dict[str, Any]:
     """The `metrics` document of a job-run row; the span takes its attributes from it."""
     end = facts.ended_at or datetime.now(UTC)
@@ -275,6 +280,9 @@ def _metrics(facts: RunFacts, counts: job_runs.CalculationCounts) -> dict[str, A
         "rates_stale": bool(facts.total("exchange_rates", "stale")),
         "prices_missing": facts.total("asset_prices", "missing"),
         "cache_written": facts.total("recommendation_cache", "written"),
+        # Readiness needs the cache step done for every partition, whatever it wrote (a
+        # partition without users writes nothing); False when it failed or was left out.
+        "cache_warmed": _cache_warmed(facts),
         "cache_kept_newer": facts.total("recommendation_cache", "kept_newer"),
         "steps": {
             name: {"ms": s.ms, "status": s.status, "attempts": s.attempts, "run_id": s.run_id}

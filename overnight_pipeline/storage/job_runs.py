@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, func, insert, select, text, update
+from sqlalchemy import Connection, and_, case, func, insert, select, text, tuple_, update
 
+from overnight_pipeline.core.markets import Market
+from overnight_pipeline.core.readiness import Readiness, RunFact, current_or_next_session, judge
 from overnight_pipeline.storage.models import calculation_events_table, overnight_job_runs_table
 from overnight_pipeline.storage.partitions import ensure_months
 
@@ -203,3 +205,66 @@ def job_run(conn: Connection, run_id: str) -> dict[str, Any] | None:
     j = overnight_job_runs_table
     row = conn.execute(select(j).where(j.c.run_id == run_id)).mappings().first()
     return None if row is None else dict(row)
+
+
+def run_facts(
+    conn: Connection, keys: Collection[tuple[str, date]]
+) -> dict[tuple[str, date], list[RunFact]]:
+    """The facts of every run of each (market, market date) in `keys`, oldest first, read
+    in one statement: what `core.readiness.judge` needs.
+
+    Whether a run wrote the cache is its metrics' `cache_warmed`; rows written before that
+    entry existed count as written when `completed`, and when `partial` if the cache step
+    materialised (their `assets` list it).
+    """
+    if not keys:
+        return {}
+    j = overnight_job_runs_table.c
+    metrics = j.metrics
+    warmed = case(
+        (metrics["cache_warmed"].as_boolean().is_not(None), metrics["cache_warmed"].as_boolean()),
+        (j.status == COMPLETED, True),
+        else_=metrics[("assets", CACHE_STEP)].as_string().is_not(None),
+    )
+    rows = conn.execute(
+        select(
+            j.market,
+            j.market_date,
+            j.run_id,
+            j.status,
+            j.started_at,
+            j.completed_at,
+            j.users_processed,
+            j.users_failed,
+            warmed.label("cache_warmed"),
+        )
+        .where(
+            j.job_type == JOB_TYPE,
+            tuple_(j.market, j.market_date).in_([(m, d) for m, d in set(keys)]),
+        )
+        .order_by(j.started_at)
+    )
+    found: dict[tuple[str, date], list[RunFact]] = {key: [] for key in keys}
+    for row in rows:
+        found[(row.market, row.market_date)].append(
+            RunFact(
+                run_id=row.run_id or "",
+                status=row.status,
+                started_at=row.started_at,
+                completed_at=row.completed_at,
+                users_processed=row.users_processed,
+                users_failed=row.users_failed,
+                cache_written=bool(row.cache_warmed),
+            )
+        )
+    return found
+
+
+def market_readiness(
+    conn: Connection, markets: Sequence[Market], *, now: datetime, day: date | None = None
+) -> list[Readiness]:
+    """Each market's readiness at `now` for its session on `day` (default: its current or
+    next session), from one query."""
+    sessions = {m.code: day or current_or_next_session(m, now) for m in markets}
+    facts = run_facts(conn, [(m.code, sessions[m.code]) for m in markets])
+    return [judge(m, sessions[m.code], facts[(m.code, sessions[m.code])], now) for m in markets]

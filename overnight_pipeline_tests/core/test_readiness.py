@@ -18,6 +18,8 @@ from overnight_pipeline.core.readiness import (
     RUNNING,
     RunFact,
     current_or_next_session,
+    describe,
+    format_margin,
     judge,
 )
 
@@ -149,3 +151,23 @@ def test_a_run_still_going_is_running_and_misses_the_deadline_once_past_it() -> 
 )
 def test_current_or_next_session(market: str, now: str, expected: date) -> None:
     assert current_or_next_session(MARKETS[market], at(now)) == expected
+
+
+def test_describe_names_the_state_the_margin_and_the_open() -> None:
+    ready = judge(
+        NYSE, MONDAY, [run("2026-12-07T12:30", "2026-12-07T13:05")], at("2026-12-07T15:00")
+    )
+    assert format_margin(ready.margin) == "1 h 25 min before the open"
+    assert describe(ready) == (
+        "2026-12-07|NYSE: ready; finished 2026-12-07 13:05 UTC, 1 h 25 min before the open; "
+        "opens 09:30 EST (2026-12-07 14:30 UTC)"
+    )
+    late = judge(
+        NYSE, MONDAY, [run("2026-12-07T14:00", "2026-12-07T14:45")], at("2026-12-07T15:00")
+    )
+    assert format_margin(late.margin) == "15 min after the open"
+    missing = judge(NYSE, MONDAY, [], at("2026-12-07T15:00"))
+    assert format_margin(missing.margin) == "-"
+    assert describe(missing).startswith("2026-12-07|NYSE: missing; no run started; opens")
+    closed = judge(NYSE, date(2026, 12, 25), [], at("2026-12-25T15:00"))
+    assert describe(closed) == "2026-12-25|NYSE: no-session (the exchange is closed that day)"

@@ -161,6 +161,7 @@ def test_redis_down_during_the_cache_step_leaves_a_partial_run_served_from_postg
     recorded = record(settings, instance, result)
     assert recorded["status"] == "partial"
     assert "Redis unreachable" in recorded["error_details"]["failed_steps"]["recommendation_cache"]
+    assert recorded["metrics"]["cache_warmed"] is False  # so the market-date is not ready
     users = partition_users(engine, "XETRA", day)
     assert recorded["users_processed"] == len(users) and recorded["users_failed"] == 0
 

@@ -103,7 +103,7 @@ def test_a_run_is_recorded_started_then_completed(pipeline: Pipeline) -> None:
     m = done["metrics"]
     assert m["users_success"] == users and m["partitions"] == [f"{DAY}|B3"]
     assert m["assets_scored"] > 0 and m["recommendations_generated"] > 0
-    assert m["cache_written"] == users
+    assert m["cache_written"] == users and m["cache_warmed"] is True
     for timing in ("fetch_rates_ms", "process_users_ms", "cache_warm_ms", "duration_ms"):
         assert m[timing] > 0, timing
     assert set(m["steps"]) == {
