@@ -53,5 +53,14 @@ EVENT_TYPES: Final[tuple[str, ...]] = (
 
 JOB_STATUSES: Final[tuple[str, ...]] = ("started", "completed", "failed", "partial")
 
+# Alerts (SPEC §9): what went wrong for a market-date, and where its delivery stands.
+ALERT_KINDS: Final[tuple[str, ...]] = (
+    "deadline_missed",
+    "run_failed",
+    "partial_over_limit",
+    "replay_mismatch",
+)
+ALERT_STATUSES: Final[tuple[str, ...]] = ("pending", "sending", "sent", "failed", "abandoned")
+
 POINTS_MIN: Final = -100
 POINTS_MAX: Final = 100

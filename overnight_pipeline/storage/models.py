@@ -18,6 +18,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
     UniqueConstraint,
     Uuid,
     func,
@@ -26,6 +27,8 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from overnight_pipeline.core.vocabulary import (
+    ALERT_KINDS,
+    ALERT_STATUSES,
     EVENT_TYPES,
     JOB_STATUSES,
     METRICS,
@@ -386,6 +389,35 @@ class OvernightJobRun(Base):
     market_date: Mapped[date | None] = mapped_column(Date)
 
 
+class Alert(Base):
+    """One alert per market, market date and kind (SPEC §9): the row is claimed before the
+    webhook is called, so sensor ticks and daemon restarts never send it twice; it keeps
+    what to send and where its delivery stands (pending, sending, sent, failed: retried at
+    `next_attempt_at`, abandoned)."""
+
+    __tablename__ = "alerts"
+    __table_args__ = (
+        UniqueConstraint("market", "market_date", "kind"),
+        CheckConstraint(_in("kind", ALERT_KINDS), name="known_kind"),
+        CheckConstraint(_in("status", ALERT_STATUSES), name="known_status"),
+        CheckConstraint("attempts >= 0", name="attempts_positive"),
+        Index("ix_alerts_status_next_attempt_at", "status", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    market: Mapped[str] = mapped_column(String(16))
+    market_date: Mapped[date] = mapped_column(Date)
+    kind: Mapped[str] = mapped_column(String(32))
+    run_id: Mapped[str | None] = mapped_column(String(64))
+    payload: Mapped[dict[str, Any]] = mapped_column()
+    status: Mapped[str] = mapped_column(String(16), server_default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    next_attempt_at: Mapped[datetime] = mapped_column()
+    sent_at: Mapped[datetime | None] = mapped_column()
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+
 # Core Table objects, typed for mypy (Model.__table__ is a FromClause to the type checker).
 assets_table = cast(Table, Asset.__table__)
 users_table = cast(Table, User.__table__)
@@ -402,3 +434,4 @@ calculation_events_table = cast(Table, CalculationEvent.__table__)
 calculation_assets_table = cast(Table, CalculationAsset.__table__)
 calculation_snapshots_table = cast(Table, CalculationSnapshot.__table__)
 overnight_job_runs_table = cast(Table, OvernightJobRun.__table__)
+alerts_table = cast(Table, Alert.__table__)
