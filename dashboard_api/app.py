@@ -20,6 +20,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from dashboard_api import api, views
 from dashboard_api.auth import AuthError
+from dashboard_api.metrics import AppMetrics
 from dashboard_api.openapi import build_openapi
 from dashboard_api.problems import (
     PROBLEM_JSON,
@@ -31,6 +32,7 @@ from dashboard_api.problems import (
     problem_body,
 )
 from dashboard_api.services import ApiOptions, open_services
+from overnight_pipeline.core.markets import load_markets
 from overnight_pipeline.settings import Settings
 
 MAX_BODY_BYTES = 65_536
@@ -74,9 +76,20 @@ def limited(receive: Receive) -> Receive:
 
 
 class DashboardApp(Starlette):
-    """Starlette, refusing oversized requests before any routing (`oversized`, `limited`)."""
+    """Starlette, refusing oversized requests before any routing (`oversized`, `limited`),
+    and measuring every HTTP request around all of it (`metrics.RequestMetrics`, unless
+    METRICS=off)."""
+
+    metrics: AppMetrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        requests = self.metrics.requests
+        if requests is not None and scope["type"] == "http":
+            await requests.measure(self._handle, scope, receive, send)
+        else:
+            await self._handle(scope, receive, send)
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and (problem := oversized(scope)) is not None:
             body = problem_body(problem.status, problem.detail, title=problem.title)
             await send(
@@ -117,17 +130,28 @@ def create_app(
     *,
     options: ApiOptions | None = None,
     tracer_provider: TracerProvider | None = None,
+    metrics_host: str = "127.0.0.1",
 ) -> DashboardApp:
-    """The dashboard app; its lifespan opens the engine, the PostgreSQL and Redis pools."""
+    """The dashboard app; its lifespan opens the engine, the PostgreSQL and Redis pools (and
+    with METRICS=PORT, the metrics server on `metrics_host`:PORT)."""
     options = options or ApiOptions()
-    openapi_body = orjson.dumps(build_openapi())
+    same_port = settings.metrics == "same"
+    openapi_body = orjson.dumps(build_openapi(metrics=same_port))
+    metrics = AppMetrics(
+        settings.metrics,
+        load_markets(settings.markets_file) if settings.metrics != "off" else {},
+        ttl=options.metrics_ttl,
+        clock=options.metrics_clock,
+    )
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
-        services = await open_services(settings, options)
+        services = await open_services(settings, options, cache_reads=metrics.cache_reads)
         try:
+            metrics.bind(services, host=metrics_host)
             yield {"services": services}
         finally:
+            metrics.unbind()
             await services.aclose()
             # Export what is still batched: uvicorn may end the process right after this.
             flush = getattr(tracer_provider, "force_flush", None)
@@ -154,6 +178,8 @@ def create_app(
         Route("/readyz", api.readyz, methods=["GET"], name="readyz"),
         Route("/openapi.json", openapi, methods=["GET"], name="openapi"),
     ]
+    if same_port:  # not behind the user token; METRICS=PORT serves it on its own port
+        routes.append(Route("/metrics", metrics.endpoint, methods=["GET"], name="metrics"))
     # One server span per request (opentelemetry-instrumentation-asgi), only when spans go
     # somewhere: with no exporter configured the middleware is not even in the stack.
     traced = not isinstance(
@@ -167,7 +193,7 @@ def create_app(
             exclude_spans=["receive", "send"],
         )
     ]
-    return DashboardApp(
+    app = DashboardApp(
         routes=routes,
         middleware=middleware if traced else [],
         exception_handlers={
@@ -178,3 +204,5 @@ def create_app(
         },
         lifespan=lifespan,
     )
+    app.metrics = metrics
+    return app

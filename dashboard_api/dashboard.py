@@ -12,8 +12,9 @@ user another's data.
 
 A miss, a Redis error or an entry failing the checks falls back to the newest persisted
 row (concurrent misses share one query, `newest`), which is then put back with what remains
-of its 24 h; a rejected entry is counted (`DashboardStore.rejected`), logged and overwritten
-whatever its version key says. Redis errors open a short circuit breaker (pybreaker's, as
+of its 24 h; a rejected entry is logged and overwritten whatever its version key says. Every
+read is counted by its result (`dashboard_cache_reads_total`: hit, miss, rejected,
+redis_error; `metrics.CacheReads`). Redis errors open a short circuit breaker (pybreaker's, as
 the HTTP providers'), so a dead or hanging Redis costs one short timeout per cooldown, not
 one per request.
 """
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
@@ -34,6 +34,7 @@ from redis.exceptions import RedisError
 
 from dashboard_api.auth import Principal
 from dashboard_api.db import ThreadedDB
+from dashboard_api.metrics import CacheReads
 from dashboard_api.newest import NewestRows
 from dashboard_api.problems import Problem
 from overnight_pipeline.core.money import quantum
@@ -156,6 +157,7 @@ class DashboardStore:
         breaker: pybreaker.CircuitBreaker,
         db: ThreadedDB,
         redis_timeout: float,
+        reads: CacheReads,
     ) -> None:
         self.redis = redis
         self.prefix = prefix
@@ -163,7 +165,7 @@ class DashboardStore:
         self.db = db
         self.newest = NewestRows(db)
         self.redis_timeout = redis_timeout
-        self.rejected: Counter[str] = Counter()
+        self.reads = reads
         # Entries this process validated in full, by their exact bytes (storage.cache).
         self.validated = ValidatedEntries()
 
@@ -184,20 +186,25 @@ class DashboardStore:
                 with self.breaker.calling():
                     entry = await self._read(principal)
         except pybreaker.CircuitBreakerError:
+            self.reads.redis_error.inc()
             return None, None
         except REDIS_ERRORS as exc:
+            self.reads.redis_error.inc()
             if healthy:
                 record_failure(self.breaker, exc)
             return None, None
         if entry is None:
+            self.reads.miss.inc()
             return None, None
         try:
             valid = validate_entry(
                 entry, principal.user_key, now=datetime.now(UTC), memo=self.validated
             )
         except InvalidDocument as exc:
+            self.reads.rejected.inc()
             self.reject(principal.user_key, exc.reason)
             return None, entry.digest
+        self.reads.hit.inc()
         base = valid.recs["portfolioSummary"]["baseCurrency"]
         result = DashboardResult(
             recs=valid.recs,
@@ -214,14 +221,9 @@ class DashboardStore:
             return await read_entry(self.redis, principal.user_key, prefix=self.prefix)
 
     def reject(self, user_key: str, reason: str) -> None:
-        """Count and log a cache entry that failed the contract (it is then a miss)."""
-        kind = reason.split(":", 1)[0]
-        self.rejected[kind] += 1
+        """Log a cache entry that failed the contract (it is then served from PostgreSQL)."""
         log.warning(
-            "cache entry rejected: user=%s reason=%r rejected_total=%d; serving from PostgreSQL",
-            user_key,
-            reason,
-            self.rejected.total(),
+            "cache entry rejected: user=%s reason=%r; serving from PostgreSQL", user_key, reason
         )
 
     async def from_database(

@@ -140,7 +140,8 @@ def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any
     }
 
 
-def build_openapi() -> dict[str, Any]:
+def build_openapi(*, metrics: bool = True) -> dict[str, Any]:
+    """The document; `metrics`: `/metrics` is served on this port (METRICS=same)."""
     _, defs = models_json_schema(
         [(m, "serialization") for m in _MODELS],
         by_alias=True,
@@ -278,6 +279,25 @@ def build_openapi() -> dict[str, Any]:
         },
     }
     paths.update(_page_paths())
+    if metrics:
+        paths["/metrics"] = {
+            "get": {
+                "operationId": "metrics",
+                "summary": (
+                    "Prometheus metrics (text format; OpenMetrics when asked for in `Accept`): "
+                    "per-market readiness and run outcomes, cache reads by result, requests "
+                    "by route and status, their durations, the Redis breaker's state. No user "
+                    "id in any label; METRICS=off or a port of its own removes it from here."
+                ),
+                "security": [],
+                "responses": {
+                    "200": {
+                        "description": "The metrics.",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    }
+                },
+            }
+        }
     return {
         "openapi": "3.1.0",
         "info": {

@@ -10,7 +10,9 @@ make a request fail or hang.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -20,6 +22,7 @@ from redis.backoff import NoBackoff
 from dashboard_api.auth import TokenVerifier
 from dashboard_api.dashboard import DashboardStore, redis_breaker
 from dashboard_api.db import ThreadedDB
+from dashboard_api.metrics import CacheReads
 from overnight_pipeline.settings import Settings
 from overnight_pipeline.storage.db import make_engine
 
@@ -37,6 +40,8 @@ class ApiOptions:
     redis_failures: int = 3
     db_timeout: float = 2.0  # pool checkout and statement, seconds
     db_pool_size: int = 8
+    metrics_ttl: float = 5.0  # seconds the run-derived metrics are reused between scrapes
+    metrics_clock: Callable[[], datetime] | None = None  # tests: a fixed "now" for them
 
 
 @dataclass
@@ -54,7 +59,9 @@ class Services:
         self.db.engine.dispose()
 
 
-async def open_services(settings: Settings, options: ApiOptions) -> Services:
+async def open_services(
+    settings: Settings, options: ApiOptions, *, cache_reads: CacheReads
+) -> Services:
     connect_args: dict[str, Any] = {}
     if not settings.is_sqlite:
         connect_args = {
@@ -85,6 +92,7 @@ async def open_services(settings: Settings, options: ApiOptions) -> Services:
         breaker=redis_breaker(options.redis_cooldown, threshold=options.redis_failures),
         db=db,
         redis_timeout=options.redis_timeout,
+        reads=cache_reads,
     )
     tokens = TokenVerifier(settings.dashboard_secret)
     return Services(settings, options, db, redis, store, tokens)

@@ -258,14 +258,17 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from overnight_pipeline.telemetry import tracer_provider
 
     check_database(settings)
+    check_markets(settings)  # the metrics judge each market's sessions on its calendar
     problem = redis_problem(settings.redis_url)
     if problem:
         print(f"warning: {problem}: the dashboard answers from PostgreSQL", file=sys.stderr)
     # Request spans go wherever OTEL_* says (no-op when nothing exports).
     provider = tracer_provider(settings)
+    if settings.metrics.isdigit():  # a second server, started and stopped by the lifespan
+        print(f"metrics on http://{args.host}:{settings.metrics}/metrics", file=sys.stderr)
     # uvloop + httptools: about 3x the requests/s of the pure-Python loop and parser here.
     uvicorn.run(
-        create_app(settings, tracer_provider=provider),
+        create_app(settings, tracer_provider=provider, metrics_host=args.host),
         host=args.host,
         port=args.port,
         loop="uvloop",

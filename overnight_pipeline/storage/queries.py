@@ -270,3 +270,30 @@ def recent_job_runs(
         stmt = stmt.where(j.started_at < before)
     stmt = stmt.order_by(j.started_at.desc(), j.id.desc()).limit(_limit(limit))
     return [JobRun(**row._asdict()) for row in conn.execute(stmt)]
+
+
+@dataclass(frozen=True)
+class FinishedRun:
+    """A run of one market that has finished: what the dashboard's metrics count."""
+
+    market: str
+    status: str  # completed | partial | failed
+    completed_at: datetime
+    users_failed: int
+
+
+def finished_runs(conn: Connection, *, since: datetime) -> list[FinishedRun]:
+    """Runs of one market (`market` set) that finished at or after `since`, oldest first:
+    one statement for every market."""
+    j = overnight_job_runs_table.c
+    stmt = (
+        select(j.market, j.status, j.completed_at, j.users_failed)
+        .where(
+            j.job_type == "overnight",
+            j.market.is_not(None),
+            j.status.in_(("completed", "partial", "failed")),
+            j.completed_at >= since,
+        )
+        .order_by(j.completed_at)
+    )
+    return [FinishedRun(*row) for row in conn.execute(stmt)]
