@@ -25,7 +25,8 @@ class Receiver:
 
 
 @contextmanager
-def webhook_receiver() -> Iterator[Receiver]:
+def webhook_receiver(port: int = 0) -> Iterator[Receiver]:
+    """A receiver on `port` (0: any free port); `received` holds the JSON bodies it took."""
     receiver = Receiver(url="")
     lock = threading.Lock()
 
@@ -45,10 +46,12 @@ def webhook_receiver() -> Iterator[Receiver]:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
-    receiver.url = f"http://127.0.0.1:{server.server_address[1]}/hooks/secret-token"
+    receiver.url = f"http://127.0.0.1:{server.server_address[1]}/hooks/" + (
+        "secret-token" if port == 0 else "down"
+    )
     try:
         yield receiver
     finally:

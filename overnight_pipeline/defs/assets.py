@@ -514,7 +514,6 @@ def scores_and_recommendations(asset_prices: None, asset_fundamentals: None) -> 
     deps=[AssetKey("recommendations")],
     retry_policy=IO_RETRY,
     kinds={"redis"},
-    freshness_policy=checks.CACHE_FRESHNESS,
     description="recs:{userId} and portfolio:{userId} in Redis (24 h TTL); an older "
     "market-date never replaces a newer entry.",
 )

@@ -6,7 +6,7 @@
 | `prices_complete` | asset_prices | WARN | some held assets got no price (their users are dropped) |
 | `no_failed_users` | asset_scores, recommendations | WARN | any user of the calculation failed |
 | `failed_users_within_limit` | asset_scores, recommendations | ERROR, not blocking | failed users / started users > `MAX_FAILED_USER_RATIO` |
-| `cache_fresh` | recommendation_cache | WARN | no cache write (any partition) for 24 h |
+| `ready_before_open_<MARKET>` | recommendation_cache | ERROR after the open | `defs/readiness.py`: the market's session was not ready at its open |
 
 User counts come from the event store (per correlation id), not from one attempt's
 metadata, so a retried or re-executed step judges the whole calculation. No check blocks:
@@ -20,19 +20,13 @@ market-date in its description and in a `partition` metadata entry instead.
 # No `from __future__ import annotations`: Dagster inspects the context annotations.
 
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from dagster import (
-    AssetCheckExecutionContext,
     AssetCheckResult,
-    AssetChecksDefinition,
     AssetCheckSeverity,
     AssetCheckSpec,
-    AssetsDefinition,
-    FreshnessPolicy,
     MetadataValue,
-    asset_check,
 )
 
 from overnight_pipeline.storage.job_runs import CalculationCounts
@@ -41,9 +35,6 @@ RATES_FRESH = "rates_fresh"
 PRICES_COMPLETE = "prices_complete"
 NO_FAILED_USERS = "no_failed_users"
 FAILED_USERS_WITHIN_LIMIT = "failed_users_within_limit"
-CACHE_FRESH = "cache_fresh"
-CACHE_FRESH_FOR = timedelta(hours=24)
-CACHE_FRESHNESS = FreshnessPolicy.time_window(fail_window=CACHE_FRESH_FOR)
 StepTotals = Mapping[str, Any]
 """A step's metrics summed over the run's partitions."""
 
@@ -161,41 +152,3 @@ def prices_check(totals: StepTotals, partitions: Sequence[str] = ()) -> AssetChe
         metadata={**where, "missing": missing, "assets": int(totals.get("assets", 0) or 0)},
         description=f"{prefix}{missing} held assets without a price",
     )
-
-
-def cache_freshness_check(cache_asset: AssetsDefinition) -> AssetChecksDefinition:
-    """WARN when no partition of the cache was written for 24 h (the cache TTL): expected
-    over weekends and holidays of every market, a problem on a trading day. The asset also
-    carries `CACHE_FRESHNESS` for the UI's freshness state (evaluated by the daemon)."""
-
-    @asset_check(
-        asset=cache_asset,
-        name=CACHE_FRESH,
-        blocking=False,
-        description="WARN: no cache write (any market-date) in the last 24 h.",
-    )
-    def _cache_fresh(context: AssetCheckExecutionContext) -> AssetCheckResult:
-        event = context.instance.get_latest_materialization_event(cache_asset.key)
-        now = datetime.now(UTC)
-        if event is None:
-            return AssetCheckResult(
-                passed=False,
-                severity=AssetCheckSeverity.WARN,
-                description="the cache was never written",
-            )
-        written = datetime.fromtimestamp(event.timestamp, UTC)
-        age = now - written
-        return AssetCheckResult(
-            passed=age <= CACHE_FRESH_FOR,
-            severity=AssetCheckSeverity.WARN,
-            metadata={
-                "last_written": MetadataValue.timestamp(written),
-                "age_hours": round(age.total_seconds() / 3600, 2),
-                "partition": event.asset_materialization.partition
-                if event.asset_materialization
-                else None,
-            },
-            description=f"last written {age.total_seconds() / 3600:.1f} h ago",
-        )
-
-    return _cache_fresh

@@ -44,6 +44,7 @@ from dagster import (
 from opentelemetry.trace import TracerProvider
 from sqlalchemy import Engine, select
 
+from overnight_pipeline.alerts import Webhook, raise_alerts, run_alerts
 from overnight_pipeline.defs.assets import SCORES_AND_RECOMMENDATIONS
 from overnight_pipeline.defs.monitor import fail_dead_runs
 from overnight_pipeline.defs.partitions import (
@@ -329,8 +330,12 @@ def record_run_finished(
     *,
     run_error: str | None = None,
     tracer_provider: TracerProvider | None = None,
+    webhook: Webhook | None = None,
+    max_failed_user_ratio: float = 0.05,
 ) -> job_runs.JobRun:
-    """Upsert the finished row of `run`; emit its span the first time it is finished."""
+    """Upsert the finished row of `run`; emit its span the first time it is finished; with
+    a `webhook`, raise the alerts the row calls for (run failed, partial above the
+    failed-user limit, replay mismatch: each once per market-date, never failing this)."""
     facts = run_facts(instance, run)
     run_error = _crash_explanation(instance, run) or run_error
     with engine.connect() as conn:
@@ -372,6 +377,10 @@ def record_run_finished(
             _emit_span(tracer_provider, facts, row, details)
         except Exception:  # telemetry must never cost the job-run record
             _log.exception("could not emit the overnight-scoring-job span of %s", run.run_id)
+    if webhook is not None:
+        # Every time, not only the first: the alert table keeps them to one per kind, and a
+        # tick lost after the row was written must not lose the alert.
+        raise_alerts(engine, webhook, run_alerts(row, max_failed_user_ratio=max_failed_user_ratio))
     return row
 
 
@@ -449,6 +458,8 @@ def reconcile_unfinished(
     *,
     limit: int = 20,
     tracer_provider: TracerProvider | None = None,
+    webhook: Webhook | None = None,
+    max_failed_user_ratio: float = 0.05,
 ) -> int:
     """Finish rows still `started` whose run has ended (a tick lost to an error: Dagster
     moves the sensor's cursor on regardless). Returns how many were fixed."""
@@ -464,7 +475,14 @@ def reconcile_unfinished(
     for run_id in run_ids:
         run = instance.get_run_by_id(run_id) if run_id else None
         if run is not None and run.status in FINISHED_STATUSES:
-            record_run_finished(instance, run, engine, tracer_provider=tracer_provider)
+            record_run_finished(
+                instance,
+                run,
+                engine,
+                tracer_provider=tracer_provider,
+                webhook=webhook,
+                max_failed_user_ratio=max_failed_user_ratio,
+            )
             fixed += 1
     return fixed
 
@@ -487,10 +505,14 @@ def build_job_run_sensors(
     asset_keys: Collection[AssetKey] = (),
     interval_seconds: int = 30,
     tracer_provider: Callable[[], TracerProvider | None] = lambda: None,
+    webhook: Webhook | None = None,
+    max_failed_user_ratio: float = 0.05,
 ) -> list[SensorDefinition]:
     """The four sensors for runs that materialise the overnight assets (`job_name`'s, or
     any run selecting one of `asset_keys`), wherever they were launched from (the UI, a
-    schedule, a job or asset backfill, or `overnight run` against the same instance)."""
+    schedule, a job or asset backfill, or `overnight run` against the same instance).
+    With a `webhook`, a finished run's alerts are raised where its row is written."""
+    alerting: dict[str, Any] = {"webhook": webhook, "max_failed_user_ratio": max_failed_user_ratio}
 
     def ours(run: DagsterRun) -> bool:
         return materialises_overnight_assets(run, job_name, asset_keys)
@@ -517,8 +539,11 @@ def build_job_run_sensors(
             database.engine,
             run_error=error,
             tracer_provider=provider,
+            **alerting,
         )
-        reconcile_unfinished(context.instance, database.engine, tracer_provider=provider)
+        reconcile_unfinished(
+            context.instance, database.engine, tracer_provider=provider, **alerting
+        )
 
     @run_status_sensor(
         run_status=DagsterRunStatus.STARTED,
@@ -574,7 +599,11 @@ def build_job_run_sensors(
             context.log.warning(f"run {run.run_id}: worker gone, marked failed")
             if ours(run):
                 record_run_finished(
-                    context.instance, run, database.engine, run_error="run worker died"
+                    context.instance,
+                    run,
+                    database.engine,
+                    run_error="run worker died",
+                    **alerting,
                 )
         return SkipReason(
             f"{len(dead)} dead run worker(s) marked failed"
