@@ -102,6 +102,10 @@ def fail_dead_local_runs(settings: Settings, dagster: DagsterInstance) -> list[s
     dead = fail_dead_runs(dagster)
     if not dead:
         return []
+    if dagster.event_log_storage.supports_global_concurrency_limits:
+        # A killed provider step keeps its `market_data` pool slot; no daemon frees it here.
+        for run in dead:
+            dagster.event_log_storage.free_concurrency_slots_for_run(run.run_id)
     _, finished = _job_run_recorders()
     engine = make_engine(settings.database_url)
     try:

@@ -85,6 +85,9 @@ DB_RETRY = RetryPolicy(
     max_retries=2, delay=RETRY_DELAY, backoff=Backoff.EXPONENTIAL, jitter=Jitter.FULL
 )
 SCORES_AND_RECOMMENDATIONS = "scores_and_recommendations"
+# The provider steps of every run share the vendor's limit: at most the pool's limit of them
+# run at once across runs (deploy/dagster.yaml `concurrency.pools`; one by default).
+MARKET_DATA_POOL = "market_data"
 
 
 def correlation_id(context: OpExecutionContext, key: str) -> uuid.UUID:
@@ -174,6 +177,7 @@ def _fetch(
     partitions_def=PARTITIONS,
     group_name=GROUP,
     retry_policy=IO_RETRY,
+    pool=MARKET_DATA_POOL,
     kinds={"python"},
     check_specs=[checks.rates_check_spec("exchange_rates")],
     description="One USD-quoted exchange-rate snapshot per market-date, shared by every user "
@@ -194,6 +198,7 @@ def exchange_rates(
     group_name=GROUP,
     deps=[exchange_rates],
     retry_policy=IO_RETRY,
+    pool=MARKET_DATA_POOL,
     check_specs=[checks.prices_check_spec("asset_prices")],
     description="A price for every distinct asset held by the partition's users, fetched "
     "once per asset in rate-limited batches.",
@@ -213,6 +218,7 @@ def asset_prices(
     group_name=GROUP,
     deps=[exchange_rates],
     retry_policy=IO_RETRY,
+    pool=MARKET_DATA_POOL,
     description="Fundamentals for every distinct asset held by the partition's users.",
 )
 def asset_fundamentals(
