@@ -35,7 +35,8 @@ dev: install services ## Start the Dagster UI (dagster dev) on http://127.0.0.1:
 	@if [ -n "$${DAGSTER_PG_URL:-}" ]; then bash scripts/ensure-dagster-db.sh; fi
 	@$(BIN)/python -m overnight_pipeline.runner >/dev/null
 	$(BIN)/overnight migrate
-	DAGSTER_HOME=$(DAGSTER_HOME_DIR) exec $(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p $(PORT)
+	DAGSTER_HOME=$(DAGSTER_HOME_DIR) exec $(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p $(PORT) \
+	  $(if $(filter json,$(LOG_FORMAT)),--log-format json)
 
 test: install services ## Run the test suite against real PostgreSQL and Redis
 	$(BIN)/pytest

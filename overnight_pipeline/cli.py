@@ -255,6 +255,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
     from dashboard_api.app import create_app
+    from overnight_pipeline.logs import uvicorn_logging
     from overnight_pipeline.telemetry import tracer_provider
 
     check_database(settings)
@@ -276,6 +277,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         lifespan="on",
         access_log=args.access_log,
         log_level="info",
+        **uvicorn_logging(settings.log_format),
     )
     return 0
 
@@ -398,6 +400,9 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return INVALID
+    from overnight_pipeline import logs
+
+    logs.configure(settings.log_format)
     try:
         return int(args.func(args, settings))
     except InvalidSetting as exc:

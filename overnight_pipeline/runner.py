@@ -34,6 +34,7 @@ from dagster import (
 
 from overnight_pipeline.core.markets import load_markets
 from overnight_pipeline.defs import OVERNIGHT_JOB, build_definitions
+from overnight_pipeline.defs.loggers import PROCESS_LOGGER
 from overnight_pipeline.defs.monitor import fail_dead_runs, worker_tags
 from overnight_pipeline.defs.partitions import partition_key
 from overnight_pipeline.settings import Settings
@@ -134,9 +135,10 @@ def run_partition(
     *,
     dagster: DagsterInstance | None = None,
     with_cache: bool = True,
-    log_level: str = "WARNING",
+    log_level: str = "INFO",
 ) -> PartitionSummary:
-    """Materialise every overnight asset of `market|day` in this process."""
+    """Materialise every overnight asset of `market|day` in this process; its log goes to
+    this process's logging (the `overnight` logger, `log_level` and up)."""
     defs = build_definitions(settings)
     job = defs.resolve_job_def(OVERNIGHT_JOB)
     selection = None
@@ -155,7 +157,7 @@ def run_partition(
         asset_selection=selection,
         raise_on_error=False,
         tags={"overnight/trigger": "cli", **worker_tags()},
-        run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
+        run_config={"loggers": {PROCESS_LOGGER: {"config": {"log_level": log_level}}}},
     )
     summary = _summary(result, market, day, with_cache=with_cache)
     summary.run_id = result.run_id

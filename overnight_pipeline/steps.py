@@ -10,6 +10,7 @@ are already there, so nothing is duplicated (SPEC §4, §7).
 from __future__ import annotations
 
 import hashlib
+import logging
 import random
 import time
 import uuid
@@ -46,6 +47,7 @@ from overnight_pipeline.core.scored import (
     same_document,
     score_json,
 )
+from overnight_pipeline.logs import correlation, mask_user
 from overnight_pipeline.providers.base import Instrument, MarketDataProvider
 from overnight_pipeline.storage import overnight as store
 from overnight_pipeline.storage.cache import CacheEntry, write_entries
@@ -55,6 +57,14 @@ from overnight_pipeline.storage.market_data import (
     store_rates,
 )
 from overnight_pipeline.storage.partitions import ensure_months
+
+_log = logging.getLogger(__name__)
+JOB_STARTED = "Overnight job started"
+BATCH_PROCESSED = "User batch processed"
+USER_FAILED = "User processing failed"
+FAILED_USERS_LOGGED = 100
+"""Failed users logged one by one per shard step; the rest are counted in one line (every
+failure is in the step's metadata and the user's failed `CALC_COMPLETED`)."""
 
 STARTED, CAPTURED, SCORED, COMPLETED = (
     "CALC_STARTED",
@@ -334,6 +344,7 @@ def score_and_recommend(
     batch_size: int = 1000,
     shard: int = 0,
     shards: int = 1,
+    log: logging.Logger | None = None,
 ) -> StepReport:
     """Scores, recommendations and the four events of every user of one shard of the
     partition, in one pass per batch: each batch is loaded once, scored, recommended and
@@ -343,9 +354,43 @@ def score_and_recommend(
 
     `calculated_at` (the root run's creation time, like the correlation id the same for
     retries and re-executions) stamps every row of the calculation and chooses its monthly
-    partition, created here if it is missing."""
+    partition, created here if it is missing.
+
+    `log` (the step's Dagster log; default this module's logger) gets "Overnight job
+    started", one "User batch processed" progress line per batch and "User processing
+    failed" per failed user (masked id), each with its fields as `extra`."""
     if not 0 <= shard < shards:
         raise ValueError(f"shard: {shard} is not in 0..{shards - 1}")
+    with correlation(correlation_id):
+        return _score_and_recommend(
+            engine,
+            market=market,
+            day=day,
+            markets=markets,
+            correlation_id=correlation_id,
+            calculated_at=calculated_at,
+            run_id=run_id,
+            batch_size=batch_size,
+            shard=shard,
+            shards=shards,
+            log=log or _log,
+        )
+
+
+def _score_and_recommend(
+    engine: Engine,
+    *,
+    market: str,
+    day: date,
+    markets: Mapping[str, Market],
+    correlation_id: uuid.UUID,
+    calculated_at: datetime,
+    run_id: str,
+    batch_size: int,
+    shard: int,
+    shards: int,
+    log: logging.Logger,
+) -> StepReport:
     started = time.perf_counter()
     with engine.begin() as conn:
         ensure_months(conn, [calculated_at])
@@ -395,8 +440,22 @@ def score_and_recommend(
         with engine.connect() as conn:
             return store.load_batch(conn, chunk, snapshot=snapshot)
 
+    chunks = _chunks(todo, batch_size)
+    progress = _Progress(
+        log,
+        market=market,
+        day=day,
+        correlation_id=correlation_id,
+        run_id=run_id,
+        shard=shard,
+        shards=shards,
+        users=len(todo),
+        batches=len(chunks),
+    )
+    progress.started(users=len(users), resumed=len(users) - len(todo), batch_size=batch_size)
     with _BatchWriter(engine) as writer:
-        for chunk, loaded in _prefetched(_chunks(todo, batch_size), load):
+        for chunk, loaded in _prefetched(chunks, load):
+            failures_before = len(report.failures)
             writer.submit(
                 _process_batch(
                     loaded,
@@ -412,8 +471,127 @@ def score_and_recommend(
                     snapshot=snapshot_key,
                 )
             )
+            progress.batch(len(chunk), report.failures[failures_before:])
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _about(seconds: float) -> str:
+    """A duration as a person reads it: 0.4 s, 12 s, 3 min 20 s, 1 h 05 min."""
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    whole = round(seconds)
+    if whole < 60:
+        return f"{whole} s"
+    if whole < 3600:
+        return f"{whole // 60} min {whole % 60:02d} s"
+    return f"{whole // 3600} h {whole % 3600 // 60:02d} min"
+
+
+class _Progress:
+    """The log lines of one shard step (SPEC §9 Progress; the original's logging strategy):
+    "Overnight job started", then per batch "User batch processed" with batch n of N, users,
+    failed, seconds, users/s (the batch's) and the estimated time left (at the step's
+    average rate so far), and "User processing failed" per failed user, id masked."""
+
+    def __init__(
+        self,
+        log: logging.Logger,
+        *,
+        market: str,
+        day: date,
+        correlation_id: uuid.UUID,
+        run_id: str,
+        shard: int,
+        shards: int,
+        users: int,
+        batches: int,
+    ) -> None:
+        self._log = log
+        self._where = f"{market} {day.isoformat()}, shard {shard + 1} of {shards}"
+        self._common: dict[str, Any] = {
+            "correlationId": str(correlation_id),
+            "runId": run_id,
+            "market": market,
+            "marketDate": day.isoformat(),
+            "shard": shard + 1,
+            "shards": shards,
+        }
+        self._users = users
+        self._batches = batches
+        self._done = 0
+        self._number = 0
+        self._failed_logged = 0
+        self._began = self._last = time.perf_counter()
+
+    def _emit(self, level: int, message: str, event: str, **fields: Any) -> None:
+        self._log.log(level, message, extra={"event": event, **self._common, **fields})
+
+    def started(self, *, users: int, resumed: int, batch_size: int) -> None:
+        self._emit(
+            logging.INFO,
+            f"{JOB_STARTED}: {self._where}: {users} users ({resumed} already done), "
+            f"{self._batches} batches of up to {batch_size}",
+            JOB_STARTED,
+            jobType="scoring",
+            targetMarkets=[self._common["market"]],
+            userCount=users,
+            usersResumed=resumed,
+            batchCount=self._batches,
+            batchSize=batch_size,
+        )
+        self._began = self._last = time.perf_counter()
+
+    def batch(self, users: int, failures: Sequence[Mapping[str, str]]) -> None:
+        now = time.perf_counter()
+        seconds, self._last = now - self._last, now
+        self._number += 1
+        self._done += users
+        rate = users / seconds if seconds > 0 else 0.0
+        average = self._done / (now - self._began) if now > self._began else 0.0
+        left = (self._users - self._done) / average if average > 0 else 0.0
+        for failure in failures:
+            self._failed(failure)
+        self._emit(
+            logging.INFO,
+            f"{BATCH_PROCESSED}: batch {self._number} of {self._batches} ({self._where}): "
+            f"{users} users, {len(failures)} failed, {seconds:.2f} s, {rate:,.1f} users/s, "
+            f"about {_about(left)} left",
+            BATCH_PROCESSED,
+            batchNumber=self._number,
+            batchCount=self._batches,
+            usersProcessed=users,
+            usersFailed=len(failures),
+            duration=round(seconds * 1000),
+            seconds=round(seconds, 3),
+            usersPerSecond=round(rate, 1),
+            usersDone=self._done,
+            usersTotal=self._users,
+            etaSeconds=round(left, 1),
+        )
+
+    def _failed(self, failure: Mapping[str, str]) -> None:
+        self._failed_logged += 1
+        if self._failed_logged > FAILED_USERS_LOGGED:
+            if self._failed_logged == FAILED_USERS_LOGGED + 1:
+                self._emit(
+                    logging.ERROR,
+                    f"{USER_FAILED}: more than {FAILED_USERS_LOGGED} users failed "
+                    f"({self._where}); the others are in the step's metadata",
+                    USER_FAILED,
+                    batchNumber=self._number,
+                )
+            return
+        user = mask_user(failure["user"])
+        self._emit(
+            logging.ERROR,
+            f"{USER_FAILED}: user {user} at {failure['stage']}: {failure['error'][:300]}",
+            USER_FAILED,
+            userId=user,
+            stage=failure["stage"],
+            error=failure["error"][:1000],
+            batchNumber=self._number,
+        )
 
 
 def _process_batch(

@@ -18,6 +18,7 @@ from overnight_pipeline.defs.assets import (
     ShardPlanIOManager,
 )
 from overnight_pipeline.defs.executors import overnight_executor
+from overnight_pipeline.defs.loggers import LOGGERS
 from overnight_pipeline.defs.readiness import build_readiness_sensor, readiness_checks
 from overnight_pipeline.defs.resources import resources_from
 from overnight_pipeline.defs.retention import build_retention
@@ -67,4 +68,5 @@ def build_definitions(settings: Settings, *, env_vars: bool = True) -> Definitio
         },
         # Asset jobs the UI builds (Materialize, asset backfills) run in one process.
         executor=in_process_executor,
+        loggers=LOGGERS,
     )

@@ -338,6 +338,7 @@ def score_and_recommend_shard(
         batch_size=tuning.batch_size,
         shard=shard.index,
         shards=shard.shards,
+        log=context.log,
     )
     context.log.info(f"{shard.key} shard {shard.index}/{shard.shards}: {report.metrics}")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
