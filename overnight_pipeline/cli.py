@@ -329,6 +329,35 @@ def cmd_reexecute(args: argparse.Namespace, settings: Settings) -> int:
     return OK if summary.success else FAILED
 
 
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    """Each market's readiness for its session on --date (default: its current or next
+    session); 0 when every market with a session is ready, 1 otherwise (a market before its
+    open is pending, not ready)."""
+    from datetime import UTC, date, datetime
+
+    from overnight_pipeline.status import as_json, as_table, everything_ready
+    from overnight_pipeline.storage.job_runs import market_readiness
+
+    markets = check_markets(settings)
+    day = None
+    if args.date is not None:
+        try:
+            day = date.fromisoformat(args.date)
+        except ValueError:
+            print(f"error: --date must be YYYY-MM-DD (got {args.date!r})", file=sys.stderr)
+            return INVALID
+    check_database(settings)
+    now = datetime.now(UTC)
+    engine = _engine(settings)
+    try:
+        with engine.connect() as conn:
+            judged = market_readiness(conn, list(markets.values()), now=now, day=day)
+    finally:
+        engine.dispose()
+    print(as_json(judged, now=now, day=args.date) if args.json else as_table(judged, now=now))
+    return OK if everything_ready(judged) else FAILED
+
+
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     check_markets(settings)
     check_market_data(settings)
@@ -384,6 +413,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("run_id", metavar="RUN_ID")
     p.set_defaults(func=cmd_reexecute)
+
+    p = sub.add_parser("status", help="each market's readiness for its session (exit 1: not all)")
+    p.add_argument("--date", help="YYYY-MM-DD (default: each market's current or next session)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("demo", help="seed demo users and run today's partition of each market")
     p.add_argument("--users", type=int, default=1000)
