@@ -42,7 +42,10 @@ def build_definitions(settings: Settings, *, env_vars: bool = True) -> Definitio
         "fundamentals, scores and recommendations (sharded), and the Redis cache.",
         executor_def=overnight_executor(settings),
     )
-    retention_job, retention_schedule = build_retention(batch_size=settings.retention_batch_size)
+    retention_job, retention_schedule = build_retention(
+        batch_size=settings.retention_batch_size,
+        dagster_history_days=settings.dagster_history_days,
+    )
     return Definitions(
         assets=OVERNIGHT_ASSETS,
         asset_checks=[readiness],

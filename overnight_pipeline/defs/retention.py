@@ -1,18 +1,27 @@
-"""The audit retention job (SPEC §4, AC-8.6.5): every day, remove calculation events, their
+"""The retention job (SPEC §4, AC-8.6.5): every day, remove calculation events, their
 asset index, their snapshots and job runs older than two years (PostgreSQL: drop their
-monthly partitions and create the coming months'; SQLite: delete in bounded batches).
+monthly partitions and create the coming months'; SQLite: delete in bounded batches), and
+Dagster's own runs and their event logs older than `DAGSTER_HISTORY_DAYS` (the audit tables
+are the record; Dagster's history is for operating the last weeks).
 
 An op job, not an asset: it produces no data, and as an asset it sat on the global lineage
 page beside the overnight assets, so "Materialize all" there selected it too."""
 
 # No `from __future__ import annotations`: Dagster inspects the context annotations.
 
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
 from dagster import (
+    DagsterInstance,
+    DagsterRunStatus,
     DefaultScheduleStatus,
     JobDefinition,
     MetadataValue,
     OpExecutionContext,
     Output,
+    RunsFilter,
     ScheduleDefinition,
     job,
     op,
@@ -24,10 +33,73 @@ from overnight_pipeline.storage.retention import RETENTION_YEARS, delete_expired
 RETENTION_JOB = "audit_retention_job"
 # 03:00 UTC: after Tokyo's run (22:00 UTC) and before Europe's (05:00-06:00 UTC).
 RETENTION_CRON = "0 3 * * *"
+HISTORY_BATCH = 100  # Dagster runs deleted per round (each with its event log)
+FINISHED = [DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED]
 
 
-def build_retention(*, batch_size: int) -> tuple[JobDefinition, ScheduleDefinition]:
+@dataclass(frozen=True)
+class HistoryPruned:
+    """What `prune_dagster_history` removed."""
+
+    cutoff: datetime
+    runs: int
+    batches: int
+    seconds: float
+
+
+def prune_dagster_history(
+    instance: DagsterInstance,
+    *,
+    days: int,
+    batch_size: int = HISTORY_BATCH,
+    now: datetime | None = None,
+) -> HistoryPruned:
+    """Delete the instance's finished runs created more than `days` ago, with their event
+    logs (`instance.delete_run`), oldest first, `batch_size` at a time. Runs not finished
+    (queued, started) are left whatever their age: run monitoring fails stuck ones first."""
+    started = time.perf_counter()
+    cutoff = (now or datetime.now(UTC)) - timedelta(days=days)
+    deleted = batches = 0
+    while True:
+        records = instance.get_run_records(
+            filters=RunsFilter(created_before=cutoff, statuses=FINISHED),
+            limit=batch_size,
+            order_by="create_timestamp",
+            ascending=True,
+        )
+        if not records:
+            break
+        for record in records:
+            instance.delete_run(record.dagster_run.run_id)
+        deleted += len(records)
+        batches += 1
+    return HistoryPruned(cutoff, deleted, batches, time.perf_counter() - started)
+
+
+def build_retention(
+    *, batch_size: int, dagster_history_days: int = 90
+) -> tuple[JobDefinition, ScheduleDefinition]:
     """The retention job and its daily schedule (stopped until an operator starts it)."""
+
+    @op(
+        description=f"Deletes Dagster's finished runs older than {dagster_history_days} days "
+        f"(DAGSTER_HISTORY_DAYS) with their event logs, {HISTORY_BATCH} at a time."
+    )
+    def dagster_history(context: OpExecutionContext) -> Output[None]:
+        pruned = prune_dagster_history(context.instance, days=dagster_history_days)
+        context.log.info(
+            f"Dagster history before {pruned.cutoff.isoformat()}: {pruned.runs} runs deleted"
+        )
+        return Output(
+            None,
+            metadata={
+                "cutoff": MetadataValue.timestamp(pruned.cutoff),
+                "history_days": dagster_history_days,
+                "runs_deleted": pruned.runs,
+                "batches": pruned.batches,
+                "seconds": round(pruned.seconds, 3),
+            },
+        )
 
     @op(
         description=f"Removes calculation_events, calculation_assets, calculation_snapshots "
@@ -60,10 +132,12 @@ def build_retention(*, batch_size: int) -> tuple[JobDefinition, ScheduleDefiniti
     @job(
         name=RETENTION_JOB,
         tags={"overnight/kind": "maintenance"},
-        description="Audit retention: what is older than two years (whole months on PostgreSQL).",
+        description="Audit retention: what is older than two years (whole months on PostgreSQL);"
+        " Dagster's runs and event logs older than DAGSTER_HISTORY_DAYS.",
     )
     def audit_retention_job() -> None:
         audit_retention()
+        dagster_history()
 
     schedule = ScheduleDefinition(
         name="audit_retention_daily",

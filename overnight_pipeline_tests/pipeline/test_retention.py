@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dagster import DagsterInstance
+from dagster import DagsterInstance, DagsterRun, DagsterRunStatus, job, op
+from dagster._core.storage.runs.schema import RunsTable
 from sqlalchemy import Engine, event, insert, select, text
 from sqlalchemy.exc import OperationalError
 
 from overnight_pipeline.defs import build_definitions
-from overnight_pipeline.defs.retention import RETENTION_JOB
+from overnight_pipeline.defs.retention import RETENTION_JOB, prune_dagster_history
 from overnight_pipeline.settings import load_settings
 from overnight_pipeline.storage.db import make_engine, migrate
 from overnight_pipeline.storage.models import (
@@ -198,8 +199,11 @@ def test_the_retention_job_reports_what_it_dropped(db_url: str, engine: Engine) 
     with DagsterInstance.ephemeral() as instance:
         result = defs.resolve_job_def(RETENTION_JOB).execute_in_process(instance=instance)
     assert result.success
-    (event_,) = [e for e in result.all_node_events if e.is_successful_output]
-    meta = {k: v.value for k, v in event_.step_output_data.metadata.items()}
+    outputs = {e.step_key: e for e in result.all_node_events if e.is_successful_output}
+    assert sorted(outputs) == ["audit_retention", "dagster_history"]
+    meta = {k: v.value for k, v in outputs["audit_retention"].step_output_data.metadata.items()}
+    history = {k: v.value for k, v in outputs["dagster_history"].step_output_data.metadata.items()}
+    assert history["history_days"] == 90 and history["runs_deleted"] == 0
     gone = {f"p{month_of(s):%Y_%m}" for s in stamps[:2]}
     assert sorted(meta["partitions_dropped"]) == sorted(
         f"{t.name}_{m}" for t in TABLES for m in gone
@@ -234,3 +238,49 @@ def test_retention_works_on_the_embedded_sqlite_database_too(tmp_path: Path) -> 
         assert delete_expired(engine, now=NOW, batch_size=3).total == 0
     finally:
         engine.dispose()
+
+
+@op
+def _noop(context) -> None:  # type: ignore[no-untyped-def]
+    context.log.info("a run with an event log")
+
+
+@job
+def _tiny_job() -> None:
+    _noop()
+
+
+def test_dagster_runs_older_than_the_history_days_go_with_their_event_logs(
+    tmp_path: Path,
+) -> None:
+    """A real (SQLite) instance with finished runs 100 and 10 days old and an old unfinished run:
+    only the old finished ones go, event logs included, in batches."""
+    now = datetime.now(UTC)
+    with DagsterInstance.local_temp(str(tmp_path)) as instance:
+        runs = [_tiny_job.execute_in_process(instance=instance).run_id for _ in range(5)]
+        unfinished = instance.add_run(
+            DagsterRun(
+                job_name="_tiny_job", run_id=str(uuid.uuid4()), status=DagsterRunStatus.STARTED
+            )
+        ).run_id
+        old, new = [*runs[:3], unfinished], runs[3:]
+        ages = {run_id: 100 for run_id in old} | {run_id: 10 for run_id in new}
+        with instance.run_storage.connect() as conn:
+            for run_id, days in ages.items():
+                conn.execute(
+                    RunsTable.update()
+                    .where(RunsTable.c.run_id == run_id)
+                    .values(create_timestamp=(now - timedelta(days=days)).replace(tzinfo=None))
+                )
+        assert all(instance.all_logs(run_id) for run_id in runs)
+
+        pruned = prune_dagster_history(instance, days=90, batch_size=2, now=now)
+
+        assert pruned.runs == 3 and pruned.batches == 2
+        assert abs((now - pruned.cutoff) - timedelta(days=90)) < timedelta(seconds=1)
+        left = {r.run_id for r in instance.get_runs()}
+        assert left == {*new, unfinished}
+        for run_id in runs[:3]:
+            assert instance.get_run_by_id(run_id) is None and not instance.all_logs(run_id)
+        assert all(instance.all_logs(run_id) for run_id in new)
+        assert prune_dagster_history(instance, days=90, now=now).runs == 0
