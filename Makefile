@@ -22,7 +22,7 @@ install: $(STAMP) ## Create .venv and install the project with its dev tools
 services: ## Make sure PostgreSQL, Redis, Chromium and axe-core are there (starts or installs them)
 	@bash scripts/ensure-services.sh
 
-demo: install ## Seed ~1,000 demo users and run today's partition of every market (embedded defaults)
+demo: install ## Seed ~1,000 demo users and run each market's current or next session (embedded defaults)
 	$(BIN)/overnight demo
 
 # The one Dagster home of this checkout: `make demo` writes its runs there, `make dev`

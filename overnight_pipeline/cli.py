@@ -419,7 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("demo", help="seed demo users and run today's partition of each market")
+    p = sub.add_parser("demo", help="seed demo users and run each market's current or next session")
     p.add_argument("--users", type=int, default=1000)
     p.set_defaults(func=cmd_demo)
     return parser

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -32,7 +32,7 @@ from dagster import (
     execute_job,
 )
 
-from overnight_pipeline.core.markets import load_markets
+from overnight_pipeline.core.markets import Market, load_markets
 from overnight_pipeline.defs import OVERNIGHT_JOB, build_definitions
 from overnight_pipeline.defs.loggers import PROCESS_LOGGER
 from overnight_pipeline.defs.monitor import fail_dead_runs, worker_tags
@@ -327,15 +327,56 @@ def table(summaries: Sequence[PartitionSummary]) -> str:
     return "\n".join(lines)
 
 
+def clock() -> datetime:
+    """Now, for `demo` (tests replace it to be on a weekend or a holiday)."""
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class DemoSession:
+    """The partition `demo` runs for a market, and why that date."""
+
+    market: str
+    day: date
+    why: str
+
+    def __str__(self) -> str:
+        return f"{self.market:<6} {self.day.isoformat()} ({self.why})"
+
+
+def demo_sessions(markets: Mapping[str, Market], now: datetime) -> list[DemoSession]:
+    """Each market's current or next session at `now` (what its schedule builds, never a day
+    without a session), with the reason when it is not the market's local today."""
+    from overnight_pipeline.core.readiness import current_or_next_session
+    from overnight_pipeline.defs.schedules import closed_reason
+
+    chosen = []
+    for code, market in markets.items():
+        today = now.astimezone(market.tz).date()
+        try:
+            day = current_or_next_session(market, now)
+        except ValueError as exc:  # no session within a month: the calendar's range
+            chosen.append(DemoSession(code, today, f"skipped: {exc}"))
+            continue
+        why = (
+            "today"
+            if day == today
+            else f"next session: today ({today.isoformat()}) is {closed_reason(market, today)}"
+        )
+        chosen.append(DemoSession(code, day, why))
+    return chosen
+
+
 def demo(settings: Settings, *, users: int = 1000, seed_value: int = 42) -> int:
-    """Seed demo users, run today's partition of every market that has users, summarise."""
+    """Seed demo users, run each market's current or next session (of the markets that have
+    users), summarise."""
     from overnight_pipeline.seed import seed
 
     print(f"app database: {settings.database_url}")
     migrate(settings.database_url)
     engine = make_engine(settings.database_url)
     markets = load_markets(settings.markets_file)
-    now = datetime.now(UTC)
+    now = clock()
     with engine.begin() as conn:
         report = seed(
             conn, users=users, seed=seed_value, as_of=now.date(), markets=tuple(markets.values())
@@ -347,9 +388,15 @@ def demo(settings: Settings, *, users: int = 1000, seed_value: int = 42) -> int:
         f"{'reachable' if with_cache else 'unreachable, the cache step is skipped'}"
     )
     dagster = instance()
+    sessions = demo_sessions(markets, now)
+    print("sessions (each market's current or next, as its schedule would build):")
+    for session in sessions:
+        print(f"  {session}")
     summaries = []
-    for code, market in markets.items():
-        day = now.astimezone(market.tz).date()
+    for session in sessions:
+        code, day = session.market, session.day
+        if session.why.startswith("skipped"):
+            continue
         with engine.connect() as conn:
             if not partition_users(conn, market=code, day=day, markets=markets):
                 continue

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import os
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from dagster import AssetKey, DagsterInstance
 from sqlalchemy import func, select
 
+from overnight_pipeline import runner
 from overnight_pipeline.cli import main
+from overnight_pipeline.core.markets import load_markets
+from overnight_pipeline.runner import demo_sessions
 from overnight_pipeline.settings import get_settings
 from overnight_pipeline.storage.db import make_engine
 from overnight_pipeline.storage.models import (
@@ -78,15 +82,47 @@ def test_overnight_run_names_a_bad_market_or_date(env, capsys) -> None:
 
 def test_the_demo_works_with_embedded_defaults_and_no_redis(env, capsys) -> None:
     env.setenv("REDIS_URL", "redis://127.0.0.1:9/0")  # nothing listens there
+    # A Saturday afternoon in every market: each runs Monday's session, never Saturday's.
+    env.setattr(runner, "clock", lambda: SATURDAY)
     assert main(["demo", "--users", "60"]) == 0
     out = capsys.readouterr().out
     assert "unreachable, the cache step is skipped" in out
     assert "skipped (Redis unreachable)" in out
     assert "make dev" in out and "overnight token" in out
+    assert "NYSE   2026-12-07 (next session: today (2026-12-05) is Saturday, weekend)" in out
     engine = make_engine(get_settings().database_url)
     with engine.connect() as conn:
         users = conn.scalar(select(func.count()).select_from(recommendations_table))
         events = conn.scalar(select(func.count()).select_from(calculation_events_table))
+        days = set(conn.scalars(select(recommendations_table.c.market_date).distinct()))
     engine.dispose()
     assert get_settings().database_url.startswith("sqlite")
     assert users and events == 4 * users
+    assert days == {date(2026, 12, 7)}
+
+
+SATURDAY = datetime(2026, 12, 5, 15, 0, tzinfo=UTC)
+
+
+def test_the_demo_runs_each_markets_current_or_next_session() -> None:
+    markets = load_markets()
+    chosen = {s.market: s for s in demo_sessions(markets, SATURDAY)}
+    assert {m: s.day for m, s in chosen.items()} == dict.fromkeys(markets, date(2026, 12, 7))
+    assert str(chosen["TSE"]) == (
+        "TSE    2026-12-07 (next session: today (2026-12-06) is Sunday, weekend)"
+    )  # 00:00 on Sunday in Tokyo
+    # Sunday evening in New York is already Monday in UTC and in Tokyo.
+    sunday_evening = datetime(2026, 12, 7, 2, 0, tzinfo=UTC)
+    chosen = {s.market: s for s in demo_sessions(markets, sunday_evening)}
+    assert chosen["NYSE"].day == date(2026, 12, 7) and "Sunday, weekend" in chosen["NYSE"].why
+    assert str(chosen["TSE"]) == "TSE    2026-12-07 (today)"
+    # Christmas: New York, London, Frankfurt and São Paulo are closed, Tokyo is not.
+    christmas = datetime(2026, 12, 25, 15, 0, tzinfo=UTC)
+    chosen = {s.market: s for s in demo_sessions(markets, christmas)}
+    assert str(chosen["NYSE"]) == (
+        "NYSE   2026-12-28 (next session: today (2026-12-25) is Friday, Christmas (XNYS holiday))"
+    )
+    assert chosen["XETRA"].day == date(2026, 12, 28) and "holiday" in chosen["XETRA"].why
+    assert chosen["TSE"].day == date(2026, 12, 28)  # 00:00 on Saturday in Tokyo
+    morning = {s.market: s for s in demo_sessions(markets, christmas - timedelta(hours=15))}
+    assert str(morning["TSE"]) == "TSE    2026-12-25 (today)"  # 09:00 on Friday in Tokyo
