@@ -13,13 +13,16 @@ first (the unique key refuses a second one, across ticks and daemon restarts), t
 and sent. A POST has a short timeout and is retried a few times with exponential backoff
 within the call (connection errors, 5xx, 429); a receiver that stays down leaves the alert
 `failed` with a later `next_attempt_at` (1, 2, 4 … up to 15 min), and the readiness
-sensor's next tick sends it; after 24 h it is abandoned. Nothing here raises: an alert
+sensor's next tick sends it; after 24 h it is abandoned. After a failed delivery the process
+leaves that receiver alone for a minute (the other alerts wait, recorded), so one that hangs
+costs a sensor tick one delivery's timeouts, not one per alert. Nothing here raises: an alert
 never fails a run, a sensor tick or the job-run row (failures are logged).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -49,6 +52,7 @@ _TITLES = {
     PARTIAL_OVER_LIMIT: "too many users failed",
     REPLAY_MISMATCH: "replay differs from what was stored",
 }
+_FAILED_AT: dict[str, float] = {}  # webhook URL -> monotonic time of its last failure
 LEASE = timedelta(minutes=5)  # a claim older than this belongs to a sender that died
 ABANDON_AFTER = timedelta(hours=24)
 _log = logging.getLogger(__name__)
@@ -92,6 +96,9 @@ class Webhook:
     timeout: float = 3.0  # seconds, per request (connect, read, write)
     attempts: int = 3  # per delivery, within one call
     backoff: float = 0.25  # seconds before the second attempt, then doubling
+    # After a delivery failed, this process leaves the receiver alone this long (the alerts
+    # wait, recorded): a receiver that hangs costs a sensor tick ~10 s once, not per alert.
+    pause: float = 60.0
 
     @property
     def where(self) -> str:
@@ -207,6 +214,8 @@ def deliver_due(
     is down: the rest wait for a later call) or `limit` are sent. Never raises."""
     if webhook is None:
         return Delivery()
+    if time.monotonic() - _FAILED_AT.get(webhook.url, -webhook.pause) < webhook.pause:
+        return Delivery()  # it failed moments ago: a later call sends what is due
     now = now or datetime.now(UTC)
     sent = 0
     with httpx.Client(timeout=webhook.timeout) as client:
@@ -230,6 +239,7 @@ def deliver_due(
             except Exception:  # the lease expires and the alert is claimed again
                 _log.exception("could not record the delivery of alert %s", claimed.id)
             if error is not None:
+                _FAILED_AT[webhook.url] = time.monotonic()
                 _log.warning(
                     "alert %s %s %s not delivered to %s (delivery %d): %s",
                     claimed.kind,
@@ -241,6 +251,7 @@ def deliver_due(
                 )
                 return Delivery(sent=sent, failed=1)
             sent += 1
+            _FAILED_AT.pop(webhook.url, None)
             _log.info(
                 "alert %s %s %s sent to %s",
                 claimed.kind,

@@ -111,6 +111,21 @@ def test_a_receiver_that_is_down_is_retried_later_never_raising(
     assert rows(engine)[0]["status"] == "sent"
 
 
+def test_after_a_failure_the_process_leaves_the_receiver_alone_for_a_while(
+    engine: Engine,
+) -> None:
+    """A receiver that hangs or refuses costs one delivery's timeouts, not one per alert:
+    the other alerts wait, recorded, for a later call."""
+    hook = Webhook(down_url(), backoff=0.01)
+    first = raise_alerts(engine, hook, [missed()], now=NOW)
+    second = raise_alerts(engine, hook, [missed("B3")], now=NOW + timedelta(minutes=2))
+    assert (first.failed, second.recorded, second.failed, second.sent) == (1, 1, 0, 0)
+    assert {(r["market"], r["status"], r["attempts"]) for r in rows(engine)} == {
+        ("NYSE", "failed", 1),
+        ("B3", "pending", 0),
+    }
+
+
 def test_a_5xx_is_retried_at_once_with_backoff(engine: Engine) -> None:
     with webhook_receiver() as receiver:
         receiver.statuses = [503, 500]
@@ -119,7 +134,7 @@ def test_a_5xx_is_retried_at_once_with_backoff(engine: Engine) -> None:
 
 
 def test_an_alert_undelivered_for_a_day_is_abandoned(engine: Engine) -> None:
-    hook = Webhook(down_url(), attempts=1)
+    hook = Webhook(down_url(), attempts=1, pause=0)
     raise_alerts(engine, hook, [missed()], now=NOW)
     deliver_due(engine, hook, now=NOW + timedelta(hours=25))
     [row] = rows(engine)

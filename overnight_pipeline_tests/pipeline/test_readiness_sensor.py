@@ -103,7 +103,7 @@ def tick(
 ) -> SensorResult:
     """One evaluation at `now`, its check evaluations stored as the daemon stores them."""
     sensor = build_readiness_sensor(
-        MARKETS, webhook=Webhook(hook, backoff=0.01) if hook else None, clock=lambda: now
+        MARKETS, webhook=Webhook(hook, backoff=0.01, pause=0) if hook else None, clock=lambda: now
     )
     with build_sensor_context(
         instance=instance, cursor=cursor, resources={"database": AppDatabase(url=url)}
