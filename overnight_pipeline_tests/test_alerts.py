@@ -4,6 +4,8 @@ receiver, retried when it is down, never raising (`overnight_pipeline.alerts`)."
 from __future__ import annotations
 
 import logging
+import socket
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
@@ -124,6 +126,21 @@ def test_after_a_failure_the_process_leaves_the_receiver_alone_for_a_while(
         ("NYSE", "failed", 1),
         ("B3", "pending", 0),
     }
+
+
+def test_a_receiver_that_hangs_costs_its_timeouts_and_no_more(engine: Engine) -> None:
+    with socket.socket() as listener:  # accepts connections (backlog), never answers
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/hooks/hangs"
+        started = time.monotonic()
+        done = raise_alerts(
+            engine, Webhook(url, timeout=0.3, attempts=2, backoff=0.01), [missed()], now=NOW
+        )
+        elapsed = time.monotonic() - started
+    assert (done.sent, done.failed) == (0, 1)
+    assert 0.6 <= elapsed < 3
+    assert "ReadTimeout" in rows(engine)[0]["last_error"]
 
 
 def test_a_5xx_is_retried_at_once_with_backoff(engine: Engine) -> None:
