@@ -368,6 +368,100 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     return demo(settings, users=args.users)
 
 
+def cmd_backfill(args: argparse.Namespace, settings: Settings) -> int:
+    """Launch again the market-dates of --from..--to whose readiness state is in --only,
+    newest first, through the Dagster instance (--dry-run: print them only)."""
+    import os
+    from collections import Counter
+    from datetime import UTC, date, datetime
+
+    from overnight_pipeline.backfill import TRIGGER_TAG, describe, judge_range, parse_only, select
+
+    markets = check_markets(settings)
+    try:
+        first, last = date.fromisoformat(args.first), date.fromisoformat(args.last)
+    except ValueError:
+        print(
+            f"error: --from and --to must be YYYY-MM-DD (got {args.first!r}, {args.last!r})",
+            file=sys.stderr,
+        )
+        return INVALID
+    if last < first:
+        print(
+            f"error: --from {first} --to {last}: not a range (--to is before --from)",
+            file=sys.stderr,
+        )
+        return INVALID
+    names = [m.strip() for m in (args.markets or ",".join(markets)).split(",") if m.strip()]
+    unknown = [m for m in names if m not in markets]
+    if unknown or not names:
+        print(
+            f"error: --markets must be among {', '.join(markets)} (got {args.markets!r})",
+            file=sys.stderr,
+        )
+        return INVALID
+    try:
+        states = parse_only(args.only)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return INVALID
+    from overnight_pipeline.defs.partitions import START_DATE  # imports Dagster
+
+    if first < date.fromisoformat(START_DATE):
+        print(f"error: --from {first}: the partitions start on {START_DATE}", file=sys.stderr)
+        return INVALID
+    check_database(settings)
+    engine = _engine(settings)
+    try:
+        with engine.connect() as conn:
+            judged = judge_range(
+                conn, [markets[m] for m in dict.fromkeys(names)], first, last, now=datetime.now(UTC)
+            )
+    finally:
+        engine.dispose()
+    chosen = select(judged, states)
+    others = Counter(r.state for r in judged if r not in chosen)
+    print(
+        f"{len(judged)} market-dates from {first} to {last} ({', '.join(dict.fromkeys(names))}):"
+        f" {len(chosen)} {args.only}"
+        + (f"; left: {', '.join(f'{n} {s}' for s, n in sorted(others.items()))}" if others else "")
+    )
+    if not chosen:
+        print("nothing to launch")
+        return OK
+    if args.dry_run:
+        for r in chosen:
+            print(f"would launch  {describe(r)}")
+        print("dry run: nothing launched")
+        return OK
+    check_dagster_database(settings)
+    from overnight_pipeline.backfill import launch
+    from overnight_pipeline.defs import OVERNIGHT_JOB
+    from overnight_pipeline.runner import LOCAL_HOME, instance
+
+    home = os.environ.get("DAGSTER_HOME") or str(LOCAL_HOME)
+    launched = 0
+    tags = {TRIGGER_TAG: "backfill", "overnight/backfill_only": ",".join(states)}
+    try:
+        for r, run in zip(
+            chosen, launch(instance(), chosen, job_name=OVERNIGHT_JOB, tags=tags), strict=False
+        ):
+            print(f"launched      {describe(r)} -> run {run.run_id}", flush=True)
+            launched += 1
+    except Exception as exc:
+        print(
+            f"error: launched {launched} of {len(chosen)} runs, then the Dagster instance at "
+            f"{home} refused: {type(exc).__name__}: {str(exc)[:300]}",
+            file=sys.stderr,
+        )
+        return SERVICE
+    print(
+        f"{launched} runs queued on the Dagster instance at {home}: its daemon runs them,"
+        " at most one per market at a time"
+    )
+    return OK
+
+
 def _safe_url(url: str) -> str:
     return mask_url(url)
 
@@ -418,6 +512,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--date", help="YYYY-MM-DD (default: each market's current or next session)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser(
+        "backfill",
+        help="run again the market-dates of a range whose night was missing, failed, partial "
+        "or late, newest first, through the Dagster instance (DAGSTER_HOME)",
+    )
+    p.add_argument("--from", dest="first", required=True, metavar="D1", help="YYYY-MM-DD")
+    p.add_argument("--to", dest="last", required=True, metavar="D2", help="YYYY-MM-DD")
+    p.add_argument("--markets", help="comma list (default: every configured market)")
+    p.add_argument(
+        "--only", required=True, help="comma list of missing, failed, partial (ready-partial), late"
+    )
+    p.add_argument("--dry-run", action="store_true", help="print what would launch, launch nothing")
+    p.set_defaults(func=cmd_backfill)
 
     p = sub.add_parser("demo", help="seed demo users and run each market's current or next session")
     p.add_argument("--users", type=int, default=1000)
