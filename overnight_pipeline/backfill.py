@@ -75,9 +75,12 @@ def select(judged: Sequence[Readiness], states: Sequence[str]) -> list[Readiness
 
 def describe(r: Readiness) -> str:
     """One line per market-date: market, date, state and what its runs say."""
-    run = f", run {r.run_id}" if r.run_id else ""
-    failed = f", {r.users_failed} users failed" if r.users_failed else ""
-    return f"{r.market:<6} {r.session.isoformat()}  {r.state:<13} {r.detail}{run}{failed}"
+    said = [
+        r.detail,
+        f"run {r.run_id}" if r.run_id else "",
+        f"{r.users_failed} users failed" if r.users_failed else "",
+    ]
+    return f"{r.market:<6} {r.session.isoformat()}  {r.state:<13} {'; '.join(w for w in said if w)}"
 
 
 @dataclass(frozen=True)
