@@ -98,7 +98,10 @@ def _workspace(instance: Any) -> Iterator[Any]:
     from dagster._cli.workspace.cli_target import WorkspaceOpts, get_workspace_from_cli_opts
 
     opts = WorkspaceOpts(workspace=(str(WORKSPACE),))
-    with get_workspace_from_cli_opts(instance, version=__version__, workspace_opts=opts) as ws:
+    # The code server's start and stop lines are noise here (and not JSON): warnings only.
+    with get_workspace_from_cli_opts(
+        instance, version=__version__, workspace_opts=opts, log_level="WARNING"
+    ) as ws:
         yield ws
 
 

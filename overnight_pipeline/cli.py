@@ -456,7 +456,8 @@ def cmd_backfill(args: argparse.Namespace, settings: Settings) -> int:
         )
         return SERVICE
     print(
-        f"{launched} runs queued on the Dagster instance at {home}: its daemon runs them,"
+        f"{launched} {'run' if launched == 1 else 'runs'} queued on the Dagster instance at"
+        f" {home}: its daemon runs them,"
         " at most one per market at a time"
     )
     return OK
