@@ -106,18 +106,24 @@ def test_dry_run_lists_the_nights_to_run_again_newest_first(db_url: str, tmp_pat
     assert "5 no-session" in done.stdout and "1 running" in done.stdout
     assert "4 ready" in done.stdout and "dry run: nothing launched" in done.stdout
 
-    only_missing = overnight(
-        "--from", "2026-11-23", "--to", "2026-11-27", "--only", "missing", "--dry-run",
-        cwd=tmp_path, DATABASE_URL=db_url,
-    )  # fmt: skip
-    assert only_missing.returncode == 0, only_missing.stderr
-    lines = [ln.split()[2:5] for ln in only_missing.stdout.splitlines() if ln.startswith("would")]
-    # Every configured market by default: the four others never ran at all.
-    assert ["B3", "2026-11-27", "missing"] in lines and [
-        "NYSE",
-        "2026-11-27",
-        "missing",
-    ] not in lines
+
+def test_by_default_every_configured_market_is_judged(
+    db_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", db_url)
+    get_settings.cache_clear()
+    try:
+        args = ["--from", "2026-11-23", "--to", "2026-11-27", "--only", "missing", "--dry-run"]
+        assert main(["backfill", *args]) == 0
+    finally:
+        get_settings.cache_clear()
+    out = capsys.readouterr().out
+    lines = [ln.split()[2:5] for ln in out.splitlines() if ln.startswith("would")]
+    # The four other markets never ran at all: every session of theirs is missing.
+    assert ["B3", "2026-11-27", "missing"] in lines
+    assert not [ln for ln in lines if ln[0] == "NYSE"]
+    # Tokyo: 23 November is Labour Thanksgiving Day, no session.
+    assert sum(ln[0] == "TSE" for ln in lines) == 4 and "30 market-dates" in out
     assert [ln[1] for ln in lines] == sorted((ln[1] for ln in lines), reverse=True)
 
 
