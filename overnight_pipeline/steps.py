@@ -437,7 +437,8 @@ def _score_and_recommend(
     )
 
     def load(chunk: Sequence[uuid.UUID]) -> store.LoadedBatch:
-        with engine.connect() as conn:
+        # One snapshot per batch: a concurrent `overnight load` never tears a user's inputs.
+        with store.snapshot_reads(engine) as conn:
             return store.load_batch(conn, chunk, snapshot=snapshot)
 
     chunks = _chunks(todo, batch_size)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
@@ -28,6 +29,7 @@ import orjson
 import pandas as pd
 from sqlalchemy import (
     Connection,
+    Engine,
     Executable,
     String,
     Table,
@@ -342,11 +344,33 @@ def _rows(conn: Connection, statement: Executable) -> Iterator[Any]:
 _SLICE = 500
 
 
+@contextmanager
+def snapshot_reads(engine: Engine) -> Iterator[Connection]:
+    """A connection whose reads all see one committed state of the database, for everything
+    a batch reads (`load_batch`): a concurrent `overnight load` is seen whole or not at all.
+
+    PostgreSQL: one `REPEATABLE READ`, `READ ONLY` transaction (its snapshot is taken by the
+    first statement; both modes are reset when the connection goes back to the pool).
+    SQLite: one deferred transaction, begun explicitly because the driver runs each SELECT
+    outside any transaction; in WAL mode its first read fixes the snapshot and writers go on.
+    Rolled back at the end: it only reads."""
+    with engine.connect() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
+        elif conn.dialect.name == "sqlite":
+            conn.exec_driver_sql("BEGIN")
+        try:
+            yield conn
+        finally:
+            conn.rollback()
+
+
 def load_batch(
     conn: Connection, user_ids: Sequence[uuid.UUID], *, snapshot: MarketSnapshot
 ) -> LoadedBatch:
     """The core's batch frames for `user_ids`, priced from `snapshot`; rules are each user's
-    active criteria version. Ids are strings, numerics as written (`_trimmed`).
+    active criteria version. Ids are strings, numerics as written (`_trimmed`). Read it on a
+    `snapshot_reads` connection, or its statements may see different committed states.
 
     Four queries, each table reached through its user_id index; ids come back as text made
     by the database (`_id_text`) and rows are unpacked as tuples: UUID objects, named row
