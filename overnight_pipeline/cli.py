@@ -463,6 +463,42 @@ def cmd_backfill(args: argparse.Namespace, settings: Settings) -> int:
     return OK
 
 
+def cmd_cache_invalidate(args: argparse.Namespace, settings: Settings) -> int:
+    import uuid
+
+    import redis
+
+    from overnight_pipeline.storage.cache import invalidate, invalidate_all
+
+    user_id = None
+    if args.user is not None:
+        try:
+            user_id = uuid.UUID(args.user)
+        except ValueError:
+            print(f"error: --user must be a UUID (got {args.user!r})", file=sys.stderr)
+            return INVALID
+    problem = redis_problem(settings.redis_url)
+    if problem:
+        raise ServiceError(problem)
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=1)
+    prefix = settings.cache_prefix
+    try:
+        if user_id is not None:
+            report = invalidate(client, user_id, prefix=prefix)
+        else:
+            report = invalidate_all(client, prefix=prefix)
+    except (redis.RedisError, OSError) as exc:
+        raise ServiceError(f"REDIS_URL: {_reason(exc)}") from None
+    finally:
+        client.close()
+    users = "user" if report.removed == 1 else "users"
+    print(
+        f"invalidated {report.removed} {users} under CACHE_PREFIX={prefix!r};"
+        f" {report.kept_newer} kept (generated after the command started)"
+    )
+    return OK
+
+
 def _safe_url(url: str) -> str:
     return mask_url(url)
 
@@ -527,6 +563,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--dry-run", action="store_true", help="print what would launch, launch nothing")
     p.set_defaults(func=cmd_backfill)
+
+    p = sub.add_parser("cache", help="the Redis cache (CACHE_PREFIX)")
+    cache = p.add_subparsers(dest="cache_command", required=True)
+    p = cache.add_parser("invalidate", help="delete a user's cache entries, or every entry")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--user", metavar="ID", help="one user's recs: and portfolio: entries")
+    which.add_argument("--all", action="store_true", help="every entry under CACHE_PREFIX (SCAN)")
+    p.set_defaults(func=cmd_cache_invalidate)
 
     p = sub.add_parser("demo", help="seed demo users and run each market's current or next session")
     p.add_argument("--users", type=int, default=1000)
