@@ -1,6 +1,7 @@
 """Benchmark: `GET /api/dashboard` under load, cache hits and cache misses (SPEC §8).
 
     .venv/bin/python bench/dashboard_bench.py [--duration 8] [--connections 64]
+    .venv/bin/python bench/dashboard_bench.py --metrics-ab --miss-users 10   # what METRICS costs per hit
 
 What it does, on a throwaway PostgreSQL database and a private Redis key prefix:
 1. writes realistic users (documents from the core's `recommend` + `cache_payloads`,
@@ -474,6 +475,87 @@ def in_process_cost(
     return asyncio.run(run())
 
 
+def metrics_ab_cost(
+    url: str, prefix: str, hits: list[uuid.UUID], rounds: int = 12, clients: int = 64
+) -> dict[str, list[float]]:
+    """CPU per cache hit of two apps in this one process, METRICS=off and METRICS=same, on
+    the same users, in alternating batches (what the per-request metrics cost, with the
+    machine's drift shared by both)."""
+    import asyncio
+    from contextlib import AsyncExitStack
+
+    from opentelemetry.trace import NoOpTracerProvider
+
+    from dashboard_api.app import create_app
+    from dashboard_api.auth import issue_token
+    from overnight_pipeline.settings import load_settings
+
+    apps = {
+        mode: create_app(
+            load_settings(
+                database_url=url,
+                redis_url="redis://127.0.0.1:6379/0",
+                cache_prefix=prefix,
+                dashboard_secret=SECRET,
+                metrics=mode,
+            ),
+            tracer_provider=NoOpTracerProvider(),
+        )
+        for mode in ("off", "same")
+    }
+    tokens = [issue_token(SECRET, u).encode() for u in hits]
+
+    async def run() -> dict[str, list[float]]:
+        async with AsyncExitStack() as stack:
+            states = {
+                mode: await stack.enter_async_context(app.router.lifespan_context(app))  # type: ignore[attr-defined]
+                for mode, app in apps.items()
+            }
+
+            async def one(mode: str, token: bytes) -> None:
+                scope = {
+                    "type": "http",
+                    "method": "GET",
+                    "path": "/api/dashboard",
+                    "raw_path": b"/api/dashboard",
+                    "query_string": b"",
+                    "root_path": "",
+                    "scheme": "http",
+                    "http_version": "1.1",
+                    "server": ("127.0.0.1", 80),
+                    "client": ("127.0.0.1", 1),
+                    "headers": [(b"host", b"bench"), (b"authorization", b"Bearer " + token)],
+                    "state": dict(states[mode]),
+                }
+
+                async def receive() -> dict[str, object]:
+                    return {"type": "http.request", "body": b""}
+
+                async def send(message: dict[str, object]) -> None:
+                    pass
+
+                await apps[mode](scope, receive, send)
+
+            async def cost(mode: str) -> float:
+                async def client(mine: list[bytes]) -> None:
+                    for token in mine:
+                        await one(mode, token)
+
+                before = time.process_time()
+                await asyncio.gather(*(client(tokens[i::clients]) for i in range(clients)))
+                return (time.process_time() - before) / len(tokens) * 1e6
+
+            for mode in apps:  # warm: the token memo, the entries' memo
+                await cost(mode)
+            found: dict[str, list[float]] = {mode: [] for mode in apps}
+            for _ in range(rounds):
+                for mode in apps:
+                    found[mode].append(await cost(mode))
+            return found
+
+    return asyncio.run(run())
+
+
 def median(values: list[float]) -> float:
     ordered = sorted(values)
     return ordered[len(ordered) // 2]
@@ -497,6 +579,11 @@ def main() -> None:
         "--in-process",
         action="store_true",
         help="only the app's own CPU per hit and per miss, called as ASGI (no servers, no wrk)",
+    )
+    parser.add_argument(
+        "--metrics-ab",
+        action="store_true",
+        help="only the CPU per cache hit with METRICS=off and =same, in process, interleaved",
     )
     parser.add_argument("--serve-bare", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--prefix", help=argparse.SUPPRESS)
@@ -540,6 +627,16 @@ def main() -> None:
             f"data: {len(hits):,} cached users, {len(misses):,} uncached users "
             f"({time.perf_counter() - started:.1f} s)"
         )
+        if args.metrics_ab:
+            ab = metrics_ab_cost(url, prefix, hits)
+            print(
+                "in process, 64 concurrent callers, CPU per cache hit (median of 12 "
+                "alternating batches of "
+                f"{len(hits):,}): "
+                + ", ".join(f"METRICS={m} {median(v):.0f} µs" for m, v in ab.items())
+                + f" (load average {' '.join(f'{x:.2f}' for x in os.getloadavg())})"
+            )
+            return
         if args.in_process:
             inproc = in_process_cost(url, prefix, hits, misses)
             print(
