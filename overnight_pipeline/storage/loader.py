@@ -9,11 +9,12 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, func, select, tuple_
+from sqlalchemy import Connection, and_, delete, func, select
 
 from overnight_pipeline.core.load_file import FileError, LoadFile, LoadFileError
 from overnight_pipeline.core.scoring import Rule
 from overnight_pipeline.storage.bulk import upsert
+from overnight_pipeline.storage.keysets import keys_in
 from overnight_pipeline.storage.models import (
     asset_classes_table,
     assets_table,
@@ -22,8 +23,6 @@ from overnight_pipeline.storage.models import (
     holdings_table,
     users_table,
 )
-
-_CHUNK = 5000
 
 
 @dataclass(frozen=True)
@@ -34,21 +33,15 @@ class LoadReport:
     criteria_versions_created: int
 
 
-def _chunks(items: list[Any], size: int = _CHUNK) -> Iterable[list[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
 def asset_ids(
     conn: Connection, keys: Iterable[tuple[str, str]]
 ) -> dict[tuple[str, str], uuid.UUID]:
-    """Ids of assets by (market, symbol), one query per few thousand keys."""
+    """Ids of assets by (market, symbol): one query on PostgreSQL, whatever the number of
+    keys (`keysets`)."""
     found: dict[tuple[str, str], uuid.UUID] = {}
     t = assets_table
-    for chunk in _chunks(sorted(set(keys))):
-        rows = conn.execute(
-            select(t.c.market, t.c.symbol, t.c.id).where(tuple_(t.c.market, t.c.symbol).in_(chunk))
-        )
+    for wanted in keys_in(conn, [t.c.market, t.c.symbol], sorted(set(keys))):
+        rows = conn.execute(select(t.c.market, t.c.symbol, t.c.id).where(wanted))
         found.update({(m, s): i for m, s, i in rows})
     return found
 
@@ -153,8 +146,8 @@ def load(conn: Connection, doc: LoadFile) -> LoadReport:
     )
     kept_classes = {(u.id, c.name) for u in doc.users for c in u.asset_classes}
     stale = [cid for key, cid in class_ids.items() if key not in kept_classes]
-    for chunk in _chunks(stale):
-        conn.execute(delete(asset_classes_table).where(asset_classes_table.c.id.in_(chunk)))
+    for gone in keys_in(conn, [asset_classes_table.c.id], [(cid,) for cid in stale]):
+        conn.execute(delete(asset_classes_table).where(gone))
 
     created = write_criteria_versions(conn, {u.id: u.rules() for u in doc.users}, now=now)
     return LoadReport(
@@ -170,8 +163,8 @@ def _class_ids(
 ) -> dict[tuple[uuid.UUID, str], uuid.UUID]:
     t = asset_classes_table
     found: dict[tuple[uuid.UUID, str], uuid.UUID] = {}
-    for chunk in _chunks(user_ids):
-        rows = conn.execute(select(t.c.user_id, t.c.name, t.c.id).where(t.c.user_id.in_(chunk)))
+    for loaded in keys_in(conn, [t.c.user_id], [(u,) for u in user_ids]):
+        rows = conn.execute(select(t.c.user_id, t.c.name, t.c.id).where(loaded))
         found.update({(u, n): i for u, n, i in rows})
     return found
 
@@ -179,14 +172,16 @@ def _class_ids(
 def _delete_absent(
     conn: Connection, holding_rows: list[dict[str, Any]], user_ids: list[uuid.UUID]
 ) -> None:
-    """Holdings of loaded users that the file no longer lists are sold: delete them."""
+    """Holdings of loaded users that the file no longer lists are sold: delete them, in
+    one statement on PostgreSQL however many there are (`keysets`)."""
     t = holdings_table
     wanted = {(r["user_id"], r["asset_id"]) for r in holding_rows}
-    for chunk in _chunks(user_ids):
-        present = conn.execute(select(t.c.user_id, t.c.asset_id).where(t.c.user_id.in_(chunk)))
-        gone = [key for key in present if tuple(key) not in wanted]
-        for g in _chunks(gone):
-            conn.execute(delete(t).where(tuple_(t.c.user_id, t.c.asset_id).in_(g)))
+    gone: list[tuple[uuid.UUID, uuid.UUID]] = []
+    for loaded in keys_in(conn, [t.c.user_id], [(u,) for u in user_ids]):
+        present = conn.execute(select(t.c.user_id, t.c.asset_id).where(loaded))
+        gone.extend((u, a) for u, a in present if (u, a) not in wanted)
+    for sold in keys_in(conn, [t.c.user_id, t.c.asset_id], gone):
+        conn.execute(delete(t).where(sold))
 
 
 def active_criteria(
@@ -198,7 +193,7 @@ def active_criteria(
         select(v.c.user_id, func.max(v.c.version).label("version")).group_by(v.c.user_id).subquery()
     )
     result: dict[uuid.UUID, tuple[int, list[Rule]]] = {}
-    for chunk in _chunks(user_ids):
+    for wanted in keys_in(conn, [v.c.user_id], [(u,) for u in user_ids]):
         stmt = (
             select(
                 v.c.user_id,
@@ -213,7 +208,7 @@ def active_criteria(
             )
             .join(newest, and_(newest.c.user_id == v.c.user_id, newest.c.version == v.c.version))
             .outerjoin(r, r.c.criteria_version_id == v.c.id)
-            .where(v.c.user_id.in_(chunk))
+            .where(wanted)
             .order_by(v.c.user_id, r.c.position)
         )
         for row in conn.execute(stmt):

@@ -17,11 +17,12 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, Protocol, TypeVar
 
-from sqlalchemy import Connection, Select, Table, and_, func, select, tuple_
+from sqlalchemy import Connection, Select, Table, and_, func, select
 
 from overnight_pipeline.core.money import QUOTE_BASE
 from overnight_pipeline.core.vocabulary import METRICS
 from overnight_pipeline.storage.bulk import upsert
+from overnight_pipeline.storage.keysets import keys_in
 from overnight_pipeline.storage.models import (
     asset_fundamentals_table,
     asset_prices_table,
@@ -243,16 +244,18 @@ def _instrument_chunks(instruments: Iterable[Instrument]) -> Iterator[list[Instr
 
 
 def _newest_rows(
-    table: Table, date_column: str, chunk: list[Instrument], on_or_before: date
+    conn: Connection, table: Table, date_column: str, chunk: list[Instrument], on_or_before: date
 ) -> Select[Any]:
     """`table`'s newest row per asset of `chunk` dated on or before `on_or_before`, with
-    the asset's market and symbol in front."""
+    the asset's market and symbol in front. The instruments are one array per column on
+    PostgreSQL (`keysets`: the plan is the same for 1 or 500 of them)."""
     a = assets_table
     dated = table.c[date_column]
+    (wanted,) = keys_in(conn, [a.c.market, a.c.symbol], chunk, chunk=len(chunk))
     newest = (
         select(table.c.asset_id, func.max(dated).label("newest"))
         .join(a, a.c.id == table.c.asset_id)
-        .where(tuple_(a.c.market, a.c.symbol).in_(chunk), dated <= on_or_before)
+        .where(wanted, dated <= on_or_before)
         .group_by(table.c.asset_id)
         .subquery()
     )
@@ -269,7 +272,7 @@ def newest_prices(
     """Per (market, symbol), the newest stored price dated on or before `on_or_before`."""
     found: dict[Instrument, StoredPrice] = {}
     for chunk in _instrument_chunks(instruments):
-        query = _newest_rows(asset_prices_table, "price_date", chunk, on_or_before)
+        query = _newest_rows(conn, asset_prices_table, "price_date", chunk, on_or_before)
         for row in conn.execute(query).mappings():
             found[(row["market"], row["symbol"])] = StoredPrice(
                 row["price"], row["currency"], row["price_date"], row["source"], row["as_of"]
@@ -283,7 +286,9 @@ def newest_fundamentals(
     """Per (market, symbol), the newest stored fundamentals row on or before `on_or_before`."""
     found: dict[Instrument, StoredFundamentals] = {}
     for chunk in _instrument_chunks(instruments):
-        query = _newest_rows(asset_fundamentals_table, "fundamentals_date", chunk, on_or_before)
+        query = _newest_rows(
+            conn, asset_fundamentals_table, "fundamentals_date", chunk, on_or_before
+        )
         for row in conn.execute(query).mappings():
             found[(row["market"], row["symbol"])] = StoredFundamentals(
                 values={metric: row[metric] for metric in METRICS},
