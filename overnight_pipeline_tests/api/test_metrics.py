@@ -5,6 +5,11 @@ same and a port of its own (a real server on it)."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -247,3 +252,43 @@ def test_metrics_off_serves_and_measures_nothing(
     assert client.get("/metrics").status_code == 404
     assert "/metrics" not in client.get("/openapi.json").json()["paths"]
     assert metrics_of(client).requests is None
+
+
+def test_overnight_serve_starts_the_metrics_port_beside_the_dashboard(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """The real command: METRICS=PORT serves the metrics there, and only there."""
+    api, port = closed_port(), closed_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "METRICS"))},
+        "DATABASE_URL": settings.database_url,
+        "REDIS_URL": settings.redis_url,
+        "CACHE_PREFIX": settings.cache_prefix,
+        "DASHBOARD_SECRET": settings.dashboard_secret,
+        "METRICS": str(port),
+    }
+    overnight = str(Path(sys.executable).with_name("overnight"))
+    log = tmp_path / "serve.log"
+    with log.open("w") as stderr:
+        serve = subprocess.Popen([overnight, "serve", "--port", str(api)], env=env, stderr=stderr)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{api}/healthz", timeout=2):
+                    break
+            except OSError:
+                assert serve.poll() is None and time.monotonic() < deadline, "serve did not start"
+                time.sleep(0.2)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+            samples = parse(r.read().decode())
+        assert value(samples, "dashboard_requests_total", route="/healthz", status="200") == 1
+        assert value(samples, "overnight_job_runs_up") == 1
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"http://127.0.0.1:{api}/metrics", timeout=10)
+        refused.value.close()
+        assert refused.value.code == 404
+    finally:
+        serve.send_signal(signal.SIGINT)
+        assert serve.wait(30) == 0
+    assert f"metrics on http://127.0.0.1:{port}/metrics" in log.read_text()
