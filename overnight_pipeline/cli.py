@@ -251,6 +251,26 @@ def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def check_metrics_port(host: str, port: int, *, dashboard_port: int) -> None:
+    """METRICS=PORT must name a port of its own that is free on `host` (checked here: the
+    lifespan that binds it would fail with a traceback)."""
+    import socket
+
+    if port == dashboard_port:
+        raise InvalidSetting(
+            f"METRICS: {port} is the dashboard's own port (--port); use METRICS=same for that"
+        )
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+    except OSError as exc:
+        raise ServiceError(
+            f"METRICS: cannot listen on {host}:{port} ({exc.strerror or exc})"
+        ) from None
+
+
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
@@ -266,6 +286,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     # Request spans go wherever OTEL_* says (no-op when nothing exports).
     provider = tracer_provider(settings)
     if settings.metrics.isdigit():  # a second server, started and stopped by the lifespan
+        check_metrics_port(args.host, int(settings.metrics), dashboard_port=args.port)
         print(f"metrics on http://{args.host}:{settings.metrics}/metrics", file=sys.stderr)
     # uvloop + httptools: about 3x the requests/s of the pure-Python loop and parser here.
     uvicorn.run(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -27,6 +28,7 @@ from starlette.testclient import TestClient
 
 from dashboard_api.metrics import AppMetrics
 from dashboard_api.services import ApiOptions
+from overnight_pipeline.cli import InvalidSetting, ServiceError, check_metrics_port
 from overnight_pipeline.settings import Settings
 from overnight_pipeline.storage import job_runs
 from overnight_pipeline.storage.cache import recs_key
@@ -292,3 +294,15 @@ def test_overnight_serve_starts_the_metrics_port_beside_the_dashboard(
         serve.send_signal(signal.SIGINT)
         assert serve.wait(30) == 0
     assert f"metrics on http://127.0.0.1:{port}/metrics" in log.read_text()
+
+
+def test_a_metrics_port_in_use_or_the_dashboards_own_stops_serve_before_it_starts() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        with pytest.raises(ServiceError, match=rf"METRICS: cannot listen on 127.0.0.1:{taken} \("):
+            check_metrics_port("127.0.0.1", taken, dashboard_port=8000)
+    with pytest.raises(InvalidSetting, match="METRICS: 8000 is the dashboard's own port"):
+        check_metrics_port("127.0.0.1", 8000, dashboard_port=8000)
+    check_metrics_port("127.0.0.1", closed_port(), dashboard_port=8000)
