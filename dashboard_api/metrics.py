@@ -3,7 +3,8 @@
 Three kinds of values:
 - per request (`RequestMetrics`, a raw ASGI wrapper in `DashboardApp`): requests by route
   template and status, and their durations; label children are resolved once per (route,
-  status), so a request costs two dict-free increments (docs/PERFORMANCE.md);
+  status), so a request costs a dict lookup, a counter increment and a histogram
+  observation, ≈ 2.5 µs (docs/PERFORMANCE.md);
 - per cache read (`CacheReads`, counted by `DashboardStore`): hit, miss, rejected (failed the
   cache contract) or redis_error (Redis failed, or was skipped by the open breaker);
 - read at scrape time by custom collectors: the Redis breaker's state, and per market the
@@ -45,7 +46,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from dashboard_api.db import DB_ERRORS
 from overnight_pipeline.core.markets import Market
-from overnight_pipeline.core.readiness import READY, READY_PARTIAL, judge
+from overnight_pipeline.core.readiness import READY, READY_PARTIAL, RunFact, judge
 from overnight_pipeline.providers.resilience import BreakerState, breaker_state
 from overnight_pipeline.storage import queries
 from overnight_pipeline.storage.job_runs import run_facts
@@ -203,7 +204,7 @@ def lookback_keys(markets: Iterable[Market], now: datetime) -> list[tuple[str, d
 
 def market_figures(
     markets: Mapping[str, Market],
-    facts: Mapping[tuple[str, date], list[Any]],
+    facts: Mapping[tuple[str, date], list[RunFact]],
     finished: Iterable[queries.FinishedRun],
     now: datetime,
 ) -> dict[str, MarketFigures]:
