@@ -108,8 +108,8 @@ def test_a_load_removing_10000_holdings_finishes_in_seconds(db_conn: Connection)
     sellers, others = users[:USERS], users[USERS:]
     postgres = db_conn.dialect.name == "postgresql"
     if postgres:
-        # A regression fails instead of hanging (JIT compilation itself is not cancellable:
-        # the EXPLAINs below are what catch it early). JIT stays at the server's defaults.
+        # A regression fails instead of hanging (LLVM compilation is not cancellable: the
+        # timeout fires once it ends). JIT stays at the server's defaults.
         db_conn.execute(text("SET LOCAL statement_timeout = '30s'"))
         # The statistics autovacuum keeps after a bulk write; with none, the planner
         # underestimates the table and the slow plan does not show.
