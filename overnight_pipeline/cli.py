@@ -193,7 +193,8 @@ def cmd_load(args: argparse.Namespace, settings: Settings) -> int:
         engine.dispose()
     print(
         f"loaded {path}: {report.assets} assets, {report.users} users, {report.holdings} holdings,"
-        f" {report.criteria_versions_created} new criteria version(s)"
+        f" {report.criteria_versions_created} new criteria version(s),"
+        f" {report.users_changed} user(s) changed"
     )
     return OK
 

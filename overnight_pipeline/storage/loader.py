@@ -21,8 +21,20 @@ from overnight_pipeline.storage.models import (
     criteria_rules_table,
     criteria_versions_table,
     holdings_table,
+    user_changes_table,
     users_table,
 )
+
+CHANGE_KINDS = (
+    "created",
+    "baseCurrency",
+    "contribution",
+    "active",
+    "classes",
+    "holdings",
+    "criteria",
+)
+"""What a `user_changes` row can say changed, in this order."""
 
 
 @dataclass(frozen=True)
@@ -31,6 +43,7 @@ class LoadReport:
     users: int
     holdings: int
     criteria_versions_created: int
+    users_changed: int = 0
 
 
 def asset_ids(
@@ -64,6 +77,8 @@ def load(conn: Connection, doc: LoadFile) -> LoadReport:
     ]
     if missing:
         raise LoadFileError(missing)
+    user_ids = [u.id for u in doc.users]
+    before = result_inputs(conn, user_ids)
 
     upsert(
         conn,
@@ -123,7 +138,6 @@ def load(conn: Connection, doc: LoadFile) -> LoadReport:
         key=["user_id", "name"],
         update=["position", "target_min", "target_max", "max_assets", "min_allocation_value"],
     )
-    user_ids = [u.id for u in doc.users]
     class_ids = _class_ids(conn, user_ids)
 
     holding_rows = [
@@ -150,12 +164,83 @@ def load(conn: Connection, doc: LoadFile) -> LoadReport:
         conn.execute(delete(asset_classes_table).where(gone))
 
     created = write_criteria_versions(conn, {u.id: u.rules() for u in doc.users}, now=now)
+    changes = changed_inputs(before, result_inputs(conn, user_ids))
+    if changes:
+        conn.execute(
+            user_changes_table.insert(),
+            [{"user_id": u, "changed_at": now, "what": what} for u, what in changes.items()],
+        )
     return LoadReport(
         assets=len(doc.assets),
         users=len(doc.users),
         holdings=len(holding_rows),
         criteria_versions_created=created,
+        users_changed=len(changes),
     )
+
+
+def result_inputs(conn: Connection, user_ids: list[uuid.UUID]) -> dict[uuid.UUID, dict[str, Any]]:
+    """What a user's result depends on, by `CHANGE_KINDS` (but `created`), as comparable
+    values: four statements whatever the number of users (`keysets`). Decimals compare by
+    value (10.00 == 10)."""
+    u, c, h = users_table, asset_classes_table, holdings_table
+    v = criteria_versions_table
+    found: dict[uuid.UUID, dict[str, Any]] = {}
+    keys = [(i,) for i in user_ids]
+    for wanted in keys_in(conn, [u.c.id], keys):
+        for uid, currency, contribution, active in conn.execute(
+            select(u.c.id, u.c.base_currency, u.c.default_contribution, u.c.active).where(wanted)
+        ):
+            found[uid] = {
+                "baseCurrency": currency,
+                "contribution": contribution,
+                "active": active,
+                "classes": set(),
+                "holdings": set(),
+                "criteria": None,
+            }
+    for wanted in keys_in(conn, [c.c.user_id], keys):
+        for row in conn.execute(
+            select(
+                c.c.user_id,
+                c.c.name,
+                c.c.position,
+                c.c.target_min,
+                c.c.target_max,
+                c.c.max_assets,
+                c.c.min_allocation_value,
+            ).where(wanted)
+        ):
+            found[row[0]]["classes"].add(tuple(row[1:]))
+    for wanted in keys_in(conn, [h.c.user_id], keys):
+        for uid, asset, name, quantity in conn.execute(
+            select(h.c.user_id, h.c.asset_id, c.c.name, h.c.quantity)
+            .join(c, c.c.id == h.c.asset_class_id)
+            .where(wanted)
+        ):
+            found[uid]["holdings"].add((asset, name, quantity))
+    for wanted in keys_in(conn, [v.c.user_id], keys):
+        for uid, version in conn.execute(
+            select(v.c.user_id, func.max(v.c.version)).where(wanted).group_by(v.c.user_id)
+        ):
+            found[uid]["criteria"] = version
+    return found
+
+
+def changed_inputs(
+    before: dict[uuid.UUID, dict[str, Any]], after: dict[uuid.UUID, dict[str, Any]]
+) -> dict[uuid.UUID, list[str]]:
+    """Each user whose inputs differ, with what differs (`CHANGE_KINDS` order)."""
+    changes: dict[uuid.UUID, list[str]] = {}
+    for uid, now in after.items():
+        then = before.get(uid)
+        if then is None:
+            changes[uid] = ["created"]
+            continue
+        what = [kind for kind in CHANGE_KINDS[1:] if then[kind] != now[kind]]
+        if what:
+            changes[uid] = what
+    return changes
 
 
 def _class_ids(

@@ -418,6 +418,24 @@ class Alert(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
 
 
+class UserChange(Base):
+    """The outbox of users whose result-relevant inputs changed (SPEC §5): written by
+    `overnight load` in the transaction of the data, marked processed by the recalculation in
+    the transaction of its results. `what` lists what changed (`storage.loader.CHANGE_KINDS`)."""
+
+    __tablename__ = "user_changes"
+    __table_args__ = (
+        Index("ix_user_changes_pending", "processed_at", "id"),
+        Index("ix_user_changes_user_changed", "user_id", "changed_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    changed_at: Mapped[datetime] = mapped_column()
+    what: Mapped[list[str]] = mapped_column(Document)
+    processed_at: Mapped[datetime | None] = mapped_column()
+
+
 # Core Table objects, typed for mypy (Model.__table__ is a FromClause to the type checker).
 assets_table = cast(Table, Asset.__table__)
 users_table = cast(Table, User.__table__)
@@ -435,3 +453,4 @@ calculation_assets_table = cast(Table, CalculationAsset.__table__)
 calculation_snapshots_table = cast(Table, CalculationSnapshot.__table__)
 overnight_job_runs_table = cast(Table, OvernightJobRun.__table__)
 alerts_table = cast(Table, Alert.__table__)
+user_changes_table = cast(Table, UserChange.__table__)

@@ -641,7 +641,7 @@ def test_overnight_load_good_file_exit_0(tmp_path: Path, loaded_pg: str) -> None
     before = dump(loaded_pg)
     done = _overnight("load", str(path), env={"DATABASE_URL": loaded_pg})
     assert done.returncode == 0, done.stderr
-    assert "0 new criteria version(s)" in done.stdout
+    assert "0 new criteria version(s), 0 user(s) changed" in done.stdout
     after = dump(loaded_pg)
     assert {k: v for k, v in after.items() if k != "users"} == {
         k: v for k, v in before.items() if k != "users"
