@@ -21,7 +21,7 @@ import warnings
 from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TextIO
 
 import orjson
 from opentelemetry import trace
@@ -127,11 +127,15 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Writes to the `sys.stderr` of the moment (a test's capture, a redirected stream)."""
 
     def __init__(self) -> None:
-        super().__init__(sys.stderr)
+        logging.Handler.__init__(self)  # no stream kept: one closed since is never flushed
 
-    def emit(self, record: logging.LogRecord) -> None:
-        self.setStream(sys.stderr)
-        super().emit(record)
+    @property  # type: ignore[override]
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _: object) -> None:
+        pass
 
 
 _handler: logging.Handler | None = None
