@@ -521,6 +521,57 @@ def cmd_cache_invalidate(args: argparse.Namespace, settings: Settings) -> int:
     return OK
 
 
+def _user_exists(settings: Settings, user: str) -> bool:
+    import uuid
+
+    from overnight_pipeline.storage.changes import active_flags
+    from overnight_pipeline.storage.db import make_engine
+
+    engine = make_engine(settings.database_url)
+    try:
+        with engine.connect() as conn:
+            return bool(active_flags(conn, [uuid.UUID(user)]))
+    finally:
+        engine.dispose()
+
+
+def cmd_recalculate(args: argparse.Namespace, settings: Settings) -> int:
+    import uuid
+
+    user = None
+    if args.user is not None:
+        try:
+            user = str(uuid.UUID(args.user))
+        except ValueError:
+            print(f"error: --user must be a UUID (got {args.user!r})", file=sys.stderr)
+            return INVALID
+    check_markets(settings)
+    check_database(settings)
+    check_dagster_database(settings)
+    problem = redis_problem(settings.redis_url)
+    if problem:
+        raise ServiceError(problem)
+    from overnight_pipeline.runner import run_recalculation
+
+    if user is not None and not _user_exists(settings, user):
+        print(f"error: --user: no user with id {user}", file=sys.stderr)
+        return INVALID
+    summary = run_recalculation(settings, user=user)
+    if not summary.success:
+        print(f"error: recalculation run {summary.run_id} failed: {summary.error}", file=sys.stderr)
+        return FAILED
+    m = summary.metadata
+    print(
+        f"recalculated {m.get('users_computed', 0)} user(s), {m.get('users_failed', 0)} failed,"
+        f" {m.get('users_dropped', 0)} inactive or without holdings (cache entries removed),"
+        f" {m.get('users_waiting', 0)} waiting for their market's first night;"
+        f" cache: {m.get('cache_written', 0)} written, {m.get('cache_kept_newer', 0)} newer kept;"
+        f" market-dates: {', '.join(m.get('market_dates') or []) or '-'}"
+        f" (run {summary.run_id}, {m.get('status', '?')})"
+    )
+    return OK if m.get("status") != "partial" else FAILED
+
+
 def _safe_url(url: str) -> str:
     return mask_url(url)
 
@@ -593,6 +644,16 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--user", metavar="ID", help="one user's recs: and portfolio: entries")
     which.add_argument("--all", action="store_true", help="every entry under CACHE_PREFIX (SCAN)")
     p.set_defaults(func=cmd_cache_invalidate)
+
+    p = sub.add_parser(
+        "recalculate", help="recalculate now the users whose inputs changed (or one user)"
+    )
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument(
+        "--changed", action="store_true", help="every user with a pending change (user_changes)"
+    )
+    which.add_argument("--user", metavar="ID", help="this user, changed or not")
+    p.set_defaults(func=cmd_recalculate)
 
     p = sub.add_parser("demo", help="seed demo users and run each market's current or next session")
     p.add_argument("--users", type=int, default=1000)

@@ -430,3 +430,49 @@ def _a_user(settings: Settings) -> str:
 
 if __name__ == "__main__":  # `python -m overnight_pipeline.runner`: what `make dev` runs
     print(prepare_home())
+
+
+@dataclass
+class RecalculationSummary:
+    run_id: str
+    success: bool
+    metadata: dict[str, Any]
+    error: str | None = None
+
+
+def run_recalculation(
+    settings: Settings,
+    *,
+    user: str | None = None,
+    dagster: DagsterInstance | None = None,
+    log_level: str = "INFO",
+) -> RecalculationSummary:
+    """`recalculation_job` in this process against the instance (the run shows in the UI,
+    re-executable like the sensor's): every pending change, or `user` alone."""
+    from overnight_pipeline.defs.recalculation import (
+        RECALCULATION_JOB,
+        RECALCULATION_OP,
+        run_config,
+    )
+
+    defs = build_definitions(settings)
+    job = defs.resolve_job_def(RECALCULATION_JOB)
+    dagster = dagster or instance()
+    config = run_config(user=user).to_config_dict()
+    config["loggers"] = {PROCESS_LOGGER: {"config": {"log_level": log_level}}}
+    result = job.execute_in_process(
+        instance=dagster,
+        raise_on_error=False,
+        tags={"overnight/trigger": "cli", **worker_tags()},
+        run_config=config,
+    )
+    metadata: dict[str, Any] = {}
+    for event in result.all_events:
+        if event.is_successful_output and event.step_key == RECALCULATION_OP:
+            output = event.step_output_data.metadata or {}
+            metadata = {k: getattr(v, "value", v) for k, v in output.items()}
+    error = None
+    if not result.success:
+        failures = [e for e in result.all_events if e.is_step_failure]
+        error = _failure_text(failures[-1]) if failures else "the run failed"
+    return RecalculationSummary(result.run_id, result.success, metadata, error)

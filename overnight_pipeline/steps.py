@@ -345,9 +345,11 @@ def score_and_recommend(
     shard: int = 0,
     shards: int = 1,
     log: logging.Logger | None = None,
+    only: Sequence[uuid.UUID] | None = None,
 ) -> StepReport:
     """Scores, recommendations and the four events of every user of one shard of the
-    partition, in one pass per batch: each batch is loaded once, scored, recommended and
+    partition (or of the users `only`, priced from their own assets: a same-day
+    recalculation, `recalculate`), in one pass per batch: each batch is loaded once, scored, recommended and
     written in one transaction, so a retried or re-executed shard resumes after its last
     committed batch (users with `CALC_COMPLETED` are skipped). A user whose inputs cannot
     be valued gets `CALC_STARTED` and a failed `CALC_COMPLETED` instead.
@@ -374,6 +376,7 @@ def score_and_recommend(
             shard=shard,
             shards=shards,
             log=log or _log,
+            only=only,
         )
 
 
@@ -390,6 +393,7 @@ def _score_and_recommend(
     shard: int,
     shards: int,
     log: logging.Logger,
+    only: Sequence[uuid.UUID] | None = None,
 ) -> StepReport:
     started = time.perf_counter()
     with engine.begin() as conn:
@@ -397,7 +401,11 @@ def _score_and_recommend(
     with engine.begin() as conn:
         analyzed = store.ensure_statistics(conn)
     with engine.connect() as conn:
-        everyone = store.partition_users(conn, market=market, day=day, markets=markets)
+        everyone = (
+            sorted(set(only))
+            if only is not None
+            else store.partition_users(conn, market=market, day=day, markets=markets)
+        )
         users = [u for u in everyone if shard_of(u, shards) == shard] if shards > 1 else everyone
         done = store.users_with_event(conn, correlation_id=correlation_id, event_type=COMPLETED)
         fx = store.load_rates(conn, day=day)
@@ -897,14 +905,19 @@ def warm_cache(
     prefix: str = "",
     ttl_seconds: int = 86_400,
     batch_size: int = 1000,
+    only: Sequence[uuid.UUID] | None = None,
 ) -> StepReport:
     """Write the run's persisted recommendations to Redis, pipelined; an entry newer than
-    the run's (a later market date) is kept. Redis errors propagate: the step fails."""
+    the run's (a later market date) is kept. Redis errors propagate: the step fails.
+    `only`: those of the run's users (a recalculation's users of one market-date)."""
     started = time.perf_counter()
-    with engine.connect() as conn:
-        users = sorted(
-            store.users_with_event(conn, correlation_id=correlation_id, event_type=COMPLETED)
-        )
+    if only is not None:
+        users = sorted(set(only))
+    else:
+        with engine.connect() as conn:
+            users = sorted(
+                store.users_with_event(conn, correlation_id=correlation_id, event_type=COMPLETED)
+            )
     written = kept = 0
     for chunk in _chunks(users, batch_size):
         with engine.connect() as conn:

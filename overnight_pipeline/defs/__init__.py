@@ -20,6 +20,7 @@ from overnight_pipeline.defs.assets import (
 from overnight_pipeline.defs.executors import overnight_executor
 from overnight_pipeline.defs.loggers import LOGGERS
 from overnight_pipeline.defs.readiness import build_readiness_sensor, readiness_checks
+from overnight_pipeline.defs.recalculation import build_user_changes_sensor, recalculation_job
 from overnight_pipeline.defs.resources import resources_from
 from overnight_pipeline.defs.retention import build_retention
 from overnight_pipeline.defs.schedules import market_schedules
@@ -49,7 +50,7 @@ def build_definitions(settings: Settings, *, env_vars: bool = True) -> Definitio
     return Definitions(
         assets=OVERNIGHT_ASSETS,
         asset_checks=[readiness],
-        jobs=[overnight_job, retention_job],
+        jobs=[overnight_job, retention_job, recalculation_job],
         schedules=[
             *market_schedules(MARKETS, OVERNIGHT_JOB, cron_override=settings.overnight_job_cron),
             retention_schedule,
@@ -64,6 +65,7 @@ def build_definitions(settings: Settings, *, env_vars: bool = True) -> Definitio
                 max_failed_user_ratio=settings.max_failed_user_ratio,
             ),
             build_readiness_sensor(list(MARKETS.values()), webhook=webhook),
+            build_user_changes_sensor(interval_seconds=settings.sensor_interval_seconds),
         ],
         resources={
             **resources_from(settings, env_vars=env_vars),

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Connection, Table, or_, text
+from sqlalchemy import Connection, Table, and_, or_, text
 from sqlalchemy.dialects import postgresql, sqlite
 
 
@@ -18,9 +18,12 @@ def upsert(
     key: Sequence[str],
     update: Sequence[str],
     extra_set: Mapping[str, Any] | None = None,
+    newer: str | None = None,
 ) -> None:
     """INSERT … ON CONFLICT (key) DO UPDATE the `update` columns, only where one differs,
-    so a repeated write leaves rows (and their timestamps) untouched."""
+    so a repeated write leaves rows (and their timestamps) untouched; with `newer` (a
+    column), only where the stored row's value is not after the new one (an older result
+    written late never replaces a newer one)."""
     if not rows:
         return
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
@@ -30,7 +33,9 @@ def upsert(
         return
     set_: dict[str, Any] = {c: stmt.excluded[c] for c in update}
     set_.update(extra_set or {})
-    changed = or_(*(table.c[c].is_distinct_from(stmt.excluded[c]) for c in update))
+    changed: Any = or_(*(table.c[c].is_distinct_from(stmt.excluded[c]) for c in update))
+    if newer is not None:
+        changed = and_(changed, table.c[newer] <= stmt.excluded[newer])
     conn.execute(
         stmt.on_conflict_do_update(index_elements=list(key), set_=set_, where=changed),
         list(rows),

@@ -736,7 +736,9 @@ def calculation_asset_rows(
 
 
 def upsert_recommendations(conn: Connection, rows: list[dict[str, Any]]) -> None:
-    """One row per (user, market_date): a new calculation replaces the old one."""
+    """One row per (user, market_date): a new calculation replaces the old one, unless the
+    stored row was generated later (a nightly batch and a same-day recalculation of the
+    same user and date, finishing in either order: the result of the newer inputs stays)."""
     upsert(
         conn,
         recommendations_table,
@@ -752,6 +754,7 @@ def upsert_recommendations(conn: Connection, rows: list[dict[str, Any]]) -> None
             "payload",
             "portfolio",
         ],
+        newer="generated_at",
     )
 
 
