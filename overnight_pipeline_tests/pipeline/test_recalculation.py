@@ -8,6 +8,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
+from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -293,3 +294,44 @@ def test_overnight_recalculate_through_the_command(
         assert "--user: no user with id" in capsys.readouterr().err
     finally:
         get_settings.cache_clear()
+
+
+def test_a_recalculation_failed_on_redis_resumes_without_duplicates(night: Pipeline) -> None:
+    from datetime import UTC, datetime
+
+    from overnight_pipeline.recalculate import recalculate
+    from overnight_pipeline_tests.test_cli import closed_port
+
+    with night.engine.begin() as conn:
+        load(conn, _file(_user(CHANGING, contribution="6000"), _user(STEADY, contribution="1500")))
+    cid, at = uuid.uuid4(), datetime.now(UTC)
+    down = redis.Redis.from_url(f"redis://127.0.0.1:{closed_port()}/0", socket_connect_timeout=1)
+    common: dict[str, Any] = {
+        "markets": load_markets(),
+        "correlation_id": cid,
+        "calculated_at": at,
+        "prefix": night.settings.cache_prefix,
+    }
+    with pytest.raises(redis.ConnectionError):
+        recalculate(night.engine, down, run_id="recalc-try-1", **common)
+    j, c = overnight_job_runs_table, user_changes_table
+    with night.engine.connect() as conn:
+        failed = conn.execute(select(j).where(j.c.run_id == "recalc-try-1")).one()
+        assert conn.scalar(select(func.count()).where(c.c.processed_at.is_(None))) == 2
+    assert (failed.status, failed.job_type) == ("failed", JOB_TYPE)
+    assert "ConnectionError" in failed.error_details["run_error"]
+    assert _events(night, CHANGING)[cid] == [
+        "CALC_STARTED",
+        "INPUTS_CAPTURED",
+        "SCORES_COMPUTED",
+        "CALC_COMPLETED",
+    ]
+
+    report = recalculate(night.engine, night.redis, run_id="recalc-try-2", **common)
+    assert (report.status, report.computed, report.cache_written) == ("completed", 2, 2)
+    for user in (CHANGING, STEADY):
+        assert len(_events(night, user)[cid]) == 4  # resumed: nothing written twice
+    cached = get_entry(night.redis, CHANGING, prefix=night.settings.cache_prefix)
+    assert cached is not None and Decimal(cached.total_investable) == 6000
+    with night.engine.connect() as conn:
+        assert conn.scalar(select(func.count()).where(c.c.processed_at.is_(None))) == 0
