@@ -61,6 +61,15 @@ query Backfill($id: String!) {
   }
 }"""
 
+SENSOR_TICKS = """
+query SensorTicks($selector: SensorSelector!) {
+  sensorOrError(sensorSelector: $selector) {
+    __typename
+    ... on Sensor { sensorState { ticks(limit: 1) { timestamp status runIds } } }
+    ... on Error { message }
+  }
+}"""
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -113,6 +122,27 @@ class DagsterDev:
 
 def repository_selector() -> dict[str, str]:
     return {"repositoryLocationName": LOCATION, "repositoryName": REPOSITORY}
+
+
+def last_tick(dev: DagsterDev, sensor: str) -> dict[str, Any] | None:
+    """The newest tick of `sensor` (timestamp, status, runIds), as its page in the UI shows
+    it; None before its first."""
+    found = dev.graphql(SENSOR_TICKS, selector={**repository_selector(), "sensorName": sensor})
+    state = found["sensorOrError"]
+    assert state["__typename"] == "Sensor", state
+    ticks = state["sensorState"]["ticks"]
+    return ticks[0] if ticks else None
+
+
+def tick_after(dev: DagsterDev, sensor: str, when: float, timeout: float = 60) -> dict[str, Any]:
+    """The first finished tick of `sensor` that started after `when` (epoch seconds)."""
+
+    def finished() -> dict[str, Any] | None:
+        tick = last_tick(dev, sensor)
+        done = tick is not None and tick["timestamp"] > when and tick["status"] != "STARTED"
+        return tick if done else None
+
+    return wait_for(f"a finished tick of {sensor}", finished, timeout, dev.log)
 
 
 def asset_selection(names: tuple[str, ...] = ASSETS) -> list[dict[str, list[str]]]:

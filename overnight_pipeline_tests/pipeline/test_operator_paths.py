@@ -1,7 +1,8 @@
 """What an operator does in the Dagster UI, sent as the UI sends it: GraphQL to a real
 `dagster dev` (webserver, daemon, code server) on a PostgreSQL instance with the
 repository's dagster.yaml (SPEC §7, §9). Job backfills from the job's page, asset backfills
-from the asset graph, a run worker killed with SIGKILL and re-executed from the shell."""
+from the asset graph, a run worker killed with SIGKILL and re-executed from the shell, a
+burst of user changes recalculated by the daemon's sensor in one run (SPEC §5, issue 23)."""
 
 from __future__ import annotations
 
@@ -12,26 +13,32 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
-from datetime import date
+from datetime import UTC, date, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
 from dagster import AssetKey, DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
-from sqlalchemy import Engine, func, select, text
+from sqlalchemy import Connection, Engine, func, select, text
 from starlette.testclient import TestClient
 
 from dashboard_api.app import create_app
+from overnight_pipeline.core.load_file import LoadFile, parse_load_file
 from overnight_pipeline.core.markets import load_markets
 from overnight_pipeline.defs.monitor import run_worker
+from overnight_pipeline.defs.recalculation import RECALCULATION_JOB, SENSOR, UP_TO_TAG
 from overnight_pipeline.seed import seed
 from overnight_pipeline.settings import load_settings
 from overnight_pipeline.storage.db import make_engine, migrate
+from overnight_pipeline.storage.loader import load
 from overnight_pipeline.storage.models import (
+    assets_table,
     calculation_events_table,
     exchange_rates_table,
     overnight_job_runs_table,
     recommendations_table,
+    user_changes_table,
 )
 from overnight_pipeline.storage.overnight import correlation_id_for, partition_users
 from overnight_pipeline_tests.api.conftest import SECRET, bearer, token_for
@@ -47,6 +54,7 @@ from overnight_pipeline_tests.pipeline.dagster_dev import (
     make_dagster_home,
     repository_selector,
     start_dagster_dev,
+    tick_after,
     wait_for,
 )
 
@@ -54,6 +62,44 @@ pytestmark = pytest.mark.slow
 MARKETS = load_markets()
 SEED_DAY = date(2026, 11, 20)
 SENSOR_SECONDS = 3
+# Users whose changes the last test sends in a burst; their first state is computed by the
+# nights of their market (the asset backfill's XETRA partitions), like anyone's.
+BURST_MARKET = "XETRA"
+BURST_USERS = [uuid.UUID(f"00000000-0000-4000-8000-00000000b5{n:02d}") for n in range(3)]
+
+
+def burst_symbols(conn: Connection) -> list[str]:
+    a = assets_table.c
+    query = select(a.symbol).where(a.market == BURST_MARKET).order_by(a.symbol).limit(3)
+    return list(conn.scalars(query))
+
+
+def burst_file(symbols: list[str], changes: dict[uuid.UUID, str], *, sold: int = 0) -> LoadFile:
+    """`changes`' users with that contribution, holding `symbols` but the first `sold`."""
+    users = [
+        {
+            "id": str(user),
+            "baseCurrency": "EUR",
+            "defaultContribution": contribution,
+            "active": True,
+            "assetClasses": [{"name": "Stocks", "targetMin": "0", "targetMax": "100"}],
+            "holdings": [
+                {"market": BURST_MARKET, "symbol": s, "quantity": "10", "assetClass": "Stocks"}
+                for s in symbols[sold:]
+            ],
+            "criteria": [
+                {
+                    "id": "pe",
+                    "assetClass": "Stocks",
+                    "metric": "pe_ratio",
+                    "operator": "exists",
+                    "points": 5,
+                }
+            ],
+        }
+        for user, contribution in changes.items()
+    ]
+    return parse_load_file({"assets": [], "users": users}, markets=MARKETS)
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +109,8 @@ def app_db() -> Iterator[str]:
     engine = make_engine(url)
     with engine.begin() as conn:
         seed(conn, users=600, seed=5, as_of=SEED_DAY)
+        load(conn, burst_file(burst_symbols(conn), dict.fromkeys(BURST_USERS, "1000")))
+        conn.execute(user_changes_table.delete())  # the nights compute the created users
     engine.dispose()
     yield url
     drop_pg_database(url)
@@ -573,3 +621,96 @@ def test_a_killed_overnight_run_without_a_daemon_is_on_record_and_reexecuted(
     assert statuses[row.run_id] == "failed"
     assert sorted(statuses.values()) == ["completed", "failed"]
     assert_partition_complete(engine, row.correlation_id, users, market, day)
+
+
+def test_a_burst_of_changes_is_one_recalculation_run_whose_result_the_dashboard_serves(
+    dev: DagsterDev,
+    instance: DagsterInstance,
+    engine: Engine,
+    app_db: str,
+    prefix: str,
+    backfills: dict[str, str],
+) -> None:
+    # The users' market has its nights stored (their first results: contribution 1,000).
+    wait_finished(dev, instance, backfills["asset"], runs=2)
+    with engine.connect() as conn:
+        symbols = burst_symbols(conn)
+    sold = symbols[0]
+    first, second, third = BURST_USERS
+    burst = [  # three loads, two users each; every user changed twice, each sells `sold`
+        burst_file(symbols, {first: "2000", second: "2000"}),
+        burst_file(symbols, {second: "3000", third: "3000"}, sold=1),
+        burst_file(symbols, {first: "4000", third: "4000"}, sold=1),
+    ]
+    wanted = {first: Decimal(4000), second: Decimal(3000), third: Decimal(4000)}
+    settings = load_settings(
+        database_url=app_db, redis_url=REDIS_URL, cache_prefix=prefix, dashboard_secret=SECRET
+    )
+    with TestClient(create_app(settings)) as client:
+
+        def dashboard(user: uuid.UUID) -> tuple[Decimal, set[str], bool]:
+            response = client.get("/api/dashboard", headers=bearer(token_for(user)))
+            assert response.status_code == 200, response.text
+            data = response.json()["data"]
+            symbols = {r["symbol"] for r in data["recommendations"]}
+            return Decimal(data["totalInvestable"]), symbols, data["fromCache"]
+
+        for user in BURST_USERS:
+            total, shown, _ = dashboard(user)
+            assert total == 1000 and sold in shown, (user, total, shown)
+
+        # The burst right after a tick: the next one comes SENSOR_SECONDS later at the
+        # earliest (the daemon's loop: about every 5 s), so one tick sees all three loads.
+        tick = tick_after(dev, SENSOR, time.time())
+        burst_started = time.time()
+        for doc in burst:
+            with engine.begin() as conn:  # one transaction per load, as `overnight load`
+                assert load(conn, doc).users_changed == 2
+        committed = time.monotonic()
+        assert time.time() < tick["timestamp"] + SENSOR_SECONDS, "the burst outlasted a tick"
+
+        def new_result_served() -> bool:
+            for user in BURST_USERS:
+                total, shown, cached = dashboard(user)
+                if total != wanted[user] or sold in shown or not cached:
+                    return False
+            return True
+
+        wait_for("the dashboard to serve the recalculated results", new_result_served, 60, dev.log)
+        latency = time.monotonic() - committed
+    assert latency <= 60  # README: ≤ 60 s with the default 30 s interval
+
+    def recalculation_runs() -> list[Any]:
+        since = RunsFilter(
+            job_name=RECALCULATION_JOB, created_after=datetime.fromtimestamp(burst_started, UTC)
+        )
+        return list(instance.get_run_records(since))
+
+    records = wait_for(
+        "the recalculation run to finish",
+        lambda: r if (r := recalculation_runs()) and all(x.end_time for x in r) else None,
+        60,
+        dev.log,
+    )
+    # A tick after the run ended has nothing left to launch: one run for the burst.
+    after = tick_after(dev, SENSOR, max(r.end_time for r in records))
+    assert after["status"] == "SKIPPED" and after["runIds"] == [], after
+    records = recalculation_runs()
+    assert len(records) == 1, [r.dagster_run.run_id for r in records]
+    run = records[0].dagster_run
+    assert run.status == DagsterRunStatus.SUCCESS
+    c = user_changes_table.c
+    with engine.connect() as conn:
+        last_change = conn.scalar(select(func.max(c.id)))
+        assert not conn.scalar(select(func.count()).where(c.processed_at.is_(None)))
+    assert run.tags["dagster/run_key"] == f"user-changes:{last_change}"
+    assert (run.tags[UP_TO_TAG], run.tags["overnight/users"]) == (str(last_change), "3")
+
+    # Each user computed once, with the newest inputs: the four events under the run's own
+    # calculation; the run on record with its own job type.
+    counts = events_of(engine, [correlation_id_for(f"{run.run_id}:recalculation")])
+    assert set(counts.values()) == {1} and len(counts) == 4 * len(BURST_USERS)
+    assert {uuid.UUID(u) for u, _ in counts} == set(BURST_USERS)
+    row = job_rows(engine, {run.run_id})[run.run_id]
+    assert (row.job_type, row.status, row.market) == ("recalculation", "completed", BURST_MARKET)
+    assert (row.users_processed, row.users_failed) == (3, 0)
