@@ -57,6 +57,7 @@ bench: install services ## Run the benchmarks (results go in docs/PERFORMANCE.md
 	$(BIN)/python bench/storage_bench.py
 	$(BIN)/python bench/two_year_bench.py
 	$(BIN)/python bench/dashboard_bench.py
+	$(BIN)/python bench/recalc_latency_bench.py
 
 seed: install ## Seed N synthetic users into DATABASE_URL (make seed N=1000)
 	$(BIN)/overnight migrate

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -153,15 +154,38 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+# `overnight load` says how far it is on stderr every this many users, or seconds.
+LOAD_PROGRESS_USERS = 10_000
+LOAD_PROGRESS_SECONDS = 5.0
+
+
+def _every(line: Callable[..., None]) -> Callable[..., None]:
+    """`line`, called only every LOAD_PROGRESS_USERS users (its first argument) or
+    LOAD_PROGRESS_SECONDS, and once `final` unless it just said the same."""
+    shown: list[int | None] = [None]
+    at = [time.monotonic()]
+
+    def report(users: int, *rest: int, final: bool = False) -> None:
+        now = time.monotonic()
+        due = users - (shown[0] or 0) >= LOAD_PROGRESS_USERS or now - at[0] >= LOAD_PROGRESS_SECONDS
+        if due or (final and users != shown[0]):
+            line(users, *rest)
+            shown[0], at[0] = users, now
+
+    return report
+
+
 def cmd_load(args: argparse.Namespace, settings: Settings) -> int:
     from sqlalchemy.exc import SQLAlchemyError
 
-    from overnight_pipeline.core.load_file import LoadFileError, decode_load_file, parse_load_file
-    from overnight_pipeline.storage.loader import load
+    from overnight_pipeline.core.load_file import LoadFileError
+    from overnight_pipeline.core.load_stream import LoadStream
+    from overnight_pipeline.storage.loader import load_stream
 
     path = Path(args.file)
     try:
-        data = path.read_bytes()
+        # Read twice, a piece at a time: checked whole first, then written (issue 23).
+        source = LoadStream(path)
     except FileNotFoundError:
         print(f"error: {path}: no such file", file=sys.stderr)
         return INVALID
@@ -169,19 +193,47 @@ def cmd_load(args: argparse.Namespace, settings: Settings) -> int:
         print(f"error: {path}: cannot read it ({exc.strerror or exc})", file=sys.stderr)
         return INVALID
     markets = check_markets(settings)
+    started = time.perf_counter()
+
+    def checked(users: int, done: int) -> None:
+        print(
+            f"{path}: checked {users:,} users ({done / 1e6:,.1f} of {source.size / 1e6:,.1f} MB)"
+            f" in {time.perf_counter() - started:.1f} s",
+            file=sys.stderr,
+        )
+
+    def wrote(users: int) -> None:
+        print(
+            f"{path}: wrote {users:,} of {source.users:,} users"
+            f" in {time.perf_counter() - started:.1f} s",
+            file=sys.stderr,
+        )
+
+    checking, writing = _every(checked), _every(wrote)
     try:
-        doc = parse_load_file(decode_load_file(data), markets=markets)
+        source.check(markets=markets, progress=checking)
     except LoadFileError as exc:
         print(f"error: {path} rejected: {exc}", file=sys.stderr)
         return INVALID
+    except OSError as exc:
+        print(f"error: {path}: cannot read it ({exc.strerror or exc})", file=sys.stderr)
+        return INVALID
+    checking(source.users, source.size, final=True)
     check_database(settings)
     engine = _engine(settings)
     try:
         # One transaction: any error below rolls back everything this file wrote.
         with engine.begin() as conn:
-            report = load(conn, doc)
+            report = load_stream(conn, source, progress=writing)
+            writing(report.users, final=True)
     except LoadFileError as exc:
         print(f"error: {path} rejected: {exc}", file=sys.stderr)
+        return INVALID
+    except OSError as exc:
+        print(
+            f"error: {path}: cannot read it ({exc.strerror or exc}); nothing was written",
+            file=sys.stderr,
+        )
         return INVALID
     except SQLAlchemyError as exc:
         print(

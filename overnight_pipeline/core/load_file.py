@@ -424,11 +424,12 @@ def _lone_surrogate(text: str) -> str | None:
     )
 
 
-def _marked(doc: Any) -> list[FileError]:
-    """Every repeated key, unreadable number and lone surrogate in `doc`, by JSON path.
-    Iterative: the document can be nested as deep as the parser went."""
+def _marked(doc: Any, at: tuple[int | str, ...] = ()) -> list[FileError]:
+    """Every repeated key, unreadable number and lone surrogate in `doc` (found at path
+    `at` of the file), by JSON path. Iterative: the document can be nested as deep as the
+    parser went."""
     errors: list[FileError] = []
-    stack: list[tuple[tuple[int | str, ...], Any]] = [((), doc)]
+    stack: list[tuple[tuple[int | str, ...], Any]] = [(at, doc)]
     while stack:
         loc, value = stack.pop()
         if isinstance(value, dict):
@@ -559,49 +560,80 @@ def parse_load_file(raw: Any, *, markets: Collection[str]) -> LoadFile:
         errors.append(FileError(_json_path("$", (key,)), "unknown field", raw[key]))
 
     assets: list[AssetIn] = []
-    for i, item in enumerate(_list(raw, "assets", errors)):
-        try:
-            asset = AssetIn.model_validate(item)
-        except ValidationError as exc:
-            errors.extend(_pydantic_errors(f"$.assets[{i}]", exc))
-            continue
-        if asset.market not in markets:
-            errors.append(FileError(f"$.assets[{i}].market", "unknown market", asset.market))
-        assets.append(asset)
     seen_assets: dict[tuple[str, str], int] = {}
-    for i, asset in enumerate(assets):
-        key = (asset.market, asset.symbol)
-        if key in seen_assets:
-            errors.append(
-                FileError(
-                    f"$.assets[{i}]",
-                    f"duplicate of $.assets[{seen_assets[key]}]",
-                    f"{asset.market}:{asset.symbol}",
-                )
-            )
-        seen_assets.setdefault(key, i)
+    duplicates: list[FileError] = []
+    for i, item in enumerate(_list(raw, "assets", errors)):
+        asset = check_asset(i, item, markets, errors)
+        if asset is not None:
+            duplicates.extend(check_asset_unique(i, asset, seen_assets))
+            assets.append(asset)
+    errors.extend(duplicates)
 
     users: list[UserIn] = []
     seen_users: dict[uuid.UUID, int] = {}
     for i, item in enumerate(_list(raw, "users", errors)):
-        try:
-            user = UserIn.model_validate(item)
-        except ValidationError as exc:
-            errors.extend(_pydantic_errors(f"$.users[{i}]", exc))
-            continue
-        if user.id in seen_users:
-            errors.append(
-                FileError(
-                    f"$.users[{i}].id", f"duplicate of $.users[{seen_users[user.id]}]", str(user.id)
-                )
-            )
-        seen_users.setdefault(user.id, i)
-        errors.extend(_user_references(f"$.users[{i}]", user, markets))
-        users.append(user)
+        user = check_user(i, item, markets, seen_users, errors)
+        if user is not None:
+            users.append(user)
 
     if errors:
         raise LoadFileError(errors)
     return LoadFile(assets=assets, users=users)
+
+
+def check_asset(
+    i: int, item: Any, markets: Collection[str], errors: list[FileError]
+) -> AssetIn | None:
+    """`$.assets[i]` validated, or None; its errors appended to `errors`."""
+    try:
+        asset = AssetIn.model_validate(item)
+    except ValidationError as exc:
+        errors.extend(_pydantic_errors(f"$.assets[{i}]", exc))
+        return None
+    if asset.market not in markets:
+        errors.append(FileError(f"$.assets[{i}].market", "unknown market", asset.market))
+    return asset
+
+
+def check_asset_unique(
+    i: int, asset: AssetIn, seen: dict[tuple[str, str], int]
+) -> list[FileError]:
+    """`$.assets[i]` against the assets before it (`seen`, updated): a duplicate is an error,
+    listed after every asset's own errors."""
+    key = (asset.market, asset.symbol)
+    if key in seen:
+        return [
+            FileError(
+                f"$.assets[{i}]",
+                f"duplicate of $.assets[{seen[key]}]",
+                f"{asset.market}:{asset.symbol}",
+            )
+        ]
+    seen[key] = i
+    return []
+
+
+def check_user(
+    i: int,
+    item: Any,
+    markets: Collection[str],
+    seen: dict[uuid.UUID, int],
+    errors: list[FileError],
+) -> UserIn | None:
+    """`$.users[i]` validated, also against the users before it (`seen`, updated), or None;
+    its errors appended to `errors`."""
+    try:
+        user = UserIn.model_validate(item)
+    except ValidationError as exc:
+        errors.extend(_pydantic_errors(f"$.users[{i}]", exc))
+        return None
+    if user.id in seen:
+        errors.append(
+            FileError(f"$.users[{i}].id", f"duplicate of $.users[{seen[user.id]}]", str(user.id))
+        )
+    seen.setdefault(user.id, i)
+    errors.extend(_user_references(f"$.users[{i}]", user, markets))
+    return user
 
 
 def _list(raw: Mapping[str, Any], key: str, errors: list[FileError]) -> list[Any]:

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from decimal import Decimal
+from itertools import chain
 from typing import Any
 
 from sqlalchemy import Connection, and_, delete, func, select
 
-from overnight_pipeline.core.load_file import FileError, LoadFile, LoadFileError
+from overnight_pipeline.core.load_file import AssetIn, FileError, LoadFile, LoadFileError, UserIn
+from overnight_pipeline.core.load_stream import LoadStream
 from overnight_pipeline.core.scoring import Rule
 from overnight_pipeline.storage.bulk import upsert
 from overnight_pipeline.storage.keysets import keys_in
@@ -35,6 +38,8 @@ CHANGE_KINDS = (
     "criteria",
 )
 """What a `user_changes` row can say changed, in this order."""
+CHUNK = 2000
+"""Users written at a time by `load_stream`."""
 
 
 @dataclass(frozen=True)
@@ -59,15 +64,19 @@ def asset_ids(
     return found
 
 
-def load(conn: Connection, doc: LoadFile) -> LoadReport:
+def load(
+    conn: Connection, doc: LoadFile, *, now: datetime | None = None, first_user: int = 0
+) -> LoadReport:
     """Upsert `doc`; the caller commits. Raises `LoadFileError` (nothing written) when a
-    holding names an asset that is neither in the file nor in the database."""
-    now = datetime.now(UTC)
+    holding names an asset that is neither in the file nor in the database. `doc` may be
+    a chunk of a file (`load_stream`): its users are the file's from `first_user` on, and
+    `now` is the whole load's time."""
+    now = now or datetime.now(UTC)
     existing = asset_ids(conn, [(h.market, h.symbol) for u in doc.users for h in u.holdings])
     in_file = {(a.market, a.symbol) for a in doc.assets}
     missing = [
         FileError(
-            f"$.users[{i}].holdings[{j}]",
+            f"$.users[{first_user + i}].holdings[{j}]",
             "asset is neither in $.assets nor in the database",
             f"{h.market}:{h.symbol}",
         )
@@ -80,22 +89,7 @@ def load(conn: Connection, doc: LoadFile) -> LoadReport:
     user_ids = [u.id for u in doc.users]
     before = result_inputs(conn, user_ids)
 
-    upsert(
-        conn,
-        assets_table,
-        [
-            {
-                "id": uuid.uuid4(),
-                "market": a.market,
-                "symbol": a.symbol,
-                "currency": a.currency,
-                "name": a.name,
-            }
-            for a in doc.assets
-        ],
-        key=["market", "symbol"],
-        update=["currency", "name"],
-    )
+    upsert_assets(conn, doc.assets)
     ids = existing | asset_ids(conn, in_file)
 
     upsert(
@@ -177,6 +171,106 @@ def load(conn: Connection, doc: LoadFile) -> LoadReport:
         criteria_versions_created=created,
         users_changed=len(changes),
     )
+
+
+def upsert_assets(conn: Connection, assets: Sequence[AssetIn]) -> None:
+    upsert(
+        conn,
+        assets_table,
+        [
+            {
+                "id": uuid.uuid4(),
+                "market": a.market,
+                "symbol": a.symbol,
+                "currency": a.currency,
+                "name": a.name,
+            }
+            for a in assets
+        ],
+        key=["market", "symbol"],
+        update=["currency", "name"],
+    )
+
+
+def load_stream(
+    conn: Connection,
+    source: LoadStream,
+    *,
+    chunk: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> LoadReport:
+    """Upsert a file `source` has checked, `chunk` users at a time, in the caller's
+    transaction: the rows, criteria versions and `user_changes` of `load` of the whole
+    file, in memory that does not grow with it (one chunk of users is held at a time).
+    `progress` is called with the users written after each chunk. Raises `LoadFileError`
+    (nothing written) when a holding names an asset that is neither in the file nor in
+    the database, or when the file changed since it was checked. `chunk`: CHUNK."""
+    chunk = chunk or CHUNK
+    now = datetime.now(UTC)
+    elsewhere = source.held - source.asset_keys
+    missing = elsewhere - asset_ids(conn, elsewhere).keys()
+    if missing:
+        raise LoadFileError(
+            [
+                FileError(
+                    f"$.users[{i}].holdings[{j}]",
+                    "asset is neither in $.assets nor in the database",
+                    f"{h.market}:{h.symbol}",
+                )
+                for i, user in enumerate(_users(source.items(assets=False)))
+                for j, h in enumerate(user.holdings)
+                if (h.market, h.symbol) in missing
+            ]
+        )
+    # Assets first, so that every chunk's holdings find theirs.
+    items: Iterable[AssetIn | UserIn] = (
+        source.items()
+        if source.assets_first
+        else chain(source.items(users=False), source.items(assets=False))
+    )
+    report: LoadReport | None = None
+    assets: list[AssetIn] = []
+    users: list[UserIn] = []
+    written = 0
+    for item in chain(items, [None]):
+        if isinstance(item, AssetIn):
+            assets.append(item)
+        elif isinstance(item, UserIn):
+            users.append(item)
+        if assets and (len(assets) == chunk or item is None or isinstance(item, UserIn)):
+            upsert_assets(conn, assets)
+            assets = []
+        if users and (len(users) == chunk or item is None):
+            done = load(conn, LoadFile(assets=[], users=users), now=now, first_user=written)
+            report = done if report is None else _sum(report, done)
+            written += len(users)
+            users = []
+            if progress:
+                progress(written)
+    if report is None:  # a file without users
+        report = load(conn, LoadFile(assets=[], users=[]), now=now)
+    return replace(report, assets=source.assets)
+
+
+def _users(items: Iterable[AssetIn | UserIn]) -> Iterator[UserIn]:
+    return (item for item in items if isinstance(item, UserIn))
+
+
+def _sum(a: LoadReport, b: LoadReport) -> LoadReport:
+    """Two chunks' reports as one: counts add up, collections are joined, any other field
+    (the load's time) is the latest that is set."""
+    fields: dict[str, Any] = {}
+    for f in dataclasses.fields(a):
+        x, y = getattr(a, f.name), getattr(b, f.name)
+        if isinstance(x, int) and not isinstance(x, bool):
+            fields[f.name] = x + y
+        elif isinstance(x, list | tuple):
+            fields[f.name] = type(x)([*x, *y])
+        elif isinstance(x, set | frozenset):
+            fields[f.name] = x | y
+        else:
+            fields[f.name] = y if y is not None else x
+    return replace(a, **fields)
 
 
 def result_inputs(conn: Connection, user_ids: list[uuid.UUID]) -> dict[uuid.UUID, dict[str, Any]]:
