@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from sqlalchemy import Connection, insert, text
@@ -154,20 +155,25 @@ def test_recent_job_runs_filters_and_orders(db_conn: Connection) -> None:
         }
 
     ensure_months(db_conn, [T0, T0 + timedelta(hours=4)])
-    db_conn.execute(
-        insert(overnight_job_runs_table),
-        [
-            run("NYSE", "completed", 1),
-            run("NYSE", "failed", 2),
-            run("B3", "completed", 3),
-            run("TSE", "partial", 4),
-        ],
-    )
-    runs = recent_job_runs(db_conn, limit=10)
-    assert [r.users_processed for r in runs][:4] == [4, 3, 2, 1]
-    assert [r.market for r in recent_job_runs(db_conn, market="NYSE", limit=10)] == ["NYSE"] * 2
-    nyse_ok = recent_job_runs(db_conn, market="NYSE", status="completed", limit=10)
+    rows = [
+        run("NYSE", "completed", 1),
+        run("NYSE", "failed", 2),
+        run("B3", "completed", 3),
+        run("TSE", "partial", 4),
+    ]
+    db_conn.execute(insert(overnight_job_runs_table), rows)
+    # Only these four: other tests of the session may have committed runs of their own.
+    mine = {r["correlation_id"] for r in rows}
+
+    def of_mine(found: list[Any]) -> list[Any]:
+        return [r for r in found if r.correlation_id in mine]
+
+    runs = of_mine(recent_job_runs(db_conn, limit=100))
+    assert [r.users_processed for r in runs] == [4, 3, 2, 1]
+    nyse = of_mine(recent_job_runs(db_conn, market="NYSE", limit=100))
+    assert [r.market for r in nyse] == ["NYSE"] * 2
+    nyse_ok = of_mine(recent_job_runs(db_conn, market="NYSE", status="completed", limit=100))
     assert [(r.market, r.status) for r in nyse_ok] == [("NYSE", "completed")]
-    older = recent_job_runs(db_conn, limit=10, before=T0 + timedelta(hours=3))
-    assert [r.users_processed for r in older][:2] == [2, 1]
+    older = of_mine(recent_job_runs(db_conn, limit=100, before=T0 + timedelta(hours=3)))
+    assert [r.users_processed for r in older] == [2, 1]
     assert len(recent_job_runs(db_conn, limit=1)) == 1
