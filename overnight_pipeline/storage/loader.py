@@ -16,7 +16,7 @@ from sqlalchemy import Connection, and_, delete, func, select
 from overnight_pipeline.core.load_file import AssetIn, FileError, LoadFile, LoadFileError, UserIn
 from overnight_pipeline.core.load_stream import LoadStream
 from overnight_pipeline.core.scoring import Rule
-from overnight_pipeline.storage.bulk import upsert
+from overnight_pipeline.storage.bulk import copy_rows, upsert, upsert_copied
 from overnight_pipeline.storage.keysets import keys_in
 from overnight_pipeline.storage.models import (
     asset_classes_table,
@@ -92,7 +92,7 @@ def load(
     upsert_assets(conn, doc.assets)
     ids = existing | asset_ids(conn, in_file)
 
-    upsert(
+    upsert_copied(
         conn,
         users_table,
         [
@@ -125,7 +125,7 @@ def load(
         for u in doc.users
         for pos, c in enumerate(u.asset_classes)
     ]
-    upsert(
+    upsert_copied(
         conn,
         asset_classes_table,
         class_rows,
@@ -145,7 +145,7 @@ def load(
         for h in u.holdings
     ]
     _delete_absent(conn, holding_rows, user_ids)
-    upsert(
+    upsert_copied(
         conn,
         holdings_table,
         holding_rows,
@@ -445,8 +445,7 @@ def write_criteria_versions(
             }
             for pos, rule in enumerate(new_rules)
         )
-    if versions:
-        conn.execute(criteria_versions_table.insert(), versions)
-    if rules:
-        conn.execute(criteria_rules_table.insert(), rules)
+    for table, rows in ((criteria_versions_table, versions), (criteria_rules_table, rules)):
+        if rows:
+            copy_rows(conn, table, list(rows[0]), [list(row.values()) for row in rows])
     return len(versions)
