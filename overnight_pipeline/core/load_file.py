@@ -595,9 +595,7 @@ def check_asset(
     return asset
 
 
-def check_asset_unique(
-    i: int, asset: AssetIn, seen: dict[tuple[str, str], int]
-) -> list[FileError]:
+def check_asset_unique(i: int, asset: AssetIn, seen: dict[tuple[str, str], int]) -> list[FileError]:
     """`$.assets[i]` against the assets before it (`seen`, updated): a duplicate is an error,
     listed after every asset's own errors."""
     key = (asset.market, asset.symbol)
@@ -617,23 +615,26 @@ def check_user(
     i: int,
     item: Any,
     markets: Collection[str],
-    seen: dict[uuid.UUID, int],
+    seen: dict[uuid.UUID, int] | None,
     errors: list[FileError],
 ) -> UserIn | None:
-    """`$.users[i]` validated, also against the users before it (`seen`, updated), or None;
-    its errors appended to `errors`."""
+    """`$.users[i]` validated, also against the users before it (`seen`, updated; None: the
+    caller looks for repeated ids itself), or None; its errors appended to `errors`."""
     try:
         user = UserIn.model_validate(item)
     except ValidationError as exc:
         errors.extend(_pydantic_errors(f"$.users[{i}]", exc))
         return None
-    if user.id in seen:
-        errors.append(
-            FileError(f"$.users[{i}].id", f"duplicate of $.users[{seen[user.id]}]", str(user.id))
-        )
-    seen.setdefault(user.id, i)
+    if seen is not None:
+        if user.id in seen:
+            errors.append(duplicate_user(i, seen[user.id], user.id))
+        seen.setdefault(user.id, i)
     errors.extend(_user_references(f"$.users[{i}]", user, markets))
     return user
+
+
+def duplicate_user(i: int, first: int, user_id: uuid.UUID) -> FileError:
+    return FileError(f"$.users[{i}].id", f"duplicate of $.users[{first}]", str(user_id))
 
 
 def _list(raw: Mapping[str, Any], key: str, errors: list[FileError]) -> list[Any]:

@@ -24,11 +24,13 @@ import os
 import re
 import stat
 import uuid
+from array import array
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
 import orjson
 
 from overnight_pipeline.core.load_file import (
@@ -46,6 +48,7 @@ from overnight_pipeline.core.load_file import (
     check_asset,
     check_asset_unique,
     check_user,
+    duplicate_user,
     preview,
 )
 
@@ -491,6 +494,37 @@ def _changed(path: Path) -> LoadFileError:
     )
 
 
+class _Ids:
+    """The users' ids, 20 bytes each (a dict of UUIDs costs about 170 per user): repeated
+    ones are found once all are read."""
+
+    def __init__(self) -> None:
+        self._ids = bytearray()
+        self._at = array("I")  # each id's user index
+
+    def add(self, index: int, user_id: uuid.UUID) -> None:
+        self._ids += user_id.bytes
+        self._at.append(index)
+
+    def repeated(self) -> list[tuple[int, int, uuid.UUID]]:
+        """(index, index of the first user with the id, id) of every repeat."""
+        if not self._at:
+            return []
+        halves = np.frombuffer(self._ids, dtype=">u8").reshape(-1, 2)
+        order = np.lexsort((np.arange(len(self._at)), halves[:, 1], halves[:, 0]))
+        ordered = halves[order]
+        same = (ordered[1:] == ordered[:-1]).all(axis=1)
+        if not same.any():
+            return []
+        # For each id in sorted order, where its run of equal ids starts.
+        starts = np.maximum.accumulate(np.where(np.r_[True, ~same], np.arange(len(order)), 0))
+        at = np.frombuffer(self._at, dtype=np.uint32)
+        return [
+            (int(at[order[k]]), int(at[order[starts[k]]]), uuid.UUID(bytes=bytes(ordered[k])))
+            for k in np.flatnonzero(same) + 1
+        ]
+
+
 class _Checker:
     """Pass 1's findings: `decode_load_file`'s (repeated keys, unreadable numbers, lone
     surrogates) win over `parse_load_file`'s, each listed in its order."""
@@ -504,9 +538,9 @@ class _Checker:
         self.marked = False
         self.asset_errors: list[FileError] = []
         self.duplicates: list[FileError] = []
-        self.user_errors: list[FileError] = []
+        self.user_errors: list[tuple[int, FileError]] = []  # by the user's index
         self.seen_assets: dict[tuple[str, str], int] = {}
-        self.seen_users: dict[uuid.UUID, int] = {}
+        self.ids = _Ids()
         self.held: set[tuple[str, str]] = set()
         self.users_read = 0
         self.assets_read = 0
@@ -539,10 +573,11 @@ class _Checker:
                 self.duplicates.extend(check_asset_unique(event.index, asset, self.seen_assets))
         elif event.key == "users":
             self.users_read += 1
-            user = check_user(
-                event.index, event.value, self.markets, self.seen_users, self.user_errors
-            )
+            errors: list[FileError] = []
+            user = check_user(event.index, event.value, self.markets, None, errors)
+            self.user_errors.extend((event.index, e) for e in errors)
             if user is not None:
+                self.ids.add(event.index, user.id)
                 self.held.update((h.market, h.symbol) for h in user.holdings)
             return self.users_read % PROGRESS_EVERY == 0
         return False
@@ -579,10 +614,11 @@ class _Checker:
             FileError(_json_path("$", (key,)), "unknown field", value[key])
             for key in sorted(set(value) - {"assets", "users"}, key=str)
         ]
-        for key, found in (
-            ("assets", self.asset_errors + self.duplicates),
-            ("users", self.user_errors),
-        ):
+        # A repeated id is its user's first error (`check_user`): sorted in by index.
+        repeats = [(i, 0, duplicate_user(i, first, u)) for i, first, u in self.ids.repeated()]
+        tagged = sorted(repeats + [(i, 1, e) for i, e in self.user_errors], key=lambda t: t[:2])
+        users = [e for _, _, e in tagged]
+        for key, found in (("assets", self.asset_errors + self.duplicates), ("users", users)):
             if key in value and not array[key]:
                 errors.append(FileError(f"$.{key}", "must be a list", value[key]))
             else:

@@ -80,11 +80,15 @@ def users(count: int, seed: int = 0, *, version: int = 0) -> Iterator[dict[str, 
         }
 
 
-def write(path: Path, count: int, seed: int = 0, *, version: int = 0) -> Path:
-    """A load file of `count` users (`users`) and the whole asset universe at `path`."""
+def write(
+    path: Path, count: int, seed: int = 0, *, version: int = 0, users_first: bool = False
+) -> Path:
+    """A load file of `count` users (`users`) and the whole asset universe at `path`, the
+    assets before the users unless `users_first`."""
+    universe = json.dumps(assets())
     with path.open("w", encoding="utf-8") as out:
-        out.write('{"assets": ' + json.dumps(assets()) + ', "users": [\n')
+        out.write('{"users": [\n' if users_first else '{"assets": ' + universe + ', "users": [\n')
         for i, user in enumerate(users(count, seed, version=version)):
             out.write((",\n" if i else "") + json.dumps(user))
-        out.write("\n]}\n")
+        out.write('\n], "assets": ' + universe + "}\n" if users_first else "\n]}\n")
     return path

@@ -44,6 +44,7 @@ from overnight_pipeline_tests.storage import load_files
 from overnight_pipeline_tests.storage.test_load import (
     _FIELDS,
     _QUANTITY_TWICE,
+    USER,
     _bad_files,
     _edit,
     _hostile,
@@ -82,6 +83,24 @@ def _streamed(data: bytes, piece: int) -> Any:
     ]
 
 
+def _repeated_ids() -> bytes:
+    """Ids given twice and thrice, among users with other errors and invalid ones."""
+    user = sample()["users"][0]
+    wrong = json.loads(json.dumps(user))
+    wrong["holdings"][0]["assetClass"] = "Nope"
+    other = "6f1c0000-0000-4000-8000-000000000002"
+    users = [
+        wrong,
+        {**user, "id": other},
+        {"id": "not an id"},
+        user,
+        {**wrong, "id": other},
+        user,
+        {**user, "id": USER.upper()},
+    ]
+    return json.dumps({"assets": sample()["assets"], "users": users}).encode()
+
+
 def _corpus() -> dict[str, bytes]:
     text = _text()
     cases = {
@@ -111,6 +130,7 @@ def _corpus() -> dict[str, bytes]:
         "a list": b"[1, 2, 3, 4, 5, 6]",
         "a string": b'"users"',
         "a number": b"12",
+        "repeated ids": _repeated_ids(),
         "users not a list": b'{"users": {"a": 1}, "assets": null}',
         "unknown fields": b'{"people": [1, 2], "users": [], "extra": "x"}',
         "repeated lists": b'{"x": [1], "users": [], "x": [{"a": 1, "a": 2}]}',
@@ -216,11 +236,17 @@ def _state(conn: Connection, ids: list[uuid.UUID]) -> dict[str, list[tuple[Any, 
 def test_a_file_of_several_chunks_loads_the_rows_and_changes_of_the_whole_file(
     db_conn: Connection, tmp_path: Path
 ) -> None:
-    """A first file, then a second changing about half its users, loaded 40 users at a time
-    and whole (the path before issue 23), from the same state: the same rows, criteria
-    versions and user_changes."""
+    """A first file, then a second changing about half its users (its assets after them),
+    loaded CHUNK users at a time and whole (the path before issue 23), from the same state:
+    the same rows, criteria versions and user_changes."""
     files = [
-        load_files.write(tmp_path / f"v{version}.json", USERS, seed=23, version=version)
+        load_files.write(
+            tmp_path / f"v{version}.json",
+            USERS,
+            seed=23,
+            version=version,
+            users_first=bool(version),
+        )
         for version in (0, 1)
     ]
     ids = [uuid.UUID(u["id"]) for u in load_files.users(USERS, seed=23)]
