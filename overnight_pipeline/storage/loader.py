@@ -368,11 +368,16 @@ def active_criteria(
 ) -> dict[uuid.UUID, tuple[int, list[Rule]]]:
     """The newest criteria version and its rules for each user, in document order."""
     v, r = criteria_versions_table, criteria_rules_table
-    newest = (
-        select(v.c.user_id, func.max(v.c.version).label("version")).group_by(v.c.user_id).subquery()
-    )
     result: dict[uuid.UUID, tuple[int, list[Rule]]] = {}
     for wanted in keys_in(conn, [v.c.user_id], [(u,) for u in user_ids]):
+        # The newest version of these users only: a load of many chunks would otherwise
+        # group the whole table once per chunk.
+        newest = (
+            select(v.c.user_id, func.max(v.c.version).label("version"))
+            .where(wanted)
+            .group_by(v.c.user_id)
+            .subquery()
+        )
         stmt = (
             select(
                 v.c.user_id,
@@ -387,7 +392,6 @@ def active_criteria(
             )
             .join(newest, and_(newest.c.user_id == v.c.user_id, newest.c.version == v.c.version))
             .outerjoin(r, r.c.criteria_version_id == v.c.id)
-            .where(wanted)
             .order_by(v.c.user_id, r.c.position)
         )
         for row in conn.execute(stmt):
