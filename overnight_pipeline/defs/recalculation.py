@@ -13,6 +13,7 @@ then takes every change recorded meanwhile in one run (a burst of changes is one
 
 # No `from __future__ import annotations`: Dagster inspects the context annotations.
 
+import time
 from datetime import UTC, datetime
 
 from dagster import (
@@ -46,6 +47,9 @@ RECALCULATION_OP = "recalculate_changed_users"
 SENSOR = "user_changes_sensor"
 KIND_TAG = "overnight/kind"
 UP_TO_TAG = "overnight/up_to_change"
+RELAUNCH_AFTER_SECONDS = 60.0
+MAX_RELAUNCHES = 5
+GAVE_UP = (DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED)
 IN_FLIGHT = [
     DagsterRunStatus.QUEUED,
     DagsterRunStatus.NOT_STARTED,
@@ -128,11 +132,18 @@ def recalculation_job() -> None:
 
 
 def build_user_changes_sensor(
-    job_def: JobDefinition = recalculation_job, *, interval_seconds: int = 30
+    job_def: JobDefinition = recalculation_job,
+    *,
+    interval_seconds: int = 30,
+    relaunch_after_seconds: float = RELAUNCH_AFTER_SECONDS,
+    max_relaunches: int = MAX_RELAUNCHES,
 ) -> SensorDefinition:
     """The sensor launching `recalculation_job` for the pending changes: one run at a time,
     keyed by the newest change id it covers (a tick that sees the same changes launches
-    nothing)."""
+    nothing). A run that failed (its retries spent) is launched again for the same changes
+    `relaunch_after_seconds` after it ended, doubling after each failure, at most
+    `max_relaunches` times; then the changes wait for a new change, a re-execution from the
+    UI or the night."""
 
     @sensor(
         name=SENSOR,
@@ -156,8 +167,28 @@ def build_user_changes_sensor(
             waiting = changes.pending(conn)
         if not waiting:
             return SkipReason("no pending change")
+        key = f"user-changes:{waiting.last_id}"
+        tried = context.instance.get_run_records(
+            filters=RunsFilter(job_name=job_def.name, tags={UP_TO_TAG: str(waiting.last_id)}),
+            limit=max_relaunches + 2,
+        )
+        failed = [r for r in tried if r.dagster_run.status in GAVE_UP]
+        if failed and len(failed) == len(tried):  # every run for these changes failed
+            if len(failed) > max_relaunches:
+                return SkipReason(
+                    f"{len(failed)} runs for the changes up to {waiting.last_id} failed: "
+                    "re-execute the last one, or the next change or the night takes them"
+                )
+            wait = relaunch_after_seconds * 2 ** (len(failed) - 1)
+            ended = failed[0].end_time or failed[0].update_timestamp.timestamp()
+            if time.time() < ended + wait:
+                return SkipReason(
+                    f"run {failed[0].dagster_run.run_id} failed; launching again"
+                    f" {ended + wait - time.time():.0f} s from now"
+                )
+            key = f"{key}:relaunch-{len(failed)}"
         return RunRequest(
-            run_key=f"user-changes:{waiting.last_id}",
+            run_key=key,
             run_config=run_config(waiting.last_id),
             tags={UP_TO_TAG: str(waiting.last_id), "overnight/users": str(len(waiting.user_ids))},
         )

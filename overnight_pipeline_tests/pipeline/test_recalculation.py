@@ -335,3 +335,49 @@ def test_a_recalculation_failed_on_redis_resumes_without_duplicates(night: Pipel
     assert cached is not None and Decimal(cached.total_investable) == 6000
     with night.engine.connect() as conn:
         assert conn.scalar(select(func.count()).where(c.c.processed_at.is_(None))) == 0
+
+
+def test_a_failed_recalculation_is_launched_again_for_the_same_changes(night: Pipeline) -> None:
+    from overnight_pipeline.defs.recalculation import build_user_changes_sensor
+    from overnight_pipeline_tests.test_cli import closed_port
+
+    resources = {"database": AppDatabase(url=night.settings.database_url)}
+
+    def tick(after: float) -> Any:
+        sensor = build_user_changes_sensor(relaunch_after_seconds=after, max_relaunches=2)
+        with build_sensor_context(instance=night.instance, resources=resources) as ctx:
+            return sensor(ctx)
+
+    broken = build_definitions(
+        night.settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{closed_port()}/0"}),
+        env_vars=False,
+    ).resolve_job_def(RECALCULATION_JOB)
+    with night.engine.begin() as conn:
+        load(conn, _file(_user(STEADY, contribution="2500")))
+    first = tick(0)
+    assert isinstance(first, RunRequest)
+    for attempt in range(1, 2 + 2):
+        request = tick(0)
+        assert isinstance(request, RunRequest), request
+        expected = first.run_key if attempt == 1 else f"{first.run_key}:relaunch-{attempt - 1}"
+        assert request.run_key == expected
+        failed = broken.execute_in_process(
+            instance=night.instance,
+            run_config=request.run_config,
+            tags=request.tags,
+            raise_on_error=False,
+        )
+        assert not failed.success
+        if attempt == 1:
+            # Not at once: after the delay, doubling.
+            waiting = tick(3600)
+            assert isinstance(waiting, SkipReason) and "launching again" in str(
+                waiting.skip_message
+            )
+    gave_up = tick(0)
+    assert isinstance(gave_up, SkipReason) and "re-execute" in str(gave_up.skip_message)
+    # A new change is a new run key: launched at once.
+    with night.engine.begin() as conn:
+        load(conn, _file(_user(STEADY, contribution="2600")))
+    fresh = tick(3600)
+    assert isinstance(fresh, RunRequest) and ":relaunch-" not in str(fresh.run_key)
