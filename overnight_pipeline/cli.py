@@ -243,6 +243,29 @@ def cmd_load(args: argparse.Namespace, settings: Settings) -> int:
         return SERVICE
     finally:
         engine.dispose()
+    if report.changed_at is not None:
+        import redis
+
+        from overnight_pipeline.storage.freshness import mark_changed
+
+        # Committed: now, best effort, the markers that tell the dashboard's cache hits these
+        # users' results predate their inputs (the durable record is `user_changes`).
+        client = redis.Redis.from_url(
+            settings.redis_url, socket_timeout=10, socket_connect_timeout=1
+        )
+        try:
+            mark_changed(
+                client, report.changed_user_ids, report.changed_at, prefix=settings.cache_prefix
+            )
+        except (redis.RedisError, OSError) as exc:
+            print(
+                f"warning: the load is committed, but Redis did not take the change markers"
+                f" ({_reason(exc)}): until they are recalculated, cached results of the"
+                f" {report.users_changed} changed user(s) do not say their inputs changed",
+                file=sys.stderr,
+            )
+        finally:
+            client.close()
     print(
         f"loaded {path}: {report.assets} assets, {report.users} users, {report.holdings} holdings,"
         f" {report.criteria_versions_created} new criteria version(s),"

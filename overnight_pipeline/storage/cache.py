@@ -350,6 +350,11 @@ def version_key(user_id: uuid.UUID | str, prefix: str = "") -> str:
     return f"{prefix}recs_version:{user_id}"
 
 
+def changed_key(user_id: uuid.UUID | str, prefix: str = "") -> str:
+    """The user's change marker (`storage.freshness`): when their inputs last changed."""
+    return f"{prefix}changed:{user_id}"
+
+
 def _keys(user_id: uuid.UUID | str, prefix: str) -> list[str]:
     return [recs_key(user_id, prefix), portfolio_key(user_id, prefix), version_key(user_id, prefix)]
 
@@ -437,6 +442,15 @@ async def read_entry(
     """Both documents and the sidecar in one round trip; None unless all three are there."""
     values = await client.mget(_keys(user_id, prefix))
     return _entry(values)
+
+
+async def read_entry_and_change(
+    client: aioredis.Redis, user_id: uuid.UUID | str, *, prefix: str = ""
+) -> tuple[CachedEntry | None, Any]:
+    """`read_entry` and the user's change marker as stored (None if absent), in the same
+    MGET: the dashboard's one round trip (`storage.freshness.marker_stamp` reads it)."""
+    values = await client.mget([*_keys(user_id, prefix), changed_key(user_id, prefix)])
+    return _entry(values[:3]), values[3]
 
 
 def _entry(values: Sequence[Any]) -> CachedEntry | None:
@@ -540,7 +554,9 @@ def invalidate(
     never lost; one computed before the cutoff is deleted even if written after the call began.
     A writer that computed before the change and writes after the invalidation puts its entry
     back: invalidation is a deletion, not a tombstone, and the recalculation's newer entry wins
-    over it (`write_entries`)."""
+    over it (`write_entries`). The user's `changed:` marker stays: it is a fact about their
+    inputs, not a cached result, and must flag the entry refilled from PostgreSQL until the
+    recalculated one lands (`storage.freshness`)."""
     if not isinstance(user_id, uuid.UUID):
         raise TypeError(f"user_id must be a UUID, got {type(user_id).__name__}")
     cutoff, latest = _cutoffs(generated_before)
@@ -560,7 +576,8 @@ def invalidate_all(
     kept from entries generated after `generated_before` (default: now). Only the project's
     key names under the prefix are touched (`{prefix}recs:*`, `{prefix}portfolio:*`,
     `{prefix}recs_version:*`), with an empty prefix too. A key written during the scan may be
-    missed: it was written after the call began. Memory is bounded by a scan's batch."""
+    missed: it was written after the call began. Memory is bounded by a scan's batch.
+    `changed:` markers stay, as with `invalidate`."""
     if count <= 0:
         raise ValueError(f"count must be a positive integer, got {count!r}")
     cutoff, latest = _cutoffs(generated_before)

@@ -49,6 +49,10 @@ class LoadReport:
     holdings: int
     criteria_versions_created: int
     users_changed: int = 0
+    # Who changed and when (`user_changes.changed_at`): `overnight load` marks them in Redis
+    # once committed (`storage.freshness.mark_changed`).
+    changed_user_ids: tuple[uuid.UUID, ...] = ()
+    changed_at: datetime | None = None
 
 
 def asset_ids(
@@ -170,6 +174,8 @@ def load(
         holdings=len(holding_rows),
         criteria_versions_created=created,
         users_changed=len(changes),
+        changed_user_ids=tuple(changes),
+        changed_at=now if changes else None,
     )
 
 

@@ -39,7 +39,12 @@ from overnight_pipeline.storage.models import (
     user_changes_table,
     users_table,
 )
-from overnight_pipeline_tests.conftest import create_pg_database, drop_pg_database
+from overnight_pipeline_tests.conftest import (
+    REDIS_URL,
+    create_pg_database,
+    drop_pg_database,
+    redis_namespace,
+)
 from overnight_pipeline_tests.storage import load_files
 from overnight_pipeline_tests.storage.test_load import (
     _FIELDS,
@@ -301,10 +306,19 @@ def cli_db() -> Iterator[str]:
 
 
 @pytest.fixture
-def overnight(cli_db: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def marker_prefix() -> Iterator[str]:
+    """`overnight load` marks the users it changed in Redis (`storage.freshness`): under a
+    prefix of this test's own, emptied afterwards."""
+    yield from redis_namespace("test:load")
+
+
+@pytest.fixture
+def overnight(cli_db: str, marker_prefix: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     from overnight_pipeline.settings import get_settings
 
     monkeypatch.setenv("DATABASE_URL", cli_db)
+    monkeypatch.setenv("REDIS_URL", REDIS_URL)
+    monkeypatch.setenv("CACHE_PREFIX", marker_prefix)
     get_settings.cache_clear()
     yield
     get_settings.cache_clear()
