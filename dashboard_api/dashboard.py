@@ -10,6 +10,11 @@ and the version's date (≈ 3 µs against ≈ 40 µs, docs/PERFORMANCE.md). Redi
 trusted: anyone who can write to it must not be able to make this server fail or show one
 user another's data.
 
+The same MGET reads the user's change marker (`changed:`, `storage.freshness`): when their
+inputs changed after the served `generatedAt`, the answer says when (`inputsChangedAt`); the
+fallback reads it from `user_changes` in the batch that reads the row, and puts the marker
+back with the refill. A marker that is not one this project writes is ignored.
+
 A miss, a Redis error or an entry failing the checks falls back to the newest persisted
 row (concurrent misses share one query, `newest`), which is then put back with what remains
 of its 24 h; a rejected entry is logged and overwritten whatever its version key says. Every
@@ -45,6 +50,7 @@ from overnight_pipeline.core.payloads import (
     WireRecommendations,
     check_documents,
     check_objects,
+    parse_time,
     upgrade_legacy,
 )
 from overnight_pipeline.providers.resilience import circuit_breaker, quiet, record_failure
@@ -54,9 +60,15 @@ from overnight_pipeline.storage.cache import (
     CacheEntry,
     ValidatedEntries,
     evict_entry,
-    read_entry,
+    read_entry_and_change,
     refill_entry,
     validate_entry,
+)
+from overnight_pipeline.storage.freshness import (
+    changed_after,
+    marker_stamp,
+    restore_marker,
+    stamp,
 )
 
 log = logging.getLogger("dashboard_api")
@@ -67,11 +79,13 @@ REDIS_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
 @dataclass(frozen=True)
 class Repair:
     """What to put right in Redis once the answer has gone out: `entry` (from PostgreSQL) to
-    refill, and `replacing`, the digest of the entry the reader rejected."""
+    refill, `replacing`, the digest of the entry the reader rejected, and `changed_at`, the
+    change marker to put back (the inputs changed after `entry` was generated)."""
 
     user_key: str
     entry: CacheEntry | None
     replacing: str | None = None
+    changed_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -85,6 +99,8 @@ class DashboardResult:
     generated_at: str | None
     from_cache: bool
     repair: Repair | None = None
+    # When the user's inputs changed after `generated_at` (or, with nothing served, at all).
+    inputs_changed_at: str | None = None
 
     def body(self) -> bytes:
         """The `GET /api/dashboard` response (`DashboardResponse`)."""
@@ -96,6 +112,7 @@ class DashboardResult:
                     "baseCurrency": self.base_currency,
                     "dataFreshness": self.generated_at,
                     "fromCache": self.from_cache,
+                    "inputsChangedAt": self.inputs_changed_at,
                 }
             }
         )
@@ -181,10 +198,10 @@ class DashboardStore:
         healthy = quiet(self.breaker)
         try:
             if healthy:
-                entry = await self._read(principal)
+                entry, marker = await self._read(principal)
             else:
                 with self.breaker.calling():
-                    entry = await self._read(principal)
+                    entry, marker = await self._read(principal)
         except pybreaker.CircuitBreakerError:
             self.reads.redis_error.inc()
             return None, None
@@ -196,10 +213,9 @@ class DashboardStore:
         if entry is None:
             self.reads.miss.inc()
             return None, None
+        now = datetime.now(UTC)
         try:
-            valid = validate_entry(
-                entry, principal.user_key, now=datetime.now(UTC), memo=self.validated
-            )
+            valid = validate_entry(entry, principal.user_key, now=now, memo=self.validated)
         except InvalidDocument as exc:
             self.reads.rejected.inc()
             self.reject(principal.user_key, exc.reason)
@@ -213,12 +229,16 @@ class DashboardStore:
             base_currency=base,
             generated_at=valid.recs["generatedAt"],
             from_cache=True,
+            # The version is this very `generatedAt` as a stamp (`validate_entry` checked it).
+            inputs_changed_at=None
+            if marker is None
+            else changed_after(marker_stamp(marker, now=now), entry.version[11:]),
         )
         return result, None
 
-    async def _read(self, principal: Principal) -> CachedEntry | None:
+    async def _read(self, principal: Principal) -> tuple[CachedEntry | None, object]:
         async with asyncio.timeout(self.redis_timeout):
-            return await read_entry(self.redis, principal.user_key, prefix=self.prefix)
+            return await read_entry_and_change(self.redis, principal.user_key, prefix=self.prefix)
 
     def reject(self, user_key: str, reason: str) -> None:
         """Log a cache entry that failed the contract (it is then served from PostgreSQL)."""
@@ -229,9 +249,11 @@ class DashboardStore:
     async def from_database(
         self, principal: Principal, *, replacing: str | None = None
     ) -> DashboardResult:
-        row = await self.newest.get(principal.user_id)
+        newest = await self.newest.read(principal.user_id)
+        row = newest.row
+        change = None if newest.changed_at is None else stamp(newest.changed_at)
         if row is None:
-            return await self._new_user(principal, replacing)
+            return await self._new_user(principal, replacing, changed_after(change, None))
         try:
             recs, portfolio, recs_json, portfolio_json = _checked_row(row, principal.user_key)
         except (InvalidDocument, orjson.JSONDecodeError) as exc:
@@ -253,6 +275,8 @@ class DashboardStore:
             portfolio_json=portfolio_json,
             total_investable=row.total_investable,
         )
+        # Against the `generatedAt` served (`dataFreshness`), as a cache hit compares.
+        changed = changed_after(change, stamp(parse_time(recs["generatedAt"])))
         return DashboardResult(
             recs=recs,
             portfolio=portfolio,
@@ -260,10 +284,18 @@ class DashboardStore:
             base_currency=row.base_currency,
             generated_at=recs["generatedAt"],
             from_cache=False,
-            repair=Repair(principal.user_key, refill, replacing),
+            repair=Repair(
+                principal.user_key,
+                refill,
+                replacing,
+                changed_at=newest.changed_at if changed is not None else None,
+            ),
+            inputs_changed_at=changed,
         )
 
-    async def _new_user(self, principal: Principal, replacing: str | None) -> DashboardResult:
+    async def _new_user(
+        self, principal: Principal, replacing: str | None, changed: str | None
+    ) -> DashboardResult:
         """No recommendations yet: an empty list, with the user's currency and contribution."""
         uid = principal.user_id
         profile = await self.db.run(lambda conn: queries.user_profile(conn, user_id=uid))
@@ -278,6 +310,7 @@ class DashboardStore:
             from_cache=False,
             # Nothing to cache, but an entry that was rejected goes.
             repair=Repair(principal.user_key, None, replacing) if replacing else None,
+            inputs_changed_at=changed,
         )
 
     async def refill(self, repair: Repair) -> None:
@@ -286,6 +319,11 @@ class DashboardStore:
         try:
             with self.breaker.calling():
                 async with asyncio.timeout(self.redis_timeout):
+                    if repair.changed_at is not None:
+                        # First: a hit on the refilled entry must find its marker.
+                        await restore_marker(
+                            self.redis, repair.user_key, repair.changed_at, prefix=self.prefix
+                        )
                     if repair.entry is not None:
                         await refill_entry(
                             self.redis, repair.entry, prefix=self.prefix, replacing=repair.replacing

@@ -9,19 +9,24 @@ SQLAlchemy engine in the app's bounded threadpool (`ThreadedDB`): on PostgreSQL
 `storage.queries.newest_recommendation` (latest market date, then generation time), so every
 user gets exactly the row that query returns (tested); on SQLite that query per user. At
 most `concurrency` such queries run at once; an idle server sends a lone miss at once,
-without waiting.
+without waiting. The same statement reads when each user's inputs last changed
+(`user_changes`, one index probe per user, after `DISTINCT ON` has kept one row each; users
+without a row ask `storage.freshness.newest_changes`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
 
-from sqlalchemy import Connection, any_, bindparam, select
+from sqlalchemy import Connection, any_, bindparam, func, select
 from sqlalchemy.dialects import postgresql
 
 from dashboard_api.db import ThreadedDB
-from overnight_pipeline.storage.models import recommendations_table
+from overnight_pipeline.storage.freshness import newest_changes
+from overnight_pipeline.storage.models import recommendations_table, user_changes_table
 from overnight_pipeline.storage.queries import (
     NEWEST_COLUMNS,
     PersistedRecommendation,
@@ -30,25 +35,48 @@ from overnight_pipeline.storage.queries import (
 )
 
 _rec = recommendations_table.c
-_QUERY = (
+_NEWEST = (
     select(*NEWEST_COLUMNS)
     .where(_rec.user_id == any_(bindparam("user_ids", type_=postgresql.ARRAY(_rec.user_id.type))))
     .ext(postgresql.distinct_on(_rec.user_id))
     .order_by(_rec.user_id, _rec.market_date.desc(), _rec.generated_at.desc())
+    .subquery("newest")
+)
+_uc = user_changes_table.c
+# Outside the DISTINCT ON: the change is looked up for the row kept, not for every row read.
+_QUERY = select(
+    *_NEWEST.c,
+    select(func.max(_uc.changed_at)).where(_uc.user_id == _NEWEST.c.user_id).scalar_subquery(),
 )
 
-Waiters = dict[uuid.UUID, list[asyncio.Future[PersistedRecommendation | None]]]
+
+@dataclass(frozen=True)
+class Newest:
+    """A user's newest row (None: nothing computed yet) and when their inputs last changed."""
+
+    row: PersistedRecommendation | None
+    changed_at: datetime | None
 
 
-def newest_rows(
-    conn: Connection, user_ids: list[uuid.UUID]
-) -> dict[uuid.UUID, PersistedRecommendation]:
-    """Each user's newest row (users without one are absent): one query on PostgreSQL."""
+Waiters = dict[uuid.UUID, list[asyncio.Future[Newest]]]
+
+
+def newest_rows(conn: Connection, user_ids: list[uuid.UUID]) -> dict[uuid.UUID, Newest]:
+    """Each user's newest row and last change: one statement on PostgreSQL (and one more
+    for the users without a row)."""
     if conn.dialect.name != "postgresql":
-        found = {u: newest_recommendation(conn, user_id=u) for u in user_ids}
-        return {u: row for u, row in found.items() if row is not None}
-    rows = conn.execute(_QUERY, {"user_ids": user_ids})
-    return {row[0]: persisted_from_row(row) for row in rows}
+        changes = newest_changes(conn, user_ids)
+        return {u: Newest(newest_recommendation(conn, user_id=u), changes.get(u)) for u in user_ids}
+    found = {
+        row[0]: Newest(
+            persisted_from_row(row[:-1]), None if row[-1] is None else row[-1].astimezone(UTC)
+        )
+        for row in conn.execute(_QUERY, {"user_ids": user_ids})
+    }
+    rest = [u for u in user_ids if u not in found]
+    changes = newest_changes(conn, rest)
+    found.update({u: Newest(None, changes.get(u)) for u in rest})
+    return found
 
 
 class NewestRows:
@@ -62,9 +90,11 @@ class NewestRows:
 
     async def get(self, user_id: uuid.UUID) -> PersistedRecommendation | None:
         """The user's newest row, None when there is none; `db.run`'s 503 propagates."""
-        waiter: asyncio.Future[PersistedRecommendation | None] = (
-            asyncio.get_running_loop().create_future()
-        )
+        return (await self.read(user_id)).row
+
+    async def read(self, user_id: uuid.UUID) -> Newest:
+        """The user's newest row and last change; `db.run`'s 503 propagates."""
+        waiter: asyncio.Future[Newest] = asyncio.get_running_loop().create_future()
         self._pending.setdefault(user_id, []).append(waiter)
         if self._running < self.concurrency:
             self._start()
@@ -107,10 +137,10 @@ class NewestRows:
                 raise
             return
         for user, waiters in batch.items():
-            row = found.get(user)
+            newest = found[user]
             for waiter in waiters:
                 if not waiter.done():
-                    waiter.set_result(row)
+                    waiter.set_result(newest)
 
     async def aclose(self) -> None:
         for task in list(self._tasks):

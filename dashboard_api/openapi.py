@@ -156,7 +156,10 @@ def build_openapi(*, metrics: bool = True) -> dict[str, Any]:
                 "description": (
                     "`fromCache` says where the answer came from. A user without computed "
                     "recommendations gets an empty list and `dataFreshness: null` (with "
-                    "`baseCurrency` empty when the user is not loaded either)."
+                    "`baseCurrency` empty when the user is not loaded either). "
+                    "`inputsChangedAt` is set when the user's inputs changed after the "
+                    "served result was generated: the last result is served, flagged, until "
+                    "the recalculation lands."
                 ),
                 "security": secured,
                 "responses": {

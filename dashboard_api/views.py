@@ -57,18 +57,35 @@ templates.env.globals["url_for"] = _template_url_for
 
 @dataclass(frozen=True)
 class Freshness:
-    state: str  # "fresh" | "stale" | "none"
+    state: str  # "fresh" | "updating" | "stale" | "none"
     label: str  # the badge text
     generated_at: datetime | None
+    changed: bool = False  # the user's inputs changed after the result shown (a long label)
 
 
-def freshness(generated_at: str | None, now: datetime) -> Freshness:
+def freshness(
+    generated_at: str | None, now: datetime, inputs_changed_at: str | None = None
+) -> Freshness:
+    """The badge: "updating" instead of "fresh" when the inputs changed after the result
+    (`inputsChangedAt`); a stale result stays flagged stale, and says the change too."""
+    changed = None
+    if inputs_changed_at is not None:
+        moment = datetime.fromisoformat(inputs_changed_at).astimezone(UTC)
+        changed = f"your portfolio changed {ago(now - moment)}"
     if generated_at is None:
+        if changed:
+            return Freshness("updating", f"Updating · {changed}", None, changed=True)
         return Freshness("none", "No data yet", None)
     stamp = datetime.fromisoformat(generated_at).astimezone(UTC)
     age = now - stamp
     if age >= STALE_AFTER:
+        if changed:
+            return Freshness(
+                "stale", f"Stale · generated {ago(age)} · {changed}", stamp, changed=True
+            )
         return Freshness("stale", f"Stale · generated {ago(age)}", stamp)
+    if changed:
+        return Freshness("updating", f"Updating · {changed}", stamp, changed=True)
     return Freshness("fresh", f"Fresh · generated {ago(age)}", stamp)
 
 
@@ -138,7 +155,7 @@ async def page(request: Request) -> Response:
             portfolio=portfolio,
             classes=classes,
         ),
-        "freshness": freshness(result.generated_at, datetime.now(UTC)),
+        "freshness": freshness(result.generated_at, datetime.now(UTC), result.inputs_changed_at),
     }
     refill = BackgroundTask(store.refill, result.repair) if result.repair is not None else None
     response = templates.TemplateResponse(request, "dashboard.html", context, headers=HTML_HEADERS)

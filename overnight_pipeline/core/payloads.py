@@ -157,6 +157,11 @@ class DashboardData(_Strict):
     base_currency: str
     data_freshness: datetime | None
     from_cache: bool
+    inputs_changed_at: datetime | None = Field(
+        description="When the user's inputs changed after the served result was generated "
+        "(`dataFreshness`), or with nothing served yet, changed at all: a recalculation is "
+        "on its way and the result shown predates the change. Null otherwise."
+    )
 
 
 class DashboardResponse(_Strict):

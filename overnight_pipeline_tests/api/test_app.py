@@ -116,6 +116,7 @@ def test_openapi_describes_every_json_route_and_its_errors(client: TestClient) -
         "baseCurrency",
         "dataFreshness",
         "fromCache",
+        "inputsChangedAt",
     ]
 
 

@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import redis
+from sqlalchemy import Engine
 
 from overnight_pipeline.settings import Settings
+from overnight_pipeline.storage.freshness import mark_changed
+from overnight_pipeline.storage.models import user_changes_table
 from overnight_pipeline_tests.api.cdp import ROOT, Browser, BrowserTools, ensure_browser_tools
 from overnight_pipeline_tests.api.conftest import FAST, token_for
 from overnight_pipeline_tests.api.factories import Planner
@@ -60,13 +65,22 @@ def test_browser_logs_in_and_sees_fresh_and_stale_badges(
     settings: Settings,
     new_user: Callable[..., Planner],
     cache: Callable[..., None],
+    sync_redis: redis.Redis,
 ) -> None:
     fresh = new_user(hours_ago=3, seed=4)
-    cache(fresh)
+    changed = new_user(hours_ago=3, seed=6)
+    cache(fresh, changed)
+    mark_changed(
+        sync_redis,
+        [changed.user_id],
+        datetime.now(UTC) - timedelta(minutes=2),
+        prefix=settings.cache_prefix,
+    )
     stale = new_user(hours_ago=30, seed=5)
     with live_server(settings, FAST) as base:
         for name, user, badge in [
             ("fresh", fresh.user_id, "Fresh · generated 3 hours ago"),
+            ("updating", changed.user_id, "Updating · your portfolio changed 2 minutes ago"),
             ("stale", stale.user_id, "Stale · generated 30 hours ago"),
             ("none", uuid.uuid4(), "No data yet"),
         ]:
@@ -81,11 +95,58 @@ def test_browser_logs_in_and_sees_fresh_and_stale_badges(
                 rows = browser.evaluate(
                     "document.querySelectorAll('#recommendations tbody tr').length"
                 )
-                planner = fresh if name == "fresh" else stale
+                planner = {"fresh": fresh, "updating": changed, "stale": stale}[name]
                 assert rows == len(planner.recs.recommendations)
                 assert browser.evaluate("document.querySelectorAll('.alloc .bar').length") == 3
             browser.submit("form.inline")  # sign out
             assert browser.evaluate("location.pathname") == "/login"
+
+
+def test_the_longer_badges_of_a_change_fit_a_narrow_screen_and_pass_axe(
+    browser: Browser,
+    tools: BrowserTools,
+    settings: Settings,
+    new_user: Callable[..., Planner],
+    cache: Callable[..., None],
+    sync_redis: redis.Redis,
+    pg_engine: Engine,
+) -> None:
+    """The two labels that say the inputs changed, the longest the badge has, on a 320 px
+    phone: the badge wraps inside the screen rather than pushing the page sideways."""
+    changed = new_user(hours_ago=3, seed=8)
+    cache(changed)
+    ago = datetime.now(UTC) - timedelta(minutes=2)
+    mark_changed(sync_redis, [changed.user_id], ago, prefix=settings.cache_prefix)
+    stale = new_user(hours_ago=30, seed=9)  # a day old: served from PostgreSQL
+    with pg_engine.begin() as conn:
+        conn.execute(
+            user_changes_table.insert().values(
+                user_id=stale.user_id, changed_at=ago, what=["contribution"]
+            )
+        )
+    width, height, mobile = SCREENS["narrow"]
+    browser.viewport(width, height, mobile=mobile)
+    with live_server(settings, FAST) as base:
+        for user, state, words in [
+            (changed.user_id, "updating", "Updating · your portfolio changed 2 minutes ago"),
+            (
+                stale.user_id,
+                "stale",
+                "Stale · generated 30 hours ago · your portfolio changed 2 minutes ago",
+            ),
+        ]:
+            sign_in(browser, base, user)
+            assert browser.evaluate("document.getElementById('freshness').textContent") == words
+            assert browser.evaluate("document.getElementById('freshness').className") == (
+                f"badge {state}"
+            )
+            assert browser.evaluate(NO_SIDEWAYS_SCROLL), f"the {state} badge scrolls sideways"
+            right = browser.evaluate(
+                "document.getElementById('freshness').getBoundingClientRect().right"
+            )
+            assert right <= width, right
+            assert serious(browser.audit(tools.axe_js)) == []
+            browser.submit("form.inline")  # sign out
 
 
 # Every bar and band: drawn (a box with width and height), inside the screen, not hidden.

@@ -44,6 +44,7 @@ def expected(p: Planner) -> dict[str, Any]:
         "totalInvestable": "20000.00",
         "baseCurrency": "USD",
         "dataFreshness": recs["generatedAt"],
+        "inputsChangedAt": None,  # no change recorded after it (test_inputs_changed.py)
     }
 
 
@@ -127,6 +128,7 @@ def test_new_user_gets_an_empty_list_and_no_freshness(
         "baseCurrency": "USD",
         "dataFreshness": None,
         "fromCache": False,
+        "inputsChangedAt": None,  # inserted directly: no change recorded
     }
     stranger = get_dashboard(client, uuid.uuid4())
     assert stranger["recommendations"] == [] and stranger["dataFreshness"] is None

@@ -16,6 +16,7 @@ from dashboard_api.newest import NewestRows
 from dashboard_api.problems import Problem
 from overnight_pipeline.storage import queries
 from overnight_pipeline.storage.db import make_engine
+from overnight_pipeline.storage.models import user_changes_table
 from overnight_pipeline_tests.api.factories import insert_users, persist, planner
 from overnight_pipeline_tests.api.netfaults import closed_port
 
@@ -122,3 +123,55 @@ def test_many_concurrent_misses_are_all_answered(
             await newest.aclose()
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
+def test_batched_reads_give_each_users_last_change_with_or_without_a_row(
+    backend: str, pg_engine: Engine, sqlite_engine: Engine
+) -> None:
+    engine = pg_engine if backend == "postgresql" else sqlite_engine
+    now = datetime.now(UTC).replace(microsecond=654321)
+    users = [uuid.uuid4() for _ in range(8)]
+    with engine.begin() as conn:
+        insert_users(conn, users)
+        # Rows for the first four, on several market dates (the change is looked up once).
+        persist(
+            conn,
+            [
+                planner(u, generated_at=now - timedelta(hours=3), seed=i)
+                for i, u in enumerate(users[:4])
+            ],
+        )
+        persist(
+            conn,
+            [
+                planner(u, generated_at=now, market_date=now.date() - timedelta(days=2), seed=i)
+                for i, u in enumerate(users[:4])
+            ],
+        )
+        # Changes for users 0, 1 (with a row) and 4, 5 (without one); 0 changed twice.
+        changes = [(users[0], now - timedelta(hours=5)), (users[0], now - timedelta(minutes=1))]
+        changes += [(users[1], now - timedelta(hours=4)), (users[4], now), (users[5], now)]
+        conn.execute(
+            user_changes_table.insert(),
+            [{"user_id": u, "changed_at": t, "what": ["holdings"]} for u, t in changes],
+        )
+        expected_rows = {u: queries.newest_recommendation(conn, user_id=u) for u in users}
+    expected = {
+        users[0]: now - timedelta(minutes=1),
+        users[1]: now - timedelta(hours=4),
+        users[4]: now,
+        users[5]: now,
+    }
+
+    async def main() -> list[Any]:
+        newest = NewestRows(ThreadedDB(engine, limit=2, timeout=5), max_batch=5)
+        try:
+            return await asyncio.gather(*(newest.read(u) for u in users))
+        finally:
+            await newest.aclose()
+
+    got = dict(zip(users, asyncio.run(main()), strict=True))
+    assert {u: n.row for u, n in got.items()} == expected_rows
+    assert {u: n.changed_at for u, n in got.items() if n.changed_at} == expected
+    assert all(n.changed_at is None or n.changed_at.tzinfo == UTC for n in got.values())

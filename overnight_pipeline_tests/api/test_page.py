@@ -63,6 +63,30 @@ def test_freshness_is_fresh_below_24_hours_and_stale_from_24() -> None:
     assert almost.state == "fresh"
 
 
+def test_freshness_says_updating_when_the_inputs_changed_after_the_result() -> None:
+    generated = (NOW - timedelta(hours=3)).isoformat()
+    changed = (NOW - timedelta(minutes=2)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    updating = freshness(generated, NOW, changed)
+    assert (updating.state, updating.label) == (
+        "updating",
+        "Updating · your portfolio changed 2 minutes ago",
+    )
+    assert updating.changed and updating.generated_at == NOW - timedelta(hours=3)
+    # A day-old result stays flagged stale, and says the change too.
+    stale = freshness((NOW - timedelta(hours=30)).isoformat(), NOW, changed)
+    assert (stale.state, stale.label) == (
+        "stale",
+        "Stale · generated 30 hours ago · your portfolio changed 2 minutes ago",
+    )
+    nothing_yet = freshness(None, NOW, changed)
+    assert (nothing_yet.state, nothing_yet.label, nothing_yet.generated_at) == (
+        "updating",
+        "Updating · your portfolio changed 2 minutes ago",
+        None,
+    )
+    assert not freshness(generated, NOW, None).changed
+
+
 def test_page_without_a_cookie_redirects_to_the_login_form(client: TestClient) -> None:
     response = client.get("/", follow_redirects=False)
     assert response.status_code == 303 and response.headers["location"].endswith("/login")
@@ -131,7 +155,8 @@ def test_graphics_and_text_meet_wcag_contrast_against_white() -> None:
     white = colours["card"]
     for graphic in ("scale", "band", "within", "below", "above"):  # WCAG 1.4.11: 3:1
         assert contrast(colours[graphic], white) >= 3.0, graphic
-    for text in ("ink", "muted", "fresh", "stale", "none"):  # 1.4.3: 4.5:1 (badges: white text)
+    # 1.4.3: 4.5:1 (badges: white text)
+    for text in ("ink", "muted", "fresh", "stale", "none", "updating"):
         assert contrast(colours[text], white) >= 4.5, text
         assert contrast(colours[text], colours["page"]) >= 4.5, text
 

@@ -366,6 +366,7 @@ def test_any_bad_entry_is_a_miss_served_from_postgres_and_healed(
             "baseCurrency": "USD",
             "dataFreshness": recs["generatedAt"],
             "fromCache": False,
+            "inputsChangedAt": None,
         }
     }
     assert any("cache entry rejected" in r.getMessage() for r in caplog.records)
