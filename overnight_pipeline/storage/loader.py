@@ -38,8 +38,11 @@ CHANGE_KINDS = (
     "criteria",
 )
 """What a `user_changes` row can say changed, in this order."""
-CHUNK = 2000
-"""Users written at a time by `load_stream`."""
+CHUNK = 10_000
+"""Users written at a time by `load_stream`. Each chunk's reads join its users against
+whole tables (hash joins: cheaper than 10,000 index probes to the planner), so fewer,
+larger chunks: at 100,000 users, 2,000 per chunk spent 38 s in statements, 10,000 14 s;
+the chunk's users and rows take a few tens of MB."""
 
 
 @dataclass(frozen=True)
