@@ -38,11 +38,12 @@ CHANGE_KINDS = (
     "criteria",
 )
 """What a `user_changes` row can say changed, in this order."""
-CHUNK = 10_000
+CHUNK = 5000
 """Users written at a time by `load_stream`. Each chunk's reads join its users against
-whole tables (hash joins: cheaper than 10,000 index probes to the planner), so fewer,
-larger chunks: at 100,000 users, 2,000 per chunk spent 38 s in statements, 10,000 14 s;
-the chunk's users and rows take a few tens of MB."""
+whole tables (hash joins: cheaper than thousands of index probes to the planner), so not
+too many chunks: a reload of 100,000 users spent 38 s in statements at 2,000 per chunk,
+22 s at 5,000, 14 s at 10,000; but what a chunk holds (its users, their rows, their inputs
+before and after) is most of the load's memory: 330 MB peak at 10,000."""
 
 
 @dataclass(frozen=True)
