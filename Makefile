@@ -38,8 +38,12 @@ dev: install services ## Start the Dagster UI (dagster dev) on http://127.0.0.1:
 	DAGSTER_HOME=$(DAGSTER_HOME_DIR) exec $(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p $(PORT) \
 	  $(if $(filter json,$(LOG_FORMAT)),--log-format json)
 
+# Two workers (pytest-xdist), a test module per worker at a time (its module fixtures built
+# once): the end-to-end modules wait on daemons and subprocesses while the other worker runs.
+# `make test PYTEST_WORKERS=0` runs in one process.
+PYTEST_WORKERS ?= 2
 test: install services ## Run the test suite against real PostgreSQL and Redis
-	$(BIN)/pytest
+	$(BIN)/pytest $(if $(filter-out 0,$(PYTEST_WORKERS)),-n $(PYTEST_WORKERS) --dist loadfile)
 
 check: install ## Lint, format check, types, import contracts
 	$(BIN)/ruff check .
