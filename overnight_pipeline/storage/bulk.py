@@ -31,15 +31,25 @@ def upsert(
     if not update:
         conn.execute(stmt.on_conflict_do_nothing(index_elements=list(key)), list(rows))
         return
+    conn.execute(_on_conflict(stmt, table, key, update, extra_set, newer), list(rows))
+
+
+def _on_conflict(
+    stmt: Any,
+    table: Table,
+    key: Sequence[str],
+    update: Sequence[str],
+    extra_set: Mapping[str, Any] | None,
+    newer: str | None = None,
+) -> Any:
+    """`stmt` … ON CONFLICT (key) DO UPDATE the `update` columns where one differs (and,
+    with `newer`, where the stored value of that column is not after the new one)."""
     set_: dict[str, Any] = {c: stmt.excluded[c] for c in update}
     set_.update(extra_set or {})
     changed: Any = or_(*(table.c[c].is_distinct_from(stmt.excluded[c]) for c in update))
     if newer is not None:
         changed = and_(changed, table.c[newer] <= stmt.excluded[newer])
-    conn.execute(
-        stmt.on_conflict_do_update(index_elements=list(key), set_=set_, where=changed),
-        list(rows),
-    )
+    return stmt.on_conflict_do_update(index_elements=list(key), set_=set_, where=changed)
 
 
 def upsert_copied(
@@ -74,10 +84,7 @@ def upsert_copied(
                 copy.write_row([row[c] for c in columns])
     source = Table(staged, MetaData(), *(Column(c, table.c[c].type) for c in columns))
     stmt = postgresql.insert(table).from_select(columns, select(*source.c))
-    set_: dict[str, Any] = {c: stmt.excluded[c] for c in update}
-    set_.update(extra_set or {})
-    changed = or_(*(table.c[c].is_distinct_from(stmt.excluded[c]) for c in update))
-    conn.execute(stmt.on_conflict_do_update(index_elements=list(key), set_=set_, where=changed))
+    conn.execute(_on_conflict(stmt, table, key, update, extra_set))
 
 
 def copy_rows(
