@@ -1,4 +1,4 @@
-"""Benchmark: `GET /api/dashboard` under load, cache hits and cache misses (SPEC §8).
+"""Benchmark: `GET /api/dashboard` under load, cache hits and cache misses (BEHAVIOUR §8).
 
     .venv/bin/python bench/dashboard_bench.py [--duration 8] [--connections 64]
     .venv/bin/python bench/dashboard_bench.py --metrics-ab --miss-users 10   # what METRICS costs per hit
@@ -13,7 +13,7 @@ What it does, on a throwaway PostgreSQL database and a private Redis key prefix:
    cache misses each use a user never requested before (the refill turns it into a hit);
    `--rounds` rounds interleave the cases and the median is reported;
 4. prints requests/s, p50, p99, the server's and wrk's CPU per request and how many CPUs the
-   whole machine kept busy per case, the ratio to the bare endpoint, the SPEC §8 targets and
+   whole machine kept busy per case, the ratio to the bare endpoint, the BEHAVIOUR §8 targets and
    the load average before and after: a run whose "CPUs busy" exceeds what server + wrk +
    PostgreSQL + Redis explain shared the machine with something else. Results go in
    docs/PERFORMANCE.md.

@@ -1,4 +1,4 @@
-"""Benchmark: bytes PostgreSQL keeps per processed user per night (SPEC §4, §8).
+"""Benchmark: bytes PostgreSQL keeps per processed user per night (BEHAVIOUR §4, §8).
 
     .venv/bin/python bench/storage_bench.py [--users 10000] [--nights 3]
 

@@ -1,4 +1,4 @@
-"""Benchmark: two years of audit for 1,000 users (issue 15 item 5; SPEC §4, §8).
+"""Benchmark: two years of audit for 1,000 users (issue 15 item 5; BEHAVIOUR §4, §8).
 
     .venv/bin/python bench/two_year_bench.py [--users 1000] [--months 24] [--real 6]
                                              [--samples 200] [--now 2026-12-01] [--keep]

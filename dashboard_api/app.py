@@ -1,4 +1,4 @@
-"""`create_app(settings)`: the Starlette application (SPEC §6)."""
+"""`create_app(settings)`: the Starlette application (BEHAVIOUR §6)."""
 
 from __future__ import annotations
 

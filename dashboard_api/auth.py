@@ -1,4 +1,4 @@
-"""Dashboard tokens: HS256 JWTs whose `sub` is the user id (SPEC §6).
+"""Dashboard tokens: HS256 JWTs whose `sub` is the user id (BEHAVIOUR §6).
 
 The user id comes only from a verified token. `sub` and `exp` are required, the only
 accepted algorithm is HS256 (so `alg: none` and every other algorithm fail), and a small

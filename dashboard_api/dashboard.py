@@ -1,4 +1,4 @@
-"""`GET /api/dashboard` data: Redis first, PostgreSQL when the cache cannot answer (SPEC §6).
+"""`GET /api/dashboard` data: Redis first, PostgreSQL when the cache cannot answer (BEHAVIOUR §6).
 
 Hot path (`api.DashboardEndpoint` calls it): one MGET of `recs:`, `portfolio:` and the version sidecar
 (redis-py's asyncio pool, hiredis parser), then the whole entry checked against the contract

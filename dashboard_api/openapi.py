@@ -307,7 +307,7 @@ def build_openapi(*, metrics: bool = True) -> dict[str, Any]:
             "title": "Overnight dashboard API",
             "version": "1",
             "description": (
-                "Pre-computed buy recommendations (SPEC §6). Errors are RFC 9457 problem "
+                "Pre-computed buy recommendations (BEHAVIOUR §6). Errors are RFC 9457 problem "
                 "details (`application/problem+json`). Authenticate with "
                 "`Authorization: Bearer <JWT>` (HS256; `sub` = user id; `exp` required)."
             ),

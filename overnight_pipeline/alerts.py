@@ -1,4 +1,4 @@
-"""Alerts to `ALERT_WEBHOOK_URL` (SPEC §9): a JSON POST with a Slack-compatible `text` and
+"""Alerts to `ALERT_WEBHOOK_URL` (BEHAVIOUR §9): a JSON POST with a Slack-compatible `text` and
 the structured fields `kind`, `market`, `market_date`, `run_id`, `state`, `detail`.
 
 | kind | raised by | when |

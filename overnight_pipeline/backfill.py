@@ -1,5 +1,5 @@
 """`overnight backfill`: run again, on purpose, the market-dates whose night was not right
-(SPEC §10; issue 22 item 7).
+(BEHAVIOUR §10; issue 22 item 7).
 
 Each market-date of the range is judged by `core.readiness` from its `overnight_job_runs`
 rows (one query), as `overnight status` and the readiness sensor judge it; those whose

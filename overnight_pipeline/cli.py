@@ -1,4 +1,4 @@
-"""The `overnight` command (SPEC §10).
+"""The `overnight` command (BEHAVIOUR §10).
 
 Exit codes: 0 done; 1 a run finished with failures (`partial` or `failed`); 2 invalid input
 (a setting, an argument or a load file; nothing was done); 3 a service cannot be used (the

@@ -1,4 +1,4 @@
-"""Same-day recalculation of the users whose inputs changed (SPEC §5, issue 23), free of
+"""Same-day recalculation of the users whose inputs changed (BEHAVIOUR §5, issue 23), free of
 Dagster: the `recalculation_job` op and `overnight recalculate` call `recalculate`.
 
 `overnight load` records each user whose result-relevant inputs changed in `user_changes`.
@@ -6,7 +6,7 @@ A recalculation takes the pending changes (up to a change id), and for each user
 
 - active, with holdings in configured markets: computed again against the newest market
   data already stored for their home market (no provider call): the newest night among their
-  markets' stored prices decides the home market (SPEC §1), whose newest stored date is the
+  markets' stored prices decides the home market (BEHAVIOUR §1), whose newest stored date is the
   market-date. A new calculation (this recalculation's correlation id, the four events), the
   recommendation row of that market-date replaced (unless a newer one is there), the cache
   rewritten (an entry is newer than the one it replaces);

@@ -1,4 +1,4 @@
-"""Settings: the only module that reads the environment (SPEC §10)."""
+"""Settings: the only module that reads the environment (BEHAVIOUR §10)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""`overnight status`: each market's readiness for its session, as a table or JSON (SPEC
-§10; the 4 a.m. command). The judging is `core.readiness`'s, the facts are the job-run rows
-(`storage.job_runs.market_readiness`), as for the `market_readiness` sensor."""
+"""`overnight status`: each market's readiness for its session, as a table or JSON
+(BEHAVIOUR §10; the 4 a.m. command). The judging is `core.readiness`'s, the facts are the
+job-run rows (`storage.job_runs.market_readiness`), as for the `market_readiness` sensor."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ Each Dagster asset of `defs/` calls one of these and turns its `StepReport` into
 materialization metadata; the CLI, the tests and the benchmarks can call them directly.
 Users are processed in batches of `batch_size`; each batch is one transaction, and a step
 that is retried or re-executed under the same correlation id skips the users whose events
-are already there, so nothing is duplicated (SPEC §4, §7).
+are already there, so nothing is duplicated (BEHAVIOUR §4, §7).
 """
 
 from __future__ import annotations
@@ -498,7 +498,7 @@ def _about(seconds: float) -> str:
 
 
 class _Progress:
-    """The log lines of one shard step (SPEC §9 Progress; the original's logging strategy):
+    """The log lines of one shard step (BEHAVIOUR §9 Progress):
     "Overnight job started", then per batch "User batch processed" with batch n of N, users,
     failed, seconds, users/s (the batch's) and the estimated time left (at the step's
     average rate so far), and "User processing failed" per failed user, id masked."""

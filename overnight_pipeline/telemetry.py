@@ -1,4 +1,4 @@
-"""The job-level OpenTelemetry span (SPEC §9, AC-8.2.7): `overnight-scoring-job`, one per run.
+"""The job-level OpenTelemetry span (BEHAVIOUR §9): `overnight-scoring-job`, one per run.
 
 The run sensors emit it when they record a finished run, with the run's real start and end
 times and one child span per asset step, so it works the same whatever executor or run

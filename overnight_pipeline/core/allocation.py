@@ -1,4 +1,4 @@
-"""Steps 2-6 of SPEC §3 on exact values: one user's contribution split across classes and
+"""Steps 2-6 of BEHAVIOUR §3 on exact values: one user's contribution split across classes and
 assets, every decision taken on exact rationals.
 
 A user's money is counted in integers: every amount is a whole number of `1/U` of the base

@@ -209,7 +209,7 @@ class FundamentalsTable:
 def score_batch(
     holdings: pd.DataFrame, rules: pd.DataFrame, fundamentals: pd.DataFrame | FundamentalsTable
 ) -> BatchScores:
-    """SPEC §2 for every holding row against its user's rules for the holding's class."""
+    """BEHAVIOUR §2 for every holding row against its user's rules for the holding's class."""
     n = len(holdings)
     # One integer key per (user, class), shared by holdings and rules.
     users: dict[Any, int] = {}
@@ -406,7 +406,7 @@ def _compare(
 def recommend_batch(
     batch: Batch, scores: BatchScores, fx: FxRates
 ) -> tuple[dict[Any, UserRecommendations], dict[Any, Exception]]:
-    """SPEC §3 for every user of the batch; a user whose data fails (a missing rate, a
+    """BEHAVIOUR §3 for every user of the batch; a user whose data fails (a missing rate, a
     value that is not a finite decimal, a class or asset twice) is reported in the second
     dict and the others carry on.
 

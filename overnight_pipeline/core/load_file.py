@@ -1,4 +1,4 @@
-"""The `overnight load` file (SPEC §10): validated whole, every error listed by JSON path.
+"""The `overnight load` file (BEHAVIOUR §10): validated whole, every error listed by JSON path.
 
 Every value is checked against what its column holds (length, digits before and after the
 point, integer range) before anything is written, so a file the validator accepts never

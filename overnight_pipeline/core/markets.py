@@ -1,4 +1,4 @@
-"""Markets and their exchange calendars (SPEC §1): sessions, opens, overnight run times."""
+"""Markets and their exchange calendars (BEHAVIOUR §1): sessions, opens, overnight run times."""
 
 from __future__ import annotations
 

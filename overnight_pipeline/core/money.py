@@ -62,7 +62,7 @@ def _validate_decimal(value: Any) -> Decimal:
     return parse_decimal(value)
 
 
-# A Decimal that arrives and leaves as a JSON string (SPEC: strings at the edges).
+# A Decimal that arrives and leaves as a JSON string (BEHAVIOUR §1, §5: strings at the edges).
 DecimalString = Annotated[
     Decimal,
     BeforeValidator(_validate_decimal),
@@ -103,7 +103,7 @@ class FxRates:
 
     def ratio(self, source: str, target: str) -> tuple[int, int]:
         """The exact rate (USD→target)/(USD→source) as (numerator, denominator), in lowest
-        terms; what the allocation computes with (SPEC §3.6)."""
+        terms; what the allocation computes with (BEHAVIOUR §3.6)."""
         if source == target:
             return 1, 1
         key = (source, target)

@@ -1,6 +1,6 @@
-"""Cache payloads (SPEC §5) and the dashboard response (§6): camelCase exactly as the
-original spec's TypeScript interfaces, plus `schemaVersion` and the owner's `userId` in both
-documents; decimals as strings.
+"""Cache payloads (BEHAVIOUR §5) and the dashboard response (§6): the camelCase fields that
+BEHAVIOUR §5 lists, with `schemaVersion` and the owner's `userId` in both documents; decimals
+as strings.
 
 Two views of the same contract. The pydantic models build the documents (the pipeline) and
 give the page typed objects. `check_documents` is the reader's gate on the hot path: it

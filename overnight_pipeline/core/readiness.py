@@ -1,5 +1,5 @@
 """Readiness of each market's session: were its recommendations computed and cached before
-the market opened? (The product's one promise; SPEC §9.)
+the market opened? (The product's one promise; BEHAVIOUR §9.)
 
 A market's partition for session D is *ready* when a run of it finished (completed or
 partial, the cache written) before the market's open on D. This module classifies one

@@ -1,4 +1,4 @@
-"""Buy-only recommendations for one user's contribution (SPEC §3).
+"""Buy-only recommendations for one user's contribution (BEHAVIOUR §3).
 
 Steps, as numbered in the spec: (1) value holdings in the base currency, (2) class targets
 after the contribution and allocation gaps, (3) eligible assets, (4) water-filling across

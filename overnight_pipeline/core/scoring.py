@@ -1,4 +1,4 @@
-"""Criteria documents and scoring (SPEC §1 "Criteria", §2)."""
+"""Criteria documents and scoring (BEHAVIOUR §1 "Criteria", §2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Closed vocabularies of the domain (SPEC §1): metrics, operators, event types."""
+"""Closed vocabularies of the domain (BEHAVIOUR §1): metrics, operators, event types."""
 
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ EVENT_TYPES: Final[tuple[str, ...]] = (
 
 JOB_STATUSES: Final[tuple[str, ...]] = ("started", "completed", "failed", "partial")
 
-# Alerts (SPEC §9): what went wrong for a market-date, and where its delivery stands.
+# Alerts (BEHAVIOUR §9): what went wrong for a market-date, and where its delivery stands.
 ALERT_KINDS: Final[tuple[str, ...]] = (
     "deadline_missed",
     "run_failed",

@@ -1,4 +1,4 @@
-"""The overnight assets (SPEC §9), all market × date partitioned, thin over `steps`.
+"""The overnight assets (BEHAVIOUR §9), all market × date partitioned, thin over `steps`.
 
 Defined at module level: import them, `materialize([...], resources=...)` them, build their
 contexts in tests. The partitions (the configured markets) and the retry delay are read from
@@ -92,7 +92,7 @@ MARKET_DATA_POOL = "market_data"
 
 def correlation_id(context: OpExecutionContext, key: str) -> uuid.UUID:
     """One calculation per partition of a run: stable across retries and re-executions,
-    which share the root run id (SPEC §4)."""
+    which share the root run id (BEHAVIOUR §4)."""
     root = context.run.root_run_id or context.run.run_id
     return correlation_id_for(f"{root}:{key}")
 

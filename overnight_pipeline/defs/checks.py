@@ -1,4 +1,4 @@
-"""Asset checks of the overnight assets (SPEC §7).
+"""Asset checks of the overnight assets (BEHAVIOUR §7).
 
 | check | on | severity | fails when |
 | --- | --- | --- | --- |
@@ -10,7 +10,7 @@
 
 User counts come from the event store (per correlation id), not from one attempt's
 metadata, so a retried or re-executed step judges the whole calculation. No check blocks:
-a failed user fails alone (SPEC §7), so even a partition of 4 users with 1 broken one gives
+a failed user fails alone (BEHAVIOUR §7), so even a partition of 4 users with 1 broken one gives
 the other 3 their recommendations and cache entries; the ERROR check is red in the UI and
 the job-run row is `partial`. The checks are not partitioned (partitioned check specs are a
 preview feature in Dagster 1.13, "not ready for production use"): each result names its

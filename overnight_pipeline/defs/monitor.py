@@ -1,4 +1,4 @@
-"""Dead run workers (SPEC §7): a run whose worker process died (`kill -9`, the OOM killer)
+"""Dead run workers (BEHAVIOUR §7): a run whose worker process died (`kill -9`, the OOM killer)
 stays `STARTED` in Dagster until run monitoring's maximum runtime (6 h), because the default
 run launcher cannot check a worker's health (`supports_check_run_worker_health` is False in
 Dagster 1.13). This module is that check for the runs we can see.

@@ -1,4 +1,4 @@
-"""Market × date partitions (SPEC §9): one partition per market-date, keys `2026-11-30|NYSE`."""
+"""Market × date partitions (BEHAVIOUR §9): a partition per market-date, keys `2026-11-30|NYSE`."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Readiness per market in the UI (SPEC §9; issue 22): was each market's session partition
+"""Readiness per market in the UI (BEHAVIOUR §9; issue 22): was each market's session partition
 finished (completed or partial, the cache written) before that market's open?
 
 One asset check per configured market on `recommendation_cache`,

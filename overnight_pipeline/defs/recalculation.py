@@ -1,4 +1,4 @@
-"""Same-day recalculation in Dagster (SPEC §5, issue 23): `recalculation_job` recalculates
+"""Same-day recalculation in Dagster (BEHAVIOUR §5, issue 23): `recalculation_job` recalculates
 the users with pending changes (`overnight_pipeline.recalculate`), and the
 `user_changes_sensor` launches it when `overnight load` has recorded some.
 

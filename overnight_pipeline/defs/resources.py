@@ -56,7 +56,7 @@ class CacheRedis(ConfigurableResource):  # type: ignore[type-arg]
 
 
 class MarketData(ConfigurableResource):  # type: ignore[type-arg]
-    """The provider chain of SPEC §10: MARKET_DATA, then the newest stored values (stale)."""
+    """The provider chain of BEHAVIOUR §10: MARKET_DATA, then the newest stored values (stale)."""
 
     market_data: str = "synthetic"
     rates_url: str | None = None

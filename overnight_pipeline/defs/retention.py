@@ -1,4 +1,4 @@
-"""The retention job (SPEC §4, AC-8.6.5): every day, remove calculation events, their
+"""The retention job (BEHAVIOUR §4): every day, remove calculation events, their
 asset index, their snapshots and job runs older than two years (PostgreSQL: drop their
 monthly partitions and create the coming months'; SQLite: delete in bounded batches), and
 Dagster's own runs and their event logs older than `DAGSTER_HISTORY_DAYS` (the audit tables

@@ -1,4 +1,4 @@
-"""One schedule per market (SPEC §9, AC-8.2.1): 2 h before the market's regular open, in its
+"""One schedule per market (BEHAVIOUR §9): 2 h before the market's regular open, in its
 own timezone (so DST is followed), on the sessions of its exchange calendar only.
 
 The cron ticks every day; a tick on a weekend or holiday returns a `SkipReason` naming it,

@@ -1,8 +1,8 @@
 """Run sensors that keep `overnight_job_runs` true for every run that materialises an
-overnight asset, whatever launched it (SPEC §4, §9; AC-8.6.1-3): the schedules and job
+overnight asset, whatever launched it (BEHAVIOUR §4, §9): the schedules and job
 backfills (`overnight_job`), asset backfills and the UI's Materialize (`__ASSET_JOB` with an
 asset selection), `overnight run`. They also emit the run's `overnight-scoring-job` span
-when it finishes (AC-8.2.7), and a fifth sensor finds runs whose worker died (`kill -9`,
+when it finishes (BEHAVIOUR §9), and a fifth sensor finds runs whose worker died (`kill -9`,
 OOM) and marks them failed (`defs/monitor.py`).
 
 One sensor per run status (started, success, failure, canceled), each a daemon tick that

@@ -1,4 +1,4 @@
-"""The market-data interface the pipeline codes against (SPEC §7, §10).
+"""The market-data interface the pipeline codes against (BEHAVIOUR §7, §10).
 
 A provider answers three questions for one date: USD-quoted exchange rates, a price per
 `(market, symbol)` and the fundamentals per `(market, symbol)`. Every result says where it

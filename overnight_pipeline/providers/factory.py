@@ -1,4 +1,4 @@
-"""Build the provider chain the pipeline uses from settings (SPEC §10)."""
+"""Build the provider chain the pipeline uses from settings (BEHAVIOUR §10)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""primary → optional secondary → newest stored values (SPEC §7).
+"""primary → optional secondary → newest stored values (BEHAVIOUR §7).
 
 Each provider is asked only for what the ones before it could not give: a provider that
 raises ProviderError (down, circuit open, unreadable) hands everything on; one that answers

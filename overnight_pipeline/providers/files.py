@@ -1,4 +1,4 @@
-"""`MARKET_DATA=files:<dir>`: CSV files in the layout of SPEC §10.
+"""`MARKET_DATA=files:<dir>`: CSV files in the layout of BEHAVIOUR §10.
 
 `prices.csv` (`market,symbol,price,currency,as_of`), `fundamentals.csv` (`market,symbol,`
 one column per metric, empty = null, optional `as_of`) and `rates.csv` (`from,to,rate,as_of`,

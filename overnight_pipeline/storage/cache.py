@@ -1,4 +1,4 @@
-"""Redis cache store (SPEC §5): `recs:{userId}` and `portfolio:{userId}` with a 24 h TTL.
+"""Redis cache store (BEHAVIOUR §5): `recs:{userId}` and `portfolio:{userId}` with a 24 h TTL.
 
 Every entry carries a version, `market_date|generated_at` in a fixed-width UTC form, so that
 string order is time order. It lives in a sidecar key `recs_version:{userId}` (same TTL)
@@ -7,14 +7,14 @@ three keys atomically inside Redis: an entry is written unless the stored versio
 A backfill of an older market date, even one generated later, therefore leaves a fresher
 entry alone, however the writers interleave.
 
-Redis is not trusted (SPEC §5). Readers check the whole entry (`validate_entry`) and treat a
+Redis is not trusted (BEHAVIOUR §5). Readers check the whole entry (`validate_entry`) and treat a
 failure as a miss. Only a plausible stored version protects an entry from being overwritten:
 one that is not a version at all, is dated after what an honest clock allows, has lost its
 documents, or is exactly the entry a reader rejected (the refill passes its digest) is
 overwritten whatever it says; a valid newer entry written since the read still wins.
 
 Validating an entry costs ≈ 40–60 µs per read (pydantic-core building Python objects from
-4.6 KB of JSON), a third of a cache hit's CPU, and made the dashboard miss SPEC §8's
+4.6 KB of JSON), a third of a cache hit's CPU, and made the dashboard miss BEHAVIOUR §8's
 4,000 hits/s (docs/PERFORMANCE.md). So the dashboard keeps a per-process memo of the
 entries it validated (`ValidatedEntries`): a dict keyed by the exact bytes of both documents
 and the sidecar, so a hit compares the bytes themselves (an equal hash alone never matches),
@@ -224,7 +224,7 @@ def validate_entry(
     now: datetime,
     memo: ValidatedEntries | None = None,
 ) -> ValidEntry:
-    """The whole entry against the contract (SPEC §5), or `InvalidDocument` naming why: both
+    """The whole entry against the contract (BEHAVIOUR §5), or `InvalidDocument` naming why: both
     documents in full and owned by `user_key`, the sidecar a plausible version of exactly this
     `generatedAt`, its total a non-negative decimal string.
 
@@ -395,7 +395,7 @@ def write_entries(
 ) -> WriteReport:
     """Write entries unless Redis holds a newer one; one pipelined round trip per chunk.
 
-    Redis errors propagate (the cache step must fail visibly, SPEC §7).
+    Redis errors propagate (the cache step must fail visibly, BEHAVIOUR §7).
     """
     _check_ttl(ttl_seconds)
     if chunk <= 0:

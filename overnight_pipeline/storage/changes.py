@@ -1,4 +1,4 @@
-"""The `user_changes` outbox (SPEC §5): who changed, which market data to recalculate them
+"""The `user_changes` outbox (BEHAVIOUR §5): who changed, which market data to recalculate them
 with, and marking their changes processed. Functions never commit: the caller owns the
 transaction (the recalculation marks changes in the transaction of its results)."""
 

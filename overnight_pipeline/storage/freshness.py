@@ -1,4 +1,4 @@
-"""Whether a served result predates its user's inputs: `inputsChangedAt` (SPEC §6).
+"""Whether a served result predates its user's inputs: `inputsChangedAt` (BEHAVIOUR §6).
 
 `overnight load` records each changed user in `user_changes` (PostgreSQL, the durable truth)
 and, once committed, in a Redis marker `changed:{userId}` under the cache prefix holding the

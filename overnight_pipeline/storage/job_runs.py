@@ -1,4 +1,4 @@
-"""`overnight_job_runs`: one row per pipeline run, kept true by the run sensors (SPEC §4, §9).
+"""`overnight_job_runs`: one row per pipeline run, kept true by the run sensors (BEHAVIOUR §4, §9).
 
 No Dagster here: `defs/sensors.py` turns a run's events into these calls. Writes are upserts
 by run id (one writer of a run id at a time), so a sensor tick evaluated twice (or a started tick that arrives after the
@@ -25,7 +25,7 @@ STARTED, COMPLETED, PARTIAL, FAILED = "started", "completed", "partial", "failed
 FINISHED = (COMPLETED, PARTIAL, FAILED)
 CACHE_STEP = "recommendation_cache"
 """The one step whose failure leaves a run `partial`: everything the dashboard needs is
-already persisted in PostgreSQL before it (SPEC §7, Redis down)."""
+already persisted in PostgreSQL before it (BEHAVIOUR §7, Redis down)."""
 
 
 @dataclass(frozen=True)
@@ -110,7 +110,7 @@ def decide_status(
     """The job-run status of a finished run.
 
     `partial`: the run did its work for the partition but not all of it: some users failed
-    (events + counts), some held assets had no price (SPEC §7), or only the cache step
+    (events + counts), some held assets had no price (BEHAVIOUR §7), or only the cache step
     failed (the recommendations are persisted; the dashboard serves them from PostgreSQL).
     `failed`: any other step failed, or the run was canceled.
     """

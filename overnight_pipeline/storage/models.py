@@ -1,4 +1,4 @@
-"""SQLAlchemy 2 typed models. Table names are part of the contract (SPEC §1)."""
+"""SQLAlchemy 2 typed models. Table names are part of the contract (BEHAVIOUR §1)."""
 
 from __future__ import annotations
 
@@ -216,7 +216,7 @@ class AssetPrice(Base):
 
 
 class AssetFundamentals(Base):
-    """One row per asset and date; one nullable column per metric of SPEC §1."""
+    """One row per asset and date; one nullable column per metric of BEHAVIOUR §1."""
 
     __tablename__ = "asset_fundamentals"
 
@@ -283,7 +283,7 @@ class Recommendation(Base):
 
 
 class CalculationEvent(Base):
-    """The audit trail (SPEC §4). On PostgreSQL a monthly partition per month of
+    """The audit trail (BEHAVIOUR §4). On PostgreSQL a monthly partition per month of
     `calculated_at` (`storage.partitions`): the creation time of the calculation's root run,
     so a retried or re-executed step writes into the partition of its first attempt and the
     unique key, which includes it, refuses a duplicate. On SQLite (the demo) a plain table
@@ -359,7 +359,7 @@ class CalculationAsset(Base):
 
 
 class OvernightJobRun(Base):
-    """One row per run (SPEC §4). Partitioned by month of `started_at` on PostgreSQL, where
+    """One row per run (BEHAVIOUR §4). Partitioned by month of `started_at` on PostgreSQL, where
     a unique key must include the partition key: one row per `run_id` is kept by its
     writers (`storage.job_runs`, one at a time per run id); SQLite keeps a unique key on
     `run_id`."""
@@ -390,7 +390,7 @@ class OvernightJobRun(Base):
 
 
 class Alert(Base):
-    """One alert per market, market date and kind (SPEC §9): the row is claimed before the
+    """One alert per market, market date and kind (BEHAVIOUR §9): the row is claimed before the
     webhook is called, so sensor ticks and daemon restarts never send it twice; it keeps
     what to send and where its delivery stands (pending, sending, sent, failed: retried at
     `next_attempt_at`, abandoned)."""
@@ -419,7 +419,7 @@ class Alert(Base):
 
 
 class UserChange(Base):
-    """The outbox of users whose result-relevant inputs changed (SPEC §5): written by
+    """The outbox of users whose result-relevant inputs changed (BEHAVIOUR §5): written by
     `overnight load` in the transaction of the data, marked processed by the recalculation in
     the transaction of its results. `what` lists what changed (`storage.loader.CHANGE_KINDS`)."""
 

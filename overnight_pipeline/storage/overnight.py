@@ -137,7 +137,7 @@ def ensure_statistics(conn: Connection, tables: Sequence[str] = BATCH_TABLES) ->
 def partition_users(
     conn: Connection, *, market: str, day: date, markets: Mapping[str, Market]
 ) -> list[uuid.UUID]:
-    """Active users whose home market on `day` is `market` (SPEC §1), sorted by id."""
+    """Active users whose home market on `day` is `market` (BEHAVIOUR §1), sorted by id."""
     h, a, u = holdings_table, assets_table, users_table
     rows = conn.execute(
         select(h.c.user_id, a.c.market)

@@ -1,4 +1,4 @@
-"""Monthly partitions of the audit tables on PostgreSQL (SPEC §4, issue 15).
+"""Monthly partitions of the audit tables on PostgreSQL (BEHAVIOUR §4, issue 15).
 
 `calculation_events`, `calculation_assets`, `calculation_snapshots` and
 `overnight_job_runs` are declared `PARTITION BY RANGE` of a time column (migration 0004);

@@ -227,7 +227,7 @@ def calculations_for_asset(
     limit: int,
     before: CalculationCursor | None = None,
 ) -> list[AssetCalculation]:
-    """ "All calculations for asset X" (SPEC §4): newest first, keyset-paginated.
+    """ "All calculations for asset X" (BEHAVIOUR §4): newest first, keyset-paginated.
 
     Served by `ix_calculation_assets_asset_newest (asset_id, calculated_at)`, never a text scan;
     pass the last row's `cursor` as `before` for the next page. With `user_id`, only that

@@ -1,4 +1,4 @@
-"""Audit retention (SPEC §4, AC-8.6.5): calculation events, their asset index, the
+"""Audit retention (BEHAVIOUR §4): calculation events, their asset index, the
 snapshots they reference and job runs older than two years go.
 
 On PostgreSQL the four tables are partitioned by month (`storage.partitions`): a month

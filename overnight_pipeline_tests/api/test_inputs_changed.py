@@ -1,4 +1,4 @@
-"""`inputsChangedAt` (SPEC §6, issue 23 item 4): after `overnight load` changes a user's
+"""`inputsChangedAt` (BEHAVIOUR §6, issue 23 item 4): after `overnight load` changes a user's
 inputs, the dashboard serves the last result flagged with the change time, from the cache
 (the `changed:` marker in the same MGET) and from PostgreSQL (`user_changes`) alike, until a
 result generated after the change lands; never a 5xx, never another user's flag."""

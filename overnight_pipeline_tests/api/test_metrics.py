@@ -1,4 +1,4 @@
-"""`GET /metrics` (SPEC §6, issue 22 item 4): scraped after real requests and parsed with
+"""`GET /metrics` (BEHAVIOUR §6, issue 22 item 4): scraped after real requests and parsed with
 prometheus-client's own parser; the run-derived values from real job-run rows; METRICS=off,
 same and a port of its own (a real server on it)."""
 

@@ -1,4 +1,4 @@
-"""Redis is not trusted (SPEC §5): malformed entries written straight into the real Redis.
+"""Redis is not trusted (BEHAVIOUR §5): malformed entries written straight into the real Redis.
 
 Hypothesis builds each bad entry from a valid one (wrong types, missing and unknown fields,
 another user's documents, bad decimals, NaN/Infinity/negative totals, bad dates, unknown

@@ -1,6 +1,6 @@
-"""An independent exact-rational oracle of SPEC §2 (scoring) and §3 steps 1-7 (allocation).
+"""An independent exact-rational oracle of BEHAVIOUR §2 (scoring) and §3 steps 1-7 (allocation).
 
-Written from ../shared/SPEC.md and issue 21, not from the production code: every value is a
+Written from docs/BEHAVIOUR.md and issue 21, not from the production code: every value is a
 `fractions.Fraction` (or an integer count of minor units); Decimal appears only where inputs
 are converted (`Fraction(Decimal)` is exact) and where the final results are written out
 (from an integer, through a string, so no context precision is involved).
@@ -215,7 +215,7 @@ def water_fill(
     mid: Mapping[str, Fraction],
     hi: Mapping[str, Fraction],
 ) -> tuple[dict[str, Fraction], Fraction]:
-    """Amount per class and the money no class can absorb (SPEC §3.4)."""
+    """Amount per class and the money no class can absorb (BEHAVIOUR §3.4)."""
     level, left = _fill(money, value, mid)
     if left > 0:
         level, left = _fill(left, level, hi)

@@ -1,4 +1,4 @@
-"""The batch path gives exactly what the one-user path gives (SPEC §2-3, issue 3 item 6)."""
+"""The batch path gives exactly what the one-user path gives (BEHAVIOUR §2-3, issue 3 item 6)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The allocation of SPEC §3 is exact: the batch path and the one-user path against an
+"""The allocation of BEHAVIOUR §3 is exact: the batch path and the one-user path against an
 independent exact-rational oracle (`oracle.py`, written from the spec; issue 21).
 
 Compared per user: every recommended asset's amount (exactly the currency's digits, amount 0

@@ -1,4 +1,4 @@
-"""Property tests over random portfolios: the money invariants of SPEC §3."""
+"""Property tests over random portfolios: the money invariants of BEHAVIOUR §3."""
 
 from __future__ import annotations
 

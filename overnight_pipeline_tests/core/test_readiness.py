@@ -1,4 +1,4 @@
-"""Readiness per market and session, on the real exchange calendars (SPEC §9)."""
+"""Readiness per market and session, on the real exchange calendars (BEHAVIOUR §9)."""
 
 from __future__ import annotations
 

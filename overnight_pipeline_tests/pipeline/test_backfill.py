@@ -1,4 +1,4 @@
-"""A real backfill through Dagster's own machinery (SPEC §9): the repository's `dagster.yaml`
+"""A real backfill through Dagster's own machinery (BEHAVIOUR §9): the repository's `dagster.yaml`
 on a PostgreSQL instance, `dagster-daemon run` (run queue, run launcher, sensors) and
 `dagster job backfill -w workspace.yaml`, for 3 dates x 2 markets."""
 

@@ -1,4 +1,4 @@
-"""`overnight backfill` through the real command (SPEC §10; issue 22 item 7): the market-dates
+"""`overnight backfill` through the real command (BEHAVIOUR §10; issue 22 item 7): the market-dates
 of a range are judged from their job-run rows; those missing, failed, partial or late (as
 asked) are listed newest first with --dry-run, or queued as one run of overnight_job per
 market-date on the Dagster instance of DAGSTER_HOME."""

@@ -1,4 +1,4 @@
-"""`overnight run` and `overnight demo` (SPEC §10), as an operator types them."""
+"""`overnight run` and `overnight demo` (BEHAVIOUR §10), as an operator types them."""
 
 from __future__ import annotations
 

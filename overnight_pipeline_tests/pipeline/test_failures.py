@@ -1,4 +1,4 @@
-"""Fault drills (SPEC §7), each on real PostgreSQL and Redis: Redis down during the cache
+"""Fault drills (BEHAVIOUR §7), each on real PostgreSQL and Redis: Redis down during the cache
 step, the rate provider down, a PostgreSQL connection dropped mid-step, and a failed step
 re-executed from failure."""
 

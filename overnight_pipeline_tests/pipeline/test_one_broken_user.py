@@ -1,4 +1,4 @@
-"""One broken user never blocks the rest (SPEC §7, AC-8.2.5): a partition of four users, one
+"""One broken user never blocks the rest (BEHAVIOUR §7): a partition of four users, one
 of whom holds a CHF asset while the rate file has no CHF rate. Market data comes from
 `files:<dir>` (the provider an operator points at CSV exports), the database is its own, so
 no stored CHF rate from another test can stand in for the missing one."""

@@ -1,8 +1,8 @@
 """What an operator does in the Dagster UI, sent as the UI sends it: GraphQL to a real
 `dagster dev` (webserver, daemon, code server) on a PostgreSQL instance with the
-repository's dagster.yaml (SPEC §7, §9). Job backfills from the job's page, asset backfills
+repository's dagster.yaml (BEHAVIOUR §7, §9). Job backfills from the job's page, asset backfills
 from the asset graph, a run worker killed with SIGKILL and re-executed from the shell, a
-burst of user changes recalculated by the daemon's sensor in one run (SPEC §5, issue 23)."""
+burst of user changes recalculated by the daemon's sensor in one run (BEHAVIOUR §5, issue 23)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""A run builds exactly the partitions it was asked for (SPEC §9): when its partition tags
+"""A run builds exactly the partitions it was asked for (BEHAVIOUR §9): when its partition tags
 disagree (tags copied from another partition, partition tags typed at a backfill's launch),
 every step refuses it before any write, naming both sides."""
 

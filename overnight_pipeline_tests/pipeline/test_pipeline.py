@@ -1,4 +1,4 @@
-"""One market-date partition end to end through Dagster, on PostgreSQL and Redis (SPEC §4,
+"""One market-date partition end to end through Dagster, on PostgreSQL and Redis (BEHAVIOUR §4,
 §5, §9)."""
 
 from __future__ import annotations

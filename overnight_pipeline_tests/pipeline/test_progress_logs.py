@@ -1,4 +1,4 @@
-"""Progress and structured logs (SPEC §9 Progress, issue 22 item 5): each batch of a shard
+"""Progress and structured logs (BEHAVIOUR §9 Progress, issue 22 item 5): each batch of a shard
 logs batch n of N, users, failed, seconds, users/s and the time left, in the step's Dagster
 log and the process log; the original's three events carry their fields with masked user
 ids; `LOG_FORMAT=json` writes one JSON object per line."""

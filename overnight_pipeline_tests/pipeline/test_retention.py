@@ -1,4 +1,4 @@
-"""Audit retention (SPEC §4, AC-8.6.5): on PostgreSQL the months wholly older than two
+"""Audit retention (BEHAVIOUR §4): on PostgreSQL the months wholly older than two
 years are dropped as partitions; on SQLite exactly the rows older than two years go, in
 bounded batches."""
 

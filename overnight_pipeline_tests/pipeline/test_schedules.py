@@ -1,4 +1,4 @@
-"""Per-market schedules (SPEC §9, AC-8.2.1): evaluated at their fire times with Dagster's own
+"""Per-market schedules (BEHAVIOUR §9): evaluated at their fire times with Dagster's own
 schedule machinery, across DST changes and market holidays."""
 
 from __future__ import annotations

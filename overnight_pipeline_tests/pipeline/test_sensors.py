@@ -1,4 +1,4 @@
-"""The run sensors keep `overnight_job_runs` true (SPEC §4, §9; AC-8.6.1-3): invoked with
+"""The run sensors keep `overnight_job_runs` true (BEHAVIOUR §4, §9): invoked with
 Dagster's sensor-context builders on real runs, and evaluated as daemon ticks."""
 
 from __future__ import annotations
@@ -164,7 +164,7 @@ def test_too_many_failed_users_turn_the_error_check_red_and_block_nobody(
     pipeline: Pipeline, tmp_path: Path
 ) -> None:
     # Any failed user is too many: the ERROR check is red, yet the healthy users of the
-    # partition still get their recommendations and cache entries (SPEC §7).
+    # partition still get their recommendations and cache entries (BEHAVIOUR §7).
     settings = pipeline.settings.model_copy(update={"max_failed_user_ratio": 0.0})
     defs = build_definitions(settings, env_vars=False)
     day = DAY - timedelta(days=3)  # Tuesday: a date no other test runs

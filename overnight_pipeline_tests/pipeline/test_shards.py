@@ -1,4 +1,4 @@
-"""A partition's users fan out over shards (SPEC §9): the results do not depend on the shard
+"""A partition's users fan out over shards (BEHAVIOUR §9): the results do not depend on the shard
 count nor on the executor, a failed shard is re-executed alone, and the replay check is red
 when a stored result no longer matches its events."""
 

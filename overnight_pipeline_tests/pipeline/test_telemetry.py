@@ -1,4 +1,4 @@
-"""The `overnight-scoring-job` span (SPEC §9, AC-8.2.7), captured with an in-memory exporter
+"""The `overnight-scoring-job` span (BEHAVIOUR §9), captured with an in-memory exporter
 from real runs."""
 
 from __future__ import annotations

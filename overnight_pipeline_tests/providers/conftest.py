@@ -85,7 +85,7 @@ def fake_server(fake_server_session: FakeMarketServer, dataset: Dataset) -> Fake
 
 
 def write_csv_files(directory: Path, data: Dataset) -> Path:
-    """The dataset in the `files:<dir>` layout of SPEC §10."""
+    """The dataset in the `files:<dir>` layout of BEHAVIOUR §10."""
     directory.mkdir(parents=True, exist_ok=True)
     with (directory / "prices.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)

@@ -1,4 +1,4 @@
-"""Cache invalidation (`invalidate`, `invalidate_all`; SPEC §5) against the real Redis.
+"""Cache invalidation (`invalidate`, `invalidate_all`; BEHAVIOUR §5) against the real Redis.
 
 Each test works under its own key prefix (`redis_namespace`), or, for the empty prefix, in a
 Redis database number nobody here uses, refused unless empty; nothing is flushed.

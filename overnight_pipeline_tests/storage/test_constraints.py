@@ -1,4 +1,4 @@
-"""Every SPEC §1 constraint rejects a bad row, on PostgreSQL and on SQLite."""
+"""Every BEHAVIOUR §1 constraint rejects a bad row, on PostgreSQL and on SQLite."""
 
 from __future__ import annotations
 

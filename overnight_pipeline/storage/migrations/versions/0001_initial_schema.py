@@ -4,7 +4,7 @@ Revision ID: 0001
 Revises:
 Create Date: 2026-11-29
 
-Every table of SPEC §1/§4 with the constraints of §1. Runs on PostgreSQL and SQLite.
+Every table of BEHAVIOUR §1/§4 with the constraints of §1. Runs on PostgreSQL and SQLite.
 """
 
 from __future__ import annotations
@@ -558,7 +558,7 @@ def upgrade() -> None:
 
     bind = op.get_bind()
     if bind.dialect.name == "postgresql" and (bind.dialect.server_version_info or (0,)) >= (14,):
-        # lz4 TOAST compression: ~1.5x faster bulk writes of the audit payloads (SPEC §8).
+        # lz4 TOAST compression: ~1.5x faster bulk writes of the audit payloads (BEHAVIOUR §8).
         for table, column in _COMPRESSED:
             op.execute(f"ALTER TABLE {table} ALTER COLUMN {column} SET COMPRESSION lz4")
 

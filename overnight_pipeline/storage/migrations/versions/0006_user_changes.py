@@ -6,7 +6,7 @@ Create Date: 2026-12-07
 
 Written by `overnight load` in the transaction of the data it changes, one row per changed
 user and load; `overnight recalculate` marks the rows it computed processed in the
-transaction of the results (SPEC §5, issue 23). Pending rows are found through
+transaction of the results (BEHAVIOUR §5, issue 23). Pending rows are found through
 (processed_at, id); a user's newest change through (user_id, changed_at).
 """
 
