@@ -6,7 +6,7 @@ Hot path (`api.DashboardEndpoint` calls it): one MGET of `recs:`, `portfolio:` a
 the token's subject, the sidecar a plausible version of this very document); bytes this
 process already validated in full are looked up in its memo (`ValidatedEntries`, by the
 exact bytes) and checked again only for what depends on the request and the clock: the owner
-and the version's date (≈ 3 µs against ≈ 40 µs, docs/PERFORMANCE.md). Redis is not
+and the version's date (docs/PERFORMANCE.md, "Validated entries remembered"). Redis is not
 trusted: anyone who can write to it must not be able to make this server fail or show one
 user another's data.
 

@@ -4,7 +4,7 @@ Three kinds of values:
 - per request (`RequestMetrics`, a raw ASGI wrapper in `DashboardApp`): requests by route
   template and status, and their durations; label children are resolved once per (route,
   status), so a request costs a dict lookup, a counter increment and a histogram
-  observation, ≈ 2.5 µs (docs/PERFORMANCE.md);
+  observation, ≈ 2.5 µs (docs/PERFORMANCE.md, "Metrics on every request");
 - per cache read (`CacheReads`, counted by `DashboardStore`): hit, miss, rejected (failed the
   cache contract) or redis_error (Redis failed, or was skipped by the open breaker);
 - read at scrape time by custom collectors: the Redis breaker's state, and per market the
@@ -57,7 +57,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("dashboard_api")
 
 UNMATCHED = "unmatched"  # the route label of a request no route matched (404, 431, ...)
-# Seconds; a cache hit is ≈ 0.3-1 ms, a miss a few ms (docs/PERFORMANCE.md).
+# Seconds, fine below 10 ms where cache hits and misses fall (docs/PERFORMANCE.md,
+# "Dashboard API").
 DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 CACHE_RESULTS = ("hit", "miss", "rejected", "redis_error")
 FINISHED = ("completed", "partial", "failed")

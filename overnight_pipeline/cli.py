@@ -364,7 +364,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     if settings.metrics.isdigit():  # a second server, started and stopped by the lifespan
         check_metrics_port(args.host, int(settings.metrics), dashboard_port=args.port)
         print(f"metrics on http://{args.host}:{settings.metrics}/metrics", file=sys.stderr)
-    # uvloop + httptools: about 3x the requests/s of the pure-Python loop and parser here.
+    # uvloop + httptools: several times the requests/s of the pure-Python loop and parser
+    # (docs/PERFORMANCE.md, "Figures once quoted in the code").
     uvicorn.run(
         create_app(settings, tracer_provider=provider, metrics_host=args.host),
         host=args.host,

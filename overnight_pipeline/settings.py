@@ -91,7 +91,8 @@ def _check_redis_url(value: str) -> None:
 
 def check_cron(value: str) -> None:
     """The cron expression as Dagster's schedules parse it (ValueError if Dagster would not)."""
-    # Imported here: Dagster costs ~1 s to import and only the pipeline's processes need it.
+    # Imported here: Dagster is slow to import and only the pipeline's processes need it
+    # (docs/PERFORMANCE.md, "Figures once quoted in the code").
     from dagster._utils.schedules import has_out_of_range_cron_interval, is_valid_cron_string
 
     if not is_valid_cron_string(value):

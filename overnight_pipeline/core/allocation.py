@@ -13,7 +13,8 @@ that could take exactly C take one unit less, and decided remainder ties by nois
 
 Why integers and not `fractions.Fraction`: a Fraction operation costs ≈ 1.4-1.9 µs here
 (it normalises by gcd each time), a Python int operation on these sizes 40-110 ns; a user
-takes a few hundred of them (`bench/core_bench.py`, docs/PERFORMANCE.md).
+takes a few hundred of them (`bench/core_bench.py`; docs/PERFORMANCE.md, "Exact
+allocation").
 """
 
 from __future__ import annotations

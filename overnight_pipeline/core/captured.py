@@ -46,8 +46,9 @@ def _s(value: Decimal | None) -> str | None:
 class _Decimals(dict[str, Decimal]):
     """Decimals of the strings of one call: captured documents repeat the same strings (an
     asset's fundamentals for each holder, round quantities), each is parsed once. Per call,
-    so memory stays bounded by the batch (a process-wide cache filled up at ≈ 7,000 users
-    and then missed on nearly every value)."""
+    so memory stays bounded by the batch (a process-wide cache filled up early in a large
+    run and then missed on nearly every value: docs/PERFORMANCE.md, "Figures once quoted in
+    the code")."""
 
     def get_decimal(self, value: Any, name: str) -> Decimal | None:
         if value is None:
@@ -347,8 +348,8 @@ def self_contained(
 # output equals the documents of the dict builder in the tests (`capture` there). Each
 # user's document is serialised as soon as it is made: dicts of strings only are not
 # tracked by the garbage collector, but the lists holding them are, and a batch's worth
-# kept alive doubled the cost. Measured against the f-string builder it replaced
-# (`bench/json_bench.py`, per 1,000 users, busy machine): 1.15-1.35× (e.g. 187 vs 137 ms).
+# kept alive doubled the cost. Faster than the f-string builder it replaced
+# (`bench/json_bench.py`; docs/PERFORMANCE.md, "Figures once quoted in the code").
 # `SCORES_COMPUTED` is built by `core.scored.score_json`.
 
 

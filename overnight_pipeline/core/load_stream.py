@@ -495,8 +495,9 @@ def _changed(path: Path) -> LoadFileError:
 
 
 class _Ids:
-    """The users' ids, 20 bytes each (a dict of UUIDs costs about 170 per user): repeated
-    ones are found once all are read."""
+    """The users' ids, 20 bytes each (a dict of UUIDs costs many times that per user:
+    docs/PERFORMANCE.md, "Figures once quoted in the code"): repeated ones are found once
+    all are read."""
 
     def __init__(self) -> None:
         self._ids = bytearray()

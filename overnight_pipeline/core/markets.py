@@ -141,7 +141,8 @@ def _calendar(name: str) -> xcals.ExchangeCalendar:
 
 
 # Memoized: readiness judges every day of a month for every market at each metrics refresh
-# and sensor tick, and a calendar lookup costs ≈ 0.1 ms (a refresh: 30 ms → 1.3 ms).
+# and sensor tick, and a calendar lookup is slow at that count (docs/PERFORMANCE.md,
+# "Metrics on every request").
 @lru_cache(maxsize=8192)
 def is_session(market: Market, day: date) -> bool:
     """Whether `day` is a trading session of the market's exchange calendar."""

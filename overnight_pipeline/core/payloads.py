@@ -5,8 +5,9 @@ as strings.
 Two views of the same contract. The pydantic models build the documents (the pipeline) and
 give the page typed objects. `check_documents` is the reader's gate on the hot path: it
 validates a whole cached entry straight from its JSON bytes inside pydantic-core (typed
-dicts, strict types, regex-bounded decimal strings, an ISO 4217 literal), about 40 µs for a
-4 KB document (docs/PERFORMANCE.md). Whatever the models write passes it (tested).
+dicts, strict types, regex-bounded decimal strings, an ISO 4217 literal; its cost per read:
+docs/PERFORMANCE.md, "Every hit validated in full"). Whatever the models write passes it
+(tested).
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ MAX_RECOMMENDATIONS = 10_000
 MAX_CLASSES = 1_000
 MAX_CRITERIA = 10_000
 MAX_ASSETS = 1_000_000
-# Larger than any document the pipeline writes (≈ 4 KB for 30 assets) by far.
+# Larger than any document the pipeline writes by far (their size: docs/PERFORMANCE.md,
+# "Every hit validated in full").
 MAX_DOCUMENT_BYTES = 1_048_576
 # ISO 4217 from the `iso4217` package, as core.money uses it: not a hand-typed list.
 CURRENCIES: frozenset[str] = frozenset(c.code for c in Iso4217)

@@ -128,9 +128,10 @@ def score_json(
     aids, sts, mts, cs, ts, los, his = per_holding
 
     # Each user's rows are made and serialised at once, so that the lists die young: made
-    # for the whole batch first, they set off the collector's full passes (≈ 45 → 360 µs
-    # per user). The rule rows are tuples of strings, numbers and None, which the collector
-    # stops tracking at its first pass.
+    # for the whole batch first, they set off the collector's full passes (several times the
+    # CPU per user: docs/PERFORMANCE.md, "Figures once quoted in the code"). The rule rows
+    # are tuples of strings, numbers and None, which the collector stops tracking at its
+    # first pass.
     payloads = {}
     for uid, (a, z) in zip(users, pairwise(spans), strict=True):
         version = criteria_versions.get(uid)

@@ -4,10 +4,11 @@
 `{celery: {broker: …, backend: …}}`: the run config selects Dagster's in-process,
 multiprocess or dagster-celery executor, each with its own config schema. Without an
 `execution` section (schedules, backfills, `overnight run`) the settings decide
-(`OVERNIGHT_EXECUTOR`): `auto` runs one shard in process (a process per step costs ≈ 2 s a
-step, DAGSTER_NOTES) and several shards on the multiprocess executor. The default lives in
-the executor's own config field, not in the job's run config: a partitioned asset job turns
-job config into partitioned config, which runs launched by tags alone do not apply.
+(`OVERNIGHT_EXECUTOR`): `auto` runs one shard in process (a process per step costs seconds
+a step: docs/PERFORMANCE.md, "Scale-out") and several shards on the multiprocess executor.
+The default lives in the executor's own config field, not in the job's run config: a
+partitioned asset job turns job config into partitioned config, which runs launched by tags
+alone do not apply.
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ from dagster_celery import celery_executor
 from overnight_pipeline.settings import Settings
 
 # Imported once by the forkserver, so that each step's process starts without importing
-# Dagster, pandas and the pipeline (≈ 2.8 s here) nor building the definitions and their
-# exchange calendars (≈ 0.7 s) again.
+# Dagster, pandas and the pipeline nor building the definitions and their exchange calendars
+# again, seconds per step (docs/PERFORMANCE.md, "Scale-out").
 PRELOAD = ["overnight_pipeline.definitions"]
 
 EXECUTORS: dict[str, ExecutorDefinition] = {

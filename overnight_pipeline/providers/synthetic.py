@@ -67,7 +67,8 @@ _METRIC_SHAPE: dict[str, tuple[float, float, float, int]] = {
 
 def key_hash(keys: Sequence[str]) -> np.ndarray:
     """A stable 64-bit hash per key (blake2b), independent of the process and platform."""
-    # One joined buffer read as little-endian uint64: ~1.5x faster than int.from_bytes per key.
+    # One joined buffer read as little-endian uint64: faster than int.from_bytes per key
+    # (docs/PERFORMANCE.md, "Figures once quoted in the code").
     blake2b = hashlib.blake2b
     digests = b"".join([blake2b(k.encode(), digest_size=8).digest() for k in keys])
     return np.frombuffer(digests, dtype="<u8").astype(np.uint64)
@@ -94,7 +95,8 @@ def _normals(u1: np.ndarray, u2: np.ndarray) -> np.ndarray:
 
 
 def _decimal_strings(values: np.ndarray, places: int) -> list[str | None]:
-    # Python floats (tolist) format ~5x faster than numpy scalars; NaN is the only v != v.
+    # Python floats (tolist) format faster than numpy scalars (docs/PERFORMANCE.md,
+    # "Market-data providers"); NaN is the only v != v.
     spec = f".{places}f"
     return [None if v != v else format(v, spec) for v in values.tolist()]
 

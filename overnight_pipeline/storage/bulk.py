@@ -90,7 +90,8 @@ def upsert_copied(
 def copy_rows(
     conn: Connection, table: Table, columns: Sequence[str], rows: Iterable[Sequence[Any]]
 ) -> None:
-    """Bulk-insert `rows`: PostgreSQL COPY (≈ 1.5× insertmanyvalues), executemany elsewhere."""
+    """Bulk-insert `rows`: PostgreSQL COPY (faster than insertmanyvalues: docs/PERFORMANCE.md,
+    "Figures once quoted in the code"), executemany elsewhere."""
     if conn.dialect.name != "postgresql":
         batch = [dict(zip(columns, row, strict=True)) for row in rows]
         if batch:
@@ -100,7 +101,8 @@ def copy_rows(
     assert raw is not None
     with raw.cursor() as cur:  # type: ignore[attr-defined]
         with cur.copy(f"COPY {table.name} ({', '.join(columns)}) FROM STDIN") as copy:
-            # psycopg adapts and escapes each value in C (≈ 1.4× a hand-built text buffer).
+            # psycopg adapts and escapes each value in C, faster than a hand-built text
+            # buffer (docs/PERFORMANCE.md, "Figures once quoted in the code").
             for row in rows:
                 copy.write_row(row)
 
@@ -108,8 +110,9 @@ def copy_rows(
 def copy_text(conn: Connection, table: Table, columns: Sequence[str], lines: Sequence[str]) -> None:
     """PostgreSQL only: COPY `lines`, each already one row in COPY's text format (tab
     separated, escaped, `\\N` for null, ending in a newline). The caller formats them with
-    what it knows of its columns, cheaper than psycopg's generic `write_row` per row (3.5 s
-    of a writer thread's GIL time per 10,000 pipeline users), and on its own thread."""
+    what it knows of its columns, cheaper than psycopg's generic `write_row` per row (which
+    held the GIL in a writer thread: docs/PERFORMANCE.md, "The overnight pipeline end to
+    end"), and on its own thread."""
     if not lines:
         return
     raw = conn.connection.driver_connection
@@ -125,7 +128,8 @@ def foreign_keys_deferred_to_end(conn: Connection, tables: Sequence[str]) -> Ite
     """Drop the foreign keys of `tables` for a bulk load and re-add them at the end.
 
     PostgreSQL then validates each key once with a set-based join instead of a trigger per
-    row (4x faster COPY here; the "Populating a Database" advice of the PostgreSQL manual).
+    row (a much faster COPY: docs/PERFORMANCE.md, "Seeding"; the "Populating a Database"
+    advice of the PostgreSQL manual).
     Locks the tables for the transaction: for offline bulk loads only. No-op elsewhere.
     """
     if conn.dialect.name != "postgresql":

@@ -15,16 +15,18 @@ overwritten whatever it says; a valid newer entry written since the read still w
 
 Validating an entry costs ≈ 40–60 µs per read (pydantic-core building Python objects from
 4.6 KB of JSON), a third of a cache hit's CPU, and made the dashboard miss BEHAVIOUR §8's
-4,000 hits/s (docs/PERFORMANCE.md). So the dashboard keeps a per-process memo of the
-entries it validated (`ValidatedEntries`): a dict keyed by the exact bytes of both documents
-and the sidecar, so a hit compares the bytes themselves (an equal hash alone never matches),
-holding the parsed result. Everything that depends only on those bytes is what the memo
-skips; what depends on the request or the clock (the owner is the token's user, the version
-is not dated after `not_after(now)`) runs on every read. A remembered hit costs ≈ 3 µs
-against ≈ 42 µs (200 distinct entries, fresh bytes per read, one process). Bound: an LRU
-(cachetools) of `MEMO_MAX_BYTES` = 64 MiB estimated at 4× the raw bytes + 512 B per entry
-(measured 3.96× with tracemalloc on the pipeline's documents, tested), ≈ 3,500 entries of
-4.6 KB; an entry over 64 KB is never held. Callers must treat what it returns as read-only.
+4,000 hits/s (docs/PERFORMANCE.md, "Every hit validated in full"). So the dashboard keeps a
+per-process memo of the entries it validated (`ValidatedEntries`): a dict keyed by the exact
+bytes of both documents and the sidecar, so a hit compares the bytes themselves (an equal
+hash alone never matches), holding the parsed result. Everything that depends only on those
+bytes is what the memo skips; what depends on the request or the clock (the owner is the
+token's user, the version is not dated after `not_after(now)`) runs on every read. A
+remembered hit costs ≈ 3 µs against ≈ 42 µs (200 distinct entries, fresh bytes per read, one
+process). Bound: an LRU (cachetools) of `MEMO_MAX_BYTES` = 64 MiB estimated at 4× the raw
+bytes + 512 B per entry (measured 3.96× with tracemalloc on the pipeline's documents,
+tested), ≈ 3,500 entries of 4.6 KB; an entry over 64 KB is never held. These figures:
+docs/PERFORMANCE.md, "Validated entries remembered". Callers must treat what it returns as
+read-only.
 
 The pipeline writes with the sync client (`write_entries`, pipelined: one round trip per
 chunk); the dashboard reads and refills with `redis.asyncio` (`read_entry`,
@@ -126,12 +128,14 @@ return redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
 """
 
 # The memo of validated entries (`ValidatedEntries`): what it may hold, in estimated bytes.
-# One entry costs its bytes (the key) plus the parsed documents: 3.96x the raw bytes on the
-# pipeline's documents (tracemalloc, 300 entries of 4.6 KB), so 4x plus the LRU's own slot.
+# One entry costs its bytes (the key) plus the parsed documents, which 4x the raw bytes
+# covers on the pipeline's documents (tracemalloc: docs/PERFORMANCE.md, "Validated entries
+# remembered"; tested), plus the LRU's own slot.
 MEMO_MAX_BYTES = 64 * 1024 * 1024
 MEMO_BYTES_PER_RAW_BYTE = 4
 MEMO_ENTRY_OVERHEAD = 512
-# Larger entries (the pipeline writes ≈ 4.6 KB) are validated on every read, never held.
+# Larger entries (far above what the pipeline writes) are validated on every read, never
+# held.
 MEMO_MAX_ENTRY_BYTES = 64 * 1024
 
 # How far ahead of this machine's clock another honest writer's clock may be.
@@ -519,7 +523,8 @@ def _sha(script: str) -> str:
 
 async def _evalsha(client: aioredis.Redis, script: str, keys: list[str], args: list[Any]) -> Any:
     """What redis-py's `register_script(...)(...)` does, without building the script object
-    and its SHA-1 on every call (with `not_after`, ≈ 5 µs of a ≈ 650 µs cache miss)."""
+    and its SHA-1 on every call (with `not_after`, CPU on every cache miss:
+    docs/PERFORMANCE.md, "Figures once quoted in the code")."""
     try:
         return await client.evalsha(_sha(script), len(keys), *keys, *args)
     except NoScriptError:

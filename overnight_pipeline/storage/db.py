@@ -22,7 +22,8 @@ def _json_default(value: Any) -> Any:
 
 
 def dumps_json(value: Any) -> str:
-    """orjson (≈8× stdlib here) with Decimals as strings, never floats."""
+    """orjson (several times stdlib `json`: docs/PERFORMANCE.md, "Figures once quoted in the
+    code") with Decimals as strings, never floats."""
     return orjson.dumps(value, default=_json_default).decode()
 
 
@@ -50,8 +51,8 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         # Never prepare server-side: psycopg would from a statement's sixth execution, and
         # PostgreSQL's generic plan of `user_id = ANY($1)` then searches the array linearly
         # for every row of a scan planned while the table was small (the DELETE of a batch's
-        # scores took 0.8 s at 10,000 users that way, growing with the table). Unprepared,
-        # each batch is planned for its own ids.
+        # scores slowed that way as the table grew: docs/PERFORMANCE.md, "The overnight
+        # pipeline end to end"). Unprepared, each batch is planned for its own ids.
         kwargs["connect_args"] = {"prepare_threshold": None, **kwargs.get("connect_args", {})}
     return create_engine(url, json_serializer=dumps_json, json_deserializer=orjson.loads, **kwargs)
 

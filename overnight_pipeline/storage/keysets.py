@@ -3,11 +3,11 @@
 A row-value `IN` list of n keys is one expression of n comparisons. PostgreSQL costs a scan
 filtered by it at rows × n, and above `jit_above_cost` JIT-compiles the expression with LLVM
 in a time that grows about quadratically with n and cannot be cancelled (issue 23: a load
-removing 8,895 holdings ran for more than 8 minutes). On PostgreSQL the keys travel instead
-as one array per column, and `unnest` turns the arrays into a relation the planner joins:
-one statement, whose text and plan shape are the same for 10 keys or 100,000. SQLite has
-neither arrays nor JIT and plans a row-value `IN (VALUES …)` well: there the keys go in
-chunks that stay under its parameter limit.
+removing 8,895 holdings ran for more than 8 minutes; docs/PERFORMANCE.md, "Loads that remove
+many holdings"). On PostgreSQL the keys travel instead as one array per column, and `unnest`
+turns the arrays into a relation the planner joins: one statement, whose text and plan shape
+are the same for 10 keys or 100,000. SQLite has neither arrays nor JIT and plans a row-value
+`IN (VALUES …)` well: there the keys go in chunks that stay under its parameter limit.
 """
 
 from __future__ import annotations

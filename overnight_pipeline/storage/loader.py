@@ -41,9 +41,9 @@ CHANGE_KINDS = (
 CHUNK = 5000
 """Users written at a time by `load_stream`. Each chunk's reads join its users against
 whole tables (hash joins: cheaper than thousands of index probes to the planner), so not
-too many chunks: a reload of 100,000 users spent 38 s in statements at 2,000 per chunk,
-22 s at 5,000, 14 s at 10,000; but what a chunk holds (its users, their rows, their inputs
-before and after) is most of the load's memory: 330 MB peak at 10,000."""
+too many chunks: a reload's time in statements falls as chunks grow; but what a chunk holds
+(its users, their rows, their inputs before and after) is most of the load's memory. The
+figures behind 5,000: docs/PERFORMANCE.md, "Figures once quoted in the code"."""
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ keeping: 1,000-user batches of a 10,000-user seeded database (`bench/load_batch_
 alternating both paths per batch on the busy 2-core machine) load in 315-336 ms (median)
 against 286-309 ms for the removed raw psycopg path and 850-960 ms for the SQLAlchemy path
 it had beside it (UUID objects, a Python call per numeric, a batch's rows kept alive for the
-garbage collector).
+garbage collector); docs/PERFORMANCE.md, "Scale-out" and "Figures once quoted in the code".
 """
 
 from __future__ import annotations
@@ -112,11 +112,11 @@ def ensure_statistics(conn: Connection, tables: Sequence[str] = BATCH_TABLES) ->
 
     Without statistics (a freshly bulk-loaded database where autovacuum has not run yet, or
     is off, as on this project's CI server) the planner guesses that `user_id = ANY(1,000
-    ids)` matches every row and scans the whole table for each batch: 0.8 s a batch at
-    100,000 users instead of 0.15 s. ANALYZE samples each table once (≈ 0.7 s in all at
-    100,000 users) and blocks neither reads nor writes. No-op elsewhere and on tables that
-    have statistics (autovacuum keeps those fresh). A partitioned table's months are
-    analyzed each (the planner reads their statistics)."""
+    ids)` matches every row and scans the whole table for each batch, slower and slower as
+    users grow. ANALYZE samples each table once, cheaply, and blocks neither reads nor writes
+    (docs/PERFORMANCE.md, "The overnight pipeline end to end"). No-op elsewhere and on
+    tables that have statistics (autovacuum keeps those fresh). A partitioned table's months
+    are analyzed each (the planner reads their statistics)."""
     if conn.dialect.name != "postgresql":
         return []
     missing = list(
@@ -335,8 +335,9 @@ def _frame(rows: list[tuple[Any, ...]], columns: list[str]) -> pd.DataFrame:
 def _rows(conn: Connection, statement: Executable) -> Iterator[Any]:
     """The rows of `statement`, fetched in slices: each row dies young, before the garbage
     collector's older generations would scan it (`.all()` kept a batch's 40,000 rows alive
-    beside the frames' own tuples: +35 % of a batch's load time in the benchmark, all of
-    it collection), and without a driver call per row."""
+    beside the frames' own tuples, and the collector's passes over them slowed every batch
+    load: docs/PERFORMANCE.md, "Figures once quoted in the code"), and without a driver call
+    per row."""
     for part in conn.execute(statement).partitions(_SLICE):
         yield from part
 
@@ -763,7 +764,7 @@ def recommendations_for(
 ) -> list[Any]:
     """The persisted rows of `user_ids` on `day` (by primary key); with `as_text`, the two
     documents as the JSON text the database holds (for the cache: no parse and re-encode,
-    ≈ 0.6 of the cache step's 1.2 s per 10,000 users)."""
+    much of the cache step's time; docs/PERFORMANCE.md, "Scale-out")."""
     r = recommendations_table
     dialect = conn.dialect.name
     payload: ColumnElement[Any] = r.c.payload

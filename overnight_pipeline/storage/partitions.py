@@ -36,7 +36,7 @@ _DATE_KEYS = {"calculation_snapshots"}
 # Each month of the events keeps its payloads inline, compressed (`payload` has STORAGE MAIN
 # and lz4 on the parent, migration 0004): a 2-3 KB document is compressed from 128 bytes of
 # row on instead of only past 2 KB, and stays in the row instead of two TOAST chunks
-# (≈ 230 bytes less per user-night, measured on a night's events).
+# (fewer bytes per user-night: docs/PERFORMANCE.md, "Figures once quoted in the code").
 TABLE_OPTIONS = {"calculation_events": " WITH (toast_tuple_target = 128)"}
 PARTITION_NAME = re.compile(r"^(?P<table>[a-z_]+)_p(?P<year>\d{4})_(?P<month>\d{2})$")
 MONTHS_AHEAD = 2
@@ -84,7 +84,7 @@ def ensure_months(conn: Connection, moments: Iterable[datetime | date]) -> list[
     if conn.dialect.name != "postgresql":
         return []
     months = sorted({month_of(m) for m in moments})
-    # One catalog query (≈ 1 ms) per call, no cache: a month created in a transaction that
+    # One cheap catalog query per call, no cache: a month created in a transaction that
     # is then rolled back must not be remembered. Creating takes turns (shards start
     # together); the others then find the months made.
     present = set(existing(conn))

@@ -558,7 +558,8 @@ def upgrade() -> None:
 
     bind = op.get_bind()
     if bind.dialect.name == "postgresql" and (bind.dialect.server_version_info or (0,)) >= (14,):
-        # lz4 TOAST compression: ~1.5x faster bulk writes of the audit payloads (BEHAVIOUR §8).
+        # lz4 TOAST compression: faster bulk writes of the audit payloads than pglz (BEHAVIOUR
+        # §8; docs/PERFORMANCE.md, "Figures once quoted in the code").
         for table, column in _COMPRESSED:
             op.execute(f"ALTER TABLE {table} ALTER COLUMN {column} SET COMPRESSION lz4")
 
