@@ -277,7 +277,8 @@ class Settings(BaseSettings):
         if value is None:
             return None
         if value.startswith("postgresql://") or value.startswith("postgres://"):
-            # dagster-postgres fails on every event write through psycopg 3 (DAGSTER_NOTES).
+            # SQLAlchemy 2.1 reads a plain URL as psycopg 3, through which dagster-postgres
+            # fails on every event write.
             value = "postgresql+psycopg2://" + value.split("://", 1)[1]
         if not value.startswith("postgresql+psycopg2://"):
             raise ValueError("must be a postgresql+psycopg2:// URL")

@@ -14,8 +14,8 @@ replay check. The shard descriptors are tiny and rebuilt from each step's mappin
 (`ShardPlanIOManager`), so no step output needs shared storage between processes or machines.
 
 There is no backfill policy: every backfill, from the job's page, the asset graph or the CLI,
-is one run per market-date (DAGSTER_NOTES). Before any write, every step checks that its
-run's partition tags agree with each other and with the work Dagster gave it
+is one run per market-date (docs/OPERATIONS.md, Backfills). Before any write, every step
+checks that its run's partition tags agree with each other and with the work Dagster gave it
 (`guard_partitions`), and refuses the run otherwise.
 """
 

@@ -169,7 +169,8 @@ def make_dagster_home(path: Path) -> tuple[PgDagsterHome, str]:
 
 
 def start_dagster_dev(home: PgDagsterHome, env: dict[str, str], log: Path) -> Iterator[DagsterDev]:
-    """`dagster dev` on `home` until the generator is closed; SIGINT stops it (DAGSTER_NOTES)."""
+    """`dagster dev` on `home` until the generator is closed; SIGINT stops it (SIGTERM does
+    not when a non-interactive shell started it)."""
     port = free_port()
     env = {**env, "DAGSTER_HOME": str(home.home), "DAGSTER_PG_URL": home.pg_url}
     out = log.open("wb")

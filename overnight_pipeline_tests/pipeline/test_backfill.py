@@ -98,7 +98,7 @@ def daemon_env(dagster_home: Path, pipeline_db: str, redis_prefix: str) -> dict[
 
 @pytest.fixture
 def daemon(daemon_env: dict[str, str], tmp_path: Path) -> Iterator[Path]:
-    """`dagster-daemon run` on the workspace; stopped with SIGINT (DAGSTER_NOTES)."""
+    """`dagster-daemon run` on the workspace; stopped with SIGINT (restored below)."""
     log = tmp_path / "daemon.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
