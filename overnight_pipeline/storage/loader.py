@@ -38,12 +38,13 @@ CHANGE_KINDS = (
     "criteria",
 )
 """What a `user_changes` row can say changed, in this order."""
-CHUNK = 5000
+CHUNK = 10_000
 """Users written at a time by `load_stream`. Each chunk's reads join its users against
 whole tables (hash joins: cheaper than thousands of index probes to the planner), so not
-too many chunks: a reload's time in statements falls as chunks grow; but what a chunk holds
-(its users, their rows, their inputs before and after) is most of the load's memory. The
-figures behind 5,000: docs/PERFORMANCE.md, "Figures once quoted in the code"."""
+too many chunks: a reload's time in statements falls as chunks grow, and at 5,000 a reload
+took as long as the whole-file load before it; but what a chunk holds (its users, their
+rows, their inputs before and after) is most of the load's memory. The figures behind
+10,000: docs/PERFORMANCE.md, "Figures once quoted in the code"."""
 
 
 @dataclass(frozen=True)
