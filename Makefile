@@ -54,6 +54,7 @@ check: install ## Lint, format check, types, import contracts
 bench: install services ## Run the benchmarks (results go in docs/PERFORMANCE.md)
 	$(BIN)/python bench/seed_bench.py
 	$(BIN)/python bench/load_removals_bench.py
+	$(BIN)/python bench/load_bench.py
 	$(BIN)/python bench/core_bench.py
 	HYPOTHESIS_PROFILE=exact-long $(BIN)/pytest -q -p no:cacheprovider overnight_pipeline_tests/core/test_exact_oracle.py
 	$(BIN)/python bench/providers_bench.py
