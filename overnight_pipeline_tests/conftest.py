@@ -129,3 +129,25 @@ def db_conn(request: pytest.FixtureRequest) -> Iterator[Connection]:
 @pytest.fixture
 def data_dir() -> Path:
     return Path(__file__).parent / "data"
+
+
+# The modules that wait longest on daemons and subprocesses, slowest first. Collected first,
+# so that with `make test`'s two workers (pytest-xdist, a module per worker) they start at
+# once and the other modules run beside them, instead of one of them starting last and
+# running alone at the end. In one process the order changes nothing but the order.
+LONG_MODULES = (
+    "pipeline/test_operator_paths.py",
+    "pipeline/test_backfill.py",
+    "pipeline/test_shards.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        path = item.path.as_posix()
+        for i, module in enumerate(LONG_MODULES):
+            if path.endswith(module):
+                return i
+        return len(LONG_MODULES)
+
+    items.sort(key=rank)  # stable: each module keeps its own order
