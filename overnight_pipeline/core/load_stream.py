@@ -364,14 +364,8 @@ def _object(text: _Text) -> Iterator[_Key | _Item]:
         else:
             yield _Key(key, array=False)
             yield _Item(key, None, *text.value(depth=1))
-        text.skip_whitespace()
-        after = text.peek()
-        text.pos += 1
-        if after == "}":
+        if _closed(text, "}"):
             return
-        if after != ",":
-            raise text.stop(text.pos - 1, "Expecting ',' delimiter")
-        text.skip_whitespace()
 
 
 def _array(text: _Text, key: str | None, depth: int) -> Iterator[_Item]:
@@ -385,14 +379,22 @@ def _array(text: _Text, key: str | None, depth: int) -> Iterator[_Item]:
     while True:
         yield _Item(key, index, *text.value(depth))
         index += 1
-        text.skip_whitespace()
-        after = text.peek()
-        text.pos += 1
-        if after == "]":
+        if _closed(text, "]"):
             return
-        if after != ",":
-            raise text.stop(text.pos - 1, "Expecting ',' delimiter")
-        text.skip_whitespace()
+
+
+def _closed(text: _Text, close: str) -> bool:
+    """After a member or an element: True at `close` (passed), False at a ',' (passed, and
+    the whitespace after it); anything else is the standard parser's error."""
+    text.skip_whitespace()
+    after = text.peek()
+    text.pos += 1
+    if after == close:
+        return True
+    if after != ",":
+        raise text.stop(text.pos - 1, "Expecting ',' delimiter")
+    text.skip_whitespace()
+    return False
 
 
 class _Head(list[Any]):
