@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -40,6 +40,8 @@ MAX_BODY_BYTES = 65_536
 # (h11's limit does not apply to it), so the app refuses them itself (docs/OPERATIONS.md).
 MAX_HEADER_BYTES = 16_384
 MAX_URL_BYTES = 8_192
+
+Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 def oversized(scope: Scope) -> Problem | None:
@@ -161,7 +163,25 @@ def create_app(
     async def openapi(request: Request) -> Response:
         return Response(openapi_body, media_type="application/json")
 
-    routes = [
+    routes = _routes(openapi, metrics.endpoint if same_port else None)
+    app = DashboardApp(
+        routes=routes,
+        middleware=_middleware(routes, tracer_provider),
+        exception_handlers={
+            Problem: handle_problem,
+            AuthError: handle_auth_error,
+            HTTPException: handle_http_exception,
+            Exception: handle_server_error,
+        },
+        lifespan=lifespan,
+    )
+    app.metrics = metrics
+    return app
+
+
+def _routes(openapi: Endpoint, metrics: Endpoint | None) -> list[BaseRoute]:
+    """Every route; `metrics`: `/metrics` on this port (METRICS=same)."""
+    routes: list[BaseRoute] = [
         # The hot route first: the router tries routes in order.
         Route("/api/dashboard", api.DashboardEndpoint(), methods=["GET"], name="dashboard"),
         Route(
@@ -178,14 +198,22 @@ def create_app(
         Route("/readyz", api.readyz, methods=["GET"], name="readyz"),
         Route("/openapi.json", openapi, methods=["GET"], name="openapi"),
     ]
-    if same_port:  # not behind the user token; METRICS=PORT serves it on its own port
-        routes.append(Route("/metrics", metrics.endpoint, methods=["GET"], name="metrics"))
-    # One server span per request (opentelemetry-instrumentation-asgi), only when spans go
-    # somewhere: with no exporter configured the middleware is not even in the stack.
+    if metrics is not None:  # not behind the user token; METRICS=PORT serves it on its own port
+        routes.append(Route("/metrics", metrics, methods=["GET"], name="metrics"))
+    return routes
+
+
+def _middleware(
+    routes: list[BaseRoute], tracer_provider: TracerProvider | None
+) -> list[Middleware]:
+    """One server span per request (opentelemetry-instrumentation-asgi), only when spans go
+    somewhere: with no exporter configured the middleware is not even in the stack."""
     traced = not isinstance(
         trace.get_tracer("dashboard_api", tracer_provider=tracer_provider), trace.NoOpTracer
     )
-    middleware = [
+    if not traced:
+        return []
+    return [
         Middleware(
             OpenTelemetryMiddleware,
             tracer_provider=tracer_provider,
@@ -193,16 +221,3 @@ def create_app(
             exclude_spans=["receive", "send"],
         )
     ]
-    app = DashboardApp(
-        routes=routes,
-        middleware=middleware if traced else [],
-        exception_handlers={
-            Problem: handle_problem,
-            AuthError: handle_auth_error,
-            HTTPException: handle_http_exception,
-            Exception: handle_server_error,
-        },
-        lifespan=lifespan,
-    )
-    app.metrics = metrics
-    return app
