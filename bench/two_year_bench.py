@@ -68,6 +68,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sqlalchemy import Connection, Engine, Table, text
 
 from overnight_pipeline import steps
+from overnight_pipeline.core import audit
 from overnight_pipeline.core.captured import snapshot_keys
 from overnight_pipeline.core.markets import DEFAULT_MARKETS, is_session
 from overnight_pipeline.providers.synthetic import SyntheticProvider
@@ -220,7 +221,7 @@ def write_real_night(engine: Engine, night: Night) -> steps.StepReport:
         run_id=night.run_id,
         correlation_id=night.correlation_id,
         started_at=night.at,
-        status=job_runs.COMPLETED if not m["users_failed"] else job_runs.PARTIAL,
+        status=audit.COMPLETED if not m["users_failed"] else audit.PARTIAL,
         market=NYSE.code,
         market_date=night.day,
         completed_at=night.at + timedelta(seconds=report.seconds),

@@ -33,7 +33,7 @@ from dashboard_api.schemas import (
     Readiness,
 )
 from dashboard_api.services import Services
-from overnight_pipeline.core.vocabulary import JOB_STATUSES
+from overnight_pipeline.core.audit import JOB_STATUSES
 from overnight_pipeline.storage import queries
 
 JSON = "application/json"

@@ -38,6 +38,7 @@ from tenacity import (
     wait_exponential,
 )
 
+from overnight_pipeline.core import audit
 from overnight_pipeline.core.readiness import Readiness, describe, format_margin
 from overnight_pipeline.storage import alerts as store
 from overnight_pipeline.storage import job_runs
@@ -160,13 +161,13 @@ def run_alerts(row: job_runs.JobRun, *, max_failed_user_ratio: float) -> list[Al
             )
         )
 
-    if row.status == job_runs.FAILED:
+    if row.status == audit.FAILED:
         steps = details.get("failed_steps") or {}
         where = f"steps {', '.join(sorted(steps))}: " if steps else ""
         alert(RUN_FAILED, (where + str(details.get("run_error", "run failed")))[:500])
     ratio = row.users_failed / row.users_processed if row.users_processed else 0.0
     over = not checks.get("recommendations:failed_users_within_limit", {}).get("passed", True)
-    if row.status == job_runs.PARTIAL and (over or ratio > max_failed_user_ratio):
+    if row.status == audit.PARTIAL and (over or ratio > max_failed_user_ratio):
         alert(
             PARTIAL_OVER_LIMIT,
             f"{row.users_failed} of {row.users_processed} users failed ({ratio:.2%}; "

@@ -34,6 +34,7 @@ import redis
 from sqlalchemy import Connection, Engine, select
 
 from overnight_pipeline import steps
+from overnight_pipeline.core import audit
 from overnight_pipeline.core.markets import Market, home_market
 from overnight_pipeline.storage import changes, job_runs
 from overnight_pipeline.storage.cache import invalidate
@@ -112,7 +113,7 @@ class RecalculationReport:
 
     correlation_id: uuid.UUID
     up_to: int
-    status: str = job_runs.COMPLETED
+    status: str = audit.COMPLETED
     groups: list[dict[str, Any]] = field(default_factory=list)
     computed: int = 0
     failed: int = 0
@@ -200,11 +201,11 @@ def recalculate(
             log=log,
         )
     except Exception as exc:
-        report.status = job_runs.FAILED
+        report.status = audit.FAILED
         report.seconds = time.perf_counter() - started
         _finish(engine, row, report, error=f"{type(exc).__name__}: {exc}"[:2000])
         raise
-    report.status = job_runs.PARTIAL if report.failed else job_runs.COMPLETED
+    report.status = audit.PARTIAL if report.failed else audit.COMPLETED
     report.seconds = time.perf_counter() - started
     _finish(engine, row, report)
     log.info(

@@ -1,4 +1,5 @@
-"""Closed vocabularies of the domain (BEHAVIOUR §1): metrics, operators, event types."""
+"""Closed vocabularies of the domain (BEHAVIOUR §1): metrics, operators, alerts. The audit
+vocabulary (event types, job-run statuses) is `core.audit`."""
 
 from __future__ import annotations
 
@@ -43,15 +44,6 @@ METRIC_LABELS: Final[dict[str, str]] = {
 
 Operator = Literal["gt", "lt", "gte", "lte", "between", "equals", "exists"]
 OPERATORS: Final[tuple[str, ...]] = ("gt", "lt", "gte", "lte", "between", "equals", "exists")
-
-EVENT_TYPES: Final[tuple[str, ...]] = (
-    "CALC_STARTED",
-    "INPUTS_CAPTURED",
-    "SCORES_COMPUTED",
-    "CALC_COMPLETED",
-)
-
-JOB_STATUSES: Final[tuple[str, ...]] = ("started", "completed", "failed", "partial")
 
 # Alerts (BEHAVIOUR §9): what went wrong for a market-date, and where its delivery stands.
 ALERT_KINDS: Final[tuple[str, ...]] = (

@@ -45,6 +45,7 @@ from opentelemetry.trace import TracerProvider
 from sqlalchemy import Engine, select
 
 from overnight_pipeline.alerts import Webhook, raise_alerts, run_alerts
+from overnight_pipeline.core import audit
 from overnight_pipeline.defs.assets import SCORES_AND_RECOMMENDATIONS
 from overnight_pipeline.defs.monitor import fail_dead_runs
 from overnight_pipeline.defs.partitions import (
@@ -67,6 +68,9 @@ WORKER_SENSOR = "overnight_run_worker_monitor"
 ASSET_JOB = "__ASSET_JOB"
 _log = logging.getLogger(__name__)
 FINISHED_STATUSES = (DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED)
+CACHE_STEP = "recommendation_cache"
+"""The one step whose failure leaves a run `partial`: everything the dashboard needs is
+already persisted in PostgreSQL before it (BEHAVIOUR §7, Redis down)."""
 
 
 @dataclass(frozen=True)
@@ -255,7 +259,7 @@ def run_facts(instance: DagsterInstance, run: DagsterRun) -> RunFacts:
 
 
 def _cache_warmed(facts: RunFacts) -> bool:
-    cache = facts.assets.get(job_runs.CACHE_STEP)
+    cache = facts.assets.get(CACHE_STEP)
     return cache is not None and int(cache["partitions"]) >= max(len(facts.partition_keys), 1)
 
 
@@ -343,14 +347,15 @@ def record_run_finished(
         sample = job_runs.failed_users(conn, facts.correlation_ids) if counts.failed else []
     metrics = _metrics(facts, counts)
     succeeded = run.status == DagsterRunStatus.SUCCESS
-    status = job_runs.decide_status(
+    status = audit.decide_status(
         succeeded=succeeded,
         failed_steps=facts.failures,
         users_failed=counts.failed,
         prices_missing=int(metrics["prices_missing"] or 0),
+        cache_step=CACHE_STEP,
     )
     if run.status == DagsterRunStatus.CANCELED:
-        status = job_runs.FAILED
+        status = audit.FAILED
     details: dict[str, Any] = {}
     if facts.failures:
         details["failed_steps"] = facts.failures
@@ -417,7 +422,7 @@ def _emit_span(
         }
     )
     error = None
-    if row.status == job_runs.FAILED or facts.failures:
+    if row.status == audit.FAILED or facts.failures:
         error = "; ".join(f"{k}: {v.splitlines()[0][:300]}" for k, v in facts.failures.items())
         error = error or str(details.get("run_error", "run failed"))
     steps = []
@@ -467,7 +472,7 @@ def reconcile_unfinished(
     with engine.connect() as conn:
         run_ids = conn.scalars(
             select(j.run_id)
-            .where(j.status == job_runs.STARTED, j.run_id.is_not(None))
+            .where(j.status == audit.STARTED, j.run_id.is_not(None))
             .order_by(j.started_at.desc())
             .limit(limit)
         ).all()

@@ -1,6 +1,7 @@
 """`overnight_job_runs`: one row per pipeline run, kept true by the run sensors (BEHAVIOUR §4, §9).
 
-No Dagster here: `defs/sensors.py` turns a run's events into these calls. Writes are upserts
+No Dagster here: `defs/run_ledger.py` turns a run's events into these calls; the statuses and
+the rule that decides a finished run's are `core.audit`'s. Writes are upserts
 by run id (one writer of a run id at a time), so a sensor tick evaluated twice (or a started tick that arrives after the
 finished one) leaves the same row. Functions take a `Connection` and never commit.
 """
@@ -15,17 +16,22 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, case, func, insert, select, text, tuple_, update
 
+from overnight_pipeline.core.audit import (
+    CALC_COMPLETED,
+    CALC_STARTED,
+    COMPLETED,
+    FINISHED,
+    STARTED,
+)
 from overnight_pipeline.core.markets import Market
 from overnight_pipeline.core.readiness import Readiness, RunFact, current_or_next_session, judge
 from overnight_pipeline.storage.models import calculation_events_table, overnight_job_runs_table
 from overnight_pipeline.storage.partitions import ensure_months
 
 JOB_TYPE = "overnight"
-STARTED, COMPLETED, PARTIAL, FAILED = "started", "completed", "partial", "failed"
-FINISHED = (COMPLETED, PARTIAL, FAILED)
-CACHE_STEP = "recommendation_cache"
-"""The one step whose failure leaves a run `partial`: everything the dashboard needs is
-already persisted in PostgreSQL before it (BEHAVIOUR §7, Redis down)."""
+_CACHE_ASSET = "recommendation_cache"
+"""The cache asset's entry in a row's `metrics.assets`: how rows written before
+`metrics.cache_warmed` existed say whether the cache was written."""
 
 
 @dataclass(frozen=True)
@@ -56,14 +62,14 @@ def calculation_counts(conn: Connection, correlation_ids: Sequence[uuid.UUID]) -
         return CalculationCounts()
     e = calculation_events_table.c
     status = e.payload["status"].as_string()
-    completed = and_(e.event_type == "CALC_COMPLETED", status == "completed")
+    completed = and_(e.event_type == CALC_COMPLETED, status == "completed")
     row = conn.execute(
         select(
-            func.count().filter(e.event_type == "CALC_STARTED"),
+            func.count().filter(e.event_type == CALC_STARTED),
             func.count().filter(completed),
-            func.count().filter(e.event_type == "CALC_COMPLETED", status == "failed"),
+            func.count().filter(e.event_type == CALC_COMPLETED, status == "failed"),
             func.coalesce(
-                func.sum(e.payload["holdings"].as_integer()).filter(e.event_type == "CALC_STARTED"),
+                func.sum(e.payload["holdings"].as_integer()).filter(e.event_type == CALC_STARTED),
                 0,
             ),
             func.coalesce(func.sum(e.payload["recommendations"].as_integer()).filter(completed), 0),
@@ -83,7 +89,7 @@ def failed_users(
         select(e.user_id, e.payload)
         .where(
             e.correlation_id.in_(list(correlation_ids)),
-            e.event_type == "CALC_COMPLETED",
+            e.event_type == CALC_COMPLETED,
             e.payload["status"].as_string() == "failed",
         )
         .order_by(e.user_id)
@@ -97,27 +103,6 @@ def failed_users(
         }
         for user_id, payload in rows
     ]
-
-
-def decide_status(
-    *,
-    succeeded: bool,
-    failed_steps: Collection[str],
-    users_failed: int,
-    prices_missing: int = 0,
-    cache_step: str = CACHE_STEP,
-) -> str:
-    """The job-run status of a finished run.
-
-    `partial`: the run did its work for the partition but not all of it: some users failed
-    (events + counts), some held assets had no price (BEHAVIOUR §7), or only the cache step
-    failed (the recommendations are persisted; the dashboard serves them from PostgreSQL).
-    `failed`: any other step failed, or the run was canceled.
-    """
-    if not succeeded:
-        only_cache = bool(failed_steps) and set(failed_steps) <= {cache_step}
-        return PARTIAL if only_cache else FAILED
-    return PARTIAL if users_failed or prices_missing else COMPLETED
 
 
 @dataclass(frozen=True)
@@ -224,7 +209,7 @@ def run_facts(
     warmed = case(
         (metrics["cache_warmed"].as_boolean().is_not(None), metrics["cache_warmed"].as_boolean()),
         (j.status == COMPLETED, True),
-        else_=metrics[("assets", CACHE_STEP)].as_string().is_not(None),
+        else_=metrics[("assets", _CACHE_ASSET)].as_string().is_not(None),
     )
     rows = conn.execute(
         select(

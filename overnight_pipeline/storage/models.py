@@ -26,11 +26,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from overnight_pipeline.core.audit import EVENT_TYPES, JOB_STATUSES
 from overnight_pipeline.core.vocabulary import (
     ALERT_KINDS,
     ALERT_STATUSES,
-    EVENT_TYPES,
-    JOB_STATUSES,
     METRICS,
     OPERATORS,
     POINTS_MAX,

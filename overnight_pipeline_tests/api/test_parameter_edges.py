@@ -26,7 +26,7 @@ from starlette.testclient import TestClient
 from dashboard_api.app import create_app
 from dashboard_api.openapi import build_openapi
 from dashboard_api.params import encode_cursor
-from overnight_pipeline.core.vocabulary import JOB_STATUSES
+from overnight_pipeline.core.audit import JOB_STATUSES
 from overnight_pipeline.settings import load_settings
 from overnight_pipeline.storage.models import overnight_job_runs_table
 from overnight_pipeline.storage.partitions import ensure_months

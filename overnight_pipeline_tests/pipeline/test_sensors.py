@@ -35,15 +35,16 @@ from overnight_pipeline.defs.sensors import (
 from overnight_pipeline.settings import load_settings
 from overnight_pipeline.storage import job_runs
 from overnight_pipeline.storage.db import make_engine
+from overnight_pipeline.storage.events import correlation_id_for
 from overnight_pipeline.storage.job_runs import job_run
 from overnight_pipeline.storage.models import (
     calculation_events_table,
     overnight_job_runs_table,
     recommendations_table,
 )
-from overnight_pipeline.storage.overnight import correlation_id_for
 from overnight_pipeline.storage.partitions import ensure_months
-from overnight_pipeline_tests.pipeline.conftest import BROKEN_USER, DAY, REDIS_URL, Pipeline
+from overnight_pipeline_tests.pipeline.conftest import BROKEN_USER, DAY, Pipeline
+from overnight_pipeline_tests.support.databases import REDIS_URL
 
 
 def sensor(defs: Definitions, name: str) -> SensorDefinition:
@@ -449,29 +450,3 @@ def test_job_run_upserts_and_counts_on_both_databases(db_conn: Connection) -> No
     )
     with pytest.raises(ValueError, match="not a finished status"):
         job_runs.record_finished(db_conn, started)
-
-
-@pytest.mark.parametrize(
-    ("succeeded", "failed_steps", "users_failed", "prices_missing", "status"),
-    [
-        (True, [], 0, 0, "completed"),
-        (True, [], 2, 0, "partial"),
-        (True, [], 0, 5, "partial"),
-        (False, ["recommendation_cache"], 0, 0, "partial"),
-        (False, ["recommendations"], 0, 0, "failed"),
-        (False, ["recommendations", "recommendation_cache"], 0, 0, "failed"),
-        (False, [], 0, 0, "failed"),  # the run worker died before any step
-    ],
-)
-def test_the_status_of_a_finished_run(
-    succeeded: bool, failed_steps: list[str], users_failed: int, prices_missing: int, status: str
-) -> None:
-    assert (
-        job_runs.decide_status(
-            succeeded=succeeded,
-            failed_steps=failed_steps,
-            users_failed=users_failed,
-            prices_missing=prices_missing,
-        )
-        == status
-    )
