@@ -1,0 +1,101 @@
+"""Array helpers of the batch path: codes per run or distinct value, null and finiteness
+tests that stay fast on columns of Decimal, exact ratios remembered per value."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from decimal import Decimal
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+
+def run_codes(values: np.ndarray, codes: dict[Any, int], *, grow: bool) -> np.ndarray:
+    """A code per value from `codes` (new values get the next code when `grow`, else -1),
+    looked up once per run of equal neighbours (a user's rows come together)."""
+    n = len(values)
+    if n == 0:
+        return np.empty(0, dtype=np.int64)
+    starts = np.flatnonzero(np.r_[True, values[1:] != values[:-1]])
+    heads = values[starts].tolist()
+    if grow:
+        found = [codes.setdefault(v, len(codes)) for v in heads]
+    else:
+        found = [codes.get(v, -1) for v in heads]
+    return np.repeat(np.array(found, dtype=np.int64), np.diff(np.r_[starts, n]))
+
+
+def codes_of(values: np.ndarray, index: Mapping[Any, int]) -> np.ndarray:
+    """index[v] for every v, looked up once per distinct value."""
+    codes, uniques = pd.factorize(values)
+    if (codes < 0).any():
+        raise ValueError("a rule without a metric or operator")
+    try:
+        table = np.array([index[v] for v in uniques.tolist()] + [-1], dtype=np.int64)
+    except KeyError as exc:
+        raise ValueError(f"unknown {exc.args[0]!r}") from None
+    return table[codes]
+
+
+def objects(values: np.ndarray) -> pd.Series:
+    # Object dtype on purpose: pandas would turn str/None columns into str with NaN.
+    return pd.Series(values, dtype=object, copy=False)
+
+
+def to_float(values: np.ndarray) -> np.ndarray:
+    """Floats of an object array of Decimal/None (None → NaN)."""
+    flat = values.ravel()
+    out = np.fromiter((np.nan if v is None else float(v) for v in flat), np.float64, len(flat))
+    return out.reshape(values.shape)
+
+
+def heads(sorted_keys: np.ndarray) -> np.ndarray:
+    """Where each run of equal keys starts."""
+    if not len(sorted_keys):
+        return np.empty(0, dtype=np.int64)
+    return np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
+
+
+def present(values: np.ndarray) -> np.ndarray:
+    """Not null, as pandas' notna says (None, NaN); fast for a column of Decimal and None."""
+    listed = values.tolist()
+    if set(map(type, listed)) <= {Decimal, type(None)}:
+        return np.fromiter((v is not None for v in listed), dtype=bool, count=len(listed))
+    return ~pd.isna(values)
+
+
+def is_null(value: object) -> bool:
+    return value is None or (isinstance(value, float) and np.isnan(value))
+
+
+def finite(values: np.ndarray) -> np.ndarray:
+    """Whether each value is an int or a finite Decimal."""
+    listed = values.tolist()
+    if set(map(type, listed)) <= {Decimal}:
+        return np.fromiter(map(Decimal.is_finite, listed), dtype=bool, count=len(listed))
+    return np.fromiter(map(_is_finite, listed), dtype=bool, count=len(listed))
+
+
+def _is_finite(value: object) -> bool:
+    return type(value) is int or (type(value) is Decimal and value.is_finite())
+
+
+def unzip(pairs: Iterable[tuple[int, int]], n: int) -> tuple[list[int], list[int]]:
+    firsts, seconds = [0] * n, [1] * n
+    for i, (a, b) in enumerate(pairs):
+        firsts[i], seconds[i] = a, b
+    return firsts, seconds
+
+
+def ratios() -> Callable[[Decimal], tuple[int, int]]:
+    """Decimal.as_integer_ratio, remembered per value (a batch's bands repeat)."""
+    seen: dict[Decimal, tuple[int, int]] = {}
+
+    def ratio(d: Decimal) -> tuple[int, int]:
+        got = seen.get(d)
+        if got is None:
+            got = seen[d] = d.as_integer_ratio()
+        return got
+
+    return ratio
