@@ -178,7 +178,7 @@ def _every(line: Callable[..., None]) -> Callable[..., None]:
 def cmd_load(args: argparse.Namespace, settings: Settings) -> int:
     from sqlalchemy.exc import SQLAlchemyError
 
-    from overnight_pipeline.core.load_file import LoadFileError
+    from overnight_pipeline.core.load_errors import LoadFileError
     from overnight_pipeline.core.load_stream import LoadStream
     from overnight_pipeline.storage.loader import load_stream
 

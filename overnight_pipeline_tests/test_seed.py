@@ -6,7 +6,7 @@ from decimal import Decimal
 
 from sqlalchemy import Connection, select, text
 
-from overnight_pipeline.core.load_file import UserIn
+from overnight_pipeline.core.load_fields import UserIn
 from overnight_pipeline.seed import seed
 from overnight_pipeline.storage.loader import active_criteria
 from overnight_pipeline.storage.models import User

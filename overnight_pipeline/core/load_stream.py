@@ -5,7 +5,7 @@ the file.
 Same rules and messages as `decode_load_file` then `parse_load_file`, which read the file
 whole: the document's object and its arrays are walked here as the standard parser walks
 them (its messages at its positions), each element of an array is decoded by the standard
-parser with `_Reader`'s hooks (repeated keys, NaN, infinite numbers, lone surrogates) and
+parser with `Reader`'s hooks (repeated keys, NaN, infinite numbers, lone surrogates) and
 validated by `check_asset` and `check_user`. Between the passes only what relates users to
 each other and to the assets is kept: the ids seen, the file's asset keys and the keys its
 holdings name. The second pass reads the file again and refuses it if its bytes changed.
@@ -33,23 +33,26 @@ from typing import IO, Any
 import numpy as np
 import orjson
 
-from overnight_pipeline.core.load_file import (
-    _UTF16_32,
-    MAX_DEPTH,
-    AssetIn,
+from overnight_pipeline.core.load_errors import (
     FileError,
     LoadFileError,
-    UserIn,
-    _json_path,
-    _lone_surrogate,
-    _marked,
-    _Reader,
-    _whole_file,
+    json_path,
+    preview,
+    whole_file,
+)
+from overnight_pipeline.core.load_fields import AssetIn, UserIn
+from overnight_pipeline.core.load_file import (
     check_asset,
     check_asset_unique,
     check_user,
     duplicate_user,
-    preview,
+)
+from overnight_pipeline.core.load_json import (
+    MAX_DEPTH,
+    UTF16_32,
+    Reader,
+    lone_surrogate,
+    marked,
 )
 
 PIECE = 1 << 20
@@ -96,7 +99,7 @@ class _Text:
         self._decoded = 0  # bytes decoded (after a byte-order mark): a UTF-8 error's offset
         self._byte_lines = 0
         self._byte_line_start = 0
-        self.reader = _Reader()
+        self.reader = Reader()
         self.decoder = json.JSONDecoder(
             object_pairs_hook=self.reader.on_object,
             parse_constant=self.reader.on_constant,
@@ -118,14 +121,14 @@ class _Text:
             data = self._read(4096 - len(head))
             head += data
             ended = not data
-        for mark, encoding in _UTF16_32:
+        for mark, encoding in UTF16_32:
             if head.startswith(mark):
-                raise _whole_file(
+                raise whole_file(
                     f"the file is {encoding} (it starts with a {encoding} byte-order"
                     " mark); save it as UTF-8"
                 )
         if b"\x00" in head:
-            raise _whole_file(
+            raise whole_file(
                 "the file holds NUL bytes: it looks UTF-16 or UTF-32 encoded; save it as UTF-8"
             )
         self._decode(head.removeprefix(b"\xef\xbb\xbf"), final=ended)
@@ -142,7 +145,7 @@ class _Text:
             line = self._byte_lines + data.count(b"\n", 0, exc.start) + 1
             last = data.rfind(b"\n", 0, exc.start)
             column = exc.start - last if last >= 0 else at - self._byte_line_start + 1
-            raise _whole_file(
+            raise whole_file(
                 f"not UTF-8: byte 0x{data[exc.start]:02x} at line {line} column"
                 f" {column} (byte {at}); save the file as UTF-8"
             ) from None
@@ -213,7 +216,7 @@ class _Text:
             if ahead < len(self.buf):
                 break
             if not self.more():
-                raise _whole_file("the file is empty")
+                raise whole_file("the file is empty")
         if self.buf.startswith("\ufeff"):
             raise self.stop(0, "Unexpected UTF-8 BOM (decode using utf-8-sig)")
         self.skip_whitespace()
@@ -239,7 +242,7 @@ class _Text:
 
     def value(self, depth: int) -> tuple[Any, bool]:
         """The value at `pos`, `depth` levels into the document, and whether it may hold
-        something `_marked` reports."""
+        something `marked` reports."""
         while True:
             self.reader.marked = False
             try:
@@ -457,7 +460,7 @@ class LoadStream:
                         progress(checker.users_read, text.bytes_read)
             except _Stop as stop:
                 text.drain()  # a UTF-8 error comes first, as when the file is read whole
-                raise _whole_file(stop.message) from None
+                raise whole_file(stop.message) from None
         checker.finish()
         keys = checker.keys
         self.users, self.assets = checker.users_read, checker.assets_read
@@ -561,7 +564,7 @@ class _Checker:
             self.shown[-1].add(event.value)
         if event.suspect:
             at: tuple[int | str, ...] = () if event.key is None else (event.key,)
-            found = _marked(event.value, at if event.index is None else (*at, event.index))
+            found = marked(event.value, at if event.index is None else (*at, event.index))
             if found:
                 self.marked = True
                 self.marks.setdefault(event.key, []).extend(found)
@@ -599,14 +602,14 @@ class _Checker:
                 shown = ", then ".join(preview(v, 20) for v in values)
                 marks.append(
                     FileError(
-                        _json_path("$", (key,)),
+                        json_path("$", (key,)),
                         f"given {len(values)} times in the same object ({shown});"
                         " a key may appear once",
                     )
                 )
-            problem = _lone_surrogate(key)
+            problem = lone_surrogate(key)
             if problem:
-                marks.append(FileError(_json_path("$", (key,)), f"the key {problem}"))
+                marks.append(FileError(json_path("$", (key,)), f"the key {problem}"))
         for key in order:
             marks.extend(self.marks.get(key, []))
         if marks:
@@ -614,7 +617,7 @@ class _Checker:
         value = {k: v for k, v in zip(self.keys, self.shown, strict=True) if k is not None}
         array = dict(zip(self.keys, self.arrays, strict=True))
         errors = [
-            FileError(_json_path("$", (key,)), "unknown field", value[key])
+            FileError(json_path("$", (key,)), "unknown field", value[key])
             for key in sorted(set(value) - {"assets", "users"}, key=str)
         ]
         # A repeated id is its user's first error (`check_user`): sorted in by index.

@@ -13,7 +13,9 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, delete, func, select
 
-from overnight_pipeline.core.load_file import AssetIn, FileError, LoadFile, LoadFileError, UserIn
+from overnight_pipeline.core.load_errors import FileError, LoadFileError
+from overnight_pipeline.core.load_fields import AssetIn, UserIn
+from overnight_pipeline.core.load_file import LoadFile
 from overnight_pipeline.core.load_stream import LoadStream
 from overnight_pipeline.core.scoring import Rule
 from overnight_pipeline.storage.bulk import copy_rows, upsert, upsert_copied

@@ -18,17 +18,17 @@ from hypothesis import strategies as st
 from sqlalchemy import Connection, Engine, inspect, select, text
 
 from overnight_pipeline.cli import main
-from overnight_pipeline.core.load_file import (
+from overnight_pipeline.core.load_errors import LoadFileError
+from overnight_pipeline.core.load_fields import (
     AMOUNT,
     PERCENT,
     QUANTITY,
     RULE_VALUE,
     TEXT_LENGTHS,
-    LoadFileError,
     Numeric,
-    decode_load_file,
-    parse_load_file,
 )
+from overnight_pipeline.core.load_file import parse_load_file
+from overnight_pipeline.core.load_json import decode_load_file
 from overnight_pipeline.core.markets import load_markets
 from overnight_pipeline.storage.db import make_engine, migrate
 from overnight_pipeline.storage.loader import active_criteria, load

@@ -18,12 +18,10 @@ from sqlalchemy import Connection, select
 from overnight_pipeline import cli
 from overnight_pipeline.cli import main
 from overnight_pipeline.core import load_stream
-from overnight_pipeline.core.load_file import (
-    AssetIn,
-    LoadFileError,
-    decode_load_file,
-    parse_load_file,
-)
+from overnight_pipeline.core.load_errors import LoadFileError
+from overnight_pipeline.core.load_fields import AssetIn
+from overnight_pipeline.core.load_file import parse_load_file
+from overnight_pipeline.core.load_json import decode_load_file
 from overnight_pipeline.core.load_stream import LoadStream
 from overnight_pipeline.core.markets import load_markets
 from overnight_pipeline.storage import loader

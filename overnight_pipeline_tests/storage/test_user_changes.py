@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Connection, select
 
-from overnight_pipeline.core.load_file import LoadFileError
+from overnight_pipeline.core.load_errors import LoadFileError
 from overnight_pipeline.storage.models import user_changes_table
 from overnight_pipeline_tests.storage.test_load import USER, _load, sample
 
