@@ -1,4 +1,4 @@
-"""Time `storage.overnight.load_batch` on PostgreSQL: 1,000-user batches of a seeded database.
+"""Time `storage.batches.load_batch` on PostgreSQL: 1,000-user batches of a seeded database.
 
     .venv/bin/python bench/load_batch_bench.py                 # seeds 10,000 users, then drops
     .venv/bin/python bench/load_batch_bench.py --url URL       # an already seeded database
@@ -19,7 +19,13 @@ from datetime import date
 
 from sqlalchemy import select
 
-from overnight_pipeline.storage import overnight as store
+from overnight_pipeline.storage.batches import (
+    ensure_statistics,
+    load_batch,
+    load_market_snapshot,
+    partition_currencies,
+    partition_instruments,
+)
 from overnight_pipeline.storage.db import make_engine, migrate
 from overnight_pipeline.storage.models import users_table
 from overnight_pipeline_tests.conftest import create_pg_database, drop_pg_database
@@ -31,23 +37,23 @@ BATCH = 1000
 def bench(url: str, rounds: int) -> None:
     engine = make_engine(url)
     with engine.begin() as conn:
-        store.ensure_statistics(conn)
+        ensure_statistics(conn)
     with engine.connect() as conn:
         u = users_table.c
         users = sorted(conn.scalars(select(u.id).where(u.active.is_(True))))
         batches = [users[i : i + BATCH] for i in range(0, len(users), BATCH)]
-        held = store.partition_instruments(conn, users)
-        snapshot = store.load_market_snapshot(conn, [i for i, _ in held.values()], day=DAY)
+        held = partition_instruments(conn, users)
+        snapshot = load_market_snapshot(conn, [i for i, _ in held.values()], day=DAY)
         per_batch: list[float] = []
         partition: list[float] = []
         for _ in range(rounds):
             started = time.perf_counter()
-            store.partition_instruments(conn, users)
-            store.partition_currencies(conn, users)
+            partition_instruments(conn, users)
+            partition_currencies(conn, users)
             partition.append(time.perf_counter() - started)
             for ids in batches:
                 started = time.perf_counter()
-                store.load_batch(conn, ids, snapshot=snapshot)
+                load_batch(conn, ids, snapshot=snapshot)
                 per_batch.append(time.perf_counter() - started)
         conn.rollback()
     engine.dispose()

@@ -38,8 +38,8 @@ from overnight_pipeline.defs.loggers import PROCESS_LOGGER
 from overnight_pipeline.defs.monitor import fail_dead_runs, worker_tags
 from overnight_pipeline.defs.partitions import partition_key
 from overnight_pipeline.settings import Settings
+from overnight_pipeline.storage.batches import partition_users
 from overnight_pipeline.storage.db import make_engine, migrate
-from overnight_pipeline.storage.overnight import partition_users
 
 LOCAL_HOME = Path(".data/dagster-home")
 # Not in the repository root: Dagster's and dg's commands read ./dagster.yaml when

@@ -49,14 +49,44 @@ from overnight_pipeline.core.scored import (
 )
 from overnight_pipeline.logs import correlation, mask_user
 from overnight_pipeline.providers.base import Instrument, MarketDataProvider
-from overnight_pipeline.storage import overnight as store
-from overnight_pipeline.storage.cache import CacheEntry, write_entries
+from overnight_pipeline.storage.batches import (
+    LoadedBatch,
+    ensure_statistics,
+    load_batch,
+    load_market_snapshot,
+    load_rates,
+    partition_currencies,
+    partition_instruments,
+    partition_users,
+    snapshot_reads,
+)
+from overnight_pipeline.storage.bulk import write_rows
+from overnight_pipeline.storage.cache import write_entries
+from overnight_pipeline.storage.cache_entries import CacheEntry
+from overnight_pipeline.storage.events import (
+    event_payloads,
+    event_rows,
+    insert_snapshot,
+    insert_snapshots,
+    snapshots,
+    users_with_event,
+)
 from overnight_pipeline.storage.market_data import (
     store_fundamentals,
     store_prices,
     store_rates,
 )
 from overnight_pipeline.storage.partitions import ensure_months
+from overnight_pipeline.storage.results import (
+    ScoreRow,
+    asset_score_rows,
+    calculation_asset_rows,
+    recommendations_for,
+    replace_scores,
+    scores_of,
+    upsert_recommendations,
+    users_with_recommendation,
+)
 
 _log = logging.getLogger(__name__)
 JOB_STARTED = "Overnight job started"
@@ -176,8 +206,8 @@ def fetch_rates(
     """One USD-quoted snapshot for every currency the partition's users need."""
     started = time.perf_counter()
     with engine.connect() as conn:
-        users = store.partition_users(conn, market=market, day=day, markets=markets)
-        currencies = store.partition_currencies(conn, users) | {markets[market].currency}
+        users = partition_users(conn, market=market, day=day, markets=markets)
+        currencies = partition_currencies(conn, users) | {markets[market].currency}
     result = provider.fetch_rates(sorted(currencies - {"USD"}), day=day)
     with engine.begin() as conn:
         stored = store_rates(conn, result, day=day)
@@ -202,8 +232,8 @@ def _instruments(
     engine: Engine, *, market: str, day: date, markets: Mapping[str, Market]
 ) -> tuple[int, dict[Instrument, uuid.UUID]]:
     with engine.connect() as conn:
-        users = store.partition_users(conn, market=market, day=day, markets=markets)
-        found = store.partition_instruments(conn, users)
+        users = partition_users(conn, market=market, day=day, markets=markets)
+        found = partition_instruments(conn, users)
     return len(users), {inst: asset_id for inst, (asset_id, _) in found.items()}
 
 
@@ -399,20 +429,20 @@ def _score_and_recommend(
     with engine.begin() as conn:
         ensure_months(conn, [calculated_at])
     with engine.begin() as conn:
-        analyzed = store.ensure_statistics(conn)
+        analyzed = ensure_statistics(conn)
     with engine.connect() as conn:
         everyone = (
             sorted(set(only))
             if only is not None
-            else store.partition_users(conn, market=market, day=day, markets=markets)
+            else partition_users(conn, market=market, day=day, markets=markets)
         )
         users = [u for u in everyone if shard_of(u, shards) == shard] if shards > 1 else everyone
-        done = store.users_with_event(conn, correlation_id=correlation_id, event_type=COMPLETED)
-        fx = store.load_rates(conn, day=day)
+        done = users_with_event(conn, correlation_id=correlation_id, event_type=COMPLETED)
+        fx = load_rates(conn, day=day)
         # Every shard prices from the market data of the whole partition's assets: one
         # snapshot, the same hash in every shard, whatever the shard count.
-        held = store.partition_instruments(conn, everyone)
-        snapshot = store.load_market_snapshot(conn, [i for i, _ in held.values()], day=day)
+        held = partition_instruments(conn, everyone)
+        snapshot = load_market_snapshot(conn, [i for i, _ in held.values()], day=day)
     snapshot_key, snapshot_payload = market_snapshot(
         [(str(aid), m, sym, cur) for (m, sym), (aid, cur) in held.items()],
         snapshot.prices,
@@ -421,7 +451,7 @@ def _score_and_recommend(
     )
     # Committed before the first event that references it.
     with engine.begin() as conn:
-        store.insert_snapshot(
+        insert_snapshot(
             conn,
             key=snapshot_key,
             kind="market",
@@ -444,10 +474,10 @@ def _score_and_recommend(
         }
     )
 
-    def load(chunk: Sequence[uuid.UUID]) -> store.LoadedBatch:
+    def load(chunk: Sequence[uuid.UUID]) -> LoadedBatch:
         # One snapshot per batch: a concurrent `overnight load` never tears a user's inputs.
-        with store.snapshot_reads(engine) as conn:
-            return store.load_batch(conn, chunk, snapshot=snapshot)
+        with snapshot_reads(engine) as conn:
+            return load_batch(conn, chunk, snapshot=snapshot)
 
     chunks = _chunks(todo, batch_size)
     progress = _Progress(
@@ -604,7 +634,7 @@ class _Progress:
 
 
 def _process_batch(
-    loaded: store.LoadedBatch,
+    loaded: LoadedBatch,
     chunk: Sequence[uuid.UUID],
     report: StepReport,
     *,
@@ -646,7 +676,7 @@ def _process_batch(
         criteria={uid: key for uid, (key, _) in criteria.items()},
     )
     criteria_payloads = dict(criteria.values())
-    score_rows: list[store.ScoreRow] = []
+    score_rows: list[ScoreRow] = []
     asset_rows: list[tuple[str, str, str]] = []
     for uid, aid, asset_market, value, top, summary in zip(
         scored.holdings["user_id"].tolist(),
@@ -722,25 +752,25 @@ def _process_batch(
     report.metrics["assets_scored"] += len(score_rows)
     ok_ids = [uuid.UUID(u) for u in ok]
     # Formatted here, not on the writer thread: this thread would otherwise wait for it.
-    scores = store.score_rows(
+    scores = asset_score_rows(
         dialect, score_rows, day=day, correlation_id=correlation_id, computed_at=now
     )
     rows = [
-        store.calculation_asset_rows(
+        calculation_asset_rows(
             dialect, asset_rows, correlation_id=correlation_id, calculated_at=calculated_at
         ),
-        store.event_rows(dialect, events, at=now, calculated_at=calculated_at),
+        event_rows(dialect, events, at=now, calculated_at=calculated_at),
     ]
 
     def write(conn: Connection) -> None:
         # Before the events that reference them, in their transaction.
-        store.insert_snapshots(
+        insert_snapshots(
             conn, kind="criteria", payloads=criteria_payloads, calculated_at=calculated_at
         )
-        store.replace_scores(conn, scores, user_ids=ok_ids, day=day)
+        replace_scores(conn, scores, user_ids=ok_ids, day=day)
         for prepared in rows:
-            store.write_rows(conn, prepared)
-        store.upsert_recommendations(conn, rec_rows)
+            write_rows(conn, prepared)
+        upsert_recommendations(conn, rec_rows)
 
     return write
 
@@ -794,24 +824,20 @@ def replay_sample(
     persisted recommendation row (both documents, to the cent). The sample is drawn by the
     correlation id, so re-evaluating a calculation checks the same users."""
     with engine.connect() as conn:
-        users = sorted(
-            store.users_with_recommendation(conn, correlation_id=correlation_id, day=day)
-        )
+        users = sorted(users_with_recommendation(conn, correlation_id=correlation_id, day=day))
         chosen = sorted(
             random.Random(correlation_id.int).sample(users, min(sample_size, len(users)))
         )
         ids = [uuid.UUID(u) for u in chosen]
-        captured = store.event_payloads(
+        captured = event_payloads(
             conn, correlation_id=correlation_id, event_type=CAPTURED, user_ids=ids
         )
         scored = dict(
-            store.event_payloads(
-                conn, correlation_id=correlation_id, event_type=SCORED, user_ids=ids
-            )
+            event_payloads(conn, correlation_id=correlation_id, event_type=SCORED, user_ids=ids)
         )
-        stored_scores = store.scores_of(conn, user_ids=ids)
-        rows = {str(r.user_id): r for r in store.recommendations_for(conn, user_ids=ids, day=day)}
-        shared = store.snapshots(conn, {key for _, d in captured for key in snapshot_keys(d)})
+        stored_scores = scores_of(conn, user_ids=ids)
+        rows = {str(r.user_id): r for r in recommendations_for(conn, user_ids=ids, day=day)}
+        shared = snapshots(conn, {key for _, d in captured for key in snapshot_keys(d)})
     mismatches: list[dict[str, str]] = []
 
     def differs(uid: str, what: str) -> None:
@@ -916,12 +942,12 @@ def warm_cache(
     else:
         with engine.connect() as conn:
             users = sorted(
-                store.users_with_event(conn, correlation_id=correlation_id, event_type=COMPLETED)
+                users_with_event(conn, correlation_id=correlation_id, event_type=COMPLETED)
             )
     written = kept = 0
     for chunk in _chunks(users, batch_size):
         with engine.connect() as conn:
-            rows = store.recommendations_for(conn, user_ids=chunk, day=day, as_text=True)
+            rows = recommendations_for(conn, user_ids=chunk, day=day, as_text=True)
         entries = [
             CacheEntry(
                 user_id=row.user_id,

@@ -290,7 +290,7 @@ def self_contained(
     doc: Mapping[str, Any], snapshots: Mapping[str, Mapping[str, Any]]
 ) -> dict[str, Any]:
     """A format-2 or -3 `INPUTS_CAPTURED` document with what it references put back in,
-    from `snapshots` (hash → payload, as `storage.overnight.snapshots` returns them): the
+    from `snapshots` (hash → payload, as `storage.events.snapshots` returns them): the
     market snapshot's data and, format 3, the criteria snapshot's rules. The result is the
     self-contained shape written before (`capture_json` without snapshots gives the same
     document for the same batch), for operators and the one-user paths."""

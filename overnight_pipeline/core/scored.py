@@ -233,7 +233,7 @@ def full_scores(
     """The scores a `SCORES_COMPUTED` payload (either format) records, in full: per asset
     (format 2: the asset of the same row of the holdings) every applicable rule with its
     metric and `actualValue`, read from the user's `INPUTS_CAPTURED` of the same calculation and the snapshots it references (`snapshots`:
-    hash → payload, as `storage.overnight.snapshots` returns them). `AssetScore.to_json()`
+    hash → payload, as `storage.events.snapshots` returns them). `AssetScore.to_json()`
     of each is the format-1 entry; `scoring.replay` of the same inputs gives equal objects
     when nothing was altered."""
     fmt = payload_format(payload)

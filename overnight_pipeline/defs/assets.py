@@ -68,8 +68,8 @@ from overnight_pipeline.defs.partitions import guard_partitions, market_date_par
 from overnight_pipeline.defs.resources import AppDatabase, CacheRedis, MarketData, OvernightTuning
 from overnight_pipeline.settings import get_settings
 from overnight_pipeline.storage import job_runs
-from overnight_pipeline.storage import overnight as store
-from overnight_pipeline.storage.overnight import correlation_id_for
+from overnight_pipeline.storage.batches import load_rates
+from overnight_pipeline.storage.events import correlation_id_for
 
 GROUP = "overnight"
 MARKETS = load_markets(get_settings().markets_file)
@@ -386,7 +386,7 @@ def collect_shards(
     with database.engine.connect() as conn:
         counts = job_runs.calculation_counts(conn, list(cids.values()))
         sample = job_runs.failed_users(conn, list(cids.values()), limit=10) if counts.failed else []
-        rates_stale = any(store.load_rates(conn, day=split_key(key)[1]).stale for key in keys)
+        rates_stale = any(load_rates(conn, day=split_key(key)[1]).stale for key in keys)
     replays = {
         key: steps.replay_sample(
             database.engine,

@@ -40,7 +40,7 @@ from overnight_pipeline.defs.assets import DB_RETRY, MARKETS
 from overnight_pipeline.defs.resources import AppDatabase, CacheRedis, OvernightTuning
 from overnight_pipeline.recalculate import recalculate
 from overnight_pipeline.storage import changes
-from overnight_pipeline.storage.overnight import correlation_id_for
+from overnight_pipeline.storage.events import correlation_id_for
 
 RECALCULATION_JOB = "recalculation_job"
 RECALCULATION_OP = "recalculate_changed_users"

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Column, Connection, MetaData, Table, and_, or_, select, text
@@ -121,6 +123,42 @@ def copy_text(conn: Connection, table: Table, columns: Sequence[str], lines: Seq
         with cur.copy(f"COPY {table.name} ({', '.join(columns)}) FROM STDIN") as copy:
             for start in range(0, len(lines), 2000):
                 copy.write("".join(lines[start : start + 2000]))
+
+
+# COPY's text format: a backslash, tab, newline or carriage return inside a value is escaped.
+_COPY_SPECIAL = re.compile(r"[\\\t\n\r]")
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def copy_escaped(value: str) -> str:
+    """`value` as a field of COPY's text format."""
+    return value.translate(_COPY_ESCAPES) if _COPY_SPECIAL.search(value) else value
+
+
+def copy_escaped_json(text: str) -> str:
+    """JSON text for COPY: orjson's output has no raw control characters, only backslashes
+    (one C-level scan); anything else is escaped in full."""
+    if "\t" in text or "\n" in text or "\r" in text:
+        return text.translate(_COPY_ESCAPES)
+    return text.replace("\\", "\\\\")
+
+
+@dataclass(frozen=True)
+class Rows:
+    """Rows made ready for one bulk write: COPY text lines on PostgreSQL, parameter tuples
+    elsewhere. Made on the computing thread, so that the writer thread only sends them."""
+
+    table: Table
+    columns: tuple[str, ...]
+    lines: list[str] | None = None
+    rows: list[tuple[Any, ...]] | None = None
+
+
+def write_rows(conn: Connection, prepared: Rows) -> None:
+    if prepared.lines is not None:
+        copy_text(conn, prepared.table, prepared.columns, prepared.lines)
+    elif prepared.rows:
+        copy_rows(conn, prepared.table, prepared.columns, prepared.rows)
 
 
 @contextmanager

@@ -35,8 +35,9 @@ from overnight_pipeline.defs.partitions import partition_key
 from overnight_pipeline.defs.resources import AppDatabase
 from overnight_pipeline.defs.sensors import FAILED_SENSOR, SUCCEEDED_SENSOR
 from overnight_pipeline.settings import Settings, load_settings
-from overnight_pipeline.storage import overnight as store
+from overnight_pipeline.storage import batches
 from overnight_pipeline.storage.db import make_engine
+from overnight_pipeline.storage.events import correlation_id_for, snapshots
 from overnight_pipeline.storage.job_runs import job_run
 from overnight_pipeline.storage.models import (
     asset_scores_table,
@@ -45,7 +46,6 @@ from overnight_pipeline.storage.models import (
     exchange_rates_table,
     recommendations_table,
 )
-from overnight_pipeline.storage.overnight import correlation_id_for
 from overnight_pipeline.storage.queries import newest_recommendation
 from overnight_pipeline_tests.api.netfaults import closed_port
 from overnight_pipeline_tests.pipeline.conftest import REDIS_URL
@@ -115,7 +115,7 @@ def record(settings: Settings, instance: DagsterInstance, result: ExecuteInProce
 
 def partition_users(engine: Engine, market: str, day: date) -> list[uuid.UUID]:
     with engine.connect() as conn:
-        return store.partition_users(conn, market=market, day=day, markets=MARKETS)
+        return batches.partition_users(conn, market=market, day=day, markets=MARKETS)
 
 
 def events_of(engine: Engine, correlation_id: uuid.UUID) -> dict[uuid.UUID, Counter[str]]:
@@ -183,7 +183,7 @@ def test_rate_provider_down_uses_the_newest_stored_rates_and_flags_them_stale(
 
     users = partition_users(engine, "LSE", day)
     with engine.connect() as conn:
-        held = sorted(store.partition_instruments(conn, users))
+        held = sorted(batches.partition_instruments(conn, users))
     with running(synthetic_dataset(held, ["GBP"], day)) as prices:
         settings = drill_settings(
             pipeline_db,
@@ -217,7 +217,7 @@ def test_rate_provider_down_uses_the_newest_stored_rates_and_flags_them_stale(
             .all()
         )
         # Each user's document with the run's market snapshot (the rates) put back in.
-        shared = store.snapshots(conn, {k for doc in captured for k in snapshot_keys(doc)})
+        shared = snapshots(conn, {k for doc in captured for k in snapshot_keys(doc)})
         captured = [self_contained(doc, shared) for doc in captured]
         x = exchange_rates_table.c
         stored = {

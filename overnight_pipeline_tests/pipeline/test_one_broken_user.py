@@ -25,10 +25,10 @@ from overnight_pipeline.defs.resources import AppDatabase
 from overnight_pipeline.defs.sensors import SUCCEEDED_SENSOR
 from overnight_pipeline.settings import load_settings
 from overnight_pipeline.storage.db import make_engine, migrate
+from overnight_pipeline.storage.events import correlation_id_for
 from overnight_pipeline.storage.job_runs import job_run
 from overnight_pipeline.storage.loader import load
 from overnight_pipeline.storage.models import calculation_events_table, recommendations_table
-from overnight_pipeline.storage.overnight import correlation_id_for
 from overnight_pipeline_tests.conftest import create_pg_database, drop_pg_database
 from overnight_pipeline_tests.pipeline.conftest import REDIS_URL
 

@@ -30,7 +30,9 @@ from overnight_pipeline.defs.monitor import run_worker
 from overnight_pipeline.defs.recalculation import RECALCULATION_JOB, SENSOR, UP_TO_TAG
 from overnight_pipeline.seed import seed
 from overnight_pipeline.settings import load_settings
+from overnight_pipeline.storage.batches import partition_users
 from overnight_pipeline.storage.db import make_engine, migrate
+from overnight_pipeline.storage.events import correlation_id_for
 from overnight_pipeline.storage.loader import load
 from overnight_pipeline.storage.models import (
     assets_table,
@@ -40,7 +42,6 @@ from overnight_pipeline.storage.models import (
     recommendations_table,
     user_changes_table,
 )
-from overnight_pipeline.storage.overnight import correlation_id_for, partition_users
 from overnight_pipeline_tests.api.conftest import SECRET, bearer, token_for
 from overnight_pipeline_tests.conftest import create_pg_database, drop_pg_database
 from overnight_pipeline_tests.pipeline.conftest import REDIS_URL, redis_namespace

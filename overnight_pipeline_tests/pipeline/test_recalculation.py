@@ -39,7 +39,7 @@ from overnight_pipeline.storage.models import (
     recommendations_table,
     user_changes_table,
 )
-from overnight_pipeline.storage.overnight import upsert_recommendations
+from overnight_pipeline.storage.results import upsert_recommendations
 from overnight_pipeline_tests.conftest import REDIS_URL, create_pg_database, drop_pg_database
 from overnight_pipeline_tests.pipeline.conftest import DAY, Pipeline
 

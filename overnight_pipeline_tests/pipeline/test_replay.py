@@ -19,8 +19,8 @@ from overnight_pipeline.core.scored import full_scores
 from overnight_pipeline.core.scoring import replay
 from overnight_pipeline.providers.synthetic import SyntheticProvider
 from overnight_pipeline.seed import seed
-from overnight_pipeline.storage import overnight as store
 from overnight_pipeline.storage.db import make_engine
+from overnight_pipeline.storage.events import snapshots
 from overnight_pipeline.storage.models import calculation_events_table
 from overnight_pipeline_tests.conftest import migrated_pg_database
 
@@ -94,7 +94,7 @@ def inputs(engine: Engine, cid: uuid.UUID) -> tuple[dict[str, Any], dict[str, An
     captured = events(engine, cid, "INPUTS_CAPTURED")
     with engine.connect() as conn:
         keys = {key for doc in captured.values() for key in snapshot_keys(doc)}
-        return captured, store.snapshots(conn, keys)
+        return captured, snapshots(conn, keys)
 
 
 def test_new_events_replay_exactly_and_hold_the_full_view(engine: Engine) -> None:

@@ -35,13 +35,13 @@ from overnight_pipeline.defs.partitions import partition_key
 from overnight_pipeline.settings import Settings, load_settings
 from overnight_pipeline.steps import shard_of
 from overnight_pipeline.storage.db import make_engine
+from overnight_pipeline.storage.events import correlation_id_for
 from overnight_pipeline.storage.models import (
     asset_scores_table,
     calculation_assets_table,
     calculation_events_table,
     recommendations_table,
 )
-from overnight_pipeline.storage.overnight import correlation_id_for
 from overnight_pipeline_tests.pipeline.conftest import DAY, REDIS_URL, redis_namespace
 
 REPO = Path(__file__).resolve().parents[2]

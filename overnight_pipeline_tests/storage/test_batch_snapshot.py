@@ -14,7 +14,12 @@ import pytest
 from sqlalchemy import Connection, Engine, event, select, update
 
 from overnight_pipeline.seed import seed
-from overnight_pipeline.storage import overnight as store
+from overnight_pipeline.storage.batches import (
+    LoadedBatch,
+    MarketSnapshot,
+    load_batch,
+    snapshot_reads,
+)
 from overnight_pipeline.storage.db import make_engine
 from overnight_pipeline.storage.models import (
     asset_classes_table,
@@ -26,7 +31,7 @@ from overnight_pipeline.storage.models import (
 from overnight_pipeline_tests.conftest import migrated_pg_database, migrated_sqlite_database
 
 DAY = date(2026, 11, 27)
-NO_MARKET_DATA = store.MarketSnapshot({}, pd.DataFrame(), 0)
+NO_MARKET_DATA = MarketSnapshot({}, pd.DataFrame(), 0)
 
 
 @pytest.fixture(scope="module", params=["postgresql", "sqlite"])
@@ -53,7 +58,7 @@ def _user_ids(engine: Engine) -> list[uuid.UUID]:
         return sorted(conn.scalars(select(users_table.c.id)))
 
 
-def _state(loaded: store.LoadedBatch) -> tuple[Any, ...]:
+def _state(loaded: LoadedBatch) -> tuple[Any, ...]:
     b = loaded.batch
     return tuple(
         [tuple(map(repr, row)) for row in frame.itertuples(index=False)]
@@ -92,7 +97,7 @@ def _rewrite(engine: Engine, ids: list[uuid.UUID], n: int) -> None:
 
 def _load_with_a_write_between_statements(
     engine: Engine, conn: Connection, ids: list[uuid.UUID], n: int
-) -> store.LoadedBatch:
+) -> LoadedBatch:
     """`load_batch` on `conn`, with `_rewrite` committed from another connection right after
     its first statement ran."""
     statements = 0
@@ -105,7 +110,7 @@ def _load_with_a_write_between_statements(
 
     event.listen(conn, "after_cursor_execute", after)
     try:
-        return store.load_batch(conn, ids, snapshot=NO_MARKET_DATA)
+        return load_batch(conn, ids, snapshot=NO_MARKET_DATA)
     finally:
         event.remove(conn, "after_cursor_execute", after)
 
@@ -114,11 +119,11 @@ def test_a_batch_reads_one_committed_state_while_a_load_commits(engine: Engine) 
     ids = _user_ids(engine)
     _rewrite(engine, ids, 2)
     with engine.connect() as conn:
-        before = _state(store.load_batch(conn, ids, snapshot=NO_MARKET_DATA))
-    with store.snapshot_reads(engine) as conn:
+        before = _state(load_batch(conn, ids, snapshot=NO_MARKET_DATA))
+    with snapshot_reads(engine) as conn:
         seen = _state(_load_with_a_write_between_statements(engine, conn, ids, 3))
     with engine.connect() as conn:
-        after = _state(store.load_batch(conn, ids, snapshot=NO_MARKET_DATA))
+        after = _state(load_batch(conn, ids, snapshot=NO_MARKET_DATA))
     assert before != after  # the write did land
     # The snapshot is taken by the first statement, so the batch is the state before.
     assert seen == before
@@ -130,22 +135,22 @@ def test_without_one_snapshot_the_same_batch_is_torn(engine: Engine) -> None:
     ids = _user_ids(engine)
     _rewrite(engine, ids, 4)
     with engine.connect() as conn:
-        before = _state(store.load_batch(conn, ids, snapshot=NO_MARKET_DATA))
+        before = _state(load_batch(conn, ids, snapshot=NO_MARKET_DATA))
     with engine.connect() as conn:
         seen = _state(_load_with_a_write_between_statements(engine, conn, ids, 5))
     with engine.connect() as conn:
-        after = _state(store.load_batch(conn, ids, snapshot=NO_MARKET_DATA))
+        after = _state(load_batch(conn, ids, snapshot=NO_MARKET_DATA))
     assert seen not in (before, after)
     assert seen[0] == after[0] and seen[3] == before[3]  # users new, rules old
 
 
 def test_snapshot_reads_are_one_transaction(engine: Engine) -> None:
     if engine.dialect.name == "sqlite":
-        with store.snapshot_reads(engine) as conn:
+        with snapshot_reads(engine) as conn:
             conn.execute(select(users_table.c.id)).all()
             assert conn.connection.dbapi_connection.in_transaction  # type: ignore[union-attr]
         return
-    with store.snapshot_reads(engine) as conn:
+    with snapshot_reads(engine) as conn:
         assert conn.exec_driver_sql("SHOW transaction_isolation").scalar() == "repeatable read"
         assert conn.exec_driver_sql("SHOW transaction_read_only").scalar() == "on"
     with engine.connect() as conn:  # the pooled connection is back to the defaults

@@ -122,7 +122,14 @@ def test_0003_keeps_a_previous_nights_output_replayable(fresh_url: str) -> None:
     from overnight_pipeline.core.scoring import replay
     from overnight_pipeline.providers.synthetic import SyntheticProvider
     from overnight_pipeline.seed import seed
-    from overnight_pipeline.storage import overnight as store
+    from overnight_pipeline.storage.batches import (
+        load_batch,
+        load_market_snapshot,
+        load_rates,
+        partition_instruments,
+        partition_users,
+    )
+    from overnight_pipeline.storage.events import event_payloads
     from overnight_pipeline.storage.models import (
         asset_scores_table,
         calculation_assets_table,
@@ -148,11 +155,11 @@ def test_0003_keeps_a_previous_nights_output_replayable(fresh_url: str) -> None:
         for day in nights[:2]:
             cid, at = uuid.uuid4(), datetime.combine(day, datetime.min.time(), UTC)
             with engine.begin() as conn:
-                users = store.partition_users(conn, market="NYSE", day=day, markets=markets)
-                fx = store.load_rates(conn, day=day)
-                held = store.partition_instruments(conn, users)
-                snap = store.load_market_snapshot(conn, [i for i, _ in held.values()], day=day)
-                loaded = store.load_batch(conn, users, snapshot=snap)
+                users = partition_users(conn, market="NYSE", day=day, markets=markets)
+                fx = load_rates(conn, day=day)
+                held = partition_instruments(conn, users)
+                snap = load_market_snapshot(conn, [i for i, _ in held.values()], day=day)
+                loaded = load_batch(conn, users, snapshot=snap)
                 b, versions = loaded.batch, loaded.criteria_versions
                 docs = capture_json(
                     b,
@@ -243,7 +250,7 @@ def test_0003_keeps_a_previous_nights_output_replayable(fresh_url: str) -> None:
                     conn.execute(select(func.count()).select_from(t)).scalar_one() == counts[t.name]
                 )
             for cid, docs in old.items():
-                stored = store.event_payloads(
+                stored = event_payloads(
                     conn,
                     correlation_id=cid,
                     event_type="INPUTS_CAPTURED",
@@ -251,7 +258,7 @@ def test_0003_keeps_a_previous_nights_output_replayable(fresh_url: str) -> None:
                 )
                 assert stored == sorted(docs)
                 scored = dict(
-                    store.event_payloads(
+                    event_payloads(
                         conn,
                         correlation_id=cid,
                         event_type="SCORES_COMPUTED",

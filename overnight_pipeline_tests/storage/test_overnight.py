@@ -15,7 +15,17 @@ from sqlalchemy import Connection, Engine, select
 from overnight_pipeline.core.load_file import parse_load_file
 from overnight_pipeline.core.markets import load_markets
 from overnight_pipeline.seed import seed
-from overnight_pipeline.storage import overnight as store
+from overnight_pipeline.storage.batches import (
+    LoadedBatch,
+    MarketSnapshot,
+    ensure_statistics,
+    load_batch,
+    load_market_snapshot,
+    partition_instruments,
+    partition_users,
+)
+from overnight_pipeline.storage.bulk import write_rows
+from overnight_pipeline.storage.events import event_payloads, event_rows, insert_snapshot, snapshots
 from overnight_pipeline.storage.loader import load
 from overnight_pipeline.storage.models import (
     asset_scores_table,
@@ -23,6 +33,12 @@ from overnight_pipeline.storage.models import (
     calculation_events_table,
 )
 from overnight_pipeline.storage.partitions import ensure_months
+from overnight_pipeline.storage.results import (
+    ScoreRow,
+    asset_score_rows,
+    calculation_asset_rows,
+    replace_scores,
+)
 from overnight_pipeline_tests.api.factories import insert_asset, insert_users
 
 DAY = date(2026, 11, 27)
@@ -30,28 +46,28 @@ ODD_USER = uuid.UUID("00000000-0000-4000-8000-0000000000dd")
 
 
 # The writes below are what the pipeline's steps do with `event_rows`, `replace_scores`,
-# `score_rows` and `calculation_asset_rows`, one table at a time.
+# `asset_score_rows` and `calculation_asset_rows`, one table at a time.
 
 
 def _append_events(
     conn: Connection, events: Sequence[tuple[uuid.UUID, Any, str, Any]], *, at: datetime
 ) -> None:
     ensure_months(conn, [at])
-    store.write_rows(conn, store.event_rows(conn.dialect.name, events, at=at, calculated_at=at))
+    write_rows(conn, event_rows(conn.dialect.name, events, at=at, calculated_at=at))
 
 
 def _replace_scores(
     conn: Connection,
-    rows: Sequence[store.ScoreRow],
+    rows: Sequence[ScoreRow],
     *,
     user_ids: Sequence[uuid.UUID],
     day: date,
     correlation_id: uuid.UUID,
     computed_at: datetime,
 ) -> None:
-    store.replace_scores(
+    replace_scores(
         conn,
-        store.score_rows(
+        asset_score_rows(
             conn.dialect.name, rows, day=day, correlation_id=correlation_id, computed_at=computed_at
         ),
         user_ids=user_ids,
@@ -67,9 +83,9 @@ def _add_calculation_assets(
     calculated_at: datetime,
 ) -> None:
     ensure_months(conn, [calculated_at])
-    store.write_rows(
+    write_rows(
         conn,
-        store.calculation_asset_rows(
+        calculation_asset_rows(
             conn.dialect.name, rows, correlation_id=correlation_id, calculated_at=calculated_at
         ),
     )
@@ -80,7 +96,7 @@ def _rows(frame: pd.DataFrame) -> list[tuple[str, ...]]:
     return [tuple(map(repr, row)) for row in frame.itertuples()]
 
 
-def _load_batch(conn: Connection) -> store.LoadedBatch:
+def _load_batch(conn: Connection) -> LoadedBatch:
     """Seeded users plus one with odd text and padded numerics, some assets priced (one in
     another currency), loaded as the pipeline loads a batch."""
     seed(conn, users=40, seed=3, as_of=DAY)
@@ -128,9 +144,9 @@ def _load_batch(conn: Connection) -> store.LoadedBatch:
             markets=load_markets(),
         ),
     )
-    users = store.partition_users(conn, market="NYSE", day=DAY, markets=load_markets())
+    users = partition_users(conn, market="NYSE", day=DAY, markets=load_markets())
     users = sorted({*users, ODD_USER})
-    held = store.partition_instruments(conn, users)
+    held = partition_instruments(conn, users)
     ids = [held[key][0] for key in sorted(held)]  # the loaded asset's id is random
     at = datetime(2026, 11, 27, 6, tzinfo=UTC)
     prices = {
@@ -138,10 +154,8 @@ def _load_batch(conn: Connection) -> store.LoadedBatch:
         for i, a in enumerate(ids)
         if i % 3
     }
-    snapshot = store.MarketSnapshot(
-        prices, store.load_market_snapshot(conn, ids, day=DAY).fundamentals, 0
-    )
-    loaded = store.load_batch(conn, users, snapshot=snapshot)
+    snapshot = MarketSnapshot(prices, load_market_snapshot(conn, ids, day=DAY).fundamentals, 0)
+    loaded = load_batch(conn, users, snapshot=snapshot)
     odd = str(held[("NYSE", "ODD")][0])
     loaded.batch.holdings.replace({"asset_id": {odd: "odd"}}, inplace=True)
     return loaded
@@ -248,7 +262,7 @@ def test_event_payloads_come_back_by_user(db_conn: Connection) -> None:
         [(cid, u, "INPUTS_CAPTURED", {"n": i, "t": "x\ty"}) for i, u in enumerate(reversed(users))],
         at=now,
     )
-    got = store.event_payloads(
+    got = event_payloads(
         db_conn, correlation_id=cid, event_type="INPUTS_CAPTURED", user_ids=users[:2]
     )
     assert got == [(str(users[0]), {"n": 2, "t": "x\ty"}), (str(users[1]), {"n": 1, "t": "x\ty"})]
@@ -256,20 +270,20 @@ def test_event_payloads_come_back_by_user(db_conn: Connection) -> None:
 
 def test_tables_without_planner_statistics_are_analyzed_once(db_conn: Connection) -> None:
     if db_conn.dialect.name != "postgresql":
-        assert store.ensure_statistics(db_conn) == []
+        assert ensure_statistics(db_conn) == []
         return
     db_conn.exec_driver_sql("CREATE TABLE holdings_stats_probe (x int)")
     db_conn.exec_driver_sql("INSERT INTO holdings_stats_probe SELECT generate_series(1, 500)")
-    assert store.ensure_statistics(db_conn, ["holdings_stats_probe"]) == ["holdings_stats_probe"]
-    assert store.ensure_statistics(db_conn, ["holdings_stats_probe"]) == []
+    assert ensure_statistics(db_conn, ["holdings_stats_probe"]) == ["holdings_stats_probe"]
+    assert ensure_statistics(db_conn, ["holdings_stats_probe"]) == []
     assert (
         db_conn.exec_driver_sql(
             "SELECT reltuples FROM pg_class WHERE relname = 'holdings_stats_probe'"
         ).scalar()
         == 500
     )
-    store.ensure_statistics(db_conn)
-    assert store.ensure_statistics(db_conn) == []
+    ensure_statistics(db_conn)
+    assert ensure_statistics(db_conn) == []
 
 
 def test_asset_scores_are_each_users_current_scores(db_conn: Connection) -> None:
@@ -309,9 +323,9 @@ def test_a_snapshot_is_stored_once_and_never_changed(db_conn: Connection) -> Non
     key = snapshot_hash(payload)
     now = datetime.now(UTC)
     ensure_months(db_conn, [now])
-    store.insert_snapshot(db_conn, key=key, kind="market", payload=payload, calculated_at=now)
-    store.insert_snapshot(
+    insert_snapshot(db_conn, key=key, kind="market", payload=payload, calculated_at=now)
+    insert_snapshot(
         db_conn, key=key, kind="market", payload={"other": "content"}, calculated_at=now
     )
-    assert store.snapshots(db_conn, [key, "absent"]) == {key: payload}
-    assert snapshot_hash(store.snapshots(db_conn, [key])[key]) == key
+    assert snapshots(db_conn, [key, "absent"]) == {key: payload}
+    assert snapshot_hash(snapshots(db_conn, [key])[key]) == key

@@ -19,8 +19,8 @@ from overnight_pipeline.core.captured import snapshot_keys
 from overnight_pipeline.core.markets import DEFAULT_MARKETS
 from overnight_pipeline.providers.synthetic import SyntheticProvider
 from overnight_pipeline.seed import seed
-from overnight_pipeline.storage import overnight as store
 from overnight_pipeline.storage.db import downgrade, make_engine, migrate
+from overnight_pipeline.storage.events import event_payloads, snapshots, users_with_event
 from overnight_pipeline.storage.models import (
     calculation_assets_table,
     calculation_events_table,
@@ -223,14 +223,12 @@ def test_0004_keeps_a_previous_nights_output(fresh_url: str) -> None:
         def captured() -> dict[str, dict]:
             with engine.connect() as conn:
                 return dict(
-                    store.event_payloads(
+                    event_payloads(
                         conn,
                         correlation_id=cid,
                         event_type="INPUTS_CAPTURED",
                         user_ids=list(
-                            store.users_with_event(
-                                conn, correlation_id=cid, event_type="INPUTS_CAPTURED"
-                            )
+                            users_with_event(conn, correlation_id=cid, event_type="INPUTS_CAPTURED")
                         ),
                     )
                 )
@@ -238,7 +236,7 @@ def test_0004_keeps_a_previous_nights_output(fresh_url: str) -> None:
         before = counts()
         with engine.connect() as conn:
             new = captured()
-            shared = store.snapshots(conn, {k for d in new.values() for k in snapshot_keys(d)})
+            shared = snapshots(conn, {k for d in new.values() for k in snapshot_keys(d)})
         assert {d["format"] for d in new.values()} == {3}
         engine.dispose()
         downgrade(fresh_url, "0003")
@@ -283,7 +281,7 @@ def test_0004_keeps_a_previous_nights_output(fresh_url: str) -> None:
         outcome = steps.replay_sample(engine, correlation_id=nxt, day=FIRST_NIGHT_OF_DECEMBER)
         assert outcome.checked and outcome.mismatches == []
         with engine.connect() as conn:
-            assert store.users_with_event(conn, correlation_id=nxt, event_type="CALC_COMPLETED")
+            assert users_with_event(conn, correlation_id=nxt, event_type="CALC_COMPLETED")
     finally:
         engine.dispose()
 

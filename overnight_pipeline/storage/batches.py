@@ -1,0 +1,414 @@
+"""What a market-date partition's calculation reads: its users, their assets and currencies,
+the market data of the day, and each batch of users' inputs as the core's frames.
+
+Reads are set-based per batch of users. Every function takes a `Connection` and never
+commits. Each read is one SQLAlchemy Core query for both dialects (`storage.dialect`). A
+raw psycopg twin of `load_batch` is not worth keeping: 1,000-user batches of a 10,000-user
+seeded database (`bench/load_batch_bench.py`, alternating both paths per batch on the busy
+2-core machine) load in 315-336 ms (median) against 286-309 ms for the removed raw psycopg
+path and 850-960 ms for the SQLAlchemy path it had beside it (UUID objects, a Python call
+per numeric, a batch's rows kept alive for the garbage collector); docs/PERFORMANCE.md,
+"Scale-out" and "Figures once quoted in the code".
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+import pandas as pd
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Executable,
+    Text,
+    and_,
+    bindparam,
+    func,
+    select,
+    text,
+    union,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
+
+from overnight_pipeline.core.batch import (
+    CLASS_COLUMNS,
+    HOLDING_COLUMNS,
+    RULE_COLUMNS,
+    USER_COLUMNS,
+    Batch,
+)
+from overnight_pipeline.core.markets import Market, home_market
+from overnight_pipeline.core.money import FxRates
+from overnight_pipeline.core.vocabulary import METRICS
+from overnight_pipeline.storage.dialect import among, id_chunks, id_text, trimmed
+from overnight_pipeline.storage.models import (
+    asset_classes_table,
+    asset_fundamentals_table,
+    asset_prices_table,
+    assets_table,
+    criteria_rules_table,
+    criteria_versions_table,
+    exchange_rates_table,
+    holdings_table,
+    users_table,
+)
+
+# What a partition's batches read and rewrite (`ensure_statistics`).
+BATCH_TABLES = (
+    "users",
+    "asset_classes",
+    "holdings",
+    "assets",
+    "criteria_versions",
+    "criteria_rules",
+    "asset_scores",
+    "calculation_events",
+)
+
+
+def ensure_statistics(conn: Connection, tables: Sequence[str] = BATCH_TABLES) -> list[str]:
+    """ANALYZE those of `tables` that PostgreSQL has never analyzed; returns their names.
+
+    Without statistics (a freshly bulk-loaded database where autovacuum has not run yet, or
+    is off, as on this project's CI server) the planner guesses that `user_id = ANY(1,000
+    ids)` matches every row and scans the whole table for each batch, slower and slower as
+    users grow. ANALYZE samples each table once, cheaply, and blocks neither reads nor writes
+    (docs/PERFORMANCE.md, "The overnight pipeline end to end"). No-op elsewhere and on
+    tables that have statistics (autovacuum keeps those fresh). A partitioned table's months
+    are analyzed each (the planner reads their statistics)."""
+    if conn.dialect.name != "postgresql":
+        return []
+    missing = list(
+        conn.scalars(
+            text(
+                "SELECT c.relname FROM pg_class c"
+                " WHERE coalesce(pg_partition_root(c.oid)::text, c.relname) = ANY(:names)"
+                " AND c.relkind = 'r' AND c.relnamespace = current_schema()::regnamespace"
+                " AND c.reltuples < 0"
+            ).bindparams(bindparam("names", list(tables), type_=ARRAY(Text)))
+        )
+    )
+    for name in missing:
+        conn.exec_driver_sql(f'ANALYZE "{name}"')
+    return missing
+
+
+def partition_users(
+    conn: Connection, *, market: str, day: date, markets: Mapping[str, Market]
+) -> list[uuid.UUID]:
+    """Active users whose home market on `day` is `market` (BEHAVIOUR §1), sorted by id."""
+    h, a, u = holdings_table, assets_table, users_table
+    rows = conn.execute(
+        select(h.c.user_id, a.c.market)
+        .distinct()
+        .join(a, a.c.id == h.c.asset_id)
+        .join(u, u.c.id == h.c.user_id)
+        .where(u.c.active.is_(True))
+    )
+    configured: dict[uuid.UUID, set[str]] = {}
+    for user_id, code in rows:
+        if code in markets:
+            configured.setdefault(user_id, set()).add(code)
+    home: dict[frozenset[str], str] = {}
+    chosen = []
+    for user_id, codes in configured.items():
+        key = frozenset(codes)
+        if key not in home:
+            home[key] = home_market([markets[c] for c in codes], day).code
+        if home[key] == market:
+            chosen.append(user_id)
+    return sorted(chosen)
+
+
+def partition_instruments(
+    conn: Connection, user_ids: Sequence[uuid.UUID]
+) -> dict[tuple[str, str], tuple[uuid.UUID, str]]:
+    """Distinct assets held by `user_ids`: (market, symbol) → (asset id, currency)."""
+    h, a = holdings_table, assets_table
+    dialect = conn.dialect.name
+    found: dict[tuple[str, str], tuple[uuid.UUID, str]] = {}
+    for chunk in id_chunks(conn, user_ids):
+        held = select(h.c.asset_id).where(among(h.c.user_id, chunk, dialect))
+        rows = conn.execute(
+            select(a.c.market, a.c.symbol, a.c.id, a.c.currency).where(a.c.id.in_(held))
+        )
+        found.update({(m, s): (i, c) for m, s, i, c in rows})
+    return found
+
+
+def partition_currencies(conn: Connection, user_ids: Sequence[uuid.UUID]) -> set[str]:
+    """Base currencies of `user_ids` and currencies of the assets they hold."""
+    h, a, u = holdings_table, assets_table, users_table
+    dialect = conn.dialect.name
+    found: set[str] = set()
+    for chunk in id_chunks(conn, user_ids):
+        held = select(h.c.asset_id).where(among(h.c.user_id, chunk, dialect))
+        found.update(
+            conn.scalars(
+                union(
+                    select(u.c.base_currency).where(among(u.c.id, chunk, dialect)),
+                    select(a.c.currency).where(a.c.id.in_(held)),
+                )
+            )
+        )
+    return found
+
+
+def load_rates(conn: Connection, *, day: date) -> FxRates:
+    """The newest stored USD-quoted rate of each currency on or before `day`; stale when any
+    of them is from an earlier date (the rate provider fell back to stored values)."""
+    r = exchange_rates_table
+    newest = (
+        select(r.c.quote, func.max(r.c.rate_date).label("rate_date"))
+        .where(r.c.base == "USD", r.c.rate_date <= day)
+        .group_by(r.c.quote)
+        .subquery()
+    )
+    rows = conn.execute(
+        select(r.c.quote, trimmed(r.c.rate), r.c.rate_date, r.c.as_of).join(
+            newest,
+            and_(
+                r.c.quote == newest.c.quote, r.c.rate_date == newest.c.rate_date, r.c.base == "USD"
+            ),
+        )
+    ).all()
+    usd_to = {q: rate for q, rate, _, _ in rows if q != "USD"}
+    as_of = min((row.as_of for row in rows), default=None)
+    stale = any(row.rate_date < day for row in rows)
+    return FxRates(usd_to=usd_to, as_of=as_of, stale=stale)
+
+
+@dataclass(frozen=True)
+class MarketSnapshot:
+    """Prices and fundamentals of a partition's assets: the newest stored on or before the
+    day, loaded once per step and shared by its batches."""
+
+    prices: dict[str, tuple[Decimal, str, datetime]]  # asset id → (price, currency, as_of)
+    fundamentals: pd.DataFrame  # indexed by asset id (str), one column per metric
+    stale_prices: int
+
+
+def load_market_snapshot(
+    conn: Connection, asset_ids: Sequence[uuid.UUID], *, day: date
+) -> MarketSnapshot:
+    p = asset_prices_table
+    dialect = conn.dialect.name
+    prices: dict[str, tuple[Decimal, str, datetime]] = {}
+    stale = 0
+    for chunk in id_chunks(conn, asset_ids):
+        latest = (
+            select(p.c.asset_id, func.max(p.c.price_date).label("price_date"))
+            .where(p.c.price_date <= day, among(p.c.asset_id, chunk, dialect))
+            .group_by(p.c.asset_id)
+            .subquery()
+        )
+        rows = conn.execute(
+            select(
+                id_text(p.c.asset_id), trimmed(p.c.price), p.c.currency, p.c.as_of, p.c.price_date
+            ).join(
+                latest,
+                and_(p.c.asset_id == latest.c.asset_id, p.c.price_date == latest.c.price_date),
+            )
+        )
+        for aid, price, currency, as_of, price_date in rows:
+            prices[aid] = (price, currency, as_of)
+            stale += price_date < day
+    return MarketSnapshot(prices, _fundamentals(conn, asset_ids, day=day), stale)
+
+
+def _fundamentals(conn: Connection, asset_ids: Sequence[uuid.UUID], *, day: date) -> pd.DataFrame:
+    f = asset_fundamentals_table
+    f2 = asset_fundamentals_table.alias("f2")
+    dialect = conn.dialect.name
+    newest = (
+        select(func.max(f2.c.fundamentals_date))
+        .where(f2.c.asset_id == f.c.asset_id, f2.c.fundamentals_date <= day)
+        .scalar_subquery()
+    )
+    data: list[tuple[Any, ...]] = []
+    for chunk in id_chunks(conn, asset_ids):
+        rows = conn.execute(
+            select(id_text(f.c.asset_id), *(trimmed(f.c[m]) for m in METRICS)).where(
+                among(f.c.asset_id, chunk, dialect), f.c.fundamentals_date == newest
+            )
+        )
+        data.extend(tuple(row) for row in rows)
+    return _frame(data, ["asset_id", *METRICS]).set_index("asset_id")
+
+
+@dataclass(frozen=True)
+class LoadedBatch:
+    batch: Batch
+    criteria_versions: dict[Any, int | None]
+    holding_markets: list[str]
+
+
+def _frame(rows: list[tuple[Any, ...]], columns: list[str]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=columns, dtype=object)
+
+
+def _rows(conn: Connection, statement: Executable) -> Iterator[Any]:
+    """The rows of `statement`, fetched in slices: each row dies young, before the garbage
+    collector's older generations would scan it (`.all()` kept a batch's 40,000 rows alive
+    beside the frames' own tuples, and the collector's passes over them slowed every batch
+    load: docs/PERFORMANCE.md, "Figures once quoted in the code"), and without a driver call
+    per row."""
+    for part in conn.execute(statement).partitions(_SLICE):
+        yield from part
+
+
+_SLICE = 500
+
+
+@contextmanager
+def snapshot_reads(engine: Engine) -> Iterator[Connection]:
+    """A connection whose reads all see one committed state of the database, for everything
+    a batch reads (`load_batch`): a concurrent `overnight load` is seen whole or not at all.
+
+    PostgreSQL: one `REPEATABLE READ`, `READ ONLY` transaction (its snapshot is taken by the
+    first statement; both modes are reset when the connection goes back to the pool).
+    SQLite: one deferred transaction, begun explicitly because the driver runs each SELECT
+    outside any transaction; in WAL mode its first read fixes the snapshot and writers go on.
+    Rolled back at the end: it only reads."""
+    with engine.connect() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
+        elif conn.dialect.name == "sqlite":
+            conn.exec_driver_sql("BEGIN")
+        try:
+            yield conn
+        finally:
+            conn.rollback()
+
+
+def load_batch(
+    conn: Connection, user_ids: Sequence[uuid.UUID], *, snapshot: MarketSnapshot
+) -> LoadedBatch:
+    """The core's batch frames for `user_ids`, priced from `snapshot`; rules are each user's
+    active criteria version. Ids are strings, numerics as written (`trimmed`). Read it on a
+    `snapshot_reads` connection, or its statements may see different committed states.
+
+    Four queries, each table reached through its user_id index; ids come back as text made
+    by the database (`id_text`) and rows are unpacked as tuples: UUID objects, named row
+    access and a per-value type hook were most of a batch's load time. Each result is
+    consumed as it is read, in slices (`_rows`), into the frames' tuples."""
+    ids = list(user_ids)
+    versions, rules = _criteria(conn, ids)
+    users = [
+        (uid, base, contribution, versions.get(uid))
+        for uid, base, contribution in _users(conn, ids)
+    ]
+    classes = _classes(conn, ids)
+    holdings, markets = _holdings(conn, ids, snapshot.prices)
+    batch = Batch(
+        users=_frame(users, list(USER_COLUMNS)),
+        classes=_frame(classes, list(CLASS_COLUMNS)),
+        holdings=_frame(holdings, list(HOLDING_COLUMNS)),
+        rules=_frame(rules, list(RULE_COLUMNS)),
+        fundamentals=snapshot.fundamentals,
+    )
+    return LoadedBatch(batch, versions, markets)
+
+
+def _criteria(
+    conn: Connection, ids: list[uuid.UUID]
+) -> tuple[dict[Any, int | None], list[tuple[Any, ...]]]:
+    """Each user's newest criteria version, and the rules of those versions in order."""
+    v, r = criteria_versions_table, criteria_rules_table
+    n = criteria_versions_table.alias("n")
+    dialect = conn.dialect.name
+    newest = select(func.max(n.c.version)).where(n.c.user_id == v.c.user_id).scalar_subquery()
+    versions: dict[Any, int | None] = {}
+    rules = []
+    for uid, version, *rule in _rows(
+        conn,
+        select(
+            id_text(v.c.user_id),
+            v.c.version,
+            r.c.rule_id,
+            r.c.asset_class,
+            r.c.metric,
+            r.c.operator,
+            trimmed(r.c.value),
+            trimmed(r.c.value2),
+            r.c.points,
+        )
+        .outerjoin(r, r.c.criteria_version_id == v.c.id)
+        .where(among(v.c.user_id, ids, dialect), v.c.version == newest)
+        .order_by(v.c.user_id, r.c.position),
+    ):
+        versions[uid] = version
+        if rule[0] is not None:
+            rules.append((uid, *rule))
+    return versions, rules
+
+
+def _users(conn: Connection, ids: list[uuid.UUID]) -> Iterator[Any]:
+    u = users_table
+    return _rows(
+        conn,
+        select(id_text(u.c.id), u.c.base_currency, trimmed(u.c.default_contribution))
+        .where(among(u.c.id, ids, conn.dialect.name))
+        .order_by(u.c.id),
+    )
+
+
+def _classes(conn: Connection, ids: list[uuid.UUID]) -> list[tuple[Any, ...]]:
+    c = asset_classes_table
+    return [
+        tuple(row)
+        for row in _rows(
+            conn,
+            select(
+                id_text(c.c.user_id),
+                c.c.name,
+                trimmed(c.c.target_min),
+                trimmed(c.c.target_max),
+                c.c.max_assets,
+                trimmed(c.c.min_allocation_value),
+            )
+            .where(among(c.c.user_id, ids, conn.dialect.name))
+            .order_by(c.c.user_id, c.c.position, c.c.name),
+        )
+    ]
+
+
+def _holdings(
+    conn: Connection, ids: list[uuid.UUID], prices: dict[str, tuple[Decimal, str, datetime]]
+) -> tuple[list[tuple[Any, ...]], list[str]]:
+    """The holdings' rows, priced from `prices`, and the market of each."""
+    h, a, c = holdings_table, assets_table, asset_classes_table
+    dialect = conn.dialect.name
+    no_quote = (None, None, None)
+    holdings = []
+    markets = []
+    # The class is joined on (user_id, id), the holdings' foreign key, and filtered by the
+    # batch too, so that PostgreSQL reaches both tables through their user_id indexes.
+    for uid, aid, market, symbol, name, quantity, currency in _rows(
+        conn,
+        select(
+            id_text(h.c.user_id),
+            id_text(h.c.asset_id),
+            a.c.market,
+            a.c.symbol,
+            c.c.name,
+            trimmed(h.c.quantity),
+            a.c.currency,
+        )
+        .join(a, a.c.id == h.c.asset_id)
+        .join(c, and_(c.c.user_id == h.c.user_id, c.c.id == h.c.asset_class_id))
+        .where(among(h.c.user_id, ids, dialect), among(c.c.user_id, ids, dialect))
+        .order_by(h.c.user_id, a.c.market, a.c.symbol),
+    ):
+        quote = prices.get(aid, no_quote)
+        holdings.append(
+            (uid, aid, symbol, name, quantity, quote[1] or currency, quote[0], quote[2])
+        )
+        markets.append(market)
+    return holdings, markets

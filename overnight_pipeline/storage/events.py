@@ -1,0 +1,154 @@
+"""The audit trail of a calculation: its events (`calculation_events`, docs/EVENTS.md), the
+snapshots they reference (`calculation_snapshots`), and the reads that replay them.
+
+Every function takes a `Connection` and never commits: a batch's events are written in the
+transaction of its results (`storage.results`), so a retried or re-executed step resumes
+after the last committed batch without duplicating anything.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection, select
+
+from overnight_pipeline.storage.bulk import Rows, copy_escaped, copy_escaped_json, upsert
+from overnight_pipeline.storage.db import dumps_json
+from overnight_pipeline.storage.dialect import CHUNK, among, id_chunks, id_text
+from overnight_pipeline.storage.models import (
+    calculation_events_table,
+    calculation_snapshots_table,
+)
+from overnight_pipeline.storage.partitions import month_of
+
+
+def correlation_id_for(root_run_id: str) -> uuid.UUID:
+    """The calculation's correlation id: stable for a run, its retries and re-executions."""
+    return uuid.uuid5(uuid.NAMESPACE_URL, f"overnight-run:{root_run_id}")
+
+
+def users_with_event(
+    conn: Connection, *, correlation_id: uuid.UUID, event_type: str
+) -> set[uuid.UUID]:
+    e = calculation_events_table
+    return set(
+        conn.scalars(
+            select(e.c.user_id).where(
+                e.c.correlation_id == correlation_id, e.c.event_type == event_type
+            )
+        )
+    )
+
+
+EVENT_COLUMNS = (
+    "correlation_id",
+    "user_id",
+    "event_type",
+    "payload",
+    "created_at",
+    "calculated_at",
+)
+
+
+def event_rows(
+    dialect: str,
+    events: Sequence[tuple[uuid.UUID, Any, str, Any]],
+    *,
+    at: datetime,
+    calculated_at: datetime,
+) -> Rows:
+    """(correlation id, user id, type, payload as JSON text or a dict) events written `at`,
+    of calculations started `calculated_at` (their partition key, `storage.partitions`)."""
+    texts = [
+        (cid, str(uid), kind, p if isinstance(p, str) else dumps_json(p))
+        for cid, uid, kind, p in events
+    ]
+    if dialect == "postgresql":
+        tail = f"\t{at.isoformat()}\t{calculated_at.isoformat()}\n"
+        return Rows(
+            calculation_events_table,
+            EVENT_COLUMNS,
+            lines=[
+                f"{cid}\t{copy_escaped(uid)}\t{copy_escaped(kind)}\t{copy_escaped_json(p)}{tail}"
+                for cid, uid, kind, p in texts
+            ],
+        )
+    return Rows(
+        calculation_events_table,
+        EVENT_COLUMNS,
+        rows=[(c, uuid.UUID(u), k, orjson.loads(p), at, calculated_at) for c, u, k, p in texts],
+    )
+
+
+def insert_snapshot(
+    conn: Connection, *, key: str, kind: str, payload: dict[str, Any], calculated_at: datetime
+) -> None:
+    """Store a snapshot once per month of the calculations that reference it."""
+    insert_snapshots(conn, kind=kind, payloads={key: payload}, calculated_at=calculated_at)
+
+
+def insert_snapshots(
+    conn: Connection, *, kind: str, payloads: Mapping[str, Any], calculated_at: datetime
+) -> int:
+    """Store the snapshots `payloads` (hash → payload) in the month of `calculated_at` unless
+    they are there: a snapshot is immutable and keyed by its content's hash, so an existing
+    row (another shard's, an earlier night's of the month) is the same and is left alone.
+    Those already there are looked up first (one query), so a night that reuses the month's
+    snapshots writes nothing. Returns how many were inserted."""
+    t = calculation_snapshots_table
+    month = month_of(calculated_at)
+    wanted = sorted(payloads)
+    present: set[str] = set()
+    for start in range(0, len(wanted), CHUNK):
+        chunk = wanted[start : start + CHUNK]
+        present.update(
+            conn.scalars(select(t.c.hash).where(t.c.month == month, t.c.hash.in_(chunk)))
+        )
+    rows = [
+        {"hash": key, "month": month, "kind": kind, "payload": payloads[key]}
+        for key in wanted
+        if key not in present
+    ]
+    if rows:
+        upsert(conn, t, rows, key=["hash", "month"], update=[])
+    return len(rows)
+
+
+def snapshots(conn: Connection, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """hash → payload of the snapshots `keys` (those that exist; the copies a hash has in
+    several months are the same content)."""
+    t = calculation_snapshots_table
+    wanted = sorted(set(keys))
+    if not wanted:
+        return {}
+    return dict(conn.execute(select(t.c.hash, t.c.payload).where(t.c.hash.in_(wanted))).all())
+
+
+def event_payloads(
+    conn: Connection,
+    *,
+    correlation_id: uuid.UUID,
+    event_type: str,
+    user_ids: Sequence[uuid.UUID],
+) -> list[tuple[str, dict[str, Any]]]:
+    """(user id as text, payload) of one event type of `user_ids`, by user id: what a replay
+    of a sample of a calculation's users reads."""
+    e = calculation_events_table
+    dialect = conn.dialect.name
+    out: list[tuple[str, dict[str, Any]]] = []
+    for chunk in id_chunks(conn, user_ids, CHUNK):
+        rows = conn.execute(
+            select(id_text(e.c.user_id), e.c.payload)
+            .where(
+                e.c.correlation_id == correlation_id,
+                e.c.event_type == event_type,
+                among(e.c.user_id, chunk, dialect),
+            )
+            .order_by(e.c.user_id)
+        )
+        out.extend((user_id, payload) for user_id, payload in rows)
+    return out

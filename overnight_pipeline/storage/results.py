@@ -1,0 +1,242 @@
+"""What a calculation writes per user beside its events: the current scores (`asset_scores`),
+the asset-X audit index (`calculation_assets`) and the recommendation row of the
+market-date (`recommendations`), and the reads that compare them with a replay.
+
+Writes use COPY on PostgreSQL (`bulk.Rows`). Every function takes a `Connection` and never
+commits: a batch is one transaction, so a retried or re-executed step resumes after the
+last committed batch without duplicating anything.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection, Text, cast, delete, select
+from sqlalchemy.sql.elements import ColumnElement
+
+from overnight_pipeline.storage.bulk import (
+    Rows,
+    copy_escaped,
+    copy_escaped_json,
+    upsert,
+    write_rows,
+)
+from overnight_pipeline.storage.dialect import CHUNK, among, id_chunks, id_text
+from overnight_pipeline.storage.models import (
+    asset_scores_table,
+    calculation_assets_table,
+    recommendations_table,
+)
+
+SCORE_COLUMNS = (
+    "user_id",
+    "asset_id",
+    "market",
+    "score",
+    "max_possible_score",
+    "criteria_version",
+    "breakdown",
+    "market_date",
+    "correlation_id",
+    "computed_at",
+)
+ScoreRow = tuple[str, str, str, str, str, int, str]
+
+
+def asset_score_rows(
+    dialect: str,
+    rows: Sequence[ScoreRow],
+    *,
+    day: date,
+    correlation_id: uuid.UUID,
+    computed_at: datetime,
+) -> Rows:
+    """`asset_scores` rows from (user id, asset id, market, score, max possible score,
+    criteria version, breakdown JSON text): ids as UUID text, scores as Decimal text."""
+    if dialect == "postgresql":
+        tail = f"\t{day.isoformat()}\t{correlation_id}\t{computed_at.isoformat()}\n"
+        return Rows(
+            asset_scores_table,
+            SCORE_COLUMNS,
+            lines=[
+                f"{u}\t{a}\t{copy_escaped(m)}\t{sc}\t{mx}\t{v}\t{copy_escaped_json(b)}{tail}"
+                for u, a, m, sc, mx, v, b in rows
+            ],
+        )
+    return Rows(
+        asset_scores_table,
+        SCORE_COLUMNS,
+        rows=[
+            (
+                uuid.UUID(u),
+                uuid.UUID(a),
+                m,
+                sc,
+                mx,
+                v,
+                orjson.loads(b),
+                day,
+                correlation_id,
+                computed_at,
+            )
+            for u, a, m, sc, mx, v, b in rows
+        ],
+    )
+
+
+def replace_scores(
+    conn: Connection, prepared: Rows, *, user_ids: Sequence[uuid.UUID], day: date
+) -> None:
+    """`asset_scores` holds each user's current scores: the rows of `user_ids` from `day` or
+    before are replaced by `prepared`; a user whose rows are of a later day (this is a
+    backfill) keeps them."""
+    s = asset_scores_table
+    dialect = conn.dialect.name
+    newer: set[str] = set()
+    for chunk in id_chunks(conn, user_ids, CHUNK):
+        newer.update(
+            conn.scalars(
+                select(id_text(s.c.user_id))
+                .distinct()
+                .where(among(s.c.user_id, chunk, dialect), s.c.market_date > day)
+            )
+        )
+        conn.execute(delete(s).where(among(s.c.user_id, chunk, dialect), s.c.market_date <= day))
+    if newer and prepared.lines is not None:
+        prepared = Rows(
+            prepared.table,
+            prepared.columns,
+            lines=[line for line in prepared.lines if line[:36] not in newer],
+        )
+    elif newer and prepared.rows is not None:
+        prepared = Rows(
+            prepared.table,
+            prepared.columns,
+            rows=[row for row in prepared.rows if str(row[0]) not in newer],
+        )
+    write_rows(conn, prepared)
+
+
+CALCULATION_ASSET_COLUMNS = ("asset_id", "user_id", "score", "correlation_id", "calculated_at")
+
+
+def calculation_asset_rows(
+    dialect: str,
+    rows: Sequence[tuple[str, str, str]],
+    *,
+    correlation_id: uuid.UUID,
+    calculated_at: datetime,
+) -> Rows:
+    """The asset-X audit index from (asset id, user id, score) as text."""
+    if dialect == "postgresql":
+        tail = f"\t{correlation_id}\t{calculated_at.isoformat()}\n"
+        return Rows(
+            calculation_assets_table,
+            CALCULATION_ASSET_COLUMNS,
+            lines=[f"{a}\t{u}\t{sc}{tail}" for a, u, sc in rows],
+        )
+    return Rows(
+        calculation_assets_table,
+        CALCULATION_ASSET_COLUMNS,
+        rows=[(uuid.UUID(a), uuid.UUID(u), sc, correlation_id, calculated_at) for a, u, sc in rows],
+    )
+
+
+def upsert_recommendations(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    """One row per (user, market_date): a new calculation replaces the old one, unless the
+    stored row was generated later (a nightly batch and a same-day recalculation of the
+    same user and date, finishing in either order: the result of the newer inputs stays)."""
+    upsert(
+        conn,
+        recommendations_table,
+        rows,
+        key=["user_id", "market_date"],
+        update=[
+            "market",
+            "correlation_id",
+            "generated_at",
+            "base_currency",
+            "total_investable",
+            "criteria_version",
+            "payload",
+            "portfolio",
+        ],
+        newer="generated_at",
+    )
+
+
+def recommendations_for(
+    conn: Connection, *, user_ids: Sequence[uuid.UUID], day: date, as_text: bool = False
+) -> list[Any]:
+    """The persisted rows of `user_ids` on `day` (by primary key); with `as_text`, the two
+    documents as the JSON text the database holds (for the cache: no parse and re-encode,
+    much of the cache step's time; docs/PERFORMANCE.md, "Scale-out")."""
+    r = recommendations_table
+    dialect = conn.dialect.name
+    payload: ColumnElement[Any] = r.c.payload
+    portfolio: ColumnElement[Any] = r.c.portfolio
+    if as_text:
+        payload = cast(payload, Text).label("payload")
+        portfolio = cast(portfolio, Text).label("portfolio")
+    out: list[Any] = []
+    for chunk in id_chunks(conn, user_ids, CHUNK):
+        out.extend(
+            conn.execute(
+                select(
+                    r.c.user_id,
+                    r.c.market_date,
+                    r.c.generated_at,
+                    r.c.total_investable,
+                    r.c.correlation_id,
+                    payload,
+                    portfolio,
+                ).where(among(r.c.user_id, chunk, dialect), r.c.market_date == day)
+            )
+        )
+    return out
+
+
+# Replay (a sample of a calculation's users) ------------------------------------------------
+
+
+def users_with_recommendation(
+    conn: Connection, *, correlation_id: uuid.UUID, day: date
+) -> set[str]:
+    """Users whose persisted recommendation row on `day` is the calculation's."""
+    r = recommendations_table
+    return {
+        str(u)
+        for u in conn.scalars(
+            select(r.c.user_id).where(r.c.correlation_id == correlation_id, r.c.market_date == day)
+        )
+    }
+
+
+def scores_of(
+    conn: Connection, *, user_ids: Sequence[uuid.UUID]
+) -> dict[str, tuple[set[uuid.UUID], dict[str, tuple[Decimal, Decimal]]]]:
+    """user id → (the calculations its rows are from, asset id → (score, max possible
+    score)): each user's current rows in `asset_scores`."""
+    s = asset_scores_table
+    dialect = conn.dialect.name
+    out: dict[str, tuple[set[uuid.UUID], dict[str, tuple[Decimal, Decimal]]]] = {}
+    for chunk in id_chunks(conn, user_ids, CHUNK):
+        rows = conn.execute(
+            select(
+                id_text(s.c.user_id),
+                id_text(s.c.asset_id),
+                s.c.score,
+                s.c.max_possible_score,
+                s.c.correlation_id,
+            ).where(among(s.c.user_id, chunk, dialect))
+        )
+        for user_id, asset_id, score, top, cid in rows:
+            found = out.setdefault(user_id, (set(), {}))
+            found[0].add(cid)
+            found[1][asset_id] = (score, top)
+    return out
