@@ -3,80 +3,23 @@
 Each miss needs the user's newest `recommendations` row. One query per miss spent more
 CPU on the protocol and the thread hop than on the row, in this process and in PostgreSQL
 (a backend round trip each), on the same two cores (docs/PERFORMANCE.md). Here the misses
-that arrive while earlier queries run are gathered into the next one, run on the
-SQLAlchemy engine in the app's bounded threadpool (`ThreadedDB`): on PostgreSQL
-`WHERE user_id = ANY(...)` with `DISTINCT ON (user_id)` in the order of
-`storage.queries.newest_recommendation` (latest market date, then generation time), so every
-user gets exactly the row that query returns (tested); on SQLite that query per user. At
+that arrive while earlier queries run are gathered into the next one
+(`storage.newest.newest_rows`: one statement on PostgreSQL for the rows and the users' last
+changes), run on the SQLAlchemy engine in the app's bounded threadpool (`ThreadedDB`). At
 most `concurrency` such queries run at once; an idle server sends a lone miss at once,
-without waiting. The same statement reads when each user's inputs last changed
-(`user_changes`, one index probe per user, after `DISTINCT ON` has kept one row each; users
-without a row ask `storage.freshness.newest_changes`).
+without waiting.
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from dataclasses import dataclass
-from datetime import UTC, datetime
-
-from sqlalchemy import Connection, any_, bindparam, func, select
-from sqlalchemy.dialects import postgresql
 
 from dashboard_api.db import ThreadedDB
-from overnight_pipeline.storage.freshness import newest_changes
-from overnight_pipeline.storage.models import recommendations_table, user_changes_table
-from overnight_pipeline.storage.queries import (
-    NEWEST_COLUMNS,
-    PersistedRecommendation,
-    newest_recommendation,
-    persisted_from_row,
-)
-
-_rec = recommendations_table.c
-_NEWEST = (
-    select(*NEWEST_COLUMNS)
-    .where(_rec.user_id == any_(bindparam("user_ids", type_=postgresql.ARRAY(_rec.user_id.type))))
-    .ext(postgresql.distinct_on(_rec.user_id))
-    .order_by(_rec.user_id, _rec.market_date.desc(), _rec.generated_at.desc())
-    .subquery("newest")
-)
-_uc = user_changes_table.c
-# Outside the DISTINCT ON: the change is looked up for the row kept, not for every row read.
-_QUERY = select(
-    *_NEWEST.c,
-    select(func.max(_uc.changed_at)).where(_uc.user_id == _NEWEST.c.user_id).scalar_subquery(),
-)
-
-
-@dataclass(frozen=True)
-class Newest:
-    """A user's newest row (None: nothing computed yet) and when their inputs last changed."""
-
-    row: PersistedRecommendation | None
-    changed_at: datetime | None
-
+from overnight_pipeline.storage.newest import Newest, newest_rows
+from overnight_pipeline.storage.queries import PersistedRecommendation
 
 Waiters = dict[uuid.UUID, list[asyncio.Future[Newest]]]
-
-
-def newest_rows(conn: Connection, user_ids: list[uuid.UUID]) -> dict[uuid.UUID, Newest]:
-    """Each user's newest row and last change: one statement on PostgreSQL (and one more
-    for the users without a row)."""
-    if conn.dialect.name != "postgresql":
-        changes = newest_changes(conn, user_ids)
-        return {u: Newest(newest_recommendation(conn, user_id=u), changes.get(u)) for u in user_ids}
-    found = {
-        row[0]: Newest(
-            persisted_from_row(row[:-1]), None if row[-1] is None else row[-1].astimezone(UTC)
-        )
-        for row in conn.execute(_QUERY, {"user_ids": user_ids})
-    }
-    rest = [u for u in user_ids if u not in found]
-    changes = newest_changes(conn, rest)
-    found.update({u: Newest(None, changes.get(u)) for u in rest})
-    return found
 
 
 class NewestRows:
