@@ -91,8 +91,8 @@ def instance() -> DagsterInstance:
 
 
 def _job_run_recorders():  # type: ignore[no-untyped-def]
-    # Imported late: the sensors module pulls in OpenTelemetry's SDK.
-    from overnight_pipeline.defs.sensors import record_run_finished, record_run_started
+    # Imported late: the run ledger pulls in OpenTelemetry's SDK.
+    from overnight_pipeline.defs.run_ledger import record_run_finished, record_run_started
 
     return record_run_started, record_run_finished
 
@@ -215,7 +215,7 @@ def _failure_text(event: DagsterEvent) -> str:
 def _record_started(settings: Settings, run_id: str, key: str) -> None:
     """The `started` row of a run about to execute in this process, written before any work
     so that a run killed mid-way is on record (the sensors upsert the same row by run id)."""
-    from overnight_pipeline.defs.sensors import started_row
+    from overnight_pipeline.defs.run_ledger import started_row
     from overnight_pipeline.storage import job_runs
 
     engine = make_engine(settings.database_url)

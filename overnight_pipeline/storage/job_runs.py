@@ -185,6 +185,20 @@ def record_finished(conn: Connection, run: JobRun) -> bool:
     return previous.status not in FINISHED
 
 
+def unfinished_run_ids(conn: Connection, *, limit: int) -> list[str]:
+    """The run ids of the `limit` newest rows still `started`: the runs whose finished tick
+    may have been lost."""
+    j = overnight_job_runs_table.c
+    return list(
+        conn.scalars(
+            select(j.run_id)
+            .where(j.status == STARTED, j.run_id.is_not(None))
+            .order_by(j.started_at.desc())
+            .limit(limit)
+        ).all()
+    )
+
+
 def job_run(conn: Connection, run_id: str) -> dict[str, Any] | None:
     """The row of `run_id` as a dict, or None."""
     j = overnight_job_runs_table
