@@ -117,8 +117,53 @@ def allocate_exact(
     (`digits`: the base currency's minor unit; `extra`: the value of priced holdings in
     classes the user does not have, counted in the total only; `weight`, `symbol`: the
     picks' scores as integers in one scale, and symbols)."""
+    user = _in_units(contribution, digits, extra, cl, first, last)
+    fill = _fill_and_drop(user, cl, first, last)
+    shares = _score_split(user, fill, cl, first, weight, symbol)
+    handed = _largest_remainder(user, fill, shares, weight, symbol)
+    percents, gaps = _percents_and_gaps(user)
+    return Allocation(
+        units=[(first + shares.class_of[j], j, u) for j, u in shares.units.items() if u],
+        status=fill.status,
+        values=[rounded(v, user.big_l, digits) for v in user.value_l],
+        percents=percents,
+        gaps=gaps,
+        total=rounded(user.total_l, user.big_l, digits),
+        allocated_units=handed,
+    )
+
+
+@dataclass(slots=True)
+class _UserUnits:
+    """One user's numbers as integers (docs/ALGORITHM.md §6): money over the common
+    denominator L (`*_l`), band percentages over P, and everything the allocation compares
+    in units of 1/U of the base currency, U = L × 200P (`*_u`), where the targets of step 2,
+    mid = (min + max) / 200 × T' and hi = max / 100 × T', are integers."""
+
+    n: int  # the user's classes
+    big_l: int
+    pct_den: int
+    value_l: list[int]
+    total_l: int
+    after: int  # T' over L
+    mid_p: list[int]  # min + max over P; mid_u = mid_p × after
+    hi_u: list[int]
+    value_u: list[int]
+    min_u: list[int]
+    q_u: int  # one minor unit
+    money: int
+
+
+def _in_units(
+    contribution: Decimal,
+    digits: int,
+    extra: tuple[int, int],
+    cl: ClassTable,
+    first: int,
+    last: int,
+) -> _UserUnits:
+    """Step 2 on integers: the common denominators, the values and the band targets."""
     ks = range(first, last)
-    n = last - first
     # Common denominators: L for money (values, C, minimums, the minor unit), P for percents.
     unit = 10**digits
     c_num, c_den = contribution.as_integer_ratio()
@@ -140,93 +185,147 @@ def allocate_exact(
     min_u = [cl.min_num[k] * (big_l // cl.min_den[k]) * scale for k in ks]
     q_u = (big_l // unit) * scale
     money = c_l * scale
+    return _UserUnits(
+        last - first,
+        big_l,
+        pct_den,
+        value_l,
+        total_l,
+        after,
+        mid_p,
+        hi_u,
+        value_u,
+        min_u,
+        q_u,
+        money,
+    )
 
-    # Steps 4-5: water-fill the classes with an eligible asset; drop one class below its
-    # minimum per pass (the furthest below relatively), and fill again without it.
+
+class _Fill(NamedTuple):
+    """Steps 4-5 across classes: each class's status, the classes still in, their amounts
+    as numerators over `den`, and the money no class could take (`rest`)."""
+
+    status: list[str | None]
+    active: list[int]
+    amount_of: dict[int, int]
+    den: int
+    rest: int
+
+
+def _fill_and_drop(user: _UserUnits, cl: ClassTable, first: int, last: int) -> _Fill:
+    """Steps 4-5: water-fill the classes with an eligible asset; drop one class below its
+    minimum per pass (the furthest below relatively), and fill again without it."""
     status: list[str | None] = [
-        None if cl.pick_end[k] > cl.pick_start[k] else NO_ELIGIBLE_ASSET for k in ks
+        None if cl.pick_end[k] > cl.pick_start[k] else NO_ELIGIBLE_ASSET for k in range(first, last)
     ]
-    active = [i for i in range(n) if status[i] is None]
+    active = [i for i in range(user.n) if status[i] is None]
+    min_u = user.min_u
     while True:
         nums, den, rest = water_fill_units(
-            money,
-            [value_u[i] for i in active],
-            [mid_p[i] * after for i in active],
-            [hi_u[i] for i in active],
+            user.money,
+            [user.value_u[i] for i in active],
+            [user.mid_p[i] * user.after for i in active],
+            [user.hi_u[i] for i in active],
         )
         amount_of = dict(zip(active, nums, strict=True))
         short = [i for i in active if min_u[i] and 0 < amount_of[i] < min_u[i] * den]
         if not short:
-            break
+            return _Fill(status, active, amount_of, den, rest)
         # amount ÷ minimum smallest first; the common `den` cancels; ties: class order.
         dropped = min(short, key=lambda i: (Fraction(amount_of[i], min_u[i]), i))
         status[dropped] = BELOW_MINIMUM
         active.remove(dropped)
 
-    # Step 5: split each class by score; step 6: floors, then units by largest remainder.
-    units: dict[int, int] = {}  # pick -> units
-    class_of: dict[int, int] = {}  # pick -> class (index in the user)
-    floors_of = [0] * n
-    remainders: list[tuple[int, int, int]] = []  # (class, pick, remainder over den·W·q)
-    weight_of: dict[int, int] = {}
-    for i in active:
-        a = amount_of[i]
+
+@dataclass(slots=True)
+class _Shares:
+    """Step 5 within each class and the floors of step 6: units per pick, each pick's
+    class, the units per class, the remainders left and each class's weight sum."""
+
+    units: dict[int, int] = field(default_factory=dict)  # pick -> units
+    class_of: dict[int, int] = field(default_factory=dict)  # pick -> class (index in the user)
+    floors_of: list[int] = field(default_factory=list)  # class -> units
+    # (class, pick, remainder over den·W·q)
+    remainders: list[tuple[int, int, int]] = field(default_factory=list)
+    weight_of: dict[int, int] = field(default_factory=dict)
+
+
+def _score_split(
+    user: _UserUnits,
+    fill: _Fill,
+    cl: ClassTable,
+    first: int,
+    weight: Sequence[int],
+    symbol: Sequence[str],
+) -> _Shares:
+    """Step 5: split each class by score (after the minimum rule); step 6: the floors."""
+    out = _Shares(floors_of=[0] * user.n)
+    den = fill.den
+    for i in fill.active:
+        a = fill.amount_of[i]
         if a <= 0:
             continue
         start, end = cl.pick_start[first + i], cl.pick_end[first + i]
-        alive = _split(a, den, min_u[i], weight, symbol, start, end) if min_u[i] else None
+        min_u = user.min_u[i]
+        alive = _split(a, den, min_u, weight, symbol, start, end) if min_u else None
         picks = range(start, end) if alive is None else alive
         w_sum = sum(weight[j] for j in picks)
-        weight_of[i] = w_sum
-        unit_den = den * w_sum * q_u
+        out.weight_of[i] = w_sum
+        unit_den = den * w_sum * user.q_u
         floors = 0
         for j in picks:
             f, r = divmod(a * weight[j], unit_den)
-            units[j] = f
-            class_of[j] = i
+            out.units[j] = f
+            out.class_of[j] = i
             floors += f
             if r:
-                remainders.append((i, j, r))
-        floors_of[i] = floors
+                out.remainders.append((i, j, r))
+        out.floors_of[i] = floors
+    return out
+
+
+def _largest_remainder(
+    user: _UserUnits, fill: _Fill, shares: _Shares, weight: Sequence[int], symbol: Sequence[str]
+) -> int:
+    """Step 6: the units left after the floors, one per pick by largest remainder, never
+    taking a class above hi_k − V_k; returns the units handed out in all."""
+    q_u, floors_of = user.q_u, shares.floors_of
     handed = sum(floors_of)
     # The units of the exact allocated total (C − rest) rounded down: never more than C.
-    spare = (money - rest) // q_u - handed
+    spare = (user.money - fill.rest) // q_u - handed
+    remainders = shares.remainders
     if spare > 0 and remainders:
         # r/(den·W_k·q) compared across classes as r·(M/W_k), M = lcm of the W_k; ties:
         # higher score (the weights share one scale), then symbol.
-        common = lcm(*weight_of.values())
-        factor = {i: common // w for i, w in weight_of.items()}
+        common = lcm(*shares.weight_of.values())
+        factor = {i: common // w for i, w in shares.weight_of.items()}
         remainders.sort(key=lambda e: (-e[2] * factor[e[0]], -weight[e[1]], symbol[e[1]]))
         for i, j, _ in remainders:
             # A unit that would take the class above hi_k − V_k goes to the next remainder.
-            if (floors_of[i] + 1) * q_u > hi_u[i] - value_u[i]:
+            if (floors_of[i] + 1) * q_u > user.hi_u[i] - user.value_u[i]:
                 continue
-            units[j] += 1
+            shares.units[j] += 1
             floors_of[i] += 1
             handed += 1
             spare -= 1
             if not spare:
                 break
+    return handed
 
-    # Reported values: exact, rounded once.
+
+def _percents_and_gaps(user: _UserUnits) -> tuple[list[Decimal], list[Decimal]]:
+    """Each class's current percent and allocation gap: exact, rounded once."""
+    total_l, pct_den = user.total_l, user.pct_den
     if total_l > 0:
-        percents = [rounded(100 * v, total_l, 2) for v in value_l]
+        percents = [rounded(100 * v, total_l, 2) for v in user.value_l]
         gaps = [
             rounded(m * total_l - 200 * pct_den * v, 2 * pct_den * total_l, 2)
-            for m, v in zip(mid_p, value_l, strict=True)
+            for m, v in zip(user.mid_p, user.value_l, strict=True)
         ]
     else:
-        percents = [_ZERO_PERCENT] * n
-        gaps = [rounded(m, 2 * pct_den, 2) for m in mid_p]
-    return Allocation(
-        units=[(first + class_of[j], j, u) for j, u in units.items() if u],
-        status=status,
-        values=[rounded(v, big_l, digits) for v in value_l],
-        percents=percents,
-        gaps=gaps,
-        total=rounded(total_l, big_l, digits),
-        allocated_units=handed,
-    )
+        percents = [_ZERO_PERCENT] * user.n
+        gaps = [rounded(m, 2 * pct_den, 2) for m in user.mid_p]
+    return percents, gaps
 
 
 def _split(

@@ -233,7 +233,7 @@ def full_scores(
     """The scores a `SCORES_COMPUTED` payload (either format) records, in full: per asset
     (format 2: the asset of the same row of the holdings) every applicable rule with its
     metric and `actualValue`, read from the user's `INPUTS_CAPTURED` of the same calculation and the snapshots it references (`snapshots`:
-    hash → payload, as `storage.events.snapshots` returns them). `AssetScore.to_json()`
+    hash → payload, as `storage.overnight.snapshots` returns them). `AssetScore.to_json()`
     of each is the format-1 entry; `scoring.replay` of the same inputs gives equal objects
     when nothing was altered."""
     fmt = payload_format(payload)
@@ -243,6 +243,32 @@ def full_scores(
     inputs = self_contained(inputs_captured, snapshots or {})
     metric_of = {r["id"]: r["metric"] for r in inputs["criteria"]["rules"]}
     values: Mapping[str, Mapping[str, Any]] = inputs.get("fundamentals", {})
+    listed, held = _score_rows(payload, fmt, inputs)
+    out: dict[str, AssetScore] = {}
+    for i, entry in enumerate(listed):
+        where = f"scores[{i}]"
+        row_asset = held[i] if fmt == 2 else None
+        aid, score, top_score, top, breakdown = _score_head(entry, fmt, where, row_asset)
+        fundamentals = values.get(aid, {})
+        outcomes = tuple(
+            _outcome(rule, fmt, f"{where}.breakdown[{j}]", metric_of, fundamentals)
+            for j, rule in enumerate(breakdown)
+        )
+        out[aid] = AssetScore(
+            asset_id=aid,
+            score=_decimal(score, f"{where}.score"),
+            max_possible_score=_decimal(top_score, f"{where}.maxPossibleScore"),
+            top_contributor=top,
+            breakdown=outcomes,
+        )
+    return out
+
+
+def _score_rows(
+    payload: Mapping[str, Any], fmt: int, inputs: Mapping[str, Any]
+) -> tuple[list[Any], list[Any]]:
+    """The payload's `scores` list, its columns checked (format 2: one row per holding),
+    and the asset ids of the holdings."""
     if fmt == 2:
         for name, expected in (("columns", SCORE_COLUMNS), ("breakdownColumns", BREAKDOWN_COLUMNS)):
             if payload.get(name) != list(expected):
@@ -255,80 +281,71 @@ def full_scores(
         raise ScoresPayloadError(
             "scores", f"must have one row per holding of INPUTS_CAPTURED ({len(held)})", listed
         )
-    out: dict[str, AssetScore] = {}
-    for i, entry in enumerate(listed):
-        where = f"scores[{i}]"
-        if fmt == 2:
-            if not isinstance(entry, list) or len(entry) != len(SCORE_COLUMNS):
-                raise ScoresPayloadError(where, f"must be a list of {len(SCORE_COLUMNS)}", entry)
-            aid = held[i]
-            score, top_score, count, top, breakdown = entry
-        else:
-            if not isinstance(entry, Mapping):
-                raise ScoresPayloadError(where, "must be an object", entry)
-            aid, score, top_score, count, top, breakdown = (entry.get(c) for c in FORMAT_1_COLUMNS)
-        _expect(isinstance(aid, str), f"{where}.assetId", "must be a string", aid)
-        _expect(
-            isinstance(top, str | None), f"{where}.topContributor", "must be a string or null", top
-        )
-        _expect(isinstance(breakdown, list), f"{where}.breakdown", "must be a list", breakdown)
-        _expect(
-            type(count) is int and count == len(breakdown),
-            f"{where}.criteriaCount",
-            f"must be the number of breakdown rows ({len(breakdown)})",
-            count,
-        )
-        fundamentals = values.get(aid, {})
-        outcomes = []
-        for j, rule in enumerate(breakdown):
-            at = f"{where}.breakdown[{j}]"
-            if fmt == 2:
-                if not isinstance(rule, list) or len(rule) != len(BREAKDOWN_COLUMNS):
-                    raise ScoresPayloadError(
-                        at, f"must be a list of {len(BREAKDOWN_COLUMNS)}", rule
-                    )
-                cid, matched, points, skipped = rule
-            else:
-                if not isinstance(rule, Mapping):
-                    raise ScoresPayloadError(at, "must be an object", rule)
-                cid, matched, points, skipped = (rule.get(c) for c in BREAKDOWN_COLUMNS)
-            _expect(
-                isinstance(cid, str) and cid in metric_of,
-                f"{at}.criterionId",
-                "must be the id of a rule of the user's criteria",
-                cid,
-            )
-            _expect(type(matched) is bool, f"{at}.matched", "must be true or false", matched)
-            _expect(type(points) is int, f"{at}.pointsAwarded", "must be an integer", points)
-            _expect(
-                isinstance(skipped, str | None),
-                f"{at}.skippedReason",
-                "must be a string or null",
-                skipped,
-            )
-            metric = metric_of[cid]
-            if fmt == 2:
-                actual = None if skipped is not None else fundamentals.get(metric)
-            else:
-                actual = rule.get("actualValue")
-            outcomes.append(
-                RuleOutcome(
-                    cid,
-                    metric,
-                    matched,
-                    points,
-                    _decimal_or_null(actual, f"{at}.actualValue"),
-                    skipped,
-                )
-            )
-        out[aid] = AssetScore(
-            asset_id=aid,
-            score=_decimal(score, f"{where}.score"),
-            max_possible_score=_decimal(top_score, f"{where}.maxPossibleScore"),
-            top_contributor=top,
-            breakdown=tuple(outcomes),
-        )
-    return out
+    return listed, held
+
+
+def _score_head(
+    entry: Any, fmt: int, where: str, row_asset: Any
+) -> tuple[str, Any, Any, str | None, list[Any]]:
+    """One asset's row checked: its asset id (format 2: `row_asset`, the asset of the same
+    row of the holdings), score and maximum (unparsed), top contributor and breakdown."""
+    if fmt == 2:
+        if not isinstance(entry, list) or len(entry) != len(SCORE_COLUMNS):
+            raise ScoresPayloadError(where, f"must be a list of {len(SCORE_COLUMNS)}", entry)
+        aid = row_asset
+        score, top_score, count, top, breakdown = entry
+    else:
+        if not isinstance(entry, Mapping):
+            raise ScoresPayloadError(where, "must be an object", entry)
+        aid, score, top_score, count, top, breakdown = (entry.get(c) for c in FORMAT_1_COLUMNS)
+    _expect(isinstance(aid, str), f"{where}.assetId", "must be a string", aid)
+    _expect(isinstance(top, str | None), f"{where}.topContributor", "must be a string or null", top)
+    _expect(isinstance(breakdown, list), f"{where}.breakdown", "must be a list", breakdown)
+    _expect(
+        type(count) is int and count == len(breakdown),
+        f"{where}.criteriaCount",
+        f"must be the number of breakdown rows ({len(breakdown)})",
+        count,
+    )
+    return aid, score, top_score, top, breakdown
+
+
+def _outcome(
+    rule: Any,
+    fmt: int,
+    at: str,
+    metric_of: Mapping[str, str],
+    fundamentals: Mapping[str, Any],
+) -> RuleOutcome:
+    """One breakdown row checked, with its metric and `actualValue` put back (format 2:
+    the asset's value of the metric in the captured inputs, null when skipped)."""
+    if fmt == 2:
+        if not isinstance(rule, list) or len(rule) != len(BREAKDOWN_COLUMNS):
+            raise ScoresPayloadError(at, f"must be a list of {len(BREAKDOWN_COLUMNS)}", rule)
+        cid, matched, points, skipped = rule
+    else:
+        if not isinstance(rule, Mapping):
+            raise ScoresPayloadError(at, "must be an object", rule)
+        cid, matched, points, skipped = (rule.get(c) for c in BREAKDOWN_COLUMNS)
+    _expect(
+        isinstance(cid, str) and cid in metric_of,
+        f"{at}.criterionId",
+        "must be the id of a rule of the user's criteria",
+        cid,
+    )
+    _expect(type(matched) is bool, f"{at}.matched", "must be true or false", matched)
+    _expect(type(points) is int, f"{at}.pointsAwarded", "must be an integer", points)
+    _expect(
+        isinstance(skipped, str | None), f"{at}.skippedReason", "must be a string or null", skipped
+    )
+    metric = metric_of[cid]
+    if fmt == 2:
+        actual = None if skipped is not None else fundamentals.get(metric)
+    else:
+        actual = rule.get("actualValue")
+    return RuleOutcome(
+        cid, metric, matched, points, _decimal_or_null(actual, f"{at}.actualValue"), skipped
+    )
 
 
 def _expect(ok: bool, field: str, problem: str, value: Any) -> None:
