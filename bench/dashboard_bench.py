@@ -214,7 +214,8 @@ def build_data(
     import redis
 
     from overnight_pipeline.storage.bulk import copy_rows
-    from overnight_pipeline.storage.cache import CacheEntry, write_entries
+    from overnight_pipeline.storage.cache import write_entries
+    from overnight_pipeline.storage.cache_entries import CacheEntry
     from overnight_pipeline.storage.db import make_engine
     from overnight_pipeline.storage.models import recommendations_table, users_table
     from overnight_pipeline_tests.api.factories import planner
@@ -326,12 +327,8 @@ def validation_cost(n: int = 20_000) -> dict[str, float]:
     (as from Redis), without and with the memo of validated entries."""
     import orjson
 
-    from overnight_pipeline.storage.cache import (
-        CachedEntry,
-        ValidatedEntries,
-        entry_version,
-        validate_entry,
-    )
+    from overnight_pipeline.storage.cache_entries import CachedEntry, entry_version
+    from overnight_pipeline.storage.cache_validation import ValidatedEntries, validate_entry
     from overnight_pipeline_tests.api.factories import planner
 
     now = datetime.now(UTC)

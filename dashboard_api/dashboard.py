@@ -2,7 +2,7 @@
 
 Hot path (`api.DashboardEndpoint` calls it): one MGET of `recs:`, `portfolio:` and the version sidecar
 (redis-py's asyncio pool, hiredis parser), then the whole entry checked against the contract
-(`storage.cache.validate_entry`: both documents field by field inside pydantic-core, owned by
+(`storage.cache_validation.validate_entry`: both documents field by field inside pydantic-core, owned by
 the token's subject, the sidecar a plausible version of this very document); bytes this
 process already validated in full are looked up in its memo (`ValidatedEntries`, by the
 exact bytes) and checked again only for what depends on the request and the clock: the owner
@@ -55,15 +55,9 @@ from overnight_pipeline.core.payloads import (
 )
 from overnight_pipeline.providers.resilience import circuit_breaker, quiet, record_failure
 from overnight_pipeline.storage import queries
-from overnight_pipeline.storage.cache import (
-    CachedEntry,
-    CacheEntry,
-    ValidatedEntries,
-    evict_entry,
-    read_entry_and_change,
-    refill_entry,
-    validate_entry,
-)
+from overnight_pipeline.storage.cache import evict_entry, read_entry_and_change, refill_entry
+from overnight_pipeline.storage.cache_entries import CachedEntry, CacheEntry
+from overnight_pipeline.storage.cache_validation import ValidatedEntries, validate_entry
 from overnight_pipeline.storage.freshness import (
     changed_after,
     marker_stamp,
@@ -183,7 +177,7 @@ class DashboardStore:
         self.newest = NewestRows(db)
         self.redis_timeout = redis_timeout
         self.reads = reads
-        # Entries this process validated in full, by their exact bytes (storage.cache).
+        # Entries this process validated in full, by their exact bytes (storage.cache_validation).
         self.validated = ValidatedEntries()
 
     async def load(self, principal: Principal) -> DashboardResult:

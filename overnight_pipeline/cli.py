@@ -566,7 +566,7 @@ def cmd_cache_invalidate(args: argparse.Namespace, settings: Settings) -> int:
 
     import redis
 
-    from overnight_pipeline.storage.cache import invalidate, invalidate_all
+    from overnight_pipeline.storage.cache_invalidation import invalidate, invalidate_all
 
     user_id = None
     if args.user is not None:

@@ -37,7 +37,7 @@ from overnight_pipeline import steps
 from overnight_pipeline.core import audit
 from overnight_pipeline.core.markets import Market, home_market
 from overnight_pipeline.storage import changes, job_runs
-from overnight_pipeline.storage.cache import invalidate
+from overnight_pipeline.storage.cache_invalidation import invalidate
 from overnight_pipeline.storage.keysets import keys_in
 from overnight_pipeline.storage.models import assets_table, holdings_table
 

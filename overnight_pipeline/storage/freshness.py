@@ -33,13 +33,8 @@ from redis.exceptions import NoScriptError
 from sqlalchemy import Connection, bindparam, func, select
 from sqlalchemy.dialects import postgresql
 
-from overnight_pipeline.storage.cache import (
-    CLOCK_SKEW,
-    DEFAULT_CHUNK,
-    DEFAULT_TTL_SECONDS,
-    changed_key,
-    remaining_ttl,
-)
+from overnight_pipeline.storage.cache import DEFAULT_CHUNK, DEFAULT_TTL_SECONDS, remaining_ttl
+from overnight_pipeline.storage.cache_entries import CLOCK_SKEW, changed_key
 from overnight_pipeline.storage.models import user_changes_table
 
 _STAMP = re.compile(rb"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z")

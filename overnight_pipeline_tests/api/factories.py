@@ -24,7 +24,7 @@ from overnight_pipeline.core.payloads import (
 )
 from overnight_pipeline.core.recommendations import ClassSpec, HoldingInput, recommend
 from overnight_pipeline.core.scoring import AssetScore, RuleOutcome
-from overnight_pipeline.storage.cache import CacheEntry
+from overnight_pipeline.storage.cache_entries import CacheEntry
 from overnight_pipeline.storage.models import (
     asset_classes_table,
     assets_table,

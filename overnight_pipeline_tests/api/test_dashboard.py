@@ -17,7 +17,8 @@ from starlette.testclient import TestClient
 
 from dashboard_api.dashboard import REDIS_ERRORS, redis_breaker
 from overnight_pipeline.core.payloads import DashboardResponse
-from overnight_pipeline.storage.cache import get_entry, recs_key, version_key, write_entries
+from overnight_pipeline.storage.cache import get_entry, write_entries
+from overnight_pipeline.storage.cache_entries import recs_key, version_key
 from overnight_pipeline.storage.models import recommendations_table
 from overnight_pipeline_tests.api.conftest import FAST, bearer, token_for
 from overnight_pipeline_tests.api.factories import Planner, insert_users

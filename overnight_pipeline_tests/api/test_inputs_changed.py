@@ -21,7 +21,12 @@ from starlette.testclient import TestClient
 from dashboard_api.auth import COOKIE_NAME
 from overnight_pipeline.cli import main
 from overnight_pipeline.settings import Settings, get_settings
-from overnight_pipeline.storage.cache import changed_key, portfolio_key, recs_key, version_key
+from overnight_pipeline.storage.cache_entries import (
+    changed_key,
+    portfolio_key,
+    recs_key,
+    version_key,
+)
 from overnight_pipeline.storage.freshness import mark_changed, stamp
 from overnight_pipeline.storage.models import user_changes_table
 from overnight_pipeline_tests.api.conftest import bearer, token_for

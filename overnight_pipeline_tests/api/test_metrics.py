@@ -31,7 +31,7 @@ from dashboard_api.services import ApiOptions
 from overnight_pipeline.cli import InvalidSetting, ServiceError, check_metrics_port
 from overnight_pipeline.settings import Settings
 from overnight_pipeline.storage import job_runs
-from overnight_pipeline.storage.cache import recs_key
+from overnight_pipeline.storage.cache_entries import recs_key
 from overnight_pipeline.storage.models import overnight_job_runs_table
 from overnight_pipeline_tests.api.conftest import FAST, bearer, token_for
 from overnight_pipeline_tests.api.factories import Planner

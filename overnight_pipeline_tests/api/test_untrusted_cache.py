@@ -27,15 +27,14 @@ from starlette.testclient import TestClient
 from dashboard_api.auth import COOKIE_NAME
 from dashboard_api.services import ApiOptions
 from overnight_pipeline.core.payloads import InvalidDocument
-from overnight_pipeline.storage.cache import (
-    ValidatedEntries,
+from overnight_pipeline.storage.cache import get_entry
+from overnight_pipeline.storage.cache_entries import (
     entry_version,
-    get_entry,
     portfolio_key,
     recs_key,
-    validate_entry,
     version_key,
 )
+from overnight_pipeline.storage.cache_validation import ValidatedEntries, validate_entry
 from overnight_pipeline_tests.api.conftest import bearer, token_for
 from overnight_pipeline_tests.api.factories import Planner, planner
 
@@ -443,7 +442,7 @@ def test_a_user_without_results_gets_the_bad_entry_evicted(
     assert get_entry(sync_redis, nobody.user_id, prefix=redis_prefix) is None
 
 
-# The memo of validated entries (storage.cache.ValidatedEntries) -------------------------
+# The memo of validated entries (storage.cache_validation.ValidatedEntries) --------------
 
 
 def rejected_reads(client: TestClient) -> float:

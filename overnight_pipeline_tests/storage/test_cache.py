@@ -26,23 +26,27 @@ from redis.retry import Retry
 
 from overnight_pipeline.core.payloads import InvalidDocument
 from overnight_pipeline.storage.cache import (
-    MEMO_BYTES_PER_RAW_BYTE,
-    MEMO_ENTRY_OVERHEAD,
+    _evalsha,
+    get_entry,
+    read_entry,
+    refill_entry,
+    remaining_ttl,
+    write_entries,
+)
+from overnight_pipeline.storage.cache_entries import (
     VERSION_LENGTH,
     CachedEntry,
     CacheEntry,
-    ValidatedEntries,
-    _evalsha,
     entry_version,
-    get_entry,
     portfolio_key,
-    read_entry,
     recs_key,
-    refill_entry,
-    remaining_ttl,
-    validate_entry,
     version_key,
-    write_entries,
+)
+from overnight_pipeline.storage.cache_validation import (
+    MEMO_BYTES_PER_RAW_BYTE,
+    MEMO_ENTRY_OVERHEAD,
+    ValidatedEntries,
+    validate_entry,
 )
 from overnight_pipeline_tests.api.factories import planner
 

@@ -15,15 +15,9 @@ from typing import Any
 import pytest
 import redis
 
-from overnight_pipeline.storage.cache import (
-    get_entry,
-    invalidate,
-    invalidate_all,
-    portfolio_key,
-    recs_key,
-    version_key,
-    write_entries,
-)
+from overnight_pipeline.storage.cache import get_entry, write_entries
+from overnight_pipeline.storage.cache_entries import portfolio_key, recs_key, version_key
+from overnight_pipeline.storage.cache_invalidation import invalidate, invalidate_all
 from overnight_pipeline_tests.conftest import REDIS_URL, redis_namespace
 from overnight_pipeline_tests.storage.test_cache import entry
 

@@ -15,7 +15,7 @@ import redis
 from sqlalchemy import Connection, text
 
 from overnight_pipeline.core.load_file import parse_load_file
-from overnight_pipeline.storage.cache import changed_key
+from overnight_pipeline.storage.cache_entries import changed_key
 from overnight_pipeline.storage.freshness import (
     changed_after,
     mark_changed,
