@@ -33,9 +33,10 @@ from typing import Any
 import redis
 from sqlalchemy import Connection, Engine, select
 
-from overnight_pipeline import steps
 from overnight_pipeline.core import audit
 from overnight_pipeline.core.markets import Market, home_market
+from overnight_pipeline.steps.cache_warming import warm_cache
+from overnight_pipeline.steps.calculation import score_and_recommend
 from overnight_pipeline.storage import changes, job_runs
 from overnight_pipeline.storage.cache_invalidation import invalidate
 from overnight_pipeline.storage.keysets import keys_in
@@ -238,7 +239,7 @@ def _recalculate(
         chosen = plan(conn, users, markets=markets)
     cutoff = datetime.now(UTC)
     for (market, day), members in sorted(chosen.groups.items()):
-        step = steps.score_and_recommend(
+        step = score_and_recommend(
             engine,
             market=market,
             day=day,
@@ -254,7 +255,7 @@ def _recalculate(
         report.failures.extend(step.failures)
         report.failed += len(failed)
         report.computed += len(members) - len(failed)
-        cached = steps.warm_cache(
+        cached = warm_cache(
             engine,
             client,
             day=day,

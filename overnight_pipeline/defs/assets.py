@@ -61,12 +61,16 @@ from dagster import (
 )
 from pydantic import Field
 
-from overnight_pipeline import steps
 from overnight_pipeline.core.markets import load_markets
 from overnight_pipeline.defs import checks
 from overnight_pipeline.defs.partitions import guard_partitions, market_date_partitions, split_key
 from overnight_pipeline.defs.resources import AppDatabase, CacheRedis, MarketData, OvernightTuning
 from overnight_pipeline.settings import get_settings
+from overnight_pipeline.steps.cache_warming import warm_cache
+from overnight_pipeline.steps.calculation import score_and_recommend
+from overnight_pipeline.steps.market_data import fetch_fundamentals, fetch_prices, fetch_rates
+from overnight_pipeline.steps.replay import ReplayOutcome, replay_sample
+from overnight_pipeline.steps.reports import StepReport
 from overnight_pipeline.storage import job_runs
 from overnight_pipeline.storage.batches import load_rates
 from overnight_pipeline.storage.events import correlation_id_for
@@ -110,7 +114,7 @@ def calculated_at(context: OpExecutionContext) -> datetime:
     return created if created.tzinfo else created.replace(tzinfo=UTC)
 
 
-def _totals(reports: list[tuple[str, steps.StepReport]]) -> dict[str, Any]:
+def _totals(reports: list[tuple[str, StepReport]]) -> dict[str, Any]:
     """Each metric summed (numbers), or-ed (flags) or first seen (text) over the reports."""
     totals: dict[str, Any] = {}
     for _, report in reports:
@@ -124,7 +128,7 @@ def _totals(reports: list[tuple[str, steps.StepReport]]) -> dict[str, Any]:
     return totals
 
 
-def _metadata(reports: list[tuple[str, steps.StepReport]]) -> dict[str, Any]:
+def _metadata(reports: list[tuple[str, StepReport]]) -> dict[str, Any]:
     """Totals over the run's partitions; the failed users (and, for a range, each partition's
     figures) as a markdown table: what the fields above do not already say."""
     meta: dict[str, Any] = {k: v for k, v in _totals(reports).items() if v is not None}
@@ -144,8 +148,8 @@ def _metadata(reports: list[tuple[str, steps.StepReport]]) -> dict[str, Any]:
 
 
 def _each_partition(
-    context: OpExecutionContext, work: Callable[[str, date, str], steps.StepReport]
-) -> list[tuple[str, steps.StepReport]]:
+    context: OpExecutionContext, work: Callable[[str, date, str], StepReport]
+) -> list[tuple[str, StepReport]]:
     reports = []
     for key in guard_partitions(context):
         market, day = split_key(key)
@@ -162,8 +166,8 @@ def _fetch(
     context: OpExecutionContext,
     database: AppDatabase,
     market_data: MarketData,
-    fetch: Callable[..., steps.StepReport],
-) -> list[tuple[str, steps.StepReport]]:
+    fetch: Callable[..., StepReport],
+) -> list[tuple[str, StepReport]]:
     """One of the market-data steps for each partition of the run, through the provider
     chain of the settings."""
     provider = market_data.provider(database.engine)
@@ -186,7 +190,7 @@ def _fetch(
 def exchange_rates(
     context: AssetExecutionContext, database: AppDatabase, market_data: MarketData
 ) -> MaterializeResult:
-    reports = _fetch(context, database, market_data, steps.fetch_rates)
+    reports = _fetch(context, database, market_data, fetch_rates)
     return MaterializeResult(
         metadata=_metadata(reports),
         check_results=[checks.rates_check(_totals(reports), [k for k, _ in reports])],
@@ -206,7 +210,7 @@ def exchange_rates(
 def asset_prices(
     context: AssetExecutionContext, database: AppDatabase, market_data: MarketData
 ) -> MaterializeResult:
-    reports = _fetch(context, database, market_data, steps.fetch_prices)
+    reports = _fetch(context, database, market_data, fetch_prices)
     return MaterializeResult(
         metadata=_metadata(reports),
         check_results=[checks.prices_check(_totals(reports), [k for k, _ in reports])],
@@ -224,7 +228,7 @@ def asset_prices(
 def asset_fundamentals(
     context: AssetExecutionContext, database: AppDatabase, market_data: MarketData
 ) -> MaterializeResult:
-    reports = _fetch(context, database, market_data, steps.fetch_fundamentals)
+    reports = _fetch(context, database, market_data, fetch_fundamentals)
     return MaterializeResult(metadata=_metadata(reports))
 
 
@@ -327,7 +331,7 @@ def score_and_recommend_shard(
 ) -> Iterator[Output[Shard]]:
     guard_partitions(context)
     market, day = split_key(shard.key)
-    report = steps.score_and_recommend(
+    report = score_and_recommend(
         database.engine,
         market=market,
         day=day,
@@ -388,7 +392,7 @@ def collect_shards(
         sample = job_runs.failed_users(conn, list(cids.values()), limit=10) if counts.failed else []
         rates_stale = any(load_rates(conn, day=split_key(key)[1]).stale for key in keys)
     replays = {
-        key: steps.replay_sample(
+        key: replay_sample(
             database.engine,
             correlation_id=cid,
             day=split_key(key)[1],
@@ -458,7 +462,7 @@ def collect_shards(
         )
 
 
-def replay_check(replays: dict[str, steps.ReplayOutcome]) -> AssetCheckResult:
+def replay_check(replays: dict[str, ReplayOutcome]) -> AssetCheckResult:
     """ERROR when any replayed user differs from what the run stored."""
     mismatches = [(key, m) for key, r in replays.items() for m in r.mismatches]
     checked = sum(len(r.checked) for r in replays.values())
@@ -534,7 +538,7 @@ def recommendation_cache(
     try:
         reports = _each_partition(
             context,
-            lambda _m, d, k: steps.warm_cache(
+            lambda _m, d, k: warm_cache(
                 database.engine,
                 client,
                 day=d,

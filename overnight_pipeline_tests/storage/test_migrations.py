@@ -114,7 +114,6 @@ def test_0003_keeps_a_previous_nights_output_replayable(fresh_url: str) -> None:
     import orjson
     from sqlalchemy import func, select
 
-    from overnight_pipeline import steps
     from overnight_pipeline.core.batch import run_batch
     from overnight_pipeline.core.captured import batch_from_captured, capture_json
     from overnight_pipeline.core.markets import DEFAULT_MARKETS
@@ -122,6 +121,9 @@ def test_0003_keeps_a_previous_nights_output_replayable(fresh_url: str) -> None:
     from overnight_pipeline.core.scoring import replay
     from overnight_pipeline.providers.synthetic import SyntheticProvider
     from overnight_pipeline.seed import seed
+    from overnight_pipeline.steps.calculation import score_and_recommend
+    from overnight_pipeline.steps.market_data import fetch_fundamentals, fetch_prices, fetch_rates
+    from overnight_pipeline.steps.replay import replay_sample
     from overnight_pipeline.storage.batches import (
         load_batch,
         load_market_snapshot,
@@ -148,9 +150,9 @@ def test_0003_keeps_a_previous_nights_output_replayable(fresh_url: str) -> None:
             seed(conn, users=12, seed=3, as_of=nights[0], markets=nyse)
         for day in nights:
             kw = {"market": "NYSE", "day": day, "markets": markets}
-            steps.fetch_rates(engine, provider, **kw)
-            steps.fetch_prices(engine, provider, **kw)
-            steps.fetch_fundamentals(engine, provider, **kw)
+            fetch_rates(engine, provider, **kw)
+            fetch_prices(engine, provider, **kw)
+            fetch_fundamentals(engine, provider, **kw)
         # Two nights written as revision 0002's code wrote them.
         for day in nights[:2]:
             cid, at = uuid.uuid4(), datetime.combine(day, datetime.min.time(), UTC)
@@ -275,7 +277,7 @@ def test_0003_keeps_a_previous_nights_output_replayable(fresh_url: str) -> None:
 
         # The next night on the upgraded database.
         cid = uuid.uuid4()
-        report = steps.score_and_recommend(
+        report = score_and_recommend(
             engine,
             market="NYSE",
             day=nights[2],
@@ -285,7 +287,7 @@ def test_0003_keeps_a_previous_nights_output_replayable(fresh_url: str) -> None:
             run_id="r",
         )
         assert report.metrics["users_succeeded"] > 0
-        outcome = steps.replay_sample(engine, correlation_id=cid, day=nights[2])
+        outcome = replay_sample(engine, correlation_id=cid, day=nights[2])
         assert outcome.checked and outcome.mismatches == []
         with engine.connect() as conn:
             assert set(conn.scalars(select(s.market_date).distinct())) == {nights[2]}

@@ -1,0 +1,319 @@
+"""One loaded batch of a calculation computed into what it writes: scores, recommendations
+and each user's events (`core.audit`), in one transaction."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from typing import Any
+
+import pandas as pd
+from sqlalchemy import Connection
+
+from overnight_pipeline.core import audit
+from overnight_pipeline.core.batch import Batch, BatchScores, recommend_batch, score_batch
+from overnight_pipeline.core.captured import capture_json, criteria_snapshots
+from overnight_pipeline.core.money import FxRates, MissingRateError
+from overnight_pipeline.core.payloads import cache_payloads
+from overnight_pipeline.core.recommendations import UserRecommendations
+from overnight_pipeline.core.scored import ScoreTexts, no_scores, score_json
+from overnight_pipeline.steps.batches import Write
+from overnight_pipeline.storage.batches import LoadedBatch
+from overnight_pipeline.storage.bulk import write_rows
+from overnight_pipeline.storage.events import event_rows, insert_snapshots
+from overnight_pipeline.storage.results import (
+    ScoreRow,
+    asset_score_rows,
+    calculation_asset_rows,
+    replace_scores,
+    upsert_recommendations,
+)
+
+
+@dataclass(frozen=True)
+class Calculation:
+    """What every batch of one shard step shares."""
+
+    dialect: str
+    market: str
+    day: date
+    correlation_id: uuid.UUID
+    calculated_at: datetime
+    run_id: str
+    fx: FxRates
+    snapshot: str  # the hash of the market snapshot the users are priced from
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """A computed batch: its writes (one transaction) and what it counts for the report."""
+
+    write: Write
+    succeeded: int
+    failed: int
+    assets_scored: int
+    recommendations: int
+    unallocated_users: int
+    failures: list[dict[str, str]]
+
+
+@dataclass
+class _Users:
+    """The batch's users as they are computed: their events, recommendation rows and
+    failures, in order."""
+
+    calc: Calculation
+    now: datetime
+    events: list[audit.Event] = field(default_factory=list)
+    rec_rows: list[dict[str, Any]] = field(default_factory=list)
+    failures: list[dict[str, str]] = field(default_factory=list)
+    recommendations: int = 0
+    unallocated_users: int = 0
+
+    def valued(
+        self,
+        uid: str,
+        *,
+        version: int | None,
+        captured: tuple[str, int],
+        scores: Any,
+        rec: UserRecommendations | None,
+        error: str,
+        asset_count: int,
+    ) -> None:
+        """A user whose inputs were captured: four events, and a recommendation row unless
+        the recommendations failed."""
+        calc = self.calc
+        document, holdings = captured
+        started = audit.calc_started(
+            market=calc.market,
+            day=calc.day,
+            run_id=calc.run_id,
+            criteria_version=version,
+            holdings=holdings,
+        )
+        if rec is None:
+            completed = audit.calc_failed(
+                market=calc.market, day=calc.day, stage="recommendations", error=error
+            )
+            self.failures.append({"user": uid, "stage": "recommendations", "error": error})
+        else:
+            self.rec_rows.append(_recommendation_row(uid, rec, calc, self.now, asset_count))
+            completed = audit.calc_completed(rec, market=calc.market, day=calc.day)
+            self.recommendations += len(rec.recommendations)
+            self.unallocated_users += rec.unallocated > 0
+        self.events += audit.user_events(
+            calc.correlation_id,
+            uid,
+            started=started,
+            captured=document,
+            scores=scores,
+            completed=completed,
+        )
+
+    def unvalued(self, uid: str, *, version: int | None, error: str) -> None:
+        """A user whose inputs cannot be valued: `CALC_STARTED` and a failed
+        `CALC_COMPLETED`."""
+        calc = self.calc
+        self.events += audit.unvalued_user_events(
+            calc.correlation_id,
+            uid,
+            started=audit.calc_started(
+                market=calc.market, day=calc.day, run_id=calc.run_id, criteria_version=version
+            ),
+            completed=audit.calc_failed(
+                market=calc.market, day=calc.day, stage="inputs", error=error
+            ),
+        )
+        self.failures.append({"user": uid, "stage": "inputs", "error": error})
+
+
+def process_batch(
+    loaded: LoadedBatch, chunk: Sequence[uuid.UUID], calc: Calculation
+) -> BatchResult:
+    """Compute one loaded batch (scores, recommendations, events) into the writes of its
+    results (one transaction)."""
+    now = datetime.now(UTC)
+    failed = _rate_failures(loaded.batch, calc.fx)
+    ok = {str(u) for u in chunk} - set(failed)
+    batch, holding_markets = (
+        _valued(loaded, ok) if failed else (loaded.batch, loaded.holding_markets)
+    )
+    versions = loaded.criteria_versions
+    scored = score_batch(batch.holdings, batch.rules, batch.fundamentals)
+    recommended, rec_failures = recommend_batch(batch, scored, calc.fx)
+    texts = score_json(scored, versions)
+    criteria = criteria_snapshots(batch)
+    captured = capture_json(
+        batch,
+        calc.fx,
+        market=calc.market,
+        market_date=calc.day,
+        criteria_versions=versions,
+        holding_markets=holding_markets,
+        snapshot=calc.snapshot,
+        criteria={uid: key for uid, (key, _) in criteria.items()},
+    )
+    score_rows, asset_rows = _score_rows(scored, holding_markets, texts, versions)
+    holdings_count = batch.holdings.groupby("user_id").size().to_dict()
+    users = _Users(calc, now)
+    for uid in sorted(ok):
+        version = versions.get(uid)
+        users.valued(
+            uid,
+            version=version,
+            captured=captured[uid],
+            scores=texts.payloads.get(uid) or no_scores(version),
+            rec=recommended.get(uid),
+            error=str(rec_failures.get(uid, "no result")),
+            asset_count=int(holdings_count.get(uid, 0)),
+        )
+    for uid, error in sorted(failed.items()):
+        users.unvalued(uid, version=versions.get(uid), error=error)
+    write = _writes(
+        calc,
+        now,
+        score_rows=score_rows,
+        asset_rows=asset_rows,
+        users=users,
+        ok_ids=[uuid.UUID(u) for u in ok],
+        criteria_payloads=dict(criteria.values()),
+    )
+    return BatchResult(
+        write=write,
+        succeeded=len(users.rec_rows),
+        failed=len(chunk) - len(users.rec_rows),
+        assets_scored=len(score_rows),
+        recommendations=users.recommendations,
+        unallocated_users=users.unallocated_users,
+        failures=users.failures,
+    )
+
+
+def _valued(loaded: LoadedBatch, ok: set[str]) -> tuple[Batch, list[str]]:
+    """The batch without the users who cannot be valued, and its holdings' markets."""
+    holding_markets = [
+        m
+        for m, uid in zip(loaded.holding_markets, loaded.batch.holdings["user_id"], strict=True)
+        if uid in ok
+    ]
+    return _subset(loaded.batch, ok), holding_markets
+
+
+def _subset(batch: Batch, users: set[str]) -> Batch:
+    def keep(frame: pd.DataFrame) -> pd.DataFrame:
+        return frame[frame["user_id"].isin(users)].reset_index(drop=True)
+
+    return Batch(
+        keep(batch.users),
+        keep(batch.classes),
+        keep(batch.holdings),
+        keep(batch.rules),
+        batch.fundamentals,
+    )
+
+
+def _rate_failures(batch: Batch, fx: FxRates) -> dict[str, str]:
+    """Users who cannot be valued: a priced holding or the base has no rate."""
+    base = dict(zip(batch.users["user_id"], batch.users["base_currency"], strict=True))
+    failed: dict[str, str] = {}
+    pairs: dict[tuple[str, str], str | None] = {}
+    h = batch.holdings
+    for uid, currency, price in zip(h["user_id"], h["currency"], h["price"], strict=True):
+        if price is None or uid in failed:
+            continue
+        pair = (currency, base[uid])
+        if pair not in pairs:
+            try:
+                fx.rate(*pair)
+                pairs[pair] = None
+            except MissingRateError as exc:
+                pairs[pair] = str(exc)
+        if pairs[pair]:
+            failed[uid] = pairs[pair] or ""
+    return failed
+
+
+def _score_rows(
+    scored: BatchScores,
+    holding_markets: Sequence[str],
+    texts: ScoreTexts,
+    versions: Mapping[Any, int | None],
+) -> tuple[list[ScoreRow], list[tuple[str, str, str]]]:
+    """The `asset_scores` and `calculation_assets` rows of the batch's holdings."""
+    score_rows: list[ScoreRow] = []
+    asset_rows: list[tuple[str, str, str]] = []
+    for uid, aid, asset_market, value, top, summary in zip(
+        scored.holdings["user_id"].tolist(),
+        scored.holdings["asset_id"].tolist(),
+        holding_markets,
+        texts.score,
+        texts.max_possible_score,
+        texts.summary,
+        strict=True,
+    ):
+        # The per-rule breakdown is in SCORES_COMPUTED (the audit trail); the table keeps
+        # the summary the dashboard and SQL users read.
+        score_rows.append((uid, aid, asset_market, value, top, versions.get(uid) or 0, summary))
+        asset_rows.append((aid, uid, value))
+    return score_rows, asset_rows
+
+
+def _recommendation_row(
+    uid: str, rec: UserRecommendations, calc: Calculation, now: datetime, asset_count: int
+) -> dict[str, Any]:
+    """The user's `recommendations` row: both documents the cache and the dashboard serve."""
+    recs, portfolio = cache_payloads(uuid.UUID(uid), rec, generated_at=now, asset_count=asset_count)
+    return {
+        "user_id": uuid.UUID(uid),
+        "market_date": calc.day,
+        "market": calc.market,
+        "correlation_id": calc.correlation_id,
+        "generated_at": now,
+        "base_currency": rec.base_currency,
+        "total_investable": rec.contribution,
+        "criteria_version": rec.criteria_version,
+        "payload": recs.model_dump(mode="json", by_alias=True),
+        "portfolio": portfolio.model_dump(mode="json", by_alias=True),
+    }
+
+
+def _writes(
+    calc: Calculation,
+    now: datetime,
+    *,
+    score_rows: list[ScoreRow],
+    asset_rows: list[tuple[str, str, str]],
+    users: _Users,
+    ok_ids: list[uuid.UUID],
+    criteria_payloads: dict[str, dict[str, Any]],
+) -> Write:
+    """The batch's writes, its rows formatted here, not on the writer thread: this thread
+    would otherwise wait for it."""
+    scores = asset_score_rows(
+        calc.dialect, score_rows, day=calc.day, correlation_id=calc.correlation_id, computed_at=now
+    )
+    rows = [
+        calculation_asset_rows(
+            calc.dialect,
+            asset_rows,
+            correlation_id=calc.correlation_id,
+            calculated_at=calc.calculated_at,
+        ),
+        event_rows(calc.dialect, users.events, at=now, calculated_at=calc.calculated_at),
+    ]
+    rec_rows = users.rec_rows
+
+    def write(conn: Connection) -> None:
+        # Before the events that reference them, in their transaction.
+        insert_snapshots(
+            conn, kind="criteria", payloads=criteria_payloads, calculated_at=calc.calculated_at
+        )
+        replace_scores(conn, scores, user_ids=ok_ids, day=calc.day)
+        for prepared in rows:
+            write_rows(conn, prepared)
+        upsert_recommendations(conn, rec_rows)
+
+    return write

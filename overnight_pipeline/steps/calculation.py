@@ -1,0 +1,230 @@
+"""The calculation step: scores, recommendations and the four events of every user of one
+shard of a partition, one pass and one transaction per batch (`batch_results`)."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+
+from sqlalchemy import Engine
+
+from overnight_pipeline.core.audit import CALC_COMPLETED
+from overnight_pipeline.core.captured import market_snapshot
+from overnight_pipeline.core.markets import Market
+from overnight_pipeline.core.money import FxRates
+from overnight_pipeline.logs import correlation
+from overnight_pipeline.steps.batch_results import Calculation, process_batch
+from overnight_pipeline.steps.batches import BatchWriter, chunks, prefetched
+from overnight_pipeline.steps.progress import Progress
+from overnight_pipeline.steps.reports import StepReport
+from overnight_pipeline.storage.batches import (
+    LoadedBatch,
+    MarketSnapshot,
+    ensure_statistics,
+    load_batch,
+    load_market_snapshot,
+    load_rates,
+    partition_instruments,
+    partition_users,
+    snapshot_reads,
+)
+from overnight_pipeline.storage.events import insert_snapshot, users_with_event
+from overnight_pipeline.storage.partitions import ensure_months
+
+# The steps' logger, named as before the steps became a package: the name is in every JSON
+# log line.
+_log = logging.getLogger("overnight_pipeline.steps")
+
+
+def shard_of(user_id: uuid.UUID, shards: int) -> int:
+    """The shard (0..shards-1) of a user: a stable hash of the id, the same in every process
+    and on every machine, so a shard re-executed elsewhere selects the same users."""
+    digest = hashlib.blake2b(user_id.bytes, digest_size=8).digest()
+    return int.from_bytes(digest, "big") % shards
+
+
+def score_and_recommend(
+    engine: Engine,
+    *,
+    market: str,
+    day: date,
+    markets: Mapping[str, Market],
+    correlation_id: uuid.UUID,
+    calculated_at: datetime,
+    run_id: str,
+    batch_size: int = 1000,
+    shard: int = 0,
+    shards: int = 1,
+    log: logging.Logger | None = None,
+    only: Sequence[uuid.UUID] | None = None,
+) -> StepReport:
+    """Scores, recommendations and the four events of every user of one shard of the
+    partition (or of the users `only`, priced from their own assets: a same-day
+    recalculation, `recalculate`), in one pass per batch: each batch is loaded once, scored, recommended and
+    written in one transaction, so a retried or re-executed shard resumes after its last
+    committed batch (users with `CALC_COMPLETED` are skipped). A user whose inputs cannot
+    be valued gets `CALC_STARTED` and a failed `CALC_COMPLETED` instead.
+
+    `calculated_at` (the root run's creation time, like the correlation id the same for
+    retries and re-executions) stamps every row of the calculation and chooses its monthly
+    partition, created here if it is missing.
+
+    `log` (the step's Dagster log; default this module's logger) gets "Overnight job
+    started", one "User batch processed" progress line per batch and "User processing
+    failed" per failed user (masked id), each with its fields as `extra`."""
+    if not 0 <= shard < shards:
+        raise ValueError(f"shard: {shard} is not in 0..{shards - 1}")
+    with correlation(correlation_id):
+        started = time.perf_counter()
+        work = _prepare(
+            engine,
+            market=market,
+            day=day,
+            markets=markets,
+            correlation_id=correlation_id,
+            calculated_at=calculated_at,
+            shard=shard,
+            shards=shards,
+            only=only,
+        )
+        calc = Calculation(
+            dialect=engine.dialect.name,
+            market=market,
+            day=day,
+            correlation_id=correlation_id,
+            calculated_at=calculated_at,
+            run_id=run_id,
+            fx=work.fx,
+            snapshot=work.snapshot_key,
+        )
+        batches = chunks(work.todo, batch_size)
+        progress = Progress(
+            log or _log,
+            market=market,
+            day=day,
+            correlation_id=correlation_id,
+            run_id=run_id,
+            shard=shard,
+            shards=shards,
+            users=len(work.todo),
+            batches=len(batches),
+        )
+        progress.started(
+            users=len(work.users), resumed=len(work.users) - len(work.todo), batch_size=batch_size
+        )
+        report = _run_batches(engine, calc, work, batches, progress)
+        report.seconds = time.perf_counter() - started
+        return report
+
+
+@dataclass(frozen=True)
+class _ShardWork:
+    """A shard step's users (`todo`: those not done by an earlier attempt) and the market
+    data they are priced from."""
+
+    users: list[uuid.UUID]
+    todo: list[uuid.UUID]
+    fx: FxRates
+    snapshot: MarketSnapshot
+    snapshot_key: str
+    analyzed: list[str]
+
+
+def _prepare(
+    engine: Engine,
+    *,
+    market: str,
+    day: date,
+    markets: Mapping[str, Market],
+    correlation_id: uuid.UUID,
+    calculated_at: datetime,
+    shard: int,
+    shards: int,
+    only: Sequence[uuid.UUID] | None,
+) -> _ShardWork:
+    """The shard's users and market data, with the month of `calculated_at` and the market
+    snapshot stored before any batch references them."""
+    with engine.begin() as conn:
+        ensure_months(conn, [calculated_at])
+    with engine.begin() as conn:
+        analyzed = ensure_statistics(conn)
+    with engine.connect() as conn:
+        everyone = (
+            sorted(set(only))
+            if only is not None
+            else partition_users(conn, market=market, day=day, markets=markets)
+        )
+        users = [u for u in everyone if shard_of(u, shards) == shard] if shards > 1 else everyone
+        done = users_with_event(conn, correlation_id=correlation_id, event_type=CALC_COMPLETED)
+        fx = load_rates(conn, day=day)
+        # Every shard prices from the market data of the whole partition's assets: one
+        # snapshot, the same hash in every shard, whatever the shard count.
+        held = partition_instruments(conn, everyone)
+        snapshot = load_market_snapshot(conn, [i for i, _ in held.values()], day=day)
+    snapshot_key, snapshot_payload = market_snapshot(
+        [(str(aid), m, sym, cur) for (m, sym), (aid, cur) in held.items()],
+        snapshot.prices,
+        snapshot.fundamentals,
+        fx,
+    )
+    # Committed before the first event that references it.
+    with engine.begin() as conn:
+        insert_snapshot(
+            conn,
+            key=snapshot_key,
+            kind="market",
+            payload=snapshot_payload,
+            calculated_at=calculated_at,
+        )
+    todo = [u for u in users if u not in done]
+    return _ShardWork(users, todo, fx, snapshot, snapshot_key, analyzed)
+
+
+def _run_batches(
+    engine: Engine,
+    calc: Calculation,
+    work: _ShardWork,
+    batches: Sequence[Sequence[uuid.UUID]],
+    progress: Progress,
+) -> StepReport:
+    """The batches of the shard's users to do: each read ahead, computed here, written
+    behind."""
+    users, todo = work.users, work.todo
+    report = StepReport(
+        metrics={
+            "users_total": len(users),
+            "users_resumed": len(users) - len(todo),
+            "users_succeeded": 0,
+            "users_failed": 0,
+            "assets_scored": 0,
+            "recommendations_generated": 0,
+            "unallocated_users": 0,
+            "rates_stale": work.fx.stale,
+            "stale_prices": work.snapshot.stale_prices,
+            "tables_analyzed": ", ".join(work.analyzed) or "-",
+        }
+    )
+
+    def load(chunk: Sequence[uuid.UUID]) -> LoadedBatch:
+        # One snapshot per batch: a concurrent `overnight load` never tears a user's inputs.
+        with snapshot_reads(engine) as conn:
+            return load_batch(conn, chunk, snapshot=work.snapshot)
+
+    with BatchWriter(engine) as writer:
+        for chunk, loaded in prefetched(batches, load):
+            result = process_batch(loaded, chunk, calc)
+            writer.submit(result.write)
+            metrics = report.metrics
+            metrics["users_succeeded"] += result.succeeded
+            metrics["users_failed"] += result.failed
+            metrics["assets_scored"] += result.assets_scored
+            metrics["recommendations_generated"] += result.recommendations
+            metrics["unallocated_users"] += result.unallocated_users
+            report.failures.extend(result.failures)
+            progress.batch(len(chunk), result.failures)
+    return report

@@ -1,0 +1,150 @@
+"""The market-data steps: exchange rates, prices and fundamentals for what the partition's
+users hold, fetched once per currency or asset (never per user) through the provider chain
+and stored under the market date."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from datetime import date
+from typing import Any
+
+from sqlalchemy import Engine
+
+from overnight_pipeline.core.markets import Market
+from overnight_pipeline.providers.base import Instrument, MarketDataProvider
+from overnight_pipeline.steps.reports import StepReport
+from overnight_pipeline.storage.batches import (
+    partition_currencies,
+    partition_instruments,
+    partition_users,
+)
+from overnight_pipeline.storage.market_data import (
+    store_fundamentals,
+    store_prices,
+    store_rates,
+)
+
+
+def fetch_rates(
+    engine: Engine,
+    provider: MarketDataProvider,
+    *,
+    market: str,
+    day: date,
+    markets: Mapping[str, Market],
+) -> StepReport:
+    """One USD-quoted snapshot for every currency the partition's users need."""
+    started = time.perf_counter()
+    with engine.connect() as conn:
+        users = partition_users(conn, market=market, day=day, markets=markets)
+        currencies = partition_currencies(conn, users) | {markets[market].currency}
+    result = provider.fetch_rates(sorted(currencies - {"USD"}), day=day)
+    with engine.begin() as conn:
+        stored = store_rates(conn, result, day=day)
+    return StepReport(
+        metrics={
+            "users": len(users),
+            "currencies": len(currencies),
+            "stored": stored,
+            "source": result.source,
+            "stale": result.stale,
+            "stale_currencies": ", ".join(sorted(result.stale_currencies)) or "-",
+            "stale_age_hours": None
+            if result.age is None
+            else round(result.age.total_seconds() / 3600, 1),
+            "missing": ", ".join(result.missing) or "-",
+        },
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _instruments(
+    engine: Engine, *, market: str, day: date, markets: Mapping[str, Market]
+) -> tuple[int, dict[Instrument, uuid.UUID]]:
+    with engine.connect() as conn:
+        users = partition_users(conn, market=market, day=day, markets=markets)
+        found = partition_instruments(conn, users)
+    return len(users), {inst: asset_id for inst, (asset_id, _) in found.items()}
+
+
+def _fetch_held(
+    engine: Engine,
+    *,
+    market: str,
+    day: date,
+    markets: Mapping[str, Market],
+    stage: str,
+    fetch: Callable[..., Any],
+    store_result: Callable[..., int],
+    found: str,
+) -> StepReport:
+    """Fetch something for every distinct asset the partition's users hold (never per
+    user) and store the fresh part of it under `day`."""
+    started = time.perf_counter()
+    users, ids = _instruments(engine, market=market, day=day, markets=markets)
+    result = fetch(sorted(ids), day=day)
+    with engine.begin() as conn:
+        stored = store_result(conn, result, day=day, asset_ids=ids)
+    items = result.quotes if stage == "prices" else result.values
+    stale = (
+        len(result.stale_instruments)
+        if result.stale_instruments
+        else (len(items) if result.stale else 0)
+    )
+    return StepReport(
+        metrics={
+            "users": users,
+            "assets": len(ids),
+            found: len(items),
+            "stored": stored,
+            "stale": stale,
+            "missing": len(result.missing),
+            "source": result.source,
+        },
+        failures=[{"user": "-", "stage": stage, "error": e} for e in result.errors[:20]],
+        seconds=time.perf_counter() - started,
+    )
+
+
+def fetch_prices(
+    engine: Engine,
+    provider: MarketDataProvider,
+    *,
+    market: str,
+    day: date,
+    markets: Mapping[str, Market],
+) -> StepReport:
+    """A price for every distinct asset the partition's users hold."""
+    return _fetch_held(
+        engine,
+        market=market,
+        day=day,
+        markets=markets,
+        stage="prices",
+        fetch=provider.fetch_prices,
+        store_result=store_prices,
+        found="priced",
+    )
+
+
+def fetch_fundamentals(
+    engine: Engine,
+    provider: MarketDataProvider,
+    *,
+    market: str,
+    day: date,
+    markets: Mapping[str, Market],
+) -> StepReport:
+    """Fundamentals for every distinct asset the partition's users hold."""
+    return _fetch_held(
+        engine,
+        market=market,
+        day=day,
+        markets=markets,
+        stage="fundamentals",
+        fetch=provider.fetch_fundamentals,
+        store_result=store_fundamentals,
+        found="fetched",
+    )
