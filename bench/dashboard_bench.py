@@ -40,7 +40,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # the test factories build the documents
+sys.path.insert(0, str(ROOT))  # overnight_pipeline_tests.support builds the documents
 
 SECRET = "bench-secret-" + "0123456789abcdef" * 3
 LUA = """
@@ -218,7 +218,7 @@ def build_data(
     from overnight_pipeline.storage.cache_entries import CacheEntry
     from overnight_pipeline.storage.db import make_engine
     from overnight_pipeline.storage.models import recommendations_table, users_table
-    from overnight_pipeline_tests.api.factories import planner
+    from overnight_pipeline_tests.support.stored_results import planner
 
     generated = datetime.now(UTC) - timedelta(hours=2)
     templates = [planner(uuid.UUID(int=i + 1), generated_at=generated, seed=i) for i in range(40)]
@@ -329,7 +329,7 @@ def validation_cost(n: int = 20_000) -> dict[str, float]:
 
     from overnight_pipeline.storage.cache_entries import CachedEntry, entry_version
     from overnight_pipeline.storage.cache_validation import ValidatedEntries, validate_entry
-    from overnight_pipeline_tests.api.factories import planner
+    from overnight_pipeline_tests.support.stored_results import planner
 
     now = datetime.now(UTC)
     pool = []

@@ -28,7 +28,7 @@ from overnight_pipeline.storage.batches import (
 )
 from overnight_pipeline.storage.db import make_engine, migrate
 from overnight_pipeline.storage.models import users_table
-from overnight_pipeline_tests.conftest import create_pg_database, drop_pg_database
+from overnight_pipeline_tests.support.databases import create_pg_database, drop_pg_database
 
 DAY = date(2026, 11, 27)
 BATCH = 1000

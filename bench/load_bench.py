@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/load_bench.py [--users 100000] [--tree DIR ...]
 
-Writes two files of `--users` synthetic users (overnight_pipeline_tests/storage/load_files:
+Writes two files of `--users` synthetic users (overnight_pipeline_tests/support/load_files:
 ≈ 85 MB at 100,000 users; the second changes about half of them), then for each source
 tree (default: this checkout; e.g. a `git worktree` of an older commit to compare), each
 on a throwaway PostgreSQL database of its own, runs `overnight load` as a subprocess three
@@ -25,8 +25,8 @@ from pathlib import Path
 from sqlalchemy import text
 
 from overnight_pipeline.storage.db import make_engine, migrate
-from overnight_pipeline_tests.conftest import create_pg_database, drop_pg_database
-from overnight_pipeline_tests.storage import load_files
+from overnight_pipeline_tests.support import load_files
+from overnight_pipeline_tests.support.databases import create_pg_database, drop_pg_database
 
 HERE = Path(__file__).resolve().parent.parent
 TABLES = ("users", "asset_classes", "holdings", "criteria_versions", "user_changes")

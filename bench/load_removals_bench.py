@@ -2,9 +2,10 @@
 
     .venv/bin/python bench/load_removals_bench.py [--rounds 3]
 
-The scenario of `overnight_pipeline_tests/storage/test_load_removals.py` (issue 23): 200
-users holding 55 assets each, beside 600 users the file leaves alone, written set-wise and
-ANALYZEd as autovacuum would; then a file (through `load()`) in which the 200 keep 5 each.
+The scenario of `overnight_pipeline_tests/storage/test_load_removals.py` (issue 23), built
+by `overnight_pipeline_tests/support/removals.py`: 200 users holding 55 assets each, beside
+600 users the file leaves alone, written set-wise and ANALYZEd as autovacuum would; then a
+file (through `load()`) in which the 200 keep 5 each.
 Each round runs in its own transaction on a throwaway database and is rolled back. Prints
 per round the load's seconds, and the highest plan cost among the statements it ran and
 whether any would be JIT-compiled (plain EXPLAIN of each, afterwards).
@@ -23,8 +24,8 @@ from overnight_pipeline.core.load_file import parse_load_file
 from overnight_pipeline.core.markets import load_markets
 from overnight_pipeline.storage.db import make_engine, migrate
 from overnight_pipeline.storage.loader import load
-from overnight_pipeline_tests.conftest import create_pg_database, drop_pg_database
-from overnight_pipeline_tests.storage.test_load_removals import (
+from overnight_pipeline_tests.support.databases import create_pg_database, drop_pg_database
+from overnight_pipeline_tests.support.removals import (
     REMOVED,
     USERS,
     seed_holdings,

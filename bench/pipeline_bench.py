@@ -54,7 +54,7 @@ from overnight_pipeline.defs.partitions import partition_key
 from overnight_pipeline.settings import load_settings
 from overnight_pipeline.storage.db import make_engine, migrate
 from overnight_pipeline.storage.events import correlation_id_for
-from overnight_pipeline_tests.conftest import create_pg_database, drop_pg_database
+from overnight_pipeline_tests.support.databases import create_pg_database, drop_pg_database
 
 DAY = date(2026, 11, 27)
 KEY = f"{DAY.isoformat()}|NYSE"

@@ -20,7 +20,7 @@ from datetime import date
 from overnight_pipeline.providers.http import HttpProvider
 from overnight_pipeline.providers.resilience import HttpOptions
 from overnight_pipeline.providers.synthetic import USD_RATES, SyntheticProvider
-from overnight_pipeline_tests.providers.fake_server import running, synthetic_dataset
+from overnight_pipeline_tests.support.fake_market import running, synthetic_dataset
 
 DAY = date(2026, 11, 30)
 MARKETS = ("NYSE", "NASDAQ", "B3", "LSE", "TSE", "XETRA")

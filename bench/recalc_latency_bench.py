@@ -58,13 +58,7 @@ from overnight_pipeline.storage.models import (
     overnight_job_runs_table,
     user_changes_table,
 )
-from overnight_pipeline_tests.conftest import (
-    REDIS_URL,
-    create_pg_database,
-    drop_pg_database,
-    redis_namespace,
-)
-from overnight_pipeline_tests.pipeline.dagster_dev import (
+from overnight_pipeline_tests.support.dagster_dev import (
     BIN,
     REPO,
     DagsterDev,
@@ -74,6 +68,13 @@ from overnight_pipeline_tests.pipeline.dagster_dev import (
     tick_after,
     wait_for,
 )
+from overnight_pipeline_tests.support.databases import (
+    REDIS_URL,
+    create_pg_database,
+    drop_pg_database,
+    redis_namespace,
+)
+from overnight_pipeline_tests.support.documents import one_class_user
 
 MARKET = "NYSE"
 CHANGED = 20
@@ -98,29 +99,6 @@ def last_session(today: date) -> date:
     return day
 
 
-def user_doc(user: uuid.UUID, contribution: str, symbols: list[str]) -> dict[str, Any]:
-    return {
-        "id": str(user),
-        "baseCurrency": "USD",
-        "defaultContribution": contribution,
-        "active": True,
-        "assetClasses": [{"name": "Stocks", "targetMin": "0", "targetMax": "100"}],
-        "holdings": [
-            {"market": MARKET, "symbol": s, "quantity": "10", "assetClass": "Stocks"}
-            for s in symbols
-        ],
-        "criteria": [
-            {
-                "id": "pe",
-                "assetClass": "Stocks",
-                "metric": "pe_ratio",
-                "operator": "exists",
-                "points": 5,
-            }
-        ],
-    }
-
-
 def contribution(round_no: int, n: int) -> str:
     """Round 0 is the night's; each round raises it (a different amount per user)."""
     return f"{1000 + 1000 * round_no + n}.00"
@@ -128,7 +106,10 @@ def contribution(round_no: int, n: int) -> str:
 
 def write_file(path: Path, round_no: int, symbols: list[str]) -> Path:
     held = symbols[round_no:]  # round r has sold the first r of the five
-    users = [user_doc(u, contribution(round_no, n), held) for n, u in enumerate(USERS)]
+    users = [
+        one_class_user(u, market=MARKET, symbols=held, contribution=contribution(round_no, n))
+        for n, u in enumerate(USERS)
+    ]
     path.write_bytes(orjson.dumps({"assets": [], "users": users}))
     return path
 

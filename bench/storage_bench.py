@@ -36,7 +36,7 @@ from overnight_pipeline.defs.partitions import partition_key
 from overnight_pipeline.settings import load_settings
 from overnight_pipeline.storage.db import make_engine, migrate
 from overnight_pipeline.storage.events import correlation_id_for
-from overnight_pipeline_tests.conftest import create_pg_database, drop_pg_database
+from overnight_pipeline_tests.support.databases import create_pg_database, drop_pg_database
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}

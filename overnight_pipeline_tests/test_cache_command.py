@@ -12,8 +12,8 @@ import pytest
 import redis
 
 from overnight_pipeline.storage.cache import get_entry, write_entries
-from overnight_pipeline_tests.conftest import REDIS_URL, redis_namespace
 from overnight_pipeline_tests.storage.test_cache import entry
+from overnight_pipeline_tests.support.databases import REDIS_URL, redis_namespace
 from overnight_pipeline_tests.test_cli import closed_port, overnight, refused
 
 DAY = date(2026, 11, 30)

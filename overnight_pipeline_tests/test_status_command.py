@@ -14,7 +14,7 @@ from sqlalchemy import Engine
 
 from overnight_pipeline.core.markets import DEFAULT_MARKETS, is_session
 from overnight_pipeline.storage import job_runs
-from overnight_pipeline_tests.conftest import engine_for, migrated_pg_database
+from overnight_pipeline_tests.support.databases import engine_for, migrated_pg_database
 from overnight_pipeline_tests.test_cli import GOOD_MARKETS, closed_port, overnight
 
 MONDAY = date(2026, 11, 23)  # a past Monday; Tokyo is closed (Labour Thanksgiving Day)

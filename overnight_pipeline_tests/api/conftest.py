@@ -24,19 +24,19 @@ from dashboard_api.auth import issue_token
 from dashboard_api.services import ApiOptions
 from overnight_pipeline.settings import Settings, load_settings
 from overnight_pipeline.storage.cache import write_entries
-from overnight_pipeline_tests.api.factories import (
-    Planner,
-    insert_holdings,
-    insert_users,
-    persist,
-    planner,
-)
-from overnight_pipeline_tests.conftest import (
+from overnight_pipeline_tests.support.databases import (
     REDIS_URL,
     engine_for,
     migrated_pg_database,
     migrated_sqlite_database,
     redis_namespace,
+)
+from overnight_pipeline_tests.support.stored_results import (
+    Planner,
+    insert_holdings,
+    insert_users,
+    persist,
+    planner,
 )
 
 SECRET = "test-secret-for-the-dashboard-" + "0123456789abcdef" * 3

@@ -15,7 +15,7 @@ from overnight_pipeline.storage.models import overnight_job_runs_table
 from overnight_pipeline.storage.partitions import ensure_months
 from overnight_pipeline.storage.queries import CalculationCursor
 from overnight_pipeline_tests.api.conftest import bearer, token_for
-from overnight_pipeline_tests.api.factories import insert_asset, insert_calculation
+from overnight_pipeline_tests.support.stored_results import insert_asset, insert_calculation
 
 T0 = datetime(2026, 11, 1, 3, 0, tzinfo=UTC)
 

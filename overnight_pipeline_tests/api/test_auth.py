@@ -24,7 +24,7 @@ from dashboard_api.auth import (
     issue_token,
 )
 from overnight_pipeline_tests.api.conftest import SECRET, bearer, token_for
-from overnight_pipeline_tests.api.factories import Planner
+from overnight_pipeline_tests.support.stored_results import Planner
 
 NOW = datetime.now(UTC)
 

@@ -21,8 +21,8 @@ from overnight_pipeline.storage.freshness import mark_changed
 from overnight_pipeline.storage.models import user_changes_table
 from overnight_pipeline_tests.api.cdp import ROOT, Browser, BrowserTools, ensure_browser_tools
 from overnight_pipeline_tests.api.conftest import FAST, token_for
-from overnight_pipeline_tests.api.factories import Planner
 from overnight_pipeline_tests.api.live import live_server
+from overnight_pipeline_tests.support.stored_results import Planner
 
 ARTIFACTS = ROOT / ".data/artifacts/browser"
 # name: (width, height, a phone's layout viewport)

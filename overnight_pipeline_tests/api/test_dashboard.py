@@ -21,8 +21,8 @@ from overnight_pipeline.storage.cache import get_entry, write_entries
 from overnight_pipeline.storage.cache_entries import recs_key, version_key
 from overnight_pipeline.storage.models import recommendations_table
 from overnight_pipeline_tests.api.conftest import FAST, bearer, token_for
-from overnight_pipeline_tests.api.factories import Planner, insert_users
 from overnight_pipeline_tests.api.netfaults import black_hole, closed_port, freezable_proxy
+from overnight_pipeline_tests.support.stored_results import Planner, insert_users
 
 NewUser = Callable[..., Planner]
 Cache = Callable[..., None]
@@ -102,7 +102,7 @@ def test_fallback_serves_the_latest_market_date_not_a_later_backfill(
     client: TestClient, new_user: NewUser, pg_engine: Engine
 ) -> None:
     current = new_user(hours_ago=2, market_date=date.today())
-    from overnight_pipeline_tests.api.factories import persist, planner
+    from overnight_pipeline_tests.support.stored_results import persist, planner
 
     backfill = planner(
         current.user_id,
@@ -308,7 +308,7 @@ def test_the_embedded_sqlite_database_serves_the_fallback_too(
     make_client: Callable[..., TestClient], sqlite_url: str, sqlite_engine: Engine
 ) -> None:
     """`make demo` keeps the app database in SQLite: the same API runs on it."""
-    from overnight_pipeline_tests.api.factories import persist, planner
+    from overnight_pipeline_tests.support.stored_results import persist, planner
 
     p = planner(uuid.uuid4(), generated_at=datetime.now(UTC) - timedelta(hours=1))
     with sqlite_engine.begin() as conn:

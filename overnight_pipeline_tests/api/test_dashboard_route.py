@@ -16,9 +16,9 @@ from dashboard_api.api import DashboardEndpoint
 from dashboard_api.dashboard import DashboardStore
 from overnight_pipeline.settings import Settings
 from overnight_pipeline_tests.api.conftest import FAST, bearer, token_for
-from overnight_pipeline_tests.api.factories import Planner
 from overnight_pipeline_tests.api.live import live_server
 from overnight_pipeline_tests.api.netfaults import closed_port
+from overnight_pipeline_tests.support.stored_results import Planner
 
 
 def test_the_route_is_the_pure_asgi_endpoint_known_to_the_route_table(

@@ -30,8 +30,8 @@ from overnight_pipeline.storage.cache_entries import (
 from overnight_pipeline.storage.freshness import mark_changed, stamp
 from overnight_pipeline.storage.models import user_changes_table
 from overnight_pipeline_tests.api.conftest import bearer, token_for
-from overnight_pipeline_tests.api.factories import Planner, persist, planner
 from overnight_pipeline_tests.api.netfaults import closed_port
+from overnight_pipeline_tests.support.stored_results import Planner, persist, planner
 
 NewUser = Callable[..., Planner]
 Cache = Callable[..., None]

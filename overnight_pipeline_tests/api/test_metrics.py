@@ -34,8 +34,8 @@ from overnight_pipeline.storage import job_runs
 from overnight_pipeline.storage.cache_entries import recs_key
 from overnight_pipeline.storage.models import overnight_job_runs_table
 from overnight_pipeline_tests.api.conftest import FAST, bearer, token_for
-from overnight_pipeline_tests.api.factories import Planner
 from overnight_pipeline_tests.api.netfaults import closed_port
+from overnight_pipeline_tests.support.stored_results import Planner
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 AUDIT_ROUTE = "/api/audit/assets/{market}/{symbol}/calculations"

@@ -17,8 +17,8 @@ from dashboard_api.problems import Problem
 from overnight_pipeline.storage import queries
 from overnight_pipeline.storage.db import make_engine
 from overnight_pipeline.storage.models import user_changes_table
-from overnight_pipeline_tests.api.factories import insert_users, persist, planner
 from overnight_pipeline_tests.api.netfaults import closed_port
+from overnight_pipeline_tests.support.stored_results import insert_users, persist, planner
 
 
 def test_batched_reads_match_the_one_user_query(pg_url: str, pg_engine: Engine) -> None:

@@ -16,7 +16,7 @@ from dashboard_api import views
 from dashboard_api.auth import COOKIE_NAME
 from dashboard_api.views import ago, freshness
 from overnight_pipeline_tests.api.conftest import token_for
-from overnight_pipeline_tests.api.factories import Planner
+from overnight_pipeline_tests.support.stored_results import Planner
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 

@@ -21,14 +21,14 @@ from dashboard_api.openapi import build_openapi
 from overnight_pipeline.settings import Settings, load_settings
 from overnight_pipeline.storage.cache import write_entries
 from overnight_pipeline_tests.api.conftest import FAST, SECRET, bearer, token_for
-from overnight_pipeline_tests.api.factories import (
+from overnight_pipeline_tests.api.live import live_server
+from overnight_pipeline_tests.support.stored_results import (
     insert_asset,
     insert_calculation,
     insert_users,
     persist,
     planner,
 )
-from overnight_pipeline_tests.api.live import live_server
 
 USER = uuid.uuid4()
 

@@ -36,7 +36,7 @@ from overnight_pipeline.storage.cache_entries import (
 )
 from overnight_pipeline.storage.cache_validation import ValidatedEntries, validate_entry
 from overnight_pipeline_tests.api.conftest import bearer, token_for
-from overnight_pipeline_tests.api.factories import Planner, planner
+from overnight_pipeline_tests.support.stored_results import Planner, planner
 
 Doc = dict[str, Any]
 Path = tuple[str | int, ...]

@@ -21,7 +21,7 @@ from overnight_pipeline.seed import seed
 from overnight_pipeline.settings import Settings, load_settings
 from overnight_pipeline.storage.db import make_engine, migrate
 from overnight_pipeline.storage.loader import load
-from overnight_pipeline_tests.conftest import (
+from overnight_pipeline_tests.support.databases import (
     REDIS_URL,
     create_pg_database,
     drop_pg_database,

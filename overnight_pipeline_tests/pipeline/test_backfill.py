@@ -26,9 +26,12 @@ from overnight_pipeline.defs import OVERNIGHT_JOB
 from overnight_pipeline.defs.sensors import FAILED_SENSOR, STARTED_SENSOR, SUCCEEDED_SENSOR
 from overnight_pipeline.storage.db import make_engine
 from overnight_pipeline.storage.models import overnight_job_runs_table
-from overnight_pipeline_tests.conftest import create_pg_database, drop_pg_database
-from overnight_pipeline_tests.pipeline.conftest import REDIS_URL
-from overnight_pipeline_tests.pipeline.dagster_dev import wait_for
+from overnight_pipeline_tests.support.dagster_dev import wait_for
+from overnight_pipeline_tests.support.databases import (
+    REDIS_URL,
+    create_pg_database,
+    drop_pg_database,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent

@@ -22,7 +22,7 @@ from overnight_pipeline.runner import prepare_home
 from overnight_pipeline.settings import get_settings
 from overnight_pipeline.storage import job_runs
 from overnight_pipeline.storage.db import make_engine
-from overnight_pipeline_tests.conftest import migrated_pg_database
+from overnight_pipeline_tests.support.databases import migrated_pg_database
 
 OVERNIGHT = str(Path(sys.executable).with_name("overnight"))
 

@@ -21,7 +21,8 @@ from overnight_pipeline.storage.models import (
     overnight_job_runs_table,
     recommendations_table,
 )
-from overnight_pipeline_tests.pipeline.conftest import DAY, REDIS_URL
+from overnight_pipeline_tests.pipeline.conftest import DAY
+from overnight_pipeline_tests.support.databases import REDIS_URL
 
 
 @pytest.fixture

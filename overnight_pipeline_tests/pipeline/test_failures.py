@@ -48,11 +48,9 @@ from overnight_pipeline.storage.models import (
 )
 from overnight_pipeline.storage.queries import newest_recommendation
 from overnight_pipeline_tests.api.netfaults import closed_port
-from overnight_pipeline_tests.pipeline.conftest import REDIS_URL
-from overnight_pipeline_tests.providers.fake_server import (
-    closed_port as closed_http_port,
-)
-from overnight_pipeline_tests.providers.fake_server import running, synthetic_dataset
+from overnight_pipeline_tests.support.databases import REDIS_URL
+from overnight_pipeline_tests.support.fake_market import closed_port as closed_http_port
+from overnight_pipeline_tests.support.fake_market import running, synthetic_dataset
 
 EVENTS = {"CALC_STARTED", "INPUTS_CAPTURED", "SCORES_COMPUTED", "CALC_COMPLETED"}
 MARKETS = load_markets()

@@ -29,8 +29,11 @@ from overnight_pipeline.storage.events import correlation_id_for
 from overnight_pipeline.storage.job_runs import job_run
 from overnight_pipeline.storage.loader import load
 from overnight_pipeline.storage.models import calculation_events_table, recommendations_table
-from overnight_pipeline_tests.conftest import create_pg_database, drop_pg_database
-from overnight_pipeline_tests.pipeline.conftest import REDIS_URL
+from overnight_pipeline_tests.support.databases import (
+    REDIS_URL,
+    create_pg_database,
+    drop_pg_database,
+)
 
 DAY = date(2026, 11, 25)
 HEALTHY = [uuid.UUID(f"00000000-0000-4000-8000-0000000c000{i}") for i in (1, 2, 3)]

@@ -43,9 +43,7 @@ from overnight_pipeline.storage.models import (
     user_changes_table,
 )
 from overnight_pipeline_tests.api.conftest import SECRET, bearer, token_for
-from overnight_pipeline_tests.conftest import create_pg_database, drop_pg_database
-from overnight_pipeline_tests.pipeline.conftest import REDIS_URL, redis_namespace
-from overnight_pipeline_tests.pipeline.dagster_dev import (
+from overnight_pipeline_tests.support.dagster_dev import (
     ASSETS,
     BIN,
     REPO,
@@ -58,6 +56,13 @@ from overnight_pipeline_tests.pipeline.dagster_dev import (
     tick_after,
     wait_for,
 )
+from overnight_pipeline_tests.support.databases import (
+    REDIS_URL,
+    create_pg_database,
+    drop_pg_database,
+    redis_namespace,
+)
+from overnight_pipeline_tests.support.documents import one_class_user
 
 pytestmark = pytest.mark.slow
 MARKETS = load_markets()
@@ -78,27 +83,10 @@ def burst_symbols(conn: Connection) -> list[str]:
 def burst_file(symbols: list[str], changes: dict[uuid.UUID, str], *, sold: int = 0) -> LoadFile:
     """`changes`' users with that contribution, holding `symbols` but the first `sold`."""
     users = [
-        {
-            "id": str(user),
-            "baseCurrency": "EUR",
-            "defaultContribution": contribution,
-            "active": True,
-            "assetClasses": [{"name": "Stocks", "targetMin": "0", "targetMax": "100"}],
-            "holdings": [
-                {"market": BURST_MARKET, "symbol": s, "quantity": "10", "assetClass": "Stocks"}
-                for s in symbols[sold:]
-            ],
-            "criteria": [
-                {
-                    "id": "pe",
-                    "assetClass": "Stocks",
-                    "metric": "pe_ratio",
-                    "operator": "exists",
-                    "points": 5,
-                }
-            ],
-        }
-        for user, contribution in changes.items()
+        one_class_user(
+            user, market=BURST_MARKET, symbols=symbols[sold:], contribution=c, currency="EUR"
+        )
+        for user, c in changes.items()
     ]
     return parse_load_file({"assets": [], "users": users}, markets=MARKETS)
 

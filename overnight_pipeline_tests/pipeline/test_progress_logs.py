@@ -26,8 +26,9 @@ from overnight_pipeline.defs.loggers import PROCESS_LOGGER, PYTHON_LOGGER
 from overnight_pipeline.defs.partitions import partition_key
 from overnight_pipeline.runner import prepare_home
 from overnight_pipeline.settings import load_settings
-from overnight_pipeline.steps.progress import BATCH_PROCESSED, JOB_STARTED, USER_FAILED
-from overnight_pipeline_tests.pipeline.conftest import BROKEN_USER, DAY, REDIS_URL
+from overnight_pipeline.steps import BATCH_PROCESSED, JOB_STARTED, USER_FAILED
+from overnight_pipeline_tests.pipeline.conftest import BROKEN_USER, DAY
+from overnight_pipeline_tests.support.databases import REDIS_URL
 
 OVERNIGHT = str(Path(sys.executable).with_name("overnight"))
 MARKET = "NYSE"  # the broken user's market

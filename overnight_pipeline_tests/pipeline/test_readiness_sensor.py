@@ -34,9 +34,9 @@ from overnight_pipeline.storage import alerts as alert_store
 from overnight_pipeline.storage import job_runs
 from overnight_pipeline.storage.db import make_engine
 from overnight_pipeline.storage.models import alerts_table, overnight_job_runs_table
-from overnight_pipeline_tests.conftest import migrated_pg_database
 from overnight_pipeline_tests.pipeline.conftest import DAY, Pipeline
 from overnight_pipeline_tests.receiver import down_url, webhook_receiver
+from overnight_pipeline_tests.support.databases import migrated_pg_database
 
 MONDAY = date(2026, 12, 7)
 MARKETS = list(DEFAULT_MARKETS)

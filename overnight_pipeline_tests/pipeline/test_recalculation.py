@@ -40,8 +40,13 @@ from overnight_pipeline.storage.models import (
     user_changes_table,
 )
 from overnight_pipeline.storage.results import upsert_recommendations
-from overnight_pipeline_tests.conftest import REDIS_URL, create_pg_database, drop_pg_database
 from overnight_pipeline_tests.pipeline.conftest import DAY, Pipeline
+from overnight_pipeline_tests.support.databases import (
+    REDIS_URL,
+    create_pg_database,
+    drop_pg_database,
+)
+from overnight_pipeline_tests.support.documents import one_class_user
 
 CHANGING = uuid.UUID("00000000-0000-4000-8000-00000000ca01")
 LEAVING = uuid.UUID("00000000-0000-4000-8000-00000000ca02")
@@ -59,26 +64,9 @@ def _user(
     holdings: tuple[str, ...] = ("RCLC1", "RCLC2", "RCLC3"),
     active: bool = True,
 ) -> dict[str, Any]:
-    return {
-        "id": str(user_id),
-        "baseCurrency": "USD",
-        "defaultContribution": contribution,
-        "active": active,
-        "assetClasses": [{"name": "Stocks", "targetMin": "0", "targetMax": "100"}],
-        "holdings": [
-            {"market": "NYSE", "symbol": s, "quantity": "10", "assetClass": "Stocks"}
-            for s in holdings
-        ],
-        "criteria": [
-            {
-                "id": "pe",
-                "assetClass": "Stocks",
-                "metric": "pe_ratio",
-                "operator": "exists",
-                "points": 5,
-            }
-        ],
-    }
+    return one_class_user(
+        user_id, market="NYSE", symbols=holdings, contribution=contribution, active=active
+    )
 
 
 def _file(*users: dict[str, Any]) -> Any:

@@ -30,7 +30,7 @@ from overnight_pipeline.storage.models import (
 )
 from overnight_pipeline.storage.partitions import ensure_months, existing, month_of, next_month
 from overnight_pipeline.storage.retention import delete_expired, retention_cutoff
-from overnight_pipeline_tests.conftest import create_pg_database, drop_pg_database
+from overnight_pipeline_tests.support.databases import create_pg_database, drop_pg_database
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 CUTOFF = datetime(2024, 11, 29, 12, 0, tzinfo=UTC)

@@ -33,7 +33,7 @@ from overnight_pipeline.defs import OVERNIGHT_JOB, build_definitions
 from overnight_pipeline.defs.assets import SCORES_AND_RECOMMENDATIONS
 from overnight_pipeline.defs.partitions import partition_key
 from overnight_pipeline.settings import Settings, load_settings
-from overnight_pipeline.steps.calculation import shard_of
+from overnight_pipeline.steps import shard_of
 from overnight_pipeline.storage.db import make_engine
 from overnight_pipeline.storage.events import correlation_id_for
 from overnight_pipeline.storage.models import (
@@ -42,7 +42,8 @@ from overnight_pipeline.storage.models import (
     calculation_events_table,
     recommendations_table,
 )
-from overnight_pipeline_tests.pipeline.conftest import DAY, REDIS_URL, redis_namespace
+from overnight_pipeline_tests.pipeline.conftest import DAY
+from overnight_pipeline_tests.support.databases import REDIS_URL, redis_namespace
 
 REPO = Path(__file__).resolve().parents[2]
 MARKET = "NYSE"

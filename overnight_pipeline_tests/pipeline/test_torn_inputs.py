@@ -27,8 +27,12 @@ from overnight_pipeline.storage.models import (
     calculation_events_table,
     calculation_snapshots_table,
 )
-from overnight_pipeline_tests.conftest import REDIS_URL, create_pg_database, drop_pg_database
 from overnight_pipeline_tests.pipeline.conftest import DAY, Pipeline
+from overnight_pipeline_tests.support.databases import (
+    REDIS_URL,
+    create_pg_database,
+    drop_pg_database,
+)
 
 CHURNING = [uuid.UUID(f"00000000-0000-4000-8000-{i:012x}") for i in range(0xC000, 0xC000 + 60)]
 ANCHOR = uuid.UUID("00000000-0000-4000-8000-00000000a0c0")

@@ -24,8 +24,8 @@ from overnight_pipeline.storage.bulk import upsert
 from overnight_pipeline.storage.db import make_engine, migrate
 from overnight_pipeline.storage.market_data import store_fundamentals, store_prices, store_rates
 from overnight_pipeline.storage.models import assets_table
-from overnight_pipeline_tests.conftest import create_pg_database, drop_pg_database
-from overnight_pipeline_tests.providers.fake_server import (
+from overnight_pipeline_tests.support.databases import create_pg_database, drop_pg_database
+from overnight_pipeline_tests.support.fake_market import (
     Dataset,
     FakeMarketServer,
     running,

@@ -34,7 +34,7 @@ from overnight_pipeline_tests.providers.conftest import (
     UNKNOWN_CURRENCY,
     UNKNOWN_INSTRUMENT,
 )
-from overnight_pipeline_tests.providers.fake_server import Dataset, FakeMarketServer, closed_port
+from overnight_pipeline_tests.support.fake_market import Dataset, FakeMarketServer, closed_port
 
 KINDS = ["synthetic", "files", "http", "stored", "chain"]
 

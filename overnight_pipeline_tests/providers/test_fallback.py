@@ -24,7 +24,7 @@ from overnight_pipeline_tests.providers.conftest import (
     STORED_DAY,
     write_csv_files,
 )
-from overnight_pipeline_tests.providers.fake_server import (
+from overnight_pipeline_tests.support.fake_market import (
     Dataset,
     FakeMarketServer,
     Fault,

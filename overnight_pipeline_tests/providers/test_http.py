@@ -27,7 +27,7 @@ from overnight_pipeline.providers.resilience import (
     retry_after_seconds,
 )
 from overnight_pipeline_tests.providers.conftest import CURRENCIES, DAY, FAST, INSTRUMENTS
-from overnight_pipeline_tests.providers.fake_server import (
+from overnight_pipeline_tests.support.fake_market import (
     Dataset,
     FakeMarketServer,
     Fault,

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from overnight_pipeline_tests.conftest import create_pg_database, drop_pg_database
+from overnight_pipeline_tests.support.databases import create_pg_database, drop_pg_database
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])

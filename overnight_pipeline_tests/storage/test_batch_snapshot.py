@@ -28,7 +28,10 @@ from overnight_pipeline.storage.models import (
     holdings_table,
     users_table,
 )
-from overnight_pipeline_tests.conftest import migrated_pg_database, migrated_sqlite_database
+from overnight_pipeline_tests.support.databases import (
+    migrated_pg_database,
+    migrated_sqlite_database,
+)
 
 DAY = date(2026, 11, 27)
 NO_MARKET_DATA = MarketSnapshot({}, pd.DataFrame(), 0)

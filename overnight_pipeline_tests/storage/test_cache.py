@@ -48,7 +48,7 @@ from overnight_pipeline.storage.cache_validation import (
     ValidatedEntries,
     validate_entry,
 )
-from overnight_pipeline_tests.api.factories import planner
+from overnight_pipeline_tests.support.stored_results import planner
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 T0 = datetime(2026, 11, 30, 9, 30, tzinfo=UTC)

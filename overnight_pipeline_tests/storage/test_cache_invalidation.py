@@ -18,8 +18,8 @@ import redis
 from overnight_pipeline.storage.cache import get_entry, write_entries
 from overnight_pipeline.storage.cache_entries import portfolio_key, recs_key, version_key
 from overnight_pipeline.storage.cache_invalidation import invalidate, invalidate_all
-from overnight_pipeline_tests.conftest import REDIS_URL, redis_namespace
 from overnight_pipeline_tests.storage.test_cache import entry
+from overnight_pipeline_tests.support.databases import REDIS_URL, redis_namespace
 
 DAY = date(2026, 11, 30)
 T0 = datetime(2026, 11, 30, 9, 30, tzinfo=UTC)

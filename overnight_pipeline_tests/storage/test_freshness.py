@@ -25,9 +25,9 @@ from overnight_pipeline.storage.freshness import (
 )
 from overnight_pipeline.storage.loader import load
 from overnight_pipeline.storage.models import user_changes_table
-from overnight_pipeline_tests.api.factories import insert_users
-from overnight_pipeline_tests.conftest import REDIS_URL, redis_namespace
 from overnight_pipeline_tests.storage.test_load import MARKETS, USER, sample
+from overnight_pipeline_tests.support.databases import REDIS_URL, redis_namespace
+from overnight_pipeline_tests.support.stored_results import insert_users
 
 
 @pytest.fixture

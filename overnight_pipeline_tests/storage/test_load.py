@@ -33,7 +33,7 @@ from overnight_pipeline.core.markets import load_markets
 from overnight_pipeline.storage.db import make_engine, migrate
 from overnight_pipeline.storage.loader import active_criteria, load
 from overnight_pipeline.storage.models import Base, CriteriaVersion, Holding
-from overnight_pipeline_tests.conftest import create_pg_database, drop_pg_database
+from overnight_pipeline_tests.support.databases import create_pg_database, drop_pg_database
 
 OVERNIGHT = str(Path(sys.executable).with_name("overnight"))
 

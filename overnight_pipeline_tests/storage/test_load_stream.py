@@ -37,13 +37,6 @@ from overnight_pipeline.storage.models import (
     user_changes_table,
     users_table,
 )
-from overnight_pipeline_tests.conftest import (
-    REDIS_URL,
-    create_pg_database,
-    drop_pg_database,
-    redis_namespace,
-)
-from overnight_pipeline_tests.storage import load_files
 from overnight_pipeline_tests.storage.test_load import (
     _FIELDS,
     _QUANTITY_TWICE,
@@ -54,6 +47,13 @@ from overnight_pipeline_tests.storage.test_load import (
     _text,
     dump,
     sample,
+)
+from overnight_pipeline_tests.support import load_files
+from overnight_pipeline_tests.support.databases import (
+    REDIS_URL,
+    create_pg_database,
+    drop_pg_database,
+    redis_namespace,
 )
 
 MARKETS = load_markets()

@@ -39,7 +39,7 @@ from overnight_pipeline.storage.results import (
     calculation_asset_rows,
     replace_scores,
 )
-from overnight_pipeline_tests.api.factories import insert_asset, insert_users
+from overnight_pipeline_tests.support.stored_results import insert_asset, insert_users
 
 DAY = date(2026, 11, 27)
 ODD_USER = uuid.UUID("00000000-0000-4000-8000-0000000000dd")

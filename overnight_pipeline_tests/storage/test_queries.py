@@ -21,7 +21,7 @@ from overnight_pipeline.storage.queries import (
     recent_job_runs,
     user_profile,
 )
-from overnight_pipeline_tests.api.factories import (
+from overnight_pipeline_tests.support.stored_results import (
     insert_asset,
     insert_calculation,
     insert_users,

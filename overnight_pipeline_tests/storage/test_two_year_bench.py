@@ -26,7 +26,7 @@ from overnight_pipeline.core.markets import DEFAULT_MARKETS
 from overnight_pipeline.seed import seed
 from overnight_pipeline.storage.db import make_engine, migrate
 from overnight_pipeline.storage.partitions import PARTITIONED, existing, month_of
-from overnight_pipeline_tests.conftest import create_pg_database, drop_pg_database
+from overnight_pipeline_tests.support.databases import create_pg_database, drop_pg_database
 
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "two_year_bench.py"
 NOW = datetime(2026, 12, 1, tzinfo=UTC)

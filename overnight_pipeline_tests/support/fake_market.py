@@ -1,4 +1,5 @@
-"""A real local HTTP server for provider tests and the benchmark.
+"""A fake market-data service for the provider tests and the benchmark: a real local HTTP
+server.
 
 One Starlette app serves a Frankfurter v1 look-alike under `/v1` (RATES_URL) and our JSON
 contract under `/market` (PRICES_URL), from a fixed dataset. Faults are scripted per request

@@ -1,8 +1,10 @@
-"""Realistic pipeline output for the dashboard tests and benchmark.
+"""Stored results as the pipeline writes them (recommendation rows, calculation assets, both
+cache documents) and the rows they refer to, for the dashboard and storage tests and the
+dashboard benchmark.
 
-Until the pipeline writes them, tests insert `recommendations` and `calculation_assets` rows
-themselves; the documents come from the core (`recommend` + `cache_payloads`), dumped exactly
-as the pipeline's writer does, so the API reads what it will read in production.
+The tests insert `recommendations` and `calculation_assets` rows themselves; the documents
+come from the core (`recommend` + `cache_payloads`), dumped exactly as the pipeline's writer
+does, so the API reads what it reads in production.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import httpx
 from sqlalchemy.engine import make_url
 
-from overnight_pipeline_tests.conftest import create_pg_database
+from overnight_pipeline_tests.support.databases import create_pg_database
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
