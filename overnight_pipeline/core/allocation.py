@@ -118,17 +118,20 @@ def allocate_exact(
     classes the user does not have, counted in the total only; `weight`, `symbol`: the
     picks' scores as integers in one scale, and symbols)."""
     user = _in_units(contribution, digits, extra, cl, first, last)
-    fill = _fill_and_drop(user, cl, first, last)
-    shares = _score_split(user, fill, cl, first, weight, symbol)
-    handed = _largest_remainder(user, fill, shares, weight, symbol)
+    status, active, amount_of, den, rest = _fill_and_drop(user, cl, first, last)
+    units, class_of, floors_of, remainders, weight_of = _score_split(
+        user, active, amount_of, den, cl, first, weight, symbol
+    )
+    handed = _largest_remainder(user, rest, units, floors_of, remainders, weight_of, weight, symbol)
     percents, gaps = _percents_and_gaps(user)
+    big_l = user.big_l
     return Allocation(
-        units=[(first + shares.class_of[j], j, u) for j, u in shares.units.items() if u],
-        status=fill.status,
-        values=[rounded(v, user.big_l, digits) for v in user.value_l],
+        units=[(first + class_of[j], j, u) for j, u in units.items() if u],
+        status=status,
+        values=[rounded(v, big_l, digits) for v in user.value_l],
         percents=percents,
         gaps=gaps,
-        total=rounded(user.total_l, user.big_l, digits),
+        total=rounded(user.total_l, big_l, digits),
         allocated_units=handed,
     )
 
@@ -201,15 +204,15 @@ def _in_units(
     )
 
 
-class _Fill(NamedTuple):
-    """Steps 4-5 across classes: each class's status, the classes still in, their amounts
-    as numerators over `den`, and the money no class could take (`rest`)."""
-
-    status: list[str | None]
-    active: list[int]
-    amount_of: dict[int, int]
-    den: int
-    rest: int
+# Steps 4-5 across classes: each class's status, the classes still in, their amounts as
+# numerators over one denominator, that denominator, and the money no class could take.
+_Fill = tuple[list[str | None], list[int], dict[int, int], int, int]
+# Step 5 within each class and the floors of step 6: units per pick, each pick's class
+# (index in the user), the units per class, the remainders (class, pick, remainder over
+# den·W·q) and each class's weight sum. Plain tuples: these are built once per user.
+_Shares = tuple[
+    dict[int, int], dict[int, int], list[int], list[tuple[int, int, int]], dict[int, int]
+]
 
 
 def _fill_and_drop(user: _UserUnits, cl: ClassTable, first: int, last: int) -> _Fill:
@@ -219,50 +222,44 @@ def _fill_and_drop(user: _UserUnits, cl: ClassTable, first: int, last: int) -> _
         None if cl.pick_end[k] > cl.pick_start[k] else NO_ELIGIBLE_ASSET for k in range(first, last)
     ]
     active = [i for i in range(user.n) if status[i] is None]
-    min_u = user.min_u
+    value_u, mid_p, after, hi_u, min_u = user.value_u, user.mid_p, user.after, user.hi_u, user.min_u
     while True:
         nums, den, rest = water_fill_units(
             user.money,
-            [user.value_u[i] for i in active],
-            [user.mid_p[i] * user.after for i in active],
-            [user.hi_u[i] for i in active],
+            [value_u[i] for i in active],
+            [mid_p[i] * after for i in active],
+            [hi_u[i] for i in active],
         )
         amount_of = dict(zip(active, nums, strict=True))
         short = [i for i in active if min_u[i] and 0 < amount_of[i] < min_u[i] * den]
         if not short:
-            return _Fill(status, active, amount_of, den, rest)
+            return status, active, amount_of, den, rest
         # amount ÷ minimum smallest first; the common `den` cancels; ties: class order.
         dropped = min(short, key=lambda i: (Fraction(amount_of[i], min_u[i]), i))
         status[dropped] = BELOW_MINIMUM
         active.remove(dropped)
 
 
-@dataclass(slots=True)
-class _Shares:
-    """Step 5 within each class and the floors of step 6: units per pick, each pick's
-    class, the units per class, the remainders left and each class's weight sum."""
-
-    units: dict[int, int] = field(default_factory=dict)  # pick -> units
-    class_of: dict[int, int] = field(default_factory=dict)  # pick -> class (index in the user)
-    floors_of: list[int] = field(default_factory=list)  # class -> units
-    # (class, pick, remainder over den·W·q)
-    remainders: list[tuple[int, int, int]] = field(default_factory=list)
-    weight_of: dict[int, int] = field(default_factory=dict)
-
-
 def _score_split(
     user: _UserUnits,
-    fill: _Fill,
+    active: list[int],
+    amount_of: dict[int, int],
+    den: int,
     cl: ClassTable,
     first: int,
     weight: Sequence[int],
     symbol: Sequence[str],
 ) -> _Shares:
-    """Step 5: split each class by score (after the minimum rule); step 6: the floors."""
-    out = _Shares(floors_of=[0] * user.n)
-    den = fill.den
-    for i in fill.active:
-        a = fill.amount_of[i]
+    """Step 5: split each class's amount (`amount_of[i]` over `den`) by score, after the
+    minimum rule; step 6: the floors."""
+    units: dict[int, int] = {}
+    class_of: dict[int, int] = {}
+    floors_of = [0] * user.n
+    remainders: list[tuple[int, int, int]] = []
+    weight_of: dict[int, int] = {}
+    q_u = user.q_u
+    for i in active:
+        a = amount_of[i]
         if a <= 0:
             continue
         start, end = cl.pick_start[first + i], cl.pick_end[first + i]
@@ -270,41 +267,48 @@ def _score_split(
         alive = _split(a, den, min_u, weight, symbol, start, end) if min_u else None
         picks = range(start, end) if alive is None else alive
         w_sum = sum(weight[j] for j in picks)
-        out.weight_of[i] = w_sum
-        unit_den = den * w_sum * user.q_u
+        weight_of[i] = w_sum
+        unit_den = den * w_sum * q_u
         floors = 0
         for j in picks:
             f, r = divmod(a * weight[j], unit_den)
-            out.units[j] = f
-            out.class_of[j] = i
+            units[j] = f
+            class_of[j] = i
             floors += f
             if r:
-                out.remainders.append((i, j, r))
-        out.floors_of[i] = floors
-    return out
+                remainders.append((i, j, r))
+        floors_of[i] = floors
+    return units, class_of, floors_of, remainders, weight_of
 
 
 def _largest_remainder(
-    user: _UserUnits, fill: _Fill, shares: _Shares, weight: Sequence[int], symbol: Sequence[str]
+    user: _UserUnits,
+    rest: int,
+    units: dict[int, int],
+    floors_of: list[int],
+    remainders: list[tuple[int, int, int]],
+    weight_of: dict[int, int],
+    weight: Sequence[int],
+    symbol: Sequence[str],
 ) -> int:
     """Step 6: the units left after the floors, one per pick by largest remainder, never
-    taking a class above hi_k − V_k; returns the units handed out in all."""
-    q_u, floors_of = user.q_u, shares.floors_of
+    taking a class above hi_k − V_k (into `units` and `floors_of`); returns the units
+    handed out in all."""
+    q_u, hi_u, value_u = user.q_u, user.hi_u, user.value_u
     handed = sum(floors_of)
     # The units of the exact allocated total (C − rest) rounded down: never more than C.
-    spare = (user.money - fill.rest) // q_u - handed
-    remainders = shares.remainders
+    spare = (user.money - rest) // q_u - handed
     if spare > 0 and remainders:
         # r/(den·W_k·q) compared across classes as r·(M/W_k), M = lcm of the W_k; ties:
         # higher score (the weights share one scale), then symbol.
-        common = lcm(*shares.weight_of.values())
-        factor = {i: common // w for i, w in shares.weight_of.items()}
+        common = lcm(*weight_of.values())
+        factor = {i: common // w for i, w in weight_of.items()}
         remainders.sort(key=lambda e: (-e[2] * factor[e[0]], -weight[e[1]], symbol[e[1]]))
         for i, j, _ in remainders:
             # A unit that would take the class above hi_k − V_k goes to the next remainder.
-            if (floors_of[i] + 1) * q_u > user.hi_u[i] - user.value_u[i]:
+            if (floors_of[i] + 1) * q_u > hi_u[i] - value_u[i]:
                 continue
-            shares.units[j] += 1
+            units[j] += 1
             floors_of[i] += 1
             handed += 1
             spare -= 1
