@@ -415,14 +415,12 @@ Next:
 
 
 def _a_user(settings: Settings) -> str:
-    from sqlalchemy import select
-
-    from overnight_pipeline.storage.models import recommendations_table
+    from overnight_pipeline.storage.queries import a_recommended_user
 
     engine = make_engine(settings.database_url)
     try:
         with engine.connect() as conn:
-            found = conn.scalar(select(recommendations_table.c.user_id).limit(1))
+            found = a_recommended_user(conn)
     finally:
         engine.dispose()
     return str(found) if found else "<user id>"

@@ -131,6 +131,11 @@ def newest_recommendation(
     return PersistedRecommendation(**row._asdict())
 
 
+def a_recommended_user(conn: Connection) -> uuid.UUID | None:
+    """Some user with a persisted recommendation (the demo's example for a token), if any."""
+    return conn.scalar(select(_rec.user_id).limit(1))
+
+
 def persisted_from_row(row: Sequence[Any]) -> PersistedRecommendation:
     """A `PersistedRecommendation` from a raw psycopg row of `NEWEST_COLUMNS`."""
     (
