@@ -31,7 +31,7 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 import redis
-from sqlalchemy import Connection, Engine, select
+from sqlalchemy import Connection, Engine
 
 from overnight_pipeline.core import audit
 from overnight_pipeline.core.markets import Market, home_market
@@ -39,8 +39,6 @@ from overnight_pipeline.steps.cache_warming import warm_cache
 from overnight_pipeline.steps.calculation import score_and_recommend
 from overnight_pipeline.storage import changes, job_runs
 from overnight_pipeline.storage.cache_invalidation import invalidate
-from overnight_pipeline.storage.keysets import keys_in
-from overnight_pipeline.storage.models import assets_table, holdings_table
 
 JOB_TYPE = "recalculation"
 """`overnight_job_runs.job_type` of a recalculation (the nightly runs': "overnight")."""
@@ -67,26 +65,10 @@ class Plan:
         return sorted([u for g in self.groups.values() for u in g] + self.dropped + self.waiting)
 
 
-def configured_markets(
-    conn: Connection, user_ids: Sequence[uuid.UUID], markets: Mapping[str, Market]
-) -> dict[uuid.UUID, set[str]]:
-    """The configured markets of each of `user_ids` that holds an asset of one."""
-    h, a = holdings_table, assets_table
-    found: dict[uuid.UUID, set[str]] = {}
-    for wanted in keys_in(conn, [h.c.user_id], [(u,) for u in sorted(user_ids)]):
-        rows = conn.execute(
-            select(h.c.user_id, a.c.market).distinct().join(a, a.c.id == h.c.asset_id).where(wanted)
-        )
-        for user_id, code in rows:
-            if code in markets:
-                found.setdefault(user_id, set()).add(code)
-    return found
-
-
 def plan(conn: Connection, user_ids: Sequence[uuid.UUID], *, markets: Mapping[str, Market]) -> Plan:
     """Assign each of `user_ids` (existing users) to the market-date it is recalculated with."""
     active = changes.active_flags(conn, user_ids)
-    held = configured_markets(conn, [u for u in user_ids if active.get(u)], markets)
+    held = changes.configured_markets(conn, [u for u in user_ids if active.get(u)], markets)
     newest = changes.newest_market_dates(conn, sorted({m for ms in held.values() for m in ms}))
     assigned: dict[uuid.UUID, tuple[str, date]] = {}
     dropped: list[uuid.UUID] = []

@@ -11,10 +11,12 @@ from datetime import date, datetime
 
 from sqlalchemy import Connection, func, select, update
 
+from overnight_pipeline.core.markets import Market
 from overnight_pipeline.storage.keysets import keys_in
 from overnight_pipeline.storage.models import (
     asset_prices_table,
     assets_table,
+    holdings_table,
     user_changes_table,
     users_table,
 )
@@ -72,6 +74,22 @@ def active_flags(conn: Connection, user_ids: Sequence[uuid.UUID]) -> dict[uuid.U
         found.update(
             {i: bool(a) for i, a in conn.execute(select(u.c.id, u.c.active).where(wanted))}
         )
+    return found
+
+
+def configured_markets(
+    conn: Connection, user_ids: Sequence[uuid.UUID], markets: Mapping[str, Market]
+) -> dict[uuid.UUID, set[str]]:
+    """The configured markets of each of `user_ids` that holds an asset of one."""
+    h, a = holdings_table, assets_table
+    found: dict[uuid.UUID, set[str]] = {}
+    for wanted in keys_in(conn, [h.c.user_id], [(u,) for u in sorted(user_ids)]):
+        rows = conn.execute(
+            select(h.c.user_id, a.c.market).distinct().join(a, a.c.id == h.c.asset_id).where(wanted)
+        )
+        for user_id, code in rows:
+            if code in markets:
+                found.setdefault(user_id, set()).add(code)
     return found
 
 
