@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from datetime import date, timedelta
 from typing import TypeVar
 
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from overnight_pipeline.providers.base import (
@@ -26,6 +26,7 @@ from overnight_pipeline.providers.base import (
     utcnow,
     wanted_currencies,
 )
+from overnight_pipeline.storage.db import ping
 from overnight_pipeline.storage.market_data import (
     newest_fundamentals,
     newest_prices,
@@ -108,7 +109,7 @@ class StoredProvider:
 
     def health(self) -> Health:
         try:
-            self._read("anything", lambda c: c.execute(text("SELECT 1")).scalar_one())
+            self._read("anything", ping)
         except ProviderError as exc:
             return Health(False, str(exc))
         return Health(True, "database reachable")

@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -55,6 +55,11 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         # pipeline end to end"). Unprepared, each batch is planned for its own ids.
         kwargs["connect_args"] = {"prepare_threshold": None, **kwargs.get("connect_args", {})}
     return create_engine(url, json_serializer=dumps_json, json_deserializer=orjson.loads, **kwargs)
+
+
+def ping(conn: Connection) -> None:
+    """`SELECT 1` on `conn`: raises when the database cannot answer."""
+    conn.execute(text("SELECT 1")).scalar_one()
 
 
 def alembic_config(url: str) -> Config:
