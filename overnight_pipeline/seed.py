@@ -15,20 +15,19 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
 import numpy as np
-from sqlalchemy import Connection, delete, select
+from sqlalchemy import Connection
 
 from overnight_pipeline.core.markets import DEFAULT_MARKETS, Market
 from overnight_pipeline.core.vocabulary import METRICS
 from overnight_pipeline.providers.synthetic import USD_RATES, fundamentals_frame
-from overnight_pipeline.storage.bulk import copy_rows, foreign_keys_deferred_to_end, upsert
-from overnight_pipeline.storage.models import (
-    asset_classes_table,
-    asset_fundamentals_table,
-    assets_table,
-    criteria_rules_table,
-    criteria_versions_table,
-    holdings_table,
-    users_table,
+from overnight_pipeline.storage.bulk import foreign_keys_deferred_to_end
+from overnight_pipeline.storage.seeding import (
+    BULK_TABLES,
+    SeededUsers,
+    delete_users,
+    replace_fundamentals,
+    store_universe,
+    write_users,
 )
 
 UNIVERSE_SEED = 20_261_130
@@ -72,7 +71,6 @@ THRESHOLDS: dict[str, tuple[tuple[str, str, str | None], ...]] = {
 }
 # Above this many users the per-row foreign-key triggers dominate: check them once at the end.
 BULK_THRESHOLD = 20_000
-BULK_TABLES = ("asset_classes", "holdings", "criteria_versions", "criteria_rules")
 POINTS = np.array([-20, -10, -5, 5, 10, 10, 15, 20, 20, 25, 30, 50])
 
 
@@ -126,9 +124,8 @@ def seed(
     as_of = as_of or datetime.now(UTC).date()
     now = datetime.now(UTC)
     assets = universe(markets, assets_per_market)
-    upsert(
+    ids = store_universe(
         conn,
-        assets_table,
         [
             {
                 "id": uuid.uuid5(uuid.NAMESPACE_URL, f"asset:{m}:{s}"),
@@ -139,11 +136,7 @@ def seed(
             }
             for m, s, c, n in assets
         ],
-        key=["market", "symbol"],
-        update=[],
     )
-    t = assets_table
-    ids = {(m, s): i for m, s, i in conn.execute(select(t.c.market, t.c.symbol, t.c.id))}
     _seed_fundamentals(conn, assets, ids, as_of, now)
 
     by_market: dict[str, np.ndarray] = {}
@@ -157,9 +150,7 @@ def seed(
     # Ids come from their own stream so that all are known before writing: re-seeding first
     # deletes those users (cascading to their rows) and never duplicates them.
     all_ids = _uuids(np.random.default_rng([seed, 1]), users)
-    u = users_table
-    for start in range(0, users, chunk):
-        conn.execute(delete(u).where(u.c.id.in_(all_ids[start : start + chunk])))
+    delete_users(conn, all_ids, chunk=chunk)
     done = 0
     bulk = (
         foreign_keys_deferred_to_end(conn, BULK_TABLES)
@@ -185,16 +176,11 @@ def seed(
 
 def _seed_fundamentals(conn: Connection, assets, ids, as_of: date, now: datetime) -> None:
     frame = fundamentals_frame([a[0] for a in assets], [a[1] for a in assets], as_of)
-    t = asset_fundamentals_table
-    conn.execute(
-        delete(t).where(t.c.fundamentals_date == as_of, t.c.asset_id.in_(list(ids.values())))
-    )
-    columns = ["asset_id", "fundamentals_date", *METRICS, "source", "as_of"]
     rows = (
         (ids[(r[0], r[1])], as_of, *r[2:], "synthetic", now)
         for r in frame.itertuples(index=False, name=None)
     )
-    copy_rows(conn, t, columns, rows)
+    replace_fundamentals(conn, rows, day=as_of, asset_ids=list(ids.values()))
 
 
 def _write_chunk(conn, rng, user_ids, markets, by_market, now) -> SeedReport:
@@ -214,117 +200,121 @@ def _write_chunk(conn, rng, user_ids, markets, by_market, now) -> SeedReport:
     contribution_usd = rng.integers(2, 101, size) * 50
     active = rng.random(size) < 0.97
 
-    users, classes, holdings, versions, rules = [], [], [], [], []
+    rows = SeededUsers()
     # Child ids derive from the user id, so they are as deterministic and unique as it is.
     version_ids = [uuid.uuid5(uid, "criteria:1") for uid in user_ids]
+    # Each user's draws, in this order: classes, holdings, rules (the stream is the seed's).
     for i, user_id in enumerate(user_ids):
         home = market_codes[primary[i]]
         base = currency_of[home] if local_ccy[i] else BASE_CURRENCIES[other_ccy[i]]
         contribution = None
         if contribution_set[i]:
             contribution = _round_amount(contribution_usd[i] * USD_RATES.get(base, 1.0), base)
-        users.append((user_id, base, contribution, bool(active[i]), now, now))
-
-        k = int(n_classes[i])
-        names = rng.choice(len(CLASS_NAMES), k, replace=False)
-        mids = rng.dirichlet(np.full(k, 2.0)) * 100
-        spread = rng.uniform(5, 15, k)
-        los = np.floor(np.maximum(0, mids - spread)).astype(int)
-        his = np.ceil(np.minimum(100, mids + spread)).astype(int)
-        user_class_ids = [uuid.uuid5(user_id, f"class:{j}") for j in range(k)]
-        for j in range(k):
-            max_assets = int(rng.integers(3, 11)) if rng.random() < 0.3 else None
-            min_alloc = (
-                _round_amount(float(rng.integers(1, 11)) * 10 * USD_RATES.get(base, 1.0), base)
-                if rng.random() < 0.3
-                else None
-            )
-            classes.append(
-                (
-                    user_class_ids[j],
-                    user_id,
-                    CLASS_NAMES[names[j]],
-                    j,
-                    str(los[j]),
-                    str(his[j]),
-                    max_assets,
-                    min_alloc,
-                )
-            )
-
+        rows.users.append((user_id, base, contribution, bool(active[i]), now, now))
+        names = rng.choice(len(CLASS_NAMES), int(n_classes[i]), replace=False)
+        class_ids = _add_classes(rows, rng, user_id, names, base)
+        second_market = market_codes[second[i]] if has_second[i] else None
         n = int(n_holdings[i])
-        n2 = round(n * rng.uniform(0.1, 0.4)) if has_second[i] else 0
-        picks = list(rng.choice(by_market[home], n - n2, replace=False))
-        if n2:
-            picks += list(rng.choice(by_market[market_codes[second[i]]], n2, replace=False))
-        qty = np.maximum(1, np.round(rng.lognormal(3.0, 1.1, n)))
-        fractional = rng.random(n) < 0.1
-        cls_idx = rng.integers(0, k, n)
-        for asset_id, q, frac, c in zip(picks, qty, fractional, cls_idx, strict=True):
-            quantity = f"{q + 0.25:.2f}" if frac else str(int(q))
-            holdings.append((user_id, asset_id, user_class_ids[c], quantity))
+        picks = _picks(rng, by_market, home, second_market, n)
+        _add_holdings(rows, rng, user_id, class_ids, picks)
+        rows.versions.append((version_ids[i], user_id, 1, now))
+        _add_rules(rows, rng, version_ids[i], names, int(n_rules[i]))
 
-        versions.append((version_ids[i], user_id, 1, now))
-        metrics = rng.choice(len(METRICS), int(n_rules[i]))
-        for pos, metric_idx in enumerate(metrics):
-            metric = METRICS[metric_idx]
-            options = THRESHOLDS[metric]
-            op, value, value2 = options[int(rng.integers(0, len(options)))]
-            points = int(POINTS[rng.integers(0, len(POINTS))])
-            rules.append(
-                (
-                    version_ids[i],
-                    pos,
-                    f"r{pos + 1}",
-                    CLASS_NAMES[names[rng.integers(0, k)]],
-                    metric,
-                    op,
-                    value or None,
-                    value2,
-                    points,
-                )
+    write_users(conn, rows)
+    return SeedReport(len(rows.users), len(rows.holdings), len(rows.classes), len(rows.rules), 0)
+
+
+def _add_classes(
+    rows: SeededUsers, rng: np.random.Generator, user_id: uuid.UUID, names: np.ndarray, base: str
+) -> list[uuid.UUID]:
+    """The user's asset classes `names` (indexes of CLASS_NAMES): bands around a Dirichlet
+    split of 100 %; returns their ids."""
+    k = len(names)
+    mids = rng.dirichlet(np.full(k, 2.0)) * 100
+    spread = rng.uniform(5, 15, k)
+    los = np.floor(np.maximum(0, mids - spread)).astype(int)
+    his = np.ceil(np.minimum(100, mids + spread)).astype(int)
+    user_class_ids = [uuid.uuid5(user_id, f"class:{j}") for j in range(k)]
+    for j in range(k):
+        max_assets = int(rng.integers(3, 11)) if rng.random() < 0.3 else None
+        min_alloc = (
+            _round_amount(float(rng.integers(1, 11)) * 10 * USD_RATES.get(base, 1.0), base)
+            if rng.random() < 0.3
+            else None
+        )
+        rows.classes.append(
+            (
+                user_class_ids[j],
+                user_id,
+                CLASS_NAMES[names[j]],
+                j,
+                str(los[j]),
+                str(his[j]),
+                max_assets,
+                min_alloc,
             )
+        )
+    return user_class_ids
 
-    copy_rows(
-        conn,
-        users_table,
-        ["id", "base_currency", "default_contribution", "active", "created_at", "updated_at"],
-        users,
-    )
-    copy_rows(
-        conn,
-        asset_classes_table,
-        [
-            "id",
-            "user_id",
-            "name",
-            "position",
-            "target_min",
-            "target_max",
-            "max_assets",
-            "min_allocation_value",
-        ],
-        classes,
-    )
-    copy_rows(conn, holdings_table, ["user_id", "asset_id", "asset_class_id", "quantity"], holdings)
-    copy_rows(conn, criteria_versions_table, ["id", "user_id", "version", "created_at"], versions)
-    copy_rows(
-        conn,
-        criteria_rules_table,
-        [
-            "criteria_version_id",
-            "position",
-            "rule_id",
-            "asset_class",
-            "metric",
-            "operator",
-            "value",
-            "value2",
-            "points",
-        ],
-        rules,
-    )
-    return SeedReport(len(users), len(holdings), len(classes), len(rules), 0)
+
+def _picks(
+    rng: np.random.Generator,
+    by_market: dict[str, np.ndarray],
+    home: str,
+    second_market: str | None,
+    n: int,
+) -> list[uuid.UUID]:
+    """`n` distinct assets of the home market, 10-40 % of them from `second_market` if any."""
+    n2 = round(n * rng.uniform(0.1, 0.4)) if second_market is not None else 0
+    picks = list(rng.choice(by_market[home], n - n2, replace=False))
+    if n2:
+        picks += list(rng.choice(by_market[second_market], n2, replace=False))
+    return picks
+
+
+def _add_holdings(
+    rows: SeededUsers,
+    rng: np.random.Generator,
+    user_id: uuid.UUID,
+    class_ids: list[uuid.UUID],
+    picks: list[uuid.UUID],
+) -> None:
+    n = len(picks)
+    qty = np.maximum(1, np.round(rng.lognormal(3.0, 1.1, n)))
+    fractional = rng.random(n) < 0.1
+    cls_idx = rng.integers(0, len(class_ids), n)
+    for asset_id, q, frac, c in zip(picks, qty, fractional, cls_idx, strict=True):
+        quantity = f"{q + 0.25:.2f}" if frac else str(int(q))
+        rows.holdings.append((user_id, asset_id, class_ids[c], quantity))
+
+
+def _add_rules(
+    rows: SeededUsers,
+    rng: np.random.Generator,
+    version_id: uuid.UUID,
+    names: np.ndarray,
+    n_rules: int,
+) -> None:
+    k = len(names)
+    metrics = rng.choice(len(METRICS), n_rules)
+    for pos, metric_idx in enumerate(metrics):
+        metric = METRICS[metric_idx]
+        options = THRESHOLDS[metric]
+        op, value, value2 = options[int(rng.integers(0, len(options)))]
+        points = int(POINTS[rng.integers(0, len(POINTS))])
+        rows.rules.append(
+            (
+                version_id,
+                pos,
+                f"r{pos + 1}",
+                CLASS_NAMES[names[rng.integers(0, k)]],
+                metric,
+                op,
+                value or None,
+                value2,
+                points,
+            )
+        )
 
 
 def _round_amount(amount: float, currency: str) -> str:
