@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
@@ -180,6 +181,66 @@ def home_market(markets: Iterable[Market], day: date) -> Market:
         candidates,
         key=lambda m: (not is_session(m, day), session_open_utc(m, day), m.code),
     )
+
+
+def held_markets(
+    rows: Iterable[tuple[uuid.UUID, str]], markets: Mapping[str, Market]
+) -> dict[uuid.UUID, set[str]]:
+    """The configured markets each user holds an asset of, from (user id, market code) rows;
+    a market that is not configured is ignored, and a user holding none is absent."""
+    held: dict[uuid.UUID, set[str]] = {}
+    for user_id, code in rows:
+        if code in markets:
+            held.setdefault(user_id, set()).add(code)
+    return held
+
+
+def home_code(codes: Iterable[str], markets: Mapping[str, Market], day: date) -> str:
+    """The code of the home market on `day` of a user holding assets of the markets `codes`."""
+    return home_market([markets[c] for c in codes], day).code
+
+
+def users_at_home(
+    held: Mapping[uuid.UUID, set[str]], *, market: str, day: date, markets: Mapping[str, Market]
+) -> list[uuid.UUID]:
+    """The users of `held` (as `held_markets` gives it) whose home market on `day` is
+    `market`, sorted; the rule is decided once per distinct set of markets."""
+    home: dict[frozenset[str], str] = {}
+    chosen = []
+    for user_id, codes in held.items():
+        key = frozenset(codes)
+        if key not in home:
+            home[key] = home_code(codes, markets, day)
+        if home[key] == market:
+            chosen.append(user_id)
+    return sorted(chosen)
+
+
+def newest_home(
+    codes: Iterable[str], newest: Mapping[str, date], markets: Mapping[str, Market]
+) -> tuple[str, date] | None:
+    """The (market, day) a user holding assets of the markets `codes` is recalculated with,
+    given the newest stored day of each market (`newest`): its home market on the newest
+    of its markets' days, with that market's newest day. None when that market (or every
+    one of them) has nothing stored yet: the user waits for the night."""
+    codes = list(codes)
+    nights = [newest[c] for c in codes if c in newest]
+    if not nights:
+        return None
+    home = home_code(codes, markets, max(nights))
+    if home not in newest:
+        return None
+    return home, newest[home]
+
+
+def by_home(
+    assigned: Mapping[uuid.UUID, tuple[str, date]],
+) -> dict[tuple[str, date], list[uuid.UUID]]:
+    """Users grouped by the (market, day) they are recalculated with, sorted."""
+    groups: dict[tuple[str, date], list[uuid.UUID]] = {}
+    for uid, key in sorted(assigned.items()):
+        groups.setdefault(key, []).append(uid)
+    return groups
 
 
 def market_by_code(markets: Mapping[str, Market], code: str) -> Market:

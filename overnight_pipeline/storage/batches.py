@@ -43,7 +43,7 @@ from overnight_pipeline.core.batch import (
     USER_COLUMNS,
     Batch,
 )
-from overnight_pipeline.core.markets import Market, home_market
+from overnight_pipeline.core.markets import Market, held_markets, users_at_home
 from overnight_pipeline.core.money import FxRates
 from overnight_pipeline.core.vocabulary import METRICS
 from overnight_pipeline.storage.dialect import among, id_chunks, id_text, trimmed
@@ -111,19 +111,8 @@ def partition_users(
         .join(u, u.c.id == h.c.user_id)
         .where(u.c.active.is_(True))
     )
-    configured: dict[uuid.UUID, set[str]] = {}
-    for user_id, code in rows:
-        if code in markets:
-            configured.setdefault(user_id, set()).add(code)
-    home: dict[frozenset[str], str] = {}
-    chosen = []
-    for user_id, codes in configured.items():
-        key = frozenset(codes)
-        if key not in home:
-            home[key] = home_market([markets[c] for c in codes], day).code
-        if home[key] == market:
-            chosen.append(user_id)
-    return sorted(chosen)
+    held = held_markets(rows, markets)
+    return users_at_home(held, market=market, day=day, markets=markets)
 
 
 def partition_instruments(
