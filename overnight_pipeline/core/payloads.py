@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -337,9 +337,6 @@ def upgrade_legacy(recs: Any, portfolio: Any, user_id: uuid.UUID) -> tuple[Any, 
 def parse_time(value: str) -> datetime:
     """A timestamp the gate accepted, as an aware UTC datetime."""
     return datetime.fromisoformat(value).astimezone(UTC)
-
-
-CLOCK_SKEW = timedelta(minutes=10)
 
 
 def _pct(value: Decimal) -> Decimal:
