@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import (
     BaseModel,
@@ -18,29 +18,10 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from overnight_pipeline.core.money import DecimalString, parse_decimal
-from overnight_pipeline.core.vocabulary import METRICS, POINTS_MAX, POINTS_MIN, Operator
+from overnight_pipeline.core.vocabulary import METRICS, POINTS_MAX, POINTS_MIN, Metric, Operator
 
 SCORE_PLACES = Decimal("0.0001")
 MISSING_FUNDAMENTAL = "missing_fundamental"
-
-Metric = Literal[
-    "dividend_yield",
-    "pe_ratio",
-    "pb_ratio",
-    "market_cap",
-    "revenue",
-    "earnings",
-    "surplus_years",
-    "roe",
-    "roa",
-    "debt_to_equity",
-    "current_ratio",
-    "gross_margin",
-    "net_margin",
-    "payout_ratio",
-    "ev_ebitda",
-]
-assert set(Metric.__args__) == set(METRICS)  # type: ignore[attr-defined]
 
 
 class Rule(BaseModel):

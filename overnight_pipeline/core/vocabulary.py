@@ -3,9 +3,11 @@ vocabulary (event types, job-run statuses) is `core.audit`."""
 
 from __future__ import annotations
 
-from typing import Final, Literal
+from typing import Final, Literal, get_args
 
-METRICS: Final[tuple[str, ...]] = (
+# Each vocabulary is said once, as the Literal type checkers read; its tuple is derived in
+# the same order (the order of the fundamentals' columns and of the scoring tables).
+Metric = Literal[
     "dividend_yield",
     "pe_ratio",
     "pb_ratio",
@@ -21,7 +23,8 @@ METRICS: Final[tuple[str, ...]] = (
     "net_margin",
     "payout_ratio",
     "ev_ebitda",
-)
+]
+METRICS: Final[tuple[str, ...]] = get_args(Metric)
 
 # How people read the metrics (the dashboard page, reports).
 METRIC_LABELS: Final[dict[str, str]] = {
@@ -43,7 +46,7 @@ METRIC_LABELS: Final[dict[str, str]] = {
 }
 
 Operator = Literal["gt", "lt", "gte", "lte", "between", "equals", "exists"]
-OPERATORS: Final[tuple[str, ...]] = ("gt", "lt", "gte", "lte", "between", "equals", "exists")
+OPERATORS: Final[tuple[str, ...]] = get_args(Operator)
 
 # Alerts (BEHAVIOUR §9): what went wrong for a market-date, and where its delivery stands.
 ALERT_KINDS: Final[tuple[str, ...]] = (
