@@ -216,18 +216,17 @@ def write_real_night(engine: Engine, night: Night) -> steps.StepReport:
         calculated_at=night.at,
         run_id=night.run_id,
     )
-    m = report.metrics
     run = job_runs.JobRun(
         run_id=night.run_id,
         correlation_id=night.correlation_id,
         started_at=night.at,
-        status=audit.COMPLETED if not m["users_failed"] else audit.PARTIAL,
+        status=audit.COMPLETED if not report.users_failed else audit.PARTIAL,
         market=NYSE.code,
         market_date=night.day,
         completed_at=night.at + timedelta(seconds=report.seconds),
-        users_processed=m["users_succeeded"] + m["users_failed"],
-        users_failed=m["users_failed"],
-        metrics={k: v for k, v in m.items() if isinstance(v, int | float | str)},
+        users_processed=report.users_succeeded + report.users_failed,
+        users_failed=report.users_failed,
+        metrics={k: v for k, v in report.measures().items() if isinstance(v, int | float | str)},
     )
     with engine.begin() as conn:
         job_runs.record_finished(conn, run)
@@ -383,7 +382,7 @@ def write_nights(engine: Engine, nights: Sequence[Night], *, verbose: bool = Fal
                 written.reports[night.day] = report
                 written.users = max(
                     written.users,
-                    report.metrics["users_succeeded"] + report.metrics["users_failed"],
+                    report.users_succeeded + report.users_failed,
                 )
                 copier.stage(night)
                 conn.commit()

@@ -247,8 +247,8 @@ def _recalculate(
             batch_size=batch_size,
             only=[u for u in members if str(u) not in failed],
         )
-        report.cache_written += int(cached.metrics["written"])
-        report.cache_kept_newer += int(cached.metrics["kept_newer"])
+        report.cache_written += cached.written
+        report.cache_kept_newer += cached.kept_newer
         report.groups.append(
             {"market": market, "day": day.isoformat(), "users": len(members), "failed": len(failed)}
         )

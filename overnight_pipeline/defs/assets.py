@@ -70,7 +70,7 @@ from overnight_pipeline.steps.cache_warming import warm_cache
 from overnight_pipeline.steps.calculation import score_and_recommend
 from overnight_pipeline.steps.market_data import fetch_fundamentals, fetch_prices, fetch_rates
 from overnight_pipeline.steps.replay import ReplayOutcome, replay_sample
-from overnight_pipeline.steps.reports import StepReport
+from overnight_pipeline.steps.reports import ReportT, combined
 from overnight_pipeline.storage import job_runs
 from overnight_pipeline.storage.batches import load_rates
 from overnight_pipeline.storage.events import correlation_id_for
@@ -114,29 +114,21 @@ def calculated_at(context: OpExecutionContext) -> datetime:
     return created if created.tzinfo else created.replace(tzinfo=UTC)
 
 
-def _totals(reports: list[tuple[str, StepReport]]) -> dict[str, Any]:
-    """Each metric summed (numbers), or-ed (flags) or first seen (text) over the reports."""
-    totals: dict[str, Any] = {}
-    for _, report in reports:
-        for name, value in report.metrics.items():
-            if isinstance(value, bool):
-                totals[name] = totals.get(name, False) or value
-            elif isinstance(value, int | float):
-                totals[name] = totals.get(name, 0) + value
-            else:
-                totals.setdefault(name, value)
-    return totals
+def _totals(reports: list[tuple[str, ReportT]]) -> ReportT:
+    """The reports of the run's partitions as one: numbers summed, flags or-ed, text the
+    first one's (`StepReport.combine`)."""
+    return combined([report for _, report in reports])
 
 
-def _metadata(reports: list[tuple[str, StepReport]]) -> dict[str, Any]:
+def _metadata(reports: list[tuple[str, ReportT]]) -> dict[str, Any]:
     """Totals over the run's partitions; the failed users (and, for a range, each partition's
     figures) as a markdown table: what the fields above do not already say."""
-    meta: dict[str, Any] = {k: v for k, v in _totals(reports).items() if v is not None}
-    meta["seconds"] = round(sum(r.seconds for _, r in reports), 3)
+    totals = _totals(reports)
+    meta: dict[str, Any] = totals.to_metadata()
+    meta["seconds"] = round(totals.seconds, 3)
     if len(reports) > 1:
         meta["partitions"] = len(reports)
-    failures = [f for _, r in reports for f in r.failures]
-    meta["failures"] = len(failures)
+    meta["failures"] = len(totals.failures)
     tables = [
         f"**{key}**\n\n{report.markdown()}"
         for key, report in reports
@@ -148,13 +140,13 @@ def _metadata(reports: list[tuple[str, StepReport]]) -> dict[str, Any]:
 
 
 def _each_partition(
-    context: OpExecutionContext, work: Callable[[str, date, str], StepReport]
-) -> list[tuple[str, StepReport]]:
+    context: OpExecutionContext, work: Callable[[str, date, str], ReportT]
+) -> list[tuple[str, ReportT]]:
     reports = []
     for key in guard_partitions(context):
         market, day = split_key(key)
         report = work(market, day, key)
-        context.log.info(f"{key}: {report.metrics}")
+        context.log.info(f"{key}: {report.measures()}")
         reports.append((key, report))
     return reports
 
@@ -166,8 +158,8 @@ def _fetch(
     context: OpExecutionContext,
     database: AppDatabase,
     market_data: MarketData,
-    fetch: Callable[..., StepReport],
-) -> list[tuple[str, StepReport]]:
+    fetch: Callable[..., ReportT],
+) -> list[tuple[str, ReportT]]:
     """One of the market-data steps for each partition of the run, through the provider
     chain of the settings."""
     provider = market_data.provider(database.engine)
@@ -344,7 +336,7 @@ def score_and_recommend_shard(
         shards=shard.shards,
         log=context.log,
     )
-    context.log.info(f"{shard.key} shard {shard.index}/{shard.shards}: {report.metrics}")
+    context.log.info(f"{shard.key} shard {shard.index}/{shard.shards}: {report.measures()}")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     yield Output(
         shard, metadata={**_metadata([(shard.key, report)]), "peak_rss_mb": round(peak, 1)}

@@ -19,7 +19,7 @@ market-date in its description and in a `partition` metadata entry instead.
 
 # No `from __future__ import annotations`: Dagster inspects the context annotations.
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from dagster import (
@@ -29,14 +29,13 @@ from dagster import (
     MetadataValue,
 )
 
+from overnight_pipeline.steps.reports import PricesReport, RatesReport
 from overnight_pipeline.storage.job_runs import CalculationCounts
 
 RATES_FRESH = "rates_fresh"
 PRICES_COMPLETE = "prices_complete"
 NO_FAILED_USERS = "no_failed_users"
 FAILED_USERS_WITHIN_LIMIT = "failed_users_within_limit"
-StepTotals = Mapping[str, Any]
-"""A step's metrics summed over the run's partitions."""
 
 
 def user_check_specs(asset: str) -> list[AssetCheckSpec]:
@@ -113,8 +112,9 @@ def rates_check_spec(asset: str) -> AssetCheckSpec:
     )
 
 
-def rates_check(totals: StepTotals, partitions: Sequence[str] = ()) -> AssetCheckResult:
-    stale = bool(totals.get("stale", False))
+def rates_check(totals: RatesReport, partitions: Sequence[str] = ()) -> AssetCheckResult:
+    """`totals`: the step's reports of the run's partitions combined."""
+    stale = totals.stale
     where, prefix = _where(partitions)
     return AssetCheckResult(
         check_name=RATES_FRESH,
@@ -123,9 +123,13 @@ def rates_check(totals: StepTotals, partitions: Sequence[str] = ()) -> AssetChec
         metadata={
             **where,
             **{
-                k: totals[k]
-                for k in ("source", "stale_currencies", "stale_age_hours")
-                if totals.get(k) is not None
+                k: v
+                for k, v in (
+                    ("source", totals.source),
+                    ("stale_currencies", totals.stale_currencies),
+                    ("stale_age_hours", totals.stale_age_hours),
+                )
+                if v is not None
             },
         },
         description=prefix
@@ -142,13 +146,14 @@ def prices_check_spec(asset: str) -> AssetCheckSpec:
     )
 
 
-def prices_check(totals: StepTotals, partitions: Sequence[str] = ()) -> AssetCheckResult:
-    missing = int(totals.get("missing", 0) or 0)
+def prices_check(totals: PricesReport, partitions: Sequence[str] = ()) -> AssetCheckResult:
+    """`totals`: the step's reports of the run's partitions combined."""
+    missing = totals.missing
     where, prefix = _where(partitions)
     return AssetCheckResult(
         check_name=PRICES_COMPLETE,
         passed=missing == 0,
         severity=AssetCheckSeverity.WARN,
-        metadata={**where, "missing": missing, "assets": int(totals.get("assets", 0) or 0)},
+        metadata={**where, "missing": missing, "assets": totals.assets},
         description=f"{prefix}{missing} held assets without a price",
     )

@@ -23,6 +23,7 @@ from overnight_pipeline.defs.partitions import (
     RANGE_START_TAG,
     split_key,
 )
+from overnight_pipeline.steps.reports import ReportT
 
 
 @dataclass(frozen=True)
@@ -63,8 +64,12 @@ class RunFacts:
         keys = self.partition_keys or [""]
         return [run_correlation_id(self.root_run_id, key) for key in keys]
 
-    def total(self, asset: str, name: str) -> Any:
-        return self.assets.get(asset, {}).get(name, 0)
+    def report(self, asset: str, kind: type[ReportT]) -> ReportT | None:
+        """The step report of `asset` read back from its materialization metadata (the
+        run's newest), or None when the run and its group did not materialise it; metadata
+        without one of the report's measures raises `MetadataError`."""
+        metadata = self.assets.get(asset)
+        return None if metadata is None else kind.from_metadata(metadata)
 
     def step_ms(self, *names: str) -> int:
         return sum(self.steps[n].ms for n in names if n in self.steps)

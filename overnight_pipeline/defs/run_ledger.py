@@ -23,6 +23,7 @@ from overnight_pipeline.defs.assets import SCORES_AND_RECOMMENDATIONS
 from overnight_pipeline.defs.partitions import split_key
 from overnight_pipeline.defs.run_facts import RunFacts, crash_explanation, run_facts
 from overnight_pipeline.defs.run_spans import emit_span
+from overnight_pipeline.steps.reports import CacheReport, PricesReport, RatesReport
 from overnight_pipeline.storage import job_runs
 
 # Named as when the ledger was part of the sensors module: the name is in the log lines.
@@ -176,6 +177,9 @@ def _cache_warmed(facts: RunFacts) -> bool:
 def _metrics(facts: RunFacts, counts: job_runs.CalculationCounts) -> dict[str, Any]:
     """The `metrics` document of a job-run row; the span takes its attributes from it."""
     end = facts.ended_at or datetime.now(UTC)
+    rates = facts.report("exchange_rates", RatesReport)
+    prices = facts.report("asset_prices", PricesReport)
+    cache = facts.report(CACHE_STEP, CacheReport)
     return {
         "dagster_run_id": facts.run.run_id,
         "root_run_id": facts.root_run_id,
@@ -192,13 +196,13 @@ def _metrics(facts: RunFacts, counts: job_runs.CalculationCounts) -> dict[str, A
         # From the event store: exact when a step resumed (its metadata counts one attempt).
         "assets_scored": counts.holdings_scored,
         "recommendations_generated": counts.recommendations,
-        "rates_stale": bool(facts.total("exchange_rates", "stale")),
-        "prices_missing": facts.total("asset_prices", "missing"),
-        "cache_written": facts.total("recommendation_cache", "written"),
+        "rates_stale": rates is not None and rates.stale,
+        "prices_missing": prices.missing if prices else 0,
+        "cache_written": cache.written if cache else 0,
         # Readiness needs the cache step done for every partition, whatever it wrote (a
         # partition without users writes nothing); False when it failed or was left out.
         "cache_warmed": _cache_warmed(facts),
-        "cache_kept_newer": facts.total("recommendation_cache", "kept_newer"),
+        "cache_kept_newer": cache.kept_newer if cache else 0,
         "steps": {
             name: {"ms": s.ms, "status": s.status, "attempts": s.attempts, "run_id": s.run_id}
             for name, s in facts.steps.items()

@@ -13,7 +13,7 @@ from sqlalchemy import Engine
 
 from overnight_pipeline.core.audit import CALC_COMPLETED
 from overnight_pipeline.steps.batches import chunks
-from overnight_pipeline.steps.reports import StepReport
+from overnight_pipeline.steps.reports import CacheReport
 from overnight_pipeline.storage.cache import write_entries
 from overnight_pipeline.storage.cache_entries import CacheEntry
 from overnight_pipeline.storage.events import users_with_event
@@ -30,7 +30,7 @@ def warm_cache(
     ttl_seconds: int = 86_400,
     batch_size: int = 1000,
     only: Sequence[uuid.UUID] | None = None,
-) -> StepReport:
+) -> CacheReport:
     """Write the run's persisted recommendations to Redis, pipelined; an entry newer than
     the run's (a later market date) is kept. Redis errors propagate: the step fails.
     `only`: those of the run's users (a recalculation's users of one market-date)."""
@@ -61,12 +61,10 @@ def warm_cache(
         outcome = write_entries(client, entries, prefix=prefix, ttl_seconds=ttl_seconds)
         written += outcome.written
         kept += outcome.kept_newer
-    return StepReport(
-        metrics={
-            "users": len(users),
-            "written": written,
-            "kept_newer": kept,
-            "ttl_hours": ttl_seconds / 3600,
-        },
+    return CacheReport(
+        users=len(users),
+        written=written,
+        kept_newer=kept,
+        ttl_hours=ttl_seconds / 3600,
         seconds=time.perf_counter() - started,
     )

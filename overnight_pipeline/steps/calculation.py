@@ -8,7 +8,7 @@ import logging
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime
 
 from sqlalchemy import Engine
@@ -18,10 +18,10 @@ from overnight_pipeline.core.captured import market_snapshot
 from overnight_pipeline.core.markets import Market
 from overnight_pipeline.core.money import FxRates
 from overnight_pipeline.logs import correlation
-from overnight_pipeline.steps.batch_results import Calculation, process_batch
+from overnight_pipeline.steps.batch_results import BatchResult, Calculation, process_batch
 from overnight_pipeline.steps.batches import BatchWriter, chunks, prefetched
 from overnight_pipeline.steps.progress import Progress
-from overnight_pipeline.steps.reports import StepReport
+from overnight_pipeline.steps.reports import CalculationReport, Failure
 from overnight_pipeline.storage.batches import (
     LoadedBatch,
     MarketSnapshot,
@@ -62,7 +62,7 @@ def score_and_recommend(
     shards: int = 1,
     log: logging.Logger | None = None,
     only: Sequence[uuid.UUID] | None = None,
-) -> StepReport:
+) -> CalculationReport:
     """Scores, recommendations and the four events of every user of one shard of the
     partition (or of the users `only`, priced from their own assets: a same-day
     recalculation, `recalculate`), in one pass per batch: each batch is loaded once, scored, recommended and
@@ -117,9 +117,21 @@ def score_and_recommend(
         progress.started(
             users=len(work.users), resumed=len(work.users) - len(work.todo), batch_size=batch_size
         )
-        report = _run_batches(engine, calc, work, batches, progress)
-        report.seconds = time.perf_counter() - started
-        return report
+        tally = _run_batches(engine, calc, work, batches, progress)
+        return CalculationReport(
+            users_total=len(work.users),
+            users_resumed=len(work.users) - len(work.todo),
+            users_succeeded=tally.succeeded,
+            users_failed=tally.failed,
+            assets_scored=tally.assets_scored,
+            recommendations_generated=tally.recommendations,
+            unallocated_users=tally.unallocated_users,
+            rates_stale=work.fx.stale,
+            stale_prices=work.snapshot.stale_prices,
+            tables_analyzed=", ".join(work.analyzed) or "-",
+            failures=tuple(tally.failures),
+            seconds=time.perf_counter() - started,
+        )
 
 
 @dataclass(frozen=True)
@@ -191,24 +203,10 @@ def _run_batches(
     work: _ShardWork,
     batches: Sequence[Sequence[uuid.UUID]],
     progress: Progress,
-) -> StepReport:
+) -> _Tally:
     """The batches of the shard's users to do: each read ahead, computed here, written
     behind."""
-    users, todo = work.users, work.todo
-    report = StepReport(
-        metrics={
-            "users_total": len(users),
-            "users_resumed": len(users) - len(todo),
-            "users_succeeded": 0,
-            "users_failed": 0,
-            "assets_scored": 0,
-            "recommendations_generated": 0,
-            "unallocated_users": 0,
-            "rates_stale": work.fx.stale,
-            "stale_prices": work.snapshot.stale_prices,
-            "tables_analyzed": ", ".join(work.analyzed) or "-",
-        }
-    )
+    tally = _Tally()
 
     def load(chunk: Sequence[uuid.UUID]) -> LoadedBatch:
         # One snapshot per batch: a concurrent `overnight load` never tears a user's inputs.
@@ -219,12 +217,26 @@ def _run_batches(
         for chunk, loaded in prefetched(batches, load):
             result = process_batch(loaded, chunk, calc)
             writer.submit(result.write)
-            metrics = report.metrics
-            metrics["users_succeeded"] += result.succeeded
-            metrics["users_failed"] += result.failed
-            metrics["assets_scored"] += result.assets_scored
-            metrics["recommendations_generated"] += result.recommendations
-            metrics["unallocated_users"] += result.unallocated_users
-            report.failures.extend(result.failures)
+            tally.add(result)
             progress.batch(len(chunk), result.failures)
-    return report
+    return tally
+
+
+@dataclass
+class _Tally:
+    """The shard's batches added up."""
+
+    succeeded: int = 0
+    failed: int = 0
+    assets_scored: int = 0
+    recommendations: int = 0
+    unallocated_users: int = 0
+    failures: list[Failure] = field(default_factory=list)
+
+    def add(self, result: BatchResult) -> None:
+        self.succeeded += result.succeeded
+        self.failed += result.failed
+        self.assets_scored += result.assets_scored
+        self.recommendations += result.recommendations
+        self.unallocated_users += result.unallocated_users
+        self.failures.extend(result.failures)

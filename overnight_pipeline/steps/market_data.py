@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
@@ -14,7 +15,12 @@ from sqlalchemy import Engine
 
 from overnight_pipeline.core.markets import Market
 from overnight_pipeline.providers.base import Instrument, MarketDataProvider
-from overnight_pipeline.steps.reports import StepReport
+from overnight_pipeline.steps.reports import (
+    Failure,
+    FundamentalsReport,
+    PricesReport,
+    RatesReport,
+)
 from overnight_pipeline.storage.batches import (
     partition_currencies,
     partition_instruments,
@@ -34,7 +40,7 @@ def fetch_rates(
     market: str,
     day: date,
     markets: Mapping[str, Market],
-) -> StepReport:
+) -> RatesReport:
     """One USD-quoted snapshot for every currency the partition's users need."""
     started = time.perf_counter()
     with engine.connect() as conn:
@@ -43,19 +49,15 @@ def fetch_rates(
     result = provider.fetch_rates(sorted(currencies - {"USD"}), day=day)
     with engine.begin() as conn:
         stored = store_rates(conn, result, day=day)
-    return StepReport(
-        metrics={
-            "users": len(users),
-            "currencies": len(currencies),
-            "stored": stored,
-            "source": result.source,
-            "stale": result.stale,
-            "stale_currencies": ", ".join(sorted(result.stale_currencies)) or "-",
-            "stale_age_hours": None
-            if result.age is None
-            else round(result.age.total_seconds() / 3600, 1),
-            "missing": ", ".join(result.missing) or "-",
-        },
+    return RatesReport(
+        users=len(users),
+        currencies=len(currencies),
+        stored=stored,
+        source=result.source,
+        stale=result.stale,
+        stale_currencies=", ".join(sorted(result.stale_currencies)) or "-",
+        stale_age_hours=None if result.age is None else round(result.age.total_seconds() / 3600, 1),
+        missing=", ".join(result.missing) or "-",
         seconds=time.perf_counter() - started,
     )
 
@@ -69,6 +71,21 @@ def _instruments(
     return len(users), {inst: asset_id for inst, (asset_id, _) in found.items()}
 
 
+@dataclass(frozen=True)
+class _Held:
+    """What `_fetch_held` fetched and stored."""
+
+    users: int
+    assets: int
+    found: int
+    stored: int
+    stale: int
+    missing: int
+    source: str
+    failures: tuple[Failure, ...]
+    seconds: float
+
+
 def _fetch_held(
     engine: Engine,
     *,
@@ -78,8 +95,7 @@ def _fetch_held(
     stage: str,
     fetch: Callable[..., Any],
     store_result: Callable[..., int],
-    found: str,
-) -> StepReport:
+) -> _Held:
     """Fetch something for every distinct asset the partition's users hold (never per
     user) and store the fresh part of it under `day`."""
     started = time.perf_counter()
@@ -93,17 +109,15 @@ def _fetch_held(
         if result.stale_instruments
         else (len(items) if result.stale else 0)
     )
-    return StepReport(
-        metrics={
-            "users": users,
-            "assets": len(ids),
-            found: len(items),
-            "stored": stored,
-            "stale": stale,
-            "missing": len(result.missing),
-            "source": result.source,
-        },
-        failures=[{"user": "-", "stage": stage, "error": e} for e in result.errors[:20]],
+    return _Held(
+        users=users,
+        assets=len(ids),
+        found=len(items),
+        stored=stored,
+        stale=stale,
+        missing=len(result.missing),
+        source=result.source,
+        failures=tuple({"user": "-", "stage": stage, "error": e} for e in result.errors[:20]),
         seconds=time.perf_counter() - started,
     )
 
@@ -115,9 +129,9 @@ def fetch_prices(
     market: str,
     day: date,
     markets: Mapping[str, Market],
-) -> StepReport:
+) -> PricesReport:
     """A price for every distinct asset the partition's users hold."""
-    return _fetch_held(
+    held = _fetch_held(
         engine,
         market=market,
         day=day,
@@ -125,7 +139,17 @@ def fetch_prices(
         stage="prices",
         fetch=provider.fetch_prices,
         store_result=store_prices,
-        found="priced",
+    )
+    return PricesReport(
+        users=held.users,
+        assets=held.assets,
+        priced=held.found,
+        stored=held.stored,
+        stale=held.stale,
+        missing=held.missing,
+        source=held.source,
+        failures=held.failures,
+        seconds=held.seconds,
     )
 
 
@@ -136,9 +160,9 @@ def fetch_fundamentals(
     market: str,
     day: date,
     markets: Mapping[str, Market],
-) -> StepReport:
+) -> FundamentalsReport:
     """Fundamentals for every distinct asset the partition's users hold."""
-    return _fetch_held(
+    held = _fetch_held(
         engine,
         market=market,
         day=day,
@@ -146,5 +170,15 @@ def fetch_fundamentals(
         stage="fundamentals",
         fetch=provider.fetch_fundamentals,
         store_result=store_fundamentals,
-        found="fetched",
+    )
+    return FundamentalsReport(
+        users=held.users,
+        assets=held.assets,
+        fetched=held.found,
+        stored=held.stored,
+        stale=held.stale,
+        missing=held.missing,
+        source=held.source,
+        failures=held.failures,
+        seconds=held.seconds,
     )

@@ -88,7 +88,7 @@ def test_a_night_across_a_month_boundary_stays_in_the_month_it_started(fresh_url
         december = datetime(2026, 12, 1, 0, 0, 0, 100_000, tzinfo=UTC)
         first = uuid.uuid4()
         report = _night(engine, LAST_NIGHT_OF_NOVEMBER, first, november)
-        users = report.metrics["users_succeeded"]
+        users = report.users_succeeded
         assert users > 0
         if engine.dialect.name == "postgresql":
             assert _homes(engine, first) == {
@@ -102,7 +102,7 @@ def test_a_night_across_a_month_boundary_stays_in_the_month_it_started(fresh_url
             }
         # The step retried (after midnight): every user is resumed, nothing written twice.
         again = _night(engine, LAST_NIGHT_OF_NOVEMBER, first, november)
-        assert again.metrics["users_resumed"] == users and again.metrics["users_succeeded"] == 0
+        assert again.users_resumed == users and again.users_succeeded == 0
         with engine.connect() as conn:
             counts = Counter(conn.scalars(select(e.event_type).where(e.correlation_id == first)))
         assert set(counts.values()) == {users}
@@ -211,7 +211,7 @@ def test_0004_keeps_a_previous_nights_output(fresh_url: str) -> None:
         cid = uuid.uuid4()
         at = datetime(2026, 11, 30, 22, 0, tzinfo=UTC)
         report = _night(engine, LAST_NIGHT_OF_NOVEMBER, cid, at)
-        assert report.metrics["users_succeeded"] > 0
+        assert report.users_succeeded > 0
 
         def counts() -> dict[str, int]:
             with engine.connect() as conn:
