@@ -49,11 +49,11 @@ from dagster import (
     execute_job,
 )
 
+from overnight_pipeline.core.audit import correlation_id_for
 from overnight_pipeline.defs import OVERNIGHT_JOB, build_definitions
 from overnight_pipeline.defs.partitions import partition_key
 from overnight_pipeline.settings import load_settings
 from overnight_pipeline.storage.db import make_engine, migrate
-from overnight_pipeline.storage.events import correlation_id_for
 from overnight_pipeline_tests.support.databases import create_pg_database, drop_pg_database
 
 DAY = date(2026, 11, 27)

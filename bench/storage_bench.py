@@ -30,12 +30,12 @@ import psycopg
 import redis
 from dagster import DagsterInstance
 
+from overnight_pipeline.core.audit import correlation_id_for
 from overnight_pipeline.core.markets import DEFAULT_MARKETS, is_session
 from overnight_pipeline.defs import OVERNIGHT_JOB, build_definitions
 from overnight_pipeline.defs.partitions import partition_key
 from overnight_pipeline.settings import load_settings
 from overnight_pipeline.storage.db import make_engine, migrate
-from overnight_pipeline.storage.events import correlation_id_for
 from overnight_pipeline_tests.support.databases import create_pg_database, drop_pg_database
 
 REDIS_URL = "redis://127.0.0.1:6379/0"

@@ -61,6 +61,7 @@ from dagster import (
 )
 from pydantic import Field
 
+from overnight_pipeline.core.audit import run_correlation_id
 from overnight_pipeline.core.markets import load_markets
 from overnight_pipeline.defs import checks
 from overnight_pipeline.defs.partitions import guard_partitions, market_date_partitions, split_key
@@ -73,7 +74,6 @@ from overnight_pipeline.steps.replay import ReplayOutcome, replay_sample
 from overnight_pipeline.steps.reports import ReportT, combined
 from overnight_pipeline.storage import job_runs
 from overnight_pipeline.storage.batches import load_rates
-from overnight_pipeline.storage.events import correlation_id_for
 
 GROUP = "overnight"
 MARKETS = load_markets(get_settings().markets_file)
@@ -98,7 +98,7 @@ def correlation_id(context: OpExecutionContext, key: str) -> uuid.UUID:
     """One calculation per partition of a run: stable across retries and re-executions,
     which share the root run id (BEHAVIOUR §4)."""
     root = context.run.root_run_id or context.run.run_id
-    return correlation_id_for(f"{root}:{key}")
+    return run_correlation_id(root, key)
 
 
 def calculated_at(context: OpExecutionContext) -> datetime:

@@ -36,11 +36,11 @@ from dagster import (
 )
 from pydantic import Field
 
+from overnight_pipeline.core.audit import run_correlation_id
 from overnight_pipeline.defs.assets import DB_RETRY, MARKETS
 from overnight_pipeline.defs.resources import AppDatabase, CacheRedis, OvernightTuning
 from overnight_pipeline.recalculate import recalculate
 from overnight_pipeline.storage import changes
-from overnight_pipeline.storage.events import correlation_id_for
 
 RECALCULATION_JOB = "recalculation_job"
 RECALCULATION_OP = "recalculate_changed_users"
@@ -98,7 +98,7 @@ def recalculate_changed_users(
             database.engine,
             client,
             markets=MARKETS,
-            correlation_id=correlation_id_for(f"{root}:recalculation"),
+            correlation_id=run_correlation_id(root, "recalculation"),
             calculated_at=created.astimezone(UTC),
             run_id=context.run.run_id,
             up_to=config.up_to_change,

@@ -26,11 +26,6 @@ from overnight_pipeline.storage.models import (
 from overnight_pipeline.storage.partitions import month_of
 
 
-def correlation_id_for(root_run_id: str) -> uuid.UUID:
-    """The calculation's correlation id: stable for a run, its retries and re-executions."""
-    return uuid.uuid5(uuid.NAMESPACE_URL, f"overnight-run:{root_run_id}")
-
-
 def users_with_event(
     conn: Connection, *, correlation_id: uuid.UUID, event_type: str
 ) -> set[uuid.UUID]:

@@ -27,6 +27,7 @@ from dagster import (
 )
 from sqlalchemy import Engine, func, select, text
 
+from overnight_pipeline.core.audit import correlation_id_for
 from overnight_pipeline.core.captured import self_contained, snapshot_keys
 from overnight_pipeline.core.markets import load_markets
 from overnight_pipeline.defs import OVERNIGHT_JOB, build_definitions
@@ -37,7 +38,7 @@ from overnight_pipeline.defs.sensors import FAILED_SENSOR, SUCCEEDED_SENSOR
 from overnight_pipeline.settings import Settings, load_settings
 from overnight_pipeline.storage import batches
 from overnight_pipeline.storage.db import make_engine
-from overnight_pipeline.storage.events import correlation_id_for, snapshots
+from overnight_pipeline.storage.events import snapshots
 from overnight_pipeline.storage.job_runs import job_run
 from overnight_pipeline.storage.models import (
     asset_scores_table,

@@ -16,6 +16,7 @@ import redis
 from dagster import DagsterEventType, DagsterInstance, build_run_status_sensor_context
 from sqlalchemy import select
 
+from overnight_pipeline.core.audit import correlation_id_for
 from overnight_pipeline.core.load_file import parse_load_file
 from overnight_pipeline.core.markets import load_markets
 from overnight_pipeline.core.vocabulary import METRICS
@@ -25,7 +26,6 @@ from overnight_pipeline.defs.resources import AppDatabase
 from overnight_pipeline.defs.sensors import SUCCEEDED_SENSOR
 from overnight_pipeline.settings import load_settings
 from overnight_pipeline.storage.db import make_engine, migrate
-from overnight_pipeline.storage.events import correlation_id_for
 from overnight_pipeline.storage.job_runs import job_run
 from overnight_pipeline.storage.loader import load
 from overnight_pipeline.storage.models import calculation_events_table, recommendations_table

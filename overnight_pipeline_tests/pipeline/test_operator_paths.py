@@ -24,6 +24,7 @@ from sqlalchemy import Connection, Engine, func, select, text
 from starlette.testclient import TestClient
 
 from dashboard_api.app import create_app
+from overnight_pipeline.core.audit import correlation_id_for
 from overnight_pipeline.core.load_file import LoadFile, parse_load_file
 from overnight_pipeline.core.markets import load_markets
 from overnight_pipeline.defs.monitor import run_worker
@@ -32,7 +33,6 @@ from overnight_pipeline.seed import seed
 from overnight_pipeline.settings import load_settings
 from overnight_pipeline.storage.batches import partition_users
 from overnight_pipeline.storage.db import make_engine, migrate
-from overnight_pipeline.storage.events import correlation_id_for
 from overnight_pipeline.storage.loader import load
 from overnight_pipeline.storage.models import (
     assets_table,

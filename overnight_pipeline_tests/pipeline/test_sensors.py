@@ -24,6 +24,7 @@ from dagster import (
 )
 from sqlalchemy import Connection, delete, func, insert, select
 
+from overnight_pipeline.core.audit import correlation_id_for
 from overnight_pipeline.defs import OVERNIGHT_JOB, build_definitions
 from overnight_pipeline.defs.partitions import partition_key
 from overnight_pipeline.defs.resources import AppDatabase
@@ -35,7 +36,6 @@ from overnight_pipeline.defs.sensors import (
 from overnight_pipeline.settings import load_settings
 from overnight_pipeline.storage import job_runs
 from overnight_pipeline.storage.db import make_engine
-from overnight_pipeline.storage.events import correlation_id_for
 from overnight_pipeline.storage.job_runs import job_run
 from overnight_pipeline.storage.models import (
     calculation_events_table,

@@ -29,13 +29,13 @@ from dagster import (
 )
 from sqlalchemy import Engine, select, text
 
+from overnight_pipeline.core.audit import correlation_id_for
 from overnight_pipeline.defs import OVERNIGHT_JOB, build_definitions
 from overnight_pipeline.defs.assets import SCORES_AND_RECOMMENDATIONS
 from overnight_pipeline.defs.partitions import partition_key
 from overnight_pipeline.settings import Settings, load_settings
 from overnight_pipeline.steps import shard_of
 from overnight_pipeline.storage.db import make_engine
-from overnight_pipeline.storage.events import correlation_id_for
 from overnight_pipeline.storage.models import (
     asset_scores_table,
     calculation_assets_table,
