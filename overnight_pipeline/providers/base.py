@@ -15,6 +15,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
+from overnight_pipeline.core.chunks import chunks
 from overnight_pipeline.core.money import QUOTE_BASE, FxRates
 from overnight_pipeline.core.vocabulary import METRICS
 
@@ -186,7 +187,7 @@ def wanted_currencies(currencies: Iterable[str]) -> list[str]:
 def batches(items: Sequence[Instrument], size: int) -> list[Sequence[Instrument]]:
     if size <= 0:
         raise ValueError(f"batch_size must be positive, got {size}")
-    return [items[i : i + size] for i in range(0, len(items), size)]
+    return list(chunks(items, size))
 
 
 def empty_metrics() -> dict[str, Decimal | None]:

@@ -12,7 +12,7 @@ import redis
 from sqlalchemy import Engine
 
 from overnight_pipeline.core.audit import CALC_COMPLETED
-from overnight_pipeline.steps.batches import chunks
+from overnight_pipeline.core.chunks import chunks
 from overnight_pipeline.steps.reports import CacheReport
 from overnight_pipeline.storage.cache import write_entries
 from overnight_pipeline.storage.cache_entries import CacheEntry

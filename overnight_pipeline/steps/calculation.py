@@ -15,11 +15,12 @@ from sqlalchemy import Engine
 
 from overnight_pipeline.core.audit import CALC_COMPLETED
 from overnight_pipeline.core.captured import market_snapshot
+from overnight_pipeline.core.chunks import chunks
 from overnight_pipeline.core.markets import Market
 from overnight_pipeline.core.money import FxRates
 from overnight_pipeline.logs import correlation
 from overnight_pipeline.steps.batch_results import BatchResult, Calculation, process_batch
-from overnight_pipeline.steps.batches import BatchWriter, chunks, prefetched
+from overnight_pipeline.steps.batches import BatchWriter, prefetched
 from overnight_pipeline.steps.progress import Progress
 from overnight_pipeline.steps.reports import CalculationReport, Failure
 from overnight_pipeline.storage.batches import (
@@ -102,7 +103,7 @@ def score_and_recommend(
             fx=work.fx,
             snapshot=work.snapshot_key,
         )
-        batches = chunks(work.todo, batch_size)
+        batches = list(chunks(work.todo, batch_size))
         progress = Progress(
             log or _log,
             market=market,

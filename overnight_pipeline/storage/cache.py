@@ -40,11 +40,10 @@ import functools
 import hashlib
 import re
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
-from itertools import islice
 from typing import Any
 
 import redis
@@ -52,6 +51,7 @@ import redis.asyncio as aioredis
 from cachetools import LRUCache
 from redis.exceptions import NoScriptError
 
+from overnight_pipeline.core.chunks import chunks
 from overnight_pipeline.core.payloads import (
     NON_NEGATIVE_DECIMAL_RE,
     InvalidDocument,
@@ -378,12 +378,6 @@ def _args(
     ]
 
 
-def _chunks(entries: Iterable[CacheEntry], size: int) -> Iterator[list[CacheEntry]]:
-    it = iter(entries)
-    while batch := list(islice(it, size)):
-        yield batch
-
-
 def _check_ttl(ttl_seconds: int) -> None:
     if not isinstance(ttl_seconds, int) or ttl_seconds <= 0:
         raise ValueError(f"ttl_seconds must be a positive integer, got {ttl_seconds!r}")
@@ -409,7 +403,7 @@ def write_entries(
     # pipeline script support would add a SCRIPT EXISTS round trip to every chunk.
     client.script_load(_WRITE_UNLESS_NEWER)
     written = kept = 0
-    for batch in _chunks(entries, chunk):
+    for batch in chunks(entries, chunk):
         latest = not_after()
         results = _run_chunk(client, script.sha, batch, prefix, ttl_seconds, latest)
         if any(isinstance(r, NoScriptError) for r in results):

@@ -20,14 +20,10 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.functions import FunctionElement
 
+from overnight_pipeline.core.chunks import chunks
 from overnight_pipeline.storage.types import ExactDecimal
 
 CHUNK = 1000
-
-
-def _chunks(items: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 def among(column: ColumnElement[Any], ids: Sequence[Any], dialect: str) -> ColumnElement[bool]:
@@ -41,7 +37,7 @@ def id_chunks(conn: Connection, ids: Sequence[Any], size: int = 5000) -> Iterabl
     """`ids` in one piece on PostgreSQL, in pieces of `size` elsewhere."""
     if conn.dialect.name == "postgresql":
         return [ids] if ids else []
-    return _chunks(ids, size)
+    return chunks(ids, size)
 
 
 class id_text(FunctionElement[str]):
