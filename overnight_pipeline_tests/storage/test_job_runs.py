@@ -119,3 +119,18 @@ def test_market_readiness_judges_each_market_at_its_open(db_conn: Connection) ->
     }
     # XETRA opens 09:00 CET = 08:00 UTC: finished half an hour late. LSE: never ran.
     assert states == {"NYSE": READY, "B3": READY_PARTIAL, "XETRA": LATE, "LSE": MISSING}
+
+
+def test_unfinished_run_ids_are_the_newest_rows_still_started(db_conn: Connection) -> None:
+    done = finished(db_conn, "NYSE", MONDAY, "completed", "2026-12-07T12:00", "2026-12-07T12:30")
+    started = []
+    for hour in ("09", "10", "11"):
+        run = job_runs.JobRun(
+            run_id=uuid.uuid4().hex,
+            correlation_id=uuid.uuid4(),
+            started_at=at(f"2026-12-07T{hour}:00"),
+        )
+        assert job_runs.record_started(db_conn, run)
+        started.append(run.run_id)
+    assert job_runs.unfinished_run_ids(db_conn, limit=2) == started[:0:-1]
+    assert done not in job_runs.unfinished_run_ids(db_conn, limit=20)
