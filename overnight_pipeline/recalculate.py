@@ -34,7 +34,7 @@ import redis
 from sqlalchemy import Connection, Engine
 
 from overnight_pipeline.core import audit
-from overnight_pipeline.core.markets import Market, home_market
+from overnight_pipeline.core.markets import Market, by_home, newest_home
 from overnight_pipeline.steps.cache_warming import warm_cache
 from overnight_pipeline.steps.calculation import score_and_recommend
 from overnight_pipeline.storage import changes, job_runs
@@ -78,16 +78,12 @@ def plan(conn: Connection, user_ids: Sequence[uuid.UUID], *, markets: Mapping[st
         if not codes:
             dropped.append(user_id)
             continue
-        nights = [newest[c] for c in codes if c in newest]
-        if not nights:
+        home = newest_home(codes, newest, markets)
+        if home is None:
             waiting.append(user_id)
             continue
-        home = home_market([markets[c] for c in codes], max(nights)).code
-        if home not in newest:
-            waiting.append(user_id)
-            continue
-        assigned[user_id] = (home, newest[home])
-    return Plan(changes.by_home(assigned), dropped, waiting)
+        assigned[user_id] = home
+    return Plan(by_home(assigned), dropped, waiting)
 
 
 @dataclass

@@ -11,7 +11,7 @@ from datetime import date, datetime
 
 from sqlalchemy import Connection, func, select, update
 
-from overnight_pipeline.core.markets import Market
+from overnight_pipeline.core.markets import Market, held_markets
 from overnight_pipeline.storage.keysets import keys_in
 from overnight_pipeline.storage.models import (
     asset_prices_table,
@@ -87,9 +87,7 @@ def configured_markets(
         rows = conn.execute(
             select(h.c.user_id, a.c.market).distinct().join(a, a.c.id == h.c.asset_id).where(wanted)
         )
-        for user_id, code in rows:
-            if code in markets:
-                found.setdefault(user_id, set()).add(code)
+        found.update(held_markets(rows, markets))  # a user's rows are in one chunk
     return found
 
 
@@ -115,13 +113,3 @@ def newest_pending_change(conn: Connection, user_id: uuid.UUID) -> datetime | No
         .order_by(t.c.changed_at.desc())
         .limit(1)
     )
-
-
-def by_home(
-    assigned: Mapping[uuid.UUID, tuple[str, date]],
-) -> dict[tuple[str, date], list[uuid.UUID]]:
-    """Users grouped by the (market, day) they are recalculated with, sorted."""
-    groups: dict[tuple[str, date], list[uuid.UUID]] = {}
-    for uid, key in sorted(assigned.items()):
-        groups.setdefault(key, []).append(uid)
-    return groups
