@@ -4,15 +4,21 @@ from __future__ import annotations
 
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+# What a failing database raises (refused, lost, a statement rejected): the name callers
+# outside storage catch, so that only storage imports SQLAlchemy.
+DatabaseError = SQLAlchemyError
 
 
 def _json_default(value: Any) -> Any:
@@ -62,7 +68,39 @@ def ping(conn: Connection) -> None:
     conn.execute(text("SELECT 1")).scalar_one()
 
 
+def location(url: str) -> tuple[str, str]:
+    """`url`'s backend and where it points, as a message names it: the SQLite file
+    (':memory:' when none), else host:port with libpq's defaults (localhost, 5432)."""
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        return backend, parsed.database or ":memory:"
+    return backend, f"{parsed.host or 'localhost'}:{parsed.port or 5432}"
+
+
+def connect_failure(
+    url: str, *, connect_args: dict[str, Any], plain: bool = False
+) -> SQLAlchemyError | OSError | None:
+    """None when the database at `url` answers `SELECT 1`, else what connecting raised.
+    `plain`: another program's database (Dagster's), with SQLAlchemy's own engine."""
+    if plain:
+        engine = create_engine(url, connect_args=connect_args)
+    else:
+        engine = make_engine(url, connect_args=connect_args)
+    try:
+        with engine.connect() as conn:
+            ping(conn)
+    except (SQLAlchemyError, OSError) as exc:
+        return exc
+    finally:
+        engine.dispose()
+    return None
+
+
 def alembic_config(url: str) -> Config:
+    # Alembic is imported to migrate only: every `overnight` command imports this module.
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
@@ -71,8 +109,12 @@ def alembic_config(url: str) -> Config:
 
 def migrate(url: str, revision: str = "head") -> None:
     """Bring the database at `url` to `revision` (default: the newest)."""
+    from alembic import command
+
     command.upgrade(alembic_config(url), revision)
 
 
 def downgrade(url: str, revision: str = "base") -> None:
+    from alembic import command
+
     command.downgrade(alembic_config(url), revision)

@@ -28,7 +28,8 @@ from starlette.testclient import TestClient
 
 from dashboard_api.metrics import AppMetrics
 from dashboard_api.services import ApiOptions
-from overnight_pipeline.cli import InvalidSetting, ServiceError, check_metrics_port
+from overnight_pipeline.cli.checks import InvalidSetting, ServiceError
+from overnight_pipeline.cli.dashboard import check_metrics_port
 from overnight_pipeline.settings import Settings
 from overnight_pipeline.storage import job_runs
 from overnight_pipeline.storage.cache_entries import recs_key

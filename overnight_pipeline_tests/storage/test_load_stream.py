@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Connection, select
 
-from overnight_pipeline import cli
+from overnight_pipeline.cli import data as cli_data
 from overnight_pipeline.cli import main
 from overnight_pipeline.core import load_stream
 from overnight_pipeline.core.load_errors import LoadFileError
@@ -329,7 +329,7 @@ def test_overnight_load_says_how_far_it_is_on_stderr(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(cli, "LOAD_PROGRESS_USERS", 50)
+    monkeypatch.setattr(cli_data, "LOAD_PROGRESS_USERS", 50)
     monkeypatch.setattr(load_stream, "PROGRESS_EVERY", 25)
     monkeypatch.setattr(loader, "CHUNK", CHUNK)
     path = load_files.write(tmp_path / "users.json", USERS, seed=7)
@@ -406,7 +406,7 @@ def test_overnight_load_refuses_a_file_changed_after_its_check_writing_nothing(
 ) -> None:
     """The second pass reads what the first checked, or the transaction is rolled back:
     here the file is rewritten (valid, other users) once checked."""
-    monkeypatch.setattr(cli, "LOAD_PROGRESS_USERS", 50)
+    monkeypatch.setattr(cli_data, "LOAD_PROGRESS_USERS", 50)
     monkeypatch.setattr(loader, "CHUNK", CHUNK)
     path = load_files.write(tmp_path / "users.json", USERS, seed=9)
     check = LoadStream.check
