@@ -50,6 +50,7 @@ check: install ## Lint, format check, types, import contracts
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+	$(BIN)/dg check defs
 
 bench: install services ## Run the benchmarks (results go in docs/PERFORMANCE.md)
 	$(BIN)/python bench/seed_bench.py

@@ -50,7 +50,8 @@ from dagster import (
 )
 
 from overnight_pipeline.core.audit import correlation_id_for
-from overnight_pipeline.defs import OVERNIGHT_JOB, build_definitions
+from overnight_pipeline.definitions import definitions_for
+from overnight_pipeline.defs.jobs import OVERNIGHT_JOB
 from overnight_pipeline.defs.partitions import partition_key
 from overnight_pipeline.settings import load_settings
 from overnight_pipeline.storage.db import make_engine, migrate
@@ -149,7 +150,7 @@ def run_partition(url: str, prefix: str, shards: int, executor: str) -> Run:
     os.environ.update(env)
     settings = load_settings()
     if shards == 1:
-        job = build_definitions(settings, env_vars=False).resolve_job_def(OVERNIGHT_JOB)
+        job = definitions_for(settings, env_vars=False).resolve_job_def(OVERNIGHT_JOB)
         with DagsterInstance.ephemeral() as instance:
             cpu = _cpu_seconds()
             started = time.perf_counter()

@@ -32,7 +32,8 @@ from dagster import DagsterInstance
 
 from overnight_pipeline.core.audit import correlation_id_for
 from overnight_pipeline.core.markets import DEFAULT_MARKETS, is_session
-from overnight_pipeline.defs import OVERNIGHT_JOB, build_definitions
+from overnight_pipeline.definitions import definitions_for
+from overnight_pipeline.defs.jobs import OVERNIGHT_JOB
 from overnight_pipeline.defs.partitions import partition_key
 from overnight_pipeline.settings import load_settings
 from overnight_pipeline.storage.db import make_engine, migrate
@@ -101,7 +102,7 @@ def run_night(url: str, prefix: str, day: date) -> tuple[uuid.UUID, int, float]:
             "OVERNIGHT_EXECUTOR": "in_process",
         }
     )
-    job = build_definitions(load_settings(), env_vars=False).resolve_job_def(OVERNIGHT_JOB)
+    job = definitions_for(load_settings(), env_vars=False).resolve_job_def(OVERNIGHT_JOB)
     with DagsterInstance.ephemeral() as instance:
         started = time.perf_counter()
         result = job.execute_in_process(

@@ -113,8 +113,7 @@ def launch(
     yields each as it is submitted."""
     from dagster._cli.job import _create_run  # what `dagster job launch` calls
 
-    from overnight_pipeline.defs.assets import PARTITIONS
-    from overnight_pipeline.defs.partitions import partition_key
+    from overnight_pipeline.defs.partitions import PARTITIONS, partition_key
 
     with _workspace(instance) as workspace:
         location = workspace.get_code_location(LOCATION)

@@ -33,7 +33,8 @@ from dagster import (
 )
 
 from overnight_pipeline.core.markets import Market, load_markets
-from overnight_pipeline.defs import OVERNIGHT_JOB, build_definitions
+from overnight_pipeline.definitions import definitions_for
+from overnight_pipeline.defs.jobs import OVERNIGHT_JOB
 from overnight_pipeline.defs.loggers import PROCESS_LOGGER
 from overnight_pipeline.defs.monitor import fail_dead_runs, worker_tags
 from overnight_pipeline.defs.partitions import partition_key
@@ -139,7 +140,7 @@ def run_partition(
 ) -> PartitionSummary:
     """Materialise every overnight asset of `market|day` in this process; its log goes to
     this process's logging (the `overnight` logger, `log_level` and up)."""
-    defs = build_definitions(settings)
+    defs = definitions_for(settings)
     job = defs.resolve_job_def(OVERNIGHT_JOB)
     selection = None
     if not with_cache:
@@ -453,7 +454,7 @@ def run_recalculation(
         run_config,
     )
 
-    defs = build_definitions(settings)
+    defs = definitions_for(settings)
     job = defs.resolve_job_def(RECALCULATION_JOB)
     dagster = dagster or instance()
     config = run_config(user=user).to_config_dict()

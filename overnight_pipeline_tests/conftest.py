@@ -13,10 +13,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-# Read when `overnight_pipeline.defs.assets` is imported (the assets are module-level):
-# retries of the tests' failing steps wait 0.05 s instead of the production 2 s.
-os.environ.setdefault("RETRY_DELAY_SECONDS", "0.05")
 from sqlalchemy import Connection, Engine
 
 from overnight_pipeline_tests.support.databases import (
@@ -24,6 +20,11 @@ from overnight_pipeline_tests.support.databases import (
     migrated_pg_database,
     migrated_sqlite_database,
 )
+
+# The tests' settings (`load_settings()`, read whenever a test builds them): retries of a
+# failing step wait 0.05 s instead of the production 2 s. They reach the steps through the
+# `tuning` resource of `definitions_for(settings)`: no import order matters.
+os.environ.setdefault("RETRY_DELAY_SECONDS", "0.05")
 
 
 @pytest.fixture(scope="session")

@@ -220,7 +220,7 @@ def _launch(chosen: list[Readiness], states: list[str]) -> int:
     import os
 
     from overnight_pipeline.backfill import TRIGGER_TAG, describe, launch
-    from overnight_pipeline.defs import OVERNIGHT_JOB
+    from overnight_pipeline.defs.jobs import OVERNIGHT_JOB
     from overnight_pipeline.runner import LOCAL_HOME, instance
 
     home = os.environ.get("DAGSTER_HOME") or str(LOCAL_HOME)

@@ -15,7 +15,8 @@ from dagster import (
     StaticPartitionsDefinition,
 )
 
-from overnight_pipeline.core.markets import Market
+from overnight_pipeline.core.markets import Market, load_markets
+from overnight_pipeline.settings import get_settings
 
 START_DATE = "2025-01-01"
 
@@ -151,3 +152,10 @@ def guard_partitions(context: AssetExecutionContext) -> list[str]:
             description=f"refused run {run.run_id}: {exc}. Nothing was written.",
             allow_retries=False,
         ) from exc
+
+
+# The configured markets (MARKETS_FILE), read once when the definitions load: they shape
+# the partitions, the schedules and the readiness checks, like any Dagster project's
+# environment. Everything a run may tune comes from the resources instead.
+MARKETS = load_markets(get_settings().markets_file)
+PARTITIONS = market_date_partitions(MARKETS)

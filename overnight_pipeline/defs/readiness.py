@@ -20,7 +20,7 @@ moment (before an open: `pending` or `running`, red as WARN).
 # No `from __future__ import annotations`: Dagster inspects the context annotations.
 
 import json
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -34,7 +34,6 @@ from dagster import (
     AssetKey,
     DefaultSensorStatus,
     MetadataValue,
-    SensorDefinition,
     SensorEvaluationContext,
     SensorResult,
     multi_asset_check,
@@ -44,8 +43,9 @@ from dagster import (
 from overnight_pipeline.alerts import Webhook, deadline_alert, deliver_due, raise_alerts
 from overnight_pipeline.core.markets import Market
 from overnight_pipeline.core.readiness import Readiness, describe, format_margin
-from overnight_pipeline.defs.resources import AppDatabase
-from overnight_pipeline.storage.job_runs import market_readiness
+from overnight_pipeline.defs.partitions import MARKETS
+from overnight_pipeline.defs.resources import Alerting, AppDatabase
+from overnight_pipeline.storage import job_runs
 
 READY_CHECK = "ready_before_open"
 READINESS_SENSOR = "market_readiness"
@@ -120,61 +120,72 @@ def readiness_checks(markets: Sequence[Market]) -> AssetChecksDefinition:
     ) -> Iterator[AssetCheckResult]:
         selected = [by_check[k.name] for k in context.selected_asset_check_keys]
         with database.engine.connect() as conn:
-            judged = market_readiness(conn, selected, now=datetime.now(UTC))
+            judged = job_runs.market_readiness(conn, selected, now=datetime.now(UTC))
         for r in judged:
             yield AssetCheckResult(asset_key=CACHE_ASSET, **_fields(r))
 
     return _readiness
 
 
-def build_readiness_sensor(
-    markets: Sequence[Market],
+def judge_markets(
+    context: SensorEvaluationContext,
+    database: AppDatabase,
+    webhook: Webhook | None,
     *,
-    webhook: Webhook | None = None,
-    interval_seconds: int = READINESS_INTERVAL_SECONDS,
-    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-) -> SensorDefinition:
-    @sensor(
-        name=READINESS_SENSOR,
-        minimum_interval_seconds=interval_seconds,
-        default_status=DefaultSensorStatus.RUNNING,
-        description="At and after each market's open, judges whether its session's partition "
-        "was ready before the open and records it as the market's ready_before_open check "
-        "on recommendation_cache (when it changes); alerts a missed deadline once.",
-    )
-    def market_readiness_sensor(
-        context: SensorEvaluationContext, database: AppDatabase
-    ) -> SensorResult:
-        now = clock()
-        with database.engine.connect() as conn:
-            judged = market_readiness(conn, markets, now=now)
-        opened = [r for r in judged if r.deadline is not None and now >= r.deadline]
-        last: dict[str, str] = _cursor(context.cursor)
-        events = []
-        for r in opened:
-            mark = f"{r.session}|{r.state}|{r.run_id or ''}"
-            if last.get(r.market) != mark:
-                events.append(evaluation(r))
-                last[r.market] = mark
-        missed = [deadline_alert(r) for r in opened if r.deadline_missed]
-        # Recording is idempotent (one alert per market-date and kind); each tick also
-        # sends what a receiver that was down could not take before.
-        if missed:
-            raise_alerts(database.engine, webhook, missed, now=now)
-        else:
-            deliver_due(database.engine, webhook, now=now)
-        for e in events:
-            context.log.info(e.description or "")
-        cursor = json.dumps(last, sort_keys=True)
-        if not events:
-            waiting = len(judged) - len(opened)
-            return SensorResult(
-                skip_reason=f"no change; {waiting} market(s) before their open",
-                cursor=cursor,
-            )
-        return SensorResult(asset_events=events, cursor=cursor)
+    markets: Sequence[Market],
+    now: datetime,
+) -> SensorResult:
+    """What `market_readiness` decides at `now`: each opened market's check when its state
+    changed since the cursor, and an alert for each missed deadline (recorded once)."""
+    with database.engine.connect() as conn:
+        judged = job_runs.market_readiness(conn, markets, now=now)
+    opened = [r for r in judged if r.deadline is not None and now >= r.deadline]
+    last: dict[str, str] = _cursor(context.cursor)
+    events = []
+    for r in opened:
+        mark = f"{r.session}|{r.state}|{r.run_id or ''}"
+        if last.get(r.market) != mark:
+            events.append(evaluation(r))
+            last[r.market] = mark
+    missed = [deadline_alert(r) for r in opened if r.deadline_missed]
+    # Recording is idempotent (one alert per market-date and kind); each tick also
+    # sends what a receiver that was down could not take before.
+    if missed:
+        raise_alerts(database.engine, webhook, missed, now=now)
+    else:
+        deliver_due(database.engine, webhook, now=now)
+    for e in events:
+        context.log.info(e.description or "")
+    cursor = json.dumps(last, sort_keys=True)
+    if not events:
+        waiting = len(judged) - len(opened)
+        return SensorResult(
+            skip_reason=f"no change; {waiting} market(s) before their open", cursor=cursor
+        )
+    return SensorResult(asset_events=events, cursor=cursor)
 
-    return market_readiness_sensor
+
+market_readiness_checks = readiness_checks(list(MARKETS.values()))
+
+
+@sensor(
+    name=READINESS_SENSOR,
+    minimum_interval_seconds=READINESS_INTERVAL_SECONDS,
+    default_status=DefaultSensorStatus.RUNNING,
+    description="At and after each market's open, judges whether its session's partition "
+    "was ready before the open and records it as the market's ready_before_open check "
+    "on recommendation_cache (when it changes); alerts a missed deadline once.",
+)
+def market_readiness(
+    context: SensorEvaluationContext, database: AppDatabase, alerting: Alerting
+) -> SensorResult:
+    return judge_markets(
+        context,
+        database,
+        alerting.webhook(),
+        markets=list(MARKETS.values()),
+        now=datetime.now(UTC),
+    )
 
 
 def _cursor(text: str | None) -> dict[str, str]:

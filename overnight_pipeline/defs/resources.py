@@ -11,12 +11,21 @@ from typing import Any
 
 import redis
 from dagster import ConfigurableResource, EnvVar, InitResourceContext
+from opentelemetry.trace import TracerProvider
 from pydantic import Field, PrivateAttr
 from sqlalchemy import Engine
 
+from overnight_pipeline.alerts import Webhook
 from overnight_pipeline.providers import MarketDataProvider, provider_from_settings
-from overnight_pipeline.settings import Settings, is_set, load_settings, normalise_database_url
+from overnight_pipeline.settings import (
+    Settings,
+    get_settings,
+    is_set,
+    load_settings,
+    normalise_database_url,
+)
 from overnight_pipeline.storage.db import make_engine
+from overnight_pipeline.telemetry import tracer_provider
 
 
 class AppDatabase(ConfigurableResource):  # type: ignore[type-arg]
@@ -88,6 +97,44 @@ class OvernightTuning(ConfigurableResource):  # type: ignore[type-arg]
     replay_sample: int = Field(
         default=25, ge=0, le=10_000, description="Users replayed from their events per run."
     )
+    retry_delay_seconds: float = Field(
+        default=2.0,
+        ge=0,
+        le=3600,
+        description="First delay of a failed step's retries (then doubling, full jitter).",
+    )
+
+
+class Alerting(ConfigurableResource):  # type: ignore[type-arg]
+    """Where the sensors' alerts go (ALERT_WEBHOOK_URL: a Slack-compatible webhook), or
+    nowhere, and the failed-user ratio above which a partial run alerts."""
+
+    webhook_url: str | None = None
+    max_failed_user_ratio: float = Field(default=0.05, ge=0, le=1)
+
+    def webhook(self) -> Webhook | None:
+        return Webhook(self.webhook_url) if self.webhook_url else None
+
+
+class Tracing(ConfigurableResource):  # type: ignore[type-arg]
+    """The OpenTelemetry provider of the run spans the sensors emit, from the process's
+    OTEL_* settings (one provider per process and exporter choice; a no-op one when nothing
+    exports). Tests bind a subclass whose `provider` is their in-memory one."""
+
+    def provider(self) -> TracerProvider | None:
+        return tracer_provider(get_settings())
+
+
+class Retention(ConfigurableResource):  # type: ignore[type-arg]
+    """What the daily retention job keeps: the audit two years (fixed), Dagster's own run
+    history `dagster_history_days` (DAGSTER_HISTORY_DAYS)."""
+
+    batch_size: int = Field(
+        default=5000, gt=0, le=100_000, description="Rows deleted per transaction on SQLite."
+    )
+    dagster_history_days: int = Field(
+        default=90, ge=1, description="Dagster runs (and event logs) kept, in days."
+    )
 
 
 def resources_from(settings: Settings, *, env_vars: bool = True) -> dict[str, Any]:
@@ -107,6 +154,7 @@ def resources_from(settings: Settings, *, env_vars: bool = True) -> dict[str, An
             user_shards=settings.user_shards,
             max_failed_user_ratio=settings.max_failed_user_ratio,
             replay_sample=settings.replay_sample,
+            retry_delay_seconds=settings.retry_delay_seconds,
         ),
         "market_data": MarketData(
             market_data=settings.market_data,
@@ -114,5 +162,15 @@ def resources_from(settings: Settings, *, env_vars: bool = True) -> dict[str, An
             prices_url=settings.prices_url,
             batch_size=settings.provider_batch_size,
             rate_limit=settings.provider_rate_limit,
+        ),
+        "alerting": Alerting(
+            # A Slack webhook's URL is its secret: from the environment it stays an EnvVar.
+            webhook_url=env_or("ALERT_WEBHOOK_URL", settings.alert_webhook_url),
+            max_failed_user_ratio=settings.max_failed_user_ratio,
+        ),
+        "tracing": Tracing(),
+        "retention": Retention(
+            batch_size=settings.retention_batch_size,
+            dagster_history_days=settings.dagster_history_days,
         ),
     }

@@ -17,7 +17,6 @@ from dagster import (
     DagsterInstance,
     DagsterRunStatus,
     DefaultScheduleStatus,
-    JobDefinition,
     MetadataValue,
     OpExecutionContext,
     Output,
@@ -27,7 +26,7 @@ from dagster import (
     op,
 )
 
-from overnight_pipeline.defs.resources import AppDatabase
+from overnight_pipeline.defs.resources import AppDatabase, Retention
 from overnight_pipeline.storage.retention import RETENTION_YEARS, delete_expired
 
 RETENTION_JOB = "audit_retention_job"
@@ -76,75 +75,77 @@ def prune_dagster_history(
     return HistoryPruned(cutoff, deleted, batches, time.perf_counter() - started)
 
 
-def build_retention(
-    *, batch_size: int, dagster_history_days: int = 90
-) -> tuple[JobDefinition, ScheduleDefinition]:
-    """The retention job and its daily schedule (stopped until an operator starts it)."""
-
-    @op(
-        description=f"Deletes Dagster's finished runs older than {dagster_history_days} days "
-        f"(DAGSTER_HISTORY_DAYS) with their event logs, {HISTORY_BATCH} at a time."
+@op(
+    description="Deletes Dagster's finished runs older than the `retention` resource's "
+    f"dagster_history_days (DAGSTER_HISTORY_DAYS) with their event logs, {HISTORY_BATCH} at "
+    "a time."
+)
+def dagster_history(context: OpExecutionContext, retention: Retention) -> Output[None]:
+    days = retention.dagster_history_days
+    pruned = prune_dagster_history(context.instance, days=days)
+    context.log.info(
+        f"Dagster history before {pruned.cutoff.isoformat()}: {pruned.runs} runs deleted"
     )
-    def dagster_history(context: OpExecutionContext) -> Output[None]:
-        pruned = prune_dagster_history(context.instance, days=dagster_history_days)
-        context.log.info(
-            f"Dagster history before {pruned.cutoff.isoformat()}: {pruned.runs} runs deleted"
-        )
-        return Output(
-            None,
-            metadata={
-                "cutoff": MetadataValue.timestamp(pruned.cutoff),
-                "history_days": dagster_history_days,
-                "runs_deleted": pruned.runs,
-                "batches": pruned.batches,
-                "seconds": round(pruned.seconds, 3),
-            },
-        )
-
-    @op(
-        description=f"Removes calculation_events, calculation_assets, calculation_snapshots "
-        f"and overnight_job_runs older than {RETENTION_YEARS} years: PostgreSQL drops their "
-        f"whole months and creates the coming ones; SQLite deletes {batch_size:,} rows per "
-        "transaction."
+    return Output(
+        None,
+        metadata={
+            "cutoff": MetadataValue.timestamp(pruned.cutoff),
+            "history_days": days,
+            "runs_deleted": pruned.runs,
+            "batches": pruned.batches,
+            "seconds": round(pruned.seconds, 3),
+        },
     )
-    def audit_retention(context: OpExecutionContext, database: AppDatabase) -> Output[None]:
-        report = delete_expired(database.engine, batch_size=batch_size)
-        context.log.info(
-            f"retention before {report.cutoff.isoformat()}: {report.deleted}; dropped"
-            f" {report.dropped or 'no partition'}; created {report.created or 'no partition'}"
-        )
-        table = "\n".join(f"| {name} | {count:,} |" for name, count in report.deleted.items())
-        return Output(
-            None,
-            metadata={
-                "cutoff": MetadataValue.timestamp(report.cutoff),
-                "deleted_total": report.total,
-                **{f"deleted_{name}": count for name, count in report.deleted.items()},
-                "batches": report.batches,
-                "partitions_dropped": MetadataValue.json(report.dropped),
-                "partitions_created": MetadataValue.json(report.created),
-                "batch_size": batch_size,
-                "seconds": round(report.seconds, 3),
-                "summary": MetadataValue.md(f"| table | rows deleted |\n| --- | --- |\n{table}"),
-            },
-        )
 
-    @job(
-        name=RETENTION_JOB,
-        tags={"overnight/kind": "maintenance"},
-        description="Audit retention: what is older than two years (whole months on PostgreSQL);"
-        " Dagster's runs and event logs older than DAGSTER_HISTORY_DAYS.",
-    )
-    def audit_retention_job() -> None:
-        audit_retention()
-        dagster_history()
 
-    schedule = ScheduleDefinition(
-        name="audit_retention_daily",
-        cron_schedule=RETENTION_CRON,
-        execution_timezone="UTC",
-        job=audit_retention_job,
-        default_status=DefaultScheduleStatus.STOPPED,
-        description="Daily audit retention at 03:00 UTC.",
+@op(
+    description="Removes calculation_events, calculation_assets, calculation_snapshots "
+    f"and overnight_job_runs older than {RETENTION_YEARS} years: PostgreSQL drops their "
+    "whole months and creates the coming ones; SQLite deletes the `retention` resource's "
+    "batch_size rows (RETENTION_BATCH_SIZE) per transaction."
+)
+def audit_retention(
+    context: OpExecutionContext, database: AppDatabase, retention: Retention
+) -> Output[None]:
+    batch_size = retention.batch_size
+    report = delete_expired(database.engine, batch_size=batch_size)
+    context.log.info(
+        f"retention before {report.cutoff.isoformat()}: {report.deleted}; dropped"
+        f" {report.dropped or 'no partition'}; created {report.created or 'no partition'}"
     )
-    return audit_retention_job, schedule
+    table = "\n".join(f"| {name} | {count:,} |" for name, count in report.deleted.items())
+    return Output(
+        None,
+        metadata={
+            "cutoff": MetadataValue.timestamp(report.cutoff),
+            "deleted_total": report.total,
+            **{f"deleted_{name}": count for name, count in report.deleted.items()},
+            "batches": report.batches,
+            "partitions_dropped": MetadataValue.json(report.dropped),
+            "partitions_created": MetadataValue.json(report.created),
+            "batch_size": batch_size,
+            "seconds": round(report.seconds, 3),
+            "summary": MetadataValue.md(f"| table | rows deleted |\n| --- | --- |\n{table}"),
+        },
+    )
+
+
+@job(
+    name=RETENTION_JOB,
+    tags={"overnight/kind": "maintenance"},
+    description="Audit retention: what is older than two years (whole months on PostgreSQL);"
+    " Dagster's runs and event logs older than DAGSTER_HISTORY_DAYS.",
+)
+def audit_retention_job() -> None:
+    audit_retention()
+    dagster_history()
+
+
+audit_retention_daily = ScheduleDefinition(
+    name="audit_retention_daily",
+    cron_schedule=RETENTION_CRON,
+    execution_timezone="UTC",
+    job=audit_retention_job,
+    default_status=DefaultScheduleStatus.STOPPED,
+    description="Daily audit retention at 03:00 UTC.",
+)

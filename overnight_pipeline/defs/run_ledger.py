@@ -19,7 +19,7 @@ from sqlalchemy import Engine
 
 from overnight_pipeline.alerts import Webhook, raise_alerts, run_alerts
 from overnight_pipeline.core import audit
-from overnight_pipeline.defs.assets import SCORES_AND_RECOMMENDATIONS
+from overnight_pipeline.defs.calculation import SCORES_AND_RECOMMENDATIONS
 from overnight_pipeline.defs.partitions import split_key
 from overnight_pipeline.defs.run_facts import RunFacts, crash_explanation, run_facts
 from overnight_pipeline.defs.run_spans import emit_span

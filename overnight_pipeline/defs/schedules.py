@@ -26,7 +26,9 @@ from dagster import (
 )
 
 from overnight_pipeline.core.markets import RUN_LEAD, Market, is_session
-from overnight_pipeline.defs.partitions import partition_key
+from overnight_pipeline.defs.jobs import OVERNIGHT_JOB
+from overnight_pipeline.defs.partitions import MARKETS, partition_key
+from overnight_pipeline.settings import get_settings
 
 
 @lru_cache(maxsize=32)
@@ -152,3 +154,9 @@ if __name__ == "__main__":  # python -m overnight_pipeline.defs.schedules [YYYY-
     when = date.fromisoformat(sys.argv[1]) if len(sys.argv) > 1 else datetime.now(UTC).date()
     for code, local, utc, what in fire_times(load_markets(), when):
         print(f"{code:<8} {local:<28} {utc:%Y-%m-%d %H:%M} UTC  {what}")
+
+
+# One per configured market; OVERNIGHT_JOB_CRON (a deployment's choice) replaces each cron.
+overnight_schedules = market_schedules(
+    MARKETS, OVERNIGHT_JOB, cron_override=get_settings().overnight_job_cron
+)

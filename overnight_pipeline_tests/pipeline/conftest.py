@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import date
+from typing import Any
 
 import pytest
 import redis
@@ -15,7 +16,8 @@ from sqlalchemy import Engine
 
 from overnight_pipeline.core.load_file import parse_load_file
 from overnight_pipeline.core.markets import load_markets
-from overnight_pipeline.defs import OVERNIGHT_JOB, build_definitions
+from overnight_pipeline.definitions import definitions_for
+from overnight_pipeline.defs.jobs import OVERNIGHT_JOB
 from overnight_pipeline.defs.partitions import partition_key
 from overnight_pipeline.seed import seed
 from overnight_pipeline.settings import Settings, load_settings
@@ -102,10 +104,20 @@ def pipeline(pipeline_db: str, redis_prefix: str) -> Iterator[Pipeline]:
     client = redis.Redis.from_url(REDIS_URL)
     with DagsterInstance.ephemeral() as instance:
         yield Pipeline(
-            settings, engine, client, build_definitions(settings, env_vars=False), instance
+            settings, engine, client, definitions_for(settings, env_vars=False), instance
         )
     client.close()
     engine.dispose()
 
 
 RunPartition = Callable[[str, date], ExecuteInProcessResult]
+
+
+def sensor_resources(settings: Settings, **overrides: Any) -> dict[str, Any]:
+    """The resources a run sensor takes, as `definitions_for(settings)` binds them (a test
+    replaces one, e.g. `tracing`, by keyword)."""
+    return {
+        key: value
+        for key, value in definitions_for(settings, env_vars=False).resources.items()
+        if key in ("database", "alerting", "tracing")
+    } | overrides

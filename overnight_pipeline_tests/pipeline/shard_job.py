@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from dagster import JobDefinition
 
-from overnight_pipeline.defs import OVERNIGHT_JOB, build_definitions
+from overnight_pipeline.definitions import definitions_for
+from overnight_pipeline.defs.jobs import OVERNIGHT_JOB
 from overnight_pipeline.settings import load_settings
 
 
 def overnight_job() -> JobDefinition:
-    return build_definitions(load_settings()).resolve_job_def(OVERNIGHT_JOB)
+    return definitions_for(load_settings()).resolve_job_def(OVERNIGHT_JOB)

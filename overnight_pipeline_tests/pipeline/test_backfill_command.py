@@ -17,7 +17,7 @@ import pytest
 from dagster import DagsterInstance, DagsterRunStatus
 
 from overnight_pipeline.cli import main
-from overnight_pipeline.defs import OVERNIGHT_JOB
+from overnight_pipeline.defs.jobs import OVERNIGHT_JOB
 from overnight_pipeline.runner import prepare_home
 from overnight_pipeline.settings import get_settings
 from overnight_pipeline.storage import job_runs

@@ -28,13 +28,14 @@ from dagster import (
 from sqlalchemy import Engine, func, select, text
 
 from overnight_pipeline.core.audit import correlation_id_for
-from overnight_pipeline.core.captured import self_contained, snapshot_keys
+from overnight_pipeline.core.captured_reader import self_contained, snapshot_keys
 from overnight_pipeline.core.markets import load_markets
-from overnight_pipeline.defs import OVERNIGHT_JOB, build_definitions
-from overnight_pipeline.defs.assets import SCORES_AND_RECOMMENDATIONS, Shard
+from overnight_pipeline.definitions import definitions_for
+from overnight_pipeline.defs.calculation import SCORES_AND_RECOMMENDATIONS
+from overnight_pipeline.defs.jobs import OVERNIGHT_JOB
 from overnight_pipeline.defs.partitions import partition_key
-from overnight_pipeline.defs.resources import AppDatabase
 from overnight_pipeline.defs.sensors import FAILED_SENSOR, SUCCEEDED_SENSOR
+from overnight_pipeline.defs.shards import Shard
 from overnight_pipeline.settings import Settings, load_settings
 from overnight_pipeline.storage import batches
 from overnight_pipeline.storage.db import make_engine
@@ -49,6 +50,7 @@ from overnight_pipeline.storage.models import (
 )
 from overnight_pipeline.storage.queries import newest_recommendation
 from overnight_pipeline_tests.api.netfaults import closed_port
+from overnight_pipeline_tests.pipeline.conftest import sensor_resources
 from overnight_pipeline_tests.support.databases import REDIS_URL
 from overnight_pipeline_tests.support.fake_market import closed_port as closed_http_port
 from overnight_pipeline_tests.support.fake_market import running, synthetic_dataset
@@ -92,7 +94,7 @@ def run(defs: Definitions, instance: DagsterInstance, market: str, day: date):
 
 def record(settings: Settings, instance: DagsterInstance, result: ExecuteInProcessResult):
     """What the job-run sensor writes for this run (its success or failure tick)."""
-    defs = build_definitions(settings, env_vars=False)
+    defs = definitions_for(settings, env_vars=False)
     failed = not result.success
     kind = DagsterEventType.RUN_FAILURE if failed else DagsterEventType.RUN_SUCCESS
     event = next(e for e in result.all_events if e.event_type == kind)
@@ -101,7 +103,7 @@ def record(settings: Settings, instance: DagsterInstance, result: ExecuteInProce
         dagster_event=event,
         dagster_instance=instance,
         dagster_run=result.dagster_run,
-        resources={"database": AppDatabase(url=settings.database_url)},
+        resources=sensor_resources(settings),
     ) as context:
         defs.resolve_sensor_def(FAILED_SENSOR if failed else SUCCEEDED_SENSOR)(context)
     engine = make_engine(settings.database_url)
@@ -143,7 +145,7 @@ def test_redis_down_during_the_cache_step_leaves_a_partial_run_served_from_postg
         pipeline_db, redis_prefix, redis_url=f"redis://127.0.0.1:{closed_port()}/0"
     )
     day = date(2026, 11, 27)
-    result = run(build_definitions(settings, env_vars=False), instance, "XETRA", day)
+    result = run(definitions_for(settings, env_vars=False), instance, "XETRA", day)
 
     assert not result.success
     assert {e.step_key for e in result.all_events if e.is_step_failure} == {"recommendation_cache"}
@@ -178,7 +180,7 @@ def test_rate_provider_down_uses_the_newest_stored_rates_and_flags_them_stale(
     stored_day, day = date(2026, 11, 18), date(2026, 11, 19)
     # An earlier night stored its rates.
     healthy = drill_settings(pipeline_db, redis_prefix)
-    assert run(build_definitions(healthy, env_vars=False), instance, "LSE", stored_day).success
+    assert run(definitions_for(healthy, env_vars=False), instance, "LSE", stored_day).success
 
     users = partition_users(engine, "LSE", day)
     with engine.connect() as conn:
@@ -191,7 +193,7 @@ def test_rate_provider_down_uses_the_newest_stored_rates_and_flags_them_stale(
             rates_url=f"http://127.0.0.1:{closed_http_port()}/v1",  # the rate service is down
             prices_url=prices.prices_url,
         )
-        result = run(build_definitions(settings, env_vars=False), instance, "LSE", day)
+        result = run(definitions_for(settings, env_vars=False), instance, "LSE", day)
     assert result.success
 
     meta = {
@@ -282,7 +284,7 @@ def test_a_dropped_postgresql_connection_mid_step_is_retried_and_completes(
     day = date(2026, 11, 24)
     users = partition_users(engine, "B3", day)
     assert len(users) > 2 * settings.user_batch_size  # the drop happens mid-step
-    result = run(build_definitions(settings, env_vars=False), instance, "B3", day)
+    result = run(definitions_for(settings, env_vars=False), instance, "B3", day)
 
     assert result.success
     step = Shard(f"{day}|B3", 0, 1).step_key
@@ -347,7 +349,7 @@ def created_at(instance: DagsterInstance, run_id: str) -> datetime:
 
 
 def reexecutable_overnight_job() -> JobDefinition:
-    return build_definitions(load_settings(), env_vars=False).resolve_job_def(OVERNIGHT_JOB)
+    return definitions_for(load_settings(), env_vars=False).resolve_job_def(OVERNIGHT_JOB)
 
 
 @pytest.fixture
@@ -499,13 +501,13 @@ def record_run(settings: Settings, instance: DagsterInstance, run_id: str, senso
         else DagsterEventType.RUN_SUCCESS
     )
     (entry,) = instance.all_logs(run_id, of_type=kind)
-    defs = build_definitions(settings, env_vars=False)
+    defs = definitions_for(settings, env_vars=False)
     with build_run_status_sensor_context(
         sensor_name=sensor_name,
         dagster_event=entry.dagster_event,
         dagster_instance=instance,
         dagster_run=run,
-        resources={"database": AppDatabase(url=settings.database_url)},
+        resources=sensor_resources(settings),
     ) as context:
         defs.resolve_sensor_def(sensor_name)(context)
     engine = make_engine(settings.database_url)

@@ -15,12 +15,8 @@ from dagster._core.definitions.run_request import InstigatorType
 from dagster._core.instance.config import PoolGranularity
 from dagster._core.scheduler.instigation import TickStatus
 
-from overnight_pipeline.defs.assets import (
-    MARKET_DATA_POOL,
-    asset_fundamentals,
-    asset_prices,
-    exchange_rates,
-)
+from overnight_pipeline.defs.assets import asset_fundamentals, asset_prices, exchange_rates
+from overnight_pipeline.defs.calculation import MARKET_DATA_POOL
 from overnight_pipeline.runner import TEMPLATE, prepare_home
 
 REPO = Path(__file__).resolve().parents[2]

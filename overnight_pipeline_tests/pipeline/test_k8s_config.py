@@ -12,8 +12,9 @@ import yaml
 from dagster import AssetSelection, Definitions, define_asset_job, job, op, validate_run_config
 from dagster_k8s import K8sRunLauncher, k8s_job_executor
 
-from overnight_pipeline.defs import build_definitions
-from overnight_pipeline.defs.assets import GROUP, OVERNIGHT_ASSETS
+from overnight_pipeline.definitions import definitions_for
+from overnight_pipeline.defs.assets import OVERNIGHT_ASSETS
+from overnight_pipeline.defs.calculation import GROUP
 from overnight_pipeline.settings import load_settings
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "OPERATIONS.md"
@@ -37,7 +38,7 @@ def k8s_overnight_job() -> Any:
                 executor_def=k8s_job_executor,
             )
         ],
-        resources=build_definitions(load_settings(), env_vars=False).resources,
+        resources=definitions_for(load_settings(), env_vars=False).resources,
     )
     return defs.resolve_job_def("overnight_job_k8s")
 

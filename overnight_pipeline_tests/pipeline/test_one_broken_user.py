@@ -20,15 +20,16 @@ from overnight_pipeline.core.audit import correlation_id_for
 from overnight_pipeline.core.load_file import parse_load_file
 from overnight_pipeline.core.markets import load_markets
 from overnight_pipeline.core.vocabulary import METRICS
-from overnight_pipeline.defs import OVERNIGHT_JOB, build_definitions
+from overnight_pipeline.definitions import definitions_for
+from overnight_pipeline.defs.jobs import OVERNIGHT_JOB
 from overnight_pipeline.defs.partitions import partition_key
-from overnight_pipeline.defs.resources import AppDatabase
 from overnight_pipeline.defs.sensors import SUCCEEDED_SENSOR
 from overnight_pipeline.settings import load_settings
 from overnight_pipeline.storage.db import make_engine, migrate
 from overnight_pipeline.storage.job_runs import job_run
 from overnight_pipeline.storage.loader import load
 from overnight_pipeline.storage.models import calculation_events_table, recommendations_table
+from overnight_pipeline_tests.pipeline.conftest import sensor_resources
 from overnight_pipeline_tests.support.databases import (
     REDIS_URL,
     create_pg_database,
@@ -118,7 +119,7 @@ def test_one_user_without_a_rate_fails_alone_in_a_partition_of_four(
         retry_delay_seconds=0.05,
     )
     assert settings.max_failed_user_ratio == 0.05  # the default: 1 of 4 is far above it
-    defs = build_definitions(settings, env_vars=False)
+    defs = definitions_for(settings, env_vars=False)
     with DagsterInstance.ephemeral() as instance:
         result = defs.resolve_job_def(OVERNIGHT_JOB).execute_in_process(
             instance=instance, partition_key=partition_key("LSE", DAY), raise_on_error=False
@@ -177,7 +178,7 @@ def test_one_user_without_a_rate_fails_alone_in_a_partition_of_four(
             dagster_event=event,
             dagster_instance=instance,
             dagster_run=result.dagster_run,
-            resources={"database": AppDatabase(url=small_db)},
+            resources=sensor_resources(settings),
         ) as context:
             defs.resolve_sensor_def(SUCCEEDED_SENSOR)(context)
         with engine.connect() as conn:

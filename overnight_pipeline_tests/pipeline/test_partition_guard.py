@@ -8,7 +8,7 @@ import pytest
 from dagster import DagsterEventType
 from sqlalchemy import func, select
 
-from overnight_pipeline.defs import OVERNIGHT_JOB
+from overnight_pipeline.defs.jobs import OVERNIGHT_JOB
 from overnight_pipeline.defs.partitions import PartitionMismatch, check_run_partitions
 from overnight_pipeline.storage.models import calculation_events_table, exchange_rates_table
 from overnight_pipeline_tests.pipeline.conftest import Pipeline

@@ -12,7 +12,7 @@ import orjson
 from dagster import Definitions
 from sqlalchemy import func, select
 
-from overnight_pipeline.core.captured import self_contained
+from overnight_pipeline.core.captured_reader import self_contained
 from overnight_pipeline.core.money import FxRates
 from overnight_pipeline.core.payloads import CachedPortfolioSummary, CachedRecommendations
 from overnight_pipeline.core.recommendations import ClassSpec, HoldingInput, recommend
@@ -96,12 +96,21 @@ def one_user_recommendation(doc: dict):
     )
 
 
-def test_the_definitions_load() -> None:
-    from overnight_pipeline.definitions import defs
+def test_the_definitions_load_from_the_defs_folder() -> None:
+    from overnight_pipeline.definitions import definitions_for
+    from overnight_pipeline.settings import get_settings
 
+    defs = definitions_for(get_settings())
     Definitions.validate_loadable(defs)
     job = defs.resolve_job_def("overnight_job")
     assert {n.name for n in job.graph.node_defs} >= {"exchange_rates", "recommendation_cache"}
+    assert {j.name for j in defs.resolve_all_job_defs()} >= {
+        "overnight_job",
+        "recalculation_job",
+        "audit_retention_job",
+    }
+    assert {s.name for s in defs.schedules or []} >= {"overnight_nyse", "audit_retention_daily"}
+    assert {s.name for s in defs.sensors or []} >= {"market_readiness", "user_changes_sensor"}
 
 
 def test_a_partition_runs_end_to_end_and_a_broken_user_fails_alone(pipeline: Pipeline) -> None:
@@ -273,7 +282,6 @@ def test_the_assets_are_module_level_and_materialise_with_plain_resources(
     from dagster import materialize
 
     from overnight_pipeline.defs.assets import (
-        ShardPlanIOManager,
         asset_fundamentals,
         asset_prices,
         exchange_rates,
@@ -281,6 +289,7 @@ def test_the_assets_are_module_level_and_materialise_with_plain_resources(
     )
     from overnight_pipeline.defs.partitions import partition_key
     from overnight_pipeline.defs.resources import resources_from
+    from overnight_pipeline.defs.shards import ShardPlanIOManager
 
     result = materialize(
         [exchange_rates, asset_prices, asset_fundamentals, scores_and_recommendations],

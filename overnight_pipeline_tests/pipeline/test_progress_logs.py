@@ -20,13 +20,14 @@ from dagster import DagsterInstance, job, op
 from opentelemetry.sdk.trace import TracerProvider
 
 from overnight_pipeline import logs
-from overnight_pipeline.defs import OVERNIGHT_JOB, build_definitions
-from overnight_pipeline.defs.assets import MARKET_DATA_POOL
+from overnight_pipeline.definitions import definitions_for
+from overnight_pipeline.defs.calculation import MARKET_DATA_POOL
+from overnight_pipeline.defs.jobs import OVERNIGHT_JOB
 from overnight_pipeline.defs.loggers import PROCESS_LOGGER, PYTHON_LOGGER
 from overnight_pipeline.defs.partitions import partition_key
 from overnight_pipeline.runner import prepare_home
 from overnight_pipeline.settings import load_settings
-from overnight_pipeline.steps import BATCH_PROCESSED, JOB_STARTED, USER_FAILED
+from overnight_pipeline.steps.progress import BATCH_PROCESSED, JOB_STARTED, USER_FAILED
 from overnight_pipeline_tests.pipeline.conftest import BROKEN_USER, DAY
 from overnight_pipeline_tests.support.databases import REDIS_URL
 
@@ -51,7 +52,7 @@ def test_a_partition_logs_its_progress_and_the_three_events(
     settings = load_settings(
         database_url=pipeline_db, redis_url=REDIS_URL, cache_prefix=redis_prefix, user_batch_size=8
     )
-    defs = build_definitions(settings, env_vars=False)
+    defs = definitions_for(settings, env_vars=False)
     caplog.set_level(logging.INFO, logger=PYTHON_LOGGER)
     with DagsterInstance.from_config(str(home)) as instance:
         result = defs.resolve_job_def(OVERNIGHT_JOB).execute_in_process(

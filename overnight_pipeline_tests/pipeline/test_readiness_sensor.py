@@ -25,8 +25,9 @@ from sqlalchemy import Engine, delete, update
 from overnight_pipeline.alerts import Webhook
 from overnight_pipeline.core.markets import DEFAULT_MARKETS
 from overnight_pipeline.core.readiness import STATES
-from overnight_pipeline.defs import OVERNIGHT_JOB, build_definitions
-from overnight_pipeline.defs.readiness import build_readiness_sensor, check_name
+from overnight_pipeline.definitions import definitions_for
+from overnight_pipeline.defs.jobs import OVERNIGHT_JOB
+from overnight_pipeline.defs.readiness import check_name, judge_markets
 from overnight_pipeline.defs.resources import AppDatabase
 from overnight_pipeline.defs.sensors import CANCELED_SENSOR, SUCCEEDED_SENSOR
 from overnight_pipeline.settings import load_settings
@@ -102,13 +103,12 @@ def tick(
     url: str, instance: DagsterInstance, now: datetime, cursor: str | None, hook: str | None
 ) -> SensorResult:
     """One evaluation at `now`, its check evaluations stored as the daemon stores them."""
-    sensor = build_readiness_sensor(
-        MARKETS, webhook=Webhook(hook, backoff=0.01, pause=0) if hook else None, clock=lambda: now
-    )
+    webhook = Webhook(hook, backoff=0.01, pause=0) if hook else None
     with build_sensor_context(
         instance=instance, cursor=cursor, resources={"database": AppDatabase(url=url)}
     ) as context:
-        result = sensor(context)
+        database = context.resources.database
+        result = judge_markets(context, database, webhook, markets=MARKETS, now=now)
     assert isinstance(result, SensorResult)
     for event in result.asset_events:
         instance.report_runless_asset_event(event)
@@ -214,7 +214,7 @@ def test_a_receiver_that_is_down_is_retried_by_a_later_tick(
 
 
 def test_the_checks_are_defined_per_market_and_left_out_of_the_overnight_job() -> None:
-    defs = build_definitions(load_settings(), env_vars=False)
+    defs = definitions_for(load_settings(), env_vars=False)
     graph = defs.resolve_asset_graph()
     keys = {k for k in graph.asset_check_keys if k.asset_key == CACHE}
     assert keys == {AssetCheckKey(CACHE, check_name(m.code)) for m in MARKETS}
@@ -226,7 +226,7 @@ def test_the_checks_are_defined_per_market_and_left_out_of_the_overnight_job() -
 def test_executing_the_checks_from_the_ui_judges_the_markets_now(
     readiness_db: str, instance: DagsterInstance
 ) -> None:
-    defs = build_definitions(load_settings(database_url=readiness_db), env_vars=False)
+    defs = definitions_for(load_settings(database_url=readiness_db), env_vars=False)
     selected = {AssetCheckKey(CACHE, check_name(m)) for m in ("NYSE", "TSE")}
     job = defs.resolve_implicit_global_asset_job_def().get_subset(
         asset_check_selection=selected, asset_selection=set()
@@ -263,7 +263,7 @@ def test_run_alerts_are_raised_where_the_job_run_row_is_finished(
         settings = pipeline.settings.model_copy(
             update={"alert_webhook_url": url, "max_failed_user_ratio": ratio}
         )
-        defs = build_definitions(settings, env_vars=False)
+        defs = definitions_for(settings, env_vars=False)
         return Pipeline(settings, pipeline.engine, pipeline.redis, defs, pipeline.instance)
 
     def clear_alerts() -> None:

@@ -20,7 +20,7 @@ from sqlalchemy import func, select
 from overnight_pipeline.cli import main
 from overnight_pipeline.core.load_file import parse_load_file
 from overnight_pipeline.core.markets import load_markets
-from overnight_pipeline.defs import build_definitions
+from overnight_pipeline.definitions import definitions_for
 from overnight_pipeline.defs.recalculation import (
     RECALCULATION_JOB,
     SENSOR,
@@ -106,7 +106,7 @@ def night(recalc_db: str, redis_prefix: str) -> Iterator[Pipeline]:
         conn.execute(user_changes_table.delete())
     with DagsterInstance.ephemeral() as instance:
         pipeline = Pipeline(
-            settings, engine, client, build_definitions(settings, env_vars=False), instance
+            settings, engine, client, definitions_for(settings, env_vars=False), instance
         )
         assert pipeline.run("NYSE", DAY).success
         yield pipeline
@@ -326,17 +326,18 @@ def test_a_recalculation_failed_on_redis_resumes_without_duplicates(night: Pipel
 
 
 def test_a_failed_recalculation_is_launched_again_for_the_same_changes(night: Pipeline) -> None:
-    from overnight_pipeline.defs.recalculation import build_user_changes_sensor
+    from overnight_pipeline.defs.recalculation import pending_changes_request
     from overnight_pipeline_tests.test_cli import closed_port
 
     resources = {"database": AppDatabase(url=night.settings.database_url)}
 
     def tick(after: float) -> Any:
-        sensor = build_user_changes_sensor(relaunch_after_seconds=after, max_relaunches=2)
         with build_sensor_context(instance=night.instance, resources=resources) as ctx:
-            return sensor(ctx)
+            return pending_changes_request(
+                ctx, ctx.resources.database, relaunch_after_seconds=after, max_relaunches=2
+            )
 
-    broken = build_definitions(
+    broken = definitions_for(
         night.settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{closed_port()}/0"}),
         env_vars=False,
     ).resolve_job_def(RECALCULATION_JOB)

@@ -18,7 +18,7 @@ from dagster._core.storage.runs.schema import RunsTable
 from sqlalchemy import Engine, event, insert, select, text
 from sqlalchemy.exc import OperationalError
 
-from overnight_pipeline.defs import build_definitions
+from overnight_pipeline.definitions import definitions_for
 from overnight_pipeline.defs.retention import RETENTION_JOB, prune_dagster_history
 from overnight_pipeline.settings import load_settings
 from overnight_pipeline.storage.db import make_engine, migrate
@@ -195,7 +195,7 @@ def test_the_retention_job_reports_what_it_dropped(db_url: str, engine: Engine) 
     stamps = [cutoff - timedelta(days=62), cutoff - timedelta(days=31), cutoff + timedelta(days=1)]
     seed_dated_rows(engine, stamps)
     settings = load_settings(database_url=db_url, retention_batch_size=1)
-    defs = build_definitions(settings, env_vars=False)
+    defs = definitions_for(settings, env_vars=False)
     with DagsterInstance.ephemeral() as instance:
         result = defs.resolve_job_def(RETENTION_JOB).execute_in_process(instance=instance)
     assert result.success

@@ -12,7 +12,7 @@ from dagster import DagsterInstance, Definitions, RunRequest, SkipReason, build_
 from dagster._utils.schedules import cron_string_iterator  # the scheduler's own tick times
 
 from overnight_pipeline.core.markets import load_markets
-from overnight_pipeline.defs import build_definitions
+from overnight_pipeline.definitions import definitions_for
 from overnight_pipeline.defs.schedules import fire_times
 from overnight_pipeline.settings import load_settings
 
@@ -21,7 +21,7 @@ MARKETS = load_markets()
 
 @pytest.fixture(scope="module")
 def defs() -> Definitions:
-    return build_definitions(load_settings(database_url="sqlite:///:memory:"), env_vars=False)
+    return definitions_for(load_settings(database_url="sqlite:///:memory:"), env_vars=False)
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +164,7 @@ def test_overnight_job_cron_overrides_every_market_in_its_own_timezone(
     instance: DagsterInstance,
 ) -> None:
     settings = load_settings(database_url="sqlite:///:memory:", overnight_job_cron="0 4 * * 1-5")
-    defs = build_definitions(settings, env_vars=False)
+    defs = definitions_for(settings, env_vars=False)
     for code, market in MARKETS.items():
         schedule = defs.resolve_schedule_def(f"overnight_{code.lower()}")
         assert schedule.cron_schedule == "0 4 * * 1-5"

@@ -25,9 +25,9 @@ from dagster import (
 from sqlalchemy import Connection, delete, func, insert, select
 
 from overnight_pipeline.core.audit import correlation_id_for
-from overnight_pipeline.defs import OVERNIGHT_JOB, build_definitions
+from overnight_pipeline.definitions import definitions_for
+from overnight_pipeline.defs.jobs import OVERNIGHT_JOB
 from overnight_pipeline.defs.partitions import partition_key
-from overnight_pipeline.defs.resources import AppDatabase
 from overnight_pipeline.defs.sensors import (
     CANCELED_SENSOR,
     STARTED_SENSOR,
@@ -43,7 +43,7 @@ from overnight_pipeline.storage.models import (
     recommendations_table,
 )
 from overnight_pipeline.storage.partitions import ensure_months
-from overnight_pipeline_tests.pipeline.conftest import BROKEN_USER, DAY, Pipeline
+from overnight_pipeline_tests.pipeline.conftest import BROKEN_USER, DAY, Pipeline, sensor_resources
 from overnight_pipeline_tests.support.databases import REDIS_URL
 
 
@@ -64,7 +64,7 @@ def invoke(
         dagster_event=event,
         dagster_instance=instance or pipeline.instance,
         dagster_run=run,
-        resources={"database": AppDatabase(url=pipeline.settings.database_url)},
+        resources=sensor_resources(pipeline.settings),
     ) as context:
         sensor(pipeline.defs, name)(context)
 
@@ -167,7 +167,7 @@ def test_too_many_failed_users_turn_the_error_check_red_and_block_nobody(
     # Any failed user is too many: the ERROR check is red, yet the healthy users of the
     # partition still get their recommendations and cache entries (BEHAVIOUR §7).
     settings = pipeline.settings.model_copy(update={"max_failed_user_ratio": 0.0})
-    defs = build_definitions(settings, env_vars=False)
+    defs = definitions_for(settings, env_vars=False)
     day = DAY - timedelta(days=3)  # Tuesday: a date no other test runs
     result = defs.resolve_job_def(OVERNIGHT_JOB).execute_in_process(
         instance=pipeline.instance, partition_key=partition_key("NYSE", day), raise_on_error=False
@@ -251,7 +251,7 @@ def tick(defs: Definitions, instance: DagsterInstance, name: str, cursor: str | 
         instance=instance,
         cursor=cursor,
         repository_def=defs.get_repository_def(),
-        resources={"database": AppDatabase(url=url)},
+        resources=sensor_resources(load_settings(database_url=url)),
     ) as context:
         return sensor(defs, name).evaluate_tick(context)
 
@@ -262,7 +262,7 @@ def test_daemon_ticks_record_every_run_and_a_repeated_tick_changes_nothing(
     settings = load_settings(
         database_url=pipeline_db, redis_url=REDIS_URL, cache_prefix=redis_prefix, user_batch_size=40
     )
-    defs = build_definitions(settings, env_vars=False)
+    defs = definitions_for(settings, env_vars=False)
     # First ticks only set each sensor's cursor (Dagster starts watching from "now").
     cursors = {
         n: tick(defs, persistent, n, None, pipeline_db).cursor

@@ -30,11 +30,12 @@ from dagster import (
 from sqlalchemy import Engine, select, text
 
 from overnight_pipeline.core.audit import correlation_id_for
-from overnight_pipeline.defs import OVERNIGHT_JOB, build_definitions
-from overnight_pipeline.defs.assets import SCORES_AND_RECOMMENDATIONS
+from overnight_pipeline.definitions import definitions_for
+from overnight_pipeline.defs.calculation import SCORES_AND_RECOMMENDATIONS
+from overnight_pipeline.defs.jobs import OVERNIGHT_JOB
 from overnight_pipeline.defs.partitions import partition_key
 from overnight_pipeline.settings import Settings, load_settings
-from overnight_pipeline.steps import shard_of
+from overnight_pipeline.steps.calculation import shard_of
 from overnight_pipeline.storage.db import make_engine
 from overnight_pipeline.storage.models import (
     asset_scores_table,
@@ -140,7 +141,7 @@ def settings_for(pipeline_db: str, prefix: str, **overrides: object) -> Settings
 def run_in_process(
     settings: Settings, shards: int, assets: list[AssetKey] | None = COMPUTED
 ) -> ExecuteInProcessResult:
-    job = build_definitions(settings, env_vars=False).resolve_job_def(OVERNIGHT_JOB)
+    job = definitions_for(settings, env_vars=False).resolve_job_def(OVERNIGHT_JOB)
     with DagsterInstance.ephemeral() as instance:
         result = job.execute_in_process(
             instance=instance,

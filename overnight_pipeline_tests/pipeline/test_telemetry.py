@@ -12,15 +12,37 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import NoOpTracerProvider, StatusCode
 
-from overnight_pipeline.defs import OVERNIGHT_JOB, build_definitions
+from overnight_pipeline.definitions import definitions_for
+from overnight_pipeline.defs.jobs import OVERNIGHT_JOB
 from overnight_pipeline.defs.partitions import partition_key
-from overnight_pipeline.defs.resources import AppDatabase
-from overnight_pipeline.defs.sensors import FAILED_SENSOR, SUCCEEDED_SENSOR, build_job_run_sensors
+from overnight_pipeline.defs.resources import Tracing
+from overnight_pipeline.defs.sensors import (
+    FAILED_SENSOR,
+    SUCCEEDED_SENSOR,
+    overnight_job_run_failed,
+    overnight_job_run_succeeded,
+)
 from overnight_pipeline.settings import SettingsError, load_settings
 from overnight_pipeline.storage.job_runs import job_run
 from overnight_pipeline.telemetry import JOB_ATTRIBUTES, SPAN_NAME, exporter_names, tracer_provider
 from overnight_pipeline_tests.api.netfaults import closed_port
-from overnight_pipeline_tests.pipeline.conftest import DAY, Pipeline
+from overnight_pipeline_tests.pipeline.conftest import DAY, Pipeline, sensor_resources
+
+# The tracing resource a test binds: spans go to this test's provider.
+_provider: TracerProvider | None = None
+
+
+class TestTracing(Tracing):
+    __test__ = False
+
+    def provider(self) -> TracerProvider | None:
+        return _provider
+
+
+class BrokenTracing(Tracing):
+    def provider(self) -> TracerProvider | None:
+        raise ValueError("OTEL_TRACES_EXPORTER: no installed span exporter named 'zipkin'")
+
 
 STEPS = {  # the steps of an XETRA run of one shard (DAY)
     "exchange_rates",
@@ -40,10 +62,12 @@ def exporter() -> InMemorySpanExporter:
 
 def finish(pipeline: Pipeline, result: ExecuteInProcessResult, exporter: InMemorySpanExporter):
     """Let the job-run sensor record the finished run with an in-memory span exporter."""
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    global _provider
+    _provider = TracerProvider()
+    _provider.add_span_processor(SimpleSpanProcessor(exporter))
     sensors = {
-        s.name: s for s in build_job_run_sensors(OVERNIGHT_JOB, tracer_provider=lambda: provider)
+        SUCCEEDED_SENSOR: overnight_job_run_succeeded,
+        FAILED_SENSOR: overnight_job_run_failed,
     }
     name = SUCCEEDED_SENSOR if result.success else FAILED_SENSOR
     kind = DagsterEventType.RUN_SUCCESS if result.success else DagsterEventType.RUN_FAILURE
@@ -53,7 +77,7 @@ def finish(pipeline: Pipeline, result: ExecuteInProcessResult, exporter: InMemor
         dagster_event=event,
         dagster_instance=pipeline.instance,
         dagster_run=result.dagster_run,
-        resources={"database": AppDatabase(url=pipeline.settings.database_url)},
+        resources=sensor_resources(pipeline.settings, tracing=TestTracing()),
     ) as context:
         sensors[name](context)
 
@@ -115,7 +139,7 @@ def test_a_failed_run_has_an_error_span_with_the_message(
     settings = pipeline.settings.model_copy(
         update={"redis_url": f"redis://127.0.0.1:{closed_port()}/0", "retry_delay_seconds": 0.01}
     )
-    defs = build_definitions(settings, env_vars=False)
+    defs = definitions_for(settings, env_vars=False)
     result = defs.resolve_job_def(OVERNIGHT_JOB).execute_in_process(
         instance=pipeline.instance,
         partition_key=partition_key("LSE", date(2026, 11, 26)),
@@ -160,22 +184,15 @@ def test_the_exporter_follows_the_otel_variables(monkeypatch: pytest.MonkeyPatch
 
 
 def test_a_broken_exporter_setting_never_costs_the_job_run_row(pipeline: Pipeline) -> None:
-    def broken() -> TracerProvider:
-        raise ValueError("OTEL_TRACES_EXPORTER: no installed span exporter named 'zipkin'")
-
     result = pipeline.run("NASDAQ", date(2026, 11, 25))
-    (succeeded,) = [
-        s
-        for s in build_job_run_sensors(OVERNIGHT_JOB, tracer_provider=broken)
-        if s.name == SUCCEEDED_SENSOR
-    ]
+    succeeded = overnight_job_run_succeeded
     event = next(e for e in result.all_events if e.event_type == DagsterEventType.RUN_SUCCESS)
     with build_run_status_sensor_context(
         sensor_name=SUCCEEDED_SENSOR,
         dagster_event=event,
         dagster_instance=pipeline.instance,
         dagster_run=result.dagster_run,
-        resources={"database": AppDatabase(url=pipeline.settings.database_url)},
+        resources=sensor_resources(pipeline.settings, tracing=BrokenTracing()),
     ) as context:
         succeeded(context)
     with pipeline.engine.connect() as conn:
