@@ -7,23 +7,21 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from decimal import Decimal
 from itertools import chain
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, func, select
+from sqlalchemy import Connection, delete, func, select
 
 from overnight_pipeline.core.load_errors import FileError, LoadFileError
 from overnight_pipeline.core.load_fields import AssetIn, UserIn
 from overnight_pipeline.core.load_file import LoadFile
 from overnight_pipeline.core.load_stream import LoadStream
-from overnight_pipeline.core.scoring import Rule
-from overnight_pipeline.storage.bulk import copy_rows, upsert, upsert_copied
+from overnight_pipeline.storage.bulk import upsert, upsert_copied
+from overnight_pipeline.storage.criteria import write_criteria_versions
 from overnight_pipeline.storage.keysets import keys_in
 from overnight_pipeline.storage.models import (
     asset_classes_table,
     assets_table,
-    criteria_rules_table,
     criteria_versions_table,
     holdings_table,
     user_changes_table,
@@ -83,6 +81,40 @@ def load(
     a chunk of a file (`load_stream`): its users are the file's from `first_user` on, and
     `now` is the whole load's time."""
     now = now or datetime.now(UTC)
+    existing = _held_assets(conn, doc, first_user)
+    user_ids = [u.id for u in doc.users]
+    before = result_inputs(conn, user_ids)
+
+    upsert_assets(conn, doc.assets)
+    ids = existing | asset_ids(conn, {(a.market, a.symbol) for a in doc.assets})
+    _upsert_users(conn, doc.users, now=now)
+    class_ids = _upsert_classes(conn, doc.users)
+    holdings = _replace_holdings(conn, doc.users, ids, class_ids)
+    _delete_stale_classes(conn, doc.users, class_ids)
+
+    created = write_criteria_versions(conn, {u.id: u.rules() for u in doc.users}, now=now)
+    changes = changed_inputs(before, result_inputs(conn, user_ids))
+    if changes:
+        conn.execute(
+            user_changes_table.insert(),
+            [{"user_id": u, "changed_at": now, "what": what} for u, what in changes.items()],
+        )
+    return LoadReport(
+        assets=len(doc.assets),
+        users=len(doc.users),
+        holdings=holdings,
+        criteria_versions_created=created,
+        users_changed=len(changes),
+        changed_user_ids=tuple(changes),
+        changed_at=now if changes else None,
+    )
+
+
+def _held_assets(
+    conn: Connection, doc: LoadFile, first_user: int
+) -> dict[tuple[str, str], uuid.UUID]:
+    """Ids of the assets `doc`'s holdings name that the database has; `LoadFileError` when a
+    holding names one that is neither there nor in the file."""
     existing = asset_ids(conn, [(h.market, h.symbol) for u in doc.users for h in u.holdings])
     in_file = {(a.market, a.symbol) for a in doc.assets}
     missing = [
@@ -97,12 +129,10 @@ def load(
     ]
     if missing:
         raise LoadFileError(missing)
-    user_ids = [u.id for u in doc.users]
-    before = result_inputs(conn, user_ids)
+    return existing
 
-    upsert_assets(conn, doc.assets)
-    ids = existing | asset_ids(conn, in_file)
 
+def _upsert_users(conn: Connection, users: Sequence[UserIn], *, now: datetime) -> None:
     upsert_copied(
         conn,
         users_table,
@@ -115,13 +145,18 @@ def load(
                 "created_at": now,
                 "updated_at": now,
             }
-            for u in doc.users
+            for u in users
         ],
         key=["id"],
         update=["base_currency", "default_contribution", "active"],
         extra_set={"updated_at": now},
     )
 
+
+def _upsert_classes(
+    conn: Connection, users: Sequence[UserIn]
+) -> dict[tuple[uuid.UUID, str], uuid.UUID]:
+    """Upsert the users' asset classes; the ids of all their classes, stale ones too."""
     class_rows = [
         {
             "id": uuid.uuid4(),
@@ -133,7 +168,7 @@ def load(
             "max_assets": c.max_assets,
             "min_allocation_value": c.min_allocation_value,
         }
-        for u in doc.users
+        for u in users
         for pos, c in enumerate(u.asset_classes)
     ]
     upsert_copied(
@@ -143,8 +178,17 @@ def load(
         key=["user_id", "name"],
         update=["position", "target_min", "target_max", "max_assets", "min_allocation_value"],
     )
-    class_ids = _class_ids(conn, user_ids)
+    return _class_ids(conn, [u.id for u in users])
 
+
+def _replace_holdings(
+    conn: Connection,
+    users: Sequence[UserIn],
+    ids: dict[tuple[str, str], uuid.UUID],
+    class_ids: dict[tuple[uuid.UUID, str], uuid.UUID],
+) -> int:
+    """The users' holdings become the file's: absent ones deleted, the others upserted.
+    Returns how many the file lists."""
     holding_rows = [
         {
             "user_id": u.id,
@@ -152,10 +196,10 @@ def load(
             "asset_class_id": class_ids[(u.id, h.asset_class)],
             "quantity": h.quantity,
         }
-        for u in doc.users
+        for u in users
         for h in u.holdings
     ]
-    _delete_absent(conn, holding_rows, user_ids)
+    _delete_absent(conn, holding_rows, [u.id for u in users])
     upsert_copied(
         conn,
         holdings_table,
@@ -163,27 +207,19 @@ def load(
         key=["user_id", "asset_id"],
         update=["asset_class_id", "quantity"],
     )
-    kept_classes = {(u.id, c.name) for u in doc.users for c in u.asset_classes}
+    return len(holding_rows)
+
+
+def _delete_stale_classes(
+    conn: Connection,
+    users: Sequence[UserIn],
+    class_ids: dict[tuple[uuid.UUID, str], uuid.UUID],
+) -> None:
+    """The users' asset classes the file no longer lists (their holdings are gone already)."""
+    kept_classes = {(u.id, c.name) for u in users for c in u.asset_classes}
     stale = [cid for key, cid in class_ids.items() if key not in kept_classes]
     for gone in keys_in(conn, [asset_classes_table.c.id], [(cid,) for cid in stale]):
         conn.execute(delete(asset_classes_table).where(gone))
-
-    created = write_criteria_versions(conn, {u.id: u.rules() for u in doc.users}, now=now)
-    changes = changed_inputs(before, result_inputs(conn, user_ids))
-    if changes:
-        conn.execute(
-            user_changes_table.insert(),
-            [{"user_id": u, "changed_at": now, "what": what} for u, what in changes.items()],
-        )
-    return LoadReport(
-        assets=len(doc.assets),
-        users=len(doc.users),
-        holdings=len(holding_rows),
-        criteria_versions_created=created,
-        users_changed=len(changes),
-        changed_user_ids=tuple(changes),
-        changed_at=now if changes else None,
-    )
 
 
 def upsert_assets(conn: Connection, assets: Sequence[AssetIn]) -> None:
@@ -374,95 +410,3 @@ def _delete_absent(
         gone.extend((u, a) for u, a in present if (u, a) not in wanted)
     for sold in keys_in(conn, [t.c.user_id, t.c.asset_id], gone):
         conn.execute(delete(t).where(sold))
-
-
-def active_criteria(
-    conn: Connection, user_ids: list[uuid.UUID]
-) -> dict[uuid.UUID, tuple[int, list[Rule]]]:
-    """The newest criteria version and its rules for each user, in document order."""
-    v, r = criteria_versions_table, criteria_rules_table
-    result: dict[uuid.UUID, tuple[int, list[Rule]]] = {}
-    for wanted in keys_in(conn, [v.c.user_id], [(u,) for u in user_ids]):
-        # The newest version of these users only: a load of many chunks would otherwise
-        # group the whole table once per chunk.
-        newest = (
-            select(v.c.user_id, func.max(v.c.version).label("version"))
-            .where(wanted)
-            .group_by(v.c.user_id)
-            .subquery()
-        )
-        stmt = (
-            select(
-                v.c.user_id,
-                v.c.version,
-                r.c.rule_id,
-                r.c.asset_class,
-                r.c.metric,
-                r.c.operator,
-                r.c.value,
-                r.c.value2,
-                r.c.points,
-            )
-            .join(newest, and_(newest.c.user_id == v.c.user_id, newest.c.version == v.c.version))
-            .outerjoin(r, r.c.criteria_version_id == v.c.id)
-            .order_by(v.c.user_id, r.c.position)
-        )
-        for row in conn.execute(stmt):
-            _, rules = result.setdefault(row.user_id, (row.version, []))
-            if row.rule_id is not None:
-                rules.append(
-                    Rule(
-                        id=row.rule_id,
-                        asset_class=row.asset_class,
-                        metric=row.metric,
-                        operator=row.operator,
-                        value=_plain(row.value),
-                        value2=_plain(row.value2),
-                        points=row.points,
-                    )
-                )
-    return result
-
-
-def _plain(value: Decimal | None) -> Decimal | None:
-    """NUMERIC(28,10) pads to ten places; give rules back as written (3.5, not 3.5000000000)."""
-    if value is None:
-        return None
-    normal = value.normalize()
-    return normal.quantize(Decimal(1)) if normal == normal.to_integral() else normal
-
-
-def write_criteria_versions(
-    conn: Connection, criteria: dict[uuid.UUID, list[Rule]], *, now: datetime
-) -> int:
-    """Create version n+1 for each user whose rules differ from the active version."""
-    current = active_criteria(conn, list(criteria))
-    versions: list[dict[str, Any]] = []
-    rules: list[dict[str, Any]] = []
-    for user_id, new_rules in criteria.items():
-        version, old_rules = current.get(user_id, (0, []))
-        # Rules compare numerically (3.10 == 3.1), so re-loading an edit-free file is a no-op.
-        if old_rules == new_rules:
-            continue
-        version_id = uuid.uuid4()
-        versions.append(
-            {"id": version_id, "user_id": user_id, "version": version + 1, "created_at": now}
-        )
-        rules.extend(
-            {
-                "criteria_version_id": version_id,
-                "position": pos,
-                "rule_id": rule.id,
-                "asset_class": rule.asset_class,
-                "metric": rule.metric,
-                "operator": rule.operator,
-                "value": rule.value,
-                "value2": rule.value2,
-                "points": rule.points,
-            }
-            for pos, rule in enumerate(new_rules)
-        )
-    for table, rows in ((criteria_versions_table, versions), (criteria_rules_table, rules)):
-        if rows:
-            copy_rows(conn, table, list(rows[0]), [list(row.values()) for row in rows])
-    return len(versions)
