@@ -8,7 +8,7 @@ from sqlalchemy import Connection, select, text
 
 from overnight_pipeline.core.load_fields import UserIn
 from overnight_pipeline.seed import seed
-from overnight_pipeline.storage.loader import active_criteria
+from overnight_pipeline.storage.criteria import active_criteria
 from overnight_pipeline.storage.models import User
 
 AS_OF = date(2026, 11, 30)

@@ -30,8 +30,9 @@ from overnight_pipeline.core.load_fields import (
 from overnight_pipeline.core.load_file import parse_load_file
 from overnight_pipeline.core.load_json import decode_load_file
 from overnight_pipeline.core.markets import load_markets
+from overnight_pipeline.storage.criteria import active_criteria
 from overnight_pipeline.storage.db import make_engine, migrate
-from overnight_pipeline.storage.loader import active_criteria, load
+from overnight_pipeline.storage.loader import load
 from overnight_pipeline.storage.models import Base, CriteriaVersion, Holding
 from overnight_pipeline_tests.support.databases import create_pg_database, drop_pg_database
 
