@@ -10,7 +10,6 @@ tenacity with exponential backoff and jitter, or as long as a 429's Retry-After 
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -29,21 +28,24 @@ from tenacity import (
 )
 from tenacity.stop import stop_base
 
-from overnight_pipeline.core.vocabulary import METRICS
-from overnight_pipeline.providers import parsing
 from overnight_pipeline.providers.base import (
     FundamentalsResult,
     Health,
     Instrument,
     PricesResult,
     ProviderError,
-    Quote,
     RatesResult,
     batches,
     distinct,
-    label,
     utcnow,
     wanted_currencies,
+)
+from overnight_pipeline.providers.http_bodies import (
+    BatchOutcome,
+    json_body,
+    parse_fundamentals,
+    parse_prices,
+    parse_rates,
 )
 from overnight_pipeline.providers.resilience import (
     BreakerState,
@@ -58,7 +60,6 @@ from overnight_pipeline.providers.resilience import (
 
 T = TypeVar("T")
 USER_AGENT = "overnight-pipeline/0.1 (+docs/PROVIDERS.md)"
-_METRIC_SET = frozenset(METRICS)
 
 
 def run_sync(make: Callable[[], Awaitable[T]]) -> T:
@@ -83,13 +84,6 @@ class _Service:
     name: str
     base_url: str
     breaker: pybreaker.CircuitBreaker
-
-
-@dataclass
-class _BatchOutcome:
-    found: dict[Instrument, Any]
-    errors: list[str]
-    failure: ProviderError | None = None  # the batch got no usable answer at all
 
 
 class _Session:
@@ -232,15 +226,6 @@ def _breaker_failure(exc: BaseException) -> bool:
     return isinstance(exc, _Retryable) or not isinstance(exc, Exception)
 
 
-def _json_body(service: str, what: str, response: httpx.Response, **kwargs: Any) -> Any:
-    try:
-        return json.loads(response.content, **kwargs)
-    except (ValueError, UnicodeDecodeError):
-        raise ProviderError(
-            service, f"{what}: the body is not JSON", field="body", value=response.text[:120]
-        ) from None
-
-
 class HttpProvider:
     """Both HTTP services behind the one interface; see docs/PROVIDERS.md for the contract."""
 
@@ -290,45 +275,8 @@ class HttpProvider:
             )
         fetched = utcnow()
         # Frankfurter sends rates as JSON numbers: read them as Decimal, never float.
-        body = _json_body(service.name, f"GET {path}", response, parse_float=Decimal)
-        return self._parse_rates(body, wanted, fetched)
-
-    def _parse_rates(self, body: Any, wanted: list[str], fetched: datetime) -> RatesResult:
-        name = self.rates.name
-        if not isinstance(body, dict):
-            raise ProviderError(name, "must be a JSON object", field="body", value=body)
-
-        def field(key: str, parse: Callable[[Any], T]) -> T:
-            if key not in body:
-                raise ProviderError(name, "is missing", field=key)
-            try:
-                return parse(body[key])
-            except ValueError as exc:
-                raise ProviderError(name, str(exc), field=key) from None
-
-        base = field("base", parsing.currency)
-        if base != "USD":
-            raise ProviderError(name, "must be USD (we ask for base=USD)", field="base", value=base)
-        amount = field("amount", parsing.positive_decimal) if "amount" in body else Decimal(1)
-        rate_date = field("date", parsing.iso_date)
-        rates = body.get("rates")
-        if not isinstance(rates, dict):
-            raise ProviderError(name, "must be an object of currency: rate", field="rates")
-        usd_to: dict[str, Decimal] = {}
-        for currency in wanted:
-            if currency not in rates:
-                continue
-            try:
-                usd_to[currency] = parsing.positive_decimal(rates[currency]) / amount
-            except ValueError as exc:
-                raise ProviderError(name, str(exc), field=f"rates.{currency}") from None
-        return RatesResult(
-            usd_to=usd_to,
-            source=self.name,
-            as_of=fetched,
-            rate_date=rate_date,
-            missing=[c for c in wanted if c not in usd_to],
-        )
+        body = json_body(service.name, f"GET {path}", response, parse_float=Decimal)
+        return parse_rates(self.rates.name, self.name, body, wanted, fetched)
 
     # -- prices and fundamentals (our JSON contract) -------------------------------------------
 
@@ -381,7 +329,7 @@ class HttpProvider:
 
     async def _fetch_batch(
         self, session: _Session, kind: str, part: Sequence[Instrument], day: date
-    ) -> _BatchOutcome:
+    ) -> BatchOutcome:
         service = self.prices
         body = {
             "date": day.isoformat(),
@@ -391,94 +339,12 @@ class HttpProvider:
             try:
                 response = await session.request(service, "POST", f"/{kind}", body=body)
                 fetched = utcnow()
-                payload = _json_body(service.name, f"POST /{kind}", response)
+                payload = json_body(service.name, f"POST /{kind}", response)
                 if kind == "prices":
-                    return self._parse_prices(payload, part, fetched)
-                return self._parse_fundamentals(payload, part)
+                    return parse_prices(self.prices.name, payload, part, fetched)
+                return parse_fundamentals(self.prices.name, payload, part)
             except ProviderError as exc:
-                return _BatchOutcome({}, [], exc)
-
-    def _items(self, payload: Any, key: str) -> list[Any]:
-        name = self.prices.name
-        if not isinstance(payload, dict):
-            raise ProviderError(name, "must be a JSON object", field="body", value=payload)
-        items = payload.get(key)
-        if not isinstance(items, list):
-            raise ProviderError(name, "must be a list", field=key, value=items)
-        return items
-
-    def _item_instrument(
-        self, item: Any, where: str, part: Sequence[Instrument], errors: list[str]
-    ) -> Instrument | None:
-        name = self.prices.name
-        if not isinstance(item, dict):
-            errors.append(str(ProviderError(name, "must be an object", field=where, value=item)))
-            return None
-        try:
-            inst = (parsing.text(item.get("market")), parsing.text(item.get("symbol")))
-        except ValueError as exc:
-            errors.append(str(ProviderError(name, str(exc), field=f"{where}.market/symbol")))
-            return None
-        if inst not in part:
-            errors.append(str(ProviderError(name, f"{label(inst)} was not asked for", field=where)))
-            return None
-        return inst
-
-    def _parse_prices(
-        self, payload: Any, part: Sequence[Instrument], fetched: datetime
-    ) -> _BatchOutcome:
-        name = self.prices.name
-        found: dict[Instrument, Any] = {}
-        errors: list[str] = []
-        for i, item in enumerate(self._items(payload, "prices")):
-            where = f"prices[{i}]"
-            inst = self._item_instrument(item, where, part, errors)
-            if inst is None:
-                continue
-            try:
-                key = "price"
-                price = parsing.positive_decimal(item.get("price"), strings_only=True)
-                key = "currency"
-                currency = parsing.currency(item.get("currency"))
-                key = "as_of"
-                stamp = parsing.timestamp(item["as_of"]) if "as_of" in item else fetched
-            except ValueError as exc:
-                errors.append(str(ProviderError(name, str(exc), field=f"{where}.{key}")))
-                continue
-            found[inst] = Quote(price, currency, stamp)
-        return _BatchOutcome(found, errors)
-
-    def _parse_fundamentals(self, payload: Any, part: Sequence[Instrument]) -> _BatchOutcome:
-        name = self.prices.name
-        found: dict[Instrument, Any] = {}
-        errors: list[str] = []
-        for i, item in enumerate(self._items(payload, "fundamentals")):
-            where = f"fundamentals[{i}]"
-            inst = self._item_instrument(item, where, part, errors)
-            if inst is None:
-                continue
-            metrics = item.get("metrics")
-            if not isinstance(metrics, dict):
-                errors.append(
-                    str(ProviderError(name, "must be an object", field=f"{where}.metrics"))
-                )
-                continue
-            values: dict[str, Decimal | None] = dict.fromkeys(METRICS)
-            bad = False
-            for metric, raw in metrics.items():
-                field = f"{where}.metrics.{metric}"
-                if metric not in _METRIC_SET:
-                    errors.append(str(ProviderError(name, "is not a known metric", field=field)))
-                    bad = True
-                    continue
-                try:
-                    values[metric] = parsing.optional_decimal(raw, strings_only=True)
-                except ValueError as exc:
-                    errors.append(str(ProviderError(name, str(exc), field=field)))
-                    bad = True
-            if not bad:
-                found[inst] = values
-        return _BatchOutcome(found, errors)
+                return BatchOutcome({}, [], exc)
 
     # -- health -------------------------------------------------------------------------------
 
