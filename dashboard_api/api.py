@@ -35,6 +35,7 @@ from dashboard_api.schemas import (
 from dashboard_api.services import Services
 from overnight_pipeline.core.audit import JOB_STATUSES
 from overnight_pipeline.storage import queries
+from overnight_pipeline.storage.db import ping
 
 JSON = "application/json"
 PRIVATE = {"Cache-Control": "no-store"}
@@ -170,7 +171,7 @@ async def readyz(request: Request) -> Response:
 async def _postgres_ok(svc: Services) -> bool:
     try:
         with anyio.fail_after(svc.options.db_timeout):
-            await svc.db.run(lambda conn: conn.exec_driver_sql("SELECT 1").scalar())
+            await svc.db.run(ping)
     except (*DB_ERRORS, Problem):
         return False
     return True

@@ -8,31 +8,14 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import anyio
-import psycopg
 import sqlalchemy.exc
 from sqlalchemy import Connection, Engine
-from sqlalchemy.exc import SQLAlchemyError
 
 from dashboard_api.problems import Problem
+from overnight_pipeline.storage.db import DB_ERRORS, UNAVAILABLE_ERRORS
 
 T = TypeVar("T")
 log = logging.getLogger("dashboard_api")
-
-# TimeoutError (a pool checkout or `fail_after`) is an OSError.
-DB_ERRORS = (psycopg.Error, SQLAlchemyError, OSError)
-# The database cannot be reached, dropped the connection or did not answer in time (a
-# statement timeout is psycopg's QueryCanceled, an OperationalError): a 503. Anything else
-# (a value or statement it refused) is this server's bug, the logged 500: every parameter
-# is parsed into a value the database accepts before a query is sent.
-UNAVAILABLE_ERRORS = (
-    psycopg.OperationalError,
-    psycopg.InterfaceError,
-    sqlalchemy.exc.OperationalError,
-    sqlalchemy.exc.InterfaceError,
-    sqlalchemy.exc.TimeoutError,
-    sqlalchemy.exc.DisconnectionError,
-    OSError,
-)
 
 
 def unavailable() -> Problem:

@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
+import psycopg
+import sqlalchemy.exc
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
@@ -19,6 +21,22 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # What a failing database raises (refused, lost, a statement rejected): the name callers
 # outside storage catch, so that only storage imports SQLAlchemy.
 DatabaseError = SQLAlchemyError
+
+
+# TimeoutError (a pool checkout or `fail_after`) is an OSError.
+DB_ERRORS = (psycopg.Error, SQLAlchemyError, OSError)
+# The database cannot be reached, dropped the connection or did not answer in time (a
+# statement timeout is psycopg's QueryCanceled, an OperationalError): a 503. Anything else
+# (a value or statement it refused) is the caller's bug (the dashboard's logged 500).
+UNAVAILABLE_ERRORS = (
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+    sqlalchemy.exc.TimeoutError,
+    sqlalchemy.exc.DisconnectionError,
+    OSError,
+)
 
 
 def _json_default(value: Any) -> Any:
