@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from core_bench import DAY, batches, market_data
 
 from overnight_pipeline.core.batch import score_batch
-from overnight_pipeline.core.captured import capture_json
+from overnight_pipeline.core.captured_writer import capture_json
 from overnight_pipeline.core.scored import score_json
 from overnight_pipeline.core.vocabulary import METRICS
 

@@ -69,7 +69,7 @@ from sqlalchemy import Connection, Engine, Table, text
 
 from overnight_pipeline import steps
 from overnight_pipeline.core import audit
-from overnight_pipeline.core.captured import snapshot_keys
+from overnight_pipeline.core.captured_reader import snapshot_keys
 from overnight_pipeline.core.markets import DEFAULT_MARKETS, is_session
 from overnight_pipeline.providers.synthetic import SyntheticProvider
 from overnight_pipeline.storage import job_runs

@@ -4,7 +4,7 @@ a calculation's events together, and the statuses of a job run with the rule tha
 finished run's.
 
 The other two payloads are built a batch at a time where their data is: `INPUTS_CAPTURED` by
-`core.captured.capture_json`, `SCORES_COMPUTED` by `core.scored.score_json` (`no_scores` for
+`core.captured_writer.capture_json`, `SCORES_COMPUTED` by `core.scored.score_json` (`no_scores` for
 a user without holdings). This module imports neither, so the storage models and the
 dashboard can read its vocabulary without pandas.
 """

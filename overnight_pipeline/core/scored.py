@@ -30,7 +30,7 @@ import orjson
 import pandas as pd
 
 from overnight_pipeline.core.batch import BatchScores
-from overnight_pipeline.core.captured import self_contained, snapshot_keys
+from overnight_pipeline.core.captured_reader import self_contained, snapshot_keys
 from overnight_pipeline.core.money import parse_decimal
 from overnight_pipeline.core.scoring import AssetScore, RuleOutcome
 

@@ -14,7 +14,7 @@ from sqlalchemy import Connection
 
 from overnight_pipeline.core import audit
 from overnight_pipeline.core.batch import Batch, BatchScores, recommend_batch, score_batch
-from overnight_pipeline.core.captured import capture_json, criteria_snapshots
+from overnight_pipeline.core.captured_writer import capture_json, criteria_snapshots
 from overnight_pipeline.core.money import FxRates, MissingRateError
 from overnight_pipeline.core.payloads import cache_payloads
 from overnight_pipeline.core.recommendations import UserRecommendations

@@ -14,7 +14,7 @@ from datetime import date, datetime
 from sqlalchemy import Engine
 
 from overnight_pipeline.core.audit import CALC_COMPLETED
-from overnight_pipeline.core.captured import market_snapshot
+from overnight_pipeline.core.captured_writer import market_snapshot
 from overnight_pipeline.core.chunks import chunks
 from overnight_pipeline.core.markets import Market
 from overnight_pipeline.core.money import FxRates

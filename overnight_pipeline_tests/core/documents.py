@@ -1,4 +1,4 @@
-"""The dict builders of the event documents: the reference `capture_json` (core.captured) and
+"""The dict builders of the event documents: the reference `capture_json` (core.captured_writer) and
 `score_json` (core.scored) are tested against, written plainly, one dict per user and per
 holding."""
 
@@ -11,7 +11,7 @@ from typing import Any
 import pandas as pd
 
 from overnight_pipeline.core.batch import Batch, BatchScores
-from overnight_pipeline.core.captured import _iso, _null, _s
+from overnight_pipeline.core.captured_writer import _iso, _null, _s
 from overnight_pipeline.core.money import FxRates
 from overnight_pipeline.core.vocabulary import METRICS
 

@@ -9,12 +9,11 @@ import pandas as pd
 from hypothesis import given, settings
 
 from overnight_pipeline.core.batch import run_batch, score_batch
-from overnight_pipeline.core.captured import (
-    batch_from_captured,
+from overnight_pipeline.core.captured_reader import batch_from_captured, self_contained
+from overnight_pipeline.core.captured_writer import (
     capture_json,
     criteria_snapshots,
     market_snapshot,
-    self_contained,
     snapshot_hash,
 )
 from overnight_pipeline.core.money import FxRates

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 
 from overnight_pipeline.core.batch import Batch, score_batch
-from overnight_pipeline.core.captured import capture_json, criteria_snapshots
+from overnight_pipeline.core.captured_writer import capture_json, criteria_snapshots
 from overnight_pipeline.core.money import FxRates
 from overnight_pipeline.core.scored import (
     ScoresPayloadError,

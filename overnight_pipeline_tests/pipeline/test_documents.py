@@ -1,4 +1,4 @@
-"""The pipeline's JSON-text documents equal the dict documents of `core.captured`."""
+"""The pipeline's JSON-text documents equal the dict documents of `core.captured_writer`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import orjson
 from hypothesis import given, settings
 
 from overnight_pipeline.core.batch import score_batch
-from overnight_pipeline.core.captured import capture_json
+from overnight_pipeline.core.captured_writer import capture_json
 from overnight_pipeline.core.money import FxRates
 from overnight_pipeline.core.scored import full_scores, score_json
 from overnight_pipeline.core.scoring import replay

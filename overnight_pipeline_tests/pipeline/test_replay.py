@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import Engine, select
 
 from overnight_pipeline import steps
-from overnight_pipeline.core.captured import snapshot_keys
+from overnight_pipeline.core.captured_reader import snapshot_keys
 from overnight_pipeline.core.markets import DEFAULT_MARKETS
 from overnight_pipeline.core.scored import full_scores
 from overnight_pipeline.core.scoring import replay

@@ -14,7 +14,7 @@ import redis
 from dagster import DagsterInstance
 from sqlalchemy import select
 
-from overnight_pipeline.core.captured import captured_rules
+from overnight_pipeline.core.captured_reader import captured_rules
 from overnight_pipeline.core.load_file import parse_load_file
 from overnight_pipeline.core.markets import load_markets
 from overnight_pipeline.defs import build_definitions

@@ -115,7 +115,8 @@ def test_0003_keeps_a_previous_nights_output_replayable(fresh_url: str) -> None:
     from sqlalchemy import func, select
 
     from overnight_pipeline.core.batch import run_batch
-    from overnight_pipeline.core.captured import batch_from_captured, capture_json
+    from overnight_pipeline.core.captured_reader import batch_from_captured
+    from overnight_pipeline.core.captured_writer import capture_json
     from overnight_pipeline.core.markets import DEFAULT_MARKETS
     from overnight_pipeline.core.scored import score_json
     from overnight_pipeline.core.scoring import replay

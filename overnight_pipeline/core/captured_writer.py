@@ -1,0 +1,421 @@
+"""`INPUTS_CAPTURED`: everything a user's calculation depends on, as one JSON document.
+
+The pipeline writes it in the same transaction as the user's scores and recommendations,
+which it computes from the same in-memory batch; that what was captured is all they depend
+on is proven by the tests and, on every run, by the `replay_matches` check
+(`steps.replay.replay_sample`: a sample of users rebuilt from this document alone, compared with
+what was stored). `scoring.replay` recomputes the scores from the same document. Decimals are strings; fundamentals are kept
+for the metrics the user's rules read (a metric no rule reads cannot change the result),
+nulls included.
+
+Read back by `captured_reader`, which also says what the formats hold. Since revision
+0003 (`"format": 2`) a calculation's market data is one snapshot (`market_snapshot`) that
+each user's document references by its hash; format 3 references the user's criteria rules
+too (`criteria_snapshots`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+import orjson
+import pandas as pd
+
+from overnight_pipeline.core.batch import HOLDING_COLUMNS, RULE_COLUMNS, Batch
+from overnight_pipeline.core.money import FxRates
+from overnight_pipeline.core.vocabulary import METRICS
+
+
+def _s(value: Decimal | None) -> str | None:
+    return None if value is None else format(value, "f")
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def _null(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and value != value)
+
+
+SNAPSHOT_ASSET_COLUMNS = ("assetId", "market", "symbol", "currency", "price", "priceAsOf")
+HOLDING_FIELDS = ("assetId", "assetClass", "quantity")
+
+
+def snapshot_hash(payload: Mapping[str, Any]) -> str:
+    """The key of a snapshot: SHA-256 of its canonical encoding (orjson, keys sorted; every
+    number a string), the same for the same content wherever and whenever it is made."""
+    return hashlib.sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def market_snapshot(
+    assets: Iterable[tuple[str, str, str, str]],
+    prices: Mapping[str, tuple[Decimal, str, datetime]],
+    fundamentals: pd.DataFrame,
+    fx: FxRates,
+) -> tuple[str, dict[str, Any]]:
+    """(hash, payload) of the market data a calculation uses: each asset of `assets`
+    ((asset id, market, symbol, currency)) with its quote from `prices` (the quote's
+    currency, else the asset's), the rows of `fundamentals` of those assets, and `fx`.
+    Rows are ordered by asset id, so the same data gives the same hash in every shard."""
+    text = _texts()
+    rows = []
+    ids = set()
+    for aid, market, symbol, currency in sorted(assets):
+        price, quoted, as_of = prices.get(aid, (None, None, None))
+        rows.append([aid, market, symbol, quoted or currency, text(price), _iso(as_of)])
+        ids.add(aid)
+    held = fundamentals[fundamentals.index.isin(ids)].reindex(columns=list(METRICS))
+    fund_rows = sorted(
+        [aid, *(text(v) for v in values)]
+        for aid, values in zip(
+            held.index.tolist(), held.to_numpy(dtype=object).tolist(), strict=True
+        )
+    )
+    payload: dict[str, Any] = {
+        "assets": {"columns": list(SNAPSHOT_ASSET_COLUMNS), "rows": rows},
+        "fundamentals": {"columns": ["assetId", *METRICS], "rows": fund_rows},
+        "rates": {
+            "asOf": _iso(fx.as_of),
+            "stale": fx.stale,
+            "usdTo": {c: text(fx.usd_to[c]) for c in sorted(fx.usd_to)},
+        },
+    }
+    return snapshot_hash(payload), payload
+
+
+# JSON text of the document -------------------------------------------------------------
+#
+# `capture_json` builds each user's document from plain dicts and lists, serialised by
+# orjson; what repeats (an asset's fundamentals for the same metrics, the rates of the same
+# currencies, a Decimal's text) is made once per call and shared. `orjson.loads` of its
+# output equals the documents of the dict builder in the tests (`capture` there). Each
+# user's document is serialised as soon as it is made: dicts of strings only are not
+# tracked by the garbage collector, but the lists holding them are, and a batch's worth
+# kept alive doubled the cost. Faster than the f-string builder it replaced
+# (`bench/json_bench.py`; docs/PERFORMANCE.md, "Figures once quoted in the code").
+# `SCORES_COMPUTED` is built by `core.scored.score_json`.
+
+
+def _plain_text(value: Decimal) -> str:
+    return format(value, "f")
+
+
+def _texts(make: Callable[[Any], str] = _plain_text) -> Callable[[Any], str | None]:
+    """Text of values (`make`, `format(d, "f")` of a Decimal by default; None for a null)
+    by the value's identity: the frames share their objects (every holder of an asset its
+    price, fundamentals and score Decimals), each is made once per call. Values are kept
+    alive, so that an id is never reused by another value meanwhile."""
+    made: dict[int, str | None] = {}
+    alive: list[Any] = []
+
+    def text(value: Any) -> str | None:
+        try:
+            return made[id(value)]
+        except KeyError:
+            alive.append(value)
+            found = made[id(value)] = None if _null(value) else make(value)
+            return found
+
+    return text
+
+
+def _rules_by_user(
+    r: pd.DataFrame, text: Callable[[Any], str | None]
+) -> tuple[dict[Any, list[dict[str, Any]]], dict[Any, set[str]]]:
+    """Each user's rules as the documents keep them, and the metrics they read."""
+    rules_of: dict[Any, list[dict[str, Any]]] = {}
+    metrics_of: dict[Any, set[str]] = {}
+    for uid, rid, cls, metric, op, v, v2, points in zip(
+        *(r[c].tolist() for c in RULE_COLUMNS), strict=True
+    ):
+        rule: dict[str, Any] = {
+            "id": rid,
+            "assetClass": cls,
+            "metric": metric,
+            "operator": op,
+            "points": int(points),
+        }
+        if not _null(v):
+            rule["value"] = text(v)
+        if not _null(v2):
+            rule["value2"] = text(v2)
+        rules_of.setdefault(uid, []).append(rule)
+        metrics_of.setdefault(uid, set()).add(metric)
+    return rules_of, metrics_of
+
+
+def criteria_snapshots(batch: Batch) -> dict[Any, tuple[str, dict[str, Any]]]:
+    """Each user's criteria rules as a `criteria` snapshot: user id → (hash, payload
+    `{"rules": [...]}`, the rules as `INPUTS_CAPTURED` of format 2 listed them). A
+    criteria version is immutable, so its snapshot is stored once per month and shared by
+    every night (and every user with the same rules) that month."""
+    rules_of, _ = _rules_by_user(batch.rules, _texts())
+    out: dict[Any, tuple[str, dict[str, Any]]] = {}
+    made: dict[bytes, tuple[str, dict[str, Any]]] = {}
+    for uid in batch.users["user_id"].tolist():
+        payload = {"rules": rules_of.get(uid, [])}
+        encoded = orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)
+        found = made.get(encoded)
+        if found is None:
+            found = made[encoded] = (hashlib.sha256(encoded).hexdigest(), payload)
+        out[uid] = found
+    return out
+
+
+def capture_json(
+    batch: Batch,
+    fx: FxRates,
+    *,
+    market: str,
+    market_date: date,
+    criteria_versions: Mapping[Any, int | None],
+    holding_markets: Sequence[str | None] | None = None,
+    snapshot: str | None = None,
+    criteria: Mapping[Any, str] | None = None,
+) -> dict[Any, tuple[str, int]]:
+    """`INPUTS_CAPTURED` of every user of `batch` as JSON text: user id → (the document, its
+    number of holdings). With `snapshot` (the hash of the market snapshot the batch was
+    priced from, `market_snapshot`), format 2: the user's own inputs and that reference;
+    with `criteria` as well (user id → the hash of the user's `criteria_snapshots`), format
+    3: the rules are referenced too; without, the self-contained shape written before
+    (fundamentals from the batch's frame)."""
+    fundamentals = batch.fundamentals
+    assert isinstance(fundamentals, pd.DataFrame), "capture needs the fundamentals frame"
+    text = _texts()
+    users = batch.users
+    user_ids = users["user_id"].tolist()
+    bases = dict(zip(user_ids, users["base_currency"].tolist(), strict=True))
+    contributions = dict(zip(user_ids, users["contribution"].tolist(), strict=True))
+    classes_of = _classes_by_user(batch.classes, text)
+    # Format 3 references the rules (`criteria_snapshots`): none to make here.
+    rules_of, metrics_of = (
+        _rules_by_user(batch.rules, text) if criteria is None or snapshot is None else ({}, {})
+    )
+    holdings_of, funds_of, needed = _holdings_by_user(
+        batch.holdings,
+        holding_markets,
+        _values_by_asset(fundamentals, text),
+        {uid: tuple(sorted(ms)) for uid, ms in metrics_of.items()},
+        bases,
+        text,
+        columns=snapshot is not None,
+    )
+    parts = _Parts(
+        user_ids=user_ids,
+        bases=bases,
+        contributions=contributions,
+        versions=criteria_versions,
+        classes_of=classes_of,
+        rules_of=rules_of,
+        holdings_of=holdings_of,
+        text=text,
+        head={"market": market, "marketDate": market_date.isoformat()},
+    )
+    if snapshot is not None:
+        return _referencing_json(parts, snapshot, criteria)
+    return _self_contained_json(parts, fx, funds_of, needed)
+
+
+@dataclass(frozen=True)
+class _Parts:
+    """What every document of a `capture_json` call is made of, by user id: plain lists and
+    dicts of strings, numbers and None (untracked by the collector), and the call's texts."""
+
+    user_ids: list[Any]
+    bases: dict[Any, Any]
+    contributions: dict[Any, Any]
+    versions: Mapping[Any, int | None]
+    classes_of: dict[Any, list[dict[str, Any]]]
+    rules_of: dict[Any, list[dict[str, Any]]]
+    holdings_of: dict[Any, list[Any]]
+    text: Callable[[Any], str | None]
+    head: dict[str, str]
+
+
+def _classes_by_user(
+    c: pd.DataFrame, text: Callable[[Any], str | None]
+) -> dict[Any, list[dict[str, Any]]]:
+    """Each user's asset classes as the documents keep them."""
+    classes_of: dict[Any, list[dict[str, Any]]] = {}
+    for uid, name, lo, hi, max_assets, min_value in zip(
+        *(
+            c[column].tolist()
+            for column in (
+                "user_id",
+                "name",
+                "target_min",
+                "target_max",
+                "max_assets",
+                "min_allocation_value",
+            )
+        ),
+        strict=True,
+    ):
+        classes_of.setdefault(uid, []).append(
+            {
+                "name": name,
+                "targetMin": text(lo),
+                "targetMax": text(hi),
+                "maxAssets": None if _null(max_assets) else int(max_assets),
+                "minAllocationValue": text(min_value),
+            }
+        )
+    return classes_of
+
+
+def _values_by_asset(
+    fundamentals: pd.DataFrame, text: Callable[[Any], str | None]
+) -> dict[Any, dict[str, str | None]]:
+    """Each asset's metrics as text, made once per call."""
+    return {
+        aid: {m: text(v) for m, v in zip(METRICS, row, strict=True)}
+        for aid, row in zip(
+            fundamentals.index.tolist(),
+            fundamentals.reindex(columns=list(METRICS)).to_numpy(dtype=object).tolist(),
+            strict=True,
+        )
+    }
+
+
+def _holdings_by_user(
+    h: pd.DataFrame,
+    holding_markets: Sequence[str | None] | None,
+    values_of: dict[Any, dict[str, str | None]],
+    sorted_metrics: dict[Any, tuple[str, ...]],
+    bases: dict[Any, Any],
+    text: Callable[[Any], str | None],
+    *,
+    columns: bool,
+) -> tuple[dict[Any, list[Any]], dict[Any, dict[Any, dict[str, str | None]]], dict[Any, set[str]]]:
+    """Each user's holdings (`columns`: as rows of `HOLDING_FIELDS`, else as dicts), and for
+    the dicts the fundamentals the user's rules read of each asset held and the currencies
+    the user's rates need. Each pick of an asset's metrics is made once per call."""
+    no_values: dict[str, str | None] = dict.fromkeys(METRICS)
+    picked: dict[tuple[Any, tuple[str, ...]], dict[str, str | None]] = {}
+    stamp = _texts(datetime.isoformat)
+    markets = holding_markets if holding_markets is not None else [None] * len(h)
+    holdings_of: dict[Any, list[Any]] = {}
+    funds_of: dict[Any, dict[Any, dict[str, str | None]]] = {}
+    needed: dict[Any, set[str]] = {}
+    for uid, aid, sym, cls, qty, cur, price, as_of, mkt in zip(
+        *(h[c].tolist() for c in HOLDING_COLUMNS), markets, strict=True
+    ):
+        held = holdings_of.get(uid)
+        if held is None:
+            held = holdings_of[uid] = []
+            needed[uid] = {bases[uid]}
+            funds_of[uid] = {}
+        if columns:
+            held.append([aid, cls, text(qty)])
+            continue
+        held.append(
+            {
+                "assetId": aid,
+                "symbol": sym,
+                "market": mkt,
+                "assetClass": cls,
+                "quantity": text(qty),
+                "currency": cur,
+                "price": text(price),
+                "priceAsOf": stamp(as_of),
+            }
+        )
+        needed[uid].add(cur)
+        funds = funds_of[uid]
+        if aid not in funds:
+            ms = sorted_metrics.get(uid, ())
+            pick = picked.get((aid, ms))
+            if pick is None:
+                values = values_of.get(aid, no_values)
+                pick = picked[(aid, ms)] = {m: values[m] for m in ms}
+            funds[aid] = pick
+    return holdings_of, funds_of, needed
+
+
+def _referencing_json(
+    parts: _Parts, snapshot: str, criteria: Mapping[Any, str] | None
+) -> dict[Any, tuple[str, int]]:
+    """Formats 2 and 3: each user's own inputs, the market snapshot's hash and (format 3)
+    the criteria snapshot's."""
+    bases, contributions, text = parts.bases, parts.contributions, parts.text
+    criteria_versions, holdings_of = parts.versions, parts.holdings_of
+    classes_of, rules_of, head = parts.classes_of, parts.rules_of, parts.head
+    out: dict[Any, tuple[str, int]] = {}
+    for uid in parts.user_ids:
+        base = bases[uid]
+        version = criteria_versions.get(uid)
+        held = holdings_of.get(uid, [])
+        criteria_doc: dict[str, Any] = {"version": None if version is None else int(version)}
+        if criteria is not None:
+            criteria_doc["snapshot"] = criteria[uid]
+        else:
+            criteria_doc["rules"] = rules_of.get(uid, [])
+        out[uid] = (
+            orjson.dumps(
+                {
+                    "format": 2 if criteria is None else 3,
+                    **head,
+                    "snapshot": snapshot,
+                    "baseCurrency": base,
+                    "contribution": text(contributions[uid]),
+                    "criteria": criteria_doc,
+                    "assetClasses": classes_of.get(uid, []),
+                    "holdings": {"columns": list(HOLDING_FIELDS), "rows": held},
+                }
+            ).decode(),
+            len(held),
+        )
+    return out
+
+
+def _self_contained_json(
+    parts: _Parts,
+    fx: FxRates,
+    funds_of: dict[Any, dict[Any, dict[str, str | None]]],
+    needed: dict[Any, set[str]],
+) -> dict[Any, tuple[str, int]]:
+    """Format 1: each user's market data in the document, the rates of its currencies."""
+    bases, contributions, text = parts.bases, parts.contributions, parts.text
+    criteria_versions, holdings_of = parts.versions, parts.holdings_of
+    classes_of, rules_of, head = parts.classes_of, parts.rules_of, parts.head
+    as_of_text = _iso(fx.as_of)
+    rates_of: dict[frozenset[str], dict[str, Any]] = {}
+    out: dict[Any, tuple[str, int]] = {}
+    for uid in parts.user_ids:
+        base = bases[uid]
+        version = criteria_versions.get(uid)
+        held = holdings_of.get(uid, [])
+        currencies = frozenset(needed.get(uid, (base,)))
+        rates = rates_of.get(currencies)
+        if rates is None:
+            rates = rates_of[currencies] = {
+                "asOf": as_of_text,
+                "stale": fx.stale,
+                "usdTo": {c: text(fx.usd_to[c]) for c in sorted(currencies) if c in fx.usd_to},
+            }
+        # Made and serialised at once: the document dies young (see above).
+        out[uid] = (
+            orjson.dumps(
+                {
+                    **head,
+                    "baseCurrency": base,
+                    "contribution": text(contributions[uid]),
+                    "criteria": {
+                        "version": None if version is None else int(version),
+                        "rules": rules_of.get(uid, []),
+                    },
+                    "assetClasses": classes_of.get(uid, []),
+                    "holdings": held,
+                    "rates": rates,
+                    "fundamentals": funds_of.get(uid, {}),
+                }
+            ).decode(),
+            len(held),
+        )
+    return out
