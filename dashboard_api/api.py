@@ -12,7 +12,6 @@ from starlette.types import Receive, Scope, Send
 
 from dashboard_api.auth import Principal, bearer_token
 from dashboard_api.dashboard import REDIS_ERRORS
-from dashboard_api.db import DB_ERRORS
 from dashboard_api.params import (
     choice_param,
     decode_cursor,
@@ -35,7 +34,7 @@ from dashboard_api.schemas import (
 from dashboard_api.services import Services
 from overnight_pipeline.core.audit import JOB_STATUSES
 from overnight_pipeline.storage import queries
-from overnight_pipeline.storage.db import ping
+from overnight_pipeline.storage.db import DB_ERRORS, ping
 
 JSON = "application/json"
 PRIVATE = {"Cache-Control": "no-store"}

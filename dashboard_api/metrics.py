@@ -44,11 +44,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
-from dashboard_api.db import DB_ERRORS
 from overnight_pipeline.core.markets import Market
 from overnight_pipeline.core.readiness import READY, READY_PARTIAL, RunFact, judge
 from overnight_pipeline.providers.resilience import BreakerState, breaker_state
 from overnight_pipeline.storage import queries
+from overnight_pipeline.storage.db import DB_ERRORS
 from overnight_pipeline.storage.job_runs import run_facts
 
 if TYPE_CHECKING:
