@@ -119,20 +119,7 @@ def score_and_recommend(
             users=len(work.users), resumed=len(work.users) - len(work.todo), batch_size=batch_size
         )
         tally = _run_batches(engine, calc, work, batches, progress)
-        return CalculationReport(
-            users_total=len(work.users),
-            users_resumed=len(work.users) - len(work.todo),
-            users_succeeded=tally.succeeded,
-            users_failed=tally.failed,
-            assets_scored=tally.assets_scored,
-            recommendations_generated=tally.recommendations,
-            unallocated_users=tally.unallocated_users,
-            rates_stale=work.fx.stale,
-            stale_prices=work.snapshot.stale_prices,
-            tables_analyzed=", ".join(work.analyzed) or "-",
-            failures=tuple(tally.failures),
-            seconds=time.perf_counter() - started,
-        )
+        return _report(work, tally, seconds=time.perf_counter() - started)
 
 
 @dataclass(frozen=True)
@@ -221,6 +208,23 @@ def _run_batches(
             tally.add(result)
             progress.batch(len(chunk), result.failures)
     return tally
+
+
+def _report(work: _ShardWork, tally: _Tally, *, seconds: float) -> CalculationReport:
+    return CalculationReport(
+        users_total=len(work.users),
+        users_resumed=len(work.users) - len(work.todo),
+        users_succeeded=tally.succeeded,
+        users_failed=tally.failed,
+        assets_scored=tally.assets_scored,
+        recommendations_generated=tally.recommendations,
+        unallocated_users=tally.unallocated_users,
+        rates_stale=work.fx.stale,
+        stale_prices=work.snapshot.stale_prices,
+        tables_analyzed=", ".join(work.analyzed) or "-",
+        failures=tuple(tally.failures),
+        seconds=seconds,
+    )
 
 
 @dataclass
