@@ -23,7 +23,6 @@ from dagster import (
     DagsterInstance,
     ExecuteInProcessResult,
     ReexecutionOptions,
-    build_reconstructable_job,
     execute_job,
     instance_for_test,
 )
@@ -32,6 +31,7 @@ from sqlalchemy import Engine, select, text
 from overnight_pipeline.core.audit import correlation_id_for
 from overnight_pipeline.definitions import definitions_for
 from overnight_pipeline.defs.calculation import SCORES_AND_RECOMMENDATIONS
+from overnight_pipeline.defs.executors import PRELOAD
 from overnight_pipeline.defs.jobs import OVERNIGHT_JOB
 from overnight_pipeline.defs.partitions import partition_key
 from overnight_pipeline.settings import Settings, load_settings
@@ -44,6 +44,7 @@ from overnight_pipeline.storage.models import (
     recommendations_table,
 )
 from overnight_pipeline_tests.pipeline.conftest import DAY
+from overnight_pipeline_tests.pipeline.shard_job import reconstructable_job
 from overnight_pipeline_tests.support.databases import REDIS_URL, redis_namespace
 
 REPO = Path(__file__).resolve().parents[2]
@@ -210,6 +211,12 @@ def persistent_instance() -> Iterator[DagsterInstance]:
         yield instance
 
 
+# The multiprocess executor as the deployment starts it (defs/executors.py): step processes
+# forked from a server that imported the definitions once, instead of a fresh interpreter per
+# step importing them again (≈ 3.5 s a step; this run has about ten steps).
+FORKSERVER = {"max_concurrent": 2, "start_method": {"forkserver": {"preload_modules": PRELOAD}}}
+
+
 def test_the_multiprocess_executor_gives_the_same_results(
     pipeline_db: str,
     reference: dict[str, Any],
@@ -227,14 +234,12 @@ def test_the_multiprocess_executor_gives_the_same_results(
         }
         for name, value in env.items():
             monkeypatch.setenv(name, value)
-        job = build_reconstructable_job(
-            "overnight_pipeline_tests.pipeline.shard_job", "overnight_job"
-        )
+        job = reconstructable_job()
         with execute_job(
             job,
             instance=persistent_instance,
             tags=TAGS,
-            run_config={"execution": {"config": {"multiprocess": {"max_concurrent": 2}}}},
+            run_config={"execution": {"config": {"multiprocess": FORKSERVER}}},
         ) as result:
             assert result.success
             retried = [
@@ -301,9 +306,7 @@ def test_a_failed_shard_is_re_executed_alone_and_every_user_is_done_once(
             "OVERNIGHT_EXECUTOR": "in_process",
         }.items():
             monkeypatch.setenv(name, value)
-        job = build_reconstructable_job(
-            "overnight_pipeline_tests.pipeline.shard_job", "overnight_job"
-        )
+        job = reconstructable_job()
         tags = TAGS
         _fail_writes_of(engine, victim)
         try:
@@ -364,9 +367,7 @@ def test_the_replay_check_is_red_when_a_stored_score_is_tampered_with(
             "OVERNIGHT_EXECUTOR": "in_process",
         }.items():
             monkeypatch.setenv(name, value)
-        job = build_reconstructable_job(
-            "overnight_pipeline_tests.pipeline.shard_job", "overnight_job"
-        )
+        job = reconstructable_job()
         tags = TAGS
         with execute_job(job, instance=persistent_instance, tags=tags) as first:
             assert first.success
@@ -520,7 +521,7 @@ def test_celery_workers_give_the_same_results(
     env, config = celery_workers
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    job = build_reconstructable_job("overnight_pipeline_tests.pipeline.shard_job", "overnight_job")
+    job = reconstructable_job()
     with execute_job(
         job,
         instance=persistent_instance,
