@@ -8,7 +8,7 @@ assets; then every NYSE session of the `--months` before `--now` (500 for two ye
 its night, oldest first, each calculated at 23:00 UTC of its market date so that its rows
 land in the month they would have. `--real` of them (the first, the last, the one 23 months
 back that is replayed, the rest evenly spread) go through the real write path
-(`steps.fetch_*` with the synthetic provider, then `steps.score_and_recommend`, and the job
+(`steps.fetch_*` with the synthetic provider, then `score_and_recommend`, and the job
 run's row by `job_runs.record_finished`). Every other night is a server-side copy of the
 latest real night before it (`INSERT … SELECT` from its rows, staged once per real night):
 the same payloads (stored as the real path stores them), a calculation's asset-X rows
@@ -32,7 +32,7 @@ Measured:
    this process (SQLAlchemy included); every page checked (its asset and user, newest first,
    after its cursor), one user's asset walked page by page to its end; EXPLAIN ANALYZE of
    one query, and of one of each kind in a line (which scans ran on which months);
-3. `steps.replay_sample` of the calculation 23 months back, every user of it;
+3. `replay_sample` of the calculation 23 months back, every user of it;
 4. `storage.retention.delete_expired` with `now` one second past two years after the end of
    the first month: exactly that month's partitions go; its rows are gone and the next
    month's are all there (counted before and after).
@@ -67,11 +67,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sqlalchemy import Connection, Engine, Table, text
 
-from overnight_pipeline import steps
 from overnight_pipeline.core import audit
 from overnight_pipeline.core.captured_reader import snapshot_keys
 from overnight_pipeline.core.markets import DEFAULT_MARKETS, is_session
 from overnight_pipeline.providers.synthetic import SyntheticProvider
+from overnight_pipeline.steps.calculation import score_and_recommend
+from overnight_pipeline.steps.market_data import fetch_fundamentals, fetch_prices, fetch_rates
+from overnight_pipeline.steps.replay import ReplayOutcome, replay_sample
+from overnight_pipeline.steps.reports import StepReport
 from overnight_pipeline.storage import job_runs
 from overnight_pipeline.storage.db import make_engine, migrate
 from overnight_pipeline.storage.models import (
@@ -201,15 +204,15 @@ def maintain(url: str, command: str = "VACUUM (ANALYZE)") -> None:
     engine.dispose()
 
 
-def write_real_night(engine: Engine, night: Night) -> steps.StepReport:
+def write_real_night(engine: Engine, night: Night) -> StepReport:
     """One night through the real write path: the day's market data, scores, events,
     recommendations and snapshots, then the job run's row."""
     provider = SyntheticProvider(MARKETS)
     kw: dict[str, Any] = {"market": NYSE.code, "day": night.day, "markets": MARKETS}
-    steps.fetch_rates(engine, provider, **kw)
-    steps.fetch_prices(engine, provider, **kw)
-    steps.fetch_fundamentals(engine, provider, **kw)
-    report = steps.score_and_recommend(
+    fetch_rates(engine, provider, **kw)
+    fetch_prices(engine, provider, **kw)
+    fetch_fundamentals(engine, provider, **kw)
+    report = score_and_recommend(
         engine,
         **kw,
         correlation_id=night.correlation_id,
@@ -317,7 +320,7 @@ class Copier:
             )
         documents = self.conn.execute(
             text("SELECT payload FROM bench_calculation_events WHERE event_type = :t"),
-            {"t": steps.CAPTURED},
+            {"t": audit.INPUTS_CAPTURED},
         ).scalars()
         keys = sorted({key for doc in documents for key in snapshot_keys(doc)})
         self.conn.exec_driver_sql("DROP TABLE IF EXISTS bench_calculation_snapshots")
@@ -361,7 +364,7 @@ class Written:
     users: int = 0
     real_seconds: float = 0.0
     copy_seconds: float = 0.0
-    reports: dict[date, steps.StepReport] = field(default_factory=dict)
+    reports: dict[date, StepReport] = field(default_factory=dict)
 
 
 def write_nights(engine: Engine, nights: Sequence[Night], *, verbose: bool = False) -> Written:
@@ -590,9 +593,9 @@ def plan_summary(plan: str) -> str:
 # Replay and retention ---------------------------------------------------------------------
 
 
-def replay(engine: Engine, night: Night, *, users: int) -> tuple[steps.ReplayOutcome, float]:
+def replay(engine: Engine, night: Night, *, users: int) -> tuple[ReplayOutcome, float]:
     started = time.perf_counter()
-    outcome = steps.replay_sample(
+    outcome = replay_sample(
         engine, correlation_id=night.correlation_id, day=night.day, sample_size=users
     )
     return outcome, time.perf_counter() - started

@@ -1,4 +1,4 @@
-"""`steps.replay_sample` on `SCORES_COMPUTED`: new events replay exactly, events of format 1
+"""`replay_sample` on `SCORES_COMPUTED`: new events replay exactly, events of format 1
 still replay, and an event that was altered or garbled is reported, naming the user."""
 
 from __future__ import annotations
@@ -12,13 +12,15 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, select
 
-from overnight_pipeline import steps
 from overnight_pipeline.core.captured_reader import snapshot_keys
 from overnight_pipeline.core.markets import DEFAULT_MARKETS
 from overnight_pipeline.core.scored import full_scores
 from overnight_pipeline.core.scoring import replay
 from overnight_pipeline.providers.synthetic import SyntheticProvider
 from overnight_pipeline.seed import seed
+from overnight_pipeline.steps.calculation import score_and_recommend
+from overnight_pipeline.steps.market_data import fetch_fundamentals, fetch_prices, fetch_rates
+from overnight_pipeline.steps.replay import replay_sample
 from overnight_pipeline.storage.db import make_engine
 from overnight_pipeline.storage.events import snapshots
 from overnight_pipeline.storage.models import calculation_events_table
@@ -37,9 +39,9 @@ def engine() -> Iterator[Engine]:
         with engine.begin() as conn:
             seed(conn, users=8, seed=11, as_of=DAY, markets=NYSE)
         provider = SyntheticProvider(MARKETS)
-        steps.fetch_rates(engine, provider, **KW)
-        steps.fetch_prices(engine, provider, **KW)
-        steps.fetch_fundamentals(engine, provider, **KW)
+        fetch_rates(engine, provider, **KW)
+        fetch_prices(engine, provider, **KW)
+        fetch_fundamentals(engine, provider, **KW)
         yield engine
         engine.dispose()
 
@@ -47,7 +49,7 @@ def engine() -> Iterator[Engine]:
 def calculate(engine: Engine) -> uuid.UUID:
     """A new calculation of the partition (it becomes the users' current one)."""
     cid = uuid.uuid4()
-    report = steps.score_and_recommend(
+    report = score_and_recommend(
         engine, correlation_id=cid, calculated_at=datetime.now(UTC), run_id="r", **KW
     )
     assert report.users_succeeded == report.users_total > 0
@@ -99,7 +101,7 @@ def inputs(engine: Engine, cid: uuid.UUID) -> tuple[dict[str, Any], dict[str, An
 
 def test_new_events_replay_exactly_and_hold_the_full_view(engine: Engine) -> None:
     cid = calculate(engine)
-    outcome = steps.replay_sample(engine, correlation_id=cid, day=DAY)
+    outcome = replay_sample(engine, correlation_id=cid, day=DAY)
     assert len(outcome.checked) == outcome.users > 0 and outcome.mismatches == []
     captured, shared = inputs(engine, cid)
     for uid, payload in events(engine, cid, "SCORES_COMPUTED").items():
@@ -117,7 +119,7 @@ def test_events_of_format_1_still_replay_and_a_changed_actual_value_is_found(
     for uid, payload in old.items():
         rewrite(engine, cid, uid, payload)
     assert events(engine, cid, "SCORES_COMPUTED") == old
-    outcome = steps.replay_sample(engine, correlation_id=cid, day=DAY)
+    outcome = replay_sample(engine, correlation_id=cid, day=DAY)
     assert outcome.checked and outcome.mismatches == []
     # One user's old event now claims another value seen by a rule.
     uid, payload = next(
@@ -129,7 +131,7 @@ def test_events_of_format_1_still_replay_and_a_changed_actual_value_is_found(
     rule = next(r for s in changed["scores"] for r in s["breakdown"] if r["actualValue"])
     rule["actualValue"] = rule["actualValue"] + "1"
     rewrite(engine, cid, uid, changed)
-    outcome = steps.replay_sample(engine, correlation_id=cid, day=DAY)
+    outcome = replay_sample(engine, correlation_id=cid, day=DAY)
     assert outcome.mismatches == [
         {"user": uid, "what": "SCORES_COMPUTED differs from the replayed scores"}
     ]
@@ -203,7 +205,7 @@ def test_an_altered_event_of_format_2_is_found(
     assert changed != scored[uid] or tamper in (_matched_as_number, _points_as_float)
     rewrite(engine, cid, uid, changed)
     assert events(engine, cid, "SCORES_COMPUTED")[uid] == changed
-    outcome = steps.replay_sample(engine, correlation_id=cid, day=DAY)
+    outcome = replay_sample(engine, correlation_id=cid, day=DAY)
     assert outcome.mismatches == [
         {"user": uid, "what": "SCORES_COMPUTED differs from the replayed scores"}
     ]
@@ -223,7 +225,7 @@ def test_a_garbled_event_is_reported_naming_the_field(
     cid = calculate(engine)
     uid = sorted(events(engine, cid, "SCORES_COMPUTED"))[0]
     rewrite(engine, cid, uid, payload)
-    outcome = steps.replay_sample(engine, correlation_id=cid, day=DAY)
+    outcome = replay_sample(engine, correlation_id=cid, day=DAY)
     assert [m["user"] for m in outcome.mismatches] == [uid]
     assert outcome.mismatches[0]["what"].startswith(what)
 
@@ -240,5 +242,5 @@ def test_a_missing_event_is_reported(engine: Engine) -> None:
                 e.c.event_type == "SCORES_COMPUTED",
             )
         )
-    outcome = steps.replay_sample(engine, correlation_id=cid, day=DAY)
+    outcome = replay_sample(engine, correlation_id=cid, day=DAY)
     assert outcome.mismatches == [{"user": uid, "what": "no SCORES_COMPUTED event"}]

@@ -17,7 +17,7 @@ from sqlalchemy import select
 from overnight_pipeline.core.captured_reader import captured_rules
 from overnight_pipeline.core.load_file import parse_load_file
 from overnight_pipeline.core.markets import load_markets
-from overnight_pipeline.defs import build_definitions
+from overnight_pipeline.definitions import definitions_for
 from overnight_pipeline.seed import seed
 from overnight_pipeline.settings import load_settings
 from overnight_pipeline.storage.db import make_engine, migrate
@@ -112,7 +112,7 @@ def small_batches(torn_db: str, redis_prefix: str) -> Iterator[Pipeline]:
     client = redis.Redis.from_url(REDIS_URL)
     with DagsterInstance.ephemeral() as instance:
         yield Pipeline(
-            settings, engine, client, build_definitions(settings, env_vars=False), instance
+            settings, engine, client, definitions_for(settings, env_vars=False), instance
         )
     client.close()
     engine.dispose()

@@ -14,11 +14,14 @@ import pytest
 from sqlalchemy import Engine, func, inspect, select, text
 from sqlalchemy.exc import IntegrityError
 
-from overnight_pipeline import steps
 from overnight_pipeline.core.captured_reader import snapshot_keys
 from overnight_pipeline.core.markets import DEFAULT_MARKETS
 from overnight_pipeline.providers.synthetic import SyntheticProvider
 from overnight_pipeline.seed import seed
+from overnight_pipeline.steps.calculation import score_and_recommend
+from overnight_pipeline.steps.market_data import fetch_fundamentals, fetch_prices, fetch_rates
+from overnight_pipeline.steps.replay import replay_sample
+from overnight_pipeline.steps.reports import StepReport
 from overnight_pipeline.storage.db import downgrade, make_engine, migrate
 from overnight_pipeline.storage.events import event_payloads, snapshots, users_with_event
 from overnight_pipeline.storage.models import (
@@ -43,14 +46,14 @@ def _seeded(url: str, *, users: int = 12) -> Engine:
         seed(conn, users=users, seed=4, as_of=LAST_NIGHT_OF_NOVEMBER, markets=NYSE)
     for day in (LAST_NIGHT_OF_NOVEMBER, FIRST_NIGHT_OF_DECEMBER):
         kw = {"market": "NYSE", "day": day, "markets": MARKETS}
-        steps.fetch_rates(engine, provider, **kw)
-        steps.fetch_prices(engine, provider, **kw)
-        steps.fetch_fundamentals(engine, provider, **kw)
+        fetch_rates(engine, provider, **kw)
+        fetch_prices(engine, provider, **kw)
+        fetch_fundamentals(engine, provider, **kw)
     return engine
 
 
-def _night(engine: Engine, day: date, cid: uuid.UUID, at: datetime) -> steps.StepReport:
-    return steps.score_and_recommend(
+def _night(engine: Engine, day: date, cid: uuid.UUID, at: datetime) -> StepReport:
+    return score_and_recommend(
         engine,
         market="NYSE",
         day=day,
@@ -126,7 +129,7 @@ def test_a_night_across_a_month_boundary_stays_in_the_month_it_started(fresh_url
             }
         # Both nights replay from their events and the snapshots of their own months.
         for cid, day in ((first, LAST_NIGHT_OF_NOVEMBER), (second, FIRST_NIGHT_OF_DECEMBER)):
-            outcome = steps.replay_sample(engine, correlation_id=cid, day=day)
+            outcome = replay_sample(engine, correlation_id=cid, day=day)
             assert outcome.checked and outcome.mismatches == []
         s = calculation_snapshots_table.c
         with engine.connect() as conn:
@@ -274,11 +277,11 @@ def test_0004_keeps_a_previous_nights_output(fresh_url: str) -> None:
             }
             snapshot_months = set(conn.scalars(select(calculation_snapshots_table.c.month)))
         assert snapshot_months == {first_written.replace(day=1).date()}
-        outcome = steps.replay_sample(engine, correlation_id=cid, day=LAST_NIGHT_OF_NOVEMBER)
+        outcome = replay_sample(engine, correlation_id=cid, day=LAST_NIGHT_OF_NOVEMBER)
         assert outcome.checked and outcome.mismatches == []
         nxt = uuid.uuid4()
         _night(engine, FIRST_NIGHT_OF_DECEMBER, nxt, datetime.now(UTC) - timedelta(seconds=1))
-        outcome = steps.replay_sample(engine, correlation_id=nxt, day=FIRST_NIGHT_OF_DECEMBER)
+        outcome = replay_sample(engine, correlation_id=nxt, day=FIRST_NIGHT_OF_DECEMBER)
         assert outcome.checked and outcome.mismatches == []
         with engine.connect() as conn:
             assert users_with_event(conn, correlation_id=nxt, event_type="CALC_COMPLETED")
@@ -294,7 +297,7 @@ def test_replay_flags_a_changed_or_missing_snapshot(fresh_url: str) -> None:
     try:
         cid = uuid.uuid4()
         _night(engine, LAST_NIGHT_OF_NOVEMBER, cid, datetime(2026, 11, 30, 22, tzinfo=UTC))
-        outcome = steps.replay_sample(engine, correlation_id=cid, day=LAST_NIGHT_OF_NOVEMBER)
+        outcome = replay_sample(engine, correlation_id=cid, day=LAST_NIGHT_OF_NOVEMBER)
         assert outcome.checked and outcome.mismatches == []
         s = calculation_snapshots_table
         with engine.begin() as conn:
@@ -303,14 +306,14 @@ def test_replay_flags_a_changed_or_missing_snapshot(fresh_url: str) -> None:
             ).one()
             edited = {"rules": [{**criteria.payload["rules"][0], "points": 100}]}
             conn.execute(s.update().where(s.c.hash == criteria.hash).values(payload=edited))
-        outcome = steps.replay_sample(engine, correlation_id=cid, day=LAST_NIGHT_OF_NOVEMBER)
+        outcome = replay_sample(engine, correlation_id=cid, day=LAST_NIGHT_OF_NOVEMBER)
         assert outcome.mismatches and {m["what"] for m in outcome.mismatches} == {
             f"the snapshot {criteria.hash} no longer hashes to its key"
         }
         with engine.begin() as conn:
             market = conn.scalar(select(s.c.hash).where(s.c.kind == "market"))
             conn.execute(s.delete().where(s.c.hash == market))
-        outcome = steps.replay_sample(engine, correlation_id=cid, day=LAST_NIGHT_OF_NOVEMBER)
+        outcome = replay_sample(engine, correlation_id=cid, day=LAST_NIGHT_OF_NOVEMBER)
         assert {m["user"] for m in outcome.mismatches} == set(outcome.checked)
         assert f"the snapshot {market} is missing" in {m["what"] for m in outcome.mismatches}
     finally:
