@@ -165,7 +165,7 @@ def run_partition(url: str, prefix: str, shards: int, executor: str) -> Run:
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     else:
         job = build_reconstructable_job(
-            "overnight_pipeline_tests.pipeline.shard_job", "overnight_job"
+            "overnight_pipeline_tests.support.shard_job", "overnight_job"
         )
         with (
             tempfile.TemporaryDirectory() as home,

@@ -44,8 +44,8 @@ from overnight_pipeline.storage.models import (
     recommendations_table,
 )
 from overnight_pipeline_tests.pipeline.conftest import DAY
-from overnight_pipeline_tests.pipeline.shard_job import reconstructable_job
 from overnight_pipeline_tests.support.databases import REDIS_URL, redis_namespace
+from overnight_pipeline_tests.support.shard_job import reconstructable_job
 
 REPO = Path(__file__).resolve().parents[2]
 MARKET = "NYSE"
