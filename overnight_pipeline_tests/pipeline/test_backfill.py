@@ -20,7 +20,7 @@ from dagster._core.run_coordinator import QueuedRunCoordinator
 from dagster._core.scheduler.instigation import InstigatorType
 from sqlalchemy import select
 
-from overnight_pipeline.defs import OVERNIGHT_JOB
+from overnight_pipeline.defs.jobs import OVERNIGHT_JOB
 from overnight_pipeline.defs.sensors import FAILED_SENSOR, STARTED_SENSOR, SUCCEEDED_SENSOR
 from overnight_pipeline.storage.db import make_engine
 from overnight_pipeline.storage.models import overnight_job_runs_table
