@@ -12,7 +12,7 @@ from opentelemetry.trace import TracerProvider
 from overnight_pipeline.core import audit
 from overnight_pipeline.defs.run_facts import RunFacts, stamp
 from overnight_pipeline.storage.job_runs import JobRun
-from overnight_pipeline.telemetry import TRACER_NAME, StepSpan, emit_run_span
+from overnight_pipeline.telemetry import JOB_ATTRIBUTES, TRACER_NAME, StepSpan, emit_run_span
 
 
 def emit_span(
@@ -21,20 +21,7 @@ def emit_span(
     """The run's span; its error is the failed steps' (or the run's) when it failed."""
     m = row.metrics
     attributes = {
-        k: m[k]
-        for k in (
-            "fetch_rates_ms",
-            "process_users_ms",
-            "cache_warm_ms",
-            "users_total",
-            "users_success",
-            "users_failed",
-            "assets_scored",
-            "recommendations_generated",
-            "fetch_market_data_ms",
-            "rates_stale",
-            "prices_missing",
-        )
+        k: m[k] for k in (*JOB_ATTRIBUTES, "fetch_market_data_ms", "rates_stale", "prices_missing")
     }
     attributes.update(
         {

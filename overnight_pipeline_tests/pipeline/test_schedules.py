@@ -13,7 +13,10 @@ from dagster._utils.schedules import cron_string_iterator  # the scheduler's own
 
 from overnight_pipeline.core.markets import load_markets
 from overnight_pipeline.definitions import definitions_for
-from overnight_pipeline.defs.schedules import fire_times
+from overnight_pipeline.defs.assets import OVERNIGHT_ASSETS
+from overnight_pipeline.defs.jobs import OVERNIGHT_JOB, overnight_job
+from overnight_pipeline.defs.readiness import market_readiness_checks
+from overnight_pipeline.defs.schedules import fire_times, market_schedules
 from overnight_pipeline.settings import load_settings
 
 MARKETS = load_markets()
@@ -163,8 +166,16 @@ def test_a_tick_evaluated_twice_asks_for_the_same_run(
 def test_overnight_job_cron_overrides_every_market_in_its_own_timezone(
     instance: DagsterInstance,
 ) -> None:
-    settings = load_settings(database_url="sqlite:///:memory:", overnight_job_cron="0 4 * * 1-5")
-    defs = definitions_for(settings, env_vars=False)
+    # OVERNIGHT_JOB_CRON shapes the schedules when the definitions load (defs.schedules reads
+    # it from the settings once): here the same schedules built with it, beside the job.
+    base = definitions_for(load_settings(database_url="sqlite:///:memory:"), env_vars=False)
+    defs = Definitions(
+        assets=OVERNIGHT_ASSETS,
+        asset_checks=[market_readiness_checks],
+        jobs=[overnight_job],
+        schedules=market_schedules(MARKETS, OVERNIGHT_JOB, cron_override="0 4 * * 1-5"),
+        resources=base.resources,
+    )
     for code, market in MARKETS.items():
         schedule = defs.resolve_schedule_def(f"overnight_{code.lower()}")
         assert schedule.cron_schedule == "0 4 * * 1-5"
