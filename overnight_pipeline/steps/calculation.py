@@ -21,6 +21,7 @@ from overnight_pipeline.core.money import FxRates
 from overnight_pipeline.logs import correlation
 from overnight_pipeline.steps.batch_results import BatchResult, Calculation, process_batch
 from overnight_pipeline.steps.batches import BatchWriter, prefetched
+from overnight_pipeline.steps.collection import deferred_collection
 from overnight_pipeline.steps.progress import Progress
 from overnight_pipeline.steps.reports import CalculationReport, Failure
 from overnight_pipeline.storage.batches import (
@@ -118,7 +119,8 @@ def score_and_recommend(
         progress.started(
             users=len(work.users), resumed=len(work.users) - len(work.todo), batch_size=batch_size
         )
-        tally = _run_batches(engine, calc, work, batches, progress)
+        with deferred_collection():
+            tally = _run_batches(engine, calc, work, batches, progress)
         return _report(work, tally, seconds=time.perf_counter() - started)
 
 

@@ -1,0 +1,108 @@
+"""The garbage collector's thresholds are the shard step's own (issue 25): its batches run
+with deferred collection, and whatever runs after it in the process (another test, the
+Dagster machinery) finds the collector exactly as it was, however the step ended."""
+
+from __future__ import annotations
+
+import gc
+import uuid
+import weakref
+from collections.abc import Iterator
+from datetime import UTC, date, datetime
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine
+
+from overnight_pipeline.core.markets import DEFAULT_MARKETS
+from overnight_pipeline.providers.synthetic import SyntheticProvider
+from overnight_pipeline.seed import seed
+from overnight_pipeline.steps import calculation
+from overnight_pipeline.steps.collection import STEP_THRESHOLDS, deferred_collection
+from overnight_pipeline.steps.market_data import fetch_fundamentals, fetch_prices, fetch_rates
+from overnight_pipeline.storage.db import make_engine
+from overnight_pipeline_tests.support.databases import migrated_pg_database
+
+DAY = date(2026, 11, 27)
+NYSE = tuple(m for m in DEFAULT_MARKETS if m.code == "NYSE")
+MARKETS = {m.code: m for m in NYSE}
+KW: dict[str, Any] = {"market": "NYSE", "day": DAY, "markets": MARKETS}
+
+
+class _Node:
+    def __init__(self) -> None:
+        self.me = self  # a cycle: only the collector frees it
+
+
+def test_the_block_defers_collection_and_restores_the_collector() -> None:
+    before = gc.get_threshold()
+    frozen = gc.get_freeze_count()
+    with deferred_collection():
+        assert gc.get_threshold() == STEP_THRESHOLDS
+        cycle = _Node()
+        alive = weakref.ref(cycle)
+        del cycle
+    assert gc.get_threshold() == before
+    assert gc.get_freeze_count() == frozen
+    # A cycle made inside the block is still garbage the collector frees.
+    gc.collect()
+    assert alive() is None
+
+
+def test_the_collector_is_restored_when_the_block_fails() -> None:
+    before = gc.get_threshold()
+    frozen = gc.get_freeze_count()
+    with pytest.raises(RuntimeError, match="boom"), deferred_collection():
+        raise RuntimeError("boom")
+    assert gc.get_threshold() == before
+    assert gc.get_freeze_count() == frozen
+
+
+def test_objects_from_before_the_block_are_collectable_after_it() -> None:
+    cycle = _Node()
+    alive = weakref.ref(cycle)
+    with deferred_collection():
+        pass
+    del cycle
+    gc.collect()
+    assert alive() is None
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator[Engine]:
+    for url in migrated_pg_database("overnight_collection"):
+        engine = make_engine(url)
+        with engine.begin() as conn:
+            seed(conn, users=12, seed=5, as_of=DAY, markets=NYSE)
+        provider = SyntheticProvider(MARKETS)
+        fetch_rates(engine, provider, **KW)
+        fetch_prices(engine, provider, **KW)
+        fetch_fundamentals(engine, provider, **KW)
+        yield engine
+        engine.dispose()
+
+
+def test_the_shard_step_computes_its_batches_with_deferred_collection(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[tuple[int, int, int]] = []
+    process = calculation.process_batch
+
+    def observed(*args: Any, **kwargs: Any) -> Any:
+        seen.append(gc.get_threshold())
+        return process(*args, **kwargs)
+
+    monkeypatch.setattr(calculation, "process_batch", observed)
+    before = gc.get_threshold()
+    report = calculation.score_and_recommend(
+        engine,
+        correlation_id=uuid.uuid4(),
+        calculated_at=datetime.now(UTC),
+        run_id="gc",
+        batch_size=5,
+        **KW,
+    )
+    users = report.users_total
+    assert report.users_succeeded == users > 5
+    assert seen == [STEP_THRESHOLDS] * -(-users // 5)
+    assert gc.get_threshold() == before
