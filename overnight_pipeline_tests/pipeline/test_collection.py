@@ -17,7 +17,7 @@ from sqlalchemy import Engine
 from overnight_pipeline.core.markets import DEFAULT_MARKETS
 from overnight_pipeline.providers.synthetic import SyntheticProvider
 from overnight_pipeline.seed import seed
-from overnight_pipeline.steps import calculation
+from overnight_pipeline.steps import batch_results, calculation
 from overnight_pipeline.steps.collection import STEP_THRESHOLDS, deferred_collection
 from overnight_pipeline.steps.market_data import fetch_fundamentals, fetch_prices, fetch_rates
 from overnight_pipeline.storage.db import make_engine
@@ -86,13 +86,13 @@ def test_the_shard_step_computes_its_batches_with_deferred_collection(
     engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seen: list[tuple[int, int, int]] = []
-    process = calculation.process_batch
+    process = batch_results.process_batch
 
     def observed(*args: Any, **kwargs: Any) -> Any:
         seen.append(gc.get_threshold())
         return process(*args, **kwargs)
 
-    monkeypatch.setattr(calculation, "process_batch", observed)
+    monkeypatch.setattr("overnight_pipeline.steps.calculation.process_batch", observed)
     before = gc.get_threshold()
     report = calculation.score_and_recommend(
         engine,
