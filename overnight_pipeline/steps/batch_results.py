@@ -14,21 +14,25 @@ from sqlalchemy import Connection
 
 from overnight_pipeline.core import audit
 from overnight_pipeline.core.batch import Batch, BatchScores, recommend_batch, score_batch
+from overnight_pipeline.core.cache_documents import cache_documents
 from overnight_pipeline.core.captured_writer import capture_json, criteria_snapshots
 from overnight_pipeline.core.money import FxRates, MissingRateError
-from overnight_pipeline.core.payloads import cache_payloads
 from overnight_pipeline.core.recommendations import UserRecommendations
 from overnight_pipeline.core.scored import ScoreTexts, no_scores, score_json
 from overnight_pipeline.steps.batches import Write
 from overnight_pipeline.storage.batches import LoadedBatch
 from overnight_pipeline.storage.bulk import write_rows
 from overnight_pipeline.storage.events import event_rows, insert_snapshots
+from overnight_pipeline.storage.recommendations import (
+    RecommendationRow,
+    recommendation_rows,
+    write_recommendations,
+)
 from overnight_pipeline.storage.results import (
     ScoreRow,
     asset_score_rows,
     calculation_asset_rows,
     replace_scores,
-    upsert_recommendations,
 )
 
 
@@ -67,7 +71,7 @@ class _Users:
     calc: Calculation
     now: datetime
     events: list[audit.Event] = field(default_factory=list)
-    rec_rows: list[dict[str, Any]] = field(default_factory=list)
+    rec_rows: list[RecommendationRow] = field(default_factory=list)
     failures: list[dict[str, str]] = field(default_factory=list)
     recommendations: int = 0
     unallocated_users: int = 0
@@ -263,21 +267,22 @@ def _score_rows(
 
 def _recommendation_row(
     uid: str, rec: UserRecommendations, calc: Calculation, now: datetime, asset_count: int
-) -> dict[str, Any]:
+) -> RecommendationRow:
     """The user's `recommendations` row: both documents the cache and the dashboard serve."""
-    recs, portfolio = cache_payloads(uuid.UUID(uid), rec, generated_at=now, asset_count=asset_count)
-    return {
-        "user_id": uuid.UUID(uid),
-        "market_date": calc.day,
-        "market": calc.market,
-        "correlation_id": calc.correlation_id,
-        "generated_at": now,
-        "base_currency": rec.base_currency,
-        "total_investable": rec.contribution,
-        "criteria_version": rec.criteria_version,
-        "payload": recs.model_dump(mode="json", by_alias=True),
-        "portfolio": portfolio.model_dump(mode="json", by_alias=True),
-    }
+    user_id = uuid.UUID(uid)
+    recs, portfolio = cache_documents(user_id, rec, generated_at=now, asset_count=asset_count)
+    return RecommendationRow(
+        user_id=user_id,
+        market_date=calc.day,
+        market=calc.market,
+        correlation_id=calc.correlation_id,
+        generated_at=now,
+        base_currency=rec.base_currency,
+        total_investable=rec.contribution,
+        criteria_version=rec.criteria_version,
+        payload=recs,
+        portfolio=portfolio,
+    )
 
 
 def _writes(
@@ -304,7 +309,7 @@ def _writes(
         ),
         event_rows(calc.dialect, users.events, at=now, calculated_at=calc.calculated_at),
     ]
-    rec_rows = users.rec_rows
+    recommendations = recommendation_rows(calc.dialect, users.rec_rows)
 
     def write(conn: Connection) -> None:
         # Before the events that reference them, in their transaction.
@@ -314,6 +319,6 @@ def _writes(
         replace_scores(conn, scores, user_ids=ok_ids, day=calc.day)
         for prepared in rows:
             write_rows(conn, prepared)
-        upsert_recommendations(conn, rec_rows)
+        write_recommendations(conn, recommendations)
 
     return write

@@ -8,7 +8,19 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Column, Connection, MetaData, Table, and_, or_, select, text
+from sqlalchemy import (
+    JSON,
+    Column,
+    Connection,
+    MetaData,
+    Table,
+    Text,
+    and_,
+    cast,
+    or_,
+    select,
+    text,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 
 
@@ -87,6 +99,46 @@ def upsert_copied(
     source = Table(staged, MetaData(), *(Column(c, table.c[c].type) for c in columns))
     stmt = postgresql.insert(table).from_select(columns, select(*source.c))
     conn.execute(_on_conflict(stmt, table, key, update, extra_set))
+
+
+def upsert_lines(
+    conn: Connection,
+    table: Table,
+    columns: Sequence[str],
+    lines: Sequence[str],
+    *,
+    key: Sequence[str],
+    update: Sequence[str],
+    newer: str | None = None,
+) -> None:
+    """PostgreSQL only: `upsert` of rows already formatted as COPY text `lines` (`copy_text`):
+    COPY into a temporary table of `columns` (dropped at the end of the transaction), then
+    one `INSERT … SELECT … ON CONFLICT` for them all, with `upsert`'s rules (only where a
+    column differs; with `newer`, never over a stored row whose value is later). The staged
+    columns are of the table's types except JSON, staged as text and cast in the SELECT: a
+    document then enters the table once, compressed with the table's own TOAST method."""
+    if not lines:
+        return
+    types = {c: table.c[c].type for c in columns}
+    staged_types = {c: Text() if isinstance(t, JSON) else t for c, t in types.items()}
+    staged = Table(
+        f"staged_{table.name}", MetaData(), *(Column(c, staged_types[c]) for c in columns)
+    )
+    ddl = ", ".join(f"{c} {staged_types[c].compile(dialect=conn.dialect)}" for c in columns)
+    raw = conn.connection.driver_connection
+    assert raw is not None
+    with raw.cursor() as cur:  # type: ignore[attr-defined]
+        cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {staged.name} ({ddl}) ON COMMIT DROP")
+        cur.execute(f"TRUNCATE {staged.name}")
+    copy_text(conn, staged, columns, lines)
+    source = select(
+        *(
+            cast(staged.c[c], types[c]) if staged_types[c] is not types[c] else staged.c[c]
+            for c in columns
+        )
+    )
+    stmt = postgresql.insert(table).from_select(list(columns), source)
+    conn.execute(_on_conflict(stmt, table, key, update, None, newer))
 
 
 def copy_rows(

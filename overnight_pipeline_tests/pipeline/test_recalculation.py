@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
@@ -39,7 +40,11 @@ from overnight_pipeline.storage.models import (
     recommendations_table,
     user_changes_table,
 )
-from overnight_pipeline.storage.results import upsert_recommendations
+from overnight_pipeline.storage.recommendations import (
+    RecommendationRow,
+    recommendation_rows,
+    write_recommendations,
+)
 from overnight_pipeline_tests.pipeline.conftest import DAY, Pipeline
 from overnight_pipeline_tests.support.databases import (
     REDIS_URL,
@@ -199,26 +204,28 @@ def test_a_changed_user_is_recalculated_as_a_night_of_the_new_inputs_would(
 
 def test_an_older_result_written_late_never_replaces_a_newer_row(night: Pipeline) -> None:
     newer = _row(night, STEADY)
-    late = {
-        "user_id": STEADY,
-        "market_date": DAY,
-        "market": "NYSE",
-        "correlation_id": uuid.uuid4(),
-        "generated_at": newer.generated_at - timedelta(seconds=1),
-        "base_currency": "USD",
-        "total_investable": 1,
-        "criteria_version": newer.criteria_version,
-        "payload": {"recommendations": []},
-        "portfolio": {},
-    }
-    with night.engine.begin() as conn:
-        upsert_recommendations(conn, [late])
+    late = RecommendationRow(
+        user_id=STEADY,
+        market_date=DAY,
+        market="NYSE",
+        correlation_id=uuid.uuid4(),
+        generated_at=newer.generated_at - timedelta(seconds=1),
+        base_currency="USD",
+        total_investable=Decimal(1),
+        criteria_version=newer.criteria_version,
+        payload=b'{"recommendations": []}',
+        portfolio=b"{}",
+    )
+
+    def write(row: RecommendationRow) -> None:
+        with night.engine.begin() as conn:
+            write_recommendations(conn, recommendation_rows(conn.dialect.name, [row]))
+
+    write(late)
     assert _row(night, STEADY).correlation_id == newer.correlation_id
     # The reverse: a newer result replaces the row.
-    late["generated_at"] = newer.generated_at + timedelta(microseconds=1)
-    with night.engine.begin() as conn:
-        upsert_recommendations(conn, [late])
-    assert _row(night, STEADY).correlation_id == late["correlation_id"]
+    write(replace(late, generated_at=newer.generated_at + timedelta(microseconds=1)))
+    assert _row(night, STEADY).correlation_id == late.correlation_id
 
 
 def test_the_sensor_launches_one_run_for_a_burst_and_waits_for_it(night: Pipeline) -> None:
