@@ -27,6 +27,11 @@ import orjson
 import pandas as pd
 
 from overnight_pipeline.core.batch import HOLDING_COLUMNS, RULE_COLUMNS, Batch
+from overnight_pipeline.core.captured_text import (
+    HOLDING_FIELDS,
+    plain_texts,
+    referencing_texts,
+)
 from overnight_pipeline.core.money import FxRates
 from overnight_pipeline.core.vocabulary import METRICS
 
@@ -44,7 +49,6 @@ def _null(value: Any) -> bool:
 
 
 SNAPSHOT_ASSET_COLUMNS = ("assetId", "market", "symbol", "currency", "price", "priceAsOf")
-HOLDING_FIELDS = ("assetId", "assetClass", "quantity")
 
 
 def snapshot_hash(payload: Mapping[str, Any]) -> str:
@@ -91,9 +95,11 @@ def market_snapshot(
 
 # JSON text of the document -------------------------------------------------------------
 #
-# `capture_json` builds each user's document from plain dicts and lists, serialised by
-# orjson; what repeats (an asset's fundamentals for the same metrics, the rates of the same
-# currencies, a Decimal's text) is made once per call and shared. `orjson.loads` of its
+# Format 3, what the pipeline writes every night, is assembled as text from the batch's
+# columns (`core.captured_text`). The older formats, written for replays and the tests,
+# `capture_json` builds from plain dicts and lists, serialised by orjson; what repeats (an
+# asset's fundamentals for the same metrics, the rates of the same currencies, a Decimal's
+# text) is made once per call and shared. `orjson.loads` of its
 # output equals the documents of the dict builder in the tests (`capture` there). Each
 # user's document is serialised as soon as it is made: dicts of strings only are not
 # tracked by the garbage collector, but the lists holding them are, and a batch's worth
@@ -126,13 +132,17 @@ def _texts(make: Callable[[Any], str] = _plain_text) -> Callable[[Any], str | No
 
 
 def _rules_by_user(
-    r: pd.DataFrame, text: Callable[[Any], str | None]
+    r: pd.DataFrame,
 ) -> tuple[dict[Any, list[dict[str, Any]]], dict[Any, set[str]]]:
     """Each user's rules as the documents keep them, and the metrics they read."""
     rules_of: dict[Any, list[dict[str, Any]]] = {}
     metrics_of: dict[Any, set[str]] = {}
     for uid, rid, cls, metric, op, v, v2, points in zip(
-        *(r[c].tolist() for c in RULE_COLUMNS), strict=True
+        *(r[c].tolist() for c in RULE_COLUMNS[:5]),
+        plain_texts(r["value"].tolist()),
+        plain_texts(r["value2"].tolist()),
+        r["points"].tolist(),
+        strict=True,
     ):
         rule: dict[str, Any] = {
             "id": rid,
@@ -141,10 +151,10 @@ def _rules_by_user(
             "operator": op,
             "points": int(points),
         }
-        if not _null(v):
-            rule["value"] = text(v)
-        if not _null(v2):
-            rule["value2"] = text(v2)
+        if v is not None:
+            rule["value"] = v
+        if v2 is not None:
+            rule["value2"] = v2
         rules_of.setdefault(uid, []).append(rule)
         metrics_of.setdefault(uid, set()).add(metric)
     return rules_of, metrics_of
@@ -155,7 +165,7 @@ def criteria_snapshots(batch: Batch) -> dict[Any, tuple[str, dict[str, Any]]]:
     `{"rules": [...]}`, the rules as `INPUTS_CAPTURED` of format 2 listed them). A
     criteria version is immutable, so its snapshot is stored once per month and shared by
     every night (and every user with the same rules) that month."""
-    rules_of, _ = _rules_by_user(batch.rules, _texts())
+    rules_of, _ = _rules_by_user(batch.rules)
     out: dict[Any, tuple[str, dict[str, Any]]] = {}
     made: dict[bytes, tuple[str, dict[str, Any]]] = {}
     for uid in batch.users["user_id"].tolist():
@@ -183,8 +193,17 @@ def capture_json(
     number of holdings). With `snapshot` (the hash of the market snapshot the batch was
     priced from, `market_snapshot`), format 2: the user's own inputs and that reference;
     with `criteria` as well (user id → the hash of the user's `criteria_snapshots`), format
-    3: the rules are referenced too; without, the self-contained shape written before
-    (fundamentals from the batch's frame)."""
+    3: the rules are referenced too (made as text from the columns, `core.captured_text`);
+    without, the self-contained shape written before (fundamentals from the batch's frame)."""
+    if snapshot is not None and criteria is not None:  # what the pipeline writes
+        return referencing_texts(
+            batch,
+            market=market,
+            market_date=market_date,
+            criteria_versions=criteria_versions,
+            snapshot=snapshot,
+            criteria=criteria,
+        )
     fundamentals = batch.fundamentals
     assert isinstance(fundamentals, pd.DataFrame), "capture needs the fundamentals frame"
     text = _texts()
@@ -193,10 +212,7 @@ def capture_json(
     bases = dict(zip(user_ids, users["base_currency"].tolist(), strict=True))
     contributions = dict(zip(user_ids, users["contribution"].tolist(), strict=True))
     classes_of = _classes_by_user(batch.classes, text)
-    # Format 3 references the rules (`criteria_snapshots`): none to make here.
-    rules_of, metrics_of = (
-        _rules_by_user(batch.rules, text) if criteria is None or snapshot is None else ({}, {})
-    )
+    rules_of, metrics_of = _rules_by_user(batch.rules)
     holdings_of, funds_of, needed = _holdings_by_user(
         batch.holdings,
         holding_markets,
@@ -218,7 +234,7 @@ def capture_json(
         head={"market": market, "marketDate": market_date.isoformat()},
     )
     if snapshot is not None:
-        return _referencing_json(parts, snapshot, criteria)
+        return _referencing_json(parts, snapshot)
     return _self_contained_json(parts, fx, funds_of, needed)
 
 
@@ -338,11 +354,8 @@ def _holdings_by_user(
     return holdings_of, funds_of, needed
 
 
-def _referencing_json(
-    parts: _Parts, snapshot: str, criteria: Mapping[Any, str] | None
-) -> dict[Any, tuple[str, int]]:
-    """Formats 2 and 3: each user's own inputs, the market snapshot's hash and (format 3)
-    the criteria snapshot's."""
+def _referencing_json(parts: _Parts, snapshot: str) -> dict[Any, tuple[str, int]]:
+    """Format 2: each user's own inputs and rules, and the market snapshot's hash."""
     bases, contributions, text = parts.bases, parts.contributions, parts.text
     criteria_versions, holdings_of = parts.versions, parts.holdings_of
     classes_of, rules_of, head = parts.classes_of, parts.rules_of, parts.head
@@ -351,20 +364,18 @@ def _referencing_json(
         base = bases[uid]
         version = criteria_versions.get(uid)
         held = holdings_of.get(uid, [])
-        criteria_doc: dict[str, Any] = {"version": None if version is None else int(version)}
-        if criteria is not None:
-            criteria_doc["snapshot"] = criteria[uid]
-        else:
-            criteria_doc["rules"] = rules_of.get(uid, [])
         out[uid] = (
             orjson.dumps(
                 {
-                    "format": 2 if criteria is None else 3,
+                    "format": 2,
                     **head,
                     "snapshot": snapshot,
                     "baseCurrency": base,
                     "contribution": text(contributions[uid]),
-                    "criteria": criteria_doc,
+                    "criteria": {
+                        "version": None if version is None else int(version),
+                        "rules": rules_of.get(uid, []),
+                    },
                     "assetClasses": classes_of.get(uid, []),
                     "holdings": {"columns": list(HOLDING_FIELDS), "rows": held},
                 }

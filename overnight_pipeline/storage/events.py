@@ -57,25 +57,43 @@ def event_rows(
     calculated_at: datetime,
 ) -> Rows:
     """(correlation id, user id, type, payload as JSON text or a dict) events written `at`,
-    of calculations started `calculated_at` (their partition key, `storage.partitions`)."""
-    texts = [
-        (cid, str(uid), kind, p if isinstance(p, str) else dumps_json(p))
-        for cid, uid, kind, p in events
-    ]
-    if dialect == "postgresql":
-        tail = f"\t{at.isoformat()}\t{calculated_at.isoformat()}\n"
+    of calculations started `calculated_at` (their partition key, `storage.partitions`).
+
+    PostgreSQL: COPY lines made in one pass; the fields that repeat (a batch's correlation
+    id, each user's id for its four events, the four types) are escaped once each."""
+    if dialect != "postgresql":
         return Rows(
             calculation_events_table,
             EVENT_COLUMNS,
-            lines=[
-                f"{cid}\t{copy_escaped(uid)}\t{copy_escaped(kind)}\t{copy_escaped_json(p)}{tail}"
-                for cid, uid, kind, p in texts
+            rows=[
+                (
+                    cid,
+                    uuid.UUID(str(uid)),
+                    kind,
+                    orjson.loads(p) if isinstance(p, str) else orjson.loads(dumps_json(p)),
+                    at,
+                    calculated_at,
+                )
+                for cid, uid, kind, p in events
             ],
         )
+    tail = f"\t{at.isoformat()}\t{calculated_at.isoformat()}\n"
+    fields: dict[Any, str] = {}
+
+    def field(value: Any) -> str:
+        found = fields.get(value)
+        if found is None:
+            found = fields[value] = copy_escaped(str(value))
+        return found
+
     return Rows(
         calculation_events_table,
         EVENT_COLUMNS,
-        rows=[(c, uuid.UUID(u), k, orjson.loads(p), at, calculated_at) for c, u, k, p in texts],
+        lines=[
+            f"{field(cid)}\t{field(uid)}\t{field(kind)}\t"
+            f"{copy_escaped_json(p if isinstance(p, str) else dumps_json(p))}{tail}"
+            for cid, uid, kind, p in events
+        ],
     )
 
 

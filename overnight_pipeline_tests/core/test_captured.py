@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
+from decimal import Decimal
 
 import orjson
 import pandas as pd
@@ -10,6 +11,7 @@ from hypothesis import given, settings
 
 from overnight_pipeline.core.batch import run_batch, score_batch
 from overnight_pipeline.core.captured_reader import batch_from_captured, self_contained
+from overnight_pipeline.core.captured_text import plain_texts
 from overnight_pipeline.core.captured_writer import (
     capture_json,
     criteria_snapshots,
@@ -116,6 +118,12 @@ def test_a_document_referencing_a_snapshot_says_what_the_self_contained_one_says
         **common,
     )
     for uid, (text, _) in third.items():
+        # Assembled as text (`core.captured_text`): the bytes orjson writes of the document
+        # of format 2 with its rules replaced by the criteria snapshot's hash.
+        expected = orjson.loads(new[uid][0])
+        expected["format"] = 3
+        expected["criteria"] = {"version": 1, "snapshot": criteria[uid][0]}
+        assert text == orjson.dumps(expected).decode()
         doc = orjson.loads(text)
         assert doc["format"] == 3 and doc["criteria"] == {
             "version": 1,
@@ -131,3 +139,21 @@ def test_a_document_referencing_a_snapshot_says_what_the_self_contained_one_says
     direct, replayed = run_batch(batch, stamped), run_batch(again, fx)
     assert replayed.recommendations == direct.recommendations
     assert set(replayed.failures) == set(direct.failures)
+
+
+def test_plain_texts_are_the_plain_format_of_each_decimal() -> None:
+    values = [
+        Decimal("3.5"),
+        Decimal("100"),
+        Decimal("1E+2"),
+        Decimal("0.0000001"),
+        Decimal("0E-10"),
+        Decimal("-0.000"),
+        None,
+    ]
+    expected = [None if v is None else format(v, "f") for v in values]
+    assert plain_texts(values) == expected
+    assert plain_texts([v for v in values if v is None or "E" not in str(v)]) == [
+        t for v, t in zip(values, expected, strict=True) if v is None or "E" not in str(v)
+    ]
+    assert plain_texts([Decimal("2.50"), float("nan")]) == ["2.50", None]

@@ -1,0 +1,146 @@
+"""The JSON text of what the pipeline writes each night for each user, `INPUTS_CAPTURED` of
+format 3, assembled from pieces of text made from the batch's columns, without a dict or a
+list per row.
+
+The bytes are those `orjson.dumps` writes of the documents `core.captured_writer` describes
+(the same keys in the same order, compact, strings escaped by orjson itself): the tests
+compare them with the dict builder's output (`overnight_pipeline_tests/core/test_captured.py`).
+A Decimal is its `format(d, "f")` text between quotes, digits, sign and point that JSON
+never escapes; every other string goes through `orjson.dumps`, once per distinct value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import date
+from decimal import Decimal
+from itertools import groupby
+from types import NoneType
+from typing import Any
+
+import orjson
+
+from overnight_pipeline.core.batch import Batch
+
+HOLDING_FIELDS = ("assetId", "assetClass", "quantity")
+_HOLDING_COLUMNS_JSON = orjson.dumps(list(HOLDING_FIELDS)).decode()
+
+
+def plain_texts(values: list[Any]) -> list[str | None]:
+    """`format(d, "f")` of each Decimal; None for None (or a float NaN, pandas' missing
+    value). A column of Decimals and None whose `str` has no exponent (a Decimal's `str` and
+    `format(d, "f")` differ only where it has one) takes `str`, several times cheaper; any
+    other column is formatted value by value."""
+    texts = list(map(str, values))
+    kinds = set(map(type, values))
+    if kinds <= _PLAIN and "E" not in "".join(texts):
+        if NoneType in kinds:  # no Decimal's text is "None"
+            return [None if t == "None" else t for t in texts]
+        return texts  # type: ignore[return-value]
+    return [None if v is None or (v.__class__ is float and v != v) else f"{v:f}" for v in values]
+
+
+def decimal_json(values: list[Any]) -> list[str]:
+    """Each Decimal as a JSON string of its plain text (`plain_texts`); null for None."""
+    return ["null" if t is None else f'"{t}"' for t in plain_texts(values)]
+
+
+_PLAIN = {Decimal, NoneType}
+
+
+def _int_json(value: Any) -> str:
+    return (
+        "null"
+        if value is None or (value.__class__ is float and value != value)
+        else str(int(value))
+    )
+
+
+def json_column(values: list[Any]) -> list[str]:
+    """`orjson.dumps(value)` as text of each value (strings, None), made once per distinct
+    value."""
+    made = {v: orjson.dumps(v).decode() for v in set(values)}
+    return list(map(made.__getitem__, values))
+
+
+def grouped(keys: list[Any], texts: list[str]) -> dict[Any, list[str]]:
+    """`texts` by key, in their order: each run of equal keys (a user's rows, together in
+    the pipeline's frames) taken at once."""
+    out: dict[Any, list[str]] = {}
+    at = 0
+    for key, run in groupby(keys):
+        n = len(list(run))
+        found = out.get(key)
+        if found is None:
+            out[key] = texts[at : at + n]
+        else:
+            found.extend(texts[at : at + n])
+        at += n
+    return out
+
+
+def referencing_texts(
+    batch: Batch,
+    *,
+    market: str,
+    market_date: date,
+    criteria_versions: Mapping[Any, int | None],
+    snapshot: str,
+    criteria: Mapping[Any, str],
+) -> dict[Any, tuple[str, int]]:
+    """`INPUTS_CAPTURED` of format 3 (`core.captured_writer.capture_json` with a market
+    snapshot and criteria snapshots) of every user of `batch`: user id → (the document, its
+    number of holdings)."""
+    h, c, users = batch.holdings, batch.classes, batch.users
+    holdings_of = grouped(
+        h["user_id"].tolist(),
+        [
+            f"[{aid},{cls},{quantity}]"
+            for aid, cls, quantity in zip(
+                json_column(h["asset_id"].tolist()),
+                json_column(h["asset_class"].tolist()),
+                decimal_json(h["quantity"].tolist()),
+                strict=True,
+            )
+        ],
+    )
+    classes_of = grouped(
+        c["user_id"].tolist(),
+        [
+            f'{{"name":{name},"targetMin":{lo},"targetMax":{hi},'
+            f'"maxAssets":{most},"minAllocationValue":{least}}}'
+            for name, lo, hi, most, least in zip(
+                json_column(c["name"].tolist()),
+                decimal_json(c["target_min"].tolist()),
+                decimal_json(c["target_max"].tolist()),
+                map(_int_json, c["max_assets"].tolist()),
+                decimal_json(c["min_allocation_value"].tolist()),
+                strict=True,
+            )
+        ],
+    )
+    js = json_column
+    head = (
+        f'{{"format":3,"market":{js([market])[0]},"marketDate":"{market_date.isoformat()}",'
+        f'"snapshot":{js([snapshot])[0]},"baseCurrency":'
+    )
+    tail = f'"holdings":{{"columns":{_HOLDING_COLUMNS_JSON},"rows":['
+    out: dict[Any, tuple[str, int]] = {}
+    uids = users["user_id"].tolist()
+    for uid, base, contribution, key in zip(
+        uids,
+        js(users["base_currency"].tolist()),
+        decimal_json(users["contribution"].tolist()),
+        js([criteria[uid] for uid in uids]),
+        strict=True,
+    ):
+        held = holdings_of.get(uid, ())
+        out[uid] = (
+            f"{head}{base},"
+            f'"contribution":{contribution},'
+            f'"criteria":{{"version":{_int_json(criteria_versions.get(uid))},"snapshot":{key}}},'
+            f'"assetClasses":[{",".join(classes_of.get(uid, ()))}],'
+            f"{tail}{','.join(held)}]}}}}",
+            len(held),
+        )
+    return out
