@@ -49,8 +49,9 @@ from overnight_pipeline.defs.calculation import (
     step_metadata,
 )
 from overnight_pipeline.defs.partitions import MARKETS, PARTITIONS, guard_partitions, split_key
-from overnight_pipeline.defs.resources import AppDatabase, OvernightTuning
+from overnight_pipeline.defs.resources import AppDatabase, CacheRedis, OvernightTuning
 from overnight_pipeline.defs.retries import DB_RETRIES, retried
+from overnight_pipeline.steps.cache_warming import ShardCache
 from overnight_pipeline.steps.calculation import score_and_recommend
 from overnight_pipeline.steps.replay import ReplayOutcome, replay_sample
 from overnight_pipeline.storage import job_runs
@@ -149,23 +150,33 @@ def plan_shards(
 )
 @retried(DB_RETRIES)
 def score_and_recommend_shard(
-    context: OpExecutionContext, shard: Shard, database: AppDatabase, tuning: OvernightTuning
+    context: OpExecutionContext,
+    shard: Shard,
+    database: AppDatabase,
+    cache: CacheRedis,
+    tuning: OvernightTuning,
 ) -> Iterator[Output[Shard]]:
     guard_partitions(context)
     market, day = split_key(shard.key)
-    report = score_and_recommend(
-        database.engine,
-        market=market,
-        day=day,
-        markets=MARKETS,
-        correlation_id=correlation_id(context, shard.key),
-        calculated_at=calculated_at(context),
-        run_id=context.run.run_id,
-        batch_size=tuning.batch_size,
-        shard=shard.index,
-        shards=shard.shards,
-        log=context.log,
-    )
+    # Each committed batch's entries go to Redis from here; the cache step writes the rest.
+    entries = ShardCache(connect=cache.client, prefix=cache.prefix)
+    try:
+        report = score_and_recommend(
+            database.engine,
+            market=market,
+            day=day,
+            markets=MARKETS,
+            correlation_id=correlation_id(context, shard.key),
+            calculated_at=calculated_at(context),
+            run_id=context.run.run_id,
+            batch_size=tuning.batch_size,
+            shard=shard.index,
+            shards=shard.shards,
+            log=context.log,
+            cache=entries,
+        )
+    finally:
+        entries.close()
     context.log.info(f"{shard.key} shard {shard.index}/{shard.shards}: {report.measures()}")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     yield Output(

@@ -22,8 +22,10 @@ from overnight_pipeline.core.scored import ScoreTexts, no_scores, score_json
 from overnight_pipeline.steps.batches import Write
 from overnight_pipeline.storage.batches import LoadedBatch
 from overnight_pipeline.storage.bulk import write_rows
+from overnight_pipeline.storage.cache_entries import CacheEntry
 from overnight_pipeline.storage.events import event_rows, insert_snapshots
 from overnight_pipeline.storage.recommendations import (
+    TOTAL_SCALE,
     RecommendationRow,
     recommendation_rows,
     write_recommendations,
@@ -61,6 +63,7 @@ class BatchResult:
     recommendations: int
     unallocated_users: int
     failures: list[dict[str, str]]
+    cache_entries: list[CacheEntry]
 
 
 @dataclass
@@ -193,6 +196,7 @@ def process_batch(
         recommendations=users.recommendations,
         unallocated_users=users.unallocated_users,
         failures=users.failures,
+        cache_entries=[_cache_entry(row) for row in users.rec_rows],
     )
 
 
@@ -282,6 +286,19 @@ def _recommendation_row(
         criteria_version=rec.criteria_version,
         payload=recs,
         portfolio=portfolio,
+    )
+
+
+def _cache_entry(row: RecommendationRow) -> CacheEntry:
+    """The user's cache entry, as the cache step would read it back from the row (the
+    total at the column's scale)."""
+    return CacheEntry(
+        user_id=row.user_id,
+        market_date=row.market_date,
+        generated_at=row.generated_at,
+        recs_json=row.payload,
+        portfolio_json=row.portfolio,
+        total_investable=row.total_investable.quantize(TOTAL_SCALE),
     )
 
 

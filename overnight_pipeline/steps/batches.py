@@ -32,17 +32,21 @@ class BatchWriter:
         self._pool = ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="batch-writer")
         self._pending: deque[Future[None]] = deque()
 
-    def _run(self, write: Write) -> None:
+    def _run(self, write: Write, then: Callable[[], None] | None) -> None:
         with self._engine.begin() as conn:
             write(conn)
+        if then is not None:
+            then()
 
-    def submit(self, write: Write) -> None:
+    def submit(self, write: Write, then: Callable[[], None] | None = None) -> None:
+        """Write in a transaction of its own; `then` (if any) runs on the same thread once
+        the transaction has committed."""
         for done in [f for f in self._pending if f.done()]:
             self._pending.remove(done)
             done.result()
         while len(self._pending) >= self._in_flight:
             self._pending.popleft().result()
-        self._pending.append(self._pool.submit(self._run, write))
+        self._pending.append(self._pool.submit(self._run, write, then))
 
     def wait(self) -> None:
         while self._pending:

@@ -3,6 +3,7 @@ shard of a partition, one pass and one transaction per batch (`batch_results`)."
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import time
@@ -21,6 +22,7 @@ from overnight_pipeline.core.money import FxRates
 from overnight_pipeline.logs import correlation
 from overnight_pipeline.steps.batch_results import BatchResult, Calculation, process_batch
 from overnight_pipeline.steps.batches import BatchWriter, prefetched
+from overnight_pipeline.steps.cache_warming import ShardCache
 from overnight_pipeline.steps.collection import deferred_collection
 from overnight_pipeline.steps.progress import Progress
 from overnight_pipeline.steps.reports import CalculationReport, Failure
@@ -64,6 +66,7 @@ def score_and_recommend(
     shards: int = 1,
     log: logging.Logger | None = None,
     only: Sequence[uuid.UUID] | None = None,
+    cache: ShardCache | None = None,
 ) -> CalculationReport:
     """Scores, recommendations and the four events of every user of one shard of the
     partition (or of the users `only`, priced from their own assets: a same-day
@@ -78,7 +81,10 @@ def score_and_recommend(
 
     `log` (the step's Dagster log; default this module's logger) gets "Overnight job
     started", one "User batch processed" progress line per batch and "User processing
-    failed" per failed user (masked id), each with its fields as `extra`."""
+    failed" per failed user (masked id), each with its fields as `extra`.
+
+    `cache`: each committed batch's entries are written to Redis there (best effort: the
+    cache step writes whatever it did not)."""
     if not 0 <= shard < shards:
         raise ValueError(f"shard: {shard} is not in 0..{shards - 1}")
     with correlation(correlation_id):
@@ -120,8 +126,8 @@ def score_and_recommend(
             users=len(work.users), resumed=len(work.users) - len(work.todo), batch_size=batch_size
         )
         with deferred_collection():
-            tally = _run_batches(engine, calc, work, batches, progress)
-        return _report(work, tally, seconds=time.perf_counter() - started)
+            tally = _run_batches(engine, calc, work, batches, progress, cache)
+        return _report(work, tally, cache, seconds=time.perf_counter() - started)
 
 
 @dataclass(frozen=True)
@@ -193,6 +199,7 @@ def _run_batches(
     work: _ShardWork,
     batches: Sequence[Sequence[uuid.UUID]],
     progress: Progress,
+    cache: ShardCache | None,
 ) -> _Tally:
     """The batches of the shard's users to do: each read ahead, computed here, written
     behind."""
@@ -206,13 +213,20 @@ def _run_batches(
     with BatchWriter(engine) as writer:
         for chunk, loaded in prefetched(batches, load):
             result = process_batch(loaded, chunk, calc)
-            writer.submit(result.write)
+            writer.submit(
+                result.write,
+                then=None
+                if cache is None
+                else functools.partial(cache.write, result.cache_entries),
+            )
             tally.add(result)
             progress.batch(len(chunk), result.failures)
     return tally
 
 
-def _report(work: _ShardWork, tally: _Tally, *, seconds: float) -> CalculationReport:
+def _report(
+    work: _ShardWork, tally: _Tally, cache: ShardCache | None, *, seconds: float
+) -> CalculationReport:
     return CalculationReport(
         users_total=len(work.users),
         users_resumed=len(work.users) - len(work.todo),
@@ -224,6 +238,9 @@ def _report(work: _ShardWork, tally: _Tally, *, seconds: float) -> CalculationRe
         rates_stale=work.fx.stale,
         stale_prices=work.snapshot.stale_prices,
         tables_analyzed=", ".join(work.analyzed) or "-",
+        cached=0 if cache is None else cache.written,
+        cache_kept_newer=0 if cache is None else cache.kept_newer,
+        cache_skipped=0 if cache is None else cache.skipped,
         failures=tuple(tally.failures),
         seconds=seconds,
     )

@@ -164,6 +164,11 @@ class CalculationReport(StepReport):
     rates_stale: bool
     stale_prices: int
     tables_analyzed: str  # comma-separated, or "-"
+    # The shard's entries written to Redis as its batches committed (`ShardCache`); the cache
+    # step writes what they did not.
+    cached: int = 0
+    cache_kept_newer: int = 0
+    cache_skipped: int = 0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -171,9 +176,10 @@ class CacheReport(StepReport):
     """`warm_cache`: the calculation's recommendations written to Redis."""
 
     users: int
-    written: int
+    written: int  # the run's entries in Redis: found as the shards wrote them, or written here
     kept_newer: int
     ttl_hours: float
+    refilled: int = 0  # of `written` and `kept_newer`, those this step wrote (or tried to)
 
 
 def combined(reports: Sequence[ReportT]) -> ReportT:

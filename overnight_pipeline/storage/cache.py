@@ -163,6 +163,29 @@ def _run_chunk(
         return list(pipe.execute(raise_on_error=False))
 
 
+def stored_versions(
+    client: redis.Redis, user_ids: Sequence[uuid.UUID], *, prefix: str = ""
+) -> list[str | None]:
+    """The version each user's entry holds: its sidecar's, provided both documents are
+    there too (None otherwise, or when the sidecar is not a version), in one pipelined
+    round trip, without transferring the documents: what the cache step checks before it
+    writes anything."""
+    if not user_ids:
+        return []
+    with client.pipeline(transaction=False) as pipe:
+        for user_id in user_ids:
+            recs, portfolio, sidecar = entry_keys(user_id, prefix)
+            pipe.get(sidecar)
+            pipe.exists(recs, portfolio)
+        values = pipe.execute()
+    out: list[str | None] = []
+    for sidecar, documents in zip(values[::2], values[1::2], strict=True):
+        text = sidecar.decode("utf-8", "replace") if isinstance(sidecar, bytes) else ""
+        whole = documents == 2 and len(text) > VERSION_LENGTH
+        out.append(text[:VERSION_LENGTH] if whole else None)
+    return out
+
+
 def get_entry(client: redis.Redis, user_id: uuid.UUID, *, prefix: str = "") -> CachedEntry | None:
     """The sync twin of `read_entry` (pipeline checks, tests, operators)."""
     values = client.mget(entry_keys(user_id, prefix))

@@ -18,7 +18,7 @@ from datetime import date, datetime
 from decimal import Decimal
 
 import orjson
-from sqlalchemy import Connection
+from sqlalchemy import Connection, select
 
 from overnight_pipeline.storage.bulk import (
     Rows,
@@ -27,6 +27,7 @@ from overnight_pipeline.storage.bulk import (
     upsert,
     upsert_lines,
 )
+from overnight_pipeline.storage.dialect import CHUNK, among, id_chunks
 from overnight_pipeline.storage.models import recommendations_table
 
 COLUMNS = (
@@ -42,6 +43,8 @@ COLUMNS = (
     "portfolio",
 )
 KEY = ("user_id", "market_date")
+# `total_investable` as the column gives it back (NUMERIC(20, 4)).
+TOTAL_SCALE = Decimal("0.0001")
 _NULL = "\\N"  # COPY text's null
 
 
@@ -123,3 +126,21 @@ def write_recommendations(conn: Connection, prepared: Rows) -> None:
             update=update,
             newer="generated_at",
         )
+
+
+def row_versions(
+    conn: Connection, *, user_ids: Sequence[uuid.UUID], day: date
+) -> list[tuple[uuid.UUID, datetime, uuid.UUID]]:
+    """(user id, generated_at, correlation id) of the persisted rows of `user_ids` on `day`,
+    without their documents (by primary key): what the cache step compares with Redis."""
+    r = recommendations_table
+    dialect = conn.dialect.name
+    out: list[tuple[uuid.UUID, datetime, uuid.UUID]] = []
+    for chunk in id_chunks(conn, user_ids, CHUNK):
+        rows = conn.execute(
+            select(r.c.user_id, r.c.generated_at, r.c.correlation_id).where(
+                among(r.c.user_id, chunk, dialect), r.c.market_date == day
+            )
+        )
+        out.extend((u, g, c) for u, g, c in rows)
+    return out
