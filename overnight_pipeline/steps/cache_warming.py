@@ -32,7 +32,7 @@ from sqlalchemy import Engine
 from overnight_pipeline.core.audit import CALC_COMPLETED
 from overnight_pipeline.core.chunks import chunks
 from overnight_pipeline.steps.reports import CacheReport
-from overnight_pipeline.storage.cache import DEFAULT_TTL_SECONDS, stored_versions, write_entries
+from overnight_pipeline.storage.cache import DEFAULT_TTL_SECONDS, entries_missing, write_entries
 from overnight_pipeline.storage.cache_entries import CacheEntry, entry_version
 from overnight_pipeline.storage.events import users_with_event
 from overnight_pipeline.storage.recommendations import row_versions
@@ -117,9 +117,8 @@ def warm_cache(
     for chunk in chunks(users, batch_size):
         with engine.connect() as conn:
             versions = row_versions(conn, user_ids=chunk, day=day)
-        ours = [(u, g) for u, g, c in versions if c == correlation_id]
-        held = stored_versions(client, [u for u, _ in ours], prefix=prefix)
-        missing = [u for (u, g), v in zip(ours, held, strict=True) if v != entry_version(day, g)]
+        ours = [(u, entry_version(day, g)) for u, g, c in versions if c == correlation_id]
+        missing = entries_missing(client, ours, prefix=prefix)
         found += len(ours) - len(missing)
         if missing:
             outcome = _refill(engine, client, missing, day, correlation_id, prefix, ttl_seconds)

@@ -92,6 +92,24 @@ return 1
 """
 
 
+# KEYS: recs, portfolio, sidecar of each user in turn. ARGV: each user's expected version.
+# Returns the (1-based) positions of the users whose entry is not whole at that version.
+_MISSING = """
+local missing = {}
+for i = 1, #ARGV do
+  local sidecar = redis.pcall('GET', KEYS[3 * i])
+  local whole = type(sidecar) == 'string'
+    and string.sub(sidecar, 1, 38) == ARGV[i]
+    and string.sub(sidecar, 39, 39) == '|'
+  if whole then
+    whole = redis.call('EXISTS', KEYS[3 * i - 2], KEYS[3 * i - 1]) == 2
+  end
+  if not whole then missing[#missing + 1] = i end
+end
+return missing
+"""
+
+
 @dataclass(frozen=True)
 class WriteReport:
     written: int
@@ -163,27 +181,20 @@ def _run_chunk(
         return list(pipe.execute(raise_on_error=False))
 
 
-def stored_versions(
-    client: redis.Redis, user_ids: Sequence[uuid.UUID], *, prefix: str = ""
-) -> list[str | None]:
-    """The version each user's entry holds: its sidecar's, provided both documents are
-    there too (None otherwise, or when the sidecar is not a version), in one pipelined
-    round trip, without transferring the documents: what the cache step checks before it
-    writes anything."""
-    if not user_ids:
+def entries_missing(
+    client: redis.Redis, versions: Sequence[tuple[uuid.UUID, str]], *, prefix: str = ""
+) -> list[uuid.UUID]:
+    """Those of (user, version) whose entry Redis does not hold whole at exactly that
+    version (a sidecar of another version or none, a document missing), decided inside
+    Redis by one script call: no document is transferred, and this process sends one
+    command per chunk instead of two per user."""
+    if not versions:
         return []
-    with client.pipeline(transaction=False) as pipe:
-        for user_id in user_ids:
-            recs, portfolio, sidecar = entry_keys(user_id, prefix)
-            pipe.get(sidecar)
-            pipe.exists(recs, portfolio)
-        values = pipe.execute()
-    out: list[str | None] = []
-    for sidecar, documents in zip(values[::2], values[1::2], strict=True):
-        text = sidecar.decode("utf-8", "replace") if isinstance(sidecar, bytes) else ""
-        whole = documents == 2 and len(text) > VERSION_LENGTH
-        out.append(text[:VERSION_LENGTH] if whole else None)
-    return out
+    client.script_load(_MISSING)
+    keys = [key for user_id, _ in versions for key in entry_keys(user_id, prefix)]
+    script = client.register_script(_MISSING)
+    found = script(keys=keys, args=[v for _, v in versions])
+    return [versions[int(i) - 1][0] for i in found]
 
 
 def get_entry(client: redis.Redis, user_id: uuid.UUID, *, prefix: str = "") -> CachedEntry | None:
