@@ -8,25 +8,15 @@ import gc
 import uuid
 import weakref
 from collections.abc import Iterator
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from sqlalchemy import Engine
 
-from overnight_pipeline.core.markets import DEFAULT_MARKETS
-from overnight_pipeline.providers.synthetic import SyntheticProvider
-from overnight_pipeline.seed import seed
 from overnight_pipeline.steps import batch_results, calculation
 from overnight_pipeline.steps.collection import STEP_THRESHOLDS, deferred_collection
-from overnight_pipeline.steps.market_data import fetch_fundamentals, fetch_prices, fetch_rates
-from overnight_pipeline.storage.db import make_engine
-from overnight_pipeline_tests.support.databases import migrated_pg_database
-
-DAY = date(2026, 11, 27)
-NYSE = tuple(m for m in DEFAULT_MARKETS if m.code == "NYSE")
-MARKETS = {m.code: m for m in NYSE}
-KW: dict[str, Any] = {"market": "NYSE", "day": DAY, "markets": MARKETS}
+from overnight_pipeline_tests.support.priced import KW, priced_nyse_engine
 
 
 class _Node:
@@ -70,16 +60,7 @@ def test_objects_from_before_the_block_are_collectable_after_it() -> None:
 
 @pytest.fixture(scope="module")
 def engine() -> Iterator[Engine]:
-    for url in migrated_pg_database("overnight_collection"):
-        engine = make_engine(url)
-        with engine.begin() as conn:
-            seed(conn, users=12, seed=5, as_of=DAY, markets=NYSE)
-        provider = SyntheticProvider(MARKETS)
-        fetch_rates(engine, provider, **KW)
-        fetch_prices(engine, provider, **KW)
-        fetch_fundamentals(engine, provider, **KW)
-        yield engine
-        engine.dispose()
+    yield from priced_nyse_engine("overnight_collection", users=12, seed_value=5)
 
 
 def test_the_shard_step_computes_its_batches_with_deferred_collection(

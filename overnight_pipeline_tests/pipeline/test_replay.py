@@ -6,44 +6,25 @@ from __future__ import annotations
 import copy
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from sqlalchemy import Engine, select
 
 from overnight_pipeline.core.captured_reader import snapshot_keys
-from overnight_pipeline.core.markets import DEFAULT_MARKETS
 from overnight_pipeline.core.scored import full_scores
 from overnight_pipeline.core.scoring import replay
-from overnight_pipeline.providers.synthetic import SyntheticProvider
-from overnight_pipeline.seed import seed
 from overnight_pipeline.steps.calculation import score_and_recommend
-from overnight_pipeline.steps.market_data import fetch_fundamentals, fetch_prices, fetch_rates
 from overnight_pipeline.steps.replay import replay_sample
-from overnight_pipeline.storage.db import make_engine
 from overnight_pipeline.storage.events import snapshots
 from overnight_pipeline.storage.models import calculation_events_table
-from overnight_pipeline_tests.support.databases import migrated_pg_database
-
-DAY = date(2026, 11, 27)
-NYSE = tuple(m for m in DEFAULT_MARKETS if m.code == "NYSE")
-MARKETS = {m.code: m for m in NYSE}
-KW: dict[str, Any] = {"market": "NYSE", "day": DAY, "markets": MARKETS}
+from overnight_pipeline_tests.support.priced import DAY, KW, priced_nyse_engine
 
 
 @pytest.fixture(scope="module")
 def engine() -> Iterator[Engine]:
-    for url in migrated_pg_database("overnight_replay"):
-        engine = make_engine(url)
-        with engine.begin() as conn:
-            seed(conn, users=8, seed=11, as_of=DAY, markets=NYSE)
-        provider = SyntheticProvider(MARKETS)
-        fetch_rates(engine, provider, **KW)
-        fetch_prices(engine, provider, **KW)
-        fetch_fundamentals(engine, provider, **KW)
-        yield engine
-        engine.dispose()
+    yield from priced_nyse_engine("overnight_replay", users=8, seed_value=11)
 
 
 def calculate(engine: Engine) -> uuid.UUID:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -16,43 +16,24 @@ import redis
 from sqlalchemy import Engine
 
 from overnight_pipeline.core.audit import CALC_COMPLETED
-from overnight_pipeline.core.markets import DEFAULT_MARKETS
 from overnight_pipeline.core.payloads import check_documents
-from overnight_pipeline.providers.synthetic import SyntheticProvider
-from overnight_pipeline.seed import seed
 from overnight_pipeline.steps.cache_warming import ShardCache, warm_cache
 from overnight_pipeline.steps.calculation import score_and_recommend
-from overnight_pipeline.steps.market_data import fetch_fundamentals, fetch_prices, fetch_rates
 from overnight_pipeline.storage.cache import get_entry, write_entries
 from overnight_pipeline.storage.cache_entries import CacheEntry, entry_keys, entry_version
-from overnight_pipeline.storage.db import make_engine
 from overnight_pipeline.storage.events import users_with_event
 from overnight_pipeline.storage.results import recommendations_for
 from overnight_pipeline_tests.api.netfaults import closed_port
 from overnight_pipeline_tests.support.databases import (
     REDIS_URL,
-    migrated_pg_database,
     redis_namespace,
 )
-
-DAY = date(2026, 11, 27)
-NYSE = tuple(m for m in DEFAULT_MARKETS if m.code == "NYSE")
-MARKETS = {m.code: m for m in NYSE}
-KW: dict[str, Any] = {"market": "NYSE", "day": DAY, "markets": MARKETS}
+from overnight_pipeline_tests.support.priced import DAY, KW, priced_nyse_engine
 
 
 @pytest.fixture(scope="module")
 def engine() -> Iterator[Engine]:
-    for url in migrated_pg_database("overnight_shard_cache"):
-        engine = make_engine(url)
-        with engine.begin() as conn:
-            seed(conn, users=15, seed=7, as_of=DAY, markets=NYSE)
-        provider = SyntheticProvider(MARKETS)
-        fetch_rates(engine, provider, **KW)
-        fetch_prices(engine, provider, **KW)
-        fetch_fundamentals(engine, provider, **KW)
-        yield engine
-        engine.dispose()
+    yield from priced_nyse_engine("overnight_shard_cache", users=15, seed_value=7)
 
 
 @pytest.fixture
