@@ -456,8 +456,9 @@ def sample_cases(
     `night` calculated."""
     held = conn.execute(
         text(
-            "SELECT DISTINCT user_id, asset_id FROM calculation_assets"
-            " WHERE calculated_at = :at ORDER BY user_id, asset_id"
+            "SELECT DISTINCT u.user_id, ca.asset_id FROM calculation_assets ca,"
+            " unnest(ca.user_ids) AS u(user_id)"
+            " WHERE ca.calculated_at = :at ORDER BY u.user_id, ca.asset_id"
         ),
         {"at": night.at},
     ).all()
@@ -731,7 +732,10 @@ def measure_queries(
         runs = [time_cases(conn, name, chosen) for name, chosen in cases.items()]
         walked = walk(conn, user[0])
         everything = conn.execute(
-            text("SELECT count(*) FROM calculation_assets WHERE asset_id = :a AND user_id = :u"),
+            text(
+                "SELECT count(*) FROM calculation_assets ca, unnest(ca.user_ids) AS u(user_id)"
+                " WHERE ca.asset_id = :a AND u.user_id = :u"
+            ),
             {"a": user[0].asset_id, "u": user[0].user_id},
         ).scalar_one()
         plans = {name: explain(conn, chosen[0], analyze=True) for name, chosen in cases.items()}

@@ -16,6 +16,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    SmallInteger,
     String,
     Table,
     Text,
@@ -35,7 +36,14 @@ from overnight_pipeline.core.vocabulary import (
     POINTS_MAX,
     POINTS_MIN,
 )
-from overnight_pipeline.storage.types import BigId, Document, ExactDecimal, UTCDateTime
+from overnight_pipeline.storage.types import (
+    BigId,
+    Document,
+    ExactDecimal,
+    IdArray,
+    ScoreArray,
+    UTCDateTime,
+)
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -247,10 +255,11 @@ class AssetScore(Base):
 
     __tablename__ = "asset_scores"
 
-    user_id: Mapped[uuid.UUID] = mapped_column(
-        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
-    )
-    asset_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("assets.id"), primary_key=True)
+    # No foreign keys: their two checks per row were ≈ 80 % of the table's COPY in
+    # PostgreSQL (issue 25). `seeding.delete_users` deletes a user's rows with the user;
+    # assets are never deleted.
+    user_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    asset_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
     market_date: Mapped[date] = mapped_column(Date)
     market: Mapped[str] = mapped_column(String(16))
     score: Mapped[Decimal] = mapped_column(ExactDecimal(16, 4))
@@ -329,32 +338,42 @@ class CalculationSnapshot(Base):
 
 
 class CalculationAsset(Base):
-    """Which calculation scored which asset: serves "all calculations for asset X" by index.
-
-    Only the indexes of its two queries, both deduplicated by PostgreSQL's B-tree (a
-    calculation's rows share `calculated_at`; a user holds an asset night after night): the
-    operator's (asset_id, calculated_at) and the user's (user_id, asset_id), whose ≤ one row
-    per night are sorted. Partitioned by month of `calculated_at` like the events it
-    indexes, so both go at once (SQLite: an index on `calculated_at` serves retention). No
-    primary key of its own: a row is written in the transaction of its calculation's
-    events, whose unique key already refuses a second write; (asset_id, correlation_id,
-    user_id) identifies a row."""
+    """Which calculation scored which asset for whom: "all calculations for asset X"
+    (BEHAVIOUR §4, issue 25). One row per (asset, calculation, user bucket, written batch)
+    holding parallel arrays of users and scores (`storage.results.calculation_asset_rows`);
+    the bucket is the user id's first hex digit, and the queries read every row of a bucket
+    whatever batch or shard wrote it (docs/EVENTS.md, "The asset-X index"). Partitioned by
+    month of `calculated_at` like its events (SQLite: an index on `calculated_at` serves
+    retention). No primary key: a row is written in the transaction of its calculation's
+    events, whose unique key refuses a second write."""
 
     __tablename__ = "calculation_assets"
     __table_args__ = (
-        Index("ix_calculation_assets_asset_newest", "asset_id", "calculated_at"),
-        Index("ix_calculation_assets_user_asset", "user_id", "asset_id"),
+        Index(
+            "ix_calculation_assets_asset_newest",
+            "asset_id",
+            "calculated_at",
+            "correlation_id",
+            "bucket",
+        ),
+        Index(
+            "ix_calculation_assets_asset_bucket",
+            "asset_id",
+            "bucket",
+            "calculated_at",
+            "correlation_id",
+        ),
         {"postgresql_partition_by": "RANGE (calculated_at)"},
     )
 
     asset_id: Mapped[uuid.UUID] = mapped_column()
     correlation_id: Mapped[uuid.UUID] = mapped_column()
-    user_id: Mapped[uuid.UUID] = mapped_column()
-    # Before the variable-width score: rows carry no padding to align a timestamp.
     calculated_at: Mapped[datetime] = mapped_column()
-    score: Mapped[Decimal] = mapped_column(ExactDecimal(16, 4))
+    bucket: Mapped[int] = mapped_column(SmallInteger)
+    user_ids: Mapped[list[uuid.UUID]] = mapped_column(IdArray)
+    scores: Mapped[list[Decimal]] = mapped_column(ScoreArray)
 
-    __mapper_args__ = {"primary_key": [asset_id, correlation_id, user_id]}  # noqa: RUF012
+    __mapper_args__ = {"primary_key": [asset_id, correlation_id, bucket]}  # noqa: RUF012
 
 
 class OvernightJobRun(Base):

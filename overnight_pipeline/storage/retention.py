@@ -36,7 +36,8 @@ DEFAULT_BATCH = 5000
 # (table, the time that ages a row (its partition key), the key a batch is chosen by)
 _TARGETS: tuple[tuple[Table, str, tuple[str, ...]], ...] = (
     (calculation_events_table, "calculated_at", ("id",)),
-    (calculation_assets_table, "calculated_at", ("asset_id", "correlation_id", "user_id")),
+    # A calculation's rows of one asset and bucket age together: a batch deletes them all.
+    (calculation_assets_table, "calculated_at", ("asset_id", "correlation_id", "bucket")),
     (calculation_snapshots_table, "month", ("hash", "month")),
     (overnight_job_runs_table, "started_at", ("id", "started_at")),
 )

@@ -17,6 +17,7 @@ from overnight_pipeline.storage.bulk import copy_rows, upsert
 from overnight_pipeline.storage.models import (
     asset_classes_table,
     asset_fundamentals_table,
+    asset_scores_table,
     assets_table,
     criteria_rules_table,
     criteria_versions_table,
@@ -91,10 +92,13 @@ def replace_fundamentals(
 
 
 def delete_users(conn: Connection, user_ids: Sequence[uuid.UUID], *, chunk: int) -> None:
-    """Delete `user_ids` (their rows cascade), `chunk` ids per statement."""
-    u = users_table
+    """Delete `user_ids`, `chunk` ids per statement: their current scores here (`asset_scores`
+    has no foreign key, issue 25), their other rows by cascade."""
+    u, s = users_table, asset_scores_table
     for start in range(0, len(user_ids), chunk):
-        conn.execute(delete(u).where(u.c.id.in_(user_ids[start : start + chunk])))
+        part = user_ids[start : start + chunk]
+        conn.execute(delete(s).where(s.c.user_id.in_(part)))
+        conn.execute(delete(u).where(u.c.id.in_(part)))
 
 
 def write_users(conn: Connection, rows: SeededUsers) -> None:

@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, Integer, Numeric, Text
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import JSON, BigInteger, DateTime, Integer, Numeric, Text, Uuid
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
@@ -73,3 +73,8 @@ class UTCDateTime(TypeDecorator[datetime]):
 Document = JSON().with_variant(JSONB(), "postgresql")
 # SQLite only auto-increments INTEGER PRIMARY KEY.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
+# The asset-X index's parallel arrays (`models.CalculationAsset`): uuid[] and numeric[] on
+# PostgreSQL; JSON arrays elsewhere, of each id's 32 hex digits (what `Uuid` stores on SQLite,
+# so an element compares with a bound id) and of each score's exact decimal text.
+IdArray = ARRAY(Uuid()).with_variant(JSON(), "sqlite")
+ScoreArray = ARRAY(Numeric(16, 4)).with_variant(JSON(), "sqlite")

@@ -92,9 +92,10 @@ def seed_dated_rows(engine: Engine, stamps: list[datetime]) -> None:
                 insert(calculation_assets_table).values(
                     asset_id=uuid.uuid4(),
                     correlation_id=cid,
-                    user_id=uuid.uuid4(),
-                    score=1,
                     calculated_at=at,
+                    bucket=0,
+                    user_ids=[uuid.uuid4() if conn.dialect.name == "postgresql" else "0" * 32],
+                    scores=[1 if conn.dialect.name == "postgresql" else "1"],
                 )
             )
             conn.execute(

@@ -105,11 +105,13 @@ def outcome(engine: Engine, prefix: str, correlation_id: uuid.UUID) -> dict[str,
                 ).where(s.correlation_id == correlation_id)
             )
         )
+        # The (asset, user, score) entries of the index, whatever arrays hold them.
         index = sorted(
             (str(x), str(u), str(v))
-            for x, u, v in conn.execute(
-                select(a.asset_id, a.user_id, a.score).where(a.correlation_id == correlation_id)
+            for x, users_of, values in conn.execute(
+                select(a.asset_id, a.user_ids, a.scores).where(a.correlation_id == correlation_id)
             )
+            for u, v in zip(users_of, values, strict=True)
         )
         rows = sorted(
             (str(u), str(total), orjson.dumps(_stable(p), option=orjson.OPT_SORT_KEYS).decode())

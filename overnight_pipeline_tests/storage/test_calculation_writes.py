@@ -10,7 +10,7 @@ from decimal import Decimal
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, select, text
 
 from overnight_pipeline.storage.bulk import write_rows
 from overnight_pipeline.storage.events import event_payloads, event_rows, insert_snapshot, snapshots
@@ -20,9 +20,13 @@ from overnight_pipeline.storage.models import (
     calculation_events_table,
 )
 from overnight_pipeline.storage.partitions import ensure_months
+from overnight_pipeline.storage.queries import calculations_for_asset
 from overnight_pipeline.storage.results import (
+    BUCKETS,
+    ROW_USERS,
     ScoreRow,
     asset_score_rows,
+    bucket_of,
     calculation_asset_rows,
     replace_scores,
 )
@@ -125,8 +129,8 @@ def test_copy_writes_keep_every_character(db_conn: Connection) -> None:
     s = asset_scores_table.c
     row = db_conn.execute(select(s.market, s.score, s.breakdown).where(s.user_id == user)).one()
     assert row == ("NY\tSE\\", Decimal("3.5"), {"criteriaCount": 1, "topContributor": "a\\b"})
-    a = calculation_assets_table.c
-    assert db_conn.execute(select(a.score).where(a.user_id == user)).scalar_one() == Decimal("3.5")
+    found = calculations_for_asset(db_conn, asset_id=asset, user_id=user, limit=10)
+    assert [(c.user_id, c.score, c.correlation_id) for c in found] == [(user, Decimal("3.5"), cid)]
     # Replacing the scores of the day leaves one row.
     _replace_scores(
         db_conn,
@@ -197,3 +201,67 @@ def test_a_snapshot_is_stored_once_and_never_changed(db_conn: Connection) -> Non
     )
     assert snapshots(db_conn, [key, "absent"]) == {key: payload}
     assert snapshot_hash(snapshots(db_conn, [key])[key]) == key
+
+
+def test_the_asset_index_holds_a_batch_per_asset_and_bucket(db_conn: Connection) -> None:
+    """A batch writes one row per asset and user bucket (and per `ROW_USERS` users) with its
+    users and scores side by side; a second batch of the same calculation adds rows to the
+    same buckets, and both queries return every (user, score) once, newest first."""
+    ko, pep = insert_asset(db_conn, "NYSE", "KO"), insert_asset(db_conn, "NYSE", "PEP")
+    # 2 × ROW_USERS + 5 users in bucket 0xa, and one in each other bucket.
+    crowded = sorted(uuid.UUID(f"a{uuid.uuid4().hex[1:]}") for _ in range(2 * ROW_USERS + 5))
+    alone = [uuid.UUID(f"{b:x}{uuid.uuid4().hex[1:]}") for b in range(BUCKETS) if b != 0xA]
+    users = sorted(crowded + alone)
+    assert {bucket_of(u) for u in users} == set(range(BUCKETS))
+    cid, at = uuid.uuid4(), datetime(2026, 11, 27, 6, 30, tzinfo=UTC)
+    score = {u: f"{i}.{i % 7}" for i, u in enumerate(users)}
+    # Batches of users sorted by id, the first ending ROW_USERS users into bucket 0xa.
+    half = users.index(crowded[0]) + ROW_USERS
+    for batch in (users[:half], users[half:]):
+        rows = [(str(x), str(u), score[u]) for u in batch for x in (ko, pep)]
+        _add_calculation_assets(db_conn, rows, correlation_id=cid, calculated_at=at)
+    a = calculation_assets_table.c
+    stored = db_conn.execute(select(a.asset_id, a.bucket, a.user_ids, a.scores)).all()
+    assert all(len(ids) == len(scores) <= ROW_USERS for _, _, ids, scores in stored)
+    # Bucket 0xa: a row from the first batch, two from the second (ROW_USERS + 5).
+    assert sorted(len(ids) for x, b, ids, _ in stored if x == ko and b == 0xA) == [
+        5,
+        ROW_USERS,
+        ROW_USERS,
+    ]
+    assert len([1 for x, b, _, _ in stored if x == ko and b != 0xA]) == BUCKETS - 1
+
+    operator = calculations_for_asset(db_conn, asset_id=ko, limit=1000)
+    assert [c.user_id for c in operator] == sorted(users, reverse=True)
+    assert {c.user_id: c.score for c in operator} == {u: Decimal(score[u]) for u in users}
+    assert {(c.asset_id, c.correlation_id, c.calculated_at) for c in operator} == {(ko, cid, at)}
+    for user in (crowded[0], crowded[-1], alone[3]):
+        mine = calculations_for_asset(db_conn, asset_id=pep, user_id=user, limit=10)
+        assert [(c.user_id, c.score) for c in mine] == [(user, Decimal(score[user]))]
+
+
+def test_deleting_users_leaves_no_score_of_theirs(db_conn: Connection) -> None:
+    """`asset_scores` has no foreign key (issue 25): `delete_users` deletes the users' scores
+    with them, and the others' stay."""
+    from overnight_pipeline.storage.seeding import delete_users
+
+    gone, kept = [uuid.uuid4(), uuid.uuid4(), uuid.uuid4()], uuid.uuid4()
+    insert_users(db_conn, [*gone, kept])
+    x, y = insert_asset(db_conn, "NYSE", "X"), insert_asset(db_conn, "NYSE", "Y")
+    now = datetime(2026, 11, 27, 6, 30, tzinfo=UTC)
+    everyone = [*gone, kept]
+    _replace_scores(
+        db_conn,
+        [(str(u), str(a), "NYSE", "1", "10", 1, "{}") for u in everyone for a in (x, y)],
+        user_ids=everyone,
+        day=DAY,
+        correlation_id=uuid.uuid4(),
+        computed_at=now,
+    )
+    delete_users(db_conn, gone, chunk=2)
+    s = asset_scores_table.c
+    assert set(db_conn.execute(select(s.user_id, s.asset_id)).all()) == {(kept, x), (kept, y)}
+    orphans = db_conn.execute(
+        text("SELECT count(*) FROM asset_scores WHERE user_id NOT IN (SELECT id FROM users)")
+    ).scalar_one()
+    assert orphans == 0

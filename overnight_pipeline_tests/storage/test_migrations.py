@@ -102,6 +102,22 @@ _old_assets = table(
 )
 
 
+def _index_entries(conn) -> int:
+    """(user, score) pairs of the asset-X index in its array shape (revision 0007)."""
+    from sqlalchemy import text
+
+    length = (
+        "cardinality(user_ids)"
+        if conn.dialect.name == "postgresql"
+        else "json_array_length(user_ids)"
+    )
+    return int(
+        conn.execute(
+            text(f"SELECT coalesce(sum({length}), 0) FROM calculation_assets")
+        ).scalar_one()
+    )
+
+
 def test_0003_keeps_a_previous_nights_output_replayable(fresh_url: str) -> None:
     """A database at 0002 holding two nights of the old write path (self-contained
     `INPUTS_CAPTURED`, scores per night, the asset-X index under its primary key) is
@@ -248,10 +264,14 @@ def test_0003_keeps_a_previous_nights_output_replayable(fresh_url: str) -> None:
         s = asset_scores_table.c
         with engine.connect() as conn:
             assert set(conn.scalars(select(s.market_date).distinct())) == {nights[1]}
-            for t in (calculation_events_table, calculation_assets_table):
-                assert (
-                    conn.execute(select(func.count()).select_from(t)).scalar_one() == counts[t.name]
-                )
+            assert (
+                conn.execute(
+                    select(func.count()).select_from(calculation_events_table)
+                ).scalar_one()
+                == counts["calculation_events"]
+            )
+            # Each narrow row of the asset-X index is now one element of its arrays (0007).
+            assert _index_entries(conn) == counts["calculation_assets"]
             for cid, docs in old.items():
                 stored = event_payloads(
                     conn,

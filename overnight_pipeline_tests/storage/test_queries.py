@@ -115,11 +115,14 @@ def test_asset_query_is_served_by_the_index(pg_conn: Connection) -> None:
     ensure_months(pg_conn, [T0 - timedelta(days=n) for n in range(21)])
     pg_conn.execute(
         text(
-            "INSERT INTO calculation_assets (asset_id, correlation_id, user_id, score,"
-            " calculated_at)"
-            " SELECT CASE WHEN a = 0 THEN :ko ELSE md5('a' || a)::uuid END, md5('c' || n)::uuid,"
-            " md5('u' || u)::uuid, 1, :t0 - n * interval '1 day'"
-            " FROM generate_series(1, 20) n, generate_series(1, 200) u, generate_series(0, 9) a"
+            "INSERT INTO calculation_assets (asset_id, correlation_id, calculated_at, bucket,"
+            " user_ids, scores)"
+            " SELECT asset, cid, at, get_byte(uuid_send(u), 0) >> 4, array_agg(u), array_agg(1)"
+            " FROM (SELECT CASE WHEN a = 0 THEN :ko ELSE md5('a' || a)::uuid END AS asset,"
+            " md5('c' || n)::uuid AS cid, :t0 - n * interval '1 day' AS at,"
+            " md5('u' || u)::uuid AS u"
+            " FROM generate_series(1, 20) n, generate_series(1, 200) u, generate_series(0, 9) a)"
+            " AS narrow GROUP BY 1, 2, 3, 4"
         ),
         {"ko": ko, "t0": T0},
     )
@@ -131,10 +134,15 @@ def test_asset_query_is_served_by_the_index(pg_conn: Connection) -> None:
         stmt = calculations_statement(asset_id=ko, user_id=user, limit=20, before=before)
         sql = stmt.compile(dialect=pg_conn.dialect, compile_kwargs={"literal_binds": True})
         plan = "\n".join(pg_conn.exec_driver_sql(f"EXPLAIN {sql}").scalars())
-        # One user's calculations come from the per-user index, never other users' rows
-        # (each monthly partition's copy of the table's index, named by PostgreSQL after
-        # its columns).
-        index = "asset_id_calculated_at_idx" if user is None else "user_id_asset_id_idx"
+        # The operator's page from the index on (asset, time, calculation, bucket); one
+        # user's calculations from the rows of its bucket, by the index on (asset, bucket,
+        # time, calculation), in the page's order (each monthly partition's copy of the table's index, named by PostgreSQL
+        # after its columns, truncated).
+        index = (
+            "asset_id_calculated_at_correlat_idx"
+            if user is None
+            else "asset_id_bucket_calculated_at_c"
+        )
         assert index in plan, plan
         assert "Seq Scan" not in plan, plan
         assert "LIKE" not in str(sql).upper()

@@ -26,16 +26,17 @@ from overnight_pipeline.core.payloads import (
 )
 from overnight_pipeline.core.recommendations import ClassSpec, HoldingInput, recommend
 from overnight_pipeline.core.scoring import AssetScore, RuleOutcome
+from overnight_pipeline.storage.bulk import write_rows
 from overnight_pipeline.storage.cache_entries import CacheEntry
 from overnight_pipeline.storage.models import (
     asset_classes_table,
     assets_table,
-    calculation_assets_table,
     holdings_table,
     recommendations_table,
     users_table,
 )
 from overnight_pipeline.storage.partitions import ensure_months
+from overnight_pipeline.storage.results import calculation_asset_rows
 
 D = Decimal
 FX = FxRates(usd_to={"BRL": D("5.0123"), "EUR": D("0.92"), "JPY": D("151.2")})
@@ -235,13 +236,13 @@ def insert_calculation(
 ) -> uuid.UUID:
     correlation_id = correlation_id or uuid.uuid4()
     ensure_months(conn, [calculated_at])
-    conn.execute(
-        insert(calculation_assets_table).values(
-            asset_id=asset_id,
+    write_rows(
+        conn,
+        calculation_asset_rows(
+            conn.dialect.name,
+            [(str(asset_id), str(user_id), score)],
             correlation_id=correlation_id,
-            user_id=user_id,
-            score=D(score),
             calculated_at=calculated_at,
-        )
+        ),
     )
     return correlation_id
