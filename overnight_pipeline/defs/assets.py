@@ -56,11 +56,19 @@ def _fetch(
     fetch: Callable[..., ReportT],
 ) -> list[tuple[str, ReportT]]:
     """One of the market-data steps for each partition of the run, through the provider
-    chain of the settings."""
+    chain of the settings, for the users of the partition's calculation (its roster, stored
+    by the first of its steps)."""
     provider = market_data.provider(database.engine)
     return each_partition(
         context,
-        lambda m, d, _k: fetch(database.engine, provider, market=m, day=d, markets=MARKETS),
+        lambda m, d, k: fetch(
+            database.engine,
+            provider,
+            market=m,
+            day=d,
+            markets=MARKETS,
+            correlation_id=correlation_id(context, k),
+        ),
     )
 
 

@@ -24,6 +24,7 @@ from overnight_pipeline.steps.batch_results import BatchResult, Calculation, pro
 from overnight_pipeline.steps.batches import BatchWriter, prefetched
 from overnight_pipeline.steps.cache_warming import ShardCache
 from overnight_pipeline.steps.collection import deferred_collection
+from overnight_pipeline.steps.market_data import partition_roster
 from overnight_pipeline.steps.progress import Progress
 from overnight_pipeline.steps.reports import CalculationReport, Failure
 from overnight_pipeline.storage.batches import (
@@ -34,7 +35,6 @@ from overnight_pipeline.storage.batches import (
     load_market_snapshot,
     load_rates,
     partition_instruments,
-    partition_users,
     snapshot_reads,
 )
 from overnight_pipeline.storage.events import insert_snapshot, users_with_event
@@ -161,18 +161,21 @@ def _prepare(
         ensure_months(conn, [calculated_at])
     with engine.begin() as conn:
         analyzed = ensure_statistics(conn)
-    with engine.connect() as conn:
-        everyone = (
-            sorted(set(only))
-            if only is not None
-            else partition_users(conn, market=market, day=day, markets=markets)
+    if only is not None:
+        everyone = sorted(set(only))
+        with engine.connect() as conn:
+            held = partition_instruments(conn, everyone)
+    else:
+        found = partition_roster(
+            engine, market=market, day=day, markets=markets, correlation_id=correlation_id
         )
-        users = [u for u in everyone if shard_of(u, shards) == shard] if shards > 1 else everyone
+        everyone, held = found.users, found.instruments
+    users = [u for u in everyone if shard_of(u, shards) == shard] if shards > 1 else everyone
+    with engine.connect() as conn:
         done = users_with_event(conn, correlation_id=correlation_id, event_type=CALC_COMPLETED)
         fx = load_rates(conn, day=day)
         # Every shard prices from the market data of the whole partition's assets: one
         # snapshot, the same hash in every shard, whatever the shard count.
-        held = partition_instruments(conn, everyone)
         snapshot = load_market_snapshot(conn, [i for i, _ in held.values()], day=day)
     snapshot_key, snapshot_payload = market_snapshot(
         [(str(aid), m, sym, cur) for (m, sym), (aid, cur) in held.items()],

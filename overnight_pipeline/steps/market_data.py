@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import Engine
 
 from overnight_pipeline.core.markets import Market
-from overnight_pipeline.providers.base import Instrument, MarketDataProvider
+from overnight_pipeline.providers.base import MarketDataProvider
 from overnight_pipeline.steps.reports import (
     Failure,
     FundamentalsReport,
@@ -31,6 +31,7 @@ from overnight_pipeline.storage.market_data import (
     store_prices,
     store_rates,
 )
+from overnight_pipeline.storage.rosters import Roster, roster
 
 
 def fetch_rates(
@@ -40,12 +41,16 @@ def fetch_rates(
     market: str,
     day: date,
     markets: Mapping[str, Market],
+    correlation_id: uuid.UUID | None = None,
 ) -> RatesReport:
-    """One USD-quoted snapshot for every currency the partition's users need."""
+    """One USD-quoted snapshot for every currency the partition's users need
+    (`correlation_id`: the calculation's roster, stored by its first step)."""
     started = time.perf_counter()
-    with engine.connect() as conn:
-        users = partition_users(conn, market=market, day=day, markets=markets)
-        currencies = partition_currencies(conn, users) | {markets[market].currency}
+    found = partition_roster(
+        engine, market=market, day=day, markets=markets, correlation_id=correlation_id
+    )
+    users = found.users
+    currencies = found.currencies | {markets[market].currency}
     result = provider.fetch_rates(sorted(currencies - {"USD"}), day=day)
     with engine.begin() as conn:
         stored = store_rates(conn, result, day=day)
@@ -62,13 +67,28 @@ def fetch_rates(
     )
 
 
-def _instruments(
-    engine: Engine, *, market: str, day: date, markets: Mapping[str, Market]
-) -> tuple[int, dict[Instrument, uuid.UUID]]:
+def partition_roster(
+    engine: Engine,
+    *,
+    market: str,
+    day: date,
+    markets: Mapping[str, Market],
+    correlation_id: uuid.UUID | None,
+) -> Roster:
+    """The partition's users, their assets and currencies: the calculation's stored roster
+    (computed and stored by its first step), or computed here without a calculation."""
+    if correlation_id is not None:
+        with engine.begin() as conn:
+            return roster(
+                conn, correlation_id=correlation_id, market=market, day=day, markets=markets
+            )
     with engine.connect() as conn:
         users = partition_users(conn, market=market, day=day, markets=markets)
-        found = partition_instruments(conn, users)
-    return len(users), {inst: asset_id for inst, (asset_id, _) in found.items()}
+        return Roster(
+            users,
+            partition_instruments(conn, users),
+            partition_currencies(conn, users) if users else set(),
+        )
 
 
 @dataclass(frozen=True)
@@ -95,11 +115,16 @@ def _fetch_held(
     stage: str,
     fetch: Callable[..., Any],
     store_result: Callable[..., int],
+    correlation_id: uuid.UUID | None,
 ) -> _Held:
     """Fetch something for every distinct asset the partition's users hold (never per
     user) and store the fresh part of it under `day`."""
     started = time.perf_counter()
-    users, ids = _instruments(engine, market=market, day=day, markets=markets)
+    found = partition_roster(
+        engine, market=market, day=day, markets=markets, correlation_id=correlation_id
+    )
+    users = len(found.users)
+    ids = {inst: asset_id for inst, (asset_id, _) in found.instruments.items()}
     result = fetch(sorted(ids), day=day)
     with engine.begin() as conn:
         stored = store_result(conn, result, day=day, asset_ids=ids)
@@ -129,6 +154,7 @@ def fetch_prices(
     market: str,
     day: date,
     markets: Mapping[str, Market],
+    correlation_id: uuid.UUID | None = None,
 ) -> PricesReport:
     """A price for every distinct asset the partition's users hold."""
     held = _fetch_held(
@@ -139,6 +165,7 @@ def fetch_prices(
         stage="prices",
         fetch=provider.fetch_prices,
         store_result=store_prices,
+        correlation_id=correlation_id,
     )
     return PricesReport(
         users=held.users,
@@ -160,6 +187,7 @@ def fetch_fundamentals(
     market: str,
     day: date,
     markets: Mapping[str, Market],
+    correlation_id: uuid.UUID | None = None,
 ) -> FundamentalsReport:
     """Fundamentals for every distinct asset the partition's users hold."""
     held = _fetch_held(
@@ -170,6 +198,7 @@ def fetch_fundamentals(
         stage="fundamentals",
         fetch=provider.fetch_fundamentals,
         store_result=store_fundamentals,
+        correlation_id=correlation_id,
     )
     return FundamentalsReport(
         users=held.users,

@@ -15,6 +15,7 @@ from sqlalchemy import (
     ForeignKeyConstraint,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     SmallInteger,
     String,
@@ -454,6 +455,26 @@ class UserChange(Base):
     processed_at: Mapped[datetime | None] = mapped_column()
 
 
+
+class PartitionRoster(Base):
+    """Who a calculation of one partition is for, decided once: the users whose home market
+    is the partition's on its date, the assets they hold and the currencies they need,
+    computed by the calculation's first step and read by the others (they computed it each,
+    four times a run). Keyed by the calculation's correlation id, the same for retries and
+    re-executions, so a re-executed step serves the users the calculation started with.
+    Transient: `storage.rosters` deletes rosters older than a week as it writes one."""
+
+    __tablename__ = "partition_rosters"
+
+    correlation_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    created_at: Mapped[datetime] = mapped_column()
+    market_date: Mapped[date] = mapped_column(Date)
+    market: Mapped[str] = mapped_column(String(16))
+    user_ids: Mapped[bytes] = mapped_column(LargeBinary)  # 16 bytes per user, in id order
+    # [[market, symbol, asset id, currency], …] and [currency, …]
+    instruments: Mapped[list[Any]] = mapped_column(Document)
+    currencies: Mapped[list[Any]] = mapped_column(Document)
+
 # Core Table objects, typed for mypy (Model.__table__ is a FromClause to the type checker).
 assets_table = cast(Table, Asset.__table__)
 users_table = cast(Table, User.__table__)
@@ -472,3 +493,4 @@ calculation_snapshots_table = cast(Table, CalculationSnapshot.__table__)
 overnight_job_runs_table = cast(Table, OvernightJobRun.__table__)
 alerts_table = cast(Table, Alert.__table__)
 user_changes_table = cast(Table, UserChange.__table__)
+partition_rosters_table = cast(Table, PartitionRoster.__table__)
