@@ -455,7 +455,6 @@ class UserChange(Base):
     processed_at: Mapped[datetime | None] = mapped_column()
 
 
-
 class PartitionRoster(Base):
     """Who a calculation of one partition is for, decided once: the users whose home market
     is the partition's on its date, the assets they hold and the currencies they need,
@@ -474,6 +473,7 @@ class PartitionRoster(Base):
     # [[market, symbol, asset id, currency], …] and [currency, …]
     instruments: Mapped[list[Any]] = mapped_column(Document)
     currencies: Mapped[list[Any]] = mapped_column(Document)
+
 
 # Core Table objects, typed for mypy (Model.__table__ is a FromClause to the type checker).
 assets_table = cast(Table, Asset.__table__)
