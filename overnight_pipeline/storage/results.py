@@ -1,6 +1,7 @@
 """What a calculation writes per user beside its events: the current scores (`asset_scores`),
-the asset-X audit index (`calculation_assets`) and the recommendation row of the
-market-date (`recommendations`), and the reads that compare them with a replay.
+the asset-X audit index (`calculation_assets`), and the reads of those and of the
+recommendation rows (written by `storage.recommendations`) that the cache step and a replay
+compare.
 
 Writes use COPY on PostgreSQL (`bulk.Rows`). Every function takes a `Connection` and never
 commits: a batch is one transaction, so a retried or re-executed step resumes after the
@@ -23,7 +24,6 @@ from overnight_pipeline.storage.bulk import (
     Rows,
     copy_escaped,
     copy_escaped_json,
-    upsert,
     write_rows,
 )
 from overnight_pipeline.storage.dialect import CHUNK, among, id_chunks, id_text
@@ -210,29 +210,6 @@ def calculation_asset_rows(
             )
             for a, bucket, users, scores in parts
         ],
-    )
-
-
-def upsert_recommendations(conn: Connection, rows: list[dict[str, Any]]) -> None:
-    """One row per (user, market_date): a new calculation replaces the old one, unless the
-    stored row was generated later (a nightly batch and a same-day recalculation of the
-    same user and date, finishing in either order: the result of the newer inputs stays)."""
-    upsert(
-        conn,
-        recommendations_table,
-        rows,
-        key=["user_id", "market_date"],
-        update=[
-            "market",
-            "correlation_id",
-            "generated_at",
-            "base_currency",
-            "total_investable",
-            "criteria_version",
-            "payload",
-            "portfolio",
-        ],
-        newer="generated_at",
     )
 
 
