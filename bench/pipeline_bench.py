@@ -86,7 +86,7 @@ DAY = date(2026, 11, 27)
 KEY = f"{DAY.isoformat()}|NYSE"
 REDIS_URL = "redis://127.0.0.1:6379/0"
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
-OUTPUT_TABLES = ("calculation_events", "asset_scores", "calculation_assets", "recommendations")
+OUTPUT_TABLES = ("calculation_events", "user_scores", "calculation_assets", "recommendations")
 MARKET_TABLES = {
     "exchange_rates": "rate_date",
     "asset_prices": "price_date",

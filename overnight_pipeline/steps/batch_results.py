@@ -31,11 +31,9 @@ from overnight_pipeline.storage.recommendations import (
     write_recommendations,
 )
 from overnight_pipeline.storage.results import (
-    ScoreRow,
-    asset_score_rows,
     calculation_asset_rows,
-    replace_scores,
 )
+from overnight_pipeline.storage.scores import ScoreRow, user_score_rows, write_scores
 
 
 @dataclass(frozen=True)
@@ -185,7 +183,7 @@ def process_batch(
         score_rows=score_rows,
         asset_rows=asset_rows,
         users=users,
-        ok_ids=[uuid.UUID(u) for u in ok],
+        versions={u: versions.get(u) or 0 for u in sorted(ok)},
         criteria_payloads=dict(criteria.values()),
     )
     return BatchResult(
@@ -309,13 +307,18 @@ def _writes(
     score_rows: list[ScoreRow],
     asset_rows: list[tuple[str, str, str]],
     users: _Users,
-    ok_ids: list[uuid.UUID],
+    versions: dict[str, int],
     criteria_payloads: dict[str, dict[str, Any]],
 ) -> Write:
     """The batch's writes, its rows formatted here, not on the writer thread: this thread
     would otherwise wait for it."""
-    scores = asset_score_rows(
-        calc.dialect, score_rows, day=calc.day, correlation_id=calc.correlation_id, computed_at=now
+    scores = user_score_rows(
+        calc.dialect,
+        score_rows,
+        versions=versions,
+        day=calc.day,
+        correlation_id=calc.correlation_id,
+        computed_at=now,
     )
     rows = [
         calculation_asset_rows(
@@ -333,7 +336,7 @@ def _writes(
         insert_snapshots(
             conn, kind="criteria", payloads=criteria_payloads, calculated_at=calc.calculated_at
         )
-        replace_scores(conn, scores, user_ids=ok_ids, day=calc.day)
+        write_scores(conn, scores)
         for prepared in rows:
             write_rows(conn, prepared)
         write_recommendations(conn, recommendations)

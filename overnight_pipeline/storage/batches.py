@@ -72,7 +72,7 @@ BATCH_TABLES = (
     "assets",
     "criteria_versions",
     "criteria_rules",
-    "asset_scores",
+    "user_scores",
     "calculation_events",
 )
 

@@ -43,6 +43,7 @@ from overnight_pipeline.storage.types import (
     ExactDecimal,
     IdArray,
     ScoreArray,
+    TextArray,
     UTCDateTime,
 )
 
@@ -249,26 +250,26 @@ class AssetFundamentals(Base):
     as_of: Mapped[datetime] = mapped_column()
 
 
-class AssetScore(Base):
-    """Each user's current scores: one row per held asset, replaced by each newer
-    calculation of the user (a backfill of an older date leaves newer rows in place). The
-    history of every score is in the `SCORES_COMPUTED` events."""
+class UserScores(Base):
+    """Each user's current scores: one row a user, one element per held asset in each array
+    (same order), replaced by each newer calculation of the user (a backfill of an older
+    date leaves a newer row). Read through the view `asset_scores` (`storage.scores`), "the
+    current score of user U for asset A". One row a user instead of one per holding
+    (issue 25). No foreign key: `seeding.delete_users` deletes it with the user."""
 
-    __tablename__ = "asset_scores"
+    __tablename__ = "user_scores"
 
-    # No foreign keys: their two checks per row were ≈ 80 % of the table's COPY in
-    # PostgreSQL (issue 25). `seeding.delete_users` deletes a user's rows with the user;
-    # assets are never deleted.
     user_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
-    asset_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
     market_date: Mapped[date] = mapped_column(Date)
-    market: Mapped[str] = mapped_column(String(16))
-    score: Mapped[Decimal] = mapped_column(ExactDecimal(16, 4))
-    max_possible_score: Mapped[Decimal] = mapped_column(ExactDecimal(16, 4))
     criteria_version: Mapped[int] = mapped_column(Integer)
-    breakdown: Mapped[dict[str, Any]] = mapped_column()
-    correlation_id: Mapped[uuid.UUID] = mapped_column()
     computed_at: Mapped[datetime] = mapped_column()
+    correlation_id: Mapped[uuid.UUID] = mapped_column()
+    asset_ids: Mapped[list[uuid.UUID]] = mapped_column(IdArray)
+    markets: Mapped[list[str]] = mapped_column(TextArray)
+    scores: Mapped[list[Decimal]] = mapped_column(ScoreArray)
+    max_possible_scores: Mapped[list[Decimal]] = mapped_column(ScoreArray)
+    # [{"criteriaCount": n, "topContributor": …}, …]
+    breakdowns: Mapped[list[Any]] = mapped_column(Document)
 
 
 class Recommendation(Base):
@@ -485,7 +486,7 @@ criteria_rules_table = cast(Table, CriteriaRule.__table__)
 exchange_rates_table = cast(Table, ExchangeRate.__table__)
 asset_prices_table = cast(Table, AssetPrice.__table__)
 asset_fundamentals_table = cast(Table, AssetFundamentals.__table__)
-asset_scores_table = cast(Table, AssetScore.__table__)
+user_scores_table = cast(Table, UserScores.__table__)
 recommendations_table = cast(Table, Recommendation.__table__)
 calculation_events_table = cast(Table, CalculationEvent.__table__)
 calculation_assets_table = cast(Table, CalculationAsset.__table__)

@@ -1,5 +1,5 @@
-"""What a calculation writes per user beside its events: the current scores (`asset_scores`),
-the asset-X audit index (`calculation_assets`), and the reads of those and of the
+"""The asset-X audit index (`calculation_assets`) a calculation writes beside its events, and
+the reads of the current scores (`asset_scores`, written by `storage.scores`) and of the
 recommendation rows (written by `storage.recommendations`) that the cache step and a replay
 compare.
 
@@ -16,111 +16,15 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
-import orjson
-from sqlalchemy import Connection, Text, cast, delete, select
+from sqlalchemy import Connection, Text, cast, select
 from sqlalchemy.sql.elements import ColumnElement
 
 from overnight_pipeline.storage.bulk import (
     Rows,
-    copy_escaped,
-    copy_escaped_json,
-    write_rows,
 )
 from overnight_pipeline.storage.dialect import CHUNK, among, id_chunks, id_text
-from overnight_pipeline.storage.models import (
-    asset_scores_table,
-    calculation_assets_table,
-    recommendations_table,
-)
-
-SCORE_COLUMNS = (
-    "user_id",
-    "asset_id",
-    "market",
-    "score",
-    "max_possible_score",
-    "criteria_version",
-    "breakdown",
-    "market_date",
-    "correlation_id",
-    "computed_at",
-)
-ScoreRow = tuple[str, str, str, str, str, int, str]
-
-
-def asset_score_rows(
-    dialect: str,
-    rows: Sequence[ScoreRow],
-    *,
-    day: date,
-    correlation_id: uuid.UUID,
-    computed_at: datetime,
-) -> Rows:
-    """`asset_scores` rows from (user id, asset id, market, score, max possible score,
-    criteria version, breakdown JSON text): ids as UUID text, scores as Decimal text."""
-    if dialect == "postgresql":
-        tail = f"\t{day.isoformat()}\t{correlation_id}\t{computed_at.isoformat()}\n"
-        return Rows(
-            asset_scores_table,
-            SCORE_COLUMNS,
-            lines=[
-                f"{u}\t{a}\t{copy_escaped(m)}\t{sc}\t{mx}\t{v}\t{copy_escaped_json(b)}{tail}"
-                for u, a, m, sc, mx, v, b in rows
-            ],
-        )
-    return Rows(
-        asset_scores_table,
-        SCORE_COLUMNS,
-        rows=[
-            (
-                uuid.UUID(u),
-                uuid.UUID(a),
-                m,
-                sc,
-                mx,
-                v,
-                orjson.loads(b),
-                day,
-                correlation_id,
-                computed_at,
-            )
-            for u, a, m, sc, mx, v, b in rows
-        ],
-    )
-
-
-def replace_scores(
-    conn: Connection, prepared: Rows, *, user_ids: Sequence[uuid.UUID], day: date
-) -> None:
-    """`asset_scores` holds each user's current scores: the rows of `user_ids` from `day` or
-    before are replaced by `prepared`; a user whose rows are of a later day (this is a
-    backfill) keeps them."""
-    s = asset_scores_table
-    dialect = conn.dialect.name
-    newer: set[str] = set()
-    for chunk in id_chunks(conn, user_ids, CHUNK):
-        newer.update(
-            conn.scalars(
-                select(id_text(s.c.user_id))
-                .distinct()
-                .where(among(s.c.user_id, chunk, dialect), s.c.market_date > day)
-            )
-        )
-        conn.execute(delete(s).where(among(s.c.user_id, chunk, dialect), s.c.market_date <= day))
-    if newer and prepared.lines is not None:
-        prepared = Rows(
-            prepared.table,
-            prepared.columns,
-            lines=[line for line in prepared.lines if line[:36] not in newer],
-        )
-    elif newer and prepared.rows is not None:
-        prepared = Rows(
-            prepared.table,
-            prepared.columns,
-            rows=[row for row in prepared.rows if str(row[0]) not in newer],
-        )
-    write_rows(conn, prepared)
-
+from overnight_pipeline.storage.models import calculation_assets_table, recommendations_table
+from overnight_pipeline.storage.scores import asset_scores_table
 
 CALCULATION_ASSET_COLUMNS = (
     "asset_id",

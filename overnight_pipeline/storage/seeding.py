@@ -17,11 +17,11 @@ from overnight_pipeline.storage.bulk import copy_rows, upsert
 from overnight_pipeline.storage.models import (
     asset_classes_table,
     asset_fundamentals_table,
-    asset_scores_table,
     assets_table,
     criteria_rules_table,
     criteria_versions_table,
     holdings_table,
+    user_scores_table,
     users_table,
 )
 
@@ -92,13 +92,14 @@ def replace_fundamentals(
 
 
 def delete_users(conn: Connection, user_ids: Sequence[uuid.UUID], *, chunk: int) -> None:
-    """Delete `user_ids`, `chunk` ids per statement: their current scores here (`asset_scores`
-    has no foreign key, issue 25), their other rows by cascade."""
-    u, s = users_table, asset_scores_table
+    """Delete those of `user_ids` that exist, `chunk` ids per statement: their current scores
+    here (`user_scores` has no foreign key, issue 25), their other rows by cascade."""
+    u, s = users_table, user_scores_table
     for start in range(0, len(user_ids), chunk):
-        part = user_ids[start : start + chunk]
-        conn.execute(delete(s).where(s.c.user_id.in_(part)))
-        conn.execute(delete(u).where(u.c.id.in_(part)))
+        part = list(conn.scalars(select(u.c.id).where(u.c.id.in_(user_ids[start : start + chunk]))))
+        if part:
+            conn.execute(delete(s).where(s.c.user_id.in_(part)))
+            conn.execute(delete(u).where(u.c.id.in_(part)))
 
 
 def write_users(conn: Connection, rows: SeededUsers) -> None:

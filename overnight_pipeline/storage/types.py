@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, Integer, Numeric, Text, Uuid
+from sqlalchemy import JSON, BigInteger, DateTime, Integer, Numeric, String, Text, Uuid
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator, TypeEngine
@@ -78,3 +78,4 @@ BigId = BigInteger().with_variant(Integer(), "sqlite")
 # so an element compares with a bound id) and of each score's exact decimal text.
 IdArray = ARRAY(Uuid()).with_variant(JSON(), "sqlite")
 ScoreArray = ARRAY(Numeric(16, 4)).with_variant(JSON(), "sqlite")
+TextArray = ARRAY(String(16)).with_variant(JSON(), "sqlite")

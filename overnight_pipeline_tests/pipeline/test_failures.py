@@ -42,13 +42,13 @@ from overnight_pipeline.storage.db import make_engine
 from overnight_pipeline.storage.events import snapshots
 from overnight_pipeline.storage.job_runs import job_run
 from overnight_pipeline.storage.models import (
-    asset_scores_table,
     calculation_assets_table,
     calculation_events_table,
     exchange_rates_table,
     recommendations_table,
 )
 from overnight_pipeline.storage.queries import newest_recommendation
+from overnight_pipeline.storage.scores import asset_scores_table
 from overnight_pipeline_tests.api.netfaults import closed_port
 from overnight_pipeline_tests.pipeline.conftest import sensor_resources
 from overnight_pipeline_tests.support.databases import REDIS_URL
@@ -245,7 +245,7 @@ def test_rate_provider_down_uses_the_newest_stored_rates_and_flags_them_stale(
 
 @pytest.fixture
 def drop_connection_on_second_batch(engine: Engine) -> Iterator[None]:
-    """The second batch's write to asset_scores kills its own PostgreSQL connection (a
+    """The second batch's write to user_scores kills its own PostgreSQL connection (a
     server-side terminate: the client sees the connection drop mid-transaction)."""
     with engine.begin() as conn:
         conn.execute(
@@ -258,7 +258,7 @@ def drop_connection_on_second_batch(engine: Engine) -> Iterator[None]:
               END IF;
               RETURN NULL;
             END $$;
-            CREATE TRIGGER drill_drop_connection AFTER INSERT ON asset_scores
+            CREATE TRIGGER drill_drop_connection AFTER INSERT ON user_scores
               FOR EACH STATEMENT EXECUTE FUNCTION drill_drop_connection();
         """)
         )
@@ -266,7 +266,7 @@ def drop_connection_on_second_batch(engine: Engine) -> Iterator[None]:
     with engine.begin() as conn:
         conn.execute(
             text("""
-            DROP TRIGGER drill_drop_connection ON asset_scores;
+            DROP TRIGGER drill_drop_connection ON user_scores;
             DROP FUNCTION drill_drop_connection();
             DROP SEQUENCE drill_batches;
         """)

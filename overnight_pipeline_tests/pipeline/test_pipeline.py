@@ -20,12 +20,12 @@ from overnight_pipeline.core.scored import full_scores
 from overnight_pipeline.core.scoring import replay, score_holdings, validate_criteria
 from overnight_pipeline.storage.events import snapshots
 from overnight_pipeline.storage.models import (
-    asset_scores_table,
     assets_table,
     calculation_events_table,
     recommendations_table,
 )
 from overnight_pipeline.storage.queries import calculations_for_asset
+from overnight_pipeline.storage.scores import asset_scores_table
 from overnight_pipeline_tests.pipeline.conftest import BROKEN_USER, DAY, Pipeline
 
 D = Decimal

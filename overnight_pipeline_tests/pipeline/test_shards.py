@@ -38,11 +38,11 @@ from overnight_pipeline.settings import Settings, load_settings
 from overnight_pipeline.steps.calculation import shard_of
 from overnight_pipeline.storage.db import make_engine
 from overnight_pipeline.storage.models import (
-    asset_scores_table,
     calculation_assets_table,
     calculation_events_table,
     recommendations_table,
 )
+from overnight_pipeline.storage.scores import asset_scores_table
 from overnight_pipeline_tests.pipeline.conftest import DAY
 from overnight_pipeline_tests.support.databases import REDIS_URL, redis_namespace
 from overnight_pipeline_tests.support.shard_job import reconstructable_job
@@ -383,9 +383,8 @@ def test_the_replay_check_is_red_when_a_stored_score_is_tampered_with(
         with engine.begin() as conn:
             user = conn.scalar(select(s.user_id).where(s.correlation_id == cid_of(run_id)).limit(1))
             conn.execute(
-                asset_scores_table.update()
-                .where(s.user_id == user, s.market_date == DAY)
-                .values(score=s.score + 1)
+                text("UPDATE user_scores SET scores[1] = scores[1] + 1 WHERE user_id = :u"),
+                {"u": user},
             )
         with execute_job(
             job,

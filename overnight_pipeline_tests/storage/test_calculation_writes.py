@@ -15,7 +15,6 @@ from sqlalchemy import Connection, select, text
 from overnight_pipeline.storage.bulk import write_rows
 from overnight_pipeline.storage.events import event_payloads, event_rows, insert_snapshot, snapshots
 from overnight_pipeline.storage.models import (
-    asset_scores_table,
     calculation_assets_table,
     calculation_events_table,
 )
@@ -24,19 +23,22 @@ from overnight_pipeline.storage.queries import calculations_for_asset
 from overnight_pipeline.storage.results import (
     BUCKETS,
     ROW_USERS,
-    ScoreRow,
-    asset_score_rows,
     bucket_of,
     calculation_asset_rows,
-    replace_scores,
+)
+from overnight_pipeline.storage.scores import (
+    ScoreRow,
+    asset_scores_table,
+    user_score_rows,
+    write_scores,
 )
 from overnight_pipeline_tests.support.stored_results import insert_asset, insert_users
 
 DAY = date(2026, 11, 27)
 
 
-# The writes below are what the pipeline's steps do with `event_rows`, `replace_scores`,
-# `asset_score_rows` and `calculation_asset_rows`, one table at a time.
+# The writes below are what the pipeline's steps do with `event_rows`, `user_score_rows`,
+# `write_scores` and `calculation_asset_rows`, one table at a time.
 
 
 def _append_events(
@@ -55,13 +57,16 @@ def _replace_scores(
     correlation_id: uuid.UUID,
     computed_at: datetime,
 ) -> None:
-    replace_scores(
+    write_scores(
         conn,
-        asset_score_rows(
-            conn.dialect.name, rows, day=day, correlation_id=correlation_id, computed_at=computed_at
+        user_score_rows(
+            conn.dialect.name,
+            rows,
+            versions={str(u): 1 for u in user_ids},
+            day=day,
+            correlation_id=correlation_id,
+            computed_at=computed_at,
         ),
-        user_ids=user_ids,
-        day=day,
     )
 
 

@@ -93,7 +93,9 @@ def _old_night(engine: Engine) -> tuple[list[uuid.UUID], list[uuid.UUID], list[R
                 for a, c, u, s, t in rows
             ],
         )
-        last = {(u, a): (s, c, t) for a, c, u, s, t in rows}
+        # Each user's current scores: those of the last calculation (a calculation replaces
+        # all of a user's rows).
+        last = {(u, a): (s, c, t) for a, c, u, s, t in rows if c == cid}
         conn.execute(
             _scores.insert(),
             [
@@ -167,7 +169,12 @@ def test_0007_turns_old_nights_into_arrays_and_back(fresh_url: str) -> None:
         migrate(fresh_url)
         engine = make_engine(fresh_url)
         assert inspect(engine).get_foreign_keys("asset_scores") == []
+        # 0009: the scores are one row a user in `user_scores`, `asset_scores` its view.
         assert _scores_now(engine) == scores
+        assert "asset_scores" in inspect(engine).get_view_names()
+        with engine.connect() as conn:
+            per_user = conn.execute(text("SELECT count(*) FROM user_scores")).scalar_one()
+        assert per_user == len({u for u, *_ in scores})
         with engine.connect() as conn:
             stored = conn.execute(text("SELECT count(*) FROM calculation_assets")).scalar_one()
         assert stored < len(rows) / 10  # arrays: 16 buckets × 4 assets × 4 calculations
