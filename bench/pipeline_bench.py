@@ -111,7 +111,7 @@ STEPS = {  # label: step keys starting with
     "collect": "scores_and_recommendations.collect_shards",
     "cache": "recommendation_cache",
 }
-RATIO_TARGET, RSS_LIMIT_MB = 1.5, 1024.0
+RATIO_TARGET, RSS_LIMIT_MB = 2.0, 1024.0  # BEHAVIOUR §8: ≤ 2× the floor at 10,000 users
 WALL_100K, WALL_100K_FIRST = 60.0, 75.0  # seconds: steady-state night, first night
 CPU_PER_USER = 1e-3  # seconds, Python + PostgreSQL
 BASELINE_RATIO = 0.4  # new ÷ baseline wall

@@ -4,10 +4,10 @@ JSON values serialised once with orjson, without building the pydantic models.
 The models of `core.payloads` stay the contract: `cache_payloads` builds them (the replay
 check, the tests) and `check_documents` is the reader's gate. On the write path the models
 validated, field by field, values the pipeline had just computed, then were dumped to dicts
-and encoded again: ≈ 16 CPU-s per 100,000 users (issue 25's profile), here ≈ 3× less
-(bench/core_bench.py, "cache documents"). What this module emits equals the models' JSON
-dump value for value and passes the reader's gate (tests: overnight_pipeline_tests/core/
-test_cache_documents.py, under hypothesis).
+and encoded again: ≈ 16 CPU-s per 100,000 users (issue 25's profile); 150-190 µs a user
+then, 19-26 µs here (docs/PERFORMANCE.md, "The lean night (issue 25)"). What this module
+emits equals the models' JSON dump value for value and passes the reader's gate (tests:
+overnight_pipeline_tests/core/test_cache_documents.py, under hypothesis).
 """
 
 from __future__ import annotations
