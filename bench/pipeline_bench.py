@@ -66,6 +66,7 @@ from dagster import (
 from pipeline_measures import (
     RESULT,
     Run,
+    child_runs,
     describe,
     libpq,
     run_baseline,
@@ -348,22 +349,12 @@ def sized(users: int, ok: bool) -> str:
 def one_size(users: int, shards: list[int], executor: str) -> list[Run]:
     """A process per size: its peak RSS and its settings (which Dagster's forkserver keeps for
     the life of the process that started it) are that size's alone."""
-    child = subprocess.run(
+    return child_runs(
         [
             *(sys.executable, __file__, "--one-size", str(users)),
             *("--shards", *map(str, shards), "--executor", executor),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-        check=True,
+        ]
     )
-    runs: list[Run] = []
-    for line in child.stdout.splitlines():
-        if line.startswith(RESULT):
-            runs = [Run.from_json(r) for r in json.loads(line.removeprefix(RESULT))]
-        else:
-            print(line, flush=True)
-    return runs
 
 
 def cpu_line(users: int, run: Run, target: bool = True) -> None:

@@ -287,22 +287,26 @@ def worktree(revision: str) -> Iterator[Path]:
         shutil.rmtree(home, ignore_errors=True)
 
 
-def run_baseline(tree: Path, label: str, users: int) -> list[Run]:
-    """Two nights of `users` through the pipeline of `tree`, in a process of its own."""
-    child = subprocess.run(
-        [sys.executable, __file__, "--baseline", str(tree), str(users)],
-        cwd=tree,
-        env=os.environ | {"PYTHONPATH": f"{tree}{os.pathsep}{tree / 'bench'}"},
-        stdout=subprocess.PIPE,
-        text=True,
-        check=True,
-    )
+def child_runs(command: list[str], **kwargs: Any) -> list[Run]:
+    """Run `command` (a bench process), echo its output and return the runs of its RESULT
+    line."""
+    child = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=True, **kwargs)
     runs: list[Run] = []
     for line in child.stdout.splitlines():
         if line.startswith(RESULT):
             runs = [Run.from_json(r) for r in json.loads(line.removeprefix(RESULT))]
         else:
             print(line, flush=True)
+    return runs
+
+
+def run_baseline(tree: Path, label: str, users: int) -> list[Run]:
+    """Two nights of `users` through the pipeline of `tree`, in a process of its own."""
+    runs = child_runs(
+        [sys.executable, __file__, "--baseline", str(tree), str(users)],
+        cwd=tree,
+        env=os.environ | {"PYTHONPATH": f"{tree}{os.pathsep}{tree / 'bench'}"},
+    )
     for r in runs:
         r.tree = label
     return runs
