@@ -4,7 +4,7 @@ and each user's events (`core.audit`), in one transaction."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
@@ -161,7 +161,7 @@ def process_batch(
         snapshot=calc.snapshot,
         criteria={uid: key for uid, (key, _) in criteria.items()},
     )
-    score_rows, asset_rows = _score_rows(scored, holding_markets, texts, versions)
+    score_rows, asset_rows = _score_rows(scored, holding_markets, texts)
     holdings_count = batch.holdings.groupby("user_id").size().to_dict()
     users = _Users(calc, now)
     for uid in sorted(ok):
@@ -246,7 +246,6 @@ def _score_rows(
     scored: BatchScores,
     holding_markets: Sequence[str],
     texts: ScoreTexts,
-    versions: Mapping[Any, int | None],
 ) -> tuple[list[ScoreRow], list[tuple[str, str, str]]]:
     """The `asset_scores` and `calculation_assets` rows of the batch's holdings."""
     score_rows: list[ScoreRow] = []
@@ -262,7 +261,7 @@ def _score_rows(
     ):
         # The per-rule breakdown is in SCORES_COMPUTED (the audit trail); the table keeps
         # the summary the dashboard and SQL users read.
-        score_rows.append((uid, aid, asset_market, value, top, versions.get(uid) or 0, summary))
+        score_rows.append((uid, aid, asset_market, value, top, summary))
         asset_rows.append((aid, uid, value))
     return score_rows, asset_rows
 

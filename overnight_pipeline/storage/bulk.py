@@ -213,6 +213,37 @@ def write_rows(conn: Connection, prepared: Rows) -> None:
         copy_rows(conn, prepared.table, prepared.columns, prepared.rows)
 
 
+def upsert_prepared(
+    conn: Connection,
+    prepared: Rows,
+    *,
+    key: Sequence[str],
+    update: Sequence[str],
+    newer: str | None = None,
+) -> None:
+    """`upsert` of rows made ready by `Rows`: COPY lines through a staging table on
+    PostgreSQL (`upsert_lines`), parameters elsewhere."""
+    if prepared.lines is not None:
+        upsert_lines(
+            conn,
+            prepared.table,
+            prepared.columns,
+            prepared.lines,
+            key=key,
+            update=update,
+            newer=newer,
+        )
+    elif prepared.rows:
+        upsert(
+            conn,
+            prepared.table,
+            [dict(zip(prepared.columns, row, strict=True)) for row in prepared.rows],
+            key=key,
+            update=update,
+            newer=newer,
+        )
+
+
 @contextmanager
 def foreign_keys_deferred_to_end(conn: Connection, tables: Sequence[str]) -> Iterator[None]:
     """Drop the foreign keys of `tables` for a bulk load and re-add them at the end.

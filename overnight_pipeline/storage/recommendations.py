@@ -24,8 +24,7 @@ from overnight_pipeline.storage.bulk import (
     Rows,
     copy_escaped,
     copy_escaped_json,
-    upsert,
-    upsert_lines,
+    upsert_prepared,
 )
 from overnight_pipeline.storage.dialect import CHUNK, among, id_chunks
 from overnight_pipeline.storage.models import recommendations_table
@@ -107,25 +106,7 @@ def write_recommendations(conn: Connection, prepared: Rows) -> None:
     recalculation of the same user and date, finishing in either order: the result of the
     newer inputs stays)."""
     update = [c for c in COLUMNS if c not in KEY]
-    if prepared.lines is not None:
-        upsert_lines(
-            conn,
-            recommendations_table,
-            prepared.columns,
-            prepared.lines,
-            key=KEY,
-            update=update,
-            newer="generated_at",
-        )
-    elif prepared.rows:
-        upsert(
-            conn,
-            recommendations_table,
-            [dict(zip(prepared.columns, row, strict=True)) for row in prepared.rows],
-            key=KEY,
-            update=update,
-            newer="generated_at",
-        )
+    upsert_prepared(conn, prepared, key=KEY, update=update, newer="generated_at")
 
 
 def row_versions(

@@ -21,8 +21,7 @@ from overnight_pipeline.storage.bulk import (
     Rows,
     copy_escaped,
     copy_escaped_json,
-    upsert,
-    upsert_lines,
+    upsert_prepared,
 )
 from overnight_pipeline.storage.models import user_scores_table
 from overnight_pipeline.storage.types import Document, ExactDecimal, UTCDateTime
@@ -55,8 +54,8 @@ COLUMNS = (
     "max_possible_scores",
     "breakdowns",
 )
-# (user id, asset id, market, score, max possible score, criteria version, breakdown JSON)
-ScoreRow = tuple[str, str, str, str, str, int, str]
+# (user id, asset id, market, score, max possible score, breakdown JSON)
+ScoreRow = tuple[str, str, str, str, str, str]
 
 
 def _grouped(users: Iterable[str], rows: Sequence[ScoreRow]) -> dict[str, list[ScoreRow]]:
@@ -94,7 +93,7 @@ def user_score_rows(
                 f"{{{','.join(r[1] for r in mine)}}}\t"
                 + copy_escaped("{" + ",".join(_array_text(r[2]) for r in mine) + "}")
                 + f"\t{{{','.join(r[3] for r in mine)}}}\t{{{','.join(r[4] for r in mine)}}}\t"
-                + copy_escaped_json("[" + ",".join(r[6] for r in mine) + "]")
+                + copy_escaped_json("[" + ",".join(r[5] for r in mine) + "]")
                 + "\n"
                 for u, mine in grouped.items()
             ],
@@ -113,7 +112,7 @@ def user_score_rows(
                 [r[2] for r in mine],
                 [r[3] for r in mine],
                 [r[4] for r in mine],
-                [orjson.loads(r[6]) for r in mine],
+                [orjson.loads(r[5]) for r in mine],
             )
             for u, mine in grouped.items()
         ],
@@ -124,22 +123,4 @@ def write_scores(conn: Connection, prepared: Rows) -> None:
     """Each user's row becomes the new one, unless the stored row is of a later market date
     (this is a backfill of an older date: the newer scores stay)."""
     update = [c for c in COLUMNS if c != "user_id"]
-    if prepared.lines is not None:
-        upsert_lines(
-            conn,
-            user_scores_table,
-            prepared.columns,
-            prepared.lines,
-            key=["user_id"],
-            update=update,
-            newer="market_date",
-        )
-    elif prepared.rows:
-        upsert(
-            conn,
-            user_scores_table,
-            [dict(zip(prepared.columns, row, strict=True)) for row in prepared.rows],
-            key=["user_id"],
-            update=update,
-            newer="market_date",
-        )
+    upsert_prepared(conn, prepared, key=["user_id"], update=update, newer="market_date")

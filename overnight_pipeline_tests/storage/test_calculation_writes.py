@@ -114,7 +114,6 @@ def test_copy_writes_keep_every_character(db_conn: Connection) -> None:
                 "NY\tSE\\",
                 "3.5000",
                 "10",
-                2,
                 '{"criteriaCount":1,"topContributor":"a\\\\b"}',
             )
         ],
@@ -139,7 +138,7 @@ def test_copy_writes_keep_every_character(db_conn: Connection) -> None:
     # Replacing the scores of the day leaves one row.
     _replace_scores(
         db_conn,
-        [(str(user), str(asset), "M", "1", "10", 2, "{}")],
+        [(str(user), str(asset), "M", "1", "10", "{}")],
         user_ids=[user],
         day=DAY,
         correlation_id=cid,
@@ -173,7 +172,7 @@ def test_asset_scores_are_each_users_current_scores(db_conn: Connection) -> None
     s = asset_scores_table.c
 
     def night(day: date, users: list[uuid.UUID], assets: list[uuid.UUID], score: str) -> None:
-        rows = [(str(u), str(x), "NYSE", score, "10", 1, "{}") for u in users for x in assets]
+        rows = [(str(u), str(x), "NYSE", score, "10", "{}") for u in users for x in assets]
         _replace_scores(
             db_conn, rows, user_ids=users, day=day, correlation_id=uuid.uuid4(), computed_at=now
         )
@@ -257,7 +256,7 @@ def test_deleting_users_leaves_no_score_of_theirs(db_conn: Connection) -> None:
     everyone = [*gone, kept]
     _replace_scores(
         db_conn,
-        [(str(u), str(a), "NYSE", "1", "10", 1, "{}") for u in everyone for a in (x, y)],
+        [(str(u), str(a), "NYSE", "1", "10", "{}") for u in everyone for a in (x, y)],
         user_ids=everyone,
         day=DAY,
         correlation_id=uuid.uuid4(),
