@@ -190,7 +190,6 @@ def entries_missing(
     command per chunk instead of two per user."""
     if not versions:
         return []
-    client.script_load(_MISSING)
     keys = [key for user_id, _ in versions for key in entry_keys(user_id, prefix)]
     script = client.register_script(_MISSING)
     found = script(keys=keys, args=[v for _, v in versions])
