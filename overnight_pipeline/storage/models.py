@@ -297,13 +297,14 @@ class CalculationEvent(Base):
     `calculated_at` (`storage.partitions`): the creation time of the calculation's root run,
     so a retried or re-executed step writes into the partition of its first attempt and the
     unique key, which includes it, refuses a duplicate. On SQLite (the demo) a plain table
-    whose `id` is the rowid, with an index on `calculated_at` for the batched retention."""
+    whose `id` is the rowid, with an index on `calculated_at` for the batched retention.
+    Every reader selects by correlation id (the unique key); no index by user (revision
+    0010: no query read it, ≈ 106 bytes per user-night)."""
 
     __tablename__ = "calculation_events"
     __table_args__ = (
         UniqueConstraint("correlation_id", "user_id", "event_type", "calculated_at"),
         CheckConstraint(_in("event_type", EVENT_TYPES), name="known_event_type"),
-        Index("ix_calculation_events_user_created", "user_id", "created_at"),
         {"postgresql_partition_by": "RANGE (calculated_at)"},
     )
 
