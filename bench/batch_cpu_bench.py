@@ -77,8 +77,13 @@ def _timer(spent: dict[str, float], name: str, fn: Callable[..., Any]) -> Callab
 
 
 def _digest(results: list[Any]) -> str:
-    """A hash of everything the batches would write (the write closures' prepared rows)."""
-    h = hashlib.blake2b(digest_size=16)
+    """A hash of everything the batches would write (the write closures' prepared rows),
+    and one per part (table, criteria snapshots, cache entries, counts) after it."""
+    parts: dict[str, Any] = {}
+
+    def part(name: str) -> Any:
+        return parts.setdefault(name, hashlib.blake2b(digest_size=4))
+
     for result in results:
         write = result.write
         cells = dict(
@@ -90,16 +95,16 @@ def _digest(results: list[Any]) -> str:
         )
         prepared = [cells["scores"], *cells["rows"], cells["recommendations"]]
         for rows in prepared:
-            h.update(rows.table.name.encode())
+            h = part(rows.table.name)
             h.update(repr(rows.columns).encode())
             if rows.lines is not None:
                 for line in rows.lines:
                     h.update(line.encode())
             else:
                 h.update(repr(rows.rows).encode())
-        h.update(repr(sorted(cells["criteria_payloads"].items())).encode())
-        h.update(repr(result.cache_entries).encode())
-        h.update(
+        part("criteria").update(repr(sorted(cells["criteria_payloads"].items())).encode())
+        part("cache").update(repr(result.cache_entries).encode())
+        part("counts").update(
             repr(
                 (
                     result.succeeded,
@@ -111,7 +116,12 @@ def _digest(results: list[Any]) -> str:
                 )
             ).encode()
         )
-    return h.hexdigest()
+    whole = hashlib.blake2b(digest_size=16)
+    for name, h in parts.items():
+        whole.update(name.encode() + h.digest())
+    return (
+        whole.hexdigest() + " (" + " ".join(f"{k} {h.hexdigest()}" for k, h in parts.items()) + ")"
+    )
 
 
 def main() -> None:

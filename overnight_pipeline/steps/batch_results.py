@@ -4,16 +4,19 @@ and each user's events (`core.audit`), in one transaction."""
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from sqlalchemy import Connection
 
 from overnight_pipeline.core import audit
 from overnight_pipeline.core.batch import Batch, BatchScores, recommend_batch, score_batch
+from overnight_pipeline.core.batch.arrays import present, run_codes
 from overnight_pipeline.core.cache_documents import cache_documents
 from overnight_pipeline.core.captured_writer import capture_json, criteria_snapshots
 from overnight_pipeline.core.money import FxRates, MissingRateError
@@ -34,6 +37,8 @@ from overnight_pipeline.storage.results import (
     calculation_asset_rows,
 )
 from overnight_pipeline.storage.scores import ScoreRow, user_score_rows, write_scores
+
+_NO_USER = object()
 
 
 @dataclass(frozen=True)
@@ -162,7 +167,7 @@ def process_batch(
         criteria={uid: key for uid, (key, _) in criteria.items()},
     )
     score_rows, asset_rows = _score_rows(scored, holding_markets, texts)
-    holdings_count = batch.holdings.groupby("user_id").size().to_dict()
+    holdings_count = Counter(batch.holdings["user_id"].tolist())
     users = _Users(calc, now)
     for uid in sorted(ok):
         version = versions.get(uid)
@@ -173,7 +178,7 @@ def process_batch(
             scores=texts.payloads.get(uid) or no_scores(version),
             rec=recommended.get(uid),
             error=str(rec_failures.get(uid, "no result")),
-            asset_count=int(holdings_count.get(uid, 0)),
+            asset_count=holdings_count[uid],
         )
     for uid, error in sorted(failed.items()):
         users.unvalued(uid, version=versions.get(uid), error=error)
@@ -222,23 +227,45 @@ def _subset(batch: Batch, users: set[str]) -> Batch:
 
 
 def _rate_failures(batch: Batch, fx: FxRates) -> dict[str, str]:
-    """Users who cannot be valued: a priced holding or the base has no rate."""
-    base = dict(zip(batch.users["user_id"], batch.users["base_currency"], strict=True))
-    failed: dict[str, str] = {}
-    pairs: dict[tuple[str, str], str | None] = {}
+    """Users who cannot be valued: a priced holding or the base has no rate. Each distinct
+    (currency, base) pair of priced holdings is asked once; a failing user keeps the error of
+    its first failing holding."""
     h = batch.holdings
-    for uid, currency, price in zip(h["user_id"], h["currency"], h["price"], strict=True):
-        if price is None or uid in failed:
-            continue
-        pair = (currency, base[uid])
-        if pair not in pairs:
-            try:
-                fx.rate(*pair)
-                pairs[pair] = None
-            except MissingRateError as exc:
-                pairs[pair] = str(exc)
-        if pairs[pair]:
-            failed[uid] = pairs[pair] or ""
+    if not len(h):
+        return {}
+    base = dict(
+        zip(batch.users["user_id"].tolist(), batch.users["base_currency"].tolist(), strict=True)
+    )
+    uids = h["user_id"].to_numpy(dtype=object)
+    users: dict[Any, int] = {}
+    user_code = run_codes(uids, users, grow=True)
+    currencies: dict[Any, int] = {}
+    cur_code = run_codes(h["currency"].to_numpy(dtype=object), currencies, grow=True)
+    priced = present(h["price"].to_numpy(dtype=object))
+    bases = [base.get(u, _NO_USER) for u in users]
+    if _NO_USER in bases:  # a priced holding of a user missing from `users`
+        for i in np.flatnonzero(priced).tolist():
+            if bases[user_code[i]] is _NO_USER:
+                raise KeyError(uids[i])
+    base_values: dict[Any, int] = {}
+    base_code = np.array(
+        [base_values.setdefault(b, len(base_values)) for b in bases], dtype=np.int64
+    )
+    pair = cur_code * len(base_values) + base_code[user_code]
+    cur_list, base_list = list(currencies), list(base_values)
+    errors: dict[int, str] = {}
+    for key in np.unique(pair[priced]).tolist():
+        cur, b = divmod(key, len(base_values))
+        try:
+            fx.rate(cur_list[cur], base_list[b])
+        except MissingRateError as exc:
+            if message := str(exc):
+                errors[key] = message
+    failed: dict[str, str] = {}
+    if errors:
+        bad = priced & np.isin(pair, list(errors))
+        for i in np.flatnonzero(bad).tolist():
+            failed.setdefault(uids[i], errors[int(pair[i])])
     return failed
 
 
@@ -247,23 +274,23 @@ def _score_rows(
     holding_markets: Sequence[str],
     texts: ScoreTexts,
 ) -> tuple[list[ScoreRow], list[tuple[str, str, str]]]:
-    """The `asset_scores` and `calculation_assets` rows of the batch's holdings."""
-    score_rows: list[ScoreRow] = []
-    asset_rows: list[tuple[str, str, str]] = []
-    for uid, aid, asset_market, value, top, summary in zip(
-        scored.holdings["user_id"].tolist(),
-        scored.holdings["asset_id"].tolist(),
-        holding_markets,
-        texts.score,
-        texts.max_possible_score,
-        texts.summary,
-        strict=True,
-    ):
-        # The per-rule breakdown is in SCORES_COMPUTED (the audit trail); the table keeps
-        # the summary the dashboard and SQL users read.
-        score_rows.append((uid, aid, asset_market, value, top, summary))
-        asset_rows.append((aid, uid, value))
-    return score_rows, asset_rows
+    """The `user_scores` and `calculation_assets` rows of the batch's holdings. The per-rule
+    breakdown is in SCORES_COMPUTED (the audit trail); the table keeps the summary the
+    dashboard and SQL users read."""
+    uids = scored.holdings["user_id"].tolist()
+    aids = scored.holdings["asset_id"].tolist()
+    score_rows = list(
+        zip(
+            uids,
+            aids,
+            holding_markets,
+            texts.score,
+            texts.max_possible_score,
+            texts.summary,
+            strict=True,
+        )
+    )
+    return score_rows, list(zip(aids, uids, texts.score, strict=True))
 
 
 def _recommendation_row(

@@ -13,6 +13,8 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import date, datetime
+from itertools import groupby
+from operator import itemgetter
 
 import orjson
 from sqlalchemy import Column, Connection, Date, Integer, MetaData, String, Table, Uuid
@@ -60,8 +62,8 @@ ScoreRow = tuple[str, str, str, str, str, str]
 
 def _grouped(users: Iterable[str], rows: Sequence[ScoreRow]) -> dict[str, list[ScoreRow]]:
     by_user: dict[str, list[ScoreRow]] = {u: [] for u in users}
-    for row in rows:
-        by_user[row[0]].append(row)
+    for user, mine in groupby(rows, itemgetter(0)):  # a user's rows usually come together
+        by_user[user].extend(mine)
     return by_user
 
 
@@ -85,19 +87,26 @@ def user_score_rows(
     if dialect == "postgresql":
         head = f"\t{day.isoformat()}\t"
         tail = f"\t{computed_at.isoformat()}\t{correlation_id}\t"
-        return Rows(
-            user_scores_table,
-            COLUMNS,
-            lines=[
-                f"{u}{head}{versions[u]}{tail}"
-                f"{{{','.join(r[1] for r in mine)}}}\t"
-                + copy_escaped("{" + ",".join(_array_text(r[2]) for r in mine) + "}")
-                + f"\t{{{','.join(r[3] for r in mine)}}}\t{{{','.join(r[4] for r in mine)}}}\t"
-                + copy_escaped_json("[" + ",".join(r[5] for r in mine) + "]")
+        # A user's markets are mostly the same few: their array's COPY text made once each.
+        markets: dict[tuple[str, ...], str] = {}
+        lines = []
+        for u, mine in grouped.items():
+            if mine:
+                _, asset_ids, held, scores, maxima, summaries = zip(*mine, strict=True)
+            else:
+                asset_ids = held = scores = maxima = summaries = ()
+            market_text = markets.get(held)
+            if market_text is None:
+                market_text = markets[held] = copy_escaped(
+                    "{" + ",".join(map(_array_text, held)) + "}"
+                )
+            lines.append(
+                f"{u}{head}{versions[u]}{tail}{{{','.join(asset_ids)}}}\t{market_text}"
+                f"\t{{{','.join(scores)}}}\t{{{','.join(maxima)}}}\t"
+                + copy_escaped_json("[" + ",".join(summaries) + "]")
                 + "\n"
-                for u, mine in grouped.items()
-            ],
-        )
+            )
+        return Rows(user_scores_table, COLUMNS, lines=lines)
     return Rows(
         user_scores_table,
         COLUMNS,
