@@ -1,6 +1,19 @@
 """`SCORES_COMPUTED`: each user's scores as the run computed them, written and read back.
 
-Format 2 (`"format": 2`, written since issue 15) says each fact once, as column lists:
+Format 3 (`"format": 3`, written since issue 25) keeps what the rules decided and nothing
+that follows from it: per holding its score and one breakdown row per applicable rule,
+
+    {"format": 3,
+     "scores": [["12.0000", [["dy", true, 12, null], ["pe", false, 0, "missing_fundamental"]]]]}
+
+Row i scores holding i of the same calculation's `INPUTS_CAPTURED`, as in format 2. What
+format 2 also said is derived from these rows and the user's criteria rules (`full_scores`
+puts it back): `criteriaCount` is the number of breakdown rows, `maxPossibleScore` the sum
+of the positive points of their rules, `topContributor` the metric of the matched rule with
+the most points (the first on a tie), `criteriaVersion` is `INPUTS_CAPTURED`'s, and the
+column names are the format's.
+
+Format 2 (`"format": 2`, written from issue 15 to issue 25) says each fact once, as column lists:
 
     {"format": 2, "criteriaVersion": 3,
      "columns": ["score", "maxPossibleScore", "criteriaCount", "topContributor", "breakdown"],
@@ -14,7 +27,8 @@ each and incompressible, were half the stored bytes of the event). One breakdown
 applicable rule in document order. A rule's `actualValue` is not repeated: it is the asset's value of the rule's metric
 in the market snapshot referenced by the user's `INPUTS_CAPTURED` (null when the rule was
 skipped); `full_scores` puts it back. Format 1 (no `format` key, written before) is
-`{"criteriaVersion", "scores": [AssetScore.to_json(), ...]}`. Both are read.
+`{"criteriaVersion", "scores": [AssetScore.to_json(), ...]}`. All three are read, and
+written (the replay writes each stored event's own format).
 """
 
 from __future__ import annotations
@@ -32,9 +46,10 @@ import pandas as pd
 from overnight_pipeline.core.batch import BatchScores
 from overnight_pipeline.core.captured_reader import self_contained, snapshot_keys
 from overnight_pipeline.core.money import parse_decimal
-from overnight_pipeline.core.scoring import AssetScore, RuleOutcome
+from overnight_pipeline.core.scoring import SCORE_PLACES, AssetScore, RuleOutcome
 
-SCORES_FORMAT = 2
+SCORES_FORMAT = 3
+FORMATS = (1, 2, 3)
 SCORE_COLUMNS = ("score", "maxPossibleScore", "criteriaCount", "topContributor", "breakdown")
 FORMAT_1_COLUMNS = ("assetId", *SCORE_COLUMNS)
 BREAKDOWN_COLUMNS = ("criterionId", "matched", "pointsAwarded", "skippedReason")
@@ -90,10 +105,11 @@ def score_json(
     *,
     format: int = SCORES_FORMAT,
 ) -> ScoreTexts:
-    """`SCORES_COMPUTED` of every user of a scored batch as JSON text, in `format` (2; 1 is
-    the shape written before, `AssetScore.to_json()` of each holding, for replaying it)."""
-    if format not in (1, 2):
-        raise ValueError(f"format: SCORES_COMPUTED has formats 1 and 2, not {format!r}")
+    """`SCORES_COMPUTED` of every user of a scored batch as JSON text, in `format` (3; 2 and
+    1 are the shapes written before, for replaying them: 1 is `AssetScore.to_json()` of each
+    holding)."""
+    if format not in FORMATS:
+        raise ValueError(f"format: SCORES_COMPUTED has formats 1, 2 and 3, not {format!r}")
     s = scores.holdings
     n = len(s)
     asset_ids = s["asset_id"].tolist()
@@ -116,9 +132,9 @@ def score_json(
     ]
     bounds = np.searchsorted(b["holding"].to_numpy(), np.arange(n + 1)).tolist() if n else [0]
     rows: list[Any] = (
-        list(zip(*columns, strict=True))
-        if format == 2
-        else _format_1_rules(columns, b["actual_value"].tolist())
+        _format_1_rules(columns, b["actual_value"].tolist())
+        if format == 1
+        else list(zip(*columns, strict=True))
     )
     starts, ends = bounds[:-1], bounds[1:]
     per_holding = [asset_ids, score_text, max_text, counts, tops, starts, ends]
@@ -137,6 +153,11 @@ def score_json(
         version = criteria_versions.get(uid)
         version = None if version is None else int(version)
         breakdowns = [rows[lo:hi] for lo, hi in zip(los[a:z], his[a:z], strict=True)]
+        if format == 3:
+            payloads[uid] = orjson.dumps(
+                {"format": 3, "scores": list(zip(sts[a:z], breakdowns, strict=True))}
+            ).decode()
+            continue
         heads = zip(sts[a:z], mts[a:z], cs[a:z], ts[a:z], breakdowns, strict=True)
         doc: dict[str, Any] = (
             {
@@ -163,6 +184,8 @@ def no_scores(criteria_version: int | None, *, format: int = SCORES_FORMAT) -> d
     """The `SCORES_COMPUTED` document of a user without holdings (nothing scored)."""
     if format == 1:
         return {"criteriaVersion": criteria_version, "scores": []}
+    if format == 3:
+        return {"format": 3, "scores": []}
     return {
         "format": 2,
         "criteriaVersion": criteria_version,
@@ -204,13 +227,13 @@ def _user_spans(user_ids: np.ndarray) -> tuple[list[Any], list[int], list[int] |
 
 
 def payload_format(payload: Any) -> int:
-    """The format of a `SCORES_COMPUTED` payload (1 or 2); a payload that is neither
-    raises `ScoresPayloadError`."""
+    """The format of a `SCORES_COMPUTED` payload (1, 2 or 3); a payload that is none of
+    them raises `ScoresPayloadError`."""
     if not isinstance(payload, Mapping):
         raise ScoresPayloadError("payload", "must be a JSON object", payload)
     found = payload.get("format", 1)
-    if type(found) is not int or found not in (1, 2):
-        raise ScoresPayloadError("format", "must be 2, or absent for format 1", found)
+    if type(found) is not int or found not in FORMATS:
+        raise ScoresPayloadError("format", "must be 2 or 3, or absent for format 1", found)
     return found
 
 
@@ -230,30 +253,34 @@ def full_scores(
     inputs_captured: Mapping[str, Any],
     snapshots: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, AssetScore]:
-    """The scores a `SCORES_COMPUTED` payload (either format) records, in full: per asset
-    (format 2: the asset of the same row of the holdings) every applicable rule with its
-    metric and `actualValue`, read from the user's `INPUTS_CAPTURED` of the same calculation and the snapshots it references (`snapshots`:
-    hash → payload, as `storage.overnight.snapshots` returns them). `AssetScore.to_json()`
-    of each is the format-1 entry; `scoring.replay` of the same inputs gives equal objects
-    when nothing was altered."""
+    """The scores a `SCORES_COMPUTED` payload (any format) records, in full: per asset
+    (formats 2 and 3: the asset of the same row of the holdings) every applicable rule with
+    its metric and `actualValue`, read from the user's `INPUTS_CAPTURED` of the same
+    calculation and the snapshots it references (`snapshots`: hash → payload, as
+    `storage.events.snapshots` returns them); format 3's maximum and top contributor
+    derived from the rules. `AssetScore.to_json()` of each is the format-1 entry;
+    `scoring.replay` of the same inputs gives equal objects when nothing was altered."""
     fmt = payload_format(payload)
     missing = [k for k in snapshot_keys(inputs_captured) if snapshots is None or k not in snapshots]
     if missing:
         raise ValueError(f"full_scores needs the snapshot {', '.join(missing)}")
     inputs = self_contained(inputs_captured, snapshots or {})
     metric_of = {r["id"]: r["metric"] for r in inputs["criteria"]["rules"]}
+    points_of = {r["id"]: int(r["points"]) for r in inputs["criteria"]["rules"]}
     values: Mapping[str, Mapping[str, Any]] = inputs.get("fundamentals", {})
     listed, held = _score_rows(payload, fmt, inputs)
     out: dict[str, AssetScore] = {}
     for i, entry in enumerate(listed):
         where = f"scores[{i}]"
-        row_asset = held[i] if fmt == 2 else None
+        row_asset = held[i] if fmt != 1 else None
         aid, score, top_score, top, breakdown = _score_head(entry, fmt, where, row_asset)
         fundamentals = values.get(aid, {})
         outcomes = tuple(
             _outcome(rule, fmt, f"{where}.breakdown[{j}]", metric_of, fundamentals)
             for j, rule in enumerate(breakdown)
         )
+        if fmt == 3:
+            top_score, top = _derived(outcomes, points_of)
         out[aid] = AssetScore(
             asset_id=aid,
             score=_decimal(score, f"{where}.score"),
@@ -262,6 +289,18 @@ def full_scores(
             breakdown=outcomes,
         )
     return out
+
+
+def _derived(outcomes: tuple[RuleOutcome, ...], points_of: Mapping[str, int]) -> tuple[str, Any]:
+    """Format 3's maximum (as text) and top contributor, from the rules of the breakdown as
+    `scoring.score_asset` computes them: the sum of their positive points, the metric of the
+    matched rule with the most points (the first of equals)."""
+    best: tuple[int, str] | None = None
+    for o in outcomes:
+        if o.matched and (best is None or points_of[o.criterion_id] > best[0]):
+            best = (points_of[o.criterion_id], o.metric)
+    most = sum(p for p in (points_of[o.criterion_id] for o in outcomes) if p > 0)
+    return format(Decimal(most).quantize(SCORE_PLACES), "f"), None if best is None else best[1]
 
 
 def _score_rows(
@@ -277,7 +316,7 @@ def _score_rows(
     if not isinstance(listed, list):
         raise ScoresPayloadError("scores", "must be a list", listed)
     held = [h["assetId"] for h in inputs["holdings"]]
-    if fmt == 2 and len(listed) != len(held):
+    if fmt != 1 and len(listed) != len(held):
         raise ScoresPayloadError(
             "scores", f"must have one row per holding of INPUTS_CAPTURED ({len(held)})", listed
         )
@@ -287,8 +326,15 @@ def _score_rows(
 def _score_head(
     entry: Any, fmt: int, where: str, row_asset: Any
 ) -> tuple[str, Any, Any, str | None, list[Any]]:
-    """One asset's row checked: its asset id (format 2: `row_asset`, the asset of the same
-    row of the holdings), score and maximum (unparsed), top contributor and breakdown."""
+    """One asset's row checked: its asset id (formats 2 and 3: `row_asset`, the asset of the
+    same row of the holdings), score and maximum (unparsed; format 3: none yet), top
+    contributor (format 3: none yet) and breakdown."""
+    if fmt == 3:
+        if not isinstance(entry, list) or len(entry) != 2:
+            raise ScoresPayloadError(where, "must be a list of 2 (score, breakdown)", entry)
+        score, breakdown = entry
+        _expect(isinstance(breakdown, list), f"{where}.breakdown", "must be a list", breakdown)
+        return row_asset, score, "0", None, breakdown
     if fmt == 2:
         if not isinstance(entry, list) or len(entry) != len(SCORE_COLUMNS):
             raise ScoresPayloadError(where, f"must be a list of {len(SCORE_COLUMNS)}", entry)
@@ -317,9 +363,9 @@ def _outcome(
     metric_of: Mapping[str, str],
     fundamentals: Mapping[str, Any],
 ) -> RuleOutcome:
-    """One breakdown row checked, with its metric and `actualValue` put back (format 2:
-    the asset's value of the metric in the captured inputs, null when skipped)."""
-    if fmt == 2:
+    """One breakdown row checked, with its metric and `actualValue` put back (formats 2 and
+    3: the asset's value of the metric in the captured inputs, null when skipped)."""
+    if fmt != 1:
         if not isinstance(rule, list) or len(rule) != len(BREAKDOWN_COLUMNS):
             raise ScoresPayloadError(at, f"must be a list of {len(BREAKDOWN_COLUMNS)}", rule)
         cid, matched, points, skipped = rule
@@ -339,7 +385,7 @@ def _outcome(
         isinstance(skipped, str | None), f"{at}.skippedReason", "must be a string or null", skipped
     )
     metric = metric_of[cid]
-    if fmt == 2:
+    if fmt != 1:
         actual = None if skipped is not None else fundamentals.get(metric)
     else:
         actual = rule.get("actualValue")

@@ -202,10 +202,26 @@ def score_documents(scores: BatchScores) -> list[dict[str, Any]]:
     ]
 
 
-def compact_scores(criteria_version: int | None, entries: list[dict[str, Any]]) -> dict[str, Any]:
+def compact_scores(
+    criteria_version: int | None, entries: list[dict[str, Any]], *, format: int = 3
+) -> dict[str, Any]:
     """`SCORES_COMPUTED` of format 2 from the full entries (`score_documents`, in holding
     order): the same facts as column lists, without `assetId` (the row's holding names it)
-    and `actualValue`."""
+    and `actualValue`; format 3: of each entry its score and breakdown rows only."""
+    if format == 3:
+        return {
+            "format": 3,
+            "scores": [
+                [
+                    e["score"],
+                    [
+                        [b["criterionId"], b["matched"], b["pointsAwarded"], b["skippedReason"]]
+                        for b in e["breakdown"]
+                    ],
+                ]
+                for e in entries
+            ],
+        }
     return {
         "format": 2,
         "criteriaVersion": criteria_version,

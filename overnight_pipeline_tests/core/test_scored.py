@@ -1,5 +1,6 @@
-"""`SCORES_COMPUTED`: format 2 as written, format 1 still read, the full per-rule view
-(actualValue included) put back from the events and the snapshots, garbled payloads named."""
+"""`SCORES_COMPUTED`: format 3 as written, formats 2 and 1 still read (and written for the
+replay), the full per-rule view (actualValue, and format 3's maximum and top contributor,
+included) put back from the events and the snapshots, garbled payloads named."""
 
 from __future__ import annotations
 
@@ -123,11 +124,43 @@ KNOWN = {
 }
 
 
-def _known_scores() -> tuple[Any, dict[str, Any]]:
+# The same calculation in format 3: each holding's score and breakdown, nothing derived.
+KNOWN_3: dict[str, Any] = {
+    "format": 3,
+    "scores": [
+        ["10.0000", [["dy", True, 10, None], ["pe", False, 0, None], ["roe", False, 0, None]]],
+        [
+            "3.0000",
+            [
+                ["dy", False, 0, "missing_fundamental"],
+                ["pe", True, 5, None],
+                ["roe", True, -2, None],
+            ],
+        ],
+        ["0.0000", []],
+    ],
+}
+
+
+def _known_scores(fmt: int = 2) -> tuple[Any, dict[str, Any]]:
     batch = known_batch()
     scored = score_batch(batch.holdings, batch.rules, batch.fundamentals)
     texts = capture_json(batch, FX_AT, market="NYSE", market_date=DAY, criteria_versions={"u1": 3})
-    return score_json(scored, {"u1": 3}), orjson.loads(texts["u1"][0])
+    return score_json(scored, {"u1": 3}, format=fmt), orjson.loads(texts["u1"][0])
+
+
+def test_format_3_of_a_known_batch_is_exactly_this_document() -> None:
+    out, captured = _known_scores(3)
+    assert out.payloads == {"u1": orjson.dumps(KNOWN_3).decode()}
+    assert out.payloads["u1"] == (
+        '{"format":3,"scores":[["10.0000",[["dy",true,10,null],["pe",false,0,null],'
+        '["roe",false,0,null]]],["3.0000",[["dy",false,0,"missing_fundamental"],'
+        '["pe",true,5,null],["roe",true,-2,null]]],["0.0000",[]]]}'
+    )
+    assert score_json(*_scored_known()).payloads == out.payloads  # the format written
+    # What format 2 said besides is derived again: the same full view from either.
+    assert full_scores(KNOWN_3, captured) == full_scores(KNOWN, captured)
+    assert out.max_possible_score == ["15.0000", "15.0000", "0.0000"]
 
 
 def test_format_2_of_a_known_batch_is_exactly_this_document() -> None:
@@ -206,7 +239,8 @@ def test_the_full_view_from_format_2_and_the_snapshots_is_what_format_1_held(b) 
     }
     scored = score_batch(batch.holdings, batch.rules, batch.fundamentals)
     new, old = score_json(scored, versions), score_json(scored, versions, format=1)
-    assert new.payloads.keys() == old.payloads.keys()
+    two = score_json(scored, versions, format=2)
+    assert new.payloads.keys() == old.payloads.keys() == two.payloads.keys()
     assert (new.score, new.max_possible_score, new.summary) == (
         old.score,
         old.max_possible_score,
@@ -214,8 +248,9 @@ def test_the_full_view_from_format_2_and_the_snapshots_is_what_format_1_held(b) 
     )
     for uid, text in new.payloads.items():
         payload, before = orjson.loads(text), orjson.loads(old.payloads[uid])
-        assert payload_format(payload) == 2 and payload_format(before) == 1
-        assert payload["criteriaVersion"] == before["criteriaVersion"] == versions[uid]
+        format_2 = orjson.loads(two.payloads[uid])
+        assert payload_format(payload) == 3 and payload_format(before) == 1
+        assert format_2["criteriaVersion"] == before["criteriaVersion"] == versions[uid]
         expected = replay(orjson.loads(captured[1][uid][0]))
         assert [s.to_json() for s in expected.values()] == before["scores"]
         for fmt, texts in captured.items():
@@ -224,6 +259,7 @@ def test_the_full_view_from_format_2_and_the_snapshots_is_what_format_1_held(b) 
             full = full_scores(payload, doc, shared)
             assert [s.to_json() for s in full.values()] == before["scores"]
             assert full == expected == full_scores(before, doc, shared)
+            assert full == full_scores(format_2, doc, shared)
 
 
 @settings(max_examples=50, deadline=None)
@@ -241,7 +277,7 @@ def test_a_users_rows_apart_give_the_same_documents(b) -> None:
     moved = score_batch(apart, batch.rules, batch.fundamentals)
     scored = score_batch(together.reset_index(drop=True), batch.rules, batch.fundamentals)
     back = together.index.tolist()  # row i of `together` is row back[i] of `apart`
-    for fmt in (1, 2):
+    for fmt in (1, 2, 3):
         expected, out = (
             score_json(scored, versions, format=fmt),
             score_json(moved, versions, format=fmt),
@@ -252,10 +288,11 @@ def test_a_users_rows_apart_give_the_same_documents(b) -> None:
 
 
 def test_a_user_without_holdings_has_an_empty_document_in_each_format() -> None:
-    assert no_scores(4)["scores"] == [] and payload_format(no_scores(4)) == 2
+    assert no_scores(4) == {"format": 3, "scores": []} and payload_format(no_scores(4)) == 3
+    assert no_scores(4, format=2)["scores"] == [] and payload_format(no_scores(4, format=2)) == 2
     assert no_scores(None, format=1) == {"criteriaVersion": None, "scores": []}
     with pytest.raises(ValueError, match="format"):
-        score_json(*_scored_known(), format=3)
+        score_json(*_scored_known(), format=4)
 
 
 def test_same_document_counts_types_not_key_order() -> None:
@@ -279,7 +316,7 @@ def _set(path: tuple[Any, ...], value: Any) -> Any:
 
 GARBLED = {
     "not an object": (lambda d: [d], "payload"),
-    "unknown format": (_set(("format",), 3), "format"),
+    "unknown format": (_set(("format",), 4), "format"),
     "format true": (_set(("format",), True), "format"),
     "columns reordered": (
         _set(("columns",), ["maxPossibleScore", "score", *KNOWN["columns"][2:]]),
@@ -316,6 +353,26 @@ def test_a_garbled_payload_is_refused_naming_the_field(garble: Any, field: str) 
     assert full_scores(KNOWN, captured)  # the document itself is read
     with pytest.raises(ScoresPayloadError, match=re.escape(f"SCORES_COMPUTED {field}: ")) as info:
         full_scores(garble(KNOWN), captured)
+    assert info.value.field == field
+
+
+GARBLED_3 = {
+    "a row per holding": (lambda d: {**d, "scores": d["scores"][:2]}, "scores"),
+    "format 2's row": (_set(("scores", 0), ["10.0000", "15.0000", 3, "dy", []]), "scores[0]"),
+    "score not a decimal": (_set(("scores", 0, 0), "ten"), "scores[0].score"),
+    "breakdown a string": (_set(("scores", 1, 1), "dy,pe"), "scores[1].breakdown"),
+    "rule row short": (_set(("scores", 1, 1, 2), ["roe", True]), "scores[1].breakdown[2]"),
+    "unknown rule": (_set(("scores", 1, 1, 0, 0), "nope"), "scores[1].breakdown[0].criterionId"),
+    "matched 1": (_set(("scores", 0, 1, 0, 1), 1), "scores[0].breakdown[0].matched"),
+}
+
+
+@pytest.mark.parametrize(("garble", "field"), GARBLED_3.values(), ids=GARBLED_3.keys())
+def test_a_garbled_format_3_payload_is_refused_naming_the_field(garble: Any, field: str) -> None:
+    _, captured = _known_scores()
+    assert full_scores(KNOWN_3, captured)
+    with pytest.raises(ScoresPayloadError, match=re.escape(f"SCORES_COMPUTED {field}: ")) as info:
+        full_scores(garble(KNOWN_3), captured)
     assert info.value.field == field
 
 

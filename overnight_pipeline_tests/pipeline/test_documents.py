@@ -51,6 +51,7 @@ def test_json_text_documents_equal_the_dict_documents(b) -> None:
     scored = score_batch(batch.holdings, batch.rules, batch.fundamentals)
     dicts = score_documents(scored)
     out = score_json(scored, versions)
+    two = score_json(scored, versions, format=2)
     old = score_json(scored, versions, format=1)
     by_user: dict[str, list[dict]] = {}
     for uid, doc in zip(scored.holdings["user_id"], dicts, strict=True):
@@ -58,6 +59,7 @@ def test_json_text_documents_equal_the_dict_documents(b) -> None:
     assert out.payloads.keys() == old.payloads.keys() == by_user.keys()
     for uid, scores in by_user.items():
         assert orjson.loads(out.payloads[uid]) == compact_scores(versions[uid], scores)
+        assert orjson.loads(two.payloads[uid]) == compact_scores(versions[uid], scores, format=2)
         assert orjson.loads(old.payloads[uid]) == {
             "criteriaVersion": versions[uid],
             "scores": scores,
@@ -68,6 +70,7 @@ def test_json_text_documents_equal_the_dict_documents(b) -> None:
         replayed = replay(captured)
         assert [s.to_json() for s in replayed.values()] == scores
         assert full_scores(orjson.loads(out.payloads[uid]), captured) == replayed
+        assert full_scores(orjson.loads(two.payloads[uid]), captured) == replayed
     assert out.score == old.score == [d["score"] for d in dicts]
     assert out.max_possible_score == old.max_possible_score
     assert out.score == [d["score"] for d in dicts]

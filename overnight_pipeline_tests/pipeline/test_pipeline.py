@@ -178,9 +178,9 @@ def test_a_partition_runs_end_to_end_and_a_broken_user_fails_alone(pipeline: Pip
         assert {a: s.score for a, s in replayed.items()} == {
             a: stored_scores[(user_id, a)] for a in replayed
         }
-        # The event (format 2) with the snapshots gives the full per-rule view back.
+        # The event (format 3) with the snapshots gives the full per-rule view back.
         stored = user_events["SCORES_COMPUTED"]
-        assert stored["format"] == 2
+        assert stored["format"] == 3
         full = full_scores(stored, captured, shared)
         assert [s.to_json() for s in full.values()] == [s.to_json() for s in replayed.values()]
         # The persisted recommendation is what the core computes from the same inputs.

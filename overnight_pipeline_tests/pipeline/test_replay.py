@@ -1,5 +1,5 @@
-"""`replay_sample` on `SCORES_COMPUTED`: new events replay exactly, events of format 1
-still replay, and an event that was altered or garbled is reported, naming the user."""
+"""`replay_sample` on `SCORES_COMPUTED`: new events replay exactly, events of formats 2
+and 1 still replay, and an event that was altered or garbled is reported, naming the user."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from overnight_pipeline.steps.calculation import score_and_recommend
 from overnight_pipeline.steps.replay import replay_sample
 from overnight_pipeline.storage.events import snapshots
 from overnight_pipeline.storage.models import calculation_events_table
+from overnight_pipeline_tests.core.documents import compact_scores
 from overnight_pipeline_tests.support.priced import DAY, KW, priced_nyse_engine
 
 
@@ -65,7 +66,7 @@ def as_format_1(engine: Engine, cid: uuid.UUID) -> dict[str, dict[str, Any]]:
     captured, shared = inputs(engine, cid)
     return {
         uid: {
-            "criteriaVersion": payload["criteriaVersion"],
+            "criteriaVersion": captured[uid]["criteria"]["version"],
             "scores": [s.to_json() for s in full_scores(payload, captured[uid], shared).values()],
         }
         for uid, payload in events(engine, cid, "SCORES_COMPUTED").items()
@@ -86,10 +87,36 @@ def test_new_events_replay_exactly_and_hold_the_full_view(engine: Engine) -> Non
     assert len(outcome.checked) == outcome.users > 0 and outcome.mismatches == []
     captured, shared = inputs(engine, cid)
     for uid, payload in events(engine, cid, "SCORES_COMPUTED").items():
-        assert payload["format"] == 2
+        assert payload["format"] == 3
         doc = captured[uid]
         criteria = shared[doc["criteria"]["snapshot"]]
         assert full_scores(payload, doc, shared) == replay(doc, shared[doc["snapshot"]], criteria)
+
+
+def test_events_of_format_2_still_replay_and_a_changed_maximum_is_found(engine: Engine) -> None:
+    cid = calculate(engine)
+    captured, shared = inputs(engine, cid)
+    old = {
+        uid: compact_scores(
+            captured[uid]["criteria"]["version"],
+            [s.to_json() for s in full_scores(payload, captured[uid], shared).values()],
+            format=2,
+        )
+        for uid, payload in events(engine, cid, "SCORES_COMPUTED").items()
+    }
+    for uid, payload in old.items():
+        rewrite(engine, cid, uid, payload)
+    assert events(engine, cid, "SCORES_COMPUTED") == old
+    outcome = replay_sample(engine, correlation_id=cid, day=DAY)
+    assert outcome.checked and outcome.mismatches == []
+    # Format 2 says the maximum itself: one changed is found.
+    uid, changed = next((u, copy.deepcopy(p)) for u, p in old.items() if p["scores"])
+    changed["scores"][0][1] = "999.0000"
+    rewrite(engine, cid, uid, changed)
+    outcome = replay_sample(engine, correlation_id=cid, day=DAY)
+    assert outcome.mismatches == [
+        {"user": uid, "what": "SCORES_COMPUTED differs from the replayed scores"}
+    ]
 
 
 def test_events_of_format_1_still_replay_and_a_changed_actual_value_is_found(
@@ -119,7 +146,7 @@ def test_events_of_format_1_still_replay_and_a_changed_actual_value_is_found(
 
 
 def _first_rule(doc: dict[str, Any]) -> list[Any]:
-    return next(row for asset in doc["scores"] for row in asset[4])
+    return next(row for asset in doc["scores"] for row in asset[-1])  # the breakdown, last
 
 
 def _flip_matched(doc: dict[str, Any]) -> None:
@@ -146,9 +173,10 @@ def _score_other_digits(doc: dict[str, Any]) -> None:
 
 
 def _rule_dropped(doc: dict[str, Any]) -> None:
-    asset = next(a for a in doc["scores"] if a[4])
-    asset[4].pop()
-    asset[2] -= 1
+    asset = next(a for a in doc["scores"] if a[-1])
+    asset[-1].pop()
+    if len(asset) == 5:  # format 2 counts them
+        asset[2] -= 1
 
 
 def _assets_swapped(doc: dict[str, Any]) -> None:
@@ -156,7 +184,7 @@ def _assets_swapped(doc: dict[str, Any]) -> None:
 
 
 def _skip_reason_cleared(doc: dict[str, Any]) -> None:
-    rule = next((r for a in doc["scores"] for r in a[4] if r[3]), None)
+    rule = next((r for a in doc["scores"] for r in a[-1] if r[3]), None)
     if rule is None:
         pytest.skip("no skipped rule in this seed")
     rule[3] = None
@@ -175,7 +203,7 @@ TAMPERED: dict[str, Callable[[dict[str, Any]], None]] = {
 
 
 @pytest.mark.parametrize("tamper", TAMPERED.values(), ids=TAMPERED.keys())
-def test_an_altered_event_of_format_2_is_found(
+def test_an_altered_event_of_the_written_format_is_found(
     engine: Engine, tamper: Callable[[dict[str, Any]], None]
 ) -> None:
     cid = calculate(engine)
@@ -195,7 +223,10 @@ def test_an_altered_event_of_format_2_is_found(
 @pytest.mark.parametrize(
     ("payload", "what"),
     [
-        ({"format": 9, "scores": []}, "SCORES_COMPUTED format: must be 2, or absent for format 1"),
+        (
+            {"format": 9, "scores": []},
+            "SCORES_COMPUTED format: must be 2 or 3, or absent for format 1",
+        ),
         (["not", "an", "object"], "SCORES_COMPUTED payload: must be a JSON object"),
         ("text", "SCORES_COMPUTED payload: must be a JSON object"),
     ],
