@@ -7,7 +7,7 @@ Create Date: 2026-12-07
 Issue 25 (bytes per user-night): no query reads the events by user and time. Every reader
 (`storage.events`, `storage.job_runs`, the replay, the benchmarks) selects by correlation
 id, served by the unique key (correlation_id, user_id, event_type, calculated_at) that
-SPEC §4 requires; the index on (user_id, created_at) cost ≈ 106 bytes per user-night (four
+BEHAVIOUR §4 requires; the index on (user_id, created_at) cost ≈ 106 bytes per user-night (four
 entries) and its maintenance on every event written. The downgrade builds it again.
 """
 
