@@ -272,6 +272,23 @@ def _rows(conn: Connection, statement: Executable) -> Iterator[Any]:
 _SLICE = 500
 
 
+# A batch's reads select a thousandth of each table or less, by user id: through the
+# user_id indexes whatever the planner's statistics say (at 10,000 users it chose a parallel
+# sequential scan of all holdings, asset_classes and users for each batch, hashing every
+# row's id: the CPU of ten batches per batch, and two parallel workers' start per query
+# besides, at the price of a little wall time saved while the other core was busy anyway);
+# JIT off because a plan with a sequential scan left in costs above its thresholds then.
+# docs/PERFORMANCE.md, "The lean night (issue 25)".
+READ_SETTINGS = {
+    "enable_seqscan": "off",
+    "max_parallel_workers_per_gather": "0",
+    "jit": "off",
+}
+_READ_SETTINGS_SQL = "SELECT " + ", ".join(
+    f"set_config('{name}', '{value}', true)" for name, value in READ_SETTINGS.items()
+)
+
+
 @contextmanager
 def snapshot_reads(engine: Engine) -> Iterator[Connection]:
     """A connection whose reads all see one committed state of the database, for everything
@@ -281,10 +298,13 @@ def snapshot_reads(engine: Engine) -> Iterator[Connection]:
     first statement; both modes are reset when the connection goes back to the pool).
     SQLite: one deferred transaction, begun explicitly because the driver runs each SELECT
     outside any transaction; in WAL mode its first read fixes the snapshot and writers go on.
-    Rolled back at the end: it only reads."""
+    Rolled back at the end: it only reads.
+
+    PostgreSQL plans the batch's reads with `READ_SETTINGS`, for that transaction only."""
     with engine.connect() as conn:
         if conn.dialect.name == "postgresql":
             conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
+            conn.exec_driver_sql(_READ_SETTINGS_SQL)
         elif conn.dialect.name == "sqlite":
             conn.exec_driver_sql("BEGIN")
         try:
@@ -448,7 +468,19 @@ def _holdings(
     conn: Connection, within: _Within, prices: dict[str, tuple[Decimal, str, datetime]]
 ) -> tuple[list[tuple[Any, ...]], list[str]]:
     """The holdings' rows, priced from `prices`, and the market of each."""
-    h, a, c = holdings_table, assets_table, asset_classes_table
+    h, c = holdings_table, asset_classes_table
+    # The assets numbered in (market, symbol) order (unique): the holdings are sorted by
+    # (user, that number), the order of (user, market, symbol) at a fraction of its cost (a
+    # user's ≈ 30 holdings tie on the id, and each tie compared two strings).
+    a = select(
+        assets_table.c.id,
+        func.row_number()
+        .over(order_by=(assets_table.c.market, assets_table.c.symbol))
+        .label("rank"),
+        assets_table.c.market,
+        assets_table.c.symbol,
+        assets_table.c.currency,
+    ).subquery("a")
     no_quote = (None, None, None)
     holdings = []
     markets = []
@@ -459,6 +491,7 @@ def _holdings(
         _after_sort(
             select(
                 h.c.user_id,
+                a.c.rank,
                 h.c.asset_id,
                 a.c.market,
                 a.c.symbol,
@@ -469,10 +502,11 @@ def _holdings(
             .join(a, a.c.id == h.c.asset_id)
             .join(c, and_(c.c.user_id == h.c.user_id, c.c.id == h.c.asset_class_id))
             .where(within(h.c.user_id), within(c.c.user_id))
-            .order_by(h.c.user_id, a.c.market, a.c.symbol),
-            order=("user_id", "market", "symbol"),
+            .order_by(h.c.user_id, a.c.rank),
+            order=("user_id", "rank"),
             ids=("user_id", "asset_id"),
             numerics=("quantity",),
+            hidden=("rank",),
         ),
     ):
         quote = prices.get(aid, no_quote)
