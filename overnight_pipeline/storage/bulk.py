@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -112,24 +113,21 @@ def upsert_lines(
     newer: str | None = None,
 ) -> None:
     """PostgreSQL only: `upsert` of rows already formatted as COPY text `lines` (`copy_text`):
-    COPY into a temporary table of `columns` (dropped at the end of the transaction), then
-    one `INSERT … SELECT … ON CONFLICT` for them all, with `upsert`'s rules (only where a
-    column differs; with `newer`, never over a stored row whose value is later). The staged
-    columns are of the table's types except JSON, staged as text and cast in the SELECT: a
-    document then enters the table once, compressed with the table's own TOAST method."""
+    COPY into a temporary table of `columns` (`_staging_table`), then one `INSERT … SELECT …
+    ON CONFLICT` for them all, with `upsert`'s rules (only where a column differs; with
+    `newer`, never over a stored row whose value is later). The staged columns are of the
+    table's types except JSON, staged as text and cast in the SELECT: a document then enters
+    the table once, compressed with the table's own TOAST method."""
     if not lines:
         return
     types = {c: table.c[c].type for c in columns}
     staged_types = {c: Text() if isinstance(t, JSON) else t for c, t in types.items()}
-    staged = Table(
-        f"staged_{table.name}", MetaData(), *(Column(c, staged_types[c]) for c in columns)
-    )
     ddl = ", ".join(f"{c} {staged_types[c].compile(dialect=conn.dialect)}" for c in columns)
-    raw = conn.connection.driver_connection
-    assert raw is not None
-    with raw.cursor() as cur:  # type: ignore[attr-defined]
-        cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {staged.name} ({ddl}) ON COMMIT DROP")
-        cur.execute(f"TRUNCATE {staged.name}")
+    staged = Table(
+        _staging_table(conn, table.name, ddl),
+        MetaData(),
+        *(Column(c, staged_types[c]) for c in columns),
+    )
     copy_text(conn, staged, columns, lines)
     source = select(
         *(
@@ -139,6 +137,27 @@ def upsert_lines(
     )
     stmt = postgresql.insert(table).from_select(list(columns), source)
     conn.execute(_on_conflict(stmt, table, key, update, None, newer))
+
+
+def _staging_table(conn: Connection, name: str, ddl: str) -> str:
+    """The name of this session's temporary table of columns `ddl` for staging rows of the
+    table `name`, created on the connection's first use: emptied at each commit (ON COMMIT
+    DELETE ROWS, in place) rather than created and dropped in every transaction (catalog rows
+    written and deleted each time, and autovacuum may be off), and never TOAST-compressed
+    (`toast_tuple_target` at its maximum: a staged row is read once, by the upsert, which
+    compresses what the table keeps). Its name carries a digest of `ddl`, so another column
+    set gets a table of its own. Emptied here too (a DELETE, nothing to do after a commit),
+    for a second staging in one transaction; rows a rolled-back transaction left are dead."""
+    staged = f"staged_{name}_{zlib.crc32(ddl.encode()):08x}"
+    raw = conn.connection.driver_connection
+    assert raw is not None
+    with raw.cursor() as cur:  # type: ignore[attr-defined]
+        # Through the driver, both in one round trip (no parameters: the simple protocol).
+        cur.execute(
+            f"CREATE TEMP TABLE IF NOT EXISTS {staged} ({ddl})"
+            f" WITH (toast_tuple_target = 8160) ON COMMIT DELETE ROWS; DELETE FROM {staged}"
+        )
+    return staged
 
 
 def copy_rows(
