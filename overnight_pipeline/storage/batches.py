@@ -136,11 +136,27 @@ def partition_instruments(
     return found
 
 
-def partition_currencies(conn: Connection, user_ids: Sequence[uuid.UUID]) -> set[str]:
-    """Base currencies of `user_ids` and currencies of the assets they hold."""
+def partition_currencies(
+    conn: Connection,
+    user_ids: Sequence[uuid.UUID],
+    *,
+    instruments: Mapping[tuple[str, str], tuple[uuid.UUID, str]] | None = None,
+) -> set[str]:
+    """Base currencies of `user_ids` and currencies of the assets they hold; given the
+    users' `instruments` (`partition_instruments`), the assets' currencies are theirs and
+    only the users are read (not every holding a second time)."""
     h, a, u = holdings_table, assets_table, users_table
     dialect = conn.dialect.name
     found: set[str] = set()
+    if instruments is not None:
+        found.update(currency for _, currency in instruments.values())
+        for chunk in id_chunks(conn, user_ids):
+            found.update(
+                conn.scalars(
+                    select(u.c.base_currency).distinct().where(among(u.c.id, chunk, dialect))
+                )
+            )
+        return found
     for chunk in id_chunks(conn, user_ids):
         held = select(h.c.asset_id).where(among(h.c.user_id, chunk, dialect))
         found.update(

@@ -53,9 +53,13 @@ def roster(
     found = _stored(conn, correlation_id)
     if found is not None:
         return found
+    if conn.dialect.name == "postgresql":
+        # Each query reads every holding once: parallel workers would only add their start
+        # and coordination to the CPU (issue 25; the transaction is the caller's own).
+        conn.exec_driver_sql("SET LOCAL max_parallel_workers_per_gather = 0")
     users = partition_users(conn, market=market, day=day, markets=markets)
     instruments = partition_instruments(conn, users)
-    currencies = partition_currencies(conn, users) if users else set()
+    currencies = partition_currencies(conn, users, instruments=instruments) if users else set()
     now = datetime.now(UTC)
     t = partition_rosters_table
     conn.execute(delete(t).where(t.c.created_at < now - KEPT))
