@@ -411,8 +411,11 @@ def _criteria(
     for uid, version, *rule in _rows(
         conn,
         _after_sort(
+            # The sort's keys first: a key after a variable-length column is found by walking
+            # the columns before it, at every comparison.
             select(
                 v.c.user_id,
+                r.c.position,
                 v.c.version,
                 r.c.rule_id,
                 r.c.asset_class,
@@ -421,7 +424,6 @@ def _criteria(
                 r.c.value,
                 r.c.value2,
                 r.c.points,
-                r.c.position,
             )
             .outerjoin(r, r.c.criteria_version_id == v.c.id)
             .where(within(v.c.user_id), v.c.version == newest)
