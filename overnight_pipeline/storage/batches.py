@@ -464,12 +464,12 @@ def _classes(conn: Connection, within: _Within) -> list[tuple[Any, ...]]:
             _after_sort(
                 select(
                     c.c.user_id,
+                    c.c.position,  # the sort's keys first (`_criteria`)
                     c.c.name,
                     c.c.target_min,
                     c.c.target_max,
                     c.c.max_assets,
                     c.c.min_allocation_value,
-                    c.c.position,
                 )
                 .where(within(c.c.user_id))
                 .order_by(c.c.user_id, c.c.position, c.c.name),
