@@ -321,15 +321,35 @@ def _percents_and_gaps(user: _UserUnits) -> tuple[list[Decimal], list[Decimal]]:
     """Each class's current percent and allocation gap: exact, rounded once."""
     total_l, pct_den = user.total_l, user.pct_den
     if total_l > 0:
-        percents = [rounded(100 * v, total_l, 2) for v in user.value_l]
+        percents = [_cents(100 * v, total_l) for v in user.value_l]
+        den, scale = 2 * pct_den * total_l, 200 * pct_den
         gaps = [
-            rounded(m * total_l - 200 * pct_den * v, 2 * pct_den * total_l, 2)
+            _cents(m * total_l - scale * v, den)
             for m, v in zip(user.mid_p, user.value_l, strict=True)
         ]
     else:
         percents = [_ZERO_PERCENT] * user.n
-        gaps = [rounded(m, 2 * pct_den, 2) for m in user.mid_p]
+        gaps = [_cents(m, 2 * pct_den) for m in user.mid_p]
     return percents, gaps
+
+
+def _cents(num: int, den: int) -> Decimal:
+    """`rounded(num, den, 2)`: a percentage. Those within ±200.00 (every current share and
+    every gap) are made once per value and shared, a Decimal being immutable."""
+    q, r = divmod(num * 100, den)
+    twice = 2 * r
+    if twice > den or (twice == den and q & 1):
+        q += 1
+    found = _CENTS.get(q)
+    if found is None:
+        found = Decimal(q).scaleb(_EXPONENTS[2], EXACT)
+        if -_CACHED_CENTS <= q <= _CACHED_CENTS:
+            _CENTS[q] = found
+    return found
+
+
+_CACHED_CENTS = 20_000
+_CENTS: dict[int, Decimal] = {}
 
 
 def _split(
@@ -431,9 +451,11 @@ def rounded(num: int, den: int, places: int) -> Decimal:
     twice = 2 * r
     if twice > den or (twice == den and q & 1):
         q += 1
-    return Decimal(q).scaleb(-places, EXACT)
+    return Decimal(q).scaleb(_EXPONENTS[places] if 0 <= places < 8 else -places, EXACT)
 
 
+# scaleb's exponents, made once (an int is made a Decimal on each call).
+_EXPONENTS = [Decimal(-p) for p in range(8)]
 _ZERO_PERCENT = Decimal("0.00")
 _ZERO = Decimal(0)
 
