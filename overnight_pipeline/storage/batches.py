@@ -109,11 +109,12 @@ def partition_users(
 ) -> list[uuid.UUID]:
     """Active users whose home market on `day` is `market` (BEHAVIOUR §1), sorted by id."""
     h, a, u = holdings_table, assets_table, users_table
+    # Each user's markets first, then whether the user is active: the users are joined to
+    # one row per (user, market), not to every holding.
+    pairs = select(h.c.user_id, a.c.market).distinct().join(a, a.c.id == h.c.asset_id).subquery()
     rows = conn.execute(
-        select(h.c.user_id, a.c.market)
-        .distinct()
-        .join(a, a.c.id == h.c.asset_id)
-        .join(u, u.c.id == h.c.user_id)
+        select(pairs.c.user_id, pairs.c.market)
+        .join(u, u.c.id == pairs.c.user_id)
         .where(u.c.active.is_(True))
     )
     held = held_markets(rows, markets)
