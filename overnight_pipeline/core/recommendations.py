@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
+from operator import attrgetter
 from typing import NamedTuple
 
 from overnight_pipeline.core.allocation import (
@@ -29,6 +30,8 @@ from overnight_pipeline.core.money import FxRates, minor_unit
 from overnight_pipeline.core.scoring import AssetScore
 
 ZERO = Decimal(0)
+_SYMBOL = attrgetter("symbol")
+_AMOUNT_SCORE = attrgetter("amount", "score")
 HUNDRED = Decimal(100)
 PERCENT_PLACES = Decimal("0.01")
 
@@ -221,29 +224,35 @@ def result_of(
 ) -> UserRecommendations:
     """Step 7: the user's result from its allocation (`classes[first:]`: the user's
     classes, the rows the allocation read); shared by the one-user and the batch paths."""
-    digits = -minor_unit(base_currency)
+    exponent = Decimal(-minor_unit(base_currency))
     n = len(allocation.status)
     gaps = allocation.gaps
     class_units = [0] * n
     recs = []
+    asset_id, symbol, score = picks.asset_id, picks.symbol, picks.score
+    criteria_count, top_contributor = picks.criteria_count, picks.top_contributor
     for k, j, u in allocation.units:
         i = k - first
         class_units[i] += u
         recs.append(
             RecommendedAsset(
-                picks.asset_id[j],
-                picks.symbol[j],
+                asset_id[j],
+                symbol[j],
                 classes[k].name,
-                picks.score[j],
-                Decimal(u).scaleb(digits, EXACT),
+                score[j],
+                Decimal(u).scaleb(exponent, EXACT),
                 base_currency,
                 gaps[i],
-                picks.criteria_count[j],
-                picks.top_contributor[j],
+                criteria_count[j],
+                top_contributor[j],
             )
         )
-    recs.sort(key=lambda r: (-r.amount, -r.score, r.symbol))
-    allocated = Decimal(allocation.allocated_units).scaleb(digits, EXACT)
+    if len(recs) > 1:
+        # By amount desc, score desc, symbol: two stable sorts, C-level keys.
+        recs.sort(key=_SYMBOL)
+        recs.sort(key=_AMOUNT_SCORE, reverse=True)
+    allocated = Decimal(allocation.allocated_units).scaleb(exponent, EXACT)
+    nothing = Decimal(0).scaleb(exponent, EXACT)
     return UserRecommendations(
         base_currency=base_currency,
         contribution=contribution,
@@ -251,17 +260,27 @@ def result_of(
         recommendations=tuple(recs),
         unallocated=EXACT.subtract(contribution, allocated),
         classes=tuple(
-            ClassResult(
-                c.name,
-                allocation.values[i],
-                allocation.percents[i],
-                c.target_min,
-                c.target_max,
-                gaps[i],
-                Decimal(class_units[i]).scaleb(digits, EXACT),
-                allocation.status[i],
-            )
-            for i, c in enumerate(classes[first : first + n])
+            [
+                ClassResult(
+                    c.name,
+                    value,
+                    percent,
+                    c.target_min,
+                    c.target_max,
+                    gap,
+                    Decimal(units).scaleb(exponent, EXACT) if units else nothing,
+                    status,
+                )
+                for c, value, percent, gap, units, status in zip(
+                    classes[first : first + n],
+                    allocation.values,
+                    allocation.percents,
+                    gaps,
+                    class_units,
+                    allocation.status,
+                    strict=False,  # as many as the user's classes
+                )
+            ]
         ),
         prices_as_of=prices_as_of,
         rates_as_of=rates_as_of,

@@ -77,15 +77,21 @@ def finite(values: np.ndarray) -> np.ndarray:
     return np.fromiter(map(_is_finite, listed), dtype=bool, count=len(listed))
 
 
+def all_finite(values: list[Any]) -> bool:
+    """Whether every value is a finite Decimal (False does not say which is not)."""
+    return set(map(type, values)) <= {Decimal} and all(map(Decimal.is_finite, values))
+
+
 def _is_finite(value: object) -> bool:
     return type(value) is int or (type(value) is Decimal and value.is_finite())
 
 
 def unzip(pairs: Iterable[tuple[int, int]], n: int) -> tuple[list[int], list[int]]:
-    firsts, seconds = [0] * n, [1] * n
-    for i, (a, b) in enumerate(pairs):
-        firsts[i], seconds[i] = a, b
-    return firsts, seconds
+    """The n pairs as two lists."""
+    if not n:
+        return [], []
+    firsts, seconds = zip(*pairs, strict=True)
+    return list(firsts), list(seconds)
 
 
 def ratios() -> Callable[[Decimal], tuple[int, int]]:

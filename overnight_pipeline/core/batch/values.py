@@ -12,7 +12,14 @@ import numpy as np
 import pandas as pd
 
 from overnight_pipeline.core.allocation import EXACT, ClassTable, add_ratio
-from overnight_pipeline.core.batch.arrays import finite, heads, ratios, run_codes, unzip
+from overnight_pipeline.core.batch.arrays import (
+    all_finite,
+    finite,
+    heads,
+    ratios,
+    run_codes,
+    unzip,
+)
 from overnight_pipeline.core.batch.frames import Batch
 from overnight_pipeline.core.batch.rows import ClassRows, UserRows
 from overnight_pipeline.core.money import FxRates, MissingRateError
@@ -66,9 +73,13 @@ def class_values(
 
 def _check_holdings(h: pd.DataFrame, rows: UserRows, failures: dict[Any, Exception]) -> None:
     """A user with a priced holding whose quantity or price is not a finite decimal fails."""
-    checked = np.flatnonzero(rows.alive(failures))
+    checked = None
     for column in ("quantity", "price"):
         values = h[column].to_numpy(dtype=object)
+        if all_finite(values.tolist()):  # every row's, priced or not: nobody fails
+            continue
+        if checked is None:
+            checked = np.flatnonzero(rows.alive(failures))
         for i in checked[~finite(values[checked])].tolist():
             error = ValueError(
                 f"holding {rows.symbols[i]!r}: {column} {values[i]!r} is not a finite decimal"
@@ -100,12 +111,14 @@ def _summed(
         sums = np.add.reduceat(products, starts).tolist() if len(starts) else []
     table = ClassTable(value_num=[0] * n_k, value_den=[1] * n_k)
     extra = [(0, 1)] * rows.n_users
+    value_num, value_den = table.value_num, table.value_den
     for (row, p), amount in zip(
         map(divmod, group[starts].tolist(), repeat(n_pairs)), sums, strict=True
     ):
         if row < n_k:
-            acc = add_ratio((table.value_num[row], table.value_den[row]), amount, *ratio[p])
-            table.value_num[row], table.value_den[row] = acc
+            value_num[row], value_den[row] = add_ratio(
+                (value_num[row], value_den[row]), amount, *ratio[p]
+            )
         else:
             extra[row - n_k] = add_ratio(extra[row - n_k], amount, *ratio[p])
     return table, extra
@@ -117,12 +130,18 @@ def _bands(
     """Each class row's band and minimum into `table` as integer ratios; a user whose band
     or minimum is not a finite decimal fails (the bound is then read as 0)."""
     n_k = len(classes.specs)
+    if n_k:
+        _, lo, hi, _, minimum = zip(*classes.specs, strict=True)
+    else:
+        lo = hi = minimum = ()
     columns = {
-        "target_min": [c.target_min for c in classes.specs],
-        "target_max": [c.target_max for c in classes.specs],
-        "min_allocation_value": [c.min_allocation_value or ZERO for c in classes.specs],
+        "target_min": list(lo),
+        "target_max": list(hi),
+        "min_allocation_value": [m or ZERO for m in minimum],
     }
     for name, bounds in columns.items():
+        if all_finite(bounds):
+            continue
         for row in np.flatnonzero(~finite(np.array(bounds, dtype=object))).tolist():
             spec = classes.specs[row]
             error = ValueError(
