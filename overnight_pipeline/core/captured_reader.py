@@ -8,7 +8,10 @@ share, its market data (prices, fundamentals and rates as the run used them), is
 immutable snapshot stored once in `calculation_snapshots` under the hash of its canonical
 encoding (`market_snapshot`), and each user's document keeps what is the user's own
 (contribution, classes, criteria version and rules, holdings as a column list) and the
-snapshot's hash. Documents written before it carry their market data themselves.
+snapshot's hash. Documents written before it carry their market data themselves. Format 3
+references the rules too (a criteria snapshot); format 4 (issue 25) names each held asset
+by the position of its row in the market snapshot's `assets.rows` (column `asset`, an
+integer from 0) instead of its id (`holding_assets`).
 """
 
 from __future__ import annotations
@@ -71,7 +74,7 @@ def batch_from_captured(
     own, referenced, captured = rows.own, rows.referenced_market, rows.captured_market
     for uid, doc in items:
         own(uid, doc)
-        if doc.get("format") in (2, 3):
+        if doc.get("format") in REFERENCING:
             referenced(uid, doc)
         else:
             captured(uid, doc)
@@ -138,7 +141,7 @@ class _Rows:
             )
 
     def referenced_market(self, uid: Any, doc: Mapping[str, Any]) -> None:
-        """Format 2 or 3: the user's holdings priced from the market snapshot it references."""
+        """Formats 2 to 4: the user's holdings priced from the market snapshot it references."""
         _d = self.d
         key = doc["snapshot"]
         snap = self.opened.get(key)
@@ -154,7 +157,11 @@ class _Rows:
             self.stale = self.stale or snap.stale
         assets = snap.assets
         holdings = self.holdings
-        for aid, cls, qty in doc["holdings"]["rows"]:
+        rows = doc["holdings"]["rows"]
+        if doc["format"] == 4:
+            ids = snap.ids(rows, key)
+            rows = [(aid, cls, qty) for aid, (_, cls, qty) in zip(ids, rows, strict=True)]
+        for aid, cls, qty in rows:
             symbol, currency, price, stamp = assets[aid]
             holdings.append((uid, aid, symbol, cls, _d(qty, "quantity"), currency, price, stamp))
 
@@ -234,11 +241,18 @@ class _Snapshot:
     usd_to: dict[str, Decimal]
     as_of: datetime | None
     stale: bool
+    order: list[str]  # the asset ids in the order of the rows
+
+    def ids(self, rows: list[Any], key: str) -> list[str]:
+        """The asset ids of format-4 holding rows (their first column, a row's position)."""
+        return [_position(self.order, row, i, key) for i, row in enumerate(rows)]
 
     @classmethod
     def of(cls, payload: Mapping[str, Any], d: Callable[[Any, str], Decimal | None]) -> _Snapshot:
         assets = {}
+        order = []
         for aid, _market, symbol, currency, price, stamp in payload["assets"]["rows"]:
+            order.append(aid)
             assets[aid] = (
                 symbol,
                 currency,
@@ -255,18 +269,45 @@ class _Snapshot:
             c: parse_decimal(v, field_name=f"rates.usdTo.{c}") for c, v in rates["usdTo"].items()
         }
         as_of = datetime.fromisoformat(rates["asOf"]) if rates.get("asOf") else None
-        return cls(assets, fundamentals, usd_to, as_of, bool(rates.get("stale")))
+        return cls(assets, fundamentals, usd_to, as_of, bool(rates.get("stale")), order)
+
+
+REFERENCING = (2, 3, 4)
+"""The formats that reference a market snapshot."""
+
+
+def _position(order: list[str], row: Any, i: int, key: str) -> str:
+    """The asset id at the position a format-4 holding row names."""
+    at = row[0] if isinstance(row, list) and row else None
+    if type(at) is not int or not 0 <= at < len(order):
+        raise ValueError(
+            f"INPUTS_CAPTURED holdings.rows[{i}].asset: must be the position of a row of"
+            f" snapshot {key} (0 to {len(order) - 1}), got {at!r}"
+        )
+    return order[at]
+
+
+def holding_assets(doc: Mapping[str, Any], snapshots: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """The asset ids of the holdings of a document of format 2, 3 or 4, in order (format 4:
+    read from the market snapshot's rows)."""
+    rows = doc["holdings"]["rows"]
+    if doc.get("format") != 4:
+        return [row[0] for row in rows]
+    key = doc["snapshot"]
+    order = [row[0] for row in snapshots[key]["assets"]["rows"]]
+    return [_position(order, row, i, key) for i, row in enumerate(rows)]
 
 
 def self_contained(
     doc: Mapping[str, Any], snapshots: Mapping[str, Mapping[str, Any]]
 ) -> dict[str, Any]:
-    """A format-2 or -3 `INPUTS_CAPTURED` document with what it references put back in,
+    """A format-2, -3 or -4 `INPUTS_CAPTURED` document with what it references put back in,
     from `snapshots` (hash → payload, as `storage.events.snapshots` returns them): the
-    market snapshot's data and, format 3, the criteria snapshot's rules. The result is the
-    self-contained shape written before (`capture_json` without snapshots gives the same
-    document for the same batch), for operators and the one-user paths."""
-    if doc.get("format") not in (2, 3):
+    market snapshot's data (format 4: the held assets' ids too) and, formats 3 and 4, the
+    criteria snapshot's rules. The result is the self-contained shape written before
+    (`capture_json` without snapshots gives the same document for the same batch), for
+    operators and the one-user paths."""
+    if doc.get("format") not in REFERENCING:
         return dict(doc)
     if "rules" not in doc["criteria"]:
         rules = captured_rules(doc, snapshots)
@@ -281,7 +322,8 @@ def self_contained(
     holdings: list[dict[str, Any]] = []
     fundamentals: dict[str, dict[str, Any]] = {}
     currencies = {doc["baseCurrency"]}
-    for aid, cls, qty in doc["holdings"]["rows"]:
+    held = holding_assets(doc, snapshots)
+    for aid, (_, cls, qty) in zip(held, doc["holdings"]["rows"], strict=True):
         _, market, symbol, currency, price, stamp = assets[aid]
         holdings.append(
             {
@@ -314,8 +356,8 @@ def self_contained(
 
 def snapshot_keys(doc: Mapping[str, Any]) -> list[str]:
     """The snapshots an `INPUTS_CAPTURED` document references: its market snapshot (formats
-    2 and 3) and its criteria snapshot (format 3)."""
-    keys = [doc["snapshot"]] if doc.get("format") in (2, 3) else []
+    2 to 4) and its criteria snapshot (formats 3 and 4)."""
+    keys = [doc["snapshot"]] if doc.get("format") in REFERENCING else []
     criteria = doc.get("criteria") or {}
     if "snapshot" in criteria:
         keys.append(criteria["snapshot"])
@@ -326,7 +368,7 @@ def captured_rules(
     doc: Mapping[str, Any], snapshots: Mapping[str, Mapping[str, Any]] | None
 ) -> Any:
     """The criteria rules of an `INPUTS_CAPTURED` document: its own (formats 1 and 2) or
-    those of the `criteria` snapshot it references (format 3)."""
+    those of the `criteria` snapshot it references (formats 3 and 4)."""
     criteria = doc["criteria"]
     if "rules" in criteria:
         return criteria["rules"]

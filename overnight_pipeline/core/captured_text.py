@@ -1,5 +1,5 @@
 """The JSON text of what the pipeline writes each night for each user, `INPUTS_CAPTURED` of
-format 3, assembled from pieces of text made from the batch's columns, without a dict or a
+format 4 (or 3), assembled from pieces of text made from the batch's columns, without a dict or a
 list per row.
 
 The bytes are those `orjson.dumps` writes of the documents `core.captured_writer` describes
@@ -23,7 +23,8 @@ import orjson
 from overnight_pipeline.core.batch import Batch
 
 HOLDING_FIELDS = ("assetId", "assetClass", "quantity")
-_HOLDING_COLUMNS_JSON = orjson.dumps(list(HOLDING_FIELDS)).decode()
+# Format 4: a holding's asset is the position of its row in the market snapshot.
+POSITION_FIELDS = ("asset", "assetClass", "quantity")
 
 
 def plain_texts(values: list[Any]) -> list[str | None]:
@@ -87,17 +88,28 @@ def referencing_texts(
     criteria_versions: Mapping[Any, int | None],
     snapshot: str,
     criteria: Mapping[Any, str],
+    positions: Mapping[str, int] | None = None,
 ) -> dict[Any, tuple[str, int]]:
     """`INPUTS_CAPTURED` of format 3 (`core.captured_writer.capture_json` with a market
     snapshot and criteria snapshots) of every user of `batch`: user id → (the document, its
-    number of holdings)."""
+    number of holdings). With `positions` (asset id → the position of its row in the market
+    snapshot) holding every asset of the batch, format 4: the same document with each
+    holding's asset id replaced by that position (column `asset`)."""
     h, c, users = batch.holdings, batch.classes, batch.users
+    asset_ids = h["asset_id"].tolist()
+    distinct = set(asset_ids)
+    if positions is not None and all(a in positions for a in distinct):
+        fmt, fields = 4, POSITION_FIELDS
+        made = {a: str(positions[a]) for a in distinct}
+        assets = list(map(made.__getitem__, asset_ids))
+    else:
+        fmt, fields, assets = 3, HOLDING_FIELDS, json_column(asset_ids)
     holdings_of = grouped(
         h["user_id"].tolist(),
         [
             f"[{aid},{cls},{quantity}]"
             for aid, cls, quantity in zip(
-                json_column(h["asset_id"].tolist()),
+                assets,
                 json_column(h["asset_class"].tolist()),
                 decimal_json(h["quantity"].tolist()),
                 strict=True,
@@ -121,10 +133,10 @@ def referencing_texts(
     )
     js = json_column
     head = (
-        f'{{"format":3,"market":{js([market])[0]},"marketDate":"{market_date.isoformat()}",'
+        f'{{"format":{fmt},"market":{js([market])[0]},"marketDate":"{market_date.isoformat()}",'
         f'"snapshot":{js([snapshot])[0]},"baseCurrency":'
     )
-    tail = f'"holdings":{{"columns":{_HOLDING_COLUMNS_JSON},"rows":['
+    tail = f'"holdings":{{"columns":{orjson.dumps(list(fields)).decode()},"rows":['
     out: dict[Any, tuple[str, int]] = {}
     uids = users["user_id"].tolist()
     for uid, base, contribution, key in zip(

@@ -11,7 +11,8 @@ nulls included.
 Read back by `captured_reader`, which also says what the formats hold. Since revision
 0003 (`"format": 2`) a calculation's market data is one snapshot (`market_snapshot`) that
 each user's document references by its hash; format 3 references the user's criteria rules
-too (`criteria_snapshots`).
+too (`criteria_snapshots`); format 4 (issue 25) names each held asset by the position of its
+row in that market snapshot instead of its 36-character id (`asset_positions`).
 """
 
 from __future__ import annotations
@@ -49,6 +50,25 @@ def _null(value: Any) -> bool:
 
 
 SNAPSHOT_ASSET_COLUMNS = ("assetId", "market", "symbol", "currency", "price", "priceAsOf")
+# The asset rows' order of the market snapshots made in this process, by hash (asset id →
+# position), the newest few: what `capture_json` needs to write format 4. A hash names one
+# content, so this is a memo of its order, never stale; a snapshot made elsewhere (not here)
+# gets format 3 documents.
+_POSITIONS: dict[str, dict[str, int]] = {}
+_POSITIONS_KEPT = 8
+
+
+def asset_positions(key: str) -> Mapping[str, int] | None:
+    """asset id → the position of its row in the market snapshot `key`'s `assets.rows`, if
+    `market_snapshot` made that snapshot in this process."""
+    return _POSITIONS.get(key)
+
+
+def _remember_positions(key: str, rows: list[list[Any]]) -> None:
+    _POSITIONS.pop(key, None)
+    _POSITIONS[key] = {row[0]: i for i, row in enumerate(rows)}
+    while len(_POSITIONS) > _POSITIONS_KEPT:
+        del _POSITIONS[next(iter(_POSITIONS))]
 
 
 def snapshot_hash(payload: Mapping[str, Any]) -> str:
@@ -90,7 +110,9 @@ def market_snapshot(
             "usdTo": {c: text(fx.usd_to[c]) for c in sorted(fx.usd_to)},
         },
     }
-    return snapshot_hash(payload), payload
+    key = snapshot_hash(payload)
+    _remember_positions(key, rows)
+    return key, payload
 
 
 # JSON text of the document -------------------------------------------------------------
@@ -193,8 +215,10 @@ def capture_json(
     number of holdings). With `snapshot` (the hash of the market snapshot the batch was
     priced from, `market_snapshot`), format 2: the user's own inputs and that reference;
     with `criteria` as well (user id → the hash of the user's `criteria_snapshots`), format
-    3: the rules are referenced too (made as text from the columns, `core.captured_text`);
-    without, the self-contained shape written before (fundamentals from the batch's frame)."""
+    3: the rules are referenced too (made as text from the columns, `core.captured_text`),
+    and format 4 when the snapshot was made in this process and holds every asset of the
+    batch (`asset_positions`: each asset named by its row's position there); without, the
+    self-contained shape written before (fundamentals from the batch's frame)."""
     if snapshot is not None and criteria is not None:  # what the pipeline writes
         return referencing_texts(
             batch,
@@ -203,6 +227,7 @@ def capture_json(
             criteria_versions=criteria_versions,
             snapshot=snapshot,
             criteria=criteria,
+            positions=asset_positions(snapshot),
         )
     fundamentals = batch.fundamentals
     assert isinstance(fundamentals, pd.DataFrame), "capture needs the fundamentals frame"

@@ -4,15 +4,22 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime
 from decimal import Decimal
+from typing import Any
 
 import orjson
 import pandas as pd
+import pytest
 from hypothesis import given, settings
 
 from overnight_pipeline.core.batch import run_batch, score_batch
-from overnight_pipeline.core.captured_reader import batch_from_captured, self_contained
-from overnight_pipeline.core.captured_text import plain_texts
+from overnight_pipeline.core.captured_reader import (
+    batch_from_captured,
+    holding_assets,
+    self_contained,
+)
+from overnight_pipeline.core.captured_text import plain_texts, referencing_texts
 from overnight_pipeline.core.captured_writer import (
+    asset_positions,
     capture_json,
     criteria_snapshots,
     market_snapshot,
@@ -109,14 +116,12 @@ def test_a_document_referencing_a_snapshot_says_what_the_self_contained_one_says
     shared = {key: snapshot, **dict(criteria.values())}
     for h, payload in criteria.values():
         assert h == snapshot_hash(orjson.loads(orjson.dumps(payload)))
-    third = capture_json(
-        batch,
-        stamped,
-        holding_markets=markets,
-        snapshot=key,
-        criteria={uid: h for uid, (h, _) in criteria.items()},
-        **common,
-    )
+    keys = {uid: h for uid, (h, _) in criteria.items()}
+    # Format 3: without the snapshot's asset positions.
+    third = referencing_texts(
+        batch, market="NYSE", market_date=DAY, criteria_versions=versions, snapshot=key,
+        criteria=keys,
+    )  # fmt: skip
     for uid, (text, _) in third.items():
         # Assembled as text (`core.captured_text`): the bytes orjson writes of the document
         # of format 2 with its rules replaced by the criteria snapshot's hash.
@@ -135,10 +140,58 @@ def test_a_document_referencing_a_snapshot_says_what_the_self_contained_one_says
     thirds = [(uid, orjson.loads(text)) for uid, (text, _) in third.items()]
     again3, fx3 = batch_from_captured(thirds, shared)
     assert run_batch(again3, fx3).recommendations == run_batch(batch, stamped).recommendations
+    # Format 4, what the pipeline writes (the snapshot made in this process): format 3 with
+    # each holding's asset named by the position of its row in the market snapshot.
+    fourth = capture_json(
+        batch, stamped, holding_markets=markets, snapshot=key, criteria=keys, **common
+    )
+    order = [row[0] for row in snapshot["assets"]["rows"]]
+    assert asset_positions(key) == {a: i for i, a in enumerate(order)}
+    for uid, (text, count) in fourth.items():
+        expected = orjson.loads(third[uid][0])
+        expected["format"] = 4
+        expected["holdings"] = {
+            "columns": ["asset", "assetClass", "quantity"],
+            "rows": [[order.index(a), c, q] for a, c, q in expected["holdings"]["rows"]],
+        }
+        assert text == orjson.dumps(expected).decode() and count == third[uid][1]
+        doc = orjson.loads(text)
+        assert holding_assets(doc, shared) == [
+            r[0] for r in orjson.loads(third[uid][0])["holdings"]["rows"]
+        ]
+        assert self_contained(doc, shared) == orjson.loads(old[uid][0])
+    fourths = [(uid, orjson.loads(text)) for uid, (text, _) in fourth.items()]
+    again4, fx4 = batch_from_captured(fourths, shared)
+    assert run_batch(again4, fx4).recommendations == run_batch(batch, stamped).recommendations
+    assert again4.holdings.equals(again3.holdings)
     again, fx = batch_from_captured(list(docs.items()), {key: snapshot})
     direct, replayed = run_batch(batch, stamped), run_batch(again, fx)
     assert replayed.recommendations == direct.recommendations
     assert set(replayed.failures) == set(direct.failures)
+
+
+def test_a_format_4_position_outside_the_snapshot_is_refused_naming_it() -> None:
+    snapshot = {
+        "assets": {"columns": [], "rows": [["a1", "NYSE", "A", "USD", "1", None]]},
+        "fundamentals": {"columns": ["assetId"], "rows": []},
+        "rates": {"asOf": None, "stale": False, "usdTo": {}},
+    }
+    doc: dict[str, Any] = {
+        "format": 4,
+        "snapshot": "k",
+        "baseCurrency": "USD",
+        "contribution": "1",
+        "criteria": {"version": 1, "rules": []},
+        "assetClasses": [],
+        "holdings": {"columns": ["asset", "assetClass", "quantity"], "rows": [[0, "S", "1"]]},
+    }
+    assert holding_assets(doc, {"k": snapshot}) == ["a1"]
+    for wrong in (1, -1, "0", True):
+        doc["holdings"]["rows"] = [[0, "S", "1"], [wrong, "S", "2"]]
+        with pytest.raises(ValueError, match=r"holdings.rows\[1\].asset: must be the position"):
+            holding_assets(doc, {"k": snapshot})
+        with pytest.raises(ValueError, match=r"holdings.rows\[1\].asset"):
+            batch_from_captured([("u", doc)], {"k": snapshot})
 
 
 def test_plain_texts_are_the_plain_format_of_each_decimal() -> None:

@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given, settings
 
 from overnight_pipeline.core.batch import Batch, score_batch
+from overnight_pipeline.core.captured_text import referencing_texts
 from overnight_pipeline.core.captured_writer import capture_json, criteria_snapshots
 from overnight_pipeline.core.money import FxRates
 from overnight_pipeline.core.scored import (
@@ -228,7 +229,16 @@ def test_the_full_view_from_format_2_and_the_snapshots_is_what_format_1_held(b) 
     captured = {
         1: capture_json(batch, FX_AT, holding_markets=markets, **common),
         2: capture_json(batch, FX_AT, holding_markets=markets, snapshot=key, **common),
-        3: capture_json(
+        3: referencing_texts(
+            batch,
+            market="NYSE",
+            market_date=DAY,
+            criteria_versions=versions,
+            snapshot=key,
+            criteria={uid: h for uid, (h, _) in criteria.items()},
+        ),
+        # What the pipeline writes: the snapshot was made in this process (`_snapshot_of`).
+        4: capture_json(
             batch,
             FX_AT,
             holding_markets=markets,

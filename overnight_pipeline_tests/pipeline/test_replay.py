@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, select
 
-from overnight_pipeline.core.captured_reader import snapshot_keys
+from overnight_pipeline.core.captured_reader import self_contained, snapshot_keys
 from overnight_pipeline.core.scored import full_scores
 from overnight_pipeline.core.scoring import replay
 from overnight_pipeline.steps.calculation import score_and_recommend
@@ -89,8 +89,10 @@ def test_new_events_replay_exactly_and_hold_the_full_view(engine: Engine) -> Non
     for uid, payload in events(engine, cid, "SCORES_COMPUTED").items():
         assert payload["format"] == 3
         doc = captured[uid]
-        criteria = shared[doc["criteria"]["snapshot"]]
-        assert full_scores(payload, doc, shared) == replay(doc, shared[doc["snapshot"]], criteria)
+        # Format 4 (the held assets named by their rows in the market snapshot): `replay`
+        # reads it with what it references put back.
+        assert doc["format"] == 4 and "snapshot" in doc["criteria"]
+        assert full_scores(payload, doc, shared) == replay(self_contained(doc, shared))
 
 
 def test_events_of_format_2_still_replay_and_a_changed_maximum_is_found(engine: Engine) -> None:

@@ -14,7 +14,7 @@ import redis
 from dagster import DagsterInstance
 from sqlalchemy import select
 
-from overnight_pipeline.core.captured_reader import captured_rules
+from overnight_pipeline.core.captured_reader import captured_rules, holding_assets
 from overnight_pipeline.core.load_file import parse_load_file
 from overnight_pipeline.core.markets import load_markets
 from overnight_pipeline.definitions import definitions_for
@@ -121,10 +121,13 @@ def small_batches(torn_db: str, redis_prefix: str) -> Iterator[Pipeline]:
 def _as_version(doc: dict[str, Any], snapshots: dict[str, Any], symbols: dict[str, str]) -> Any:
     """The parts of a captured document that a version sets, in the versions' own terms."""
     rows = doc["holdings"]["rows"]
+    assets = holding_assets(doc, snapshots)  # format 4: by their rows in the market snapshot
     return {
         "contribution": doc["contribution"],
         "classes": [(c["name"], c["targetMin"], c["targetMax"]) for c in doc["assetClasses"]],
-        "holdings": sorted((symbols[aid], qty) for aid, _cls, qty in rows),
+        "holdings": sorted(
+            (symbols[aid], qty) for aid, (_, _cls, qty) in zip(assets, rows, strict=True)
+        ),
         "points": {r["points"] for r in captured_rules(doc, snapshots)},
     }
 
@@ -164,7 +167,7 @@ def test_loads_in_a_loop_during_a_run_never_tear_a_users_inputs(
         }
         snapshots = {
             key: orjson.loads(p) if isinstance(p, (str, bytes)) else p
-            for key, p in conn.execute(select(s.c.hash, s.c.payload).where(s.c.kind == "criteria"))
+            for key, p in conn.execute(select(s.c.hash, s.c.payload))
         }
         symbols = {
             str(aid): sym
