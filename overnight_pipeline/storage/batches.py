@@ -294,12 +294,15 @@ _SLICE = 500
 # sequential scan of all holdings, asset_classes and users for each batch, hashing every
 # row's id: the CPU of ten batches per batch, and two parallel workers' start per query
 # besides, at the price of a little wall time saved while the other core was busy anyway);
-# JIT off because a plan with a sequential scan left in costs above its thresholds then.
+# JIT off because a plan with a sequential scan left in costs above its thresholds then. The
+# holdings' sort of a 1,000-user batch needs ≈ 4 MB, the default work_mem: above it (a batch
+# of users with more holdings) it spills to disk; room for eight times that, for one query.
 # docs/PERFORMANCE.md, "The lean night (issue 25)".
 READ_SETTINGS = {
     "enable_seqscan": "off",
     "max_parallel_workers_per_gather": "0",
     "jit": "off",
+    "work_mem": "32MB",
 }
 _READ_SETTINGS_SQL = "SELECT " + ", ".join(
     f"set_config('{name}', '{value}', true)" for name, value in READ_SETTINGS.items()
