@@ -125,15 +125,22 @@ def allocate_exact(
     handed = _largest_remainder(user, rest, units, floors_of, remainders, weight_of, weight, symbol)
     percents, gaps = _percents_and_gaps(user)
     big_l = user.big_l
-    return Allocation(
-        units=[(first + class_of[j], j, u) for j, u in units.items() if u],
-        status=status,
-        values=[rounded(v, big_l, digits) for v in user.value_l],
-        percents=percents,
-        gaps=gaps,
-        total=rounded(user.total_l, big_l, digits),
-        allocated_units=handed,
+    return _ALLOCATION(
+        Allocation,
+        (
+            [(first + class_of[j], j, u) for j, u in units.items() if u],
+            status,
+            [rounded(v, big_l, digits) for v in user.value_l],
+            percents,
+            gaps,
+            rounded(user.total_l, big_l, digits),
+            handed,
+        ),
     )
+
+
+# Allocation(...) from all its fields in order, without the NamedTuple's Python-level __new__.
+_ALLOCATION = tuple.__new__
 
 
 @dataclass(slots=True)
