@@ -36,7 +36,7 @@ from overnight_pipeline.storage.recommendations import (
 from overnight_pipeline.storage.results import (
     calculation_asset_rows,
 )
-from overnight_pipeline.storage.scores import ScoreRow, user_score_rows, write_scores
+from overnight_pipeline.storage.scores import ScoreColumns, user_score_rows, write_scores
 
 _NO_USER = object()
 
@@ -195,7 +195,7 @@ def process_batch(
         write=write,
         succeeded=len(users.rec_rows),
         failed=len(chunk) - len(users.rec_rows),
-        assets_scored=len(score_rows),
+        assets_scored=len(score_rows.user_ids),
         recommendations=users.recommendations,
         unallocated_users=users.unallocated_users,
         failures=users.failures,
@@ -273,24 +273,18 @@ def _score_rows(
     scored: BatchScores,
     holding_markets: Sequence[str],
     texts: ScoreTexts,
-) -> tuple[list[ScoreRow], list[tuple[str, str, str]]]:
+) -> tuple[ScoreColumns, list[tuple[str, str, str]]]:
     """The `user_scores` and `calculation_assets` rows of the batch's holdings. The per-rule
     breakdown is in SCORES_COMPUTED (the audit trail); the table keeps the summary the
     dashboard and SQL users read."""
     uids = scored.holdings["user_id"].tolist()
     aids = scored.holdings["asset_id"].tolist()
-    score_rows = list(
-        zip(
-            uids,
-            aids,
-            holding_markets,
-            texts.score,
-            texts.max_possible_score,
-            texts.summary,
-            strict=True,
-        )
+    columns = ScoreColumns(
+        uids, aids, holding_markets, texts.score, texts.max_possible_score, texts.summary
     )
-    return score_rows, list(zip(aids, uids, texts.score, strict=True))
+    if len({len(c) for c in columns}) > 1:
+        raise ValueError("score rows: columns of different lengths")
+    return columns, list(zip(aids, uids, texts.score, strict=True))
 
 
 def _recommendation_row(
@@ -330,7 +324,7 @@ def _writes(
     calc: Calculation,
     now: datetime,
     *,
-    score_rows: list[ScoreRow],
+    score_rows: ScoreColumns,
     asset_rows: list[tuple[str, str, str]],
     users: _Users,
     versions: dict[str, int],

@@ -13,9 +13,9 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import date, datetime
-from itertools import groupby
-from operator import itemgetter
+from typing import NamedTuple
 
+import numpy as np
 import orjson
 from sqlalchemy import Column, Connection, Date, Integer, MetaData, String, Table, Uuid
 
@@ -60,11 +60,44 @@ COLUMNS = (
 ScoreRow = tuple[str, str, str, str, str, str]
 
 
-def _grouped(users: Iterable[str], rows: Sequence[ScoreRow]) -> dict[str, list[ScoreRow]]:
-    by_user: dict[str, list[ScoreRow]] = {u: [] for u in users}
-    for user, mine in groupby(rows, itemgetter(0)):  # a user's rows usually come together
-        by_user[user].extend(mine)
+class ScoreColumns(NamedTuple):
+    """The same rows as columns (one entry per holding): what a batch has at hand, without a
+    tuple per holding."""
+
+    user_ids: Sequence[str]
+    asset_ids: Sequence[str]
+    markets: Sequence[str]
+    scores: Sequence[str]
+    maxima: Sequence[str]
+    summaries: Sequence[str]
+
+
+def _grouped(
+    users: Iterable[str], columns: ScoreColumns
+) -> dict[str, list[tuple[Sequence[str], ...]]]:
+    """Each user's rows, in their order, as slices of the five columns after the user id
+    (one slice per run of the user's rows: a user's rows usually come together)."""
+    by_user: dict[str, list[tuple[Sequence[str], ...]]] = {u: [] for u in users}
+    user_ids = columns.user_ids
+    n = len(user_ids)
+    if not n:
+        return by_user
+    ids = np.empty(n, dtype=object)
+    ids[:] = user_ids
+    starts = [0, *(np.flatnonzero(ids[1:] != ids[:-1]) + 1).tolist()]
+    rest = columns[1:]
+    for start, end in zip(starts, [*starts[1:], n], strict=True):
+        by_user[user_ids[start]].append(tuple(c[start:end] for c in rest))
     return by_user
+
+
+def _user_columns(runs: list[tuple[Sequence[str], ...]]) -> tuple[Sequence[str], ...]:
+    """A user's five columns from its runs."""
+    if len(runs) == 1:
+        return runs[0]
+    if not runs:
+        return ((),) * 5
+    return tuple([v for run in runs for v in run[k]] for k in range(5))
 
 
 def _array_text(value: str) -> str:
@@ -74,7 +107,7 @@ def _array_text(value: str) -> str:
 
 def user_score_rows(
     dialect: str,
-    rows: Sequence[ScoreRow],
+    rows: Sequence[ScoreRow] | ScoreColumns,
     *,
     versions: Mapping[str, int],
     day: date,
@@ -82,22 +115,22 @@ def user_score_rows(
     computed_at: datetime,
 ) -> Rows:
     """One `user_scores` row per user of `versions` (user id → criteria version): the user's
-    `rows` (one per holding), in their order; none for a user who holds nothing now."""
-    grouped = _grouped(versions, rows)
+    `rows` (one per holding, or the same as `ScoreColumns`), in their order; none for a user
+    who holds nothing now."""
+    if not isinstance(rows, ScoreColumns):
+        rows = ScoreColumns(*zip(*rows, strict=True)) if rows else ScoreColumns(*(((),) * 6))
+    grouped = {u: _user_columns(runs) for u, runs in _grouped(versions, rows).items()}
     if dialect == "postgresql":
         head = f"\t{day.isoformat()}\t"
         tail = f"\t{computed_at.isoformat()}\t{correlation_id}\t"
         # A user's markets are mostly the same few: their array's COPY text made once each.
         markets: dict[tuple[str, ...], str] = {}
         lines = []
-        for u, mine in grouped.items():
-            if mine:
-                _, asset_ids, held, scores, maxima, summaries = zip(*mine, strict=True)
-            else:
-                asset_ids = held = scores = maxima = summaries = ()
-            market_text = markets.get(held)
+        for u, (asset_ids, held, scores, maxima, summaries) in grouped.items():
+            key = tuple(held)
+            market_text = markets.get(key)
             if market_text is None:
-                market_text = markets[held] = copy_escaped(
+                market_text = markets[key] = copy_escaped(
                     "{" + ",".join(map(_array_text, held)) + "}"
                 )
             lines.append(
@@ -117,13 +150,13 @@ def user_score_rows(
                 versions[u],
                 computed_at,
                 correlation_id,
-                [uuid.UUID(r[1]).hex for r in mine],
-                [r[2] for r in mine],
-                [r[3] for r in mine],
-                [r[4] for r in mine],
-                [orjson.loads(r[5]) for r in mine],
+                [uuid.UUID(a).hex for a in asset_ids],
+                list(held),
+                list(scores),
+                list(maxima),
+                [orjson.loads(b) for b in summaries],
             )
-            for u, mine in grouped.items()
+            for u, (asset_ids, held, scores, maxima, summaries) in grouped.items()
         ],
     )
 
