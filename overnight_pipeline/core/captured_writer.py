@@ -30,6 +30,8 @@ import pandas as pd
 from overnight_pipeline.core.batch import HOLDING_COLUMNS, RULE_COLUMNS, Batch
 from overnight_pipeline.core.captured_text import (
     HOLDING_FIELDS,
+    grouped,
+    json_column,
     plain_texts,
     referencing_texts,
 )
@@ -186,16 +188,39 @@ def criteria_snapshots(batch: Batch) -> dict[Any, tuple[str, dict[str, Any]]]:
     """Each user's criteria rules as a `criteria` snapshot: user id → (hash, payload
     `{"rules": [...]}`, the rules as `INPUTS_CAPTURED` of format 2 listed them). A
     criteria version is immutable, so its snapshot is stored once per month and shared by
-    every night (and every user with the same rules) that month."""
-    rules_of, _ = _rules_by_user(batch.rules)
+    every night (and every user with the same rules) that month.
+
+    Made as the canonical text itself (keys sorted, compact: what `snapshot_hash` encodes)
+    from the rules' columns, hashed, and parsed once per distinct rule set: no dict per rule
+    and no sorted re-encoding per user (`storage.events.insert_snapshots` then stores only
+    those the month lacks)."""
+    r = batch.rules
+    js = json_column
+    texts = [
+        f'{{"assetClass":{cls},"id":{rid},"metric":{metric},"operator":{op},'
+        f'"points":{int(points)}'
+        + ("" if v is None else f',"value":"{v}"')
+        + ("" if v2 is None else f',"value2":"{v2}"')
+        + "}"
+        for rid, cls, metric, op, v, v2, points in zip(
+            js(r["id"].tolist()),
+            js(r["asset_class"].tolist()),
+            js(r["metric"].tolist()),
+            js(r["operator"].tolist()),
+            plain_texts(r["value"].tolist()),
+            plain_texts(r["value2"].tolist()),
+            r["points"].tolist(),
+            strict=True,
+        )
+    ]
+    rules_of = grouped(r["user_id"].tolist(), texts)
     out: dict[Any, tuple[str, dict[str, Any]]] = {}
-    made: dict[bytes, tuple[str, dict[str, Any]]] = {}
+    made: dict[str, tuple[str, dict[str, Any]]] = {}
     for uid in batch.users["user_id"].tolist():
-        payload = {"rules": rules_of.get(uid, [])}
-        encoded = orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)
-        found = made.get(encoded)
+        text = f'{{"rules":[{",".join(rules_of.get(uid, ()))}]}}'
+        found = made.get(text)
         if found is None:
-            found = made[encoded] = (hashlib.sha256(encoded).hexdigest(), payload)
+            found = made[text] = (hashlib.sha256(text.encode()).hexdigest(), orjson.loads(text))
         out[uid] = found
     return out
 
