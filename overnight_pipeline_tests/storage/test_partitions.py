@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import Engine, func, inspect, select, text
 from sqlalchemy.exc import IntegrityError
 
-from overnight_pipeline.core.captured_reader import snapshot_keys
+from overnight_pipeline.core.captured_reader import holding_assets, snapshot_keys
 from overnight_pipeline.core.markets import DEFAULT_MARKETS
 from overnight_pipeline.providers.synthetic import SyntheticProvider
 from overnight_pipeline.seed import seed
@@ -251,8 +251,30 @@ def test_0004_keeps_a_previous_nights_output(fresh_url: str) -> None:
         with engine.connect() as conn:
             new = captured()
             shared = snapshots(conn, {k for d in new.values() for k in snapshot_keys(d)})
-        assert {d["format"] for d in new.values()} == {3}
+        assert {d["format"] for d in new.values()} == {4}
         engine.dispose()
+        # 0011: format 4 names the held assets by id again (format 3) ...
+        downgrade(fresh_url, "0010")
+        engine = make_engine(fresh_url)
+        with engine.connect() as conn:
+            ids = {uid: holding_assets(doc, shared) for uid, doc in new.items()}
+            assert captured() == {
+                uid: {
+                    **doc,
+                    "format": 3,
+                    "holdings": {
+                        "columns": ["assetId", "assetClass", "quantity"],
+                        "rows": [
+                            [aid, *row[1:]]
+                            for aid, row in zip(ids[uid], doc["holdings"]["rows"], strict=True)
+                        ],
+                    },
+                }
+                for uid, doc in new.items()
+            }
+            new = captured()
+        engine.dispose()
+        # ... which 0004 turns into format 2.
         downgrade(fresh_url, "0003")
         engine = make_engine(fresh_url)
         with engine.connect() as conn:
