@@ -34,7 +34,7 @@ def recommend_batch(
     rows = UserRows.of(batch, scores)
     failures: dict[Any, Exception] = {}
     rates = pair_rates(batch, rows, fx, failures)
-    classes = ClassRows.of(batch, rows, failures)
+    classes = ClassRows.of(batch, rows, failures, scores._keys)
     table, extra = class_values(batch, rows, classes, rates, failures)
     picks = eligible_picks(batch, scores, rows, classes, table, failures)
     missing = _missing_prices(rows)

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from overnight_pipeline.core.batch.arrays import is_null, present, run_codes
-from overnight_pipeline.core.batch.frames import Batch, BatchScores
+from overnight_pipeline.core.batch.frames import Batch, BatchScores, HoldingKeys
 from overnight_pipeline.core.recommendations import ClassSpec, check_unique
 
 
@@ -75,8 +75,15 @@ class ClassRows:
     of_holding: np.ndarray
 
     @classmethod
-    def of(cls, batch: Batch, rows: UserRows, failures: dict[Any, Exception]) -> ClassRows:
-        """A user with a class name twice fails."""
+    def of(
+        cls,
+        batch: Batch,
+        rows: UserRows,
+        failures: dict[Any, Exception],
+        keys: HoldingKeys | None = None,
+    ) -> ClassRows:
+        """A user with a class name twice fails. `keys`: what scoring learnt of the
+        holdings (their class codes are reused when they describe `batch.holdings`)."""
         cl, h = batch.classes, batch.holdings
         c_user = run_codes(cl["user_id"].to_numpy(dtype=object), rows.row_of, grow=False)
         c_rows = np.flatnonzero(c_user >= 0)
@@ -85,12 +92,7 @@ class ClassRows:
         first = np.searchsorted(c_user, np.arange(rows.n_users + 1)).tolist()
         specs = _class_specs(cl, c_rows)
         n_k = len(specs)
-        codes, _ = pd.factorize(
-            np.concatenate(
-                [cl["name"].to_numpy(dtype=object)[c_rows], h["asset_class"].to_numpy(dtype=object)]
-            ),
-            use_na_sentinel=False,
-        )
+        codes = _class_codes(cl["name"].to_numpy(dtype=object)[c_rows], h, keys)
         n_names = int(codes.max()) + 1 if len(codes) else 1
         key = c_user * n_names + codes[:n_k]
         by_key = np.argsort(key, kind="stable")
@@ -107,6 +109,22 @@ class ClassRows:
             found = rows.known & (sorted_key[pos] == h_key)
             of_holding[found] = by_key[pos[found]]
         return cls(specs, c_user, first, of_holding)
+
+
+def _class_codes(names: np.ndarray, h: pd.DataFrame, keys: HoldingKeys | None) -> np.ndarray:
+    """One code per distinct class name: the class rows' names (`names`), then the
+    holdings' classes. Scoring's codes of the holdings' classes are reused when `keys`
+    describes `h` and every name is a string (no null to match as pandas would)."""
+    listed = names.tolist()
+    if keys is None or keys.holdings is not h or not set(map(type, listed)) <= {str}:
+        codes, _ = pd.factorize(
+            np.concatenate([names, h["asset_class"].to_numpy(dtype=object)]),
+            use_na_sentinel=False,
+        )
+        return codes
+    index = {name: code for code, name in enumerate(keys.class_names)}
+    mine = np.fromiter((index.setdefault(n, len(index)) for n in listed), np.int64, len(listed))
+    return np.concatenate([mine, keys.class_code.astype(np.int64, copy=False)])
 
 
 def _class_specs(classes: pd.DataFrame, rows: np.ndarray) -> list[ClassSpec]:
