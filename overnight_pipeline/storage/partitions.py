@@ -34,8 +34,10 @@ PARTITIONED: dict[str, str] = {
 }
 _DATE_KEYS = {"calculation_snapshots"}
 # Each month of the events keeps its payloads inline, compressed (`payload` has STORAGE MAIN
-# and lz4 on the parent, migration 0004): a 2-3 KB document is compressed from 128 bytes of
-# row on instead of only past 2 KB, and stays in the row instead of two TOAST chunks
+# and lz4 on the parent, migration 0004). PostgreSQL looks at a row for compression only
+# past TOAST_TUPLE_THRESHOLD (≈ 2 KB, fixed when the server is built; a smaller row is stored
+# as it is, whatever this option says); such a row's payload is then compressed towards 128
+# bytes of row rather than stopping at 2 KB, and stays in the row instead of two TOAST chunks
 # (fewer bytes per user-night: docs/PERFORMANCE.md, "Figures once quoted in the code").
 TABLE_OPTIONS = {"calculation_events": " WITH (toast_tuple_target = 128)"}
 PARTITION_NAME = re.compile(r"^(?P<table>[a-z_]+)_p(?P<year>\d{4})_(?P<month>\d{2})$")
