@@ -52,25 +52,12 @@ def _null(value: Any) -> bool:
 
 
 SNAPSHOT_ASSET_COLUMNS = ("assetId", "market", "symbol", "currency", "price", "priceAsOf")
-# The asset rows' order of the market snapshots made in this process, by hash (asset id →
-# position), the newest few: what `capture_json` needs to write format 4. A hash names one
-# content, so this is a memo of its order, never stale; a snapshot made elsewhere (not here)
-# gets format 3 documents.
-_POSITIONS: dict[str, dict[str, int]] = {}
-_POSITIONS_KEPT = 8
 
 
-def asset_positions(key: str) -> Mapping[str, int] | None:
-    """asset id → the position of its row in the market snapshot `key`'s `assets.rows`, if
-    `market_snapshot` made that snapshot in this process."""
-    return _POSITIONS.get(key)
-
-
-def _remember_positions(key: str, rows: list[list[Any]]) -> None:
-    _POSITIONS.pop(key, None)
-    _POSITIONS[key] = {row[0]: i for i, row in enumerate(rows)}
-    while len(_POSITIONS) > _POSITIONS_KEPT:
-        del _POSITIONS[next(iter(_POSITIONS))]
+def asset_positions(snapshot: Mapping[str, Any]) -> dict[str, int]:
+    """asset id → the position of its row in a market snapshot's `assets.rows` (the payload
+    `market_snapshot` returns): what `capture_json` names held assets by in format 4."""
+    return {row[0]: i for i, row in enumerate(snapshot["assets"]["rows"])}
 
 
 def snapshot_hash(payload: Mapping[str, Any]) -> str:
@@ -112,9 +99,7 @@ def market_snapshot(
             "usdTo": {c: text(fx.usd_to[c]) for c in sorted(fx.usd_to)},
         },
     }
-    key = snapshot_hash(payload)
-    _remember_positions(key, rows)
-    return key, payload
+    return snapshot_hash(payload), payload
 
 
 # JSON text of the document -------------------------------------------------------------
@@ -235,14 +220,15 @@ def capture_json(
     holding_markets: Sequence[str | None] | None = None,
     snapshot: str | None = None,
     criteria: Mapping[Any, str] | None = None,
+    positions: Mapping[str, int] | None = None,
 ) -> dict[Any, tuple[str, int]]:
     """`INPUTS_CAPTURED` of every user of `batch` as JSON text: user id → (the document, its
     number of holdings). With `snapshot` (the hash of the market snapshot the batch was
     priced from, `market_snapshot`), format 2: the user's own inputs and that reference;
     with `criteria` as well (user id → the hash of the user's `criteria_snapshots`), format
     3: the rules are referenced too (made as text from the columns, `core.captured_text`),
-    and format 4 when the snapshot was made in this process and holds every asset of the
-    batch (`asset_positions`: each asset named by its row's position there); without, the
+    and format 4 with `positions` (`asset_positions` of that snapshot) when the snapshot
+    holds every asset of the batch: each asset named by its row's position there; without, the
     self-contained shape written before (fundamentals from the batch's frame)."""
     if snapshot is not None and criteria is not None:  # what the pipeline writes
         return referencing_texts(
@@ -252,7 +238,7 @@ def capture_json(
             criteria_versions=criteria_versions,
             snapshot=snapshot,
             criteria=criteria,
-            positions=asset_positions(snapshot),
+            positions=positions,
         )
     fundamentals = batch.fundamentals
     assert isinstance(fundamentals, pd.DataFrame), "capture needs the fundamentals frame"

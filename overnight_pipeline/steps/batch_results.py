@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
@@ -53,6 +53,7 @@ class Calculation:
     run_id: str
     fx: FxRates
     snapshot: str  # the hash of the market snapshot the users are priced from
+    positions: Mapping[str, int]  # asset id → its row in that snapshot (INPUTS_CAPTURED 4)
 
 
 @dataclass(frozen=True)
@@ -165,6 +166,7 @@ def process_batch(
         holding_markets=holding_markets,
         snapshot=calc.snapshot,
         criteria={uid: key for uid, (key, _) in criteria.items()},
+        positions=calc.positions,
     )
     score_rows, asset_rows = _score_rows(scored, holding_markets, texts)
     holdings_count = Counter(batch.holdings["user_id"].tolist())

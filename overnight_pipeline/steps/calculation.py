@@ -15,7 +15,7 @@ from datetime import date, datetime
 from sqlalchemy import Engine
 
 from overnight_pipeline.core.audit import CALC_COMPLETED
-from overnight_pipeline.core.captured_writer import market_snapshot
+from overnight_pipeline.core.captured_writer import asset_positions, market_snapshot
 from overnight_pipeline.core.chunks import chunks
 from overnight_pipeline.core.markets import Market
 from overnight_pipeline.core.money import FxRates
@@ -109,6 +109,7 @@ def score_and_recommend(
             run_id=run_id,
             fx=work.fx,
             snapshot=work.snapshot_key,
+            positions=work.positions,
         )
         batches = list(chunks(work.todo, batch_size))
         progress = Progress(
@@ -140,6 +141,7 @@ class _ShardWork:
     fx: FxRates
     snapshot: MarketSnapshot
     snapshot_key: str
+    positions: dict[str, int]  # asset id → its row in the snapshot's payload
     analyzed: list[str]
 
 
@@ -193,7 +195,8 @@ def _prepare(
             calculated_at=calculated_at,
         )
     todo = [u for u in users if u not in done]
-    return _ShardWork(users, todo, fx, snapshot, snapshot_key, analyzed)
+    positions = asset_positions(snapshot_payload)
+    return _ShardWork(users, todo, fx, snapshot, snapshot_key, positions, analyzed)
 
 
 def _run_batches(

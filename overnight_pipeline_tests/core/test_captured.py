@@ -140,13 +140,14 @@ def test_a_document_referencing_a_snapshot_says_what_the_self_contained_one_says
     thirds = [(uid, orjson.loads(text)) for uid, (text, _) in third.items()]
     again3, fx3 = batch_from_captured(thirds, shared)
     assert run_batch(again3, fx3).recommendations == run_batch(batch, stamped).recommendations
-    # Format 4, what the pipeline writes (the snapshot made in this process): format 3 with
+    # Format 4, what the pipeline writes (with the snapshot's asset positions): format 3 with
     # each holding's asset named by the position of its row in the market snapshot.
-    fourth = capture_json(
-        batch, stamped, holding_markets=markets, snapshot=key, criteria=keys, **common
-    )
     order = [row[0] for row in snapshot["assets"]["rows"]]
-    assert asset_positions(key) == {a: i for i, a in enumerate(order)}
+    assert asset_positions(snapshot) == {a: i for i, a in enumerate(order)}
+    fourth = capture_json(
+        batch, stamped, holding_markets=markets, snapshot=key, criteria=keys,
+        positions=asset_positions(snapshot), **common
+    )  # fmt: skip
     for uid, (text, count) in fourth.items():
         expected = orjson.loads(third[uid][0])
         expected["format"] = 4

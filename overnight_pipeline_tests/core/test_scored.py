@@ -17,7 +17,11 @@ from hypothesis import given, settings
 
 from overnight_pipeline.core.batch import Batch, score_batch
 from overnight_pipeline.core.captured_text import referencing_texts
-from overnight_pipeline.core.captured_writer import capture_json, criteria_snapshots
+from overnight_pipeline.core.captured_writer import (
+    asset_positions,
+    capture_json,
+    criteria_snapshots,
+)
 from overnight_pipeline.core.money import FxRates
 from overnight_pipeline.core.scored import (
     ScoresPayloadError,
@@ -237,13 +241,14 @@ def test_the_full_view_from_format_2_and_the_snapshots_is_what_format_1_held(b) 
             snapshot=key,
             criteria={uid: h for uid, (h, _) in criteria.items()},
         ),
-        # What the pipeline writes: the snapshot was made in this process (`_snapshot_of`).
+        # What the pipeline writes: the snapshot's asset positions given.
         4: capture_json(
             batch,
             FX_AT,
             holding_markets=markets,
             snapshot=key,
             criteria={uid: h for uid, (h, _) in criteria.items()},
+            positions=asset_positions(snapshot),
             **common,
         ),
     }
