@@ -125,8 +125,7 @@ def allocate_exact(
     handed = _largest_remainder(user, rest, units, floors_of, remainders, weight_of, weight, symbol)
     percents, gaps = _percents_and_gaps(user)
     big_l = user.big_l
-    return _ALLOCATION(
-        Allocation,
+    return Allocation._make(
         (
             [(first + class_of[j], j, u) for j, u in units.items() if u],
             status,
@@ -137,10 +136,6 @@ def allocate_exact(
             handed,
         ),
     )
-
-
-# Allocation(...) from all its fields in order, without the NamedTuple's Python-level __new__.
-_ALLOCATION = tuple.__new__
 
 
 @dataclass(slots=True)

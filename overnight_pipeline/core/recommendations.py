@@ -10,11 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from dataclasses import fields as dataclass_fields
 from datetime import datetime
 from decimal import Decimal
 from operator import attrgetter
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from overnight_pipeline.core.allocation import (
     BELOW_MINIMUM,
@@ -236,8 +235,7 @@ def result_of(
         i = k - first
         class_units[i] += u
         recs.append(
-            _new(
-                RecommendedAsset,
+            RecommendedAsset._make(
                 (
                     asset_id[j],
                     symbol[j],
@@ -257,7 +255,7 @@ def result_of(
         recs.sort(key=_AMOUNT_SCORE, reverse=True)
     allocated = Decimal(allocation.allocated_units).scaleb(exponent, EXACT)
     nothing = Decimal(0).scaleb(exponent, EXACT)
-    return _user_recommendations(
+    return UserRecommendations(
         base_currency=base_currency,
         contribution=contribution,
         total_value=allocation.total,
@@ -265,8 +263,7 @@ def result_of(
         unallocated=EXACT.subtract(contribution, allocated),
         classes=tuple(
             [
-                _new(
-                    ClassResult,
+                ClassResult._make(
                     (
                         c.name,
                         value,
@@ -294,22 +291,3 @@ def result_of(
         criteria_version=criteria_version,
         missing_prices=missing_prices,
     )
-
-
-# A NamedTuple from a tuple of all its fields, without its Python-level __new__ (a batch
-# makes a dozen a user).
-_new = tuple.__new__
-
-
-def _user_recommendations(**fields: Any) -> UserRecommendations:
-    """`UserRecommendations(**fields)` with every field given, made without the frozen
-    dataclass's `__init__` (one `object.__setattr__` per field: ≈ 3 µs a user). The same
-    object: the instance dictionary is what `__init__` fills."""
-    if fields.keys() != _RESULT_FIELDS:
-        raise TypeError(f"UserRecommendations: fields {sorted(fields)}")
-    made = object.__new__(UserRecommendations)
-    made.__dict__.update(fields)
-    return made
-
-
-_RESULT_FIELDS = {f.name for f in dataclass_fields(UserRecommendations)}
