@@ -163,7 +163,8 @@ def load(engine: Any) -> tuple[Any, list[tuple[Any, Any]]]:
     """The calculation of the seeded partition and every batch of it, loaded."""
     from overnight_pipeline.core.chunks import chunks
     from overnight_pipeline.steps import batch_results, calculation
-    from overnight_pipeline.storage.batches import load_batch, snapshot_reads
+    from overnight_pipeline.storage.batches import load_batch
+    from overnight_pipeline.storage.snapshot_reads import snapshot_reads
 
     cid = uuid.UUID(int=25)
     calculated_at = datetime(2026, 11, 28, 2, 0, tzinfo=UTC)

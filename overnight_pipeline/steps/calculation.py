@@ -35,10 +35,10 @@ from overnight_pipeline.storage.batches import (
     load_market_snapshot,
     load_rates,
     partition_instruments,
-    snapshot_reads,
 )
 from overnight_pipeline.storage.events import insert_snapshot, users_with_event
 from overnight_pipeline.storage.partitions import ensure_months
+from overnight_pipeline.storage.snapshot_reads import snapshot_reads
 
 # The steps' logger, named as before the steps became a package: the name is in every JSON
 # log line.

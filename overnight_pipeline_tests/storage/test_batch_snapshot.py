@@ -18,7 +18,6 @@ from overnight_pipeline.storage.batches import (
     LoadedBatch,
     MarketSnapshot,
     load_batch,
-    snapshot_reads,
 )
 from overnight_pipeline.storage.db import make_engine
 from overnight_pipeline.storage.models import (
@@ -28,6 +27,7 @@ from overnight_pipeline.storage.models import (
     holdings_table,
     users_table,
 )
+from overnight_pipeline.storage.snapshot_reads import snapshot_reads
 from overnight_pipeline_tests.support.databases import (
     migrated_pg_database,
     migrated_sqlite_database,
