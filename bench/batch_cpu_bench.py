@@ -188,6 +188,7 @@ def load(engine: Any) -> tuple[Any, list[tuple[Any, Any]]]:
         run_id="batch-cpu-bench",
         fx=work.fx,
         snapshot=work.snapshot_key,
+        positions=work.positions,
     )
     batches = list(chunks(work.users, 1000))
     t = time.perf_counter()
