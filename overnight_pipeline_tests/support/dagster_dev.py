@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -66,6 +67,34 @@ query SensorTicks($selector: SensorSelector!) {
   sensorOrError(sensorSelector: $selector) {
     __typename
     ... on Sensor { sensorState { ticks(limit: 1) { timestamp status runIds } } }
+    ... on Error { message }
+  }
+}"""
+
+
+SENSOR_STATE = """
+query SensorState($selector: SensorSelector!) {
+  sensorOrError(sensorSelector: $selector) {
+    __typename
+    ... on Sensor { sensorState { id status ticks(limit: 1) { timestamp status } } }
+    ... on Error { message }
+  }
+}"""
+
+STOP_SENSOR = """
+mutation StopSensor($id: String!) {
+  stopSensor(id: $id) {
+    __typename
+    ... on StopSensorMutationResult { instigationState { status } }
+    ... on Error { message }
+  }
+}"""
+
+START_SENSOR = """
+mutation StartSensor($selector: SensorSelector!) {
+  startSensor(sensorSelector: $selector) {
+    __typename
+    ... on Sensor { sensorState { status } }
     ... on Error { message }
   }
 }"""
@@ -143,6 +172,35 @@ def tick_after(dev: DagsterDev, sensor: str, when: float, timeout: float = 60) -
         return tick if done else None
 
     return wait_for(f"a finished tick of {sensor}", finished, timeout, dev.log)
+
+
+@contextmanager
+def sensor_paused(dev: DagsterDev, sensor: str) -> Iterator[None]:
+    """`sensor` stopped and started again around the block, with the toggle of its page in
+    the UI (the same two mutations); the block begins once no tick is under way, so nothing
+    it does is seen before the first tick after it."""
+    selector = {**repository_selector(), "sensorName": sensor}
+
+    def state() -> dict[str, Any]:
+        found = dev.graphql(SENSOR_STATE, selector=selector)["sensorOrError"]
+        assert found["__typename"] == "Sensor", found
+        return dict(found["sensorState"])
+
+    stopped = dev.graphql(STOP_SENSOR, id=state()["id"])["stopSensor"]
+    assert stopped["__typename"] == "StopSensorMutationResult", stopped
+    assert stopped["instigationState"]["status"] == "STOPPED", stopped
+
+    def idle() -> bool:
+        ticks = state()["ticks"]
+        return not ticks or ticks[0]["status"] != "STARTED"
+
+    wait_for(f"{sensor}'s tick under way to finish", idle, 60, dev.log)
+    try:
+        yield
+    finally:
+        started = dev.graphql(START_SENSOR, selector=selector)["startSensor"]
+        assert started["__typename"] == "Sensor", started
+        assert started["sensorState"]["status"] == "RUNNING", started
 
 
 def asset_selection(names: tuple[str, ...] = ASSETS) -> list[dict[str, list[str]]]:
