@@ -11,7 +11,9 @@ encoding (`market_snapshot`), and each user's document keeps what is the user's 
 snapshot's hash. Documents written before it carry their market data themselves. Format 3
 references the rules too (a criteria snapshot); format 4 (issue 25) names each held asset
 by the position of its row in the market snapshot's `assets.rows` (column `asset`, an
-integer from 0) instead of its id (`holding_assets`).
+integer from 0) instead of its id (`holding_assets`). Format 5 (issue 25) keeps only
+references: the user's own inputs (base currency, contribution, classes, holdings by asset
+id) are an `inputs` snapshot too; `own_inputs` puts them back (a format-3 document).
 """
 
 from __future__ import annotations
@@ -73,6 +75,8 @@ def batch_from_captured(
     rows = _Rows(snapshots)
     own, referenced, captured = rows.own, rows.referenced_market, rows.captured_market
     for uid, doc in items:
+        if doc.get("format") == 5:
+            doc = own_inputs(doc, snapshots)
         own(uid, doc)
         if doc.get("format") in REFERENCING:
             referenced(uid, doc)
@@ -272,8 +276,27 @@ class _Snapshot:
         return cls(assets, fundamentals, usd_to, as_of, bool(rates.get("stale")), order)
 
 
-REFERENCING = (2, 3, 4)
+REFERENCING = (2, 3, 4, 5)
 """The formats that reference a market snapshot."""
+
+
+def own_inputs(
+    doc: Mapping[str, Any], snapshots: Mapping[str, Mapping[str, Any]] | None
+) -> Mapping[str, Any]:
+    """A format-5 document as the format-3 document it stands for: the user's own inputs
+    (`baseCurrency`, `contribution`, `assetClasses`, `holdings` by asset id) read from the
+    `inputs` snapshot it references; any other format as it is."""
+    if doc.get("format") != 5:
+        return doc
+    key = doc["inputs"]
+    if snapshots is None or key not in snapshots:
+        raise KeyError(f"inputs snapshot {key} of INPUTS_CAPTURED is not available")
+    own = snapshots[key]
+    out = {k: v for k, v in doc.items() if k != "inputs"}
+    out["format"] = 3
+    for name in ("baseCurrency", "contribution", "assetClasses", "holdings"):
+        out[name] = own[name]
+    return out
 
 
 def _position(order: list[str], row: Any, i: int, key: str) -> str:
@@ -288,8 +311,9 @@ def _position(order: list[str], row: Any, i: int, key: str) -> str:
 
 
 def holding_assets(doc: Mapping[str, Any], snapshots: Mapping[str, Mapping[str, Any]]) -> list[str]:
-    """The asset ids of the holdings of a document of format 2, 3 or 4, in order (format 4:
-    read from the market snapshot's rows)."""
+    """The asset ids of the holdings of a document of format 2 to 5, in order (format 4:
+    read from the market snapshot's rows; format 5: from its `inputs` snapshot)."""
+    doc = own_inputs(doc, snapshots)
     rows = doc["holdings"]["rows"]
     if doc.get("format") != 4:
         return [row[0] for row in rows]
@@ -301,14 +325,15 @@ def holding_assets(doc: Mapping[str, Any], snapshots: Mapping[str, Mapping[str, 
 def self_contained(
     doc: Mapping[str, Any], snapshots: Mapping[str, Mapping[str, Any]]
 ) -> dict[str, Any]:
-    """A format-2, -3 or -4 `INPUTS_CAPTURED` document with what it references put back in,
+    """A format-2 to -5 `INPUTS_CAPTURED` document with what it references put back in,
     from `snapshots` (hash → payload, as `storage.events.snapshots` returns them): the
-    market snapshot's data (format 4: the held assets' ids too) and, formats 3 and 4, the
-    criteria snapshot's rules. The result is the self-contained shape written before
-    (`capture_json` without snapshots gives the same document for the same batch), for
-    operators and the one-user paths."""
+    market snapshot's data (format 4: the held assets' ids too), formats 3 to 5 the
+    criteria snapshot's rules, format 5 the user's own inputs. The result is the
+    self-contained shape written before (`capture_json` without snapshots gives the same
+    document for the same batch), for operators and the one-user paths."""
     if doc.get("format") not in REFERENCING:
         return dict(doc)
+    doc = own_inputs(doc, snapshots)
     if "rules" not in doc["criteria"]:
         rules = captured_rules(doc, snapshots)
         doc = {**doc, "criteria": {"version": doc["criteria"]["version"], "rules": rules}}
@@ -356,11 +381,13 @@ def self_contained(
 
 def snapshot_keys(doc: Mapping[str, Any]) -> list[str]:
     """The snapshots an `INPUTS_CAPTURED` document references: its market snapshot (formats
-    2 to 4) and its criteria snapshot (formats 3 and 4)."""
+    2 to 5), its criteria snapshot (formats 3 to 5) and its inputs snapshot (format 5)."""
     keys = [doc["snapshot"]] if doc.get("format") in REFERENCING else []
     criteria = doc.get("criteria") or {}
     if "snapshot" in criteria:
         keys.append(criteria["snapshot"])
+    if doc.get("format") == 5:
+        keys.append(doc["inputs"])
     return keys
 
 
@@ -368,7 +395,7 @@ def captured_rules(
     doc: Mapping[str, Any], snapshots: Mapping[str, Mapping[str, Any]] | None
 ) -> Any:
     """The criteria rules of an `INPUTS_CAPTURED` document: its own (formats 1 and 2) or
-    those of the `criteria` snapshot it references (formats 3 and 4)."""
+    those of the `criteria` snapshot it references (formats 3 to 5)."""
     criteria = doc["criteria"]
     if "rules" in criteria:
         return criteria["rules"]

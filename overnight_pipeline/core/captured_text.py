@@ -1,6 +1,7 @@
 """The JSON text of what the pipeline writes each night for each user, `INPUTS_CAPTURED` of
-format 4 (or 3), assembled from pieces of text made from the batch's columns, without a dict or a
-list per row.
+format 5 and the canonical text of the user's `inputs` snapshot it references (or format 4
+or 3), assembled from pieces of text made from the batch's columns, without a dict or a list
+per row.
 
 The bytes are those `orjson.dumps` writes of the documents `core.captured_writer` describes
 (the same keys in the same order, compact, strings escaped by orjson itself): the tests
@@ -80,6 +81,109 @@ def grouped(keys: list[Any], texts: list[str]) -> dict[Any, list[str]]:
     return out
 
 
+# The user's own inputs as a snapshot (format 5): the keys of every object sorted, as
+# `captured_writer.snapshot_hash` encodes them, so the text is the canonical one and its
+# SHA-256 the snapshot's hash; holdings name their assets by id (a snapshot outlives the
+# night's market snapshot, whose row positions may change).
+_OWN_HEAD = '{"assetClasses":['
+_OWN_HOLDINGS = '"holdings":{"columns":["assetId","assetClass","quantity"],"rows":['
+
+
+def _holding_texts(batch: Batch, assets: list[str]) -> dict[Any, list[str]]:
+    """Each user's holdings as JSON rows `[asset, class, quantity]`, the asset as `assets`
+    gives it (one text per holding)."""
+    h = batch.holdings
+    return grouped(
+        h["user_id"].tolist(),
+        [
+            f"[{aid},{cls},{quantity}]"
+            for aid, cls, quantity in zip(
+                assets,
+                json_column(h["asset_class"].tolist()),
+                decimal_json(h["quantity"].tolist()),
+                strict=True,
+            )
+        ],
+    )
+
+
+def _class_texts(batch: Batch, *, sort_keys: bool) -> dict[Any, list[str]]:
+    """Each user's asset classes as JSON objects, in the documents' key order or sorted."""
+    c = batch.classes
+    columns = zip(
+        json_column(c["name"].tolist()),
+        decimal_json(c["target_min"].tolist()),
+        decimal_json(c["target_max"].tolist()),
+        map(_int_json, c["max_assets"].tolist()),
+        decimal_json(c["min_allocation_value"].tolist()),
+        strict=True,
+    )
+    texts = (
+        [
+            f'{{"maxAssets":{most},"minAllocationValue":{least},"name":{name},'
+            f'"targetMax":{hi},"targetMin":{lo}}}'
+            for name, lo, hi, most, least in columns
+        ]
+        if sort_keys
+        else [
+            f'{{"name":{name},"targetMin":{lo},"targetMax":{hi},'
+            f'"maxAssets":{most},"minAllocationValue":{least}}}'
+            for name, lo, hi, most, least in columns
+        ]
+    )
+    return grouped(c["user_id"].tolist(), texts)
+
+
+def own_texts(batch: Batch) -> dict[Any, str]:
+    """Each user's own inputs (base currency, contribution, asset classes, holdings by asset
+    id) as the canonical JSON text of an `inputs` snapshot (keys sorted, compact: what
+    `snapshot_hash` encodes), by user id."""
+    users = batch.users
+    holdings_of = _holding_texts(batch, json_column(batch.holdings["asset_id"].tolist()))
+    classes_of = _class_texts(batch, sort_keys=True)
+    out: dict[Any, str] = {}
+    for uid, base, contribution in zip(
+        users["user_id"].tolist(),
+        json_column(users["base_currency"].tolist()),
+        decimal_json(users["contribution"].tolist()),
+        strict=True,
+    ):
+        out[uid] = (
+            f'{_OWN_HEAD}{",".join(classes_of.get(uid, ()))}],"baseCurrency":{base},'
+            f'"contribution":{contribution},{_OWN_HOLDINGS}{",".join(holdings_of.get(uid, ()))}]}}}}'
+        )
+    return out
+
+
+def inputs_texts(
+    counts: Mapping[Any, int],
+    *,
+    market: str,
+    market_date: date,
+    criteria_versions: Mapping[Any, int | None],
+    snapshot: str,
+    criteria: Mapping[Any, str],
+    inputs: Mapping[Any, str],
+) -> dict[Any, tuple[str, int]]:
+    """`INPUTS_CAPTURED` of format 5 of the users of `inputs` (user id → the hash of the
+    user's `inputs` snapshot, `captured_writer.inputs_snapshots`): only references, the
+    market snapshot, the criteria version and snapshot, the user's own inputs; user id →
+    (the document, its number of holdings, from `counts`)."""
+    js = json_column
+    head = (
+        f'{{"format":5,"market":{js([market])[0]},"marketDate":"{market_date.isoformat()}",'
+        f'"snapshot":{js([snapshot])[0]},"criteria":{{"version":'
+    )
+    out: dict[Any, tuple[str, int]] = {}
+    for uid, own in inputs.items():
+        out[uid] = (
+            f'{head}{_int_json(criteria_versions.get(uid))},"snapshot":"{criteria[uid]}"}},'
+            f'"inputs":"{own}"}}',
+            counts.get(uid, 0),
+        )
+    return out
+
+
 def referencing_texts(
     batch: Batch,
     *,
@@ -95,7 +199,7 @@ def referencing_texts(
     number of holdings). With `positions` (asset id → the position of its row in the market
     snapshot) holding every asset of the batch, format 4: the same document with each
     holding's asset id replaced by that position (column `asset`)."""
-    h, c, users = batch.holdings, batch.classes, batch.users
+    h, users = batch.holdings, batch.users
     asset_ids = h["asset_id"].tolist()
     distinct = set(asset_ids)
     if positions is not None and all(a in positions for a in distinct):
@@ -104,33 +208,8 @@ def referencing_texts(
         assets = list(map(made.__getitem__, asset_ids))
     else:
         fmt, fields, assets = 3, HOLDING_FIELDS, json_column(asset_ids)
-    holdings_of = grouped(
-        h["user_id"].tolist(),
-        [
-            f"[{aid},{cls},{quantity}]"
-            for aid, cls, quantity in zip(
-                assets,
-                json_column(h["asset_class"].tolist()),
-                decimal_json(h["quantity"].tolist()),
-                strict=True,
-            )
-        ],
-    )
-    classes_of = grouped(
-        c["user_id"].tolist(),
-        [
-            f'{{"name":{name},"targetMin":{lo},"targetMax":{hi},'
-            f'"maxAssets":{most},"minAllocationValue":{least}}}'
-            for name, lo, hi, most, least in zip(
-                json_column(c["name"].tolist()),
-                decimal_json(c["target_min"].tolist()),
-                decimal_json(c["target_max"].tolist()),
-                map(_int_json, c["max_assets"].tolist()),
-                decimal_json(c["min_allocation_value"].tolist()),
-                strict=True,
-            )
-        ],
-    )
+    holdings_of = _holding_texts(batch, assets)
+    classes_of = _class_texts(batch, sort_keys=False)
     js = json_column
     head = (
         f'{{"format":{fmt},"market":{js([market])[0]},"marketDate":"{market_date.isoformat()}",'

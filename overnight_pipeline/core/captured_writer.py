@@ -12,13 +12,16 @@ Read back by `captured_reader`, which also says what the formats hold. Since rev
 0003 (`"format": 2`) a calculation's market data is one snapshot (`market_snapshot`) that
 each user's document references by its hash; format 3 references the user's criteria rules
 too (`criteria_snapshots`); format 4 (issue 25) names each held asset by the position of its
-row in that market snapshot instead of its 36-character id (`asset_positions`).
+row in that market snapshot instead of its 36-character id (`asset_positions`); format 5
+(issue 25) references the user's own inputs too, an `inputs` snapshot (`inputs_snapshots`),
+stored once a month while they do not change.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
@@ -31,7 +34,9 @@ from overnight_pipeline.core.batch import HOLDING_COLUMNS, RULE_COLUMNS, Batch
 from overnight_pipeline.core.captured_text import (
     HOLDING_FIELDS,
     grouped,
+    inputs_texts,
     json_column,
+    own_texts,
     plain_texts,
     referencing_texts,
 )
@@ -210,6 +215,38 @@ def criteria_snapshots(batch: Batch) -> dict[Any, tuple[str, dict[str, Any]]]:
     return out
 
 
+class SnapshotTexts(Mapping[str, Any]):
+    """hash → payload of snapshots kept as their canonical text, each parsed only when read:
+    `storage.events.insert_snapshots` reads the payloads of the month's missing snapshots
+    only, and most nights every user's is there already."""
+
+    def __init__(self, texts: dict[str, str]) -> None:
+        self._texts = texts
+
+    def __getitem__(self, key: str) -> Any:
+        return orjson.loads(self._texts[key])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._texts)
+
+    def __len__(self) -> int:
+        return len(self._texts)
+
+
+def inputs_snapshots(batch: Batch) -> tuple[dict[Any, str], SnapshotTexts]:
+    """Each user's own inputs (base currency, contribution, asset classes, holdings by asset
+    id: what `INPUTS_CAPTURED` of format 4 repeated every night) as an `inputs` snapshot:
+    (user id → its hash, hash → payload). Content-addressed: users with the same inputs
+    share one, and a month stores it once while they do not change
+    (`storage.events.insert_snapshots`)."""
+    keys: dict[Any, str] = {}
+    texts: dict[str, str] = {}
+    for uid, text in own_texts(batch).items():
+        key = keys[uid] = hashlib.sha256(text.encode()).hexdigest()
+        texts[key] = text
+    return keys, SnapshotTexts(texts)
+
+
 def capture_json(
     batch: Batch,
     fx: FxRates,
@@ -221,6 +258,7 @@ def capture_json(
     snapshot: str | None = None,
     criteria: Mapping[Any, str] | None = None,
     positions: Mapping[str, int] | None = None,
+    inputs: Mapping[Any, str] | None = None,
 ) -> dict[Any, tuple[str, int]]:
     """`INPUTS_CAPTURED` of every user of `batch` as JSON text: user id → (the document, its
     number of holdings). With `snapshot` (the hash of the market snapshot the batch was
@@ -228,9 +266,22 @@ def capture_json(
     with `criteria` as well (user id → the hash of the user's `criteria_snapshots`), format
     3: the rules are referenced too (made as text from the columns, `core.captured_text`),
     and format 4 with `positions` (`asset_positions` of that snapshot) when the snapshot
-    holds every asset of the batch: each asset named by its row's position there; without, the
-    self-contained shape written before (fundamentals from the batch's frame)."""
-    if snapshot is not None and criteria is not None:  # what the pipeline writes
+    holds every asset of the batch: each asset named by its row's position there; with
+    `inputs` as well (user id → the hash of the user's `inputs_snapshots`), format 5, only
+    references (what the pipeline writes). Without a snapshot, the self-contained shape
+    written before (fundamentals from the batch's frame)."""
+    if snapshot is not None and criteria is not None and inputs is not None:
+        counts = Counter(batch.holdings["user_id"].tolist())
+        return inputs_texts(
+            counts,
+            market=market,
+            market_date=market_date,
+            criteria_versions=criteria_versions,
+            snapshot=snapshot,
+            criteria=criteria,
+            inputs={uid: inputs[uid] for uid in batch.users["user_id"].tolist()},
+        )
+    if snapshot is not None and criteria is not None:
         return referencing_texts(
             batch,
             market=market,

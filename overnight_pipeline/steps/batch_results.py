@@ -18,7 +18,11 @@ from overnight_pipeline.core import audit
 from overnight_pipeline.core.batch import Batch, BatchScores, recommend_batch, score_batch
 from overnight_pipeline.core.batch.arrays import present, run_codes
 from overnight_pipeline.core.cache_documents import cache_documents
-from overnight_pipeline.core.captured_writer import capture_json, criteria_snapshots
+from overnight_pipeline.core.captured_writer import (
+    capture_json,
+    criteria_snapshots,
+    inputs_snapshots,
+)
 from overnight_pipeline.core.money import FxRates, MissingRateError
 from overnight_pipeline.core.recommendations import UserRecommendations
 from overnight_pipeline.core.scored import ScoreTexts, no_scores, score_json
@@ -157,6 +161,7 @@ def process_batch(
     recommended, rec_failures = recommend_batch(batch, scored, calc.fx)
     texts = score_json(scored, versions)
     criteria = criteria_snapshots(batch)
+    own_keys, own_payloads = inputs_snapshots(batch)
     captured = capture_json(
         batch,
         calc.fx,
@@ -167,6 +172,7 @@ def process_batch(
         snapshot=calc.snapshot,
         criteria={uid: key for uid, (key, _) in criteria.items()},
         positions=calc.positions,
+        inputs=own_keys,
     )
     score_rows, asset_rows = _score_rows(scored, holding_markets, texts)
     holdings_count = Counter(batch.holdings["user_id"].tolist())
@@ -192,6 +198,7 @@ def process_batch(
         users=users,
         versions={u: versions.get(u) or 0 for u in sorted(ok)},
         criteria_payloads=dict(criteria.values()),
+        inputs_payloads=own_payloads,
     )
     return BatchResult(
         write=write,
@@ -331,6 +338,7 @@ def _writes(
     users: _Users,
     versions: dict[str, int],
     criteria_payloads: dict[str, dict[str, Any]],
+    inputs_payloads: Mapping[str, Any],
 ) -> Write:
     """The batch's writes, its rows formatted here, not on the writer thread: this thread
     would otherwise wait for it."""
@@ -357,6 +365,9 @@ def _writes(
         # Before the events that reference them, in their transaction.
         insert_snapshots(
             conn, kind="criteria", payloads=criteria_payloads, calculated_at=calc.calculated_at
+        )
+        insert_snapshots(
+            conn, kind="inputs", payloads=inputs_payloads, calculated_at=calc.calculated_at
         )
         write_scores(conn, scores)
         for prepared in rows:

@@ -321,7 +321,9 @@ class CalculationEvent(Base):
 class CalculationSnapshot(Base):
     """What the users of a calculation share, stored once per month: a market-date's prices,
     fundamentals and rates as the run used them (`market`), a criteria version's rules
-    (`criteria`, shared by the nights of the month and by users with the same rules); immutable, keyed by the hash of its
+    (`criteria`, shared by the nights of the month and by users with the same rules), a
+    user's own inputs (`inputs`: classes, holdings, contribution; shared by the nights of the
+    month while they do not change, revision 0012); immutable, keyed by the hash of its
     canonical JSON encoding (`core.snapshots`) and the month of the calculations that
     reference it, inserted with ON CONFLICT DO NOTHING, never updated. `INPUTS_CAPTURED`
     events reference it by `hash`; the month makes it live exactly as long as they do (a
@@ -329,7 +331,7 @@ class CalculationSnapshot(Base):
 
     __tablename__ = "calculation_snapshots"
     __table_args__ = (
-        CheckConstraint("kind IN ('market', 'criteria')", name="known_kind"),
+        CheckConstraint("kind IN ('market', 'criteria', 'inputs')", name="known_kind"),
         {"postgresql_partition_by": "RANGE (month)"},
     )
 

@@ -11,17 +11,20 @@ import pandas as pd
 import pytest
 from hypothesis import given, settings
 
-from overnight_pipeline.core.batch import run_batch, score_batch
+from overnight_pipeline.core.batch import Batch, run_batch, score_batch
 from overnight_pipeline.core.captured_reader import (
     batch_from_captured,
     holding_assets,
+    own_inputs,
     self_contained,
+    snapshot_keys,
 )
 from overnight_pipeline.core.captured_text import plain_texts, referencing_texts
 from overnight_pipeline.core.captured_writer import (
     asset_positions,
     capture_json,
     criteria_snapshots,
+    inputs_snapshots,
     market_snapshot,
     snapshot_hash,
 )
@@ -165,6 +168,36 @@ def test_a_document_referencing_a_snapshot_says_what_the_self_contained_one_says
     again4, fx4 = batch_from_captured(fourths, shared)
     assert run_batch(again4, fx4).recommendations == run_batch(batch, stamped).recommendations
     assert again4.holdings.equals(again3.holdings)
+    # Format 5, what the pipeline writes: only references, the user's own inputs an `inputs`
+    # snapshot (holdings by asset id), keyed by the hash of its canonical text.
+    own_keys, own = inputs_snapshots(batch)
+    for h in set(own_keys.values()):
+        assert h == snapshot_hash(orjson.loads(orjson.dumps(own[h])))
+    everything = {**shared, **{h: own[h] for h in own}}
+    fifth = capture_json(
+        batch, stamped, holding_markets=markets, snapshot=key, criteria=keys,
+        positions=asset_positions(snapshot), inputs=own_keys, **common
+    )  # fmt: skip
+    for uid, (text, count) in fifth.items():
+        expected = {
+            "format": 5,
+            "market": "NYSE",
+            "marketDate": DAY.isoformat(),
+            "snapshot": key,
+            "criteria": {"version": 1, "snapshot": criteria[uid][0]},
+            "inputs": own_keys[uid],
+        }
+        assert text == orjson.dumps(expected).decode() and count == third[uid][1]
+        doc = orjson.loads(text)
+        assert snapshot_keys(doc) == [key, criteria[uid][0], own_keys[uid]]
+        assert own_inputs(doc, everything) == orjson.loads(third[uid][0])
+        assert holding_assets(doc, everything) == holding_assets(orjson.loads(third[uid][0]), {})
+        assert self_contained(doc, everything) == orjson.loads(old[uid][0])
+    fifths = [(uid, orjson.loads(text)) for uid, (text, _) in fifth.items()]
+    again5, fx5 = batch_from_captured(fifths, everything)
+    assert run_batch(again5, fx5).recommendations == run_batch(batch, stamped).recommendations
+    assert again5.holdings.equals(again3.holdings) and again5.users.equals(again3.users)
+    assert again5.classes.equals(again3.classes) and again5.rules.equals(again3.rules)
     again, fx = batch_from_captured(list(docs.items()), {key: snapshot})
     direct, replayed = run_batch(batch, stamped), run_batch(again, fx)
     assert replayed.recommendations == direct.recommendations
@@ -193,6 +226,69 @@ def test_a_format_4_position_outside_the_snapshot_is_refused_naming_it() -> None
             holding_assets(doc, {"k": snapshot})
         with pytest.raises(ValueError, match=r"holdings.rows\[1\].asset"):
             batch_from_captured([("u", doc)], {"k": snapshot})
+
+
+def test_a_format_5_document_without_its_inputs_snapshot_is_refused_naming_it() -> None:
+    doc = {"format": 5, "snapshot": "m", "criteria": {"version": 1, "snapshot": "c"}}
+    doc["inputs"] = "i"
+    with pytest.raises(KeyError, match="inputs snapshot i of INPUTS_CAPTURED"):
+        own_inputs(doc, {"m": {}, "c": {}})
+    with pytest.raises(KeyError, match="inputs snapshot i"):
+        batch_from_captured([("u", doc)], {"m": {}, "c": {}})
+
+
+def test_users_with_the_same_inputs_share_one_inputs_snapshot() -> None:
+    """Content-addressed: the same classes, holdings and contribution give the same hash
+    whoever holds them; a changed quantity gives another."""
+    users = pd.DataFrame(
+        {
+            "user_id": ["u1", "u2", "u3"],
+            "base_currency": ["USD"] * 3,
+            "contribution": [Decimal("100.00")] * 3,
+            "criteria_version": [1] * 3,
+        }
+    )
+    classes = pd.DataFrame(
+        {
+            "user_id": ["u1", "u2", "u3"],
+            "name": ["Growth"] * 3,
+            "target_min": [Decimal("0.5")] * 3,
+            "target_max": [Decimal("1")] * 3,
+            "max_assets": [None, None, None],
+            "min_allocation_value": [None, None, None],
+        },
+        dtype=object,
+    )
+    holdings = pd.DataFrame(
+        {
+            "user_id": ["u1", "u2", "u3"],
+            "asset_id": ["a1"] * 3,
+            "asset_class": ["Growth"] * 3,
+            "quantity": [Decimal("2"), Decimal("2"), Decimal("3")],
+        },
+        dtype=object,
+    )
+    batch = Batch(users, classes, holdings, pd.DataFrame(), pd.DataFrame())
+    keys, payloads = inputs_snapshots(batch)
+    assert keys["u1"] == keys["u2"] != keys["u3"] and len(payloads) == 2
+    assert payloads[keys["u3"]] == {
+        "assetClasses": [
+            {
+                "maxAssets": None,
+                "minAllocationValue": None,
+                "name": "Growth",
+                "targetMax": "1",
+                "targetMin": "0.5",
+            }
+        ],
+        "baseCurrency": "USD",
+        "contribution": "100.00",
+        "holdings": {
+            "columns": ["assetId", "assetClass", "quantity"],
+            "rows": [["a1", "Growth", "3"]],
+        },
+    }
+    assert keys["u3"] == snapshot_hash(payloads[keys["u3"]])
 
 
 def test_plain_texts_are_the_plain_format_of_each_decimal() -> None:

@@ -12,7 +12,7 @@ import orjson
 from dagster import Definitions
 from sqlalchemy import func, select
 
-from overnight_pipeline.core.captured_reader import holding_assets, self_contained
+from overnight_pipeline.core.captured_reader import holding_assets, self_contained, snapshot_keys
 from overnight_pipeline.core.money import FxRates
 from overnight_pipeline.core.payloads import CachedPortfolioSummary, CachedRecommendations
 from overnight_pipeline.core.recommendations import ClassSpec, HoldingInput, recommend
@@ -162,16 +162,18 @@ def test_a_partition_runs_end_to_end_and_a_broken_user_fails_alone(pipeline: Pip
     with pipeline.engine.connect() as conn:
         keys = {e["INPUTS_CAPTURED"]["snapshot"] for e in events.values()}
         rules = {e["INPUTS_CAPTURED"]["criteria"]["snapshot"] for e in events.values()}
-        shared = snapshots(conn, keys | rules)
+        own = {e["INPUTS_CAPTURED"]["inputs"] for e in events.values()}
+        shared = snapshots(conn, keys | rules | own)
     # One market snapshot per calculation, shared by all its users; a criteria snapshot
-    # per distinct rule set.
-    assert len(keys) == 1 and set(shared) == keys | rules
+    # per distinct rule set; an inputs snapshot per distinct set of a user's own inputs.
+    assert len(keys) == 1 and set(shared) == keys | rules | own
     assert {shared[k]["rules"] and k for k in rules} == rules
+    assert {shared[k]["holdings"] and k for k in own} == own
     for user_id, user_events in events.items():
         captured = user_events["INPUTS_CAPTURED"]
         doc = self_contained(captured, shared)
         # Replaying the captured inputs reproduces the stored and the event scores exactly.
-        assert captured["format"] == 4  # the assets by their rows in the market snapshot
+        assert captured["format"] == 5  # only references: the user's own inputs a snapshot
         replayed = replay(doc)
         assert {a: s.score for a, s in replayed.items()} == {
             a: stored_scores[(user_id, a)] for a in replayed
@@ -263,11 +265,11 @@ def test_all_calculations_for_an_asset_come_newest_first(pipeline: Pipeline) -> 
     first, second = correlation_ids(pipeline)[-2:]
     scores = events_by_user(pipeline, second)
     user_id, user_events = next(iter(scores.items()))
-    # SCORES_COMPUTED row 0 scores INPUTS_CAPTURED's holding 0 (format 4: its asset is
-    # the row of that position in the market snapshot).
+    # SCORES_COMPUTED row 0 scores INPUTS_CAPTURED's holding 0 (format 5: the holdings are
+    # in the inputs snapshot it references).
     captured = user_events["INPUTS_CAPTURED"]
     with pipeline.engine.connect() as conn:
-        shared = snapshots(conn, [captured["snapshot"]])
+        shared = snapshots(conn, snapshot_keys(captured))
     asset_id = uuid.UUID(holding_assets(captured, shared)[0])
     with pipeline.engine.connect() as conn:
         symbol = conn.scalar(select(assets_table.c.symbol).where(assets_table.c.id == asset_id))

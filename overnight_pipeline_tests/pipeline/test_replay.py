@@ -89,9 +89,9 @@ def test_new_events_replay_exactly_and_hold_the_full_view(engine: Engine) -> Non
     for uid, payload in events(engine, cid, "SCORES_COMPUTED").items():
         assert payload["format"] == 3
         doc = captured[uid]
-        # Format 4 (the held assets named by their rows in the market snapshot): `replay`
-        # reads it with what it references put back.
-        assert doc["format"] == 4 and "snapshot" in doc["criteria"]
+        # Format 5 (only references: the market, criteria and the user's own inputs
+        # snapshots): `replay` reads it with what it references put back.
+        assert doc["format"] == 5 and "snapshot" in doc["criteria"] and doc["inputs"] in shared
         assert full_scores(payload, doc, shared) == replay(self_contained(doc, shared))
 
 

@@ -14,7 +14,7 @@ import redis
 from dagster import DagsterInstance
 from sqlalchemy import select
 
-from overnight_pipeline.core.captured_reader import captured_rules, holding_assets
+from overnight_pipeline.core.captured_reader import captured_rules, holding_assets, own_inputs
 from overnight_pipeline.core.load_file import parse_load_file
 from overnight_pipeline.core.markets import load_markets
 from overnight_pipeline.definitions import definitions_for
@@ -120,8 +120,9 @@ def small_batches(torn_db: str, redis_prefix: str) -> Iterator[Pipeline]:
 
 def _as_version(doc: dict[str, Any], snapshots: dict[str, Any], symbols: dict[str, str]) -> Any:
     """The parts of a captured document that a version sets, in the versions' own terms."""
+    doc = own_inputs(doc, snapshots)  # format 5: the user's own inputs are a snapshot
     rows = doc["holdings"]["rows"]
-    assets = holding_assets(doc, snapshots)  # format 4: by their rows in the market snapshot
+    assets = holding_assets(doc, snapshots)
     return {
         "contribution": doc["contribution"],
         "classes": [(c["name"], c["targetMin"], c["targetMax"]) for c in doc["assetClasses"]],

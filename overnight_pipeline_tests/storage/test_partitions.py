@@ -30,6 +30,7 @@ from overnight_pipeline.storage.models import (
     calculation_snapshots_table,
 )
 from overnight_pipeline.storage.partitions import ensure_months, existing
+from overnight_pipeline.storage.retention import delete_expired
 from overnight_pipeline_tests.support.databases import create_pg_database, drop_pg_database
 
 NYSE = tuple(m for m in DEFAULT_MARKETS if m.code == "NYSE")
@@ -135,6 +136,52 @@ def test_a_night_across_a_month_boundary_stays_in_the_month_it_started(fresh_url
         with engine.connect() as conn:
             months = set(conn.scalars(select(s.month)))
         assert months == {date(2026, 11, 1), date(2026, 12, 1)}
+    finally:
+        engine.dispose()
+
+
+def test_retention_drops_a_months_inputs_snapshots_and_keeps_those_the_next_month_references(
+    fresh_url: str,
+) -> None:
+    """The users' own inputs are a snapshot per month (format 5): December's night stores its
+    own copies of the inputs November's night stored (the same content, the same hashes).
+    Two years on, retention drops November whole, its inputs snapshots included, and keeps
+    every snapshot December's events reference: that night still replays exactly."""
+    engine = _seeded(fresh_url)
+    try:
+        november, december = uuid.uuid4(), uuid.uuid4()
+        _night(engine, LAST_NIGHT_OF_NOVEMBER, november, datetime(2026, 11, 30, 22, tzinfo=UTC))
+        _night(engine, FIRST_NIGHT_OF_DECEMBER, december, datetime(2026, 12, 1, 22, tzinfo=UTC))
+        s = calculation_snapshots_table.c
+
+        def inputs_by_month() -> dict[date, set[str]]:
+            with engine.connect() as conn:
+                rows = conn.execute(select(s.month, s.hash).where(s.kind == "inputs")).all()
+            out: dict[date, set[str]] = {}
+            for month, key in rows:
+                out.setdefault(month, set()).add(key)
+            return out
+
+        def referenced(cid: uuid.UUID) -> set[str]:
+            with engine.connect() as conn:
+                users = users_with_event(conn, correlation_id=cid, event_type="INPUTS_CAPTURED")
+                docs = event_payloads(
+                    conn, correlation_id=cid, event_type="INPUTS_CAPTURED", user_ids=list(users)
+                )
+            assert docs and {d["format"] for _, d in docs} == {5}
+            return {d["inputs"] for _, d in docs}
+
+        stored = inputs_by_month()
+        assert stored[date(2026, 11, 1)] == referenced(november)
+        assert stored[date(2026, 12, 1)] == referenced(december) == referenced(november)
+        delete_expired(engine, now=datetime(2028, 12, 1, 0, 0, 1, tzinfo=UTC))
+        assert inputs_by_month() == {date(2026, 12, 1): referenced(december)}
+        with engine.connect() as conn:
+            assert not users_with_event(conn, correlation_id=november, event_type="CALC_STARTED")
+            left = set(conn.scalars(select(s.month)))
+        assert left == {date(2026, 12, 1)}
+        outcome = replay_sample(engine, correlation_id=december, day=FIRST_NIGHT_OF_DECEMBER)
+        assert outcome.checked and outcome.mismatches == []
     finally:
         engine.dispose()
 
@@ -251,28 +298,38 @@ def test_0004_keeps_a_previous_nights_output(fresh_url: str) -> None:
         with engine.connect() as conn:
             new = captured()
             shared = snapshots(conn, {k for d in new.values() for k in snapshot_keys(d)})
-        assert {d["format"] for d in new.values()} == {4}
+        assert {d["format"] for d in new.values()} == {5}
         engine.dispose()
-        # 0011: format 4 names the held assets by id again (format 3) ...
-        downgrade(fresh_url, "0010")
+        # 0012: format 5 gets the user's own inputs back from its inputs snapshot (format 3,
+        # holdings by asset id), and the inputs snapshots go ...
+        downgrade(fresh_url, "0011")
         engine = make_engine(fresh_url)
         with engine.connect() as conn:
             ids = {uid: holding_assets(doc, shared) for uid, doc in new.items()}
-            assert captured() == {
+            expected = {
                 uid: {
-                    **doc,
-                    "format": 3,
-                    "holdings": {
-                        "columns": ["assetId", "assetClass", "quantity"],
-                        "rows": [
-                            [aid, *row[1:]]
-                            for aid, row in zip(ids[uid], doc["holdings"]["rows"], strict=True)
-                        ],
+                    **{k: v for k, v in doc.items() if k != "inputs"},
+                    **{
+                        k: shared[doc["inputs"]][k]
+                        for k in ("baseCurrency", "contribution", "assetClasses", "holdings")
                     },
+                    "format": 3,
                 }
                 for uid, doc in new.items()
             }
+            assert captured() == expected
+            assert [r[0] for d in expected.values() for r in d["holdings"]["rows"]] == [
+                a for uid in expected for a in ids[uid]
+            ]
+            assert not conn.scalar(
+                text("SELECT count(*) FROM calculation_snapshots WHERE kind = 'inputs'")
+            )
             new = captured()
+        engine.dispose()
+        # ... 0011 has no format 4 left to rewrite ...
+        downgrade(fresh_url, "0010")
+        engine = make_engine(fresh_url)
+        assert captured() == new
         engine.dispose()
         # ... which 0004 turns into format 2.
         downgrade(fresh_url, "0003")
