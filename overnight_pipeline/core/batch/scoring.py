@@ -46,7 +46,7 @@ def score_batch(
     table = (
         fundamentals
         if isinstance(fundamentals, FundamentalsTable)
-        else (FundamentalsTable.of(fundamentals))
+        else FundamentalsTable.of_snapshot(fundamentals)
     )
     a_row = table.rows(holdings["asset_id"].to_numpy(dtype=object))
     outcomes = _Outcomes.of(pairs, rules, table, a_row)
