@@ -13,7 +13,11 @@ the night processed. The first nights only bring the database to its steady stat
 table keeps per user rather than per night is written once and then replaced).
 
 Prints KB per user-night by table and in total, the stored size of each event type, and
-MET/MISSED against the target (≤ 7 KB).
+MET/MISSED against the target (≤ 7 KB). The month's criteria and inputs snapshots are
+written on its first night (a user's rules and own inputs are stored once a month while they
+do not change): the first night's growth of `calculation_snapshots` beyond the last
+night's, spread over the month's sessions, is added to the figure the target is checked
+against.
 """
 
 from __future__ import annotations
@@ -149,12 +153,16 @@ def main() -> None:
         )
         print(f"storage, {args.users:,} NYSE users seeded in {time.perf_counter() - started:.1f} s")
         vacuum(url)
+        snapshot_growth = []
         for day in nights:
             before = table_sizes(url)
             cid, users, seconds = run_night(url, prefix, day)
             vacuum(url)
+            after = table_sizes(url)
+            snapshot_growth.append(
+                after.get("calculation_snapshots", 0) - before.get("calculation_snapshots", 0)
+            )
             print(f"  night {day}: {users:,} users in {seconds:.1f} s")
-        after = table_sizes(url)
         sizes = event_sizes(url, cid)
     finally:
         client = redis.Redis.from_url(REDIS_URL)
@@ -179,10 +187,24 @@ def main() -> None:
     print("| --- | ---: | ---: |")
     for kind, text_bytes, stored in sizes:
         print(f"| {kind} | {text_bytes:,.0f} | {stored:,.0f} |")
-    verdict = "MET" if per_user <= TARGET_KB else "MISSED"
+    # The month's criteria and inputs snapshots are written on its first night only (the
+    # last night measured writes its market snapshot alone): their bytes, spread over the
+    # month's sessions, count in the figure the target is checked against.
+    monthly = max(snapshot_growth[0] - snapshot_growth[-1], 0) if len(nights) > 1 else 0
+    month = nights[0].replace(day=1)
+    month_sessions = sum(d.month == month.month for d in sessions(month, 23))
+    spread = monthly / users / 1024 / month_sessions
+    amortised = per_user + spread
     print(
-        f"\n{verdict}: PostgreSQL growth {per_user:.2f} KB per processed user per night "
-        f"(target ≤ {TARGET_KB:.0f} KB)"
+        f"\nthe month's criteria and inputs snapshots (its first night's): "
+        f"{monthly / users / 1024:.2f} KB a user, {spread:.2f} KB per user-night over its"
+        f" {month_sessions} sessions"
+    )
+    verdict = "MET" if amortised <= TARGET_KB else "MISSED"
+    print(
+        f"\n{verdict}: PostgreSQL growth {amortised:.2f} KB per processed user per night with"
+        f" the month's snapshots ({per_user:.2f} the last night alone; target ≤"
+        f" {TARGET_KB:.0f} KB)"
     )
 
 

@@ -15,8 +15,9 @@ the same payloads (stored as the real path stores them), a calculation's asset-X
 sharing its `calculated_at` (so the indexes deduplicate as the real path's do), a new
 correlation id (md5 of the date), timestamps shifted to its night, its recommendation rows
 and the day's market data under its date, its own market snapshot (a distinct hash, the same
-payload: one per night, as prices change daily), the month's criteria snapshots once per
-month and one `overnight_job_runs` row. A copied night's `INPUTS_CAPTURED` still names its
+payload: one per night, as prices change daily), the month's criteria and inputs snapshots
+once per month (users whose rules and holdings do not change within the month) and one
+`overnight_job_runs` row. A copied night's `INPUTS_CAPTURED` still names its
 real night's market snapshot: only real nights are replayed. The database is then vacuumed
 and analyzed (`VACUUM (ANALYZE)`), as autovacuum would have done month after month (it is
 off on this machine's server): hint bits and visibility maps set, planner statistics and the
@@ -275,8 +276,8 @@ _COPIED: dict[str, dict[str, str | None]] = {
     "asset_prices": {"price_date": ":day", "as_of": "as_of + :shift"},
     "asset_fundamentals": {"fundamentals_date": ":day", "as_of": "as_of + :shift"},
     "exchange_rates": {"rate_date": ":day", "as_of": "as_of + :shift"},
-    # A night's own market snapshot (prices change daily); the month's criteria snapshots
-    # once per month (the same rules: the same hash).
+    # A night's own market snapshot (prices change daily); the month's criteria and inputs
+    # snapshots once per month (the same rules and holdings: the same hash).
     "calculation_snapshots": {
         "hash": "CASE kind WHEN 'market' THEN"
         " encode(sha256(convert_to(hash || :day_text, 'UTF8')), 'hex') ELSE hash END",
@@ -434,6 +435,18 @@ def stored_event_bytes(conn: Connection, night: Night) -> dict[str, float]:
         {"cid": night.correlation_id, "at": night.at},
     ).all()
     return {kind: float(size) for kind, size in rows}
+
+
+def stored_snapshot_bytes(conn: Connection, month: date) -> dict[str, tuple[int, float]]:
+    """(count, mean stored payload bytes) of each kind of snapshot of one month."""
+    rows = conn.execute(
+        text(
+            "SELECT kind, count(*), avg(pg_column_size(payload)) FROM calculation_snapshots"
+            " WHERE month = :month GROUP BY 1"
+        ),
+        {"month": month},
+    ).all()
+    return {kind: (int(n), float(size)) for kind, n, size in rows}
 
 
 # Queries ----------------------------------------------------------------------------------
@@ -814,12 +827,17 @@ def main() -> None:
             growth_kb = report_sizes(conn, baseline, nights, written.users)
             copied = next(n for n in nights if not n.real and n.at > replayed.at)
             payloads = {n.real: stored_event_bytes(conn, n) for n in (replayed, copied)}
+            kinds = stored_snapshot_bytes(conn, month_of(replayed.at))
         print("stored payload bytes per event, real night / copied night:", end="")
         for kind in sorted(payloads[True]):
             print(
                 f" {kind} {payloads[True][kind]:,.0f} / {payloads[False].get(kind, 0):,.0f};",
                 end="",
             )
+        print(flush=True)
+        print(f"snapshots of {month_of(replayed.at):%Y-%m}, count and stored bytes each:", end="")
+        for kind, (n, size) in sorted(kinds.items()):
+            print(f" {kind} {n:,} × {size:,.0f};", end="")
         print(flush=True)
 
         # 2. Queries
