@@ -186,6 +186,38 @@ def test_retention_drops_a_months_inputs_snapshots_and_keeps_those_the_next_mont
         engine.dispose()
 
 
+def test_0012_lets_the_snapshots_hold_the_inputs_kind_and_its_downgrade_removes_them(
+    fresh_url: str,
+) -> None:
+    """At 0012 an `inputs` snapshot is accepted and an unknown kind refused; below it the
+    inputs snapshots are gone and the kind is refused again."""
+    migrate(fresh_url)
+    engine = make_engine(fresh_url)
+    s = calculation_snapshots_table
+
+    def store(key: str, kind: str) -> None:
+        with engine.begin() as conn:
+            ensure_months(conn, [datetime(2026, 11, 30, tzinfo=UTC)])
+            conn.execute(
+                s.insert().values(hash=key, month=date(2026, 11, 1), kind=kind, payload={})
+            )
+
+    try:
+        store("a", "inputs")
+        with pytest.raises(IntegrityError):
+            store("b", "unknown")
+        engine.dispose()
+        downgrade(fresh_url, "0011")
+        engine = make_engine(fresh_url)
+        with engine.connect() as conn:
+            assert list(conn.execute(select(s.c.hash, s.c.kind))) == []
+        with pytest.raises(IntegrityError):
+            store("c", "inputs")
+        store("d", "criteria")
+    finally:
+        engine.dispose()
+
+
 def test_months_are_created_once_by_concurrent_writers() -> None:
     url = create_pg_database("overnight_partitions")
     try:
