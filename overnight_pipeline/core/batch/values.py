@@ -16,9 +16,8 @@ from overnight_pipeline.core.batch.arrays import (
     all_finite,
     finite,
     heads,
-    ratios,
+    ratio_columns,
     run_codes,
-    unzip,
 )
 from overnight_pipeline.core.batch.frames import Batch
 from overnight_pipeline.core.batch.rows import ClassRows, UserRows
@@ -149,7 +148,6 @@ def _bands(
             )
             rows.fail(failures, int(classes.user[row]), error)
             bounds[row] = ZERO
-    as_ratio = ratios()
-    table.lo_num, table.lo_den = unzip(map(as_ratio, columns["target_min"]), n_k)
-    table.hi_num, table.hi_den = unzip(map(as_ratio, columns["target_max"]), n_k)
-    table.min_num, table.min_den = unzip(map(as_ratio, columns["min_allocation_value"]), n_k)
+    table.lo_num, table.lo_den = ratio_columns(columns["target_min"])
+    table.hi_num, table.hi_den = ratio_columns(columns["target_max"])
+    table.min_num, table.min_den = ratio_columns(columns["min_allocation_value"])
