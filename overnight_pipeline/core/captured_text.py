@@ -12,8 +12,8 @@ never escapes; every other string goes through `orjson.dumps`, once per distinct
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from datetime import date
+from collections.abc import Callable, Mapping
+from datetime import date, datetime
 from decimal import Decimal
 from itertools import groupby
 from types import NoneType
@@ -26,6 +26,41 @@ from overnight_pipeline.core.batch import Batch
 HOLDING_FIELDS = ("assetId", "assetClass", "quantity")
 # Format 4: a holding's asset is the position of its row in the market snapshot.
 POSITION_FIELDS = ("asset", "assetClass", "quantity")
+
+
+def decimal_text(value: Decimal | None) -> str | None:
+    return None if value is None else format(value, "f")
+
+
+def iso_text(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def is_null(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and value != value)
+
+
+def plain_text(value: Decimal) -> str:
+    return format(value, "f")
+
+
+def texts_by_identity(make: Callable[[Any], str] = plain_text) -> Callable[[Any], str | None]:
+    """Text of values (`make`, `format(d, "f")` of a Decimal by default; None for a null)
+    by the value's identity: the frames share their objects (every holder of an asset its
+    price, fundamentals and score Decimals), each is made once per call. Values are kept
+    alive, so that an id is never reused by another value meanwhile."""
+    made: dict[int, str | None] = {}
+    alive: list[Any] = []
+
+    def text(value: Any) -> str | None:
+        try:
+            return made[id(value)]
+        except KeyError:
+            alive.append(value)
+            found = made[id(value)] = None if is_null(value) else make(value)
+            return found
+
+    return text
 
 
 def plain_texts(values: list[Any]) -> list[str | None]:
@@ -82,7 +117,7 @@ def grouped(keys: list[Any], texts: list[str]) -> dict[Any, list[str]]:
 
 
 # The user's own inputs as a snapshot (format 5): the keys of every object sorted, as
-# `captured_writer.snapshot_hash` encodes them, so the text is the canonical one and its
+# `snapshots.snapshot_hash` encodes them, so the text is the canonical one and its
 # SHA-256 the snapshot's hash; holdings name their assets by id (a snapshot outlives the
 # night's market snapshot, whose row positions may change).
 _OWN_HEAD = '{"assetClasses":['
@@ -166,7 +201,7 @@ def inputs_texts(
     inputs: Mapping[Any, str],
 ) -> dict[Any, tuple[str, int]]:
     """`INPUTS_CAPTURED` of format 5 of the users of `inputs` (user id → the hash of the
-    user's `inputs` snapshot, `captured_writer.inputs_snapshots`): only references, the
+    user's `inputs` snapshot, `snapshots.inputs_snapshots`): only references, the
     market snapshot, the criteria version and snapshot, the user's own inputs; user id →
     (the document, its number of holdings, from `counts`)."""
     js = json_column

@@ -9,7 +9,8 @@ for the metrics the user's rules read (a metric no rule reads cannot change the 
 nulls included.
 
 Read back by `captured_reader`, which also says what the formats hold. Since revision
-0003 (`"format": 2`) a calculation's market data is one snapshot (`market_snapshot`) that
+0003 (`"format": 2`) a calculation's market data is one snapshot (`market_snapshot`; the
+snapshots' makers are in `core.snapshots`) that
 each user's document references by its hash; format 3 references the user's criteria rules
 too (`criteria_snapshots`); format 4 (issue 25) names each held asset by the position of its
 row in that market snapshot instead of its 36-character id (`asset_positions`); format 5
@@ -19,12 +20,10 @@ stored once a month while they do not change.
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
-from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -33,79 +32,15 @@ import pandas as pd
 from overnight_pipeline.core.batch import HOLDING_COLUMNS, RULE_COLUMNS, Batch
 from overnight_pipeline.core.captured_text import (
     HOLDING_FIELDS,
-    grouped,
     inputs_texts,
-    json_column,
-    own_texts,
+    is_null,
+    iso_text,
     plain_texts,
     referencing_texts,
+    texts_by_identity,
 )
 from overnight_pipeline.core.money import FxRates
 from overnight_pipeline.core.vocabulary import METRICS
-
-
-def _s(value: Decimal | None) -> str | None:
-    return None if value is None else format(value, "f")
-
-
-def _iso(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat()
-
-
-def _null(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and value != value)
-
-
-SNAPSHOT_ASSET_COLUMNS = ("assetId", "market", "symbol", "currency", "price", "priceAsOf")
-
-
-def asset_positions(snapshot: Mapping[str, Any]) -> dict[str, int]:
-    """asset id → the position of its row in a market snapshot's `assets.rows` (the payload
-    `market_snapshot` returns): what `capture_json` names held assets by in format 4."""
-    return {row[0]: i for i, row in enumerate(snapshot["assets"]["rows"])}
-
-
-def snapshot_hash(payload: Mapping[str, Any]) -> str:
-    """The key of a snapshot: SHA-256 of its canonical encoding (orjson, keys sorted; every
-    number a string), the same for the same content wherever and whenever it is made."""
-    return hashlib.sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()
-
-
-def market_snapshot(
-    assets: Iterable[tuple[str, str, str, str]],
-    prices: Mapping[str, tuple[Decimal, str, datetime]],
-    fundamentals: pd.DataFrame,
-    fx: FxRates,
-) -> tuple[str, dict[str, Any]]:
-    """(hash, payload) of the market data a calculation uses: each asset of `assets`
-    ((asset id, market, symbol, currency)) with its quote from `prices` (the quote's
-    currency, else the asset's), the rows of `fundamentals` of those assets, and `fx`.
-    Rows are ordered by asset id, so the same data gives the same hash in every shard."""
-    text = _texts()
-    rows = []
-    ids = set()
-    for aid, market, symbol, currency in sorted(assets):
-        price, quoted, as_of = prices.get(aid, (None, None, None))
-        rows.append([aid, market, symbol, quoted or currency, text(price), _iso(as_of)])
-        ids.add(aid)
-    held = fundamentals[fundamentals.index.isin(ids)].reindex(columns=list(METRICS))
-    fund_rows = sorted(
-        [aid, *(text(v) for v in values)]
-        for aid, values in zip(
-            held.index.tolist(), held.to_numpy(dtype=object).tolist(), strict=True
-        )
-    )
-    payload: dict[str, Any] = {
-        "assets": {"columns": list(SNAPSHOT_ASSET_COLUMNS), "rows": rows},
-        "fundamentals": {"columns": ["assetId", *METRICS], "rows": fund_rows},
-        "rates": {
-            "asOf": _iso(fx.as_of),
-            "stale": fx.stale,
-            "usdTo": {c: text(fx.usd_to[c]) for c in sorted(fx.usd_to)},
-        },
-    }
-    return snapshot_hash(payload), payload
-
 
 # JSON text of the document -------------------------------------------------------------
 #
@@ -120,29 +55,6 @@ def market_snapshot(
 # kept alive doubled the cost. Faster than the f-string builder it replaced
 # (`bench/json_bench.py`; docs/PERFORMANCE.md, "Figures once quoted in the code").
 # `SCORES_COMPUTED` is built by `core.scored.score_json`.
-
-
-def _plain_text(value: Decimal) -> str:
-    return format(value, "f")
-
-
-def _texts(make: Callable[[Any], str] = _plain_text) -> Callable[[Any], str | None]:
-    """Text of values (`make`, `format(d, "f")` of a Decimal by default; None for a null)
-    by the value's identity: the frames share their objects (every holder of an asset its
-    price, fundamentals and score Decimals), each is made once per call. Values are kept
-    alive, so that an id is never reused by another value meanwhile."""
-    made: dict[int, str | None] = {}
-    alive: list[Any] = []
-
-    def text(value: Any) -> str | None:
-        try:
-            return made[id(value)]
-        except KeyError:
-            alive.append(value)
-            found = made[id(value)] = None if _null(value) else make(value)
-            return found
-
-    return text
 
 
 def _rules_by_user(
@@ -172,79 +84,6 @@ def _rules_by_user(
         rules_of.setdefault(uid, []).append(rule)
         metrics_of.setdefault(uid, set()).add(metric)
     return rules_of, metrics_of
-
-
-def criteria_snapshots(batch: Batch) -> dict[Any, tuple[str, dict[str, Any]]]:
-    """Each user's criteria rules as a `criteria` snapshot: user id → (hash, payload
-    `{"rules": [...]}`, the rules as `INPUTS_CAPTURED` of format 2 listed them). A
-    criteria version is immutable, so its snapshot is stored once per month and shared by
-    every night (and every user with the same rules) that month.
-
-    Made as the canonical text itself (keys sorted, compact: what `snapshot_hash` encodes)
-    from the rules' columns, hashed, and parsed once per distinct rule set: no dict per rule
-    and no sorted re-encoding per user (`storage.events.insert_snapshots` then stores only
-    those the month lacks)."""
-    r = batch.rules
-    js = json_column
-    texts = [
-        f'{{"assetClass":{cls},"id":{rid},"metric":{metric},"operator":{op},'
-        f'"points":{int(points)}'
-        + ("" if v is None else f',"value":"{v}"')
-        + ("" if v2 is None else f',"value2":"{v2}"')
-        + "}"
-        for rid, cls, metric, op, v, v2, points in zip(
-            js(r["id"].tolist()),
-            js(r["asset_class"].tolist()),
-            js(r["metric"].tolist()),
-            js(r["operator"].tolist()),
-            plain_texts(r["value"].tolist()),
-            plain_texts(r["value2"].tolist()),
-            r["points"].tolist(),
-            strict=True,
-        )
-    ]
-    rules_of = grouped(r["user_id"].tolist(), texts)
-    out: dict[Any, tuple[str, dict[str, Any]]] = {}
-    made: dict[str, tuple[str, dict[str, Any]]] = {}
-    for uid in batch.users["user_id"].tolist():
-        text = f'{{"rules":[{",".join(rules_of.get(uid, ()))}]}}'
-        found = made.get(text)
-        if found is None:
-            found = made[text] = (hashlib.sha256(text.encode()).hexdigest(), orjson.loads(text))
-        out[uid] = found
-    return out
-
-
-class SnapshotTexts(Mapping[str, Any]):
-    """hash → payload of snapshots kept as their canonical text, each parsed only when read:
-    `storage.events.insert_snapshots` reads the payloads of the month's missing snapshots
-    only, and most nights every user's is there already."""
-
-    def __init__(self, texts: dict[str, str]) -> None:
-        self._texts = texts
-
-    def __getitem__(self, key: str) -> Any:
-        return orjson.loads(self._texts[key])
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._texts)
-
-    def __len__(self) -> int:
-        return len(self._texts)
-
-
-def inputs_snapshots(batch: Batch) -> tuple[dict[Any, str], SnapshotTexts]:
-    """Each user's own inputs (base currency, contribution, asset classes, holdings by asset
-    id: what `INPUTS_CAPTURED` of format 4 repeated every night) as an `inputs` snapshot:
-    (user id → its hash, hash → payload). Content-addressed: users with the same inputs
-    share one, and a month stores it once while they do not change
-    (`storage.events.insert_snapshots`)."""
-    keys: dict[Any, str] = {}
-    texts: dict[str, str] = {}
-    for uid, text in own_texts(batch).items():
-        key = keys[uid] = hashlib.sha256(text.encode()).hexdigest()
-        texts[key] = text
-    return keys, SnapshotTexts(texts)
 
 
 def capture_json(
@@ -293,7 +132,7 @@ def capture_json(
         )
     fundamentals = batch.fundamentals
     assert isinstance(fundamentals, pd.DataFrame), "capture needs the fundamentals frame"
-    text = _texts()
+    text = texts_by_identity()
     users = batch.users
     user_ids = users["user_id"].tolist()
     bases = dict(zip(user_ids, users["base_currency"].tolist(), strict=True))
@@ -365,7 +204,7 @@ def _classes_by_user(
                 "name": name,
                 "targetMin": text(lo),
                 "targetMax": text(hi),
-                "maxAssets": None if _null(max_assets) else int(max_assets),
+                "maxAssets": None if is_null(max_assets) else int(max_assets),
                 "minAllocationValue": text(min_value),
             }
         )
@@ -401,7 +240,7 @@ def _holdings_by_user(
     the user's rates need. Each pick of an asset's metrics is made once per call."""
     no_values: dict[str, str | None] = dict.fromkeys(METRICS)
     picked: dict[tuple[Any, tuple[str, ...]], dict[str, str | None]] = {}
-    stamp = _texts(datetime.isoformat)
+    stamp = texts_by_identity(datetime.isoformat)
     markets = holding_markets if holding_markets is not None else [None] * len(h)
     holdings_of: dict[Any, list[Any]] = {}
     funds_of: dict[Any, dict[Any, dict[str, str | None]]] = {}
@@ -482,7 +321,7 @@ def _self_contained_json(
     bases, contributions, text = parts.bases, parts.contributions, parts.text
     criteria_versions, holdings_of = parts.versions, parts.holdings_of
     classes_of, rules_of, head = parts.classes_of, parts.rules_of, parts.head
-    as_of_text = _iso(fx.as_of)
+    as_of_text = iso_text(fx.as_of)
     rates_of: dict[frozenset[str], dict[str, Any]] = {}
     out: dict[Any, tuple[str, int]] = {}
     for uid in parts.user_ids:

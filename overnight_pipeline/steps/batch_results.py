@@ -18,14 +18,11 @@ from overnight_pipeline.core import audit
 from overnight_pipeline.core.batch import Batch, BatchScores, recommend_batch, score_batch
 from overnight_pipeline.core.batch.arrays import present, run_codes
 from overnight_pipeline.core.cache_documents import cache_documents
-from overnight_pipeline.core.captured_writer import (
-    capture_json,
-    criteria_snapshots,
-    inputs_snapshots,
-)
+from overnight_pipeline.core.captured_writer import capture_json
 from overnight_pipeline.core.money import FxRates, MissingRateError
 from overnight_pipeline.core.recommendations import UserRecommendations
 from overnight_pipeline.core.scored import ScoreTexts, no_scores, score_json
+from overnight_pipeline.core.snapshots import criteria_snapshots, inputs_snapshots
 from overnight_pipeline.steps.batches import Write
 from overnight_pipeline.storage.batches import LoadedBatch
 from overnight_pipeline.storage.bulk import write_rows

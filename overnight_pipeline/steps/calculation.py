@@ -15,10 +15,10 @@ from datetime import date, datetime
 from sqlalchemy import Engine
 
 from overnight_pipeline.core.audit import CALC_COMPLETED
-from overnight_pipeline.core.captured_writer import asset_positions, market_snapshot
 from overnight_pipeline.core.chunks import chunks
 from overnight_pipeline.core.markets import Market
 from overnight_pipeline.core.money import FxRates
+from overnight_pipeline.core.snapshots import asset_positions, market_snapshot
 from overnight_pipeline.logs import correlation
 from overnight_pipeline.steps.batch_results import BatchResult, Calculation, process_batch
 from overnight_pipeline.steps.batches import BatchWriter, prefetched

@@ -16,7 +16,6 @@ from sqlalchemy import Engine
 from overnight_pipeline.core.audit import INPUTS_CAPTURED, SCORES_COMPUTED
 from overnight_pipeline.core.batch import BatchScores, recommend_batch, score_batch
 from overnight_pipeline.core.captured_reader import batch_from_captured, snapshot_keys
-from overnight_pipeline.core.captured_writer import snapshot_hash
 from overnight_pipeline.core.payloads import cache_payloads
 from overnight_pipeline.core.recommendations import UserRecommendations
 from overnight_pipeline.core.scored import (
@@ -26,6 +25,7 @@ from overnight_pipeline.core.scored import (
     same_document,
     score_json,
 )
+from overnight_pipeline.core.snapshots import snapshot_hash
 from overnight_pipeline.storage.events import event_payloads, snapshots
 from overnight_pipeline.storage.results import (
     recommendations_for,

@@ -11,7 +11,9 @@ from typing import Any
 import pandas as pd
 
 from overnight_pipeline.core.batch import Batch, BatchScores
-from overnight_pipeline.core.captured_writer import _iso, _null, _s
+from overnight_pipeline.core.captured_text import decimal_text as _s
+from overnight_pipeline.core.captured_text import is_null as _null
+from overnight_pipeline.core.captured_text import iso_text as _iso
 from overnight_pipeline.core.money import FxRates
 from overnight_pipeline.core.vocabulary import METRICS
 

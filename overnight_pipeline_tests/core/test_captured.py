@@ -20,16 +20,16 @@ from overnight_pipeline.core.captured_reader import (
     snapshot_keys,
 )
 from overnight_pipeline.core.captured_text import plain_texts, referencing_texts
-from overnight_pipeline.core.captured_writer import (
+from overnight_pipeline.core.captured_writer import capture_json
+from overnight_pipeline.core.money import FxRates
+from overnight_pipeline.core.scoring import replay
+from overnight_pipeline.core.snapshots import (
     asset_positions,
-    capture_json,
     criteria_snapshots,
     inputs_snapshots,
     market_snapshot,
     snapshot_hash,
 )
-from overnight_pipeline.core.money import FxRates
-from overnight_pipeline.core.scoring import replay
 from overnight_pipeline_tests.core.documents import capture, score_documents
 from overnight_pipeline_tests.core.test_batch import FX, batches, to_batch
 

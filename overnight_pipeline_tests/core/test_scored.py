@@ -17,11 +17,7 @@ from hypothesis import given, settings
 
 from overnight_pipeline.core.batch import Batch, score_batch
 from overnight_pipeline.core.captured_text import referencing_texts
-from overnight_pipeline.core.captured_writer import (
-    asset_positions,
-    capture_json,
-    criteria_snapshots,
-)
+from overnight_pipeline.core.captured_writer import capture_json
 from overnight_pipeline.core.money import FxRates
 from overnight_pipeline.core.scored import (
     ScoresPayloadError,
@@ -32,6 +28,7 @@ from overnight_pipeline.core.scored import (
     score_json,
 )
 from overnight_pipeline.core.scoring import replay
+from overnight_pipeline.core.snapshots import asset_positions, criteria_snapshots
 from overnight_pipeline.core.vocabulary import METRICS
 from overnight_pipeline_tests.core.test_batch import FX, batches, to_batch
 from overnight_pipeline_tests.core.test_captured import _one_quote_per_asset, _snapshot_of

@@ -193,7 +193,7 @@ def test_asset_scores_are_each_users_current_scores(db_conn: Connection) -> None
 
 
 def test_a_snapshot_is_stored_once_and_never_changed(db_conn: Connection) -> None:
-    from overnight_pipeline.core.captured_writer import snapshot_hash
+    from overnight_pipeline.core.snapshots import snapshot_hash
 
     payload = {"rates": {"usdTo": {"EUR": "0.9"}, "asOf": None, "stale": False}}
     key = snapshot_hash(payload)
