@@ -15,7 +15,9 @@ from sqlalchemy import Engine, func, inspect, select, text
 from sqlalchemy.exc import IntegrityError
 
 from overnight_pipeline.core.captured_reader import holding_assets, snapshot_keys
+from overnight_pipeline.core.captured_text import POSITION_FIELDS
 from overnight_pipeline.core.markets import DEFAULT_MARKETS
+from overnight_pipeline.core.snapshots import asset_positions
 from overnight_pipeline.providers.synthetic import SyntheticProvider
 from overnight_pipeline.seed import seed
 from overnight_pipeline.steps.calculation import score_and_recommend
@@ -358,7 +360,26 @@ def test_0004_keeps_a_previous_nights_output(fresh_url: str) -> None:
             )
             new = captured()
         engine.dispose()
-        # ... 0011 has no format 4 left to rewrite ...
+        # ... 0011 rewrites format 4 (a night written before 0012: held assets by their
+        # rows' positions in the market snapshot) as format 3 ...
+        e = calculation_events_table.c
+        with engine.begin() as conn:
+            for uid, doc in new.items():
+                positions = asset_positions(shared[doc["snapshot"]])
+                rows = [[positions[a], *rest] for a, *rest in doc["holdings"]["rows"]]
+                fourth = {
+                    **doc,
+                    "format": 4,
+                    "holdings": {"columns": list(POSITION_FIELDS), "rows": rows},
+                }
+                conn.execute(
+                    calculation_events_table.update()
+                    .where(e.correlation_id == cid, e.user_id == uuid.UUID(str(uid)))
+                    .where(e.event_type == "INPUTS_CAPTURED")
+                    .values(payload=fourth)
+                )
+        assert {d["format"] for d in captured().values()} == {4}
+        engine.dispose()
         downgrade(fresh_url, "0010")
         engine = make_engine(fresh_url)
         assert captured() == new
