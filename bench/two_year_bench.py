@@ -786,6 +786,12 @@ def main() -> None:
     parser.add_argument("--deep-months", type=int, default=DEEP_MONTHS_BACK)
     parser.add_argument("--keep", action="store_true", help="keep the database (prints its URL)")
     args = parser.parse_args()
+    for name in ("replay_months", "deep_months"):
+        if not 0 < getattr(args, name) < args.months:
+            parser.error(
+                f"--{name.replace('_', '-')} must be between 1 and --months - 1"
+                f" ({args.months - 1}) (got {getattr(args, name)})"
+            )
     now = datetime.combine(args.now, clock(0, tzinfo=UTC))
     nights = plan_nights(now, months=args.months, real=args.real, replay_months=args.replay_months)
     replayed = night_near(nights, months_back(now, args.replay_months), real=True)
