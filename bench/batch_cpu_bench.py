@@ -97,7 +97,10 @@ def _digest(results: list[Any]) -> str:
         for rows in prepared:
             h = part(rows.table.name)
             h.update(repr(rows.columns).encode())
-            if rows.lines is not None:
+            if rows.binary is not None:
+                for row in rows.binary:
+                    h.update(row)
+            elif rows.lines is not None:
                 for line in rows.lines:
                     h.update(line.encode())
             else:

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import re
+import struct
+import uuid
 import zlib
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
+from psycopg.types.numeric import DecimalBinaryDumper
 from sqlalchemy import (
     JSON,
     Column,
@@ -106,29 +111,37 @@ def upsert_lines(
     conn: Connection,
     table: Table,
     columns: Sequence[str],
-    lines: Sequence[str],
+    lines: Sequence[str] | Sequence[bytes],
     *,
     key: Sequence[str],
     update: Sequence[str],
     newer: str | None = None,
+    text_columns: Sequence[str] = (),
 ) -> None:
-    """PostgreSQL only: `upsert` of rows already formatted as COPY text `lines` (`copy_text`):
-    COPY into a temporary table of `columns` (`_staging_table`), then one `INSERT … SELECT …
-    ON CONFLICT` for them all, with `upsert`'s rules (only where a column differs; with
-    `newer`, never over a stored row whose value is later). The staged columns are of the
-    table's types except JSON, staged as text and cast in the SELECT: a document then enters
-    the table once, compressed with the table's own TOAST method."""
+    """PostgreSQL only: `upsert` of rows already formatted as COPY text `lines` (`copy_text`)
+    or as binary rows (bytes, `copy_binary`): COPY into a temporary table of `columns`
+    (`_staging_table`), then one `INSERT … SELECT … ON CONFLICT` for them all, with `upsert`'s
+    rules (only where a column differs; with `newer`, never over a stored row whose value is
+    later). The staged columns are of the table's types except JSON, staged as text (binary:
+    the document's UTF-8 bytes) and cast in the SELECT: a document then enters the table
+    once, compressed with the table's own TOAST method. So are the `text_columns` (a binary
+    row then carries their text, parsed by the cast)."""
     if not lines:
         return
     types = {c: table.c[c].type for c in columns}
-    staged_types = {c: Text() if isinstance(t, JSON) else t for c, t in types.items()}
+    staged_types = {
+        c: Text() if isinstance(t, JSON) or c in text_columns else t for c, t in types.items()
+    }
     ddl = ", ".join(f"{c} {staged_types[c].compile(dialect=conn.dialect)}" for c in columns)
     staged = Table(
         _staging_table(conn, table.name, ddl),
         MetaData(),
         *(Column(c, staged_types[c]) for c in columns),
     )
-    copy_text(conn, staged, columns, lines)
+    if isinstance(lines[0], bytes):
+        copy_binary(conn, staged, columns, lines)  # type: ignore[arg-type]
+    else:
+        copy_text(conn, staged, columns, lines)  # type: ignore[arg-type]
     source = select(
         *(
             cast(staged.c[c], types[c]) if staged_types[c] is not types[c] else staged.c[c]
@@ -196,6 +209,127 @@ def copy_text(conn: Connection, table: Table, columns: Sequence[str], lines: Seq
                 copy.write("".join(lines[start : start + 2000]))
 
 
+def copy_binary(
+    conn: Connection, table: Table, columns: Sequence[str], rows: Sequence[bytes]
+) -> None:
+    """PostgreSQL only: COPY `rows`, each already one row in COPY's binary format (the field
+    count, then each field's length and bytes: `binary_row`). The server then parses no text:
+    a uuid[] or numeric[] arrives as its elements' bytes (an array of 30 uuids as text costs
+    the backend ≈ 20 µs to parse; bench/pg_cpu_bench.py)."""
+    if not rows:
+        return
+    raw = conn.connection.driver_connection
+    assert raw is not None
+    with raw.cursor() as cur:  # type: ignore[attr-defined]
+        statement = f"COPY {table.name} ({', '.join(columns)}) FROM STDIN (FORMAT BINARY)"
+        with cur.copy(statement) as copy:
+            # psycopg adds the trailer at the end; the signature is ours to send.
+            copy.write(BINARY_SIGNATURE)
+            for start in range(0, len(rows), 2000):
+                copy.write(b"".join(rows[start : start + 2000]))
+
+
+# COPY's binary format: each field is its length (int32, big-endian) then the type's binary
+# form (what its `recv` function reads); an array element is written the same way.
+BINARY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + bytes(8)  # then no flags, no header extension
+_I32 = struct.Struct(">i").pack
+field_length = _I32
+"""A field's length prefix (a field is this, then its bytes)."""
+_I64_FIELD = struct.Struct(">iq").pack
+_I32_FIELD = struct.Struct(">ii").pack
+_I16_FIELD = struct.Struct(">ih").pack
+_ARRAY_HEAD = struct.Struct(">iiiiii").pack  # field length, 1 dimension, no nulls, oid, n, 1
+_EMPTY_ARRAY = struct.Struct(">iiii").pack  # field length, 0 dimensions, no nulls, oid
+_PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+_PG_EPOCH_DAY = date(2000, 1, 1).toordinal()
+_MICROSECOND = timedelta(microseconds=1)
+_UUID_LENGTH = _I32(16)
+_DECIMAL = DecimalBinaryDumper(Decimal)
+UUID_OID, VARCHAR_OID, NUMERIC_OID = 2950, 1043, 1700
+
+
+def binary_uuid(value: str | uuid.UUID) -> bytes:
+    """A uuid field (or array element) from its text or a UUID."""
+    if isinstance(value, uuid.UUID):
+        return _UUID_LENGTH + value.bytes
+    data = bytes.fromhex(value.replace("-", "")) if isinstance(value, str) else b""
+    if len(data) != 16:
+        data = uuid.UUID(str(value)).bytes  # raises for what is not a uuid
+    return _UUID_LENGTH + data
+
+
+def binary_timestamptz(moment: datetime) -> bytes:
+    """A timestamptz field: microseconds since 2000-01-01 UTC (integer datetimes)."""
+    if moment.tzinfo is None:
+        raise ValueError(f"{moment.isoformat()} has no time zone")
+    return _I64_FIELD(8, (moment - _PG_EPOCH) // _MICROSECOND)
+
+
+def binary_date(day: date) -> bytes:
+    return _I32_FIELD(4, day.toordinal() - _PG_EPOCH_DAY)
+
+
+def binary_int4(value: int) -> bytes:
+    return _I32_FIELD(4, value)
+
+
+def binary_int2(value: int) -> bytes:
+    return _I16_FIELD(2, value)
+
+
+BINARY_NULL = _I32(-1)
+
+
+def binary_text(value: str | bytes) -> bytes:
+    """A text or varchar field (UTF-8; the server checks the encoding and the length)."""
+    data = value.encode() if isinstance(value, str) else value
+    return _I32(len(data)) + data
+
+
+def binary_jsonb(value: str | bytes) -> bytes:
+    """A jsonb field: its format version (1), then the JSON text, parsed by the server."""
+    data = value.encode() if isinstance(value, str) else value
+    return _I32(len(data) + 1) + b"\x01" + data
+
+
+def binary_numeric(value: str | Decimal) -> bytes:
+    """A numeric field from its exact text or a Decimal: the column's type modifier then
+    rounds it as it rounds the text (`numeric_recv` applies it like `numeric_in`)."""
+    dumped = _DECIMAL.dump(value if isinstance(value, Decimal) else Decimal(value))
+    assert dumped is not None
+    data = bytes(dumped)
+    return _I32(len(data)) + data
+
+
+def binary_array(oid: int, count: int, body: bytes) -> bytes:
+    """A one-dimensional array field of type `oid` from its `count` elements' fields, joined
+    (`body`)."""
+    if not count:
+        return _EMPTY_ARRAY(12, 0, 0, oid)
+    return _ARRAY_HEAD(20 + len(body), 1, 0, oid, count, 1) + body
+
+
+class Fields(dict[Any, bytes]):
+    """value → its binary field, made by `encode` on first use. Kept for the values that
+    repeat (asset ids, scores): cleared past `limit` entries, so memory stays bounded."""
+
+    def __init__(self, encode: Callable[[Any], bytes], limit: int = 100_000) -> None:
+        super().__init__()
+        self.encode, self.limit = encode, limit
+
+    def __missing__(self, value: Any) -> bytes:
+        if len(self) >= self.limit:
+            self.clear()
+        found = self[value] = self.encode(value)
+        return found
+
+
+UUIDS = Fields(binary_uuid)
+"""Asset ids' fields, shared by the tables that write them."""
+NUMERICS = Fields(binary_numeric)
+"""Scores' fields by their exact text (a night has a few dozen distinct values)."""
+
+
 # COPY's text format: a backslash, tab, newline or carriage return inside a value is escaped.
 _COPY_SPECIAL = re.compile(r"[\\\t\n\r]")
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
@@ -216,17 +350,23 @@ def copy_escaped_json(text: str) -> str:
 
 @dataclass(frozen=True)
 class Rows:
-    """Rows made ready for one bulk write: COPY text lines on PostgreSQL, parameter tuples
-    elsewhere. Made on the computing thread, so that the writer thread only sends them."""
+    """Rows made ready for one bulk write: COPY text lines or binary rows on PostgreSQL,
+    parameter tuples elsewhere. Made on the computing thread, so that the writer thread only
+    sends them."""
 
     table: Table
     columns: tuple[str, ...]
     lines: list[str] | None = None
     rows: list[tuple[Any, ...]] | None = None
+    binary: list[bytes] | None = None
+    text_columns: tuple[str, ...] = ()
+    """Columns a staging table holds as text, cast by the upsert (`upsert_lines`)."""
 
 
 def write_rows(conn: Connection, prepared: Rows) -> None:
-    if prepared.lines is not None:
+    if prepared.binary is not None:
+        copy_binary(conn, prepared.table, prepared.columns, prepared.binary)
+    elif prepared.lines is not None:
         copy_text(conn, prepared.table, prepared.columns, prepared.lines)
     elif prepared.rows:
         copy_rows(conn, prepared.table, prepared.columns, prepared.rows)
@@ -240,17 +380,19 @@ def upsert_prepared(
     update: Sequence[str],
     newer: str | None = None,
 ) -> None:
-    """`upsert` of rows made ready by `Rows`: COPY lines through a staging table on
-    PostgreSQL (`upsert_lines`), parameters elsewhere."""
-    if prepared.lines is not None:
+    """`upsert` of rows made ready by `Rows`: COPY lines or binary rows through a staging
+    table on PostgreSQL (`upsert_lines`), parameters elsewhere."""
+    copied = prepared.binary if prepared.binary is not None else prepared.lines
+    if copied is not None:
         upsert_lines(
             conn,
             prepared.table,
             prepared.columns,
-            prepared.lines,
+            copied,
             key=key,
             update=update,
             newer=newer,
+            text_columns=prepared.text_columns,
         )
     elif prepared.rows:
         upsert(
