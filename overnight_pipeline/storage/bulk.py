@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import struct
 import uuid
 import zlib
@@ -328,24 +327,6 @@ UUIDS = Fields(binary_uuid)
 """Asset ids' fields, shared by the tables that write them."""
 NUMERICS = Fields(binary_numeric)
 """Scores' fields by their exact text (a night has a few dozen distinct values)."""
-
-
-# COPY's text format: a backslash, tab, newline or carriage return inside a value is escaped.
-_COPY_SPECIAL = re.compile(r"[\\\t\n\r]")
-_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
-
-
-def copy_escaped(value: str) -> str:
-    """`value` as a field of COPY's text format."""
-    return value.translate(_COPY_ESCAPES) if _COPY_SPECIAL.search(value) else value
-
-
-def copy_escaped_json(text: str) -> str:
-    """JSON text for COPY: orjson's output has no raw control characters, only backslashes
-    (one C-level scan); anything else is escaped in full."""
-    if "\t" in text or "\n" in text or "\r" in text:
-        return text.translate(_COPY_ESCAPES)
-    return text.replace("\\", "\\\\")
 
 
 @dataclass(frozen=True)
