@@ -118,11 +118,12 @@ def allocate_exact(
     classes the user does not have, counted in the total only; `weight`, `symbol`: the
     picks' scores as integers in one scale, and symbols).
 
-    It runs once per user of every night, so it is one body with the steps as sections and
-    plain loops: no per-user dataclass or dicts passed between helpers, and no
-    comprehension or lambda reading its locals (that makes them closure cells, slower to
-    read everywhere in the function). As seven helpers it took ≈ 60 µs a user, ≈ 45 µs
-    so (process time on the 9,717 users of bench/batch_cpu_bench.py's database)."""
+    It runs once per user of every night, so its steps are sections with plain loops (and
+    three helpers for the last ones): no per-user dataclass or dicts passed between
+    helpers, and no comprehension or lambda reading its locals (that makes them closure
+    cells, slower to read everywhere in the function). As seven helpers it took ≈ 60 µs a
+    user, ≈ 45 µs so (process time on the 9,717 users of bench/batch_cpu_bench.py's
+    database)."""
     value_num, value_den, min_num, min_den = cl.value_num, cl.value_den, cl.min_num, cl.min_den
     lo_num, lo_den, hi_num, hi_den = cl.lo_num, cl.lo_den, cl.hi_num, cl.hi_den
     pick_start, pick_end = cl.pick_start, cl.pick_end
@@ -179,10 +180,50 @@ def allocate_exact(
         active.remove(dropped)
 
     # Step 5 within each class: its amount split by score after the minimum rule; step 6:
-    # each pick's floor in minor units, and its remainder over den·W·q (W: the class's
-    # weight sum).
-    units: list[list[int]] = []  # [class row, pick, minor units]
-    remainders: list[tuple[int, int, int, int]] = []  # (class, pick, remainder, units entry)
+    # each pick's floor in minor units, then the units left by largest remainder.
+    units, remainders, floors_of, w_sum_of = _floors(
+        cl, first, active, amounts, den, min_u, weight, symbol, den_q=q_u, n=n
+    )
+    handed = sum(floors_of)
+    spare = (money - rest) // q_u - handed
+    if spare > 0 and remainders:
+        room = [2 * h * after - v * scale for h, v in zip(hi_p, value_l, strict=True)]
+        handed += _spare_units(
+            spare, remainders, units, floors_of, w_sum_of, weight, symbol, room, q_u
+        )
+    values, percents, gaps = _class_figures(value_l, mid_p, total_l, big_l, pct_den, digits)
+    return Allocation(
+        [(k, j, u) for k, j, u in units if u],
+        status,
+        values,
+        percents,
+        gaps,
+        rounded(total_l, big_l, digits),
+        handed,
+    )
+
+
+def _floors(
+    cl: ClassTable,
+    first: int,
+    active: list[int],
+    amounts: list[int],
+    den: int,
+    min_u: list[int],
+    weight: Sequence[int],
+    symbol: Sequence[str],
+    *,
+    den_q: int,
+    n: int,
+) -> tuple[list[list[int]], list[tuple[int, int, int, int]], list[int], dict[int, int]]:
+    """Step 5 within each class of `allocate_exact` and step 6's floors: each active class's
+    amount (`amounts[i] / den`) split by score after the minimum rule, each pick's floor in
+    minor units (`den_q`: one minor unit in the allocation's units) and its remainder over
+    den·W·q (W: the class's weight sum). Returns the [class row, pick, minor units] entries,
+    the (class, pick, remainder, entry) remainders, each class's floors and weight sum."""
+    pick_start, pick_end = cl.pick_start, cl.pick_end
+    units: list[list[int]] = []
+    remainders: list[tuple[int, int, int, int]] = []
     floors_of = [0] * n
     w_sum_of: dict[int, int] = {}
     for i, a in zip(active, amounts, strict=True):
@@ -198,7 +239,7 @@ def allocate_exact(
         for j in picks:
             w_sum += weight[j]
         w_sum_of[i] = w_sum
-        unit_den = den * w_sum * q_u
+        unit_den = den * w_sum * den_q
         floors = 0
         for j in picks:
             f, r = divmod(a * weight[j], unit_den)
@@ -207,33 +248,55 @@ def allocate_exact(
             units.append([row, j, f])
             floors += f
         floors_of[i] = floors
+    return units, remainders, floors_of, w_sum_of
 
-    # Step 6: the units left after the floors, one per pick by largest remainder, never
-    # taking a class above hi_k − V_k; as many as the exact allocated total (C − rest)
-    # rounded down holds: never more than C.
-    handed = sum(floors_of)
-    spare = (money - rest) // q_u - handed
-    if spare > 0 and remainders:
-        # r/(den·W_k·q) compared across classes as r·(M/W_k), M = lcm of the W_k; ties:
-        # higher score (the weights share one scale), then symbol, then pick order.
-        common = lcm(*w_sum_of.values())
-        ranked = []
-        for i, j, r, entry in remainders:
-            ranked.append((-r * (common // w_sum_of[i]), -weight[j], symbol[j], entry, i))
-        ranked.sort()
-        for _, _, _, entry, i in ranked:
-            # A unit that would take the class above hi_k − V_k goes to the next remainder.
-            if (floors_of[i] + 1) * q_u > 2 * hi_p[i] * after - value_l[i] * scale:
-                continue
-            units[entry][2] += 1
-            floors_of[i] += 1
-            handed += 1
-            spare -= 1
-            if not spare:
-                break
 
-    # Each class's value, current percent and allocation gap: exact, rounded once.
+def _spare_units(
+    spare: int,
+    remainders: list[tuple[int, int, int, int]],
+    units: list[list[int]],
+    floors_of: list[int],
+    w_sum_of: dict[int, int],
+    weight: Sequence[int],
+    symbol: Sequence[str],
+    room: list[int],
+    q_u: int,
+) -> int:
+    """Step 6: the `spare` units left after the floors, one per pick by largest remainder,
+    never taking a class above hi_k − V_k (`room`, in the allocation's units); as many as
+    the exact allocated total rounded down holds, so never more than C. Adds them to
+    `units` and `floors_of`; returns how many were handed out."""
+    # r/(den·W_k·q) compared across classes as r·(M/W_k), M = lcm of the W_k; ties: higher
+    # score (the weights share one scale), then symbol, then pick order.
+    common = lcm(*w_sum_of.values())
+    ranked = []
+    for i, j, r, entry in remainders:
+        ranked.append((-r * (common // w_sum_of[i]), -weight[j], symbol[j], entry, i))
+    ranked.sort()
+    handed = 0
+    for _, _, _, entry, i in ranked:
+        if (floors_of[i] + 1) * q_u > room[i]:  # above hi_k − V_k: the next remainder
+            continue
+        units[entry][2] += 1
+        floors_of[i] += 1
+        handed += 1
+        if handed == spare:
+            break
+    return handed
+
+
+def _class_figures(
+    value_l: list[int],
+    mid_p: list[int],
+    total_l: int,
+    big_l: int,
+    pct_den: int,
+    digits: int,
+) -> tuple[list[Decimal], list[Decimal], list[Decimal]]:
+    """Each class's value, current percent and allocation gap of `allocate_exact`: exact,
+    rounded once."""
     values, percents, gaps = [], [], []
+    scale = 200 * pct_den
     if total_l > 0:
         gap_den = 2 * pct_den * total_l
         for v, m in zip(value_l, mid_p, strict=True):
@@ -245,15 +308,7 @@ def allocate_exact(
             values.append(rounded(v, big_l, digits))
             percents.append(_ZERO_PERCENT)
             gaps.append(_cents(m, 2 * pct_den))
-    return Allocation(
-        [(k, j, u) for k, j, u in units if u],
-        status,
-        values,
-        percents,
-        gaps,
-        rounded(total_l, big_l, digits),
-        handed,
-    )
+    return values, percents, gaps
 
 
 def _cents(num: int, den: int) -> Decimal:
