@@ -148,6 +148,9 @@ def upsert_lines(
         )
     )
     stmt = postgresql.insert(table).from_select(list(columns), source)
+    if not update:
+        conn.execute(stmt.on_conflict_do_nothing(index_elements=list(key)))
+        return
     conn.execute(_on_conflict(stmt, table, key, update, None, newer))
 
 

@@ -19,11 +19,13 @@ from sqlalchemy import Connection, select
 from overnight_pipeline.storage.bulk import (
     Fields,
     Rows,
+    binary_date,
     binary_jsonb,
     binary_text,
     binary_timestamptz,
     binary_uuid,
     upsert,
+    upsert_prepared,
 )
 from overnight_pipeline.storage.db import dumps_json
 from overnight_pipeline.storage.dialect import CHUNK, among, id_chunks, id_text
@@ -110,6 +112,10 @@ def event_rows(
     )
 
 
+SNAPSHOT_COLUMNS = ("hash", "month", "kind", "payload")
+_SNAPSHOT_FIELD_COUNT = len(SNAPSHOT_COLUMNS).to_bytes(2, "big")
+
+
 def insert_snapshot(
     conn: Connection, *, key: str, kind: str, payload: dict[str, Any], calculated_at: datetime
 ) -> None:
@@ -139,7 +145,29 @@ def insert_snapshots(
         for key in wanted
         if key not in present
     ]
-    if rows:
+    if rows and conn.dialect.name == "postgresql":
+        # One COPY into a staging table and one INSERT … ON CONFLICT DO NOTHING (another
+        # shard may insert the same snapshot meanwhile), not a statement per row: ≈ 130 µs a
+        # row of the backend's CPU through executemany on a month's first night.
+        kind_field, month_field = binary_text(kind), binary_date(month)
+        prepared = Rows(
+            t,
+            SNAPSHOT_COLUMNS,
+            binary=[
+                b"".join(
+                    (
+                        _SNAPSHOT_FIELD_COUNT,
+                        binary_text(row["hash"]),
+                        month_field,
+                        kind_field,
+                        binary_text(dumps_json(row["payload"])),
+                    )
+                )
+                for row in rows
+            ],
+        )
+        upsert_prepared(conn, prepared, key=["hash", "month"], update=[])
+    elif rows:
         upsert(conn, t, rows, key=["hash", "month"], update=[])
     return len(rows)
 
