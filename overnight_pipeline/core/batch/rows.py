@@ -4,7 +4,6 @@ and each holding's class row, and which users have failed so far."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -137,4 +136,4 @@ def _class_specs(classes: pd.DataFrame, rows: np.ndarray) -> list[ClassSpec]:
     max_assets = [None if is_null(v) else int(v) for v in column("max_assets")]
     minimum = [None if is_null(v) else v for v in column("min_allocation_value")]
     fields = (column("name"), column("target_min"), column("target_max"), max_assets, minimum)
-    return list(map(tuple.__new__, repeat(ClassSpec), zip(*fields, strict=True)))
+    return list(map(ClassSpec._make, zip(*fields, strict=True)))
