@@ -174,11 +174,18 @@ def tick_after(dev: DagsterDev, sensor: str, when: float, timeout: float = 60) -
     return wait_for(f"a finished tick of {sensor}", finished, timeout, dev.log)
 
 
+# The sensor daemon's loop: at least 5 s an iteration (`MIN_INTERVAL_LOOP_TIME`); an
+# iteration that read a sensor as running before it was stopped may still start a tick.
+DAEMON_LOOP_SECONDS = 5
+
+
 @contextmanager
 def sensor_paused(dev: DagsterDev, sensor: str) -> Iterator[None]:
     """`sensor` stopped and started again around the block, with the toggle of its page in
-    the UI (the same two mutations); the block begins once no tick is under way, so nothing
-    it does is seen before the first tick after it."""
+    the UI (the same two mutations). The block begins two daemon loops after the stop, once
+    no tick is under way: an iteration that read the sensor as running before the stop
+    may still start a tick, and one that did would see what the block does. That no tick
+    started during the block is checked after it."""
     selector = {**repository_selector(), "sensorName": sensor}
 
     def state() -> dict[str, Any]:
@@ -189,14 +196,20 @@ def sensor_paused(dev: DagsterDev, sensor: str) -> Iterator[None]:
     stopped = dev.graphql(STOP_SENSOR, id=state()["id"])["stopSensor"]
     assert stopped["__typename"] == "StopSensorMutationResult", stopped
     assert stopped["instigationState"]["status"] == "STOPPED", stopped
+    settled = time.time() + 2 * DAEMON_LOOP_SECONDS
 
     def idle() -> bool:
+        if time.time() < settled:
+            return False
         ticks = state()["ticks"]
         return not ticks or ticks[0]["status"] != "STARTED"
 
     wait_for(f"{sensor}'s tick under way to finish", idle, 60, dev.log)
+    began = time.time()
     try:
         yield
+        ticks = state()["ticks"]
+        assert not ticks or ticks[0]["timestamp"] < began, f"{sensor} ticked while stopped"
     finally:
         started = dev.graphql(START_SENSOR, selector=selector)["startSensor"]
         assert started["__typename"] == "Sensor", started
