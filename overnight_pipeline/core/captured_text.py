@@ -22,22 +22,15 @@ from typing import Any
 import orjson
 
 from overnight_pipeline.core.batch import Batch
+from overnight_pipeline.core.batch.arrays import is_null
 
 HOLDING_FIELDS = ("assetId", "assetClass", "quantity")
 # Format 4: a holding's asset is the position of its row in the market snapshot.
 POSITION_FIELDS = ("asset", "assetClass", "quantity")
 
 
-def decimal_text(value: Decimal | None) -> str | None:
-    return None if value is None else format(value, "f")
-
-
 def iso_text(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat()
-
-
-def is_null(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and value != value)
 
 
 def plain_text(value: Decimal) -> str:

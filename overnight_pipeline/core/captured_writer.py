@@ -30,10 +30,10 @@ import orjson
 import pandas as pd
 
 from overnight_pipeline.core.batch import HOLDING_COLUMNS, RULE_COLUMNS, Batch
+from overnight_pipeline.core.batch.arrays import is_null
 from overnight_pipeline.core.captured_text import (
     HOLDING_FIELDS,
     inputs_texts,
-    is_null,
     iso_text,
     plain_texts,
     referencing_texts,

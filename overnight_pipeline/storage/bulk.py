@@ -235,8 +235,6 @@ def copy_binary(
 # form (what its `recv` function reads); an array element is written the same way.
 BINARY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + bytes(8)  # then no flags, no header extension
 _I32 = struct.Struct(">i").pack
-field_length = _I32
-"""A field's length prefix (a field is this, then its bytes)."""
 _I64_FIELD = struct.Struct(">iq").pack
 _I32_FIELD = struct.Struct(">ii").pack
 _I16_FIELD = struct.Struct(">ih").pack

@@ -31,7 +31,6 @@ from overnight_pipeline.storage.bulk import (
     binary_text,
     binary_timestamptz,
     binary_uuid,
-    field_length,
     upsert_prepared,
 )
 from overnight_pipeline.storage.models import user_scores_table
@@ -136,7 +135,7 @@ def user_score_rows(
         tail = binary_timestamptz(computed_at) + binary_uuid(correlation_id)
         versions_fields = Fields(binary_int4)
         markets: dict[tuple[str, ...], bytes] = {}
-        uuids, length = UUIDS.__getitem__, field_length
+        uuids = UUIDS.__getitem__
         binary = []
         for u, (asset_ids, held, scores, maxima, summaries) in grouped.items():
             key = tuple(held)
@@ -158,12 +157,9 @@ def user_score_rows(
                         tail,
                         binary_array(UUID_OID, len(asset_ids), b"".join(map(uuids, asset_ids))),
                         market_field,
-                        length(len(score_text)),
-                        score_text,
-                        length(len(maxima_text)),
-                        maxima_text,
-                        length(len(breakdowns)),
-                        breakdowns,
+                        binary_text(score_text),
+                        binary_text(maxima_text),
+                        binary_text(breakdowns),
                     )
                 )
             )

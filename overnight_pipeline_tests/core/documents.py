@@ -6,16 +6,20 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import date
+from decimal import Decimal
 from typing import Any
 
 import pandas as pd
 
 from overnight_pipeline.core.batch import Batch, BatchScores
-from overnight_pipeline.core.captured_text import decimal_text as _s
-from overnight_pipeline.core.captured_text import is_null as _null
+from overnight_pipeline.core.batch.arrays import is_null as _null
 from overnight_pipeline.core.captured_text import iso_text as _iso
 from overnight_pipeline.core.money import FxRates
 from overnight_pipeline.core.vocabulary import METRICS
+
+
+def _s(value: Decimal | None) -> str | None:
+    return None if value is None else format(value, "f")
 
 
 def capture(
