@@ -77,6 +77,7 @@ from pipeline_measures import (
 
 from overnight_pipeline.core.audit import correlation_id_for
 from overnight_pipeline.definitions import definitions_for
+from overnight_pipeline.defs.executors import default_execution
 from overnight_pipeline.defs.jobs import OVERNIGHT_JOB
 from overnight_pipeline.defs.partitions import partition_key
 from overnight_pipeline.settings import load_settings
@@ -184,7 +185,10 @@ def run_partition(url: str, prefix: str, shards: int, executor: str) -> Run:
                     "dagster/partition/date": DAY.isoformat(),
                     "dagster/partition/market": "NYSE",
                 },
-                run_config=QUIET,
+                # The executor as the launchpad names it: the job's own default was read
+                # from the settings when the definitions were first imported, before this
+                # run's environment was set (it ran several shards in process).
+                run_config={**QUIET, "execution": {"config": default_execution(settings)}},
             ) as outcome:
                 wall = time.perf_counter() - started
                 assert outcome.success, [
