@@ -36,7 +36,10 @@ after the first run, on the same database and Redis:
 
 Prints per-step seconds, users/s, peak RSS per process, CPU per user, the ratio to the floor
 and to the baseline, and each target with MET/MISSED (from 10,000 users up: below, a run's
-fixed costs dominate and the figures are printed as information). Results are recorded in docs/PERFORMANCE.md.
+fixed costs dominate and the figures are printed as information). The wall targets (100,000
+users, new ÷ baseline) are judged on the fastest shard count measured for each night, named
+in the verdict (the baseline runs one shard: its two shards were slower, 0.76×); the CPU
+target on the first shard count given. Results are recorded in docs/PERFORMANCE.md.
 """
 
 from __future__ import annotations
@@ -381,6 +384,12 @@ def cpu_line(users: int, run: Run, target: bool = True) -> None:
         )
 
 
+def fastest(runs: list[Run], night: str) -> Run:
+    """The night's run of the shard count that took the least wall (the first on a tie):
+    the configuration an operator would choose for this size on this machine."""
+    return min((r for r in runs if r.night == night), key=lambda r: r.wall)
+
+
 def verdicts(users: int, runs: list[Run], baseline: list[Run]) -> None:
     first, steady = runs[0], runs[1]  # the first shard count's two nights
     ratio = first.wall / first.floor["total"]
@@ -394,11 +403,13 @@ def verdicts(users: int, runs: list[Run], baseline: list[Run]) -> None:
         f"{verdict(worst <= RSS_LIMIT_MB)}: peak memory per process at {users:,} users "
         f"{worst:,.0f} MB (target ≤ {RSS_LIMIT_MB:,.0f} MB)"
     )
+    best = {night: fastest(runs, night) for night in ("steady", "first")}
     if users == 100_000:
-        for run, limit in ((steady, WALL_100K), (first, WALL_100K_FIRST)):
+        for night, limit in (("steady", WALL_100K), ("first", WALL_100K_FIRST)):
+            run = best[night]
             print(
-                f"{verdict(run.wall <= limit)}: 100,000 users, {run.night} night, in "
-                f"{run.wall:.1f} s (target ≤ {limit:.0f} s)"
+                f"{verdict(run.wall <= limit)}: 100,000 users, {night} night, in "
+                f"{run.wall:.1f} s with {run.shards} shard(s) (target ≤ {limit:.0f} s)"
             )
     cpu_line(users, steady)
     for r in runs[2:]:
@@ -407,11 +418,12 @@ def verdicts(users: int, runs: list[Run], baseline: list[Run]) -> None:
                 f"info: {r.shards} shards ({r.executor}) at {users:,} users, steady night: "
                 f"{r.wall:.1f} s, speed-up {steady.wall / r.wall:.2f}× over {steady.shards}"
             )
-    for new, old in zip(runs[:2], baseline, strict=False):
+    for old in baseline:
+        new = best[old.night]
         print(
             f"{sized(users, new.wall / old.wall <= BASELINE_RATIO)}: new ÷ {old.tree} wall at "
-            f"{users:,} users, {new.night} night: {new.wall:.1f} s ÷ {old.wall:.1f} s = "
-            f"{new.wall / old.wall:.2f} (target ≤ {BASELINE_RATIO})"
+            f"{users:,} users, {new.night} night: {new.wall:.1f} s ({new.shards} shard(s)) ÷ "
+            f"{old.wall:.1f} s = {new.wall / old.wall:.2f} (target ≤ {BASELINE_RATIO})"
         )
     if baseline:
         cpu_line(users, baseline[-1], target=False)
