@@ -23,7 +23,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime
 from decimal import Decimal
 
 import redis
@@ -114,10 +114,16 @@ def warm_cache(
                 users_with_event(conn, correlation_id=correlation_id, event_type=CALC_COMPLETED)
             )
     found = written = kept = refilled = 0
+    # Each batch of the run shares one generated_at: its version is made once.
+    stamps: dict[datetime, str] = {}
     for chunk in chunks(users, batch_size):
         with engine.connect() as conn:
             versions = row_versions(conn, user_ids=chunk, day=day)
-        ours = [(u, entry_version(day, g)) for u, g, c in versions if c == correlation_id]
+        ours = [
+            (u, stamps.get(g) or stamps.setdefault(g, entry_version(day, g)))
+            for u, g, c in versions
+            if c == correlation_id
+        ]
         missing = entries_missing(client, ours, prefix=prefix)
         found += len(ours) - len(missing)
         if missing:

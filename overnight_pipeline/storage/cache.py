@@ -25,7 +25,7 @@ import hashlib
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 import redis
@@ -39,6 +39,7 @@ from overnight_pipeline.storage.cache_entries import (
     CacheEntry,
     changed_key,
     entry_keys,
+    entry_version,
     latest_version,
     not_after,
 )
@@ -46,35 +47,69 @@ from overnight_pipeline.storage.cache_entries import (
 DEFAULT_TTL_SECONDS = 86_400
 DEFAULT_CHUNK = 1_000
 
-# KEYS: recs, portfolio, sidecar. ARGV: version, recs json, portfolio json, ttl, total,
-# not_after (the newest version an honest writer could hold now), replacing (the digest of an
-# entry the reader rejected, or ""). Returns 1 when written, 0 when a newer entry was kept.
-# Only a plausible entry protects itself: a sidecar that is not a version (garbage, another
-# type), is dated after `not_after`, lacks its documents, or is exactly the entry a reader
-# rejected (same digest: nothing was written since) is overwritten whatever it says.
-_WRITE_UNLESS_NEWER = """
+# Whether the entry at `keys` (recs, portfolio, sidecar) is kept rather than replaced by one
+# of `version`: only a plausible entry protects itself. A sidecar that is not a version
+# (garbage, another type), is dated after `latest` (the newest version an honest writer could
+# hold now), lacks its documents, or is exactly the entry a reader rejected (`replacing`, its
+# digest: nothing was written since) is overwritten whatever it says.
+_KEPT = """
 local function read(key)
   local value = redis.pcall('GET', key)
   if type(value) ~= 'string' then return nil end
   return value
 end
-local stored = read(KEYS[3])
-if stored
-  and string.match(stored, '^%d%d%d%d%-%d%d%-%d%d|%d%d%d%d%-%d%d%-%d%dT%d%d:%d%d:%d%d%.%d%d%d%d%d%dZ|')
-  and string.sub(stored, 1, 10) <= string.sub(ARGV[6], 1, 10)
-  and string.sub(stored, 12, 38) <= string.sub(ARGV[6], 12, 38)
-  and string.sub(stored, 1, 38) > ARGV[1] then
-  local recs, portfolio = read(KEYS[1]), read(KEYS[2])
-  if recs and portfolio and (ARGV[7] == ''
-      or redis.sha1hex(recs .. '\\n' .. portfolio .. '\\n' .. stored) ~= ARGV[7]) then
-    return 0
+local function kept(recs_key, portfolio_key, sidecar_key, version, latest, replacing)
+  local stored = read(sidecar_key)
+  if stored
+    and string.match(stored, '^%d%d%d%d%-%d%d%-%d%d|%d%d%d%d%-%d%d%-%d%dT%d%d:%d%d:%d%d%.%d%d%d%d%d%dZ|')
+    and string.sub(stored, 1, 10) <= string.sub(latest, 1, 10)
+    and string.sub(stored, 12, 38) <= string.sub(latest, 12, 38)
+    and string.sub(stored, 1, 38) > version then
+    local recs, portfolio = read(recs_key), read(portfolio_key)
+    if recs and portfolio and (replacing == ''
+        or redis.sha1hex(recs .. '\\n' .. portfolio .. '\\n' .. stored) ~= replacing) then
+      return true
+    end
   end
+  return false
 end
+"""
+
+# KEYS: recs, portfolio, sidecar. ARGV: version, recs json, portfolio json, ttl, total,
+# not_after, replacing (the digest of an entry the reader rejected, or ""). Returns 1 when
+# written, 0 when a newer entry was kept (`_KEPT`).
+_WRITE_UNLESS_NEWER = (
+    _KEPT
+    + """
+if kept(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[6], ARGV[7]) then return 0 end
 redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[4])
 redis.call('SET', KEYS[2], ARGV[3], 'EX', ARGV[4])
 redis.call('SET', KEYS[3], ARGV[1] .. '|' .. ARGV[5], 'EX', ARGV[4])
 return 1
 """
+)
+
+# The same for many entries at once (the pipeline's writes: nothing is being replaced).
+# KEYS: recs, portfolio, sidecar of each entry in turn. ARGV: ttl, not_after, then each
+# entry's recs json, portfolio json and sidecar (its version, "|", its total: the version is
+# its first 38 characters). Returns how many entries were written.
+_WRITE_ALL_UNLESS_NEWER = (
+    _KEPT
+    + """
+local ttl, latest, written = ARGV[1], ARGV[2], 0
+for i = 1, #KEYS / 3 do
+  local k = 3 * i - 3
+  local sidecar = ARGV[k + 5]
+  if not kept(KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], string.sub(sidecar, 1, 38), latest, '') then
+    redis.call('SET', KEYS[k + 1], ARGV[k + 3], 'EX', ttl)
+    redis.call('SET', KEYS[k + 2], ARGV[k + 4], 'EX', ttl)
+    redis.call('SET', KEYS[k + 3], sidecar, 'EX', ttl)
+    written = written + 1
+  end
+end
+return written
+"""
+)
 
 # KEYS: recs, portfolio, sidecar. ARGV: replacing. Deletes the rejected entry unless it
 # changed since it was read (used when the fallback has nothing young enough to cache).
@@ -146,39 +181,74 @@ def write_entries(
 ) -> WriteReport:
     """Write entries unless Redis holds a newer one; one pipelined round trip per chunk.
 
+    Each script call decides and writes `PER_CALL` entries inside Redis: this process sends
+    a command per `PER_CALL` entries, not one per entry (redis-py's per-command packing,
+    queuing and reply parsing were most of the shard step's cache writes), and Redis serves
+    other clients between two calls (a call of a whole chunk would hold them ≈ 5 ms).
+
     Redis errors propagate (the cache step must fail visibly, BEHAVIOUR §7).
     """
     _check_ttl(ttl_seconds)
     if chunk <= 0:
         raise ValueError(f"chunk must be a positive integer, got {chunk!r}")
-    script = client.register_script(_WRITE_UNLESS_NEWER)
     # One SCRIPT LOAD per call, then plain EVALSHA in the pipelines: redis-py's own
     # pipeline script support would add a SCRIPT EXISTS round trip to every chunk.
-    client.script_load(_WRITE_UNLESS_NEWER)
+    client.script_load(_WRITE_ALL_UNLESS_NEWER)
+    versions: dict[tuple[date, datetime], str] = {}
     written = kept = 0
     for batch in chunks(entries, chunk):
-        latest = not_after()
-        results = _run_chunk(client, script.sha, batch, prefix, ttl_seconds, latest)
+        calls = [
+            _call_arguments(batch[i : i + PER_CALL], prefix, ttl_seconds, versions)
+            for i in range(0, len(batch), PER_CALL)
+        ]
+        results = _run_calls(client, calls)
         if any(isinstance(r, NoScriptError) for r in results):
             # The script cache was flushed mid-run; writing again is idempotent.
-            client.script_load(_WRITE_UNLESS_NEWER)
-            results = _run_chunk(client, script.sha, batch, prefix, ttl_seconds, latest)
+            client.script_load(_WRITE_ALL_UNLESS_NEWER)
+            results = _run_calls(client, calls)
         for r in results:
             if isinstance(r, Exception):
                 raise r
-        ones = sum(1 for r in results if int(r) == 1)
+        ones = sum(map(int, results))
         written += ones
-        kept += len(results) - ones
+        kept += len(batch) - ones
     return WriteReport(written=written, kept_newer=kept)
 
 
-def _run_chunk(
-    client: redis.Redis, sha: str, batch: Sequence[CacheEntry], prefix: str, ttl: int, latest: str
-) -> list[Any]:
+# Entries per call of `_WRITE_ALL_UNLESS_NEWER`.
+PER_CALL = 100
+
+
+def _run_calls(client: redis.Redis, calls: list[list[Any]]) -> list[Any]:
+    sha = script_sha(_WRITE_ALL_UNLESS_NEWER)
     with client.pipeline(transaction=False) as pipe:
-        for entry in batch:
-            pipe.evalsha(sha, 3, *entry_keys(entry.user_id, prefix), *_args(entry, ttl, latest))
+        for call in calls:
+            pipe.evalsha(sha, *call)
         return list(pipe.execute(raise_on_error=False))
+
+
+def _call_arguments(
+    batch: Sequence[CacheEntry],
+    prefix: str,
+    ttl_seconds: int,
+    versions: dict[tuple[date, datetime], str],
+) -> list[Any]:
+    """EVALSHA's arguments after the script's name for `batch`: the number of keys, the
+    keys, then `_WRITE_ALL_UNLESS_NEWER`'s ARGV. An entry's version (and "|") is made once
+    per (market date, generated_at) of the call (a batch's entries share theirs), kept in
+    `versions`."""
+    keys: list[str] = []
+    args: list[Any] = [ttl_seconds, not_after()]
+    for entry in batch:
+        moment = (entry.market_date, entry.generated_at)
+        version = versions.get(moment)
+        if version is None:
+            version = versions[moment] = entry_version(*moment) + "|"
+        total = entry.total_investable
+        keys += entry_keys(str(entry.user_id), prefix)
+        sidecar = version if total is None else version + format(total, "f")
+        args += (entry.recs_json, entry.portfolio_json, sidecar)
+    return [len(keys), *keys, *args]
 
 
 def entries_missing(
@@ -190,7 +260,7 @@ def entries_missing(
     command per chunk instead of two per user."""
     if not versions:
         return []
-    keys = [key for user_id, _ in versions for key in entry_keys(user_id, prefix)]
+    keys = [key for user_id, _ in versions for key in entry_keys(str(user_id), prefix)]
     script = client.register_script(_MISSING)
     found = script(keys=keys, args=[v for _, v in versions])
     return [versions[int(i) - 1][0] for i in found]
