@@ -127,20 +127,60 @@ def upsert_lines(
     row then carries their text, parsed by the cast)."""
     if not lines:
         return
+    plan = _upsert_plan(conn, table, columns, key, update, newer, text_columns)
+    _staging_table(conn, table.name, plan.ddl)
+    if isinstance(lines[0], bytes):
+        copy_binary(conn, plan.staged, columns, lines)  # type: ignore[arg-type]
+    else:
+        copy_text(conn, plan.staged, columns, lines)  # type: ignore[arg-type]
+    if plan.sql is None:
+        conn.execute(plan.statement)
+    else:
+        conn.exec_driver_sql(plan.sql)
+
+
+@dataclass(frozen=True)
+class _UpsertPlan:
+    """What `upsert_lines` sends for one table, column set and rule: the staging table's
+    columns (`ddl`), the staging table, the upsert statement and its SQL (compiled once; None
+    when it has parameters, or a `%` the driver's parameter style would need escaped)."""
+
+    ddl: str
+    staged: Table
+    statement: Any
+    sql: str | None
+
+
+_UPSERT_PLANS: dict[tuple[Any, ...], _UpsertPlan] = {}
+
+
+def _upsert_plan(
+    conn: Connection,
+    table: Table,
+    columns: Sequence[str],
+    key: Sequence[str],
+    update: Sequence[str],
+    newer: str | None,
+    text_columns: Sequence[str],
+) -> _UpsertPlan:
+    """`upsert_lines`' statements for these arguments, made once per process (making and
+    compiling them cost more of this process than the COPY of a batch's rows)."""
+    dialect = conn.dialect
+    cache_key: tuple[Any, ...] = (table, *map(tuple, (columns, key, update, text_columns)), newer)
+    cache_key += (dialect.name, dialect.driver, dialect.server_version_info)
+    found = _UPSERT_PLANS.get(cache_key)
+    if found is not None:
+        return found
     types = {c: table.c[c].type for c in columns}
     staged_types = {
         c: Text() if isinstance(t, JSON) or c in text_columns else t for c, t in types.items()
     }
-    ddl = ", ".join(f"{c} {staged_types[c].compile(dialect=conn.dialect)}" for c in columns)
+    ddl = ", ".join(f"{c} {staged_types[c].compile(dialect=dialect)}" for c in columns)
     staged = Table(
-        _staging_table(conn, table.name, ddl),
+        _staging_name(table.name, ddl),
         MetaData(),
         *(Column(c, staged_types[c]) for c in columns),
     )
-    if isinstance(lines[0], bytes):
-        copy_binary(conn, staged, columns, lines)  # type: ignore[arg-type]
-    else:
-        copy_text(conn, staged, columns, lines)  # type: ignore[arg-type]
     source = select(
         *(
             cast(staged.c[c], types[c]) if staged_types[c] is not types[c] else staged.c[c]
@@ -149,9 +189,19 @@ def upsert_lines(
     )
     stmt = postgresql.insert(table).from_select(list(columns), source)
     if not update:
-        conn.execute(stmt.on_conflict_do_nothing(index_elements=list(key)))
-        return
-    conn.execute(_on_conflict(stmt, table, key, update, None, newer))
+        statement = stmt.on_conflict_do_nothing(index_elements=list(key))
+    else:
+        statement = _on_conflict(stmt, table, key, update, None, newer)
+    compiled = statement.compile(dialect=dialect)
+    plain = not compiled.params and "%" not in compiled.string
+    found = _UpsertPlan(ddl, staged, statement, compiled.string if plain else None)
+    _UPSERT_PLANS[cache_key] = found
+    return found
+
+
+def _staging_name(name: str, ddl: str) -> str:
+    """The staging table of rows of the table `name` with the columns `ddl`."""
+    return f"staged_{name}_{zlib.crc32(ddl.encode()):08x}"
 
 
 def _staging_table(conn: Connection, name: str, ddl: str) -> str:
@@ -163,7 +213,7 @@ def _staging_table(conn: Connection, name: str, ddl: str) -> str:
     compresses what the table keeps). Its name carries a digest of `ddl`, so another column
     set gets a table of its own. Emptied here too (a DELETE, nothing to do after a commit),
     for a second staging in one transaction; rows a rolled-back transaction left are dead."""
-    staged = f"staged_{name}_{zlib.crc32(ddl.encode()):08x}"
+    staged = _staging_name(name, ddl)
     raw = conn.connection.driver_connection
     assert raw is not None
     with raw.cursor() as cur:  # type: ignore[attr-defined]
