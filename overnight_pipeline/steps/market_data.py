@@ -21,15 +21,15 @@ from overnight_pipeline.steps.reports import (
     PricesReport,
     RatesReport,
 )
-from overnight_pipeline.storage.batches import (
-    partition_currencies,
-    partition_instruments,
-    partition_users,
-)
 from overnight_pipeline.storage.market_data import (
     store_fundamentals,
     store_prices,
     store_rates,
+)
+from overnight_pipeline.storage.partition_reads import (
+    partition_currencies,
+    partition_instruments,
+    partition_user_texts,
 )
 from overnight_pipeline.storage.rosters import Roster, roster
 
@@ -49,13 +49,12 @@ def fetch_rates(
     found = partition_roster(
         engine, market=market, day=day, markets=markets, correlation_id=correlation_id
     )
-    users = found.users
     currencies = found.currencies | {markets[market].currency}
     result = provider.fetch_rates(sorted(currencies - {"USD"}), day=day)
     with engine.begin() as conn:
         stored = store_rates(conn, result, day=day)
     return RatesReport(
-        users=len(users),
+        users=found.user_count,
         currencies=len(currencies),
         stored=stored,
         source=result.source,
@@ -83,8 +82,8 @@ def partition_roster(
                 conn, correlation_id=correlation_id, market=market, day=day, markets=markets
             )
     with engine.connect() as conn:
-        users = partition_users(conn, market=market, day=day, markets=markets)
-        return Roster(
+        users = partition_user_texts(conn, market=market, day=day, markets=markets)
+        return Roster.of(
             users,
             partition_instruments(conn, users),
             partition_currencies(conn, users) if users else set(),
@@ -123,7 +122,7 @@ def _fetch_held(
     found = partition_roster(
         engine, market=market, day=day, markets=markets, correlation_id=correlation_id
     )
-    users = len(found.users)
+    users = found.user_count
     ids = {inst: asset_id for inst, (asset_id, _) in found.instruments.items()}
     result = fetch(sorted(ids), day=day)
     with engine.begin() as conn:

@@ -14,7 +14,7 @@ per numeric, a batch's rows kept alive for the garbage collector); docs/PERFORMA
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
@@ -33,7 +33,6 @@ from sqlalchemy import (
     func,
     select,
     text,
-    union,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.sql.elements import ColumnElement
@@ -46,7 +45,6 @@ from overnight_pipeline.core.batch import (
     USER_COLUMNS,
     Batch,
 )
-from overnight_pipeline.core.markets import Market, held_markets, users_at_home
 from overnight_pipeline.core.money import FxRates
 from overnight_pipeline.core.vocabulary import METRICS
 from overnight_pipeline.storage.dialect import among, id_chunks, id_text, trimmed
@@ -61,6 +59,13 @@ from overnight_pipeline.storage.models import (
     holdings_table,
     users_table,
 )
+
+# Re-exported: the partition's users and assets are read there, and imported from here too.
+from overnight_pipeline.storage.partition_reads import partition_currencies as partition_currencies
+from overnight_pipeline.storage.partition_reads import (
+    partition_instruments as partition_instruments,
+)
+from overnight_pipeline.storage.partition_reads import partition_users as partition_users
 
 # What a partition's batches read and rewrite (`ensure_statistics`).
 BATCH_TABLES = (
@@ -100,73 +105,6 @@ def ensure_statistics(conn: Connection, tables: Sequence[str] = BATCH_TABLES) ->
     for name in missing:
         conn.exec_driver_sql(f'ANALYZE "{name}"')
     return missing
-
-
-def partition_users(
-    conn: Connection, *, market: str, day: date, markets: Mapping[str, Market]
-) -> list[uuid.UUID]:
-    """Active users whose home market on `day` is `market` (BEHAVIOUR §1), sorted by id."""
-    h, a, u = holdings_table, assets_table, users_table
-    # Each user's markets first, then whether the user is active: the users are joined to
-    # one row per (user, market), not to every holding.
-    pairs = select(h.c.user_id, a.c.market).distinct().join(a, a.c.id == h.c.asset_id).subquery()
-    rows = conn.execute(
-        select(pairs.c.user_id, pairs.c.market)
-        .join(u, u.c.id == pairs.c.user_id)
-        .where(u.c.active.is_(True))
-    )
-    held = held_markets(rows, markets)
-    return users_at_home(held, market=market, day=day, markets=markets)
-
-
-def partition_instruments(
-    conn: Connection, user_ids: Sequence[uuid.UUID]
-) -> dict[tuple[str, str], tuple[uuid.UUID, str]]:
-    """Distinct assets held by `user_ids`: (market, symbol) → (asset id, currency)."""
-    h, a = holdings_table, assets_table
-    dialect = conn.dialect.name
-    found: dict[tuple[str, str], tuple[uuid.UUID, str]] = {}
-    for chunk in id_chunks(conn, user_ids):
-        held = select(h.c.asset_id).where(among(h.c.user_id, chunk, dialect))
-        rows = conn.execute(
-            select(a.c.market, a.c.symbol, a.c.id, a.c.currency).where(a.c.id.in_(held))
-        )
-        found.update({(m, s): (i, c) for m, s, i, c in rows})
-    return found
-
-
-def partition_currencies(
-    conn: Connection,
-    user_ids: Sequence[uuid.UUID],
-    *,
-    instruments: Mapping[tuple[str, str], tuple[uuid.UUID, str]] | None = None,
-) -> set[str]:
-    """Base currencies of `user_ids` and currencies of the assets they hold; given the
-    users' `instruments` (`partition_instruments`), the assets' currencies are theirs and
-    only the users are read (not every holding a second time)."""
-    h, a, u = holdings_table, assets_table, users_table
-    dialect = conn.dialect.name
-    found: set[str] = set()
-    if instruments is not None:
-        found.update(currency for _, currency in instruments.values())
-        for chunk in id_chunks(conn, user_ids):
-            found.update(
-                conn.scalars(
-                    select(u.c.base_currency).distinct().where(among(u.c.id, chunk, dialect))
-                )
-            )
-        return found
-    for chunk in id_chunks(conn, user_ids):
-        held = select(h.c.asset_id).where(among(h.c.user_id, chunk, dialect))
-        found.update(
-            conn.scalars(
-                union(
-                    select(u.c.base_currency).where(among(u.c.id, chunk, dialect)),
-                    select(a.c.currency).where(a.c.id.in_(held)),
-                )
-            )
-        )
-    return found
 
 
 def load_rates(conn: Connection, *, day: date) -> FxRates:

@@ -27,6 +27,7 @@ from overnight_pipeline.storage.batches import (
 )
 from overnight_pipeline.storage.db import make_engine, migrate
 from overnight_pipeline.storage.models import partition_rosters_table, users_table
+from overnight_pipeline.storage.partition_reads import partition_user_texts
 from overnight_pipeline_tests.support.databases import (
     REDIS_URL,
     migrated_pg_database,
@@ -92,11 +93,11 @@ def test_rosters_older_than_a_week_go_when_a_new_one_is_written(engine: Engine) 
 def test_a_run_computes_the_partitions_users_once(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[str] = []
 
-    def counted(*args: Any, **kwargs: Any) -> list[uuid.UUID]:
+    def counted(*args: Any, **kwargs: Any) -> list[str]:
         calls.append(kwargs["market"])
-        return partition_users(*args, **kwargs)
+        return partition_user_texts(*args, **kwargs)
 
-    monkeypatch.setattr(rosters, "partition_users", counted)
+    monkeypatch.setattr(rosters, "partition_user_texts", counted)
     for url, prefix in zip(
         migrated_pg_database("overnight_rosters"), redis_namespace("rosters"), strict=True
     ):
