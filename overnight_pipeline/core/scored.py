@@ -46,6 +46,7 @@ import pandas as pd
 from overnight_pipeline.core.batch import BatchScores
 from overnight_pipeline.core.captured_reader import self_contained, snapshot_keys
 from overnight_pipeline.core.money import parse_decimal
+from overnight_pipeline.core.scored_text import format_3_texts
 from overnight_pipeline.core.scoring import SCORE_PLACES, AssetScore, RuleOutcome
 
 SCORES_FORMAT = 3
@@ -83,20 +84,35 @@ class ScoreTexts:
 
 def _made_once(keys: np.ndarray, make: Callable[[int], str]) -> list[str]:
     """`make(i)` for every position i, made once per distinct key (at its first position)."""
-    if not len(keys):
-        return []
-    codes, _ = pd.factorize(keys)
-    _, first = np.unique(codes, return_index=True)
-    made = np.array([make(i) for i in first.tolist()], dtype=object)
-    texts: list[str] = made[codes].tolist()
+    codes, made = _codes_and_texts(keys, make)
+    texts: list[str] = np.array(made, dtype=object)[codes].tolist()
     return texts
 
 
-def _decimal_texts(values: list[Any]) -> list[str]:
-    """`format(d, "f")` of each Decimal, by object: the scored frame shares one Decimal per
-    distinct score (by identity, never by value: 1.0 == 1.00 but their texts differ)."""
+def _codes_and_texts(keys: np.ndarray, make: Callable[[int], str]) -> tuple[np.ndarray, list[str]]:
+    """A code per position (its key's, in order of first appearance) and `make(i)` of each
+    code's first position i."""
+    if not len(keys):
+        return np.empty(0, dtype=np.int64), []
+    codes, uniques = pd.factorize(keys)
+    first = np.full(len(uniques), len(keys), dtype=np.int64)
+    np.minimum.at(first, codes, np.arange(len(keys)))  # not a sort, as np.unique's is
+    return codes, [make(i) for i in first.tolist()]
+
+
+def _decimal_codes(values: list[Any]) -> tuple[np.ndarray, list[str]]:
+    """`format(d, "f")` of each distinct Decimal and a code per value, by object: the scored
+    frame shares one Decimal per distinct score (by identity, never by value: 1.0 == 1.00
+    but their texts differ)."""
     ids = np.fromiter(map(id, values), dtype=np.int64, count=len(values))
-    return _made_once(ids, lambda i: format(values[i], "f"))
+    return _codes_and_texts(ids, lambda i: format(values[i], "f"))
+
+
+def _decimal_texts(values: list[Any]) -> list[str]:
+    """`format(d, "f")` of each Decimal (`_decimal_codes`)."""
+    codes, made = _decimal_codes(values)
+    texts: list[str] = np.array(made, dtype=object)[codes].tolist()
+    return texts
 
 
 def score_json(
@@ -112,8 +128,8 @@ def score_json(
         raise ValueError(f"format: SCORES_COMPUTED has formats 1, 2 and 3, not {format!r}")
     s = scores.holdings
     n = len(s)
-    asset_ids = s["asset_id"].tolist()
-    score_text = _decimal_texts(s["score"].tolist())
+    score_codes, score_made = _decimal_codes(s["score"].tolist())
+    score_text: list[str] = np.array(score_made, dtype=object)[score_codes].tolist()
     max_text = _decimal_texts(s["max_possible_score"].tolist())
     counts = s["criteria_count"].tolist()
     tops = s["top_contributor"].tolist()
@@ -123,7 +139,12 @@ def score_json(
         lambda i: orjson.dumps({"criteriaCount": counts[i], "topContributor": tops[i]}).decode(),
     )
 
+    users, spans, order = _user_spans(s["user_id"].to_numpy(dtype=object))
     b = scores.breakdown
+    if format == 3 and order is None:
+        made = format_3_texts(b, score_codes, score_made, users, spans)
+        if made is not None:
+            return ScoreTexts(made, score_text, max_text, summaries)
     columns = [
         b["criterion_id"].tolist(),
         b["matched"].tolist(),
@@ -137,8 +158,7 @@ def score_json(
         else list(zip(*columns, strict=True))
     )
     starts, ends = bounds[:-1], bounds[1:]
-    per_holding = [asset_ids, score_text, max_text, counts, tops, starts, ends]
-    users, spans, order = _user_spans(s["user_id"].to_numpy(dtype=object))
+    per_holding = [s["asset_id"].tolist(), score_text, max_text, counts, tops, starts, ends]
     if order is not None:  # a user's rows apart: put them together
         per_holding = [[values[i] for i in order] for values in per_holding]
     aids, sts, mts, cs, ts, los, his = per_holding
@@ -216,6 +236,12 @@ def _user_spans(user_ids: np.ndarray) -> tuple[list[Any], list[int], list[int] |
     already, as in the pipeline's batches)."""
     if not len(user_ids):
         return [], [0], None
+    change = np.ones(len(user_ids), dtype=bool)
+    np.not_equal(user_ids[1:], user_ids[:-1], out=change[1:])
+    heads = np.flatnonzero(change)
+    users = user_ids[heads].tolist()
+    if len(set(users)) == len(users):  # each user's rows together: neighbours told them
+        return users, [*heads.tolist(), len(user_ids)], None
     codes, uniques = pd.factorize(user_ids)
     order = None
     if not bool((codes[1:] >= codes[:-1]).all()):

@@ -5,6 +5,7 @@ included) put back from the events and the snapshots, garbled payloads named."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import re
 from datetime import UTC, date, datetime
 from decimal import Decimal as D
@@ -297,6 +298,23 @@ def test_a_users_rows_apart_give_the_same_documents(b) -> None:
         assert out.payloads == expected.payloads
         assert [out.score[i] for i in back] == expected.score
         assert [out.summary[i] for i in back] == expected.summary
+
+
+@settings(max_examples=50, deadline=None)
+@given(batches())
+def test_format_3_made_for_the_batch_is_what_the_user_by_user_path_writes(b) -> None:
+    """The batch's documents assembled from fragments (`core.scored_text`) are byte for byte
+    those of the user-by-user path, which columns of other types take (here: matched as
+    objects, points as objects)."""
+    user_list, fundamentals = b
+    batch = to_batch(user_list, fundamentals)
+    versions = {u["user_id"]: 1 for u in user_list}
+    scored = score_batch(batch.holdings, batch.rules, batch.fundamentals)
+    out = score_json(scored, versions)
+    for column in ("matched", "points_awarded"):
+        plain = dataclasses.replace(scored, breakdown=scored.breakdown.astype({column: object}))
+        assert score_json(plain, versions) == out
+    assert set(out.payloads) == set(scored.holdings["user_id"])
 
 
 def test_a_user_without_holdings_has_an_empty_document_in_each_format() -> None:

@@ -58,7 +58,7 @@ def test_json_text_documents_equal_the_dict_documents(b) -> None:
         by_user.setdefault(uid, []).append(doc)
     assert out.payloads.keys() == old.payloads.keys() == by_user.keys()
     for uid, scores in by_user.items():
-        assert orjson.loads(out.payloads[uid]) == compact_scores(versions[uid], scores)
+        assert out.payloads[uid] == orjson.dumps(compact_scores(versions[uid], scores)).decode()
         assert orjson.loads(two.payloads[uid]) == compact_scores(versions[uid], scores, format=2)
         assert orjson.loads(old.payloads[uid]) == {
             "criteriaVersion": versions[uid],
