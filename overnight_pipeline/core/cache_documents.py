@@ -15,16 +15,19 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 from decimal import Decimal
+from operator import attrgetter
 from typing import Any
 
 import orjson
 
+from overnight_pipeline.core.allocation import CENTS_TEXTS
 from overnight_pipeline.core.money import quantum
 from overnight_pipeline.core.payloads import SCHEMA_VERSION
 from overnight_pipeline.core.recommendations import PERCENT_PLACES, UserRecommendations
 
 # Datetimes as pydantic dumps them: ISO 8601, "Z" for UTC, microseconds only when set.
 _OPTIONS = orjson.OPT_UTC_Z
+_CURRENT_PERCENT = attrgetter("current_percent")
 
 
 def _text(value: Decimal) -> str:
@@ -46,7 +49,9 @@ def document_values(
     total = _text(result.total_value.quantize(quantum(result.base_currency)))
     owner = str(user_id)
     classes = result.classes
-    percents = [_percent(c.current_percent) for c in classes]  # in both documents
+    shared = CENTS_TEXTS.get  # the allocation's percentages and gaps are mostly shared
+    # In both documents.
+    percents = [shared(id(p)) or _percent(p) for p in map(_CURRENT_PERCENT, classes)]
     recs = {
         "schemaVersion": SCHEMA_VERSION,
         "userId": owner,
@@ -58,7 +63,7 @@ def document_values(
                 "score": _text(r.score),
                 "amount": _text(r.amount),
                 "currency": r.currency,
-                "allocationGap": _text(r.allocation_gap),
+                "allocationGap": shared(id(r.allocation_gap)) or _text(r.allocation_gap),
                 "breakdown": {
                     "criteriaCount": r.criteria_count,
                     "topContributor": r.top_contributor,
