@@ -233,14 +233,16 @@ def _decimal_cache(values: np.ndarray) -> np.ndarray:
 
 
 def _floats(values: np.ndarray) -> np.ndarray:
-    """`to_float` of a column with few distinct values: float(Decimal) is slow, str() is
-    not, and equal strings are equal Decimals."""
-    seen: dict[str, float] = {}
-    out = [
-        np.nan if v is None else seen[k] if (k := str(v)) in seen else seen.setdefault(k, float(v))
-        for v in values.tolist()
-    ]
-    return np.array(out, dtype=np.float64)
+    """`to_float` of a column with few distinct values: float(Decimal) is slow, so it is
+    made once per distinct value (equal Decimals, 3.1 and 3.10, have the same float),
+    found by `pd.factorize` (half the time of a `str()` key per value)."""
+    try:
+        codes, uniques = pd.factorize(values)
+    except TypeError:  # an unhashable value (a signalling NaN): float() raises for it
+        return np.array([np.nan if v is None else float(v) for v in values.tolist()])
+    table = np.array([*map(float, uniques.tolist()), np.nan], dtype=np.float64)
+    out: np.ndarray = table[codes]  # code -1 (None or NaN): the last, NaN
+    return out
 
 
 def _compare(
