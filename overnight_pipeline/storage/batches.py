@@ -2,28 +2,26 @@
 the market data of the day, and each batch of users' inputs as the core's frames.
 
 Reads are set-based per batch of users. Every function takes a `Connection` and never
-commits. Each read is one SQLAlchemy Core query for both dialects (`storage.dialect`). A
-raw psycopg twin of `load_batch` is not worth keeping: 1,000-user batches of a 10,000-user
-seeded database (`bench/load_batch_bench.py`, alternating both paths per batch on the busy
-2-core machine) load in 315-336 ms (median) against 286-309 ms for the removed raw psycopg
-path and 850-960 ms for the SQLAlchemy path it had beside it (UUID objects, a Python call
-per numeric, a batch's rows kept alive for the garbage collector); docs/PERFORMANCE.md,
-"Scale-out" and "Figures once quoted in the code".
+commits. Each read is one SQLAlchemy Core query for both dialects (`storage.dialect`); a
+batch's are made once (`_statement`) and read into columns (`_columns`): docs/PERFORMANCE.md,
+"Scale-out", "Figures once quoted in the code" and "The lean night (issue 25)".
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
+from itertools import compress, repeat
+from operator import is_not, itemgetter
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from sqlalchemy import (
     Connection,
-    Executable,
     Select,
     Text,
     and_,
@@ -186,7 +184,8 @@ def _fundamentals(conn: Connection, asset_ids: Sequence[uuid.UUID], *, day: date
             )
         )
         data.extend(tuple(row) for row in rows)
-    return _frame(data, ["asset_id", *METRICS]).set_index("asset_id")
+    frame = pd.DataFrame(data, columns=["asset_id", *METRICS], dtype=object)
+    return frame.set_index("asset_id")
 
 
 @dataclass(frozen=True)
@@ -194,35 +193,6 @@ class LoadedBatch:
     batch: Batch
     criteria_versions: dict[Any, int | None]
     holding_markets: list[str]
-
-
-def _frame(rows: list[tuple[Any, ...]], columns: list[str]) -> pd.DataFrame:
-    return pd.DataFrame(rows, columns=columns, dtype=object)
-
-
-def _rows(conn: Connection, statement: Executable) -> Iterator[Any]:
-    """The rows of `statement`, fetched in slices: each row dies young, before the garbage
-    collector's older generations would scan it (`.all()` kept a batch's 40,000 rows alive
-    beside the frames' own tuples, and the collector's passes over them slowed every batch
-    load: docs/PERFORMANCE.md, "Figures once quoted in the code"), and without a driver call
-    per row. With psycopg the driver's own tuples are read from the result's cursor: every
-    column the batch reads comes back from psycopg as it is used (text ids, `trimmed`
-    Decimals, strings and integers, no result processor), and a SQLAlchemy row per row
-    was a fifth of a batch's load in Python."""
-    result = conn.execute(statement)
-    if conn.dialect.driver != "psycopg":
-        for part in result.partitions(_SLICE):
-            yield from part
-        return
-    cursor = result.cursor
-    try:
-        while part := cursor.fetchmany(_SLICE):
-            yield from part
-    finally:
-        result.close()
-
-
-_SLICE = 500
 
 
 def load_batch(
@@ -233,43 +203,97 @@ def load_batch(
     `snapshot_reads` connection, or its statements may see different committed states.
 
     Four queries, each table reached through its user_id index; ids come back as text made
-    by the database (`id_text`) and rows are unpacked as tuples: UUID objects, named row
-    access and a per-value type hook were most of a batch's load time. Each result is
-    consumed as it is read, in slices (`_rows`), into the frames' tuples."""
-    within = _within(conn, list(user_ids))
-    versions, rules = _criteria(conn, within)
-    users = [
-        (uid, base, contribution, versions.get(uid))
-        for uid, base, contribution in _users(conn, within)
-    ]
-    classes = _classes(conn, within)
-    holdings, markets = _holdings(conn, within, snapshot.prices)
+    by the database (`id_text`). Each result is read in slices straight into one list per
+    column (`_columns`) and each frame is made from its columns: no Python per row (a tuple
+    per row, rebuilt and then split again by pandas, was half of a batch's load)."""
+    ids = _ids(conn, list(user_ids))
+    versions, rules = _criteria(conn, ids)
+    uids, bases, contributions = _columns(conn, _users, ids, decimals=(2,))
+    users = [uids, bases, contributions, list(map(versions.get, uids))]
+    classes = _columns(conn, _classes, ids, decimals=(2, 3, 5))
+    holdings, markets = _holdings(conn, ids, snapshot.prices)
     batch = Batch(
-        users=_frame(users, list(USER_COLUMNS)),
-        classes=_frame(classes, list(CLASS_COLUMNS)),
-        holdings=_frame(holdings, list(HOLDING_COLUMNS)),
-        rules=_frame(rules, list(RULE_COLUMNS)),
+        users=_frame(USER_COLUMNS, users),
+        classes=_frame(CLASS_COLUMNS, classes),
+        holdings=_frame(HOLDING_COLUMNS, holdings),
+        rules=_frame(RULE_COLUMNS, rules),
         fundamentals=snapshot.fundamentals,
     )
     return LoadedBatch(batch, versions, markets)
 
 
+def _frame(names: Sequence[str], columns: Sequence[Sequence[Any]]) -> pd.DataFrame:
+    """A frame of object columns `names` from its `columns`, filled into one 2-D block (the
+    layout `pd.DataFrame(rows, dtype=object)` gives), without a tuple per row."""
+    data = np.empty((len(names), len(columns[0])), dtype=object)
+    for i, column in enumerate(columns):
+        data[i] = column
+    return pd.DataFrame(data.T, columns=list(names), dtype=object, copy=False)
+
+
 _Within = Callable[[ColumnElement[Any]], ColumnElement[bool]]
+_Build = Callable[[_Within], Select[Any]]
+_STATEMENTS: dict[tuple[_Build, str], Select[Any]] = {}
 
 
-def _within(conn: Connection, ids: list[uuid.UUID]) -> _Within:
-    """`column` is one of the batch's `ids`. PostgreSQL: the array's literal text, made once
-    per batch, is the parameter of `CAST(:ids AS uuid[])`: untyped, so PostgreSQL reads it as
-    the array, a constant when it plans (the plans of an array parameter); the driver no
-    longer adapts the 1,000 ids one by one for each of the five conditions. Elsewhere
-    `dialect.among`."""
+def _ids(conn: Connection, ids: list[uuid.UUID]) -> Any:
+    """The batch's `ids` as the statements' parameter `ids`. PostgreSQL: the array's text,
+    the untyped parameter of `CAST(:ids AS uuid[])`, a constant when PostgreSQL plans and not
+    1,000 ids adapted by the driver. Elsewhere the list, an expanding IN."""
+    if conn.dialect.name != "postgresql":
+        return ids
+    return "{" + ",".join(map(str, ids)) + "}"
+
+
+def _statement(conn: Connection, build: _Build) -> Select[Any]:
+    """`build`'s statement for the connection's dialect, made once (its construction cost
+    more than its execution): every condition on a user id reads the one parameter `ids`."""
     dialect = conn.dialect.name
-    if dialect != "postgresql":
-        return lambda column: among(column, ids, dialect)
-    literal = "{" + ",".join(map(str, ids)) + "}"
-    return lambda column: (
-        column == any_(cast(bindparam(None, literal, type_=NullType()), ARRAY(column.type)))
-    )
+    found = _STATEMENTS.get((build, dialect))
+    if found is not None:
+        return found
+
+    def within(column: ColumnElement[Any]) -> ColumnElement[bool]:
+        if dialect == "postgresql":
+            ids = cast(bindparam("ids", type_=NullType()), ARRAY(column.type))
+            return column == any_(ids)
+        return column.in_(bindparam("ids", expanding=True))
+
+    found = _STATEMENTS[(build, dialect)] = build(within)
+    return found
+
+
+def _columns(
+    conn: Connection, build: _Build, ids: Any, *, decimals: Sequence[int] = ()
+) -> list[list[Any]]:
+    """The result of `build`'s statement for `ids`, one list per column, fetched in slices
+    (each row dies young, before the collector's older generations would scan it); with
+    psycopg, the driver's tuples from the result's cursor (no result processor is needed).
+    The columns `decimals` (numerics sent as their text: `_after_sort`) become Decimals."""
+    result = conn.execute(_statement(conn, build), {"ids": ids})
+    columns: list[list[Any]] = [[] for _ in result.keys()]
+    fetch = result.cursor.fetchmany if conn.dialect.driver == "psycopg" else result.fetchmany
+    try:
+        while part := fetch(_SLICE):
+            for column, values in zip(columns, zip(*part, strict=True), strict=True):
+                column.extend(values)
+    finally:
+        result.close()
+    for i in decimals:
+        columns[i] = _decimals(columns[i])
+    return columns
+
+
+def _decimals(texts: list[str | None]) -> list[Decimal | None]:
+    """The Decimals of `texts` (None stays None), each distinct text parsed once: a batch's
+    numerics repeat (the 300,000 quantities of 10,000 seeded users have 1,256 values, their
+    100,000 rule values 16), and the driver's Decimal per value was a fifth of a load."""
+    made: dict[str | None, Decimal | None] = {t: Decimal(t) for t in set(texts) if t is not None}
+    made[None] = None
+    return list(map(made.__getitem__, texts))
+
+
+_SLICE = 2000
 
 
 def _after_sort(
@@ -281,107 +305,116 @@ def _after_sort(
     hidden: Sequence[str] = (),
 ) -> Select[Any]:
     """`inner`, sorted by `order`, read through a subquery: the outer SELECT makes the text
-    of the columns `ids` (`id_text`) and trims the columns `numerics` (`trimmed`), leaves
-    out `hidden` and keeps the subquery's order (PostgreSQL sees it sorted: no second sort).
+    of the columns `ids` (`id_text`) and of the columns `numerics`, trimmed (`trimmed`; made
+    Decimals by `_columns`), leaves out `hidden` and keeps the subquery's order (PostgreSQL
+    sees it sorted: no second sort).
     The per-value functions so run on the sorted rows as they are sent: made before the
     sort, the ids' text widened the sorted tuples (the holdings' sort spilled to disk) and
     cost PostgreSQL a quarter of a batch's reads."""
     s = inner.subquery()
     columns = [
-        id_text(c) if c.name in ids else trimmed(c) if c.name in numerics else c
+        id_text(c) if c.name in ids else cast(trimmed(c), Text) if c.name in numerics else c
         for c in s.c
         if c.name not in hidden
     ]
     return select(*columns).order_by(*(s.c[name] for name in order))
 
 
-def _criteria(
-    conn: Connection, within: _Within
-) -> tuple[dict[Any, int | None], list[tuple[Any, ...]]]:
-    """Each user's newest criteria version, and the rules of those versions in order."""
+def _criteria(conn: Connection, ids: Any) -> tuple[dict[Any, int | None], list[list[Any]]]:
+    """Each user's newest criteria version, and the columns of those versions' rules in
+    order (a user without rules has one row of nulls, left out)."""
+    uids, versions, *rules = _columns(conn, _criteria_statement, ids, decimals=(6, 7))
+    keep = list(map(is_not, rules[0], repeat(None)))
+    if not all(keep):
+        rules = [list(compress(column, keep)) for column in rules]
+        return dict(zip(uids, versions, strict=True)), [list(compress(uids, keep)), *rules]
+    return dict(zip(uids, versions, strict=True)), [uids, *rules]
+
+
+def _criteria_statement(within: _Within) -> Select[Any]:
     v, r = criteria_versions_table, criteria_rules_table
     n = criteria_versions_table.alias("n")
     newest = select(func.max(n.c.version)).where(n.c.user_id == v.c.user_id).scalar_subquery()
-    versions: dict[Any, int | None] = {}
-    rules = []
-    for uid, version, *rule in _rows(
-        conn,
-        _after_sort(
-            # The sort's keys first: a key after a variable-length column is found by walking
-            # the columns before it, at every comparison.
-            select(
-                v.c.user_id,
-                r.c.position,
-                v.c.version,
-                r.c.rule_id,
-                r.c.asset_class,
-                r.c.metric,
-                r.c.operator,
-                r.c.value,
-                r.c.value2,
-                r.c.points,
-            )
-            .outerjoin(r, r.c.criteria_version_id == v.c.id)
-            .where(within(v.c.user_id), v.c.version == newest)
-            .order_by(v.c.user_id, r.c.position),
-            order=("user_id", "position"),
-            ids=("user_id",),
-            numerics=("value", "value2"),
-            hidden=("position",),
-        ),
-    ):
-        versions[uid] = version
-        if rule[0] is not None:
-            rules.append((uid, *rule))
-    return versions, rules
-
-
-def _users(conn: Connection, within: _Within) -> Iterator[Any]:
-    u = users_table
-    return _rows(
-        conn,
-        _after_sort(
-            select(u.c.id, u.c.base_currency, u.c.default_contribution)
-            .where(within(u.c.id))
-            .order_by(u.c.id),
-            order=("id",),
-            ids=("id",),
-            numerics=("default_contribution",),
-        ),
+    return _after_sort(
+        # The sort's keys first: a key after a variable-length column is found by walking
+        # the columns before it, at every comparison.
+        select(
+            v.c.user_id,
+            r.c.position,
+            v.c.version,
+            r.c.rule_id,
+            r.c.asset_class,
+            r.c.metric,
+            r.c.operator,
+            r.c.value,
+            r.c.value2,
+            r.c.points,
+        )
+        .outerjoin(r, r.c.criteria_version_id == v.c.id)
+        .where(within(v.c.user_id), v.c.version == newest)
+        .order_by(v.c.user_id, r.c.position),
+        order=("user_id", "position"),
+        ids=("user_id",),
+        numerics=("value", "value2"),
+        hidden=("position",),
     )
 
 
-def _classes(conn: Connection, within: _Within) -> list[tuple[Any, ...]]:
+def _users(within: _Within) -> Select[Any]:
+    u = users_table
+    return _after_sort(
+        select(u.c.id, u.c.base_currency, u.c.default_contribution)
+        .where(within(u.c.id))
+        .order_by(u.c.id),
+        order=("id",),
+        ids=("id",),
+        numerics=("default_contribution",),
+    )
+
+
+def _classes(within: _Within) -> Select[Any]:
     c = asset_classes_table
-    return [
-        tuple(row)
-        for row in _rows(
-            conn,
-            _after_sort(
-                select(
-                    c.c.user_id,
-                    c.c.position,  # the sort's keys first (`_criteria`)
-                    c.c.name,
-                    c.c.target_min,
-                    c.c.target_max,
-                    c.c.max_assets,
-                    c.c.min_allocation_value,
-                )
-                .where(within(c.c.user_id))
-                .order_by(c.c.user_id, c.c.position, c.c.name),
-                order=("user_id", "position", "name"),
-                ids=("user_id",),
-                numerics=("target_min", "target_max", "min_allocation_value"),
-                hidden=("position",),
-            ),
+    return _after_sort(
+        select(
+            c.c.user_id,
+            c.c.position,  # the sort's keys first (`_criteria`)
+            c.c.name,
+            c.c.target_min,
+            c.c.target_max,
+            c.c.max_assets,
+            c.c.min_allocation_value,
         )
-    ]
+        .where(within(c.c.user_id))
+        .order_by(c.c.user_id, c.c.position, c.c.name),
+        order=("user_id", "position", "name"),
+        ids=("user_id",),
+        numerics=("target_min", "target_max", "min_allocation_value"),
+        hidden=("position",),
+    )
 
 
 def _holdings(
-    conn: Connection, within: _Within, prices: dict[str, tuple[Decimal, str, datetime]]
-) -> tuple[list[tuple[Any, ...]], list[str]]:
-    """The holdings' rows, priced from `prices`, and the market of each."""
+    conn: Connection, ids: Any, prices: dict[str, tuple[Decimal, str, datetime]]
+) -> tuple[list[list[Any]], list[str]]:
+    """The holdings' columns, priced from `prices`, and the market of each. An asset's
+    quote (price, currency, as of) is the same on every row of it: found once per asset of
+    the batch, then spread over the rows by C-level maps."""
+    uids, aids, markets, symbols, names, quantities, currencies = _columns(
+        conn, _holdings_statement, ids, decimals=(5,)
+    )
+    quoted: dict[str, tuple[Any, Any, Any]] = {}
+    for aid, currency in dict(zip(aids, currencies, strict=True)).items():
+        price, quote_currency, as_of = prices.get(aid, _NO_QUOTE)
+        quoted[aid] = (quote_currency or currency, price, as_of)
+    by_row = list(map(quoted.__getitem__, aids))
+    currency_, price_, as_of_ = (list(map(itemgetter(k), by_row)) for k in range(3))
+    return [uids, aids, symbols, names, quantities, currency_, price_, as_of_], markets
+
+
+_NO_QUOTE = (None, None, None)
+
+
+def _holdings_statement(within: _Within) -> Select[Any]:
     h, c = holdings_table, asset_classes_table
     # The assets numbered in (market, symbol) order (unique): the holdings are sorted by
     # (user, that number), the order of (user, market, symbol) at a fraction of its cost (a
@@ -395,37 +428,25 @@ def _holdings(
         assets_table.c.symbol,
         assets_table.c.currency,
     ).subquery("a")
-    no_quote = (None, None, None)
-    holdings = []
-    markets = []
     # The class is joined on (user_id, id), the holdings' foreign key, and filtered by the
     # batch too, so that PostgreSQL reaches both tables through their user_id indexes.
-    for uid, aid, market, symbol, name, quantity, currency in _rows(
-        conn,
-        _after_sort(
-            select(
-                h.c.user_id,
-                a.c.rank,
-                h.c.asset_id,
-                a.c.market,
-                a.c.symbol,
-                c.c.name,
-                h.c.quantity,
-                a.c.currency,
-            )
-            .join(a, a.c.id == h.c.asset_id)
-            .join(c, and_(c.c.user_id == h.c.user_id, c.c.id == h.c.asset_class_id))
-            .where(within(h.c.user_id), within(c.c.user_id))
-            .order_by(h.c.user_id, a.c.rank),
-            order=("user_id", "rank"),
-            ids=("user_id", "asset_id"),
-            numerics=("quantity",),
-            hidden=("rank",),
-        ),
-    ):
-        quote = prices.get(aid, no_quote)
-        holdings.append(
-            (uid, aid, symbol, name, quantity, quote[1] or currency, quote[0], quote[2])
+    return _after_sort(
+        select(
+            h.c.user_id,
+            a.c.rank,
+            h.c.asset_id,
+            a.c.market,
+            a.c.symbol,
+            c.c.name,
+            h.c.quantity,
+            a.c.currency,
         )
-        markets.append(market)
-    return holdings, markets
+        .join(a, a.c.id == h.c.asset_id)
+        .join(c, and_(c.c.user_id == h.c.user_id, c.c.id == h.c.asset_class_id))
+        .where(within(h.c.user_id), within(c.c.user_id))
+        .order_by(h.c.user_id, a.c.rank),
+        order=("user_id", "rank"),
+        ids=("user_id", "asset_id"),
+        numerics=("quantity",),
+        hidden=("rank",),
+    )
