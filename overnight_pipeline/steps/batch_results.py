@@ -157,7 +157,7 @@ def process_batch(
     scored = score_batch(batch.holdings, batch.rules, batch.fundamentals)
     recommended, rec_failures = recommend_batch(batch, scored, calc.fx)
     texts = score_json(scored, versions)
-    criteria = criteria_snapshots(batch)
+    criteria_keys, criteria_payloads = criteria_snapshots(batch)
     own_keys, own_payloads = inputs_snapshots(batch)
     captured = capture_json(
         batch,
@@ -167,7 +167,7 @@ def process_batch(
         criteria_versions=versions,
         holding_markets=holding_markets,
         snapshot=calc.snapshot,
-        criteria={uid: key for uid, (key, _) in criteria.items()},
+        criteria=criteria_keys,
         positions=calc.positions,
         inputs=own_keys,
     )
@@ -194,7 +194,7 @@ def process_batch(
         asset_rows=asset_rows,
         users=users,
         versions={u: versions.get(u) or 0 for u in sorted(ok)},
-        criteria_payloads=dict(criteria.values()),
+        criteria_payloads=criteria_payloads,
         inputs_payloads=own_payloads,
     )
     return BatchResult(
@@ -334,7 +334,7 @@ def _writes(
     asset_rows: list[tuple[str, str, str]],
     users: _Users,
     versions: dict[str, int],
-    criteria_payloads: dict[str, dict[str, Any]],
+    criteria_payloads: Mapping[str, Any],
     inputs_payloads: Mapping[str, Any],
 ) -> Write:
     """The batch's writes, its rows formatted here, not on the writer thread: this thread

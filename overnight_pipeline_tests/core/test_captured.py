@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
@@ -19,7 +20,7 @@ from overnight_pipeline.core.captured_reader import (
     self_contained,
     snapshot_keys,
 )
-from overnight_pipeline.core.captured_text import plain_texts, referencing_texts
+from overnight_pipeline.core.captured_text import own_texts, plain_texts, referencing_texts
 from overnight_pipeline.core.captured_writer import capture_json
 from overnight_pipeline.core.money import FxRates
 from overnight_pipeline.core.scoring import replay
@@ -115,11 +116,10 @@ def test_a_document_referencing_a_snapshot_says_what_the_self_contained_one_says
         # `replay` reads the snapshot for the fundamentals.
         assert replay(doc, snapshot) == replay(orjson.loads(old[uid][0]))
     # Format 3: the rules referenced by a criteria snapshot as well, one per rule set.
-    criteria = criteria_snapshots(batch)
-    shared = {key: snapshot, **dict(criteria.values())}
-    for h, payload in criteria.values():
+    keys, criteria = criteria_snapshots(batch)
+    shared = {key: snapshot, **criteria}
+    for h, payload in criteria.items():
         assert h == snapshot_hash(orjson.loads(orjson.dumps(payload)))
-    keys = {uid: h for uid, (h, _) in criteria.items()}
     # Format 3: without the snapshot's asset positions.
     third = referencing_texts(
         batch, market="NYSE", market_date=DAY, criteria_versions=versions, snapshot=key,
@@ -130,16 +130,16 @@ def test_a_document_referencing_a_snapshot_says_what_the_self_contained_one_says
         # of format 2 with its rules replaced by the criteria snapshot's hash.
         expected = orjson.loads(new[uid][0])
         expected["format"] = 3
-        expected["criteria"] = {"version": 1, "snapshot": criteria[uid][0]}
+        expected["criteria"] = {"version": 1, "snapshot": keys[uid]}
         assert text == orjson.dumps(expected).decode()
         doc = orjson.loads(text)
         assert doc["format"] == 3 and doc["criteria"] == {
             "version": 1,
-            "snapshot": criteria[uid][0],
+            "snapshot": keys[uid],
         }
         assert "rules" not in text
         assert self_contained(doc, shared) == orjson.loads(old[uid][0])
-        assert replay(doc, snapshot, criteria[uid][1]) == replay(orjson.loads(old[uid][0]))
+        assert replay(doc, snapshot, criteria[keys[uid]]) == replay(orjson.loads(old[uid][0]))
     thirds = [(uid, orjson.loads(text)) for uid, (text, _) in third.items()]
     again3, fx3 = batch_from_captured(thirds, shared)
     assert run_batch(again3, fx3).recommendations == run_batch(batch, stamped).recommendations
@@ -184,12 +184,12 @@ def test_a_document_referencing_a_snapshot_says_what_the_self_contained_one_says
             "market": "NYSE",
             "marketDate": DAY.isoformat(),
             "snapshot": key,
-            "criteria": {"version": 1, "snapshot": criteria[uid][0]},
+            "criteria": {"version": 1, "snapshot": keys[uid]},
             "inputs": own_keys[uid],
         }
         assert text == orjson.dumps(expected).decode() and count == third[uid][1]
         doc = orjson.loads(text)
-        assert snapshot_keys(doc) == [key, criteria[uid][0], own_keys[uid]]
+        assert snapshot_keys(doc) == [key, keys[uid], own_keys[uid]]
         assert own_inputs(doc, everything) == orjson.loads(third[uid][0])
         assert holding_assets(doc, everything) == holding_assets(orjson.loads(third[uid][0]), {})
         assert self_contained(doc, everything) == orjson.loads(old[uid][0])
@@ -289,6 +289,88 @@ def test_users_with_the_same_inputs_share_one_inputs_snapshot() -> None:
         },
     }
     assert keys["u3"] == snapshot_hash(payloads[keys["u3"]])
+
+
+@settings(max_examples=50, deadline=None)
+@given(batches())
+def test_own_inputs_made_for_the_batch_are_those_made_row_by_row(b) -> None:
+    """The holdings' rows of the `inputs` snapshots, assembled for the batch at once, are
+    those of the row-by-row path, which holdings of users interleaved take; each text is the
+    canonical encoding of its payload."""
+    user_list, fundamentals = b
+    batch = to_batch(user_list, fundamentals)
+    h = batch.holdings
+    mixed = (
+        h.assign(k=h.groupby("user_id").cumcount())
+        .sort_values("k", kind="stable")
+        .drop(columns="k")
+        .reset_index(drop=True)
+    )
+    texts = own_texts(batch)
+    assert own_texts(dataclasses.replace(batch, holdings=mixed)) == texts
+    for text in texts.values():
+        assert text == orjson.dumps(orjson.loads(text), option=orjson.OPT_SORT_KEYS).decode()
+
+
+@settings(max_examples=50, deadline=None)
+@given(batches())
+def test_criteria_snapshots_made_for_the_batch_are_those_made_rule_by_rule(b) -> None:
+    """The rules' texts assembled for the batch at once are those of the rule-by-rule path,
+    which rules of users interleaved take; each is the canonical text its hash is of."""
+    user_list, fundamentals = b
+    batch = to_batch(user_list, fundamentals)
+    r = batch.rules
+    mixed = (
+        r.assign(k=r.groupby("user_id").cumcount())
+        .sort_values("k", kind="stable")
+        .drop(columns="k")
+        .reset_index(drop=True)
+    )
+    keys, payloads = criteria_snapshots(batch)
+    again, texts = criteria_snapshots(dataclasses.replace(batch, rules=mixed))
+    assert keys == again and payloads.texts == texts.texts
+    assert set(keys) == {u["user_id"] for u in user_list} and set(keys.values()) == set(texts)
+    for h, text in texts.texts.items():
+        payload = orjson.loads(text)
+        assert text == orjson.dumps(payload, option=orjson.OPT_SORT_KEYS).decode()
+        assert h == snapshot_hash(payload) and texts[h] == payload
+
+
+def test_a_holding_without_a_quantity_is_a_null_in_the_inputs_snapshot() -> None:
+    users = pd.DataFrame(
+        {"user_id": ["u1", "u2"], "base_currency": ["USD", 'E"UR'], "contribution": [None] * 2},
+        dtype=object,
+    )
+    classes = pd.DataFrame(
+        columns=[
+            "user_id",
+            "name",
+            "target_min",
+            "target_max",
+            "max_assets",
+            "min_allocation_value",
+        ],
+        dtype=object,
+    )
+    holdings = pd.DataFrame(
+        {
+            "user_id": ["u1", "u1", "u1", "u2"],
+            "asset_id": ["a1", 'a"2', "a1", "a3"],
+            "asset_class": ["G", "G", "Bé", "G"],
+            "quantity": [Decimal("2"), None, Decimal("1E+2"), Decimal("0.10")],
+        },
+        dtype=object,
+    )
+    batch = Batch(users, classes, holdings, pd.DataFrame(), pd.DataFrame())
+    rows = [["a1", "G", "2"], ['a"2', "G", None], ["a1", "Bé", "100"]]
+    for uid, base, held in (("u1", "USD", rows), ("u2", 'E"UR', [["a3", "G", "0.10"]])):
+        payload = {
+            "assetClasses": [],
+            "baseCurrency": base,
+            "contribution": None,
+            "holdings": {"columns": ["assetId", "assetClass", "quantity"], "rows": held},
+        }
+        assert own_texts(batch)[uid] == orjson.dumps(payload, option=orjson.OPT_SORT_KEYS).decode()
 
 
 def test_plain_texts_are_the_plain_format_of_each_decimal() -> None:

@@ -224,9 +224,9 @@ def test_the_full_view_from_format_2_and_the_snapshots_is_what_format_1_held(b) 
     versions = {u["user_id"]: i + 1 for i, u in enumerate(user_list)}
     markets = ["NYSE"] * len(batch.holdings)
     key, snapshot = _snapshot_of(batch, FX_AT, markets)
-    criteria = criteria_snapshots(batch)
+    criteria_keys, criteria = criteria_snapshots(batch)
     # As the database gives them back.
-    shared = orjson.loads(orjson.dumps({key: snapshot, **dict(criteria.values())}))
+    shared = orjson.loads(orjson.dumps({key: snapshot, **criteria}))
     common = {"market": "NYSE", "market_date": DAY, "criteria_versions": versions}
     captured = {
         1: capture_json(batch, FX_AT, holding_markets=markets, **common),
@@ -237,7 +237,7 @@ def test_the_full_view_from_format_2_and_the_snapshots_is_what_format_1_held(b) 
             market_date=DAY,
             criteria_versions=versions,
             snapshot=key,
-            criteria={uid: h for uid, (h, _) in criteria.items()},
+            criteria=criteria_keys,
         ),
         # What the pipeline writes: the snapshot's asset positions given.
         4: capture_json(
@@ -245,7 +245,7 @@ def test_the_full_view_from_format_2_and_the_snapshots_is_what_format_1_held(b) 
             FX_AT,
             holding_markets=markets,
             snapshot=key,
-            criteria={uid: h for uid, (h, _) in criteria.items()},
+            criteria=criteria_keys,
             positions=asset_positions(snapshot),
             **common,
         ),
