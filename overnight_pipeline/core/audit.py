@@ -16,6 +16,8 @@ from collections.abc import Collection
 from datetime import date
 from typing import TYPE_CHECKING, Any, Final
 
+import orjson
+
 if TYPE_CHECKING:
     from overnight_pipeline.core.recommendations import UserRecommendations
 
@@ -97,6 +99,56 @@ def calc_failed(*, market: str, day: date, stage: str, error: str) -> dict[str, 
     }
 
 
+class PayloadTexts:
+    """The JSON text of the `CALC_STARTED` and `CALC_COMPLETED` payloads of one
+    calculation's users (one market, day and run): the bytes `orjson.dumps` writes of
+    `calc_started`'s, `calc_completed`'s and `calc_failed`'s documents (the same keys in the
+    same order, compact), with what every user's shares made once instead of a dict per
+    user (`steps.batch_results`)."""
+
+    def __init__(self, *, market: str, day: date, run_id: str) -> None:
+        self.market, self.day = market, day
+        where = _dumps({"market": market, "marketDate": day.isoformat()})[1:-1]
+        self._started = f'{{{where},"runId":{_dumps(run_id)},"criteriaVersion":'
+        self._completed = f'{{"status":"completed",{where},"recommendations":'
+        self._texts: dict[Any, str] = {}
+
+    def started(self, criteria_version: int | None, holdings: int | None = None) -> str:
+        """`calc_started` of a user as text (`holdings`, an int, left out when None)."""
+        version = _dumps(criteria_version)
+        if holdings is None:
+            return f"{self._started}{version}}}"
+        return f'{self._started}{version},"holdings":{holdings:d}}}'
+
+    def completed(self, rec: UserRecommendations) -> str:
+        """`calc_completed` of a user as text."""
+        base = self._texts.get(rec.base_currency)
+        if base is None:
+            base = self._texts[rec.base_currency] = _dumps(rec.base_currency)
+        classes = {c.name: c.status for c in rec.classes if c.status}
+        return (
+            f'{self._completed}{len(rec.recommendations)},"allocated":"{rec.allocated:f}",'
+            f'"unallocated":"{rec.unallocated:f}","contribution":"{rec.contribution:f}",'
+            f'"baseCurrency":{base},'
+            f'"missingPrices":{_dumps(list(rec.missing_prices)) if rec.missing_prices else "[]"},'
+            f'"classes":{_dumps(classes) if classes else "{}"}}}'
+        )
+
+    def failed(self, *, stage: str, error: str) -> str:
+        """`calc_failed` of a user as text."""
+        return _dumps(calc_failed(market=self.market, day=self.day, stage=stage, error=error))
+
+
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+VALUED_EVENTS: Final = EVENT_TYPES
+"""The events of a user whose inputs were captured, in their order."""
+UNVALUED_EVENTS: Final = (CALC_STARTED, CALC_COMPLETED)
+"""The events of a user whose inputs could not be valued (nothing was captured)."""
+
+
 def user_events(
     correlation_id: uuid.UUID,
     user_id: str,
@@ -107,11 +159,9 @@ def user_events(
     completed: Any,
 ) -> list[Event]:
     """The four events of a user whose inputs were captured, in their order."""
+    payloads = (started, captured, scores, completed)
     return [
-        (correlation_id, user_id, CALC_STARTED, started),
-        (correlation_id, user_id, INPUTS_CAPTURED, captured),
-        (correlation_id, user_id, SCORES_COMPUTED, scores),
-        (correlation_id, user_id, CALC_COMPLETED, completed),
+        (correlation_id, user_id, kind, p) for kind, p in zip(VALUED_EVENTS, payloads, strict=True)
     ]
 
 
@@ -119,9 +169,10 @@ def unvalued_user_events(
     correlation_id: uuid.UUID, user_id: str, *, started: Any, completed: Any
 ) -> list[Event]:
     """The two events of a user whose inputs could not be valued (nothing was captured)."""
+    payloads = (started, completed)
     return [
-        (correlation_id, user_id, CALC_STARTED, started),
-        (correlation_id, user_id, CALC_COMPLETED, completed),
+        (correlation_id, user_id, kind, p)
+        for kind, p in zip(UNVALUED_EVENTS, payloads, strict=True)
     ]
 
 

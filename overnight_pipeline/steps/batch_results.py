@@ -4,13 +4,13 @@ and each user's events (`core.audit`), in one transaction."""
 from __future__ import annotations
 
 import uuid
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
 
 import numpy as np
+import orjson
 import pandas as pd
 from sqlalchemy import Connection
 
@@ -27,7 +27,7 @@ from overnight_pipeline.steps.batches import Write
 from overnight_pipeline.storage.batches import LoadedBatch
 from overnight_pipeline.storage.bulk import write_rows
 from overnight_pipeline.storage.cache_entries import CacheEntry
-from overnight_pipeline.storage.events import event_rows, insert_snapshots
+from overnight_pipeline.storage.events import EventColumns, batch_event_rows, insert_snapshots
 from overnight_pipeline.storage.recommendations import (
     TOTAL_SCALE,
     RecommendationRow,
@@ -73,12 +73,13 @@ class BatchResult:
 
 @dataclass
 class _Users:
-    """The batch's users as they are computed: their events, recommendation rows and
-    failures, in order."""
+    """The batch's users as they are computed: their events (columns of JSON text,
+    `storage.events.EventColumns`), recommendation rows and failures, in order."""
 
     calc: Calculation
     now: datetime
-    events: list[audit.Event] = field(default_factory=list)
+    texts: audit.PayloadTexts
+    events: EventColumns
     rec_rows: list[RecommendationRow] = field(default_factory=list)
     failures: list[dict[str, str]] = field(default_factory=list)
     recommendations: int = 0
@@ -90,54 +91,35 @@ class _Users:
         *,
         version: int | None,
         captured: tuple[str, int],
-        scores: Any,
+        scores: str,
         rec: UserRecommendations | None,
         error: str,
-        asset_count: int,
     ) -> None:
-        """A user whose inputs were captured: four events, and a recommendation row unless
-        the recommendations failed."""
-        calc = self.calc
+        """A user whose inputs were captured (`captured`: its `INPUTS_CAPTURED` and number
+        of holdings): four events, and a recommendation row unless the recommendations
+        failed."""
         document, holdings = captured
-        started = audit.calc_started(
-            market=calc.market,
-            day=calc.day,
-            run_id=calc.run_id,
-            criteria_version=version,
-            holdings=holdings,
-        )
         if rec is None:
-            completed = audit.calc_failed(
-                market=calc.market, day=calc.day, stage="recommendations", error=error
-            )
+            completed = self.texts.failed(stage="recommendations", error=error)
             self.failures.append({"user": uid, "stage": "recommendations", "error": error})
         else:
-            self.rec_rows.append(_recommendation_row(uid, rec, calc, self.now, asset_count))
-            completed = audit.calc_completed(rec, market=calc.market, day=calc.day)
+            self.rec_rows.append(_recommendation_row(uid, rec, self.calc, self.now, holdings))
+            completed = self.texts.completed(rec)
             self.recommendations += len(rec.recommendations)
             self.unallocated_users += rec.unallocated > 0
-        self.events += audit.user_events(
-            calc.correlation_id,
+        self.events.add(
             uid,
-            started=started,
-            captured=document,
-            scores=scores,
-            completed=completed,
+            audit.VALUED_EVENTS,
+            (self.texts.started(version, holdings), document, scores, completed),
         )
 
     def unvalued(self, uid: str, *, version: int | None, error: str) -> None:
         """A user whose inputs cannot be valued: `CALC_STARTED` and a failed
         `CALC_COMPLETED`."""
-        calc = self.calc
-        self.events += audit.unvalued_user_events(
-            calc.correlation_id,
+        self.events.add(
             uid,
-            started=audit.calc_started(
-                market=calc.market, day=calc.day, run_id=calc.run_id, criteria_version=version
-            ),
-            completed=audit.calc_failed(
-                market=calc.market, day=calc.day, stage="inputs", error=error
-            ),
+            audit.UNVALUED_EVENTS,
+            (self.texts.started(version), self.texts.failed(stage="inputs", error=error)),
         )
         self.failures.append({"user": uid, "stage": "inputs", "error": error})
 
@@ -172,18 +154,22 @@ def process_batch(
         inputs=own_keys,
     )
     score_rows, asset_rows = _score_rows(scored, holding_markets, texts)
-    holdings_count = Counter(batch.holdings["user_id"].tolist())
-    users = _Users(calc, now)
-    for uid in sorted(ok):
+    users = _Users(
+        calc,
+        now,
+        audit.PayloadTexts(market=calc.market, day=calc.day, run_id=calc.run_id),
+        EventColumns(calc.correlation_id),
+    )
+    valued = sorted(ok)
+    for uid in valued:
         version = versions.get(uid)
         users.valued(
             uid,
             version=version,
             captured=captured[uid],
-            scores=texts.payloads.get(uid) or no_scores(version),
+            scores=texts.payloads.get(uid) or orjson.dumps(no_scores(version)).decode(),
             rec=recommended.get(uid),
             error=str(rec_failures.get(uid, "no result")),
-            asset_count=holdings_count[uid],
         )
     for uid, error in sorted(failed.items()):
         users.unvalued(uid, version=versions.get(uid), error=error)
@@ -193,7 +179,7 @@ def process_batch(
         score_rows=score_rows,
         asset_rows=asset_rows,
         users=users,
-        versions={u: versions.get(u) or 0 for u in sorted(ok)},
+        versions={u: versions.get(u) or 0 for u in valued},
         criteria_payloads=criteria_payloads,
         inputs_payloads=own_payloads,
     )
@@ -354,7 +340,7 @@ def _writes(
             correlation_id=calc.correlation_id,
             calculated_at=calc.calculated_at,
         ),
-        event_rows(calc.dialect, users.events, at=now, calculated_at=calc.calculated_at),
+        batch_event_rows(calc.dialect, users.events, at=now, calculated_at=calc.calculated_at),
     ]
     recommendations = recommendation_rows(calc.dialect, users.rec_rows)
 

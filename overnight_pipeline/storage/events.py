@@ -8,8 +8,10 @@ after the last committed batch without duplicating anything.
 
 from __future__ import annotations
 
+import struct
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -58,6 +60,7 @@ EVENT_COLUMNS = (
     "calculated_at",
 )
 _FIELD_COUNT = len(EVENT_COLUMNS).to_bytes(2, "big")
+_JSONB_LENGTH = struct.Struct(">i").pack
 
 
 def event_rows(
@@ -110,6 +113,52 @@ def event_rows(
             for cid, uid, kind, p in events
         ],
     )
+
+
+@dataclass
+class EventColumns:
+    """A batch's events of one calculation as columns: per user, its id (text), the types of
+    its events and their payloads as JSON text, in order; what `steps.batch_results` adds a
+    user at a time without an event tuple each."""
+
+    correlation_id: uuid.UUID
+    user_ids: list[str] = field(default_factory=list)
+    kinds: list[tuple[str, ...]] = field(default_factory=list)
+    payloads: list[tuple[str, ...]] = field(default_factory=list)
+
+    def add(self, user_id: str, kinds: tuple[str, ...], payloads: tuple[str, ...]) -> None:
+        self.user_ids.append(user_id)
+        self.kinds.append(kinds)
+        self.payloads.append(payloads)
+
+    def __iter__(self) -> Iterator[tuple[uuid.UUID, str, str, str]]:
+        """The events as `event_rows` takes them."""
+        cid = self.correlation_id
+        for uid, kinds, payloads in zip(self.user_ids, self.kinds, self.payloads, strict=True):
+            for kind, payload in zip(kinds, payloads, strict=True):
+                yield cid, uid, kind, payload
+
+
+def batch_event_rows(
+    dialect: str, events: EventColumns, *, at: datetime, calculated_at: datetime
+) -> Rows:
+    """`event_rows` of a batch's events as columns: the same rows, the fields every event of
+    a user shares (the correlation id, the user's id) made once a user, each type's once."""
+    if dialect != "postgresql":
+        return event_rows(dialect, list(events), at=at, calculated_at=calculated_at)
+    tail = binary_timestamptz(at) + binary_timestamptz(calculated_at)
+    head = _FIELD_COUNT + binary_uuid(events.correlation_id)
+    # A jsonb field is its length, its format version (1) and the text (`bulk.binary_jsonb`).
+    kinds = Fields(binary_text).__getitem__
+    binary: list[bytes] = []
+    add = binary.append
+    join, length = b"".join, _JSONB_LENGTH
+    for uid, types, payloads in zip(events.user_ids, events.kinds, events.payloads, strict=True):
+        user = head + binary_uuid(uid)
+        for kind, payload in zip(types, payloads, strict=True):
+            data = payload.encode()
+            add(join((user, kinds(kind), length(len(data) + 1), b"\x01", data, tail)))
+    return Rows(calculation_events_table, EVENT_COLUMNS, binary=binary)
 
 
 SNAPSHOT_COLUMNS = ("hash", "month", "kind", "payload")

@@ -6,13 +6,20 @@ from __future__ import annotations
 import uuid
 from datetime import date
 from decimal import Decimal
+from typing import Any
 
+import orjson
 import pytest
 
 from overnight_pipeline.core import audit
-from overnight_pipeline.core.recommendations import ClassResult, UserRecommendations
+from overnight_pipeline.core.recommendations import (
+    ClassResult,
+    RecommendedAsset,
+    UserRecommendations,
+)
 
 DAY = date(2026, 11, 30)
+D0 = Decimal("0")
 CACHE_STEP = "recommendation_cache"
 
 
@@ -67,6 +74,54 @@ def test_calc_completed_says_the_amounts_as_exact_strings() -> None:
         "market": "NYSE",
         "marketDate": "2026-11-30",
     }
+
+
+def _rec(**changes: Any) -> UserRecommendations:
+    fields: dict[str, Any] = {
+        "base_currency": "USD",
+        "contribution": Decimal("1000.00"),
+        "total_value": Decimal("5000.00"),
+        "recommendations": (),
+        "unallocated": Decimal("1000.00"),
+        "classes": (),
+        "prices_as_of": None,
+        "rates_as_of": None,
+        "criteria_version": 2,
+    }
+    return UserRecommendations(**{**fields, **changes})
+
+
+def test_payload_texts_are_the_bytes_orjson_writes_of_the_payloads() -> None:
+    """The texts the shard step writes (`PayloadTexts`) are `orjson.dumps` of the dicts,
+    byte for byte: odd strings escaped, nulls, empty and full lists."""
+    odd = 'N"Y\\SE é\t'
+    texts = audit.PayloadTexts(market=odd, day=DAY, run_id='run "1"')
+    common = {"market": odd, "day": DAY, "run_id": 'run "1"'}
+    for version in (3, None, 0):
+        for holdings in (30, 0, None):
+            expected = audit.calc_started(**common, criteria_version=version, holdings=holdings)
+            assert texts.started(version, holdings) == orjson.dumps(expected).decode()
+    stocks = ClassResult('St"ocks', *(Decimal("0"),) * 6, "no_eligible")
+    bonds = ClassResult("Bonds", *(Decimal("0"),) * 6, None)
+    recs = [
+        _rec(),
+        _rec(classes=(stocks, bonds), missing_prices=("ABC", 'D"E')),
+        _rec(base_currency="EUR", unallocated=Decimal("0E-2"), contribution=Decimal("1E+3")),
+        _rec(classes=(bonds,)),
+        _rec(
+            recommendations=(
+                RecommendedAsset("a1", "A", "Stocks", *(Decimal("1.50"),) * 2, "USD", D0, 3, None),
+                RecommendedAsset(
+                    "a2", "B", "Stocks", Decimal("2"), Decimal("7"), "USD", D0, 1, "pe"
+                ),
+            )
+        ),
+    ]
+    for rec in recs * 2:  # the second time from what the texts remember
+        expected = audit.calc_completed(rec, market=odd, day=DAY)
+        assert texts.completed(rec) == orjson.dumps(expected).decode()
+    failed = audit.calc_failed(market=odd, day=DAY, stage="inputs", error='no "rate" é')
+    assert texts.failed(stage="inputs", error='no "rate" é') == orjson.dumps(failed).decode()
 
 
 def test_a_user_gets_four_events_in_order_or_two_when_not_valued() -> None:
