@@ -10,12 +10,11 @@ batch's are made once (`_statement`) and read into columns (`_columns`): docs/PE
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
-from itertools import compress, repeat
-from operator import is_not, itemgetter
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -208,9 +207,10 @@ def load_batch(
     per row, rebuilt and then split again by pandas, was half of a batch's load)."""
     ids = _ids(conn, list(user_ids))
     versions, rules = _criteria(conn, ids)
-    uids, bases, contributions = _columns(conn, _users, ids, decimals=(2,))
-    users = [uids, bases, contributions, list(map(versions.get, uids))]
-    classes = _columns(conn, _classes, ids, decimals=(2, 3, 5))
+    # The users' criteria versions fill the block's last row.
+    users = _block(conn, _users, ids, decimals=(2,), height=4)
+    users[3] = list(map(versions.get, users[0]))
+    classes = _block(conn, _classes, ids, decimals=(2, 3, 5))
     holdings, markets = _holdings(conn, ids, snapshot.prices)
     batch = Batch(
         users=_frame(USER_COLUMNS, users),
@@ -222,13 +222,10 @@ def load_batch(
     return LoadedBatch(batch, versions, markets)
 
 
-def _frame(names: Sequence[str], columns: Sequence[Sequence[Any]]) -> pd.DataFrame:
-    """A frame of object columns `names` from its `columns`, filled into one 2-D block (the
-    layout `pd.DataFrame(rows, dtype=object)` gives), without a tuple per row."""
-    data = np.empty((len(names), len(columns[0])), dtype=object)
-    for i, column in enumerate(columns):
-        data[i] = column
-    return pd.DataFrame(data.T, columns=list(names), dtype=object, copy=False)
+def _frame(names: Sequence[str], block: np.ndarray) -> pd.DataFrame:
+    """A frame of object columns `names` on the first rows of `block` (one row per column:
+    the layout `pd.DataFrame(rows, dtype=object)` gives), not copied."""
+    return pd.DataFrame(block[: len(names)].T, columns=list(names), dtype=object, copy=False)
 
 
 _Within = Callable[[ColumnElement[Any]], ColumnElement[bool]]
@@ -263,28 +260,48 @@ def _statement(conn: Connection, build: _Build) -> Select[Any]:
     return found
 
 
-def _columns(
-    conn: Connection, build: _Build, ids: Any, *, decimals: Sequence[int] = ()
-) -> list[list[Any]]:
-    """The result of `build`'s statement for `ids`, one list per column, fetched in slices
-    (each row dies young, before the collector's older generations would scan it); with
-    psycopg, the driver's tuples from the result's cursor (no result processor is needed).
-    The columns `decimals` (numerics sent as their text: `_after_sort`) become Decimals."""
+def _block(
+    conn: Connection,
+    build: _Build,
+    ids: Any,
+    *,
+    decimals: Sequence[int] = (),
+    rows: Sequence[int] = (),
+    height: int = 0,
+) -> np.ndarray:
+    """The result of `build`'s statement for `ids` as an object array of one row per column
+    (column j in row `rows[j]`, by default row j; `height` rows at least), filled slice by
+    slice as it is fetched: each fetched row dies young (before the collector's older
+    generations would scan it) and each value is placed once, where its frame reads it.
+    With psycopg, the driver's tuples from the result's cursor (no result processor is
+    needed). The rows `decimals` (numerics sent as their text: `_after_sort`) become
+    Decimals."""
     result = conn.execute(_statement(conn, build), {"ids": ids})
-    columns: list[list[Any]] = [[] for _ in result.keys()]
-    fetch = result.cursor.fetchmany if conn.dialect.driver == "psycopg" else result.fetchmany
     try:
+        fetch: Callable[[int], Sequence[Any]]
+        if conn.dialect.driver == "psycopg":
+            cursor = result.cursor
+            count, fetch = cursor.rowcount, cursor.fetchmany
+        else:
+            parts: list[Sequence[Any]] = [[], result.fetchall()]
+            count, fetch = len(parts[1]), lambda _: parts.pop()  # all at once, then nothing
+        rows = rows or range(len(result.keys()))
+        block = np.empty((max(height, max(rows) + 1), count), dtype=object)
+        start = 0
         while part := fetch(_SLICE):
-            for column, values in zip(columns, zip(*part, strict=True), strict=True):
-                column.extend(values)
+            end = start + len(part)
+            for row, values in zip(rows, zip(*part, strict=True), strict=True):
+                block[row, start:end] = values
+            start = end
     finally:
         result.close()
-    for i in decimals:
-        columns[i] = _decimals(columns[i])
-    return columns
+    assert start == count
+    for row in decimals:
+        block[row] = _decimals(block[row])
+    return block
 
 
-def _decimals(texts: list[str | None]) -> list[Decimal | None]:
+def _decimals(texts: Iterable[str | None]) -> list[Decimal | None]:
     """The Decimals of `texts` (None stays None), each distinct text parsed once: a batch's
     numerics repeat (the 300,000 quantities of 10,000 seeded users have 1,256 values, their
     100,000 rule values 16), and the driver's Decimal per value was a fifth of a load."""
@@ -320,15 +337,14 @@ def _after_sort(
     return select(*columns).order_by(*(s.c[name] for name in order))
 
 
-def _criteria(conn: Connection, ids: Any) -> tuple[dict[Any, int | None], list[list[Any]]]:
-    """Each user's newest criteria version, and the columns of those versions' rules in
-    order (a user without rules has one row of nulls, left out)."""
-    uids, versions, *rules = _columns(conn, _criteria_statement, ids, decimals=(6, 7))
-    keep = list(map(is_not, rules[0], repeat(None)))
-    if not all(keep):
-        rules = [list(compress(column, keep)) for column in rules]
-        return dict(zip(uids, versions, strict=True)), [list(compress(uids, keep)), *rules]
-    return dict(zip(uids, versions, strict=True)), [uids, *rules]
+def _criteria(conn: Connection, ids: Any) -> tuple[dict[Any, int | None], np.ndarray]:
+    """Each user's newest criteria version, and the block of those versions' rules in
+    order, the version in its last row (a user without rules has one row of nulls, left
+    out)."""
+    block = _block(conn, _criteria_statement, ids, decimals=(5, 6))
+    versions = dict(zip(block[0].tolist(), block[-1].tolist(), strict=True))
+    keep = block[1] != None  # noqa: E711 (elementwise)
+    return versions, block if keep.all() else block[:, keep]
 
 
 def _criteria_statement(within: _Within) -> Select[Any]:
@@ -341,7 +357,6 @@ def _criteria_statement(within: _Within) -> Select[Any]:
         select(
             v.c.user_id,
             r.c.position,
-            v.c.version,
             r.c.rule_id,
             r.c.asset_class,
             r.c.metric,
@@ -349,6 +364,7 @@ def _criteria_statement(within: _Within) -> Select[Any]:
             r.c.value,
             r.c.value2,
             r.c.points,
+            v.c.version,
         )
         .outerjoin(r, r.c.criteria_version_id == v.c.id)
         .where(within(v.c.user_id), v.c.version == newest)
@@ -395,20 +411,21 @@ def _classes(within: _Within) -> Select[Any]:
 
 def _holdings(
     conn: Connection, ids: Any, prices: dict[str, tuple[Decimal, str, datetime]]
-) -> tuple[list[list[Any]], list[str]]:
-    """The holdings' columns, priced from `prices`, and the market of each. An asset's
-    quote (price, currency, as of) is the same on every row of it: found once per asset of
-    the batch, then spread over the rows by C-level maps."""
-    uids, aids, markets, symbols, names, quantities, currencies = _columns(
-        conn, _holdings_statement, ids, decimals=(5,)
-    )
+) -> tuple[np.ndarray, list[str]]:
+    """The holdings' block, priced from `prices` (its rows 5-7: currency, price, as of), and
+    the market of each. An asset's quote is the same on every row of it: found once per
+    asset of the batch, then spread over the rows by C-level maps."""
+    # The statement's columns: user, asset, symbol, class, quantity, currency, market.
+    block = _block(conn, _holdings_statement, ids, decimals=(4,), rows=(0, 1, 2, 3, 4, 5, 8))
+    aids = block[1].tolist()
     quoted: dict[str, tuple[Any, Any, Any]] = {}
-    for aid, currency in dict(zip(aids, currencies, strict=True)).items():
+    for aid, currency in dict(zip(aids, block[5].tolist(), strict=True)).items():
         price, quote_currency, as_of = prices.get(aid, _NO_QUOTE)
         quoted[aid] = (quote_currency or currency, price, as_of)
     by_row = list(map(quoted.__getitem__, aids))
-    currency_, price_, as_of_ = (list(map(itemgetter(k), by_row)) for k in range(3))
-    return [uids, aids, symbols, names, quantities, currency_, price_, as_of_], markets
+    for k in range(3):
+        block[5 + k] = list(map(itemgetter(k), by_row))
+    return block, block[8].tolist()
 
 
 _NO_QUOTE = (None, None, None)
@@ -435,11 +452,11 @@ def _holdings_statement(within: _Within) -> Select[Any]:
             h.c.user_id,
             a.c.rank,
             h.c.asset_id,
-            a.c.market,
             a.c.symbol,
             c.c.name,
             h.c.quantity,
             a.c.currency,
+            a.c.market,
         )
         .join(a, a.c.id == h.c.asset_id)
         .join(c, and_(c.c.user_id == h.c.user_id, c.c.id == h.c.asset_class_id))
