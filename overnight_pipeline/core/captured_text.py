@@ -72,6 +72,22 @@ def plain_texts(values: list[Any]) -> list[str | None]:
     return [None if v is None or (v.__class__ is float and v != v) else f"{v:f}" for v in values]
 
 
+def shared_plain_texts(values: list[Any]) -> list[str | None]:
+    """`plain_texts` of a column whose values are shared objects (the batch loader makes one
+    Decimal per distinct text: a batch's 30,000 quantities are a few hundred objects): each
+    distinct object's text made once, by identity (never by value: 1.0 == 1.00 but their
+    texts differ). A third less than `plain_texts` on the quantities of a batch."""
+    n = len(values)
+    if not n:
+        return []
+    codes, ids = pd.factorize(np.fromiter(map(id, values), dtype=np.int64, count=n))
+    first = np.full(len(ids), n, dtype=np.int64)
+    np.minimum.at(first, codes, np.arange(n))
+    made = plain_texts(list(map(values.__getitem__, first.tolist())))
+    texts: list[str | None] = np.array(made, dtype=object)[codes].tolist()
+    return texts
+
+
 def decimal_json(values: list[Any]) -> list[str]:
     """Each Decimal as a JSON string of its plain text (`plain_texts`); null for None."""
     return ["null" if t is None else f'"{t}"' for t in plain_texts(values)]
@@ -201,7 +217,7 @@ def _holding_rows(h: pd.DataFrame) -> dict[Any, str] | None:
     if runs is None or classes is None or not _plain_strings(assets):
         return None
     bounds, users, later = runs
-    quantities = plain_texts(h["quantity"].tolist())
+    quantities = shared_plain_texts(h["quantity"].tolist())
     null = np.zeros(len(h), dtype=np.int64)
     if None in quantities:
         null[[i for i, q in enumerate(quantities) if q is None]] = 1

@@ -29,6 +29,7 @@ from overnight_pipeline.core.captured_text import (
     json_column,
     own_texts,
     plain_texts,
+    shared_plain_texts,
     texts_by_identity,
     user_runs,
 )
@@ -181,8 +182,8 @@ def _rule_runs(r: pd.DataFrame) -> dict[Any, str] | None:
 def _value_tokens(r: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Of each rule: `,"value":"` or nothing, the value's text or nothing, and the rest of
     its object (the value's closing quote, `value2` when it has one, the closing brace)."""
-    v = plain_texts(r["value"].tolist())
-    v2 = plain_texts(r["value2"].tolist())
+    v = shared_plain_texts(r["value"].tolist())
+    v2 = shared_plain_texts(r["value2"].tolist())
     n = len(v)
     absent = np.fromiter(map(is_, v, repeat(None)), dtype=bool, count=n)
     values = np.array(v, dtype=object)
