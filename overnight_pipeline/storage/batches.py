@@ -14,7 +14,6 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
-from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -418,13 +417,15 @@ def _holdings(
     # The statement's columns: user, asset, symbol, class, quantity, currency, market.
     block = _block(conn, _holdings_statement, ids, decimals=(4,), rows=(0, 1, 2, 3, 4, 5, 8))
     aids = block[1].tolist()
-    quoted: dict[str, tuple[Any, Any, Any]] = {}
-    for aid, currency in dict(zip(aids, block[5].tolist(), strict=True)).items():
-        price, quote_currency, as_of = prices.get(aid, _NO_QUOTE)
-        quoted[aid] = (quote_currency or currency, price, as_of)
-    by_row = list(map(quoted.__getitem__, aids))
-    for k in range(3):
-        block[5 + k] = list(map(itemgetter(k), by_row))
+    assets = dict(zip(aids, block[5].tolist(), strict=True))  # asset → its currency
+    quotes = [prices.get(aid, _NO_QUOTE) for aid in assets]
+    quoted = np.empty((3, len(assets)), dtype=object)  # each asset's currency, price, as of
+    quoted[0] = [q[1] or currency for q, currency in zip(quotes, assets.values(), strict=True)]
+    quoted[1] = [q[0] for q in quotes]
+    quoted[2] = [q[2] for q in quotes]
+    position = dict(zip(assets, range(len(assets)), strict=True))
+    at = np.fromiter(map(position.__getitem__, aids), dtype=np.intp, count=len(aids))
+    np.take(quoted, at, axis=1, out=block[5:8])
     return block, block[8].tolist()
 
 
