@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
+from operator import attrgetter
 
 import redis
 from sqlalchemy import Engine
@@ -90,6 +91,11 @@ class ShardCache:
             self._client.close()
 
 
+# UUIDs' own order, by the integer each holds (a slot read in C): sorted() by UUID.__lt__
+# made a Python call per comparison (≈ 120,000 of them for 10,000 users).
+_BY_ID = attrgetter("int")
+
+
 def warm_cache(
     engine: Engine,
     client: redis.Redis,
@@ -107,11 +113,12 @@ def warm_cache(
     fails. `only`: those of the run's users (a recalculation's users of one market-date)."""
     started = time.perf_counter()
     if only is not None:
-        users = sorted(set(only))
+        users = sorted(set(only), key=_BY_ID)
     else:
         with engine.connect() as conn:
             users = sorted(
-                users_with_event(conn, correlation_id=correlation_id, event_type=CALC_COMPLETED)
+                users_with_event(conn, correlation_id=correlation_id, event_type=CALC_COMPLETED),
+                key=_BY_ID,
             )
     found = written = kept = refilled = 0
     # Each batch of the run shares one generated_at: its version is made once.
