@@ -3,8 +3,9 @@ the market data of the day, and each batch of users' inputs as the core's frames
 
 Reads are set-based per batch of users. Every function takes a `Connection` and never
 commits. Each read is one SQLAlchemy Core query for both dialects (`storage.dialect`); a
-batch's are made once (`_statement`) and read into columns (`_columns`): docs/PERFORMANCE.md,
-"Scale-out", "Figures once quoted in the code" and "The lean night (issue 25)".
+batch's are made once (`_statement`) and read into their frames' blocks (`_block`):
+docs/PERFORMANCE.md, "Scale-out", "Figures once quoted in the code" and "The lean night
+(issue 25)".
 """
 
 from __future__ import annotations
@@ -201,9 +202,9 @@ def load_batch(
     `snapshot_reads` connection, or its statements may see different committed states.
 
     Four queries, each table reached through its user_id index; ids come back as text made
-    by the database (`id_text`). Each result is read in slices straight into one list per
-    column (`_columns`) and each frame is made from its columns: no Python per row (a tuple
-    per row, rebuilt and then split again by pandas, was half of a batch's load)."""
+    by the database (`id_text`). Each result is read in slices straight into the object
+    block its frame is a view of (`_block`): no Python per row (a tuple per row, rebuilt and
+    then split again by pandas, was half of a batch's load)."""
     ids = _ids(conn, list(user_ids))
     versions, rules = _criteria(conn, ids)
     # The users' criteria versions fill the block's last row.
@@ -324,7 +325,7 @@ def _after_sort(
 ) -> Select[Any]:
     """`inner`, sorted by `order`, read through a subquery: the outer SELECT makes the text
     of the columns `ids` (`id_text`) and of the columns `numerics`, trimmed (`trimmed`; made
-    Decimals by `_columns`), leaves out `hidden` and keeps the subquery's order (PostgreSQL
+    Decimals by `_block`), leaves out `hidden` and keeps the subquery's order (PostgreSQL
     sees it sorted: no second sort).
     The per-value functions so run on the sorted rows as they are sent: made before the
     sort, the ids' text widened the sorted tuples (the holdings' sort spilled to disk) and
