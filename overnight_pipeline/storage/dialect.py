@@ -13,12 +13,13 @@ from collections.abc import Iterable, Sequence
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, String, any_, bindparam
+from sqlalchemy import Connection, String, any_, bindparam, cast
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.functions import FunctionElement
+from sqlalchemy.sql.sqltypes import NullType
 
 from overnight_pipeline.core.chunks import chunks
 from overnight_pipeline.storage.types import ExactDecimal
@@ -31,6 +32,19 @@ def among(column: ColumnElement[Any], ids: Sequence[Any], dialect: str) -> Colum
     if dialect == "postgresql":
         return column == any_(bindparam(None, list(ids), type_=ARRAY(column.type)))
     return column.in_(list(ids))
+
+
+def among_literal(
+    column: ColumnElement[Any], values: Sequence[Any], dialect: str
+) -> ColumnElement[bool]:
+    """`column` is one of `values`, whose text needs no quoting inside an array literal
+    (UUIDs, hex digests). PostgreSQL: the array's text as the one untyped parameter of
+    `CAST(:values AS type[])`, so the driver adapts one string, not every value (a
+    thousand adapted values cost ≈ 4 ms of Python, the literal ≈ 0.5 ms); elsewhere `among`."""
+    if dialect == "postgresql":
+        literal = "{" + ",".join(map(str, values)) + "}"
+        return column == any_(cast(bindparam(None, literal, type_=NullType()), ARRAY(column.type)))
+    return among(column, values, dialect)
 
 
 def id_chunks(conn: Connection, ids: Sequence[Any], size: int = 5000) -> Iterable[Sequence[Any]]:

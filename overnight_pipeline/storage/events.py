@@ -30,7 +30,7 @@ from overnight_pipeline.storage.bulk import (
     upsert_prepared,
 )
 from overnight_pipeline.storage.db import dumps_json
-from overnight_pipeline.storage.dialect import CHUNK, among, id_chunks, id_text
+from overnight_pipeline.storage.dialect import CHUNK, among, among_literal, id_chunks, id_text
 from overnight_pipeline.storage.models import (
     calculation_events_table,
     calculation_snapshots_table,
@@ -184,10 +184,12 @@ def insert_snapshots(
     month = month_of(calculated_at)
     wanted = sorted(payloads)
     present: set[str] = set()
-    for start in range(0, len(wanted), CHUNK):
-        chunk = wanted[start : start + CHUNK]
+    dialect = conn.dialect.name
+    for chunk in id_chunks(conn, wanted, CHUNK):  # hashes: hex digests, no quoting needed
         present.update(
-            conn.scalars(select(t.c.hash).where(t.c.month == month, t.c.hash.in_(chunk)))
+            conn.scalars(
+                select(t.c.hash).where(t.c.month == month, among_literal(t.c.hash, chunk, dialect))
+            )
         )
     rows = [
         {"hash": key, "month": month, "kind": kind, "payload": payloads[key]}

@@ -15,14 +15,12 @@ from collections.abc import Mapping, Sequence
 from datetime import date
 from typing import Any
 
-from sqlalchemy import Connection, any_, bindparam, cast, select, union
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy import Connection, select, union
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.functions import aggregate_strings
-from sqlalchemy.types import NullType
 
 from overnight_pipeline.core.markets import Market, home_code
-from overnight_pipeline.storage.dialect import among, id_chunks, id_text
+from overnight_pipeline.storage.dialect import among, among_literal, id_chunks, id_text
 from overnight_pipeline.storage.models import assets_table, holdings_table, users_table
 
 # Between a user's market codes in the aggregated string (a code is never made of it).
@@ -70,12 +68,10 @@ def partition_users(
 def _among(
     column: ColumnElement[Any], ids: Sequence[uuid.UUID | str], dialect: str
 ) -> ColumnElement[bool]:
-    """`column` is one of `ids` (UUIDs or their text). PostgreSQL: the array's text, the
-    untyped parameter of `CAST(:ids AS uuid[])` (no id adapted one by one by the driver);
-    elsewhere `dialect.among` of the UUIDs."""
+    """`column` is one of `ids` (UUIDs or their text): `dialect.among_literal`, the ids made
+    UUIDs where the dialect adapts them one by one."""
     if dialect == "postgresql":
-        literal = "{" + ",".join(map(str, ids)) + "}"
-        return column == any_(cast(bindparam(None, literal, type_=NullType()), ARRAY(column.type)))
+        return among_literal(column, ids, dialect)
     return among(column, [i if isinstance(i, uuid.UUID) else uuid.UUID(i) for i in ids], dialect)
 
 
