@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection, select
 
+from overnight_pipeline.core.snapshots import SnapshotTexts
 from overnight_pipeline.storage.bulk import (
     Fields,
     Rows,
@@ -191,15 +192,14 @@ def insert_snapshots(
                 select(t.c.hash).where(t.c.month == month, among_literal(t.c.hash, chunk, dialect))
             )
         )
-    rows = [
-        {"hash": key, "month": month, "kind": kind, "payload": payloads[key]}
-        for key in wanted
-        if key not in present
-    ]
-    if rows and conn.dialect.name == "postgresql":
+    missing = [key for key in wanted if key not in present]
+    if missing and dialect == "postgresql":
         # One COPY into a staging table and one INSERT … ON CONFLICT DO NOTHING (another
         # shard may insert the same snapshot meanwhile), not a statement per row: ≈ 130 µs a
-        # row of the backend's CPU through executemany on a month's first night.
+        # row of the backend's CPU through executemany on a month's first night. Payloads
+        # kept as their canonical text (`SnapshotTexts`) are sent as that text, not parsed
+        # and encoded again (the same bytes: orjson's compact text of the same values).
+        texts = payloads.texts if isinstance(payloads, SnapshotTexts) else None
         kind_field, month_field = binary_text(kind), binary_date(month)
         prepared = Rows(
             t,
@@ -208,19 +208,22 @@ def insert_snapshots(
                 b"".join(
                     (
                         _SNAPSHOT_FIELD_COUNT,
-                        binary_text(row["hash"]),
+                        binary_text(key),
                         month_field,
                         kind_field,
-                        binary_text(dumps_json(row["payload"])),
+                        binary_text(texts[key] if texts is not None else dumps_json(payloads[key])),
                     )
                 )
-                for row in rows
+                for key in missing
             ],
         )
         upsert_prepared(conn, prepared, key=["hash", "month"], update=[])
-    elif rows:
+    elif missing:
+        rows = [
+            {"hash": key, "month": month, "kind": kind, "payload": payloads[key]} for key in missing
+        ]
         upsert(conn, t, rows, key=["hash", "month"], update=[])
-    return len(rows)
+    return len(missing)
 
 
 def snapshots(conn: Connection, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
