@@ -12,9 +12,7 @@ dimension lives in the easternmost timezone with `end_offset=1`, so that key alr
 
 from collections.abc import Mapping
 from datetime import UTC, date, datetime, time
-from functools import lru_cache
 
-import exchange_calendars as xcals
 import pandas as pd
 from dagster import (
     DefaultScheduleStatus,
@@ -25,20 +23,15 @@ from dagster import (
     schedule,
 )
 
-from overnight_pipeline.core.markets import RUN_LEAD, Market, is_session
+from overnight_pipeline.core.markets import RUN_LEAD, Market, calendar, is_session
 from overnight_pipeline.defs.jobs import OVERNIGHT_JOB
 from overnight_pipeline.defs.partitions import MARKETS, partition_key
 from overnight_pipeline.settings import get_settings
 
 
-@lru_cache(maxsize=32)
-def _calendar(name: str) -> xcals.ExchangeCalendar:
-    return xcals.get_calendar(name)
-
-
 def regular_open(market: Market) -> time:
     """The market's current regular open, local time (the exchange calendar's)."""
-    opened: time = _calendar(market.calendar).open_times[-1][1]
+    opened: time = calendar(market.calendar).open_times[-1][1]
     return opened
 
 
@@ -60,7 +53,7 @@ def closed_reason(market: Market, day: date) -> str | None:
     name from the exchange calendar, or the calendar's range."""
     if is_session(market, day):
         return None
-    cal = _calendar(market.calendar)
+    cal = calendar(market.calendar)
     ts = pd.Timestamp(day)
     if ts < cal.first_session or ts > cal.last_session:
         return (
