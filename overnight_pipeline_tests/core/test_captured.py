@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from hypothesis import given, settings
 
-from overnight_pipeline.core.batch import Batch, run_batch, score_batch
+from overnight_pipeline.core.batch import CLASS_COLUMNS, Batch, run_batch, score_batch
 from overnight_pipeline.core.captured_reader import (
     batch_from_captured,
     holding_assets,
@@ -338,17 +338,7 @@ def test_a_holding_without_a_quantity_is_a_null_in_the_inputs_snapshot() -> None
         {"user_id": ["u1", "u2"], "base_currency": ["USD", 'E"UR'], "contribution": [None] * 2},
         dtype=object,
     )
-    classes = pd.DataFrame(
-        columns=[
-            "user_id",
-            "name",
-            "target_min",
-            "target_max",
-            "max_assets",
-            "min_allocation_value",
-        ],
-        dtype=object,
-    )
+    classes = pd.DataFrame(columns=list(CLASS_COLUMNS), dtype=object)
     holdings = pd.DataFrame(
         {
             "user_id": ["u1", "u1", "u1", "u2"],
