@@ -44,7 +44,7 @@ from overnight_pipeline.core.batch import (
 )
 from overnight_pipeline.core.money import FxRates
 from overnight_pipeline.core.vocabulary import METRICS
-from overnight_pipeline.storage.dialect import among, id_chunks, id_text, trimmed
+from overnight_pipeline.storage.dialect import among, array_literal, id_chunks, id_text, trimmed
 from overnight_pipeline.storage.models import (
     asset_classes_table,
     asset_fundamentals_table,
@@ -239,7 +239,7 @@ def _ids(conn: Connection, ids: list[uuid.UUID]) -> Any:
     1,000 ids adapted by the driver. Elsewhere the list, an expanding IN."""
     if conn.dialect.name != "postgresql":
         return ids
-    return "{" + ",".join(map(str, ids)) + "}"
+    return array_literal(ids)
 
 
 def _statement(conn: Connection, build: _Build) -> Select[Any]:

@@ -42,9 +42,15 @@ def among_literal(
     `CAST(:values AS type[])`, so the driver adapts one string, not every value (a
     thousand adapted values cost ≈ 4 ms of Python, the literal ≈ 0.5 ms); elsewhere `among`."""
     if dialect == "postgresql":
-        literal = "{" + ",".join(map(str, values)) + "}"
+        literal = array_literal(values)
         return column == any_(cast(bindparam(None, literal, type_=NullType()), ARRAY(column.type)))
     return among(column, values, dialect)
+
+
+def array_literal(values: Iterable[Any]) -> str:
+    """PostgreSQL's text of an array of `values` whose text needs no quoting (UUIDs, hex
+    digests): one string parameter, cast to the array type by the statement."""
+    return "{" + ",".join(map(str, values)) + "}"
 
 
 def id_chunks(conn: Connection, ids: Sequence[Any], size: int = 5000) -> Iterable[Sequence[Any]]:
